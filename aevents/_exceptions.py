@@ -1,0 +1,160 @@
+"""Every error aevents raises, and nothing else.
+
+::
+
+    AeventsError
+    ├── InvalidEventNameError (ValueError)   a name or pattern breaks the grammar
+    ├── UnknownEventError (AttributeError)   a catalog key or an undeclared name (strict mode)
+    ├── DuplicateEventError (ValueError)     two catalogs declare one name under different keys
+    ├── PayloadError (TypeError)             payload or metadata cannot be carried faithfully
+    ├── QueueFullError                       publish_nowait found the buffer full
+    ├── RuntimeClosedError                   the runtime is shutting down or has stopped
+    ├── RuntimeNotRunningError               module-level publish with no runtime running
+    ├── DuplicateReceiverError (ValueError)  another callable already uses that receiver id
+    ├── ConfigurationError (ValueError, TypeError)  a bad argument to subscribe(), RetryPolicy
+    │                                        or EventRuntime
+    └── CausationDepthError                  a chain of receivers publishing events ran too deep
+
+Each exception keeps its data as attributes and composes its own message, so
+callers can branch on the data and log the message as it is. Values a user
+typed (names, keys) appear in messages through ``repr`` so control characters
+never reach a terminal or a log line raw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "AeventsError",
+    "CausationDepthError",
+    "ConfigurationError",
+    "DuplicateEventError",
+    "DuplicateReceiverError",
+    "InvalidEventNameError",
+    "PayloadError",
+    "QueueFullError",
+    "RuntimeClosedError",
+    "RuntimeNotRunningError",
+    "UnknownEventError",
+]
+
+
+class AeventsError(Exception):
+    """Base class of every error raised by aevents."""
+
+
+class InvalidEventNameError(AeventsError, ValueError):
+    """A name (or pattern) does not follow the grammar."""
+
+    def __init__(self, name: object, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(f"invalid event name {name!r}: {reason}")
+
+
+class UnknownEventError(AeventsError, AttributeError):
+    """A catalog has no such key, or a strict runtime was given an undeclared name."""
+
+    def __init__(self, name: str, *, known: Iterable[str] = (), catalog: str | None = None) -> None:
+        self.name = name
+        self.known = tuple(sorted(known))
+        self.catalog = catalog
+        if catalog is not None:
+            listing = ", ".join(self.known) or "(none)"
+            message = f"catalog {catalog} has no event {name!r}; declared keys: {listing}"
+        else:
+            message = (
+                f"event {name!r} is not declared in any catalog and this runtime is strict; "
+                "declare it in an aevents.Catalog or start the runtime with strict=False"
+            )
+        super().__init__(message)
+
+
+class DuplicateEventError(AeventsError, ValueError):
+    """Two catalogs declare the same event name under different keys."""
+
+    def __init__(self, name: str, key: str, existing_key: str, existing_catalog: str) -> None:
+        self.name = name
+        self.key = key
+        self.existing_key = existing_key
+        self.existing_catalog = existing_catalog
+        super().__init__(
+            f"event {name!r} is declared as {key!r} but catalog {existing_catalog} "
+            f"already declares it as {existing_key!r}; declare each name once"
+        )
+
+
+class PayloadError(AeventsError, TypeError):
+    """A payload or metadata value that cannot make an exact orjson round trip."""
+
+    def __init__(self, event: str, path: str, problem: str) -> None:
+        self.event = event
+        self.path = path
+        self.problem = problem
+        super().__init__(f"event {event!r}: {path}: {problem}")
+
+
+class QueueFullError(AeventsError):
+    """``publish_nowait`` found no room in the runtime's buffer."""
+
+    def __init__(self, event: str, buffer: int) -> None:
+        self.event = event
+        self.buffer = buffer
+        super().__init__(
+            f"cannot publish {event!r}: the buffer of {buffer} deliveries is full; "
+            "use `await publish(...)` to wait for room, or raise EventRuntime(buffer=...)"
+        )
+
+
+class RuntimeClosedError(AeventsError):
+    """The runtime no longer accepts events: it is shutting down or has stopped."""
+
+    def __init__(self, event: str) -> None:
+        self.event = event
+        super().__init__(f"cannot publish {event!r}: the event runtime is closed")
+
+
+class RuntimeNotRunningError(AeventsError):
+    """Module-level publishing found no running runtime."""
+
+    def __init__(self, event: str) -> None:
+        self.event = event
+        super().__init__(
+            f"cannot publish {event!r}: no event runtime is running; "
+            "start one with `async with aevents.EventRuntime():`"
+        )
+
+
+class DuplicateReceiverError(AeventsError, ValueError):
+    """A different callable is already subscribed under this receiver id."""
+
+    def __init__(self, receiver_id: str, pattern: str) -> None:
+        self.receiver_id = receiver_id
+        self.pattern = pattern
+        super().__init__(
+            f"receiver id {receiver_id!r} is already used by a different callable "
+            f"(subscribing to {pattern!r}); pass a unique id=... to subscribe()"
+        )
+
+
+class CausationDepthError(AeventsError):
+    """Receivers publishing events that publish events went deeper than the cap."""
+
+    def __init__(self, event: str, depth: int, limit: int) -> None:
+        self.event = event
+        self.depth = depth
+        self.limit = limit
+        super().__init__(
+            f"cannot publish {event!r}: causation depth {depth} exceeds the limit of {limit}; "
+            "a receiver chain is publishing without end (raise max_causation_depth if intended)"
+        )
+
+
+class ConfigurationError(AeventsError, ValueError, TypeError):
+    """A bad argument to ``subscribe``, ``RetryPolicy`` or ``EventRuntime``."""
+
+    def __init__(self, what: str, problem: str) -> None:
+        self.what = what
+        self.problem = problem
+        super().__init__(f"{what}: {problem}")

@@ -1,0 +1,104 @@
+"""Module-level shortcuts: ``aevents.publish`` and friends, bound to what is running."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, overload
+
+from ._event import Event
+from ._exceptions import RuntimeNotRunningError
+from ._policy import RetryPolicy
+from ._registry import Receiver, default_registry
+from ._runtime import EventRuntime, current_runtime
+
+__all__ = ["publish", "publish_nowait", "publish_threadsafe", "subscribe", "unsubscribe"]
+
+R = TypeVar("R", bound=Callable[..., Any])
+
+
+def _runtime_for(name: str) -> EventRuntime:
+    runtime = current_runtime()
+    if runtime is None:
+        raise RuntimeNotRunningError(name)
+    return runtime
+
+
+async def publish(
+    name: str,
+    /,
+    *,
+    payload: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Event:
+    """``await runtime.publish(...)`` on the running runtime (see ``current_runtime``).
+
+    Raises ``RuntimeNotRunningError`` when none is running. Cancellation
+    behaves as in ``EventRuntime.publish``.
+    """
+    return await _runtime_for(name).publish(name, payload=payload, metadata=metadata)
+
+
+def publish_nowait(
+    name: str,
+    /,
+    *,
+    payload: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Event:
+    """``runtime.publish_nowait(...)`` on the running runtime."""
+    return _runtime_for(name).publish_nowait(name, payload=payload, metadata=metadata)
+
+
+def publish_threadsafe(
+    name: str,
+    /,
+    *,
+    payload: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Event:
+    """``runtime.publish_threadsafe(...)`` on the running runtime, from a foreign thread."""
+    return _runtime_for(name).publish_threadsafe(name, payload=payload, metadata=metadata)
+
+
+@overload
+def subscribe(
+    pattern: str,
+    receiver: None = None,
+    *,
+    id: str | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+    inline: bool = False,
+) -> Callable[[R], R]: ...
+
+
+@overload
+def subscribe(
+    pattern: str,
+    receiver: R,
+    *,
+    id: str | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+    inline: bool = False,
+) -> R: ...
+
+
+def subscribe(
+    pattern: str,
+    receiver: R | None = None,
+    *,
+    id: str | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+    inline: bool = False,
+) -> R | Callable[[R], R]:
+    """``aevents.default_registry.subscribe(...)``: a decorator, or a call with ``receiver``."""
+    return default_registry.subscribe(
+        pattern, receiver, id=id, retry=retry, timeout=timeout, inline=inline
+    )
+
+
+def unsubscribe(pattern: str, receiver: Receiver | None = None, *, id: str | None = None) -> bool:
+    """``aevents.default_registry.unsubscribe(...)``."""
+    return default_registry.unsubscribe(pattern, receiver, id=id)

@@ -1,0 +1,300 @@
+"""Receivers, their ids, and routing a name to the receivers that match it.
+
+References to receivers are strong. blinker and Django signals hold weak
+references by default, so a receiver defined in a local scope or as a lambda
+silently disappears when the garbage collector runs; here a receiver stays
+subscribed until it is unsubscribed, which is what an event runtime that
+promises delivery has to do.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, overload
+
+import attrs
+
+from ._event import Event
+from ._exceptions import ConfigurationError, DuplicateReceiverError
+from ._names import compile_pattern, is_pattern, validate_pattern
+from ._policy import RetryPolicy
+
+__all__ = ["Receiver", "Registry", "Subscription", "default_registry", "receiver_id_of"]
+
+Receiver = Callable[[Event], Any]
+R = TypeVar("R", bound=Callable[..., Any])
+
+MAX_ROUTE_CACHE = 10_000
+"""Distinct names whose routes are cached; past this the cache starts over."""
+
+
+@attrs.frozen(slots=True, eq=False)
+class Subscription:
+    """One receiver subscribed to one pattern, with its delivery policy."""
+
+    pattern: str
+    receiver: Receiver
+    receiver_id: str
+    is_async: bool
+    inline: bool = False
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
+    fast: bool = attrs.field(init=False)
+    """True for an async receiver without a timeout of its own: the worker calls it directly."""
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "fast", self.is_async and self.timeout is None)
+
+
+def receiver_id_of(receiver: Callable[..., Any]) -> str:
+    """The default receiver id, ``"module:qualname"`` (bound methods and partials unwrapped)."""
+    target: Any = receiver
+    while isinstance(target, functools.partial):
+        target = target.func
+    target = getattr(target, "__func__", target)
+    module = getattr(target, "__module__", None)
+    qualname = getattr(target, "__qualname__", None)
+    if module is None or qualname is None:
+        module, qualname = type(target).__module__, type(target).__qualname__
+    return f"{module}:{qualname}"
+
+
+def _is_async(receiver: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(receiver):
+        return True
+    call = getattr(type(receiver), "__call__", None)  # noqa: B004 - we want the method itself
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+class Registry:
+    """Subscriptions by pattern, and a per-name route cache.
+
+    Routing a name looks up exact subscriptions in a dict and runs the
+    wildcard patterns once; the result is cached per name until the
+    subscriptions change. Safe to subscribe from any thread.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscriptions: list[Subscription] = []
+        self._exact: dict[str, list[Subscription]] = {}
+        self._wildcards: list[tuple[Callable[[str], bool], Subscription]] = []
+        self._by_id: dict[str, Receiver] = {}
+        self._routes: dict[str, tuple[Subscription, ...]] = {}
+        self._version = 0
+
+    @overload
+    def subscribe(
+        self,
+        pattern: str,
+        receiver: None = None,
+        *,
+        id: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        inline: bool = False,
+    ) -> Callable[[R], R]: ...
+
+    @overload
+    def subscribe(
+        self,
+        pattern: str,
+        receiver: R,
+        *,
+        id: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        inline: bool = False,
+    ) -> R: ...
+
+    def subscribe(
+        self,
+        pattern: str,
+        receiver: R | None = None,
+        *,
+        id: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        inline: bool = False,
+    ) -> R | Callable[[R], R]:
+        """Subscribe ``receiver`` to ``pattern``; with no receiver, return a decorator.
+
+        ``id`` defaults to ``"module:qualname"`` and is what a journal records.
+        Subscribing the same receiver under the same id twice is a no-op; a
+        different callable under an id already in use raises
+        ``DuplicateReceiverError``. ``retry`` and ``timeout`` override the
+        runtime's defaults for this receiver. ``inline=True`` runs a cheap sync
+        receiver on the event loop instead of a worker thread: it must not block.
+        The decorator returns the function unchanged.
+        """
+        if receiver is None:
+
+            def decorate(function: R) -> R:
+                self.subscribe(
+                    pattern, function, id=id, retry=retry, timeout=timeout, inline=inline
+                )
+                return function
+
+            return decorate
+        self._add(pattern, receiver, id, retry, timeout, inline)
+        return receiver
+
+    def _add(
+        self,
+        pattern: str,
+        receiver: Receiver,
+        receiver_id: str | None,
+        retry: RetryPolicy | None,
+        timeout: float | None,
+        inline: bool,
+    ) -> None:
+        validate_pattern(pattern)
+        if not callable(receiver):
+            raise ConfigurationError(
+                f"subscribe({pattern!r})",
+                f"receiver must be callable, got {type(receiver).__name__}",
+            )
+        if receiver_id is None:
+            receiver_id = receiver_id_of(receiver)
+        elif not isinstance(receiver_id, str) or not receiver_id.strip():
+            raise ConfigurationError(
+                f"subscribe({pattern!r})", f"id must be a non-empty str, got {receiver_id!r}"
+            )
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigurationError(
+                f"subscribe({pattern!r})", f"retry must be a RetryPolicy, got {retry!r}"
+            )
+        if timeout is not None and (not isinstance(timeout, int | float) or not timeout > 0):
+            raise ConfigurationError(
+                f"subscribe({pattern!r})", f"timeout must be > 0 seconds, got {timeout!r}"
+            )
+        is_async = _is_async(receiver)
+        if inline and is_async:
+            raise ConfigurationError(
+                f"subscribe({pattern!r})",
+                "inline=True is for sync receivers; async ones already run on the loop",
+            )
+        subscription = Subscription(
+            pattern, receiver, receiver_id, is_async, inline, retry, timeout
+        )
+        matcher = compile_pattern(pattern)
+        with self._lock:
+            existing = self._by_id.get(receiver_id)
+            if existing is not None and existing != receiver:
+                raise DuplicateReceiverError(receiver_id, pattern)
+            for current in self._subscriptions:
+                if current.pattern == pattern and current.receiver_id == receiver_id:
+                    return  # the same receiver, subscribed again: a no-op
+            self._by_id[receiver_id] = receiver
+            self._subscriptions.append(subscription)
+            if is_pattern(pattern):
+                self._wildcards.append((matcher, subscription))
+            else:
+                self._exact.setdefault(pattern, []).append(subscription)
+            self._changed()
+
+    def unsubscribe(
+        self,
+        pattern: str,
+        receiver: Receiver | None = None,
+        *,
+        id: str | None = None,
+    ) -> bool:
+        """Remove the subscriptions of ``receiver`` (or of ``id``) to ``pattern``.
+
+        Returns whether anything was removed. Deliveries already queued still run.
+        """
+        if receiver is None and id is None:
+            raise ConfigurationError(f"unsubscribe({pattern!r})", "give the receiver or its id")
+        with self._lock:
+            removed = [
+                subscription
+                for subscription in self._subscriptions
+                if subscription.pattern == pattern
+                and (receiver is None or subscription.receiver == receiver)
+                and (id is None or subscription.receiver_id == id)
+            ]
+            if not removed:
+                return False
+            for subscription in removed:
+                self._subscriptions.remove(subscription)
+                if is_pattern(pattern):
+                    self._wildcards = [
+                        pair for pair in self._wildcards if pair[1] is not subscription
+                    ]
+                else:
+                    remaining = [s for s in self._exact[pattern] if s is not subscription]
+                    if remaining:
+                        self._exact[pattern] = remaining
+                    else:
+                        del self._exact[pattern]
+            live = {subscription.receiver_id for subscription in self._subscriptions}
+            for subscription in removed:
+                if subscription.receiver_id not in live:
+                    self._by_id.pop(subscription.receiver_id, None)
+            self._changed()
+            return True
+
+    def _changed(self) -> None:
+        self._version += 1
+        self._routes.clear()
+
+    def route(self, name: str) -> tuple[Subscription, ...]:
+        """The subscriptions a (valid) name is delivered to, one per receiver id, cached."""
+        routes = self._routes.get(name)
+        if routes is not None:
+            return routes
+        version = self._version
+        found: dict[str, Subscription] = {}
+        for subscription in self._exact.get(name, ()):
+            found.setdefault(subscription.receiver_id, subscription)
+        for matches, subscription in self._wildcards:
+            if matches(name):
+                found.setdefault(subscription.receiver_id, subscription)
+        # Keep subscription order, whichever index found it.
+        order = {id(subscription): index for index, subscription in enumerate(self._subscriptions)}
+        routes = tuple(sorted(found.values(), key=lambda s: order.get(id(s), 0)))
+        with self._lock:
+            if version == self._version:  # a concurrent subscribe would make this stale
+                if len(self._routes) >= MAX_ROUTE_CACHE:
+                    self._routes.clear()
+                self._routes[name] = routes
+        return routes
+
+    def receiver(self, receiver_id: str) -> Subscription | None:
+        """The first subscription of a receiver id: how a journal's record is resolved."""
+        for subscription in self._subscriptions:
+            if subscription.receiver_id == receiver_id:
+                return subscription
+        return None
+
+    def subscriptions(self) -> list[Subscription]:
+        """Every subscription, in the order they were made."""
+        return list(self._subscriptions)
+
+    def __iter__(self) -> Iterator[Subscription]:
+        return iter(self.subscriptions())
+
+    def __len__(self) -> int:
+        return len(self._subscriptions)
+
+    @property
+    def version(self) -> int:
+        """Bumped on every change; callers caching routes compare it."""
+        return self._version
+
+    def clear(self) -> None:
+        """Remove every subscription (handy in tests)."""
+        with self._lock:
+            self._subscriptions.clear()
+            self._exact.clear()
+            self._wildcards.clear()
+            self._by_id.clear()
+            self._changed()
+
+
+default_registry = Registry()
+"""The registry that module-level ``subscribe`` and ``EventRuntime()`` use by default."""
