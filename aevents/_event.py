@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -14,7 +15,10 @@ import orjson
 
 from ._exceptions import PayloadError
 
-__all__ = ["Event", "new_event_id"]
+__all__ = ["NO_METADATA", "Event", "new_event_id"]
+
+NO_METADATA: Mapping[str, str] = MappingProxyType({})
+"""The metadata of events published without any: shared, read-only, one allocation less."""
 
 _counter = itertools.count()
 _node = int.from_bytes(os.urandom(3), "big")
@@ -74,7 +78,7 @@ class Event:
                 "name": self.name,
                 "payload": self.payload,
                 "occurred_at": self.occurred_at,
-                "metadata": self.metadata,
+                "metadata": dict(self.metadata),
             }
         )
 

@@ -13,7 +13,9 @@
     ├── DuplicateReceiverError (ValueError)  another callable already uses that receiver id
     ├── ConfigurationError (ValueError, TypeError)  a bad argument to subscribe(), RetryPolicy
     │                                        or EventRuntime
-    └── CausationDepthError                  a chain of receivers publishing events ran too deep
+    ├── CausationDepthError                  a chain of receivers publishing events ran too deep
+    └── StoreError                           the journal cannot be used, or could not record
+        └── JournalInUseError                another process holds the journal
 
 Each exception keeps its data as attributes and composes its own message, so
 callers can branch on the data and log the message as it is. Values a user
@@ -32,10 +34,12 @@ __all__ = [
     "DuplicateEventError",
     "DuplicateReceiverError",
     "InvalidEventNameError",
+    "JournalInUseError",
     "PayloadError",
     "QueueFullError",
     "RuntimeClosedError",
     "RuntimeNotRunningError",
+    "StoreError",
     "UnknownEventError",
 ]
 
@@ -158,3 +162,23 @@ class ConfigurationError(AeventsError, ValueError, TypeError):
         self.what = what
         self.problem = problem
         super().__init__(f"{what}: {problem}")
+
+
+class StoreError(AeventsError):
+    """The journal cannot be opened or used, or could not record something."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"journal {path!r}: {problem}")
+
+
+class JournalInUseError(StoreError):
+    """Another process (or runtime) has the journal open."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            path,
+            "is in use by another process; one runtime owns a journal at a time "
+            "(stop it first, or give each process its own file)",
+        )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, overload
 
@@ -29,6 +30,10 @@ R = TypeVar("R", bound=Callable[..., Any])
 
 MAX_ROUTE_CACHE = 10_000
 """Distinct names whose routes are cached; past this the cache starts over."""
+
+
+class RouteCache(dict[str, tuple["Subscription", ...]]):
+    """A runtime's name -> subscriptions cache; its registry empties it on every change."""
 
 
 @attrs.frozen(slots=True, eq=False)
@@ -84,6 +89,7 @@ class Registry:
         self._wildcards: list[tuple[Callable[[str], bool], Subscription]] = []
         self._by_id: dict[str, Receiver] = {}
         self._routes: dict[str, tuple[Subscription, ...]] = {}
+        self._caches: list[weakref.ref[RouteCache]] = []
         self._version = 0
 
     @overload
@@ -241,6 +247,24 @@ class Registry:
     def _changed(self) -> None:
         self._version += 1
         self._routes.clear()
+        live = []
+        for reference in self._caches:
+            cache = reference()
+            if cache is not None:
+                cache.clear()
+                live.append(reference)
+        self._caches = live
+
+    def route_cache(self) -> RouteCache:
+        """A name -> routes dict for a runtime's own use, emptied whenever subscriptions change.
+
+        It lets the publish path look a name up with one dict access and no
+        version check; the runtime fills it (through ``route``) on a miss.
+        """
+        cache = RouteCache()
+        with self._lock:
+            self._caches.append(weakref.ref(cache))
+        return cache
 
     def route(self, name: str) -> tuple[Subscription, ...]:
         """The subscriptions a (valid) name is delivered to, one per receiver id, cached."""
