@@ -13,7 +13,8 @@ receiver) pair independently, with retries and dead letters::
         await aevents.publish("user:account:created", payload={"user_id": 1})
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
 
 from ._catalog import Catalog, declared_names
 from ._delivery import DeliveryInfo, current_delivery
@@ -38,8 +39,8 @@ from ._registry import Registry, Subscription, default_registry
 from ._runtime import EventRuntime, RuntimeStats, current_runtime
 
 try:
-    __version__ = version("aevents")
-except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+    __version__ = _version("aevents")
+except _PackageNotFoundError:  # pragma: no cover - running from a bare checkout
     __version__ = "0+unknown"
 
 __all__ = [

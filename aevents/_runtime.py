@@ -3,28 +3,27 @@
 The hot path is ``publish`` → ``_accept`` → ``send_nowait`` → ``_work`` →
 receiver. Three choices keep it fast without giving up cancellation:
 
-* ``publish`` is a cancel point (``checkpoint_if_cancelled``) but yields to
-  the scheduler only when it must wait for room. A naive ``await send()`` per
-  item yields on every event and runs about 15x slower.
+* ``publish`` is a cancel point but yields to the scheduler only when it must
+  wait for room. A naive ``await send()`` per item yields on every event and
+  runs about 15x slower.
 * The queue is an anyio memory stream used only through ``send_nowait`` and
   ``receive_nowait``; its bound is kept in ``_queued`` so that one event's
   deliveries are admitted all at once or not at all.
 * Workers yield every ``_YIELD_EVERY`` deliveries, so a flood of trivial
   receivers cannot starve the rest of the application.
+
+Retries and dead letters live in ``_failures``; the store's part in ``_journal``.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import math
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final
 
@@ -36,7 +35,7 @@ from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from . import _catalog
 from ._delivery import Item, call_receiver, delivery_var
-from ._event import NO_METADATA, Event, make_event, new_event_id
+from ._event import NO_METADATA, Event, make_event
 from ._exceptions import (
     AeventsError,
     CausationDepthError,
@@ -46,15 +45,18 @@ from ._exceptions import (
     RuntimeNotRunningError,
     UnknownEventError,
 )
+from ._failures import FailureHandling
+from ._journal import Journaling
+from ._lowlevel import cancelled_check_for_backend, leaf_errors
 from ._names import validate_name
 from ._payload import DEFAULT_MAX_PAYLOAD_BYTES, encode_metadata, encode_payload, payload_json
-from ._policy import DeadLetter, RetryPolicy, describe_error
+from ._policy import DeadLetter, RetryPolicy
 from ._registry import Registry, Subscription, default_registry
+from ._store import Store
 
 __all__ = ["EventRuntime", "RuntimeStats", "current_runtime"]
 
 logger = logging.getLogger("aevents.runtime")
-delivery_logger = logging.getLogger("aevents.delivery")
 
 _YIELD_EVERY: Final = 64
 _dumps, _loads = orjson.dumps, orjson.loads
@@ -103,7 +105,8 @@ class RuntimeStats:
     dead: int
     """Deliveries that ran out of attempts and became dead letters."""
     dropped: int
-    """Deliveries abandoned at shutdown (and dead letters evicted past the cap)."""
+    """Deliveries not run at shutdown (pending in the journal, with a store), and
+    dead letters evicted past ``max_dead_letters``."""
     queued: int
     """Deliveries waiting for a worker."""
     in_flight: int
@@ -112,74 +115,16 @@ class RuntimeStats:
     """Failed deliveries waiting for their next attempt."""
 
 
-class _NoRoom(Exception):
-    """Raised by ``_accept`` when the buffer cannot take the event's deliveries now."""
+class _Deferred(Exception):  # an internal signal that never escapes
+    """Raised by ``_accept`` when an event needs a wait: for room, or for the journal.
 
-    def __init__(self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch) -> None:
-        self.event, self.routes, self.epoch, self.count = event, routes, epoch, len(routes)
-
-
-def _cancelled_check_for_backend() -> Callable[[], bool] | None:
-    """The cheapest correct "is the calling task inside a cancelled scope?" for this backend.
-
-    ``anyio.lowlevel.checkpoint_if_cancelled`` costs 0.7 µs on asyncio, a
-    third of a publish: it finds the backend through sniffio, then the task's
-    cancel scope through a ``WeakKeyDictionary``, inside a coroutine. Publish
-    instead asks a plain predicate resolved once per runtime, and only when it
-    says yes awaits a checkpoint that delivers the cancellation. On trio,
-    ``trio.lowlevel.checkpoint_if_cancelled`` itself is cheaper (0.29 µs) than
-    any predicate it offers publicly, so ``None`` says "await that". On asyncio it
-    remembers the last publishing task's anyio state and walks the same
-    cancel-scope chain anyio walks; if anyio's internals ever change shape the
-    public function is used instead (the cancellation tests cover both).
+    ``reserved`` tells whether its room in the buffer is already taken.
     """
-    if anyio.get_cancelled_exc_class().__module__.startswith("trio"):
-        return None
-    try:
-        from anyio._backends._asyncio import CancelScope, _task_states
 
-        probe = CancelScope()
-        for attribute in ("_cancel_called", "_shield", "_parent_scope"):
-            getattr(probe, attribute)
-    except (ImportError, AttributeError):  # pragma: no cover - a future anyio layout
-        return None  # then publish awaits anyio's checkpoint_if_cancelled()
-
-    import asyncio
-
-    current_task = asyncio.current_task
-    last_task: list[Any] = [None, None]  # [task, its anyio TaskState]
-
-    def cancelled() -> bool:
-        task = current_task()
-        if task is last_task[0]:
-            state = last_task[1]
-        else:
-            state = _task_states.get(task) if task is not None else None
-            if state is None:
-                return False  # no anyio cancel scope around this task (yet)
-            last_task[0], last_task[1] = task, state
-        scope = state.cancel_scope
-        while scope is not None:
-            if scope._cancel_called:
-                return True
-            if scope._shield:
-                return False
-            scope = scope._parent_scope
-        return False
-
-    return cancelled
-
-
-def _leaf_errors(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    """The exceptions inside (nested) groups, less the cancellations that came with them."""
-    cancelled = anyio.get_cancelled_exc_class()
-    leaves: list[BaseException] = []
-    for error in group.exceptions:
-        if isinstance(error, BaseExceptionGroup):
-            leaves.extend(_leaf_errors(error))
-        elif not isinstance(error, cancelled):
-            leaves.append(error)
-    return leaves
+    def __init__(
+        self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch, *, reserved: bool
+    ) -> None:
+        self.event, self.routes, self.epoch, self.reserved = event, routes, epoch, reserved
 
 
 class Epoch:
@@ -193,7 +138,7 @@ class Epoch:
         self.done: anyio.Event | None = None
 
 
-class EventRuntime:
+class EventRuntime(FailureHandling, Journaling):
     """The event runtime: ``async with EventRuntime() as runtime:`` is its whole life.
 
     Deliveries wait in a bounded buffer for one of ``workers`` worker tasks.
@@ -201,8 +146,10 @@ class EventRuntime:
     ``RetryPolicy`` and becomes a dead letter when its attempts run out.
     Leaving the ``async with`` stops new publishes, drains what was accepted
     within ``shutdown_timeout`` seconds, then cancels the rest and logs how
-    many deliveries were dropped.
+    many deliveries were dropped (with a store they stay pending for the
+    next start).
 
+    ``store`` makes delivery at-least-once across a crash (see ``aevents.Store``).
     ``strict=True`` accepts only names declared in an ``aevents.Catalog``.
     ``sync_threads`` caps the worker threads used by sync receivers; they come
     from a limiter of the runtime's own, never from anyio's default one that
@@ -215,7 +162,7 @@ class EventRuntime:
         *,
         workers: int = 8,
         buffer: int = 1024,
-        store: object | None = None,
+        store: Store | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         shutdown_timeout: float = 10.0,
@@ -225,41 +172,9 @@ class EventRuntime:
         max_dead_letters: int = 10_000,
         sync_threads: int | None = None,
     ) -> None:
-        for label, value in (
-            ("workers", workers),
-            ("buffer", buffer),
-            ("max_payload_bytes", max_payload_bytes),
-            ("max_causation_depth", max_causation_depth),
-            ("max_dead_letters", max_dead_letters),
-        ):
-            if type(value) is not int or value < 1:
-                raise ConfigurationError(
-                    "EventRuntime", f"{label} must be an int >= 1, got {value!r}"
-                )
-        if sync_threads is not None and (type(sync_threads) is not int or sync_threads < 1):
-            raise ConfigurationError(
-                "EventRuntime", f"sync_threads must be an int >= 1, got {sync_threads!r}"
-            )
-        if registry is not None and not isinstance(registry, Registry):
-            raise ConfigurationError(
-                "EventRuntime", f"registry must be an aevents.Registry, got {registry!r}"
-            )
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise ConfigurationError("EventRuntime", f"retry must be a RetryPolicy, got {retry!r}")
-        if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
-            raise ConfigurationError(
-                "EventRuntime", f"timeout must be > 0 seconds, got {timeout!r}"
-            )
-        if not (isinstance(shutdown_timeout, int | float) and shutdown_timeout >= 0):
-            raise ConfigurationError(
-                "EventRuntime", f"shutdown_timeout must be >= 0, got {shutdown_timeout!r}"
-            )
-        if store is not None:
-            raise ConfigurationError(
-                "EventRuntime",
-                "store= is not available in this release yet (durable delivery is in progress)",
-            )
+        _check_config(locals())
         self.registry = registry if registry is not None else default_registry
+        self.store = store
         self.workers = workers
         self.buffer = buffer
         self.retry = retry if retry is not None else RetryPolicy()
@@ -280,9 +195,7 @@ class EventRuntime:
         self._queued = 0
         self._space_waiters: deque[list[Any]] = deque()  # [needed, anyio.Event, granted]
         self._blocked_in_delivery = 0
-        self._retries: list[tuple[float, int, Item]] = []
-        self._retry_order = itertools.count()
-        self._retry_wakeup: anyio.Event | None = None
+        self._init_failures()
         self._dead_letters: dict[str, DeadLetter] = {}
         self._storms: set[tuple[str, str]] = set()
         self._published = self._unrouted = self._delivered = 0
@@ -309,11 +222,15 @@ class EventRuntime:
 
     @asynccontextmanager
     async def _lifecycle(self) -> AsyncIterator[EventRuntime]:
+        if self.store is not None:
+            await (
+                self.store.open()
+            )  # a journal that cannot be used fails here, before anything runs
         send, receive = anyio.create_memory_object_stream[Item](math.inf)
         self._send, self._receive = send, receive
         self._limiter = anyio.CapacityLimiter(self.sync_threads)
         self._thread = threading.get_ident()
-        self._cancelled = _cancelled_check_for_backend()
+        self._cancelled = cancelled_check_for_backend()
         if self._cancelled is None:
             import trio
 
@@ -327,11 +244,13 @@ class EventRuntime:
                 anyio.from_thread.BlockingPortal() as portal,
                 anyio.create_task_group() as tasks,
             ):
-                self._portal = portal
+                self._portal, self._tasks = portal, tasks
                 for _ in range(self.workers):
                     tasks.start_soon(self._work)
                 tasks.start_soon(self._run_retries)
                 self._state = _RUNNING
+                if self.store is not None:
+                    tasks.start_soon(self._replay)
                 try:
                     yield self
                 except BaseException as error:  # re-raised as itself once the task group is gone
@@ -342,7 +261,7 @@ class EventRuntime:
         except BaseExceptionGroup as group:
             # A worker can only fail with KeyboardInterrupt, SystemExit or a bug:
             # surface it as itself rather than wrapped in (nested) groups.
-            errors = _leaf_errors(group)
+            errors = leaf_errors(group)
             if len(errors) == 1:
                 raise errors[0] from None
             raise
@@ -357,6 +276,9 @@ class EventRuntime:
                 _current_runtime.reset(token)
             except ValueError:  # exited in another context than it was entered in
                 _current_runtime.set(None)
+            if self.store is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.store.close()
         if body_error is not None:
             raise body_error
 
@@ -373,21 +295,24 @@ class EventRuntime:
             left = self._queued + in_flight + len(self._retries)
             if left:
                 self._dropped += left
+                fate = (
+                    "they stay pending in the journal for the next start"
+                    if self.store is not None
+                    else "without a store they are lost"
+                )
                 logger.warning(
                     "event runtime stopped with %d deliveries not run "
-                    "(%d queued, %d in flight, %d waiting to retry); without a store they are lost",
+                    "(%d queued, %d in flight, %d waiting to retry); %s",
                     left,
                     self._queued,
                     in_flight,
                     len(self._retries),
+                    fate,
                     extra={"dropped": left},
                 )
             for waiter in self._space_waiters:  # publishers still waiting for room
                 waiter[1].set()
-            for epoch in (
-                *self._closed_epochs,
-                self._epoch,
-            ):  # drain() callers: nothing more will finish
+            for epoch in (*self._closed_epochs, self._epoch):  # drain() callers: nothing more
                 if epoch.done is not None:
                     epoch.done.set()
             self._send.close()
@@ -410,12 +335,15 @@ class EventRuntime:
     ) -> Event:
         """Validate, queue one delivery per matching receiver, and return the event.
 
-        Waits while the buffer is full (backpressure). It is a cancel point: in
-        a cancelled scope it raises before accepting anything. It yields to the
-        scheduler only while waiting for room; if cancelled while waiting,
-        nothing was queued and the event was not accepted.
+        Waits while the buffer is full (backpressure); with a store, also until
+        the event and its deliveries are durable. It is a cancel point: in a
+        cancelled scope it raises before accepting anything. It yields to the
+        scheduler only when it has to wait. Cancelled while waiting for room,
+        nothing was accepted; once the journal write has begun it is finished
+        (shielded), so publish either returns the accepted event or raises
+        having accepted nothing.
         """
-        # A cancel point without a schedule point (see _cancelled_check_for_backend).
+        # A cancel point without a schedule point (see cancelled_check_for_backend).
         cancelled = self._cancelled
         if cancelled is None:
             await self._checkpoint_if_cancelled()
@@ -424,12 +352,17 @@ class EventRuntime:
         parent = delivery_var.get()
         try:
             return self._accept(name, payload, metadata, parent)
-        except _NoRoom as full:
-            await self._wait_for_room(full.count, parent is not None and parent[3].runtime is self)
-            if self._state is _STOPPED:
-                raise RuntimeClosedError(name) from None
-            self._enqueue(full.event, full.routes, full.epoch)
-            return full.event
+        except _Deferred as deferred:
+            if not deferred.reserved:
+                in_delivery = parent is not None and parent[3].runtime is self
+                await self._wait_for_room(len(deferred.routes), in_delivery)
+                if self._state is _STOPPED:
+                    raise RuntimeClosedError(name) from None
+            if self.store is not None:
+                await self._append(deferred.event, deferred.routes)
+            self._published += 1
+            self._enqueue(deferred.event, deferred.routes, deferred.epoch)
+            return deferred.event
 
     def publish_nowait(
         self,
@@ -439,11 +372,23 @@ class EventRuntime:
         payload: Mapping[str, Any] | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> Event:
-        """Like ``publish`` but never waits: raises ``QueueFullError`` when full."""
+        """Like ``publish`` but never waits: raises ``QueueFullError`` when full.
+
+        With a store the event is journaled in the background before it is
+        delivered, so it is not yet durable when this returns: a crash in
+        that window loses it. Use ``await publish()`` where that matters.
+        """
         try:
             return self._accept(name, payload, metadata, delivery_var.get())
-        except _NoRoom:
-            raise QueueFullError(name, self.buffer) from None
+        except _Deferred as deferred:
+            if not deferred.reserved:
+                raise QueueFullError(name, self.buffer) from None
+            self._published += 1
+            deferred.epoch.unfinished += 1  # drain() waits for the background write too
+            self._tasks.start_soon(
+                self._append_then_enqueue, deferred.event, deferred.routes, deferred.epoch
+            )
+            return deferred.event
 
     def publish_threadsafe(
         self,
@@ -502,10 +447,10 @@ class EventRuntime:
         metadata: Mapping[str, str] | None,
         parent: Item | None,
     ) -> Event:
-        """The whole of publishing but the wait: validate, build the event, admit, queue.
+        """The whole of publishing but the waits: validate, build the event, admit, queue.
 
-        Raises on bad input having queued nothing, and ``_NoRoom`` (carrying the
-        built event) when the buffer has no room for the event's deliveries.
+        Raises on bad input having queued nothing, and ``_Deferred`` (carrying
+        the built event) when it has to wait for room or for the journal.
         """
         if self._state is not _RUNNING and not (
             self._state is _DRAINING and parent is not None and parent[3].runtime is self
@@ -517,39 +462,46 @@ class EventRuntime:
         if payload is None:
             body: Any = {}
         elif type(payload) is dict:
-            # encode_payload inlined for its common case; it has the slow checks.
+            # encode_payload inlined for its common case; payload_json has the slow checks.
             try:
                 data = _dumps(payload)
             except (TypeError, orjson.JSONEncodeError):
-                data = payload_json(
-                    name, payload, self.max_payload_bytes
-                )  # raises, naming the path
+                data = payload_json(name, payload, self.max_payload_bytes)  # raises with the path
             if len(data) > self.max_payload_bytes or data.find(b"null") != -1:
                 data = payload_json(name, payload, self.max_payload_bytes)
             body = _loads(data)
         else:
             body = encode_payload(name, payload, self.max_payload_bytes)
         if parent is None:
-            event = make_event(
-                name, body, NO_METADATA if metadata is None else encode_metadata(name, metadata)
-            )
+            meta = NO_METADATA if metadata is None else encode_metadata(name, metadata)
+            event = make_event(name, body, meta)
             epoch = self._epoch
         else:
             event = make_event(name, body, self._child_metadata(name, metadata, parent))
             epoch = parent[3] if parent[3].runtime is self else self._epoch
         count = len(routes)
-        if count:
-            if self._space_waiters or (self._queued + count > self.buffer and self._queued):
-                raise _NoRoom(event, routes, epoch)
-            self._queued += count
-            epoch.unfinished += count
-            send = self._send.send_nowait
-            for subscription in routes:
-                send((event, subscription, 1, epoch))
-        else:
+        if not count:
+            self._published += 1
             self._unrouted += 1
+            return event
+        if self._space_waiters or (self._queued + count > self.buffer and self._queued):
+            raise _Deferred(event, routes, epoch, reserved=False)
+        self._queued += count
+        if self.store is not None:
+            raise _Deferred(event, routes, epoch, reserved=True)
         self._published += 1
+        epoch.unfinished += count
+        send = self._send.send_nowait
+        for subscription in routes:
+            send((event, subscription, 1, epoch))
         return event
+
+    def _enqueue(self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch) -> None:
+        """Queue first attempts for deliveries whose room is already reserved."""
+        epoch.unfinished += len(routes)
+        send = self._send.send_nowait
+        for subscription in routes:
+            send((event, subscription, 1, epoch))
 
     def _route(self, name: str) -> tuple[Subscription, ...]:
         validate_name(name)
@@ -576,6 +528,15 @@ class EventRuntime:
         child["correlation_id"] = parent_event.metadata.get("correlation_id", parent_event.id)
         child["causation_depth"] = str(depth)
         return child
+
+    # ------------------------------------------------------------------ room in the buffer
+
+    async def _reserve(self, count: int) -> None:
+        """Take room for ``count`` deliveries, waiting for it if need be."""
+        if self._space_waiters or (self._queued + count > self.buffer and self._queued):
+            await self._wait_for_room(count, in_delivery=False)
+        else:
+            self._queued += count
 
     async def _wait_for_room(self, count: int, in_delivery: bool) -> None:
         if in_delivery and self._blocked_in_delivery + 1 >= self.workers:
@@ -612,22 +573,13 @@ class EventRuntime:
             waiter[2] = True
             waiter[1].set()
 
-    def _enqueue(self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch) -> None:
-        self._published += 1
-        if not routes:
-            self._unrouted += 1
-            return
-        send = self._send.send_nowait
-        for subscription in routes:
-            send((event, subscription, 1, epoch))
-        epoch.unfinished += len(routes)
-
     # ------------------------------------------------------------------ workers
 
     async def _work(self) -> None:
         receive_nowait = self._receive.receive_nowait
         receive = self._receive.receive
-        fast_ok = self.timeout is None
+        fast_ok = self.timeout is None and self.store is None
+        durable = self.store is not None
         since_yield = 0
         while True:
             if since_yield >= _YIELD_EVERY:
@@ -647,18 +599,24 @@ class EventRuntime:
             self._queued -= 1
             if self._space_waiters:
                 self._release(0)
+            if durable:
+                await self._deliver_durably(item)
+                continue
             event, subscription, _, epoch = item
             token = delivery_var.set(item)
             try:
                 if fast_ok and subscription.fast:
                     await subscription.receiver(event)
                 else:
-                    timeout = (
+                    time_limit = (
                         subscription.timeout if subscription.timeout is not None else self.timeout
                     )
-                    await call_receiver(subscription, event, timeout, self._limiter)
+                    await call_receiver(subscription, event, time_limit, self._limiter)
             except Exception as error:
-                self._on_failure(item, error)
+                letter = self._on_failure(item, error)
+                if letter is not None:
+                    self._keep_dead_letter(letter)
+                    self._finish(epoch)
             else:
                 self._delivered += 1
                 epoch.unfinished -= 1
@@ -672,103 +630,16 @@ class EventRuntime:
         if not epoch.unfinished and epoch.done is not None:
             epoch.done.set()
 
-    def _on_failure(self, item: Item, error: Exception) -> None:
-        event, subscription, attempt, epoch = item
-        self._failed += 1
-        policy = subscription.retry if subscription.retry is not None else self.retry
-        storm = (event.id, subscription.receiver_id) in self._storms
-        extra = {
-            "event_id": event.id,
-            "event_name": event.name,
-            "receiver_id": subscription.receiver_id,
-            "attempt": attempt,
-        }
-        error_type, message = describe_error(error)
-        if attempt < policy.attempts and not storm:
-            self._retried += 1
-            delay = policy.delay(attempt)
-            delivery_logger.warning(
-                "receiver %r failed on %r (attempt %d of %d), retrying in %.3fs: %s: %s",
-                subscription.receiver_id,
-                event.name,
-                attempt,
-                policy.attempts,
-                delay,
-                error_type,
-                message,
-                extra=extra,
-            )
-            heapq.heappush(
-                self._retries,
-                (
-                    anyio.current_time() + delay,
-                    next(self._retry_order),
-                    (event, subscription, attempt + 1, epoch),
-                ),
-            )
-            if self._retry_wakeup is not None:
-                self._retry_wakeup.set()
-            return
-        self._storms.discard((event.id, subscription.receiver_id))
-        self._dead += 1
-        letter = DeadLetter(
-            id=new_event_id(),
-            event=event,
-            receiver_id=subscription.receiver_id,
-            attempts=attempt,
-            error_type=error_type,
-            error_message=message,
-            failed_at=datetime.now(UTC),
-        )
-        self._dead_letters[letter.id] = letter
-        if len(self._dead_letters) > self.max_dead_letters:
-            oldest = next(iter(self._dead_letters))
-            del self._dead_letters[oldest]
-            self._dropped += 1
-            logger.warning(
-                "dead letter %s evicted: more than max_dead_letters=%d are kept",
-                oldest,
-                self.max_dead_letters,
-            )
-        delivery_logger.error(
-            "receiver %r failed on %r after %d attempt(s); dead-lettered as %s",
-            subscription.receiver_id,
-            event.name,
-            attempt,
-            letter.id,
-            exc_info=error,
-            extra={**extra, "dead_letter_id": letter.id},
-        )
-        self._finish(epoch)
-
-    async def _run_retries(self) -> None:
-        """Move failed deliveries back into the queue when their backoff is over."""
-        while True:
-            self._retry_wakeup = wakeup = anyio.Event()
-            if not self._retries:
-                await wakeup.wait()
-                continue
-            wait = self._retries[0][0] - anyio.current_time()
-            if wait > 0:
-                with anyio.move_on_after(wait):
-                    await wakeup.wait()
-                continue
-            now = anyio.current_time()
-            send = self._send.send_nowait
-            while self._retries and self._retries[0][0] <= now:
-                item = heapq.heappop(self._retries)[2]
-                self._queued += 1  # already accepted once: re-admitted past the bound
-                send(item)
-
-    # ------------------------------------------------------------------ draining, letters, stats
+    # ------------------------------------------------------------------ draining and stats
 
     async def drain(self) -> None:
         """Wait until every delivery accepted so far has finished or been dead-lettered.
 
-        That includes everything those deliveries publish in turn, and
-        retries still waiting for their backoff. Deliveries accepted after the
-        call are not waited for. Cancelling it leaves the runtime unaffected.
-        Awaiting it inside a receiver raises, since it would wait for itself.
+        That includes everything those deliveries publish in turn, retries
+        still waiting for their backoff, and (with a store) the replay of what
+        an earlier run left pending. Deliveries accepted after the call are not
+        waited for. Cancelling it leaves the runtime unaffected. Awaiting it
+        inside a receiver raises, since it would wait for itself.
         """
         parent = delivery_var.get()
         if parent is not None and parent[3].runtime is self:
@@ -787,54 +658,6 @@ class EventRuntime:
                 if epoch.done is None:
                     epoch.done = anyio.Event()
                 await epoch.done.wait()
-
-    async def dead_letters(self) -> list[DeadLetter]:
-        """The dead letters kept (oldest first, at most ``max_dead_letters``)."""
-        await checkpoint()
-        return list(self._dead_letters.values())
-
-    async def redeliver(
-        self, dead_letters: Iterable[DeadLetter | str] | DeadLetter | str | None = None
-    ) -> int:
-        """Queue dead letters again with a fresh set of attempts; ``None`` means all of them.
-
-        The receiver id is resolved through the registry as it is now; a letter
-        whose receiver is no longer subscribed stays dead and is logged.
-        Returns how many were queued. Waits for room like ``publish``; if
-        cancelled, letters not yet queued stay dead.
-        """
-        if self._state is not _RUNNING:
-            raise self._not_accepting("<redeliver>")
-        if dead_letters is None:
-            chosen = list(self._dead_letters)
-        elif isinstance(dead_letters, DeadLetter | str):
-            chosen = [dead_letters.id if isinstance(dead_letters, DeadLetter) else dead_letters]
-        else:
-            chosen = [
-                letter.id if isinstance(letter, DeadLetter) else letter for letter in dead_letters
-            ]
-        queued = 0
-        for letter_id in chosen:
-            letter = self._dead_letters.get(letter_id)
-            if letter is None:
-                continue
-            subscription = self.registry.receiver(letter.receiver_id)
-            if subscription is None:
-                logger.warning(
-                    "dead letter %s not redelivered: receiver %r is not subscribed",
-                    letter_id,
-                    letter.receiver_id,
-                )
-                continue
-            if self._space_waiters or self._queued >= self.buffer:
-                await self._wait_for_room(1, in_delivery=False)
-            else:
-                self._queued += 1
-            del self._dead_letters[letter_id]
-            self._enqueue(letter.event, (subscription,), self._epoch)
-            queued += 1
-        await checkpoint()
-        return queued
 
     def _in_flight(self) -> int:
         # Every unfinished delivery is queued, waiting to retry, or running;
@@ -859,3 +682,40 @@ class EventRuntime:
 
     def __repr__(self) -> str:
         return f"<EventRuntime {self._state} workers={self.workers} buffer={self.buffer}>"
+
+
+def _check_config(arguments: dict[str, Any]) -> None:
+    """Refuse nonsense settings before anything starts."""
+    for label in (
+        "workers",
+        "buffer",
+        "max_payload_bytes",
+        "max_causation_depth",
+        "max_dead_letters",
+    ):
+        value = arguments[label]
+        if type(value) is not int or value < 1:
+            raise ConfigurationError("EventRuntime", f"{label} must be an int >= 1, got {value!r}")
+    sync_threads = arguments["sync_threads"]
+    if sync_threads is not None and (type(sync_threads) is not int or sync_threads < 1):
+        raise ConfigurationError(
+            "EventRuntime", f"sync_threads must be an int >= 1, got {sync_threads!r}"
+        )
+    registry, retry, store = arguments["registry"], arguments["retry"], arguments["store"]
+    if registry is not None and not isinstance(registry, Registry):
+        raise ConfigurationError(
+            "EventRuntime", f"registry must be an aevents.Registry, got {registry!r}"
+        )
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise ConfigurationError("EventRuntime", f"retry must be a RetryPolicy, got {retry!r}")
+    if store is not None and not isinstance(store, Store):
+        raise ConfigurationError(
+            "EventRuntime", f"store must implement the aevents.Store protocol, got {store!r}"
+        )
+    timeout, shutdown_timeout = arguments["timeout"], arguments["shutdown_timeout"]
+    if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+        raise ConfigurationError("EventRuntime", f"timeout must be > 0 seconds, got {timeout!r}")
+    if not (isinstance(shutdown_timeout, int | float) and shutdown_timeout >= 0):
+        raise ConfigurationError(
+            "EventRuntime", f"shutdown_timeout must be >= 0, got {shutdown_timeout!r}"
+        )

@@ -1,0 +1,211 @@
+"""The delivery policy at work: retrying failed deliveries and keeping dead letters.
+
+Mixed into ``EventRuntime``; the attributes annotated below are its own. A
+failed delivery waits for its backoff in a heap, holding no worker; when its
+attempts run out it becomes a ``DeadLetter``, kept in memory (capped) or, with
+a store, in the journal.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.lowlevel import checkpoint
+
+from ._delivery import Item
+from ._event import new_event_id
+from ._policy import DeadLetter, RetryPolicy, describe_error
+
+if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectSendStream
+
+    from ._exceptions import AeventsError
+    from ._registry import Registry, Subscription
+    from ._runtime import Epoch
+    from ._store import Store
+
+__all__ = ["FailureHandling"]
+
+logger = logging.getLogger("aevents.runtime")
+delivery_logger = logging.getLogger("aevents.delivery")
+
+
+class FailureHandling:
+    """Retries and dead letters, for ``EventRuntime``."""
+
+    registry: Registry
+    store: Store | None
+    retry: RetryPolicy
+    max_dead_letters: int
+    _state: str
+    _send: MemoryObjectSendStream[Item]
+    _epoch: Epoch
+    _queued: int
+    _failed: int
+    _retried: int
+    _dead: int
+    _dropped: int
+    _dead_letters: dict[str, DeadLetter]
+    _storms: set[tuple[str, str]]
+
+    def _init_failures(self) -> None:
+        self._retries: list[tuple[float, int, Item]] = []
+        self._retry_order = itertools.count()
+        self._retry_wakeup: anyio.Event | None = None
+
+    # Provided by EventRuntime.
+    def _finish(self, epoch: Epoch) -> None: ...  # pragma: no cover
+    def _not_accepting(self, name: str) -> AeventsError:  # pragma: no cover
+        raise NotImplementedError
+
+    def _enqueue(
+        self, event: Any, routes: tuple[Subscription, ...], epoch: Epoch
+    ) -> None: ...  # pragma: no cover
+    async def _reserve(self, count: int) -> None: ...  # pragma: no cover
+
+    def _on_failure(self, item: Item, error: Exception) -> DeadLetter | None:
+        """Count a failed attempt; schedule a retry, or return the dead letter it became.
+
+        The caller keeps (or journals) the letter and finishes the delivery.
+        """
+        event, subscription, attempt, epoch = item
+        self._failed += 1
+        policy = subscription.retry if subscription.retry is not None else self.retry
+        storm = (event.id, subscription.receiver_id) in self._storms
+        extra = {
+            "event_id": event.id,
+            "event_name": event.name,
+            "receiver_id": subscription.receiver_id,
+            "attempt": attempt,
+        }
+        error_type, message = describe_error(error)
+        if attempt < policy.attempts and not storm:
+            self._retried += 1
+            delay = policy.delay(attempt)
+            delivery_logger.warning(
+                "receiver %r failed on %r (attempt %d of %d), retrying in %.3fs: %s: %s",
+                subscription.receiver_id,
+                event.name,
+                attempt,
+                policy.attempts,
+                delay,
+                error_type,
+                message,
+                extra=extra,
+            )
+            due = anyio.current_time() + delay
+            retry = (event, subscription, attempt + 1, epoch)
+            heapq.heappush(self._retries, (due, next(self._retry_order), retry))
+            if self._retry_wakeup is not None:
+                self._retry_wakeup.set()
+            return None
+        self._storms.discard((event.id, subscription.receiver_id))
+        self._dead += 1
+        letter = DeadLetter(
+            id=new_event_id(),
+            event=event,
+            receiver_id=subscription.receiver_id,
+            attempts=attempt,
+            error_type=error_type,
+            error_message=message,
+            failed_at=datetime.now(UTC),
+        )
+        delivery_logger.error(
+            "receiver %r failed on %r after %d attempt(s); dead-lettered as %s",
+            subscription.receiver_id,
+            event.name,
+            attempt,
+            letter.id,
+            exc_info=error,
+            extra={**extra, "dead_letter_id": letter.id},
+        )
+        return letter
+
+    def _keep_dead_letter(self, letter: DeadLetter) -> None:
+        """Keep a dead letter in memory, evicting the oldest past ``max_dead_letters``."""
+        self._dead_letters[letter.id] = letter
+        if len(self._dead_letters) > self.max_dead_letters:
+            oldest = next(iter(self._dead_letters))
+            del self._dead_letters[oldest]
+            self._dropped += 1
+            logger.warning(
+                "dead letter %s evicted: more than max_dead_letters=%d are kept",
+                oldest,
+                self.max_dead_letters,
+            )
+
+    async def _run_retries(self) -> None:
+        """Move failed deliveries back into the queue when their backoff is over."""
+        while True:
+            self._retry_wakeup = wakeup = anyio.Event()
+            if not self._retries:
+                await wakeup.wait()
+                continue
+            wait = self._retries[0][0] - anyio.current_time()
+            if wait > 0:
+                with anyio.move_on_after(wait):
+                    await wakeup.wait()
+                continue
+            now = anyio.current_time()
+            send = self._send.send_nowait
+            while self._retries and self._retries[0][0] <= now:
+                item = heapq.heappop(self._retries)[2]
+                self._queued += 1  # already accepted once: re-admitted past the bound
+                send(item)
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        """The dead letters, oldest first: from the journal with a store, else the
+        ones kept in memory (at most ``max_dead_letters``)."""
+        if self.store is not None:
+            return await self.store.dead_letters()
+        await checkpoint()
+        return list(self._dead_letters.values())
+
+    async def redeliver(
+        self, dead_letters: Iterable[DeadLetter | str] | DeadLetter | str | None = None
+    ) -> int:
+        """Queue dead letters again with a fresh set of attempts; ``None`` means all of them.
+
+        The receiver id is resolved through the registry as it is now; a letter
+        whose receiver is no longer subscribed stays dead and is logged.
+        Returns how many were queued. Waits for room like ``publish``; if
+        cancelled, letters not yet queued stay dead.
+        """
+        if self._state != "running":
+            raise self._not_accepting("<redeliver>")
+        known = {letter.id: letter for letter in await self.dead_letters()}
+        if dead_letters is None:
+            chosen = list(known)
+        elif isinstance(dead_letters, DeadLetter | str):
+            chosen = [dead_letters.id if isinstance(dead_letters, DeadLetter) else dead_letters]
+        else:
+            chosen = [
+                letter.id if isinstance(letter, DeadLetter) else letter for letter in dead_letters
+            ]
+        queued = 0
+        for letter_id in chosen:
+            letter = known.get(letter_id)
+            if letter is None:
+                continue
+            subscription = self.registry.receiver(letter.receiver_id)
+            if subscription is None:
+                logger.warning(
+                    "dead letter %s not redelivered: receiver %r is not subscribed",
+                    letter_id,
+                    letter.receiver_id,
+                )
+                continue
+            await self._reserve(1)
+            if self.store is not None:
+                await self.store.redeliver([letter_id])
+            self._dead_letters.pop(letter_id, None)
+            self._enqueue(letter.event, (subscription,), self._epoch)
+            queued += 1
+        await checkpoint()
+        return queued

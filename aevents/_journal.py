@@ -1,0 +1,213 @@
+"""The runtime's use of a store: durable publishing, recorded attempts, replay on start.
+
+Mixed into ``EventRuntime``. With a store, an event is appended (with one
+pending delivery per receiver) before it is queued; every attempt is
+recorded before its receiver runs, so a receiver that kills the process
+runs out of attempts instead of crash-looping; a delivery is marked done
+after its receiver returns. On start, what the journal holds as pending is
+streamed back into the queue, each receiver id resolved through the live
+registry, never by importing anything the journal names.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._delivery import Item, call_receiver, delivery_var
+from ._event import Event, new_event_id
+from ._exceptions import StoreError
+from ._policy import DeadLetter, RetryPolicy
+
+if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectSendStream
+
+    from ._registry import Registry, Subscription
+    from ._runtime import Epoch
+    from ._store import Store
+
+__all__ = ["Journaling"]
+
+logger = logging.getLogger("aevents.journal")
+
+
+class Journaling:
+    """Durable publish, durable delivery and replay, for ``EventRuntime``."""
+
+    registry: Registry
+    store: Store | None
+    retry: RetryPolicy
+    timeout: float | None
+    _send: MemoryObjectSendStream[Item]
+    _epoch: Epoch
+    _limiter: anyio.CapacityLimiter
+    _delivered: int
+    _dead: int
+
+    # Provided by EventRuntime and FailureHandling.
+    def _finish(self, epoch: Epoch) -> None: ...  # pragma: no cover
+    def _release(self, count: int) -> None: ...  # pragma: no cover
+    def _enqueue(
+        self, event: Any, routes: tuple[Subscription, ...], epoch: Epoch
+    ) -> None: ...  # pragma: no cover
+    async def _reserve(self, count: int) -> None: ...  # pragma: no cover
+    def _on_failure(
+        self, item: Item, error: Exception
+    ) -> DeadLetter | None: ...  # pragma: no cover
+
+    async def _append(self, event: Event, routes: tuple[Subscription, ...]) -> None:
+        """Journal an event whose room in the buffer is reserved; on failure give the room back.
+
+        The wait is shielded: once the write is under way, cancelling the
+        publisher cannot leave it unsure whether the event was accepted.
+        """
+        assert self.store is not None
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.store.append(event, [route.receiver_id for route in routes])
+        except BaseException:
+            self._release(len(routes))
+            raise
+
+    async def _append_then_enqueue(
+        self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch
+    ) -> None:
+        """``publish_nowait`` with a store: journal in the background, then queue.
+
+        If the journal refuses the event it is still delivered, without the
+        crash guarantee, and an error says so: nothing accepted is dropped.
+        """
+        assert self.store is not None
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.store.append(event, [route.receiver_id for route in routes])
+        except StoreError as error:
+            logger.error(  # noqa: TRY400 - the store error's message says it all
+                "event %s (%r) accepted by publish_nowait could not be journaled (%s); "
+                "delivering it without the crash guarantee",
+                event.id,
+                event.name,
+                error,
+                extra={"event_id": event.id, "event_name": event.name},
+            )
+        self._enqueue(event, routes, epoch)
+        self._finish(epoch)  # the placeholder publish_nowait counted
+
+    async def _deliver_durably(self, item: Item) -> None:
+        """One attempt of one delivery with a store: record it, run it, mark it done."""
+        assert self.store is not None
+        event, subscription, attempt, epoch = item
+        key = (event.id, subscription.receiver_id)
+        try:
+            await self.store.start_attempts([(event.id, subscription.receiver_id, attempt)])
+        except StoreError as error:  # not recorded, so not run: it counts as a failed attempt
+            await self._failed_durably(item, error)
+            return
+        token = delivery_var.set(item)
+        try:
+            time_limit = subscription.timeout if subscription.timeout is not None else self.timeout
+            await call_receiver(subscription, event, time_limit, self._limiter)
+        except Exception as error:
+            await self._failed_durably(item, error)
+            return
+        finally:
+            delivery_var.reset(token)
+        self._delivered += 1
+        try:
+            await self.store.complete([key])
+        except StoreError as error:
+            logger.warning(
+                "delivery of %s to %r ran but could not be marked done (%s); "
+                "it will run again on the next start",
+                event.id,
+                subscription.receiver_id,
+                error,
+                extra={"event_id": event.id, "receiver_id": subscription.receiver_id},
+            )
+        self._finish(epoch)
+
+    async def _failed_durably(self, item: Item, error: Exception) -> None:
+        letter = self._on_failure(item, error)
+        if letter is not None:
+            await self._journal_dead_letter(letter)
+            self._finish(item[3])
+
+    async def _journal_dead_letter(self, letter: DeadLetter) -> None:
+        assert self.store is not None
+        try:
+            await self.store.dead_letter([letter])
+        except StoreError as error:
+            logger.error(  # noqa: TRY400 - the store error's message says it all
+                "dead letter %s could not be journaled (%s); the delivery stays pending "
+                "and runs again on the next start",
+                letter.id,
+                error,
+                extra={"dead_letter_id": letter.id, "event_id": letter.event.id},
+            )
+
+    async def _replay(self) -> None:
+        """Queue what the journal holds as pending, streaming, with backpressure."""
+        assert self.store is not None
+        epoch = self._epoch
+        epoch.unfinished += 1  # so drain() waits for the whole replay
+        replayed = unknown = exhausted = 0
+        try:
+            async for pending in self.store.pending():
+                subscription = self.registry.receiver(pending.receiver_id)
+                if subscription is None:
+                    unknown += 1
+                    await self._park(
+                        pending.event,
+                        pending.receiver_id,
+                        pending.attempts,
+                        "aevents.UnknownReceiver",
+                        f"receiver id {pending.receiver_id!r} is not subscribed in this process; "
+                        "ids read from a journal are resolved through the registry only",
+                    )
+                    continue
+                policy = subscription.retry if subscription.retry is not None else self.retry
+                if pending.attempts >= policy.attempts:
+                    exhausted += 1
+                    await self._park(
+                        pending.event,
+                        pending.receiver_id,
+                        pending.attempts,
+                        "aevents.AttemptsExhausted",
+                        f"the process stopped during each of its {pending.attempts} attempt(s)",
+                    )
+                    continue
+                await self._reserve(1)
+                epoch.unfinished += 1
+                self._send.send_nowait((pending.event, subscription, pending.attempts + 1, epoch))
+                replayed += 1
+        finally:
+            self._finish(epoch)
+        if replayed:
+            logger.info("replayed %d pending deliveries from the journal", replayed)
+        if unknown or exhausted:
+            logger.warning(
+                "journal replay parked %d deliveries as dead letters: %d for receiver ids "
+                "not subscribed here, %d whose attempts ran out across restarts",
+                unknown + exhausted,
+                unknown,
+                exhausted,
+                extra={"unknown_receivers": unknown, "exhausted": exhausted},
+            )
+
+    async def _park(
+        self, event: Event, receiver_id: str, attempts: int, error_type: str, message: str
+    ) -> None:
+        self._dead += 1
+        letter = DeadLetter(
+            id=new_event_id(),
+            event=event,
+            receiver_id=receiver_id,
+            attempts=attempts,
+            error_type=error_type,
+            error_message=message,
+            failed_at=datetime.now(UTC),
+        )
+        await self._journal_dead_letter(letter)
