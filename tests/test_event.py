@@ -1,0 +1,290 @@
+"""The event: a frozen, slotted value with sortable unique ids and a lossless orjson form."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import time
+import warnings
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import attrs
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import aevents
+from aevents._event import make_event, new_event_id
+from tests.test_names import names
+from tests.test_payload import json_payloads, same_json
+
+ID_FORMAT = re.compile(r"[0-9a-f]{28}")
+
+
+def sample_event(**changes: Any) -> aevents.Event:
+    fields: dict[str, Any] = {
+        "id": new_event_id(),
+        "name": "user:account:created",
+        "payload": {"user_id": 1, "tags": ["a", "b"], "profile": {"age": 30.5, "admin": False}},
+        "occurred_at": datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=UTC),
+        "metadata": {"trace_id": "abc"},
+    }
+    fields.update(changes)
+    return aevents.Event(**fields)
+
+
+def sample_json(**changes: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = orjson.loads(sample_event().to_json())
+    raw.update(changes)
+    return raw
+
+
+# -------------------------------------------------------------------- the value
+
+
+def test_event_is_frozen() -> None:
+    """Assigning to any field raises ``FrozenInstanceError``."""
+    event = sample_event()
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        event.name = "user:account:deleted"  # type: ignore[misc]
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        event.payload = {}  # type: ignore[misc]
+    assert event.name == "user:account:created"
+
+
+def test_event_is_slotted() -> None:
+    """Events have no per-instance ``__dict__``, so no stray attribute can be attached."""
+    event = sample_event()
+    assert "__slots__" in vars(aevents.Event)
+    assert not hasattr(event, "__dict__")
+    with pytest.raises(AttributeError):
+        object.__setattr__(event, "extra", 1)
+
+
+def test_event_has_the_contract_fields() -> None:
+    """An event carries ``id``, ``name``, ``payload``, ``occurred_at`` and ``metadata``."""
+    assert [field.name for field in attrs.fields(aevents.Event)] == [
+        "id",
+        "name",
+        "payload",
+        "occurred_at",
+        "metadata",
+    ]
+
+
+def test_metadata_defaults_to_empty() -> None:
+    """Built without metadata, an event has an empty mapping, not a shared one."""
+    first = aevents.Event("id-1", "a:b", {}, datetime.now(UTC))
+    second = aevents.Event("id-2", "a:b", {}, datetime.now(UTC))
+    assert first.metadata == {}
+    assert first.metadata is not second.metadata
+
+
+def test_events_compare_by_value_and_hash_for_sets() -> None:
+    """Equal events hash equally, so sets and dict keys deduplicate them."""
+    event = sample_event()
+    twin = aevents.Event.from_json(event.to_json())
+    other = sample_event()
+    assert event == twin
+    assert hash(event) == hash(twin)
+    assert event != other
+    assert {event, twin, other} == {event, other}
+    assert len({event, twin, other}) == 2
+    assert {event: "seen"}[twin] == "seen"
+
+
+def test_events_with_unhashable_payloads_still_hash() -> None:
+    """The hash ignores payload and metadata, which are dicts."""
+    event = sample_event(payload={"nested": {"list": [1, 2]}}, metadata={"a": "b"})
+    assert hash(event) == hash(sample_event(id=event.id, payload={}, metadata={}))
+
+
+def test_correlation_id_defaults_to_the_event_id() -> None:
+    """A root event correlates with itself."""
+    event = sample_event(metadata={})
+    assert event.correlation_id == event.id
+
+
+def test_correlation_and_causation_ids_come_from_metadata() -> None:
+    """Given ``correlation_id`` and ``causation_id`` metadata, the properties return them."""
+    event = sample_event(metadata={"correlation_id": "root", "causation_id": "parent"})
+    assert event.correlation_id == "root"
+    assert event.causation_id == "parent"
+
+
+def test_causation_id_is_none_for_a_root_event() -> None:
+    """An event published outside any receiver has no cause."""
+    assert sample_event(metadata={}).causation_id is None
+
+
+# ------------------------------------------------------------------------ ids
+
+
+def test_ids_are_28_lowercase_hex_digits() -> None:
+    """Ids are fixed-width hex, so string order is numeric order."""
+    assert ID_FORMAT.fullmatch(new_event_id())
+    assert ID_FORMAT.fullmatch(make_event("a:b", {}, {}).id)
+
+
+def test_ids_are_unique_and_strictly_increasing() -> None:
+    """Ids minted one after another in a process are unique and sort in creation order."""
+    ids = [new_event_id() for _ in range(20_000)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert all(earlier < later for earlier, later in itertools.pairwise(ids))
+
+
+def test_event_ids_from_both_mints_interleave_in_order() -> None:
+    """``make_event`` (the hot path) and ``new_event_id`` share one ordered sequence."""
+    ids: list[str] = []
+    for index in range(5_000):
+        ids.append(new_event_id() if index % 2 else make_event("a:b", {}, {}).id)
+    assert all(earlier < later for earlier, later in itertools.pairwise(ids))
+
+
+def test_ids_encode_their_creation_time() -> None:
+    """The leading bits of an id are the wall clock in nanoseconds when it was minted."""
+    before = time.time_ns()
+    minted = int(new_event_id(), 16) >> 48
+    after = time.time_ns()
+    assert before <= minted <= after
+
+
+def test_made_events_are_stamped_now_in_utc() -> None:
+    """``make_event`` stamps a timezone-aware UTC time and keeps what it was given."""
+    before = datetime.now(UTC)
+    event = make_event("a:b", {"x": 1}, {"m": "v"})
+    after = datetime.now(UTC)
+    assert event.occurred_at.tzinfo is UTC
+    assert before <= event.occurred_at <= after
+    assert (event.name, event.payload, event.metadata) == ("a:b", {"x": 1}, {"m": "v"})
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_mints_different_ids() -> None:
+    """A child process reseeds its node bits, so parent and child never mint the same id."""
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads, Python 3.12+
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.write(write_end, ",".join(new_event_id() for _ in range(200)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    parent_ids = [new_event_id() for _ in range(200)]
+    with os.fdopen(read_end, "rb") as pipe:
+        child_ids = pipe.read().decode().split(",")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(child_ids) == 200
+    assert not set(parent_ids) & set(child_ids)
+    node = 0xFFFFFF
+    assert {int(ident, 16) & node for ident in child_ids} != {
+        int(ident, 16) & node for ident in parent_ids
+    }
+
+
+# ------------------------------------------------------------------ orjson form
+
+
+def test_to_json_is_orjson_bytes_of_every_field() -> None:
+    """``to_json`` writes one JSON object with each field, the time in ISO 8601 with its offset."""
+    event = sample_event()
+    assert orjson.loads(event.to_json()) == {
+        "id": event.id,
+        "name": "user:account:created",
+        "payload": {"user_id": 1, "tags": ["a", "b"], "profile": {"age": 30.5, "admin": False}},
+        "occurred_at": "2024-05-01T12:30:15.123456+00:00",
+        "metadata": {"trace_id": "abc"},
+    }
+
+
+utc_datetimes = st.datetimes(
+    min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    names(),
+    json_payloads,
+    utc_datetimes,
+    st.dictionaries(st.text(max_size=10), st.text(max_size=10), max_size=4),
+)
+def test_events_round_trip_through_json_without_loss(
+    name: str, payload: dict[str, Any], occurred_at: datetime, metadata: dict[str, str]
+) -> None:
+    """``from_json(to_json())`` gives an equal event: same payload types, same UTC time."""
+    event = aevents.Event(new_event_id(), name, payload, occurred_at, metadata)
+    back = aevents.Event.from_json(event.to_json())
+    assert back == event
+    assert same_json(back.payload, payload)
+    assert back.occurred_at == occurred_at
+    assert back.occurred_at.utcoffset() == timedelta(0)
+    assert back.metadata == metadata
+
+
+def test_from_json_accepts_str_as_well_as_bytes() -> None:
+    """``from_json`` reads the text form too."""
+    event = sample_event()
+    assert aevents.Event.from_json(event.to_json().decode()) == event
+
+
+def test_from_json_normalises_other_offsets_to_utc() -> None:
+    """A time written with another offset comes back as the same instant in UTC."""
+    local = datetime(2024, 5, 1, 14, 30, tzinfo=timezone(timedelta(hours=2)))
+    event = aevents.Event.from_json(orjson.dumps(sample_json(occurred_at=local.isoformat())))
+    assert event.occurred_at == local
+    assert event.occurred_at.utcoffset() == timedelta(0)
+    assert event.occurred_at.hour == 12
+
+
+def _without(key: str) -> bytes:
+    raw = sample_json()
+    del raw[key]
+    return orjson.dumps(raw)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"not json", id="garbage"),
+        pytest.param(b"\xff\xfe\x00", id="not-utf8"),
+        pytest.param(b'{"id": "x"', id="truncated"),
+        pytest.param(b"[]", id="array"),
+        pytest.param(b"42", id="number"),
+        pytest.param(b"null", id="null"),
+        pytest.param(_without("id"), id="missing-id"),
+        pytest.param(_without("name"), id="missing-name"),
+        pytest.param(_without("payload"), id="missing-payload"),
+        pytest.param(_without("occurred_at"), id="missing-occurred-at"),
+        pytest.param(_without("metadata"), id="missing-metadata"),
+        pytest.param(orjson.dumps(sample_json(id=1)), id="int-id"),
+        pytest.param(orjson.dumps(sample_json(name=None)), id="null-name"),
+        pytest.param(orjson.dumps(sample_json(payload=[1])), id="list-payload"),
+        pytest.param(orjson.dumps(sample_json(metadata=["a"])), id="list-metadata"),
+        pytest.param(orjson.dumps(sample_json(metadata={"a": 1})), id="int-metadata-value"),
+        pytest.param(orjson.dumps(sample_json(occurred_at=1714566615)), id="epoch-time"),
+        pytest.param(orjson.dumps(sample_json(occurred_at="yesterday")), id="not-iso-time"),
+        pytest.param(orjson.dumps(sample_json(occurred_at="2024-05-01T12:30:15")), id="naive-time"),
+    ],
+)
+def test_from_json_refuses_anything_that_is_not_an_event(data: bytes) -> None:
+    """Garbage, missing or mistyped fields and naive times raise ``PayloadError``."""
+    with pytest.raises(aevents.PayloadError):
+        aevents.Event.from_json(data)
+
+
+def test_from_json_errors_name_the_event_and_the_field() -> None:
+    """The error says which event and which field is wrong."""
+    with pytest.raises(aevents.PayloadError) as caught:
+        aevents.Event.from_json(orjson.dumps(sample_json(occurred_at="2024-05-01T12:30:15")))
+    assert caught.value.event == "user:account:created"
+    assert "occurred_at" in str(caught.value)
+    assert "time zone" in str(caught.value)

@@ -1,0 +1,92 @@
+"""The public surface: one sorted, complete ``__all__``, typing marker, and the error tree."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.resources
+import inspect
+import types
+
+import pytest
+
+import aevents
+
+
+def test_all_is_sorted_and_has_no_duplicates() -> None:
+    """``__all__`` is kept sorted, so additions show up as one-line diffs."""
+    assert aevents.__all__ == sorted(aevents.__all__)
+    assert len(set(aevents.__all__)) == len(aevents.__all__)
+
+
+def test_every_name_in_all_exists() -> None:
+    """Each exported name resolves on the package."""
+    missing = [name for name in aevents.__all__ if not hasattr(aevents, name)]
+    assert missing == []
+
+
+def test_every_public_attribute_is_in_all() -> None:
+    """Nothing public leaks into the package namespace without being exported on purpose."""
+    public = {
+        name
+        for name, value in vars(aevents).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert sorted(public - set(aevents.__all__)) == []
+
+
+def test_exports_are_documented() -> None:
+    """Every exported class and function has a docstring."""
+    undocumented = [
+        name
+        for name in aevents.__all__
+        if (inspect.isclass(getattr(aevents, name)) or inspect.isfunction(getattr(aevents, name)))
+        and not inspect.getdoc(getattr(aevents, name))
+    ]
+    assert undocumented == []
+
+
+def test_version_matches_the_installed_distribution() -> None:
+    """``aevents.__version__`` is the installed package's version."""
+    assert aevents.__version__ == importlib.metadata.version("aevents")
+
+
+def test_py_typed_ships_in_the_package() -> None:
+    """The PEP 561 marker is inside the package, so type checkers use the inline hints."""
+    assert importlib.resources.files("aevents").joinpath("py.typed").is_file()
+
+
+@pytest.mark.parametrize(
+    ("name", "builtin_bases"),
+    [
+        ("InvalidEventNameError", (ValueError,)),
+        ("UnknownEventError", (AttributeError,)),
+        ("DuplicateEventError", (ValueError,)),
+        ("PayloadError", (TypeError,)),
+        ("QueueFullError", ()),
+        ("RuntimeClosedError", ()),
+        ("RuntimeNotRunningError", ()),
+        ("DuplicateReceiverError", (ValueError,)),
+        ("ConfigurationError", (ValueError, TypeError)),
+        ("CausationDepthError", ()),
+    ],
+)
+def test_errors_derive_from_aevents_error_and_their_builtin(
+    name: str, builtin_bases: tuple[type[Exception], ...]
+) -> None:
+    """Each error is an ``AeventsError`` and also the builtin that idiomatic code catches."""
+    error_type = getattr(aevents, name)
+    assert name in aevents.__all__
+    assert issubclass(error_type, aevents.AeventsError)
+    for base in builtin_bases:
+        assert issubclass(error_type, base)
+    if not builtin_bases:
+        assert not issubclass(error_type, (ValueError, TypeError, AttributeError, LookupError))
+
+
+def test_every_exported_exception_is_an_aevents_error() -> None:
+    """No exported exception sits outside the one hierarchy."""
+    exported = [getattr(aevents, name) for name in aevents.__all__]
+    errors = [item for item in exported if isinstance(item, type) and issubclass(item, Exception)]
+    assert len(errors) >= 10
+    assert all(issubclass(error, aevents.AeventsError) for error in errors)
+    assert issubclass(aevents.AeventsError, Exception)
