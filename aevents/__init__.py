@@ -26,10 +26,12 @@ from ._exceptions import (
     DuplicateEventError,
     DuplicateReceiverError,
     InvalidEventNameError,
+    JournalInUseError,
     PayloadError,
     QueueFullError,
     RuntimeClosedError,
     RuntimeNotRunningError,
+    StoreError,
     UnknownEventError,
 )
 from ._module import publish, publish_nowait, publish_threadsafe, subscribe, unsubscribe
@@ -37,6 +39,7 @@ from ._names import validate_name, validate_pattern
 from ._policy import DeadLetter, RetryPolicy
 from ._registry import Registry, Subscription, default_registry
 from ._runtime import EventRuntime, RuntimeStats, current_runtime
+from ._store import PendingDelivery, Store, StoreStats
 
 try:
     __version__ = _version("aevents")
@@ -55,13 +58,18 @@ __all__ = [
     "Event",
     "EventRuntime",
     "InvalidEventNameError",
+    "JournalInUseError",
     "PayloadError",
+    "PendingDelivery",
     "QueueFullError",
     "Registry",
     "RetryPolicy",
     "RuntimeClosedError",
     "RuntimeNotRunningError",
     "RuntimeStats",
+    "Store",
+    "StoreError",
+    "StoreStats",
     "Subscription",
     "UnknownEventError",
     "__version__",

@@ -26,6 +26,7 @@ never reach a terminal or a log line raw.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 __all__ = [
     "AeventsError",
@@ -46,6 +47,18 @@ __all__ = [
 
 class AeventsError(Exception):
     """Base class of every error raised by aevents."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The subclasses take their data, not a message, so the default
+        # (cls, args) reduction cannot rebuild them; copy and pickle the state.
+        return _rebuild, (type(self), str(self), self.__dict__)
+
+
+def _rebuild(kind: type[AeventsError], message: str, state: dict[str, Any]) -> AeventsError:
+    error = kind.__new__(kind)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
 
 
 class InvalidEventNameError(AeventsError, ValueError):

@@ -173,7 +173,9 @@ class Registry:
             raise ConfigurationError(
                 f"subscribe({pattern!r})", f"retry must be a RetryPolicy, got {retry!r}"
             )
-        if timeout is not None and (not isinstance(timeout, int | float) or not timeout > 0):
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+        ):
             raise ConfigurationError(
                 f"subscribe({pattern!r})", f"timeout must be > 0 seconds, got {timeout!r}"
             )

@@ -90,3 +90,24 @@ def test_every_exported_exception_is_an_aevents_error() -> None:
     assert len(errors) >= 10
     assert all(issubclass(error, aevents.AeventsError) for error in errors)
     assert issubclass(aevents.AeventsError, Exception)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        aevents.InvalidEventNameError("user::x", "segment 1 is empty"),
+        aevents.UnknownEventError("NOPE", known=["A"], catalog="'m'"),
+        aevents.PayloadError("user:created", "payload['a']", "bad"),
+        aevents.QueueFullError("user:created", 8),
+        aevents.DuplicateReceiverError("audit", "user:**"),
+        aevents.StoreError("events.db", "is not a SQLite database"),
+    ],
+)
+def test_errors_survive_pickling_with_their_data(error: aevents.AeventsError) -> None:
+    """Errors cross process boundaries (process pools, multiprocessing) intact."""
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own object, in a test
+    assert type(copy) is type(error)
+    assert str(copy) == str(error)
+    assert copy.__dict__ == error.__dict__

@@ -38,6 +38,8 @@ class PendingDelivery:
 
 @attrs.frozen(slots=True)
 class StoreStats:
+    """What a journal holds: events, and deliveries by state."""
+
     events: int
     pending: int
     done: int
