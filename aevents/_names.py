@@ -7,6 +7,9 @@ letters, digits, ``_`` or ``-``. A pattern is a name whose segments may also be
 Separators are matched literally (``user.*`` does not match ``user:created``),
 except inside what ``**`` spans, where either separator is accepted, so
 ``user:**`` matches ``user``, ``user:account`` and ``user:account.email``.
+When ``**`` matches nothing it takes one separator with it: the one before it
+(``a:**:b`` matches ``a:b``), or for a leading ``**`` the one after it
+(``**:created`` matches ``created``).
 
 Matching is only done when a name is first routed; the runtime caches the
 result per name, so the cost here is off the hot path.
