@@ -1,0 +1,391 @@
+"""SQLiteStore: the conformance suite, then what only a real file can show."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import pytest
+
+pytest.register_assert_rewrite("aevents.testing")
+
+from aevents import ConfigurationError  # noqa: E402
+from aevents._event import Event, make_event, new_event_id  # noqa: E402
+from aevents._exceptions import JournalInUseError, StoreError  # noqa: E402
+from aevents._policy import DeadLetter  # noqa: E402
+from aevents._store import SQLiteStore, Store, StoreStats  # noqa: E402
+from aevents._store._sqlite import APPLICATION_ID, SCHEMA_VERSION, request_redelivery  # noqa: E402
+from aevents.testing import PersistentStoreConformance  # noqa: E402
+
+
+class TestSQLiteStore(PersistentStoreConformance):
+    def make_store(self, directory: Path) -> Store:
+        return SQLiteStore(directory / "journal.db")
+
+
+class TestSQLiteStoreNormalSmallBatches(PersistentStoreConformance):
+    """The same suite with NORMAL sync and tiny batches, so batching edges get exercised."""
+
+    def make_store(self, directory: Path) -> Store:
+        return SQLiteStore(directory / "journal.db", synchronous="normal", max_batch=3)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "journal.db"
+
+
+@pytest.fixture
+async def store(path: Path, anyio_backend: object) -> AsyncIterator[SQLiteStore]:
+    store = SQLiteStore(path, busy_timeout=0.2)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@contextmanager
+def raw(path: Path) -> Iterator[sqlite3.Connection]:
+    """A plain sqlite3 connection, always closed."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def mode(path: Path | str) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def exists(path: Path | str) -> bool:
+    return os.path.exists(path)
+
+
+def spoil_page_one(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[100:4096] = os.urandom(3996)  # the rest of page 1: the schema b-tree
+    path.write_bytes(bytes(data))
+
+
+def append_bytes(path: Path | str, data: bytes) -> None:
+    with open(path, "ab") as file:
+        file.write(data)
+
+
+async def make_journal(path: Path, events: int = 1) -> list[Event]:
+    made = [make_event("user.created", {"n": n}, {}) for n in range(events)]
+    store = SQLiteStore(path)
+    await store.open()
+    for event in made:
+        await store.append(event, ["r"])
+    await store.close()
+    return made
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [
+        ("synchronous", "OFF"),
+        ("synchronous", 2),
+        ("busy_timeout", -1),
+        ("busy_timeout", float("nan")),
+        ("max_batch", 0),
+        ("max_batch", 1.5),
+        ("retention", timedelta(days=-1)),
+        ("retention", 7),
+    ],
+)
+def test_bad_arguments_raise_configuration_error(argument: str, value: object) -> None:
+    """Every option is checked when the store is made."""
+    with pytest.raises(ConfigurationError, match=argument):
+        SQLiteStore("x.db", **{argument: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_new_journal_is_private_and_identified(store: SQLiteStore, path: Path) -> None:
+    """The file and its lock are mode 0600 and carry the application id and schema version."""
+    await store.append(make_event("a.b", {}, {}), ["r"])
+    assert mode(path) == 0o600
+    assert mode(f"{path}.lock") == 0o600
+    with raw(path) as conn:
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def _not_sqlite(path: Path) -> None:
+    path.write_bytes(b"just some text, not a database\n" * 10)
+
+
+def _random_bytes(path: Path) -> None:
+    path.write_bytes(os.urandom(8192))
+
+
+def _foreign_sqlite(path: Path) -> None:
+    with raw(path) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO users (name) VALUES ('ada')")
+
+
+def _foreign_application(path: Path) -> None:
+    with raw(path) as conn:
+        conn.execute("PRAGMA application_id = 1234")
+        conn.execute("CREATE TABLE t (x)")
+
+
+def _truncated_header(path: Path) -> None:
+    path.write_bytes(b"SQLite format 3\x00" + b"\x00" * 20)
+
+
+@pytest.mark.parametrize(
+    "spoil", [_not_sqlite, _random_bytes, _foreign_sqlite, _foreign_application, _truncated_header]
+)
+@pytest.mark.anyio
+async def test_a_foreign_file_is_refused_and_untouched(
+    spoil: object, path: Path, anyio_backend: object
+) -> None:
+    """Whatever is not an aevents journal raises StoreError naming the path, file unchanged."""
+    spoil(path)  # type: ignore[operator]
+    before = digest(path)
+    with pytest.raises(StoreError, match=r"not an aevents journal|corrupt") as caught:
+        await SQLiteStore(path).open()
+    assert caught.value.path == str(path)
+    assert str(path) in str(caught.value)
+    assert digest(path) == before
+    assert not exists(f"{path}-wal")
+
+
+@pytest.mark.anyio
+async def test_a_newer_schema_is_refused_and_untouched(path: Path, anyio_backend: object) -> None:
+    """A journal written by a newer aevents raises StoreError and is left as it was."""
+    await make_journal(path)
+    with raw(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    before = digest(path)
+    with pytest.raises(StoreError, match="newer aevents"):
+        await SQLiteStore(path).open()
+    assert digest(path) == before
+
+
+@pytest.mark.anyio
+async def test_a_corrupt_journal_is_refused_and_untouched(
+    path: Path, anyio_backend: object
+) -> None:
+    """A journal whose schema page is garbage raises StoreError and is left as it was."""
+    await make_journal(path, events=50)
+    spoil_page_one(path)
+    before = digest(path)
+    with pytest.raises(StoreError, match="corrupt"):
+        await SQLiteStore(path).open()
+    assert digest(path) == before
+
+
+@pytest.mark.anyio
+async def test_a_missing_directory_is_a_store_error(tmp_path: Path, anyio_backend: object) -> None:
+    """A journal in a directory that does not exist raises StoreError, creating nothing."""
+    with pytest.raises(StoreError, match="directory does not exist"):
+        await SQLiteStore(tmp_path / "nowhere" / "journal.db").open()
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "expected_name"),
+    [("user.created", "user.created"), ("not a name!", "aevents.journal.unreadable")],
+)
+@pytest.mark.anyio
+async def test_an_unreadable_row_becomes_a_dead_letter(
+    name: str, expected_name: str, path: Path, anyio_backend: object
+) -> None:
+    """A row whose body is not an event is dead-lettered with the reason; the rest replays."""
+    first, broken, last = await make_journal(path, events=3)
+    with raw(path) as conn:
+        conn.execute(
+            "UPDATE events SET body = ?, name = ? WHERE id = ?",
+            (b"\xff{not json" * 300, name, broken.id),
+        )
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert [d.event for d in [d async for d in store.pending()]] == [first, last]
+        assert store.unreadable == 1
+        (letter,) = await store.dead_letters()
+        assert (letter.event.id, letter.event.name, letter.receiver_id) == (
+            broken.id,
+            expected_name,
+            "r",
+        )
+        assert letter.event.payload["raw"].startswith("\ufffd{not json")
+        assert len(letter.event.payload["raw"]) <= 1000
+        assert "not valid JSON" in letter.error_message
+        assert await store.stats() == StoreStats(events=3, pending=2, done=0, dead=1)
+        assert [d async for d in store.pending()] != []  # and a second pass is just as calm
+        assert store.unreadable == 1
+    finally:
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_a_second_store_in_this_process_gets_journal_in_use(
+    store: SQLiteStore, path: Path
+) -> None:
+    """Only one store at a time holds a journal; the next one can open once it closes."""
+    second = SQLiteStore(path)
+    with pytest.raises(JournalInUseError, match="in use"):
+        await second.open()
+    await store.close()
+    await second.open()
+    await second.close()
+
+
+@pytest.mark.anyio
+async def test_a_second_process_gets_journal_in_use(store: SQLiteStore, path: Path) -> None:
+    """Another process opening the journal gets JournalInUseError."""
+    script = (
+        "import sys, anyio\n"
+        "from aevents._store import SQLiteStore\n"
+        "from aevents._exceptions import JournalInUseError\n"
+        "try:\n"
+        "    anyio.run(SQLiteStore(sys.argv[1]).open)\n"
+        "except JournalInUseError:\n"
+        "    sys.exit(3)\n"
+    )
+    with anyio.fail_after(30):
+        result = await anyio.run_process([sys.executable, "-c", script, str(path)], check=False)
+    assert result.returncode == 3, result.stderr
+
+
+@pytest.mark.anyio
+async def test_a_read_only_store_inspects_a_journal_in_use(store: SQLiteStore, path: Path) -> None:
+    """``read_only=True`` reads a journal another store holds, and refuses to write."""
+    event = make_event("a.b", {}, {})
+    await store.append(event, ["r"])
+    reader = SQLiteStore(path, read_only=True)
+    await reader.open()
+    try:
+        assert await reader.stats() == StoreStats(events=1, pending=1, done=0, dead=0)
+        assert [d.event async for d in reader.pending()] == [event]
+        with pytest.raises(StoreError, match="read-only"):
+            await reader.append(make_event("a.b", {}, {}), ["r"])
+        with pytest.raises(StoreError, match="read-only"):
+            await reader.prune()
+    finally:
+        await reader.close()
+
+
+@pytest.mark.anyio
+async def test_a_lock_held_too_long_raises_and_the_store_recovers(
+    store: SQLiteStore, path: Path
+) -> None:
+    """A write blocked past busy_timeout raises StoreError; later writes succeed."""
+    await store.append(make_event("a.b", {}, {}), ["r"])
+    with raw(path) as conn:
+        conn.execute("BEGIN EXCLUSIVE")
+        with anyio.fail_after(30), pytest.raises(StoreError, match="busy_timeout"):
+            await store.append(make_event("a.b", {}, {}), ["r"])
+        conn.execute("ROLLBACK")
+    await store.append(make_event("a.b", {}, {}), ["r"])
+    assert (await store.stats()).pending == 2
+
+
+@pytest.mark.anyio
+async def test_a_full_disk_raises_and_the_store_recovers(store: SQLiteStore) -> None:
+    """SQLite's 'database or disk is full' raises StoreError; once space returns, writes work."""
+    await store.append(make_event("a.b", {}, {}), ["r"])
+    conn = store._conn
+    assert conn is not None
+    pages = await store._call(lambda: conn.execute("PRAGMA page_count").fetchone()[0], "test")
+    await store._call(lambda: conn.execute(f"PRAGMA max_page_count = {pages}"), "test")
+    big = make_event("a.b", {"blob": "x" * 200_000}, {})
+    with anyio.fail_after(30), pytest.raises(StoreError, match="disk is full"):
+        await store.append(big, ["r"])
+    await store._call(lambda: conn.execute("PRAGMA max_page_count = 1073741823"), "test")
+    await store.append(big, ["r"])
+    assert (await store.stats()).pending == 2
+
+
+@pytest.mark.anyio
+async def test_redelivery_requests_are_applied_on_open(path: Path, anyio_backend: object) -> None:
+    """``request_redelivery`` leaves a 0600 sidecar that the next open applies and deletes."""
+    events = await make_journal(path, events=3)
+    store = SQLiteStore(path)
+    await store.open()
+    letters = [
+        DeadLetter(new_event_id(), event, "r", 1, "E", "m", datetime.now(UTC)) for event in events
+    ]
+    await store.dead_letter(letters)
+    await store.close()
+    requests = f"{path}.requests"
+    request_redelivery(path, [letters[0].id])
+    append_bytes(requests, b'not json\n{"redeliver": 5}\n')
+    request_redelivery(path, [letters[2].id])
+    assert mode(requests) == 0o600
+    await store.open()
+    try:
+        assert [d.event async for d in store.pending()] == [events[0], events[2]]
+        assert not exists(requests)
+    finally:
+        await store.close()
+    request_redelivery(path, None)
+    await store.open()
+    try:
+        assert (await store.stats()).dead == 0
+    finally:
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_retention_prunes_old_done_deliveries_on_open(
+    path: Path, anyio_backend: object
+) -> None:
+    """With ``retention`` set, opening prunes done deliveries older than it."""
+    long_ago = datetime(2020, 1, 1, tzinfo=UTC)
+    old = [Event(new_event_id(), "a.b", {}, long_ago, {}) for _ in range(3)]
+    fresh = make_event("a.b", {}, {})
+    store = SQLiteStore(path)
+    await store.open()
+    for event in [*old, fresh]:
+        await store.append(event, ["r"])
+        await store.complete([(event.id, "r")])
+    await store.append(Event(new_event_id(), "a.b", {}, long_ago, {}), ["r"])  # still pending
+    await store.close()
+    kept = SQLiteStore(path, retention=timedelta(days=30))
+    await kept.open()
+    try:
+        assert await kept.stats() == StoreStats(events=2, pending=1, done=1, dead=0)
+    finally:
+        await kept.close()
+
+
+@pytest.mark.anyio
+async def test_a_store_can_be_reopened(store: SQLiteStore) -> None:
+    """The same object opens again after a close and sees its data."""
+    await store.append(make_event("a.b", {}, {}), ["r"])
+    await store.close()
+    await store.open()
+    assert (await store.stats()).pending == 1
+    with pytest.raises(StoreError, match="already open"):
+        await store.open()
+
+
+def test_importing_aevents_does_not_import_pytest() -> None:
+    """The test helpers stay out of ``import aevents``."""
+    code = "import sys, aevents, aevents._store; print('pytest' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
