@@ -1,0 +1,287 @@
+"""``python -m aevents``: command-line tools. Today: ``journal``, for SQLite journals.
+
+::
+
+    python -m aevents journal PATH stats
+    python -m aevents journal PATH pending [--limit N]
+    python -m aevents journal PATH dead-letters [--limit N]
+    python -m aevents journal PATH redeliver (ID ... | --all)
+    python -m aevents journal PATH prune [--older-than DAYS]
+
+Every journal command takes ``--json`` for scripts. Exit codes: 0 done, 1 the
+journal is missing or unusable, 2 bad usage, 3 the journal is in use by another
+process and the command needs it to itself (``prune``). While the journal is in
+use, ``stats``, ``pending`` and ``dead-letters`` read it read-only, and
+``redeliver`` leaves a request that the owning process applies on its next start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
+
+import anyio
+import orjson
+
+from ._exceptions import JournalInUseError, StoreError
+from ._store._protocol import PendingDelivery
+from ._store._sqlite import SQLiteStore, request_redelivery
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_JOURNAL, EXIT_USAGE, EXIT_IN_USE = 0, 1, 2, 3
+_CELL = 48  # widest table cell before it is cut with "…"
+
+
+class _Usage(Exception):
+    """A usage error found after parsing (argparse reports its own)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m aevents", description="aevents command-line tools."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    journal = commands.add_parser(
+        "journal",
+        help="inspect and repair an SQLite journal",
+        description="Inspect and repair an aevents SQLite journal.",
+    )
+    journal.add_argument("path", metavar="PATH", help="the journal file")
+    actions = journal.add_subparsers(dest="action", metavar="ACTION", required=True)
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    actions.add_parser("stats", parents=[output], help="count events and deliveries by state")
+    for name, what in (("pending", "pending deliveries"), ("dead-letters", "dead letters")):
+        action = actions.add_parser(name, parents=[output], help=f"list {what}, oldest first")
+        action.add_argument(
+            "--limit", type=_count, default=100, help="show at most N (0: all; default 100)"
+        )
+    redeliver = actions.add_parser(
+        "redeliver",
+        parents=[output],
+        help="make dead letters pending again (applied on the next start if the journal is in use)",
+    )
+    redeliver.add_argument("ids", nargs="*", metavar="ID", help="dead letter ids")
+    redeliver.add_argument("--all", action="store_true", help="every dead letter")
+    prune = actions.add_parser(
+        "prune", parents=[output], help="delete done deliveries (and events with nothing left)"
+    )
+    prune.add_argument(
+        "--older-than", type=_days, metavar="DAYS", help="only events older than DAYS days"
+    )
+    return parser
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a count >= 0, got {text!r}")
+    return value
+
+
+def _days(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1e6:
+        raise argparse.ArgumentTypeError(f"expected a number of days >= 0, got {text!r}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # argparse reports usage errors and --help itself
+        return exit.code if isinstance(exit.code, int) else EXIT_USAGE
+    command: Callable[[argparse.Namespace], int] = {"journal": _journal}[args.command]
+    try:
+        return command(args)
+    except _Usage as error:
+        parser.print_usage(sys.stderr)
+        print(f"python -m aevents: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+# -- journal ------------------------------------------------------------------------------
+
+
+def _journal(args: argparse.Namespace) -> int:
+    if args.action == "redeliver" and bool(args.ids) == bool(args.all):
+        raise _Usage("redeliver takes dead letter ids or --all (one or the other)")
+    path = args.path
+    if not os.path.exists(path):
+        return _fail(f"no journal at {path!r}")
+    try:
+        return anyio.run(_journal_async, args)
+    except JournalInUseError as error:
+        return _fail(str(error), EXIT_IN_USE)
+    except StoreError as error:
+        return _fail(str(error))
+
+
+def _fail(message: str, code: int = EXIT_JOURNAL) -> int:
+    print(f"aevents: {message}", file=sys.stderr)
+    return code
+
+
+async def _journal_async(args: argparse.Namespace) -> int:
+    store = SQLiteStore(args.path)
+    try:
+        await store.open()
+    except JournalInUseError:
+        if args.action == "redeliver":
+            ids = None if args.all else list(args.ids)
+            request_redelivery(args.path, ids)
+            what = "every dead letter" if ids is None else f"{len(ids)} dead letter(s)"
+            _print(
+                args,
+                {"requested": "all" if ids is None else ids, "applied": "on the next start"},
+                f"the journal is in use: redelivery of {what} requested, applied on the next start",
+            )
+            return EXIT_OK
+        if args.action == "prune":
+            raise
+        store = SQLiteStore(args.path, read_only=True)
+        await store.open()
+    try:
+        await _ACTIONS[args.action](store, args)
+    finally:
+        await store.close()
+    return EXIT_OK
+
+
+async def _stats(store: SQLiteStore, args: argparse.Namespace) -> None:
+    stats = await store.stats()
+    counts = {
+        "events": stats.events,
+        "pending": stats.pending,
+        "done": stats.done,
+        "dead": stats.dead,
+    }
+    _print(args, counts, _table(["", "count"], [[name, str(n)] for name, n in counts.items()]))
+
+
+async def _pending(store: SQLiteStore, args: argparse.Namespace) -> None:
+    rows: list[PendingDelivery] = []
+    async for delivery in store.pending():
+        if args.limit and len(rows) == args.limit:
+            break
+        rows.append(delivery)
+    _print(
+        args,
+        [
+            {"event": _event(d.event), "receiver_id": d.receiver_id, "attempts": d.attempts}
+            for d in rows
+        ],
+        _table(
+            ["event id", "name", "receiver", "attempts", "occurred at"],
+            [
+                [
+                    d.event.id,
+                    d.event.name,
+                    d.receiver_id,
+                    str(d.attempts),
+                    _time(d.event.occurred_at),
+                ]
+                for d in rows
+            ],
+        ),
+    )
+
+
+async def _dead_letters(store: SQLiteStore, args: argparse.Namespace) -> None:
+    letters = await store.dead_letters(limit=args.limit or None)
+    _print(
+        args,
+        [
+            {
+                "id": letter.id,
+                "event": _event(letter.event),
+                "receiver_id": letter.receiver_id,
+                "attempts": letter.attempts,
+                "error_type": letter.error_type,
+                "error_message": letter.error_message,
+                "failed_at": letter.failed_at,
+            }
+            for letter in letters
+        ],
+        _table(
+            ["id", "event", "receiver", "attempts", "error", "failed at"],
+            [
+                [
+                    letter.id,
+                    letter.event.name,
+                    letter.receiver_id,
+                    str(letter.attempts),
+                    f"{letter.error_type}: {letter.error_message}",
+                    _time(letter.failed_at),
+                ]
+                for letter in letters
+            ],
+        ),
+    )
+
+
+async def _redeliver(store: SQLiteStore, args: argparse.Namespace) -> None:
+    count = await store.redeliver(None if args.all else args.ids)
+    _print(args, {"redelivered": count}, f"{count} dead letter(s) made pending again")
+
+
+async def _prune(store: SQLiteStore, args: argparse.Namespace) -> None:
+    older_than = None
+    if args.older_than is not None:
+        older_than = datetime.now(UTC) - timedelta(days=args.older_than)
+    count = await store.prune(older_than=older_than)
+    _print(args, {"pruned": count}, f"{count} done deliveries pruned")
+
+
+_ACTIONS: dict[str, Callable[[SQLiteStore, argparse.Namespace], Awaitable[None]]] = {
+    "stats": _stats,
+    "pending": _pending,
+    "dead-letters": _dead_letters,
+    "redeliver": _redeliver,
+    "prune": _prune,
+}
+
+
+# -- output -------------------------------------------------------------------------------
+
+
+def _print(args: argparse.Namespace, data: Any, text: str, out: TextIO | None = None) -> None:
+    stream = out or sys.stdout
+    if args.json:
+        stream.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        stream.write(text + "\n")
+
+
+def _event(event: Any) -> Any:
+    return orjson.loads(event.to_json())
+
+
+def _time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _cell(value: str) -> str:
+    """Printable and short: control characters never reach the terminal raw."""
+    if not value.isprintable():
+        value = repr(value)[1:-1]
+    return value if len(value) <= _CELL else value[: _CELL - 1] + "…"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[_cell(value) for value in row] for row in rows]
+    widths = [max(len(row[i]) for row in [list(header), *cells]) for i in range(len(header))]
+    lines = [header, ["-" * width for width in widths], *cells]
+    return "\n".join(
+        "  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
