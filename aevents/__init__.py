@@ -13,8 +13,8 @@ receiver) pair independently, with retries and dead letters::
         await aevents.publish("user:account:created", payload={"user_id": 1})
 """
 
-from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
-from importlib.metadata import version as _version
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 from ._catalog import Catalog, declared_names
 from ._delivery import DeliveryInfo, current_delivery
@@ -39,12 +39,35 @@ from ._names import validate_name, validate_pattern
 from ._policy import DeadLetter, RetryPolicy
 from ._registry import Registry, Subscription, default_registry
 from ._runtime import EventRuntime, RuntimeStats, current_runtime
-from ._store import PendingDelivery, Store, StoreStats
+from ._store._protocol import PendingDelivery, Store, StoreStats
 
-try:
-    __version__ = _version("aevents")
-except _PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-    __version__ = "0+unknown"
+if _TYPE_CHECKING:
+    from ._store._memory import MemoryStore
+    from ._store._sqlite import SQLiteStore
+
+    __version__: str
+
+
+def __getattr__(name: str) -> _Any:
+    # Loaded on first use: importlib.metadata and the SQLite store together
+    # cost more at import than the whole rest of aevents.
+    if name == "SQLiteStore":
+        from ._store._sqlite import SQLiteStore
+
+        return SQLiteStore
+    if name == "MemoryStore":
+        from ._store._memory import MemoryStore
+
+        return MemoryStore
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("aevents")
+        except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+            return "0+unknown"
+    raise AttributeError(f"module 'aevents' has no attribute {name!r}")
+
 
 __all__ = [
     "AeventsError",
@@ -59,6 +82,7 @@ __all__ = [
     "EventRuntime",
     "InvalidEventNameError",
     "JournalInUseError",
+    "MemoryStore",
     "PayloadError",
     "PendingDelivery",
     "QueueFullError",
@@ -67,6 +91,7 @@ __all__ = [
     "RuntimeClosedError",
     "RuntimeNotRunningError",
     "RuntimeStats",
+    "SQLiteStore",
     "Store",
     "StoreError",
     "StoreStats",

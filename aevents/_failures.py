@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ._exceptions import AeventsError
     from ._registry import Registry, Subscription
     from ._runtime import Epoch
-    from ._store import Store
+    from ._store._protocol import Store
 
 __all__ = ["FailureHandling"]
 
@@ -59,15 +59,13 @@ class FailureHandling:
         self._retry_order = itertools.count()
         self._retry_wakeup: anyio.Event | None = None
 
-    # Provided by EventRuntime.
-    def _finish(self, epoch: Epoch) -> None: ...  # pragma: no cover
-    def _not_accepting(self, name: str) -> AeventsError:  # pragma: no cover
-        raise NotImplementedError
-
-    def _enqueue(
-        self, event: Any, routes: tuple[Subscription, ...], epoch: Epoch
-    ) -> None: ...  # pragma: no cover
-    async def _reserve(self, count: int) -> None: ...  # pragma: no cover
+    if TYPE_CHECKING:  # provided by the other classes EventRuntime is made of; declared
+        # here only for the type checker, so they can never shadow the real ones
+        def _finish(self, epoch: Epoch) -> None: ...
+        def _not_accepting(self, name: str) -> AeventsError: ...
+        def _enqueue(self, event: Any, routes: tuple[Subscription, ...], epoch: Epoch) -> None: ...
+        async def _reserve(self, count: int) -> None: ...
+        def _not_for_replay(self, event_id: str) -> None: ...
 
     def _on_failure(self, item: Item, error: Exception) -> DeadLetter | None:
         """Count a failed attempt; schedule a retry, or return the dead letter it became.
@@ -203,6 +201,7 @@ class FailureHandling:
                 continue
             await self._reserve(1)
             if self.store is not None:
+                self._not_for_replay(letter.event.id)
                 await self.store.redeliver([letter_id])
             self._dead_letters.pop(letter_id, None)
             self._enqueue(letter.event, (subscription,), self._epoch)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from ._registry import Registry, Subscription
     from ._runtime import Epoch
-    from ._store import Store
+    from ._store._protocol import Store
 
 __all__ = ["Journaling"]
 
@@ -46,17 +46,15 @@ class Journaling:
     _limiter: anyio.CapacityLimiter
     _delivered: int
     _dead: int
+    _replaying: set[str] | None
 
-    # Provided by EventRuntime and FailureHandling.
-    def _finish(self, epoch: Epoch) -> None: ...  # pragma: no cover
-    def _release(self, count: int) -> None: ...  # pragma: no cover
-    def _enqueue(
-        self, event: Any, routes: tuple[Subscription, ...], epoch: Epoch
-    ) -> None: ...  # pragma: no cover
-    async def _reserve(self, count: int) -> None: ...  # pragma: no cover
-    def _on_failure(
-        self, item: Item, error: Exception
-    ) -> DeadLetter | None: ...  # pragma: no cover
+    if TYPE_CHECKING:  # provided by the other classes EventRuntime is made of; declared
+        # here only for the type checker, so they can never shadow the real ones
+        def _finish(self, epoch: Epoch) -> None: ...
+        def _release(self, count: int) -> None: ...
+        def _enqueue(self, event: Any, routes: tuple[Subscription, ...], epoch: Epoch) -> None: ...
+        async def _reserve(self, count: int) -> None: ...
+        def _on_failure(self, item: Item, error: Exception) -> DeadLetter | None: ...
 
     async def _append(self, event: Event, routes: tuple[Subscription, ...]) -> None:
         """Journal an event whose room in the buffer is reserved; on failure give the room back.
@@ -65,6 +63,7 @@ class Journaling:
         publisher cannot leave it unsure whether the event was accepted.
         """
         assert self.store is not None
+        self._not_for_replay(event.id)
         try:
             with anyio.CancelScope(shield=True):
                 await self.store.append(event, [route.receiver_id for route in routes])
@@ -81,6 +80,7 @@ class Journaling:
         crash guarantee, and an error says so: nothing accepted is dropped.
         """
         assert self.store is not None
+        self._not_for_replay(event.id)
         try:
             with anyio.CancelScope(shield=True):
                 await self.store.append(event, [route.receiver_id for route in routes])
@@ -95,6 +95,17 @@ class Journaling:
             )
         self._enqueue(event, routes, epoch)
         self._finish(epoch)  # the placeholder publish_nowait counted
+
+    def _not_for_replay(self, event_id: str) -> None:
+        """Mark an event this run journals (or redelivers) as not the replay's to queue.
+
+        The replay streams the journal while this run appends to it; without
+        this it could queue a live event a second time. Called before the
+        write, so no interleaving can slip past it; the set lives only as long
+        as the replay does.
+        """
+        if self._replaying is not None:
+            self._replaying.add(event_id)
 
     async def _deliver_durably(self, item: Item) -> None:
         """One attempt of one delivery with a store: record it, run it, mark it done."""
@@ -148,14 +159,20 @@ class Journaling:
                 extra={"dead_letter_id": letter.id, "event_id": letter.event.id},
             )
 
-    async def _replay(self) -> None:
-        """Queue what the journal holds as pending, streaming, with backpressure."""
+    async def _replay(self, epoch: Epoch) -> None:
+        """Queue what the journal holds as pending, streaming, with backpressure.
+
+        ``epoch`` already counts one for the replay itself (taken at start, so a
+        ``drain()`` that runs before this task does still waits for it).
+        """
         assert self.store is not None
-        epoch = self._epoch
-        epoch.unfinished += 1  # so drain() waits for the whole replay
         replayed = unknown = exhausted = 0
+        live = self._replaying
+        assert live is not None
         try:
             async for pending in self.store.pending():
+                if pending.event.id in live:
+                    continue  # journaled by this run, which queues it itself
                 subscription = self.registry.receiver(pending.receiver_id)
                 if subscription is None:
                     unknown += 1
@@ -184,6 +201,7 @@ class Journaling:
                 self._send.send_nowait((pending.event, subscription, pending.attempts + 1, epoch))
                 replayed += 1
         finally:
+            self._replaying = None
             self._finish(epoch)
         if replayed:
             logger.info("replayed %d pending deliveries from the journal", replayed)

@@ -52,7 +52,7 @@ from ._names import validate_name
 from ._payload import DEFAULT_MAX_PAYLOAD_BYTES, encode_metadata, encode_payload, payload_json
 from ._policy import DeadLetter, RetryPolicy
 from ._registry import Registry, Subscription, default_registry
-from ._store import Store
+from ._store._protocol import Store
 
 __all__ = ["EventRuntime", "RuntimeStats", "current_runtime"]
 
@@ -198,6 +198,7 @@ class EventRuntime(FailureHandling, Journaling):
         self._init_failures()
         self._dead_letters: dict[str, DeadLetter] = {}
         self._storms: set[tuple[str, str]] = set()
+        self._replaying: set[str] | None = set() if store is not None else None
         self._published = self._unrouted = self._delivered = 0
         self._failed = self._retried = self._dead = self._dropped = 0
         self._lifecycle_cm: Any = None
@@ -250,7 +251,8 @@ class EventRuntime(FailureHandling, Journaling):
                 tasks.start_soon(self._run_retries)
                 self._state = _RUNNING
                 if self.store is not None:
-                    tasks.start_soon(self._replay)
+                    self._epoch.unfinished += 1  # drain() waits for the whole replay
+                    tasks.start_soon(self._replay, self._epoch)
                 try:
                     yield self
                 except BaseException as error:  # re-raised as itself once the task group is gone
@@ -663,7 +665,8 @@ class EventRuntime(FailureHandling, Journaling):
         # Every unfinished delivery is queued, waiting to retry, or running;
         # deriving the last keeps two counter updates off each delivery.
         unfinished = self._epoch.unfinished + sum(epoch.unfinished for epoch in self._closed_epochs)
-        return max(0, unfinished - self._queued - len(self._retries))
+        replay = 1 if self._replaying is not None and self._state != _NEW else 0
+        return max(0, unfinished - replay - self._queued - len(self._retries))
 
     def stats(self) -> RuntimeStats:
         """A snapshot of the runtime's counters."""

@@ -1,0 +1,175 @@
+"""EventRuntime with a store: journaled publishes, replay on start, parked dead letters."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import anyio
+import pytest
+
+import aevents
+from aevents import Event, EventRuntime, Registry, RetryPolicy
+from aevents._store import MemoryStore, SQLiteStore
+
+pytestmark = pytest.mark.anyio
+
+StoreFactory = Callable[[], aevents.Store]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """A factory for one journal that survives across runtimes, in memory or in a file."""
+    if request.param == "memory":
+        shared = MemoryStore()
+        return lambda: shared
+    return lambda: SQLiteStore(str(tmp_path / "events.db"))
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def __call__(self, event: Event) -> None:
+        self.events.append(event)
+
+
+async def test_published_events_are_journaled_then_done(
+    registry: Registry, make_store: StoreFactory
+) -> None:
+    """With a store, deliveries are journaled as pending and marked done once run."""
+    recorder = Recorder()
+    registry.subscribe("order:placed", recorder, id="recorder")
+    registry.subscribe("order:placed", Recorder(), id="other")
+    store = make_store()
+    async with EventRuntime(registry, store=store) as runtime:
+        event = await runtime.publish("order:placed", payload={"order": 7})
+        with anyio.fail_after(10):
+            await runtime.drain()
+        stats = await store.stats()
+    assert recorder.events == [event]
+    assert (stats.events, stats.pending, stats.done, stats.dead) == (1, 0, 2, 0)
+
+
+async def test_what_was_left_pending_is_replayed_on_the_next_start(
+    registry: Registry, make_store: StoreFactory
+) -> None:
+    """Deliveries cut off by shutdown run when a runtime next opens the journal."""
+    registry.subscribe("order:placed", _blocked, id="recorder")
+    async with EventRuntime(registry, store=make_store(), shutdown_timeout=0) as runtime:
+        published = [await runtime.publish("order:placed", payload={"n": n}) for n in range(5)]
+    assert runtime.stats().dropped == 5
+
+    recorder = Recorder()
+    registry.unsubscribe("order:placed", id="recorder")
+    registry.subscribe("order:placed", recorder, id="recorder")
+    async with EventRuntime(registry, store=make_store()) as runtime:
+        with anyio.fail_after(10):
+            await runtime.drain()
+    assert sorted(event.id for event in recorder.events) == sorted(e.id for e in published)
+    assert sorted(event.payload["n"] for event in recorder.events) == [0, 1, 2, 3, 4]
+
+
+async def test_unknown_receiver_ids_are_parked_never_imported(
+    registry: Registry, make_store: StoreFactory
+) -> None:
+    """A journaled receiver id that is not subscribed becomes a dead letter; nothing is imported."""
+    store = make_store()
+    module = "aevents_test_never_imported_module"
+    async with EventRuntime(registry, store=store, shutdown_timeout=0) as runtime:
+        registry.subscribe("order:placed", _blocked, id=f"{module}:receiver")
+        await runtime.publish("order:placed")
+    registry.clear()
+    async with EventRuntime(registry, store=make_store()) as runtime:
+        with anyio.fail_after(10):
+            await runtime.drain()
+        (letter,) = await runtime.dead_letters()
+    assert module not in sys.modules
+    assert letter.receiver_id == f"{module}:receiver"
+    assert letter.error_type == "aevents.UnknownReceiver"
+    assert "resolved through the registry only" in letter.error_message
+
+
+async def test_store_failures_surface_at_publish_and_leave_the_runtime_working(
+    registry: Registry,
+) -> None:
+    """A journal that refuses an append makes publish raise; later publishes still work."""
+    recorder = Recorder()
+    registry.subscribe("order:placed", recorder, id="recorder")
+    store = FlakyStore(fail_appends=1)
+    async with EventRuntime(registry, store=store, buffer=4) as runtime:
+        with pytest.raises(aevents.StoreError, match="disk is full"):
+            await runtime.publish("order:placed")
+        assert runtime.stats().queued == 0
+        assert runtime.stats().published == 0
+        event = await runtime.publish("order:placed")
+        with anyio.fail_after(10):
+            await runtime.drain()
+    assert recorder.events == [event]
+
+
+async def test_publish_nowait_with_a_store_journals_in_the_background(
+    registry: Registry, make_store: StoreFactory
+) -> None:
+    """publish_nowait returns at once; the event is journaled, then delivered; drain waits."""
+    recorder = Recorder()
+    registry.subscribe("order:placed", recorder, id="recorder")
+    store = make_store()
+    async with EventRuntime(registry, store=store) as runtime:
+        event = runtime.publish_nowait("order:placed", payload={"fast": True})
+        with anyio.fail_after(10):
+            await runtime.drain()
+        stats = await store.stats()
+    assert recorder.events == [event]
+    assert (stats.events, stats.done) == (1, 1)
+
+
+async def test_dead_letters_live_in_the_journal_and_can_be_redelivered(
+    registry: Registry, make_store: StoreFactory
+) -> None:
+    """With a store, dead letters are journaled, survive restarts, and redeliver from there."""
+    healthy: list[bool] = []
+    delivered: list[Event] = []
+
+    async def receiver(event: Event) -> None:
+        if not healthy:
+            raise ConnectionError("down")
+        delivered.append(event)
+
+    registry.subscribe("mail:send", receiver, id="mailer", retry=RetryPolicy(attempts=1))
+    async with EventRuntime(registry, store=make_store()) as runtime:
+        event = await runtime.publish("mail:send")
+        with anyio.fail_after(10):
+            await runtime.drain()
+    healthy.append(True)
+    async with EventRuntime(registry, store=make_store()) as runtime:
+        (letter,) = await runtime.dead_letters()
+        assert (letter.event, letter.receiver_id, letter.error_type) == (
+            event,
+            "mailer",
+            "ConnectionError",
+        )
+        assert await runtime.redeliver() == 1
+        with anyio.fail_after(10):
+            await runtime.drain()
+        assert await runtime.dead_letters() == []
+    assert delivered == [event]
+
+
+async def _blocked(event: Event) -> None:
+    await anyio.sleep_forever()
+
+
+class FlakyStore(MemoryStore):
+    """A working in-memory journal whose first appends fail as a full disk would."""
+
+    def __init__(self, *, fail_appends: int) -> None:
+        super().__init__()
+        self.failures_left = fail_appends
+
+    async def append(self, event: Event, receiver_ids: Sequence[str]) -> None:
+        if self.failures_left:
+            self.failures_left -= 1
+            raise aevents.StoreError("memory", "database or disk is full")
+        await super().append(event, receiver_ids)
