@@ -46,9 +46,7 @@ aevents.subscribe("user:**", receiver=audit, id="audit")
 attempts_seen: list[int] = []
 
 
-@aevents.subscribe(
-    USER.EMAIL_CREATED, retry=RetryPolicy(attempts=3, initial_delay=0.01, jitter=0)
-)
+@aevents.subscribe(USER.EMAIL_CREATED, retry=RetryPolicy(attempts=3, initial_delay=0.01, jitter=0))
 async def verify_email(event: Event) -> None:
     """A flaky receiver: fails twice, then succeeds on its third attempt."""
     delivery = aevents.current_delivery()

@@ -107,7 +107,7 @@ def test_errors_survive_pickling_with_their_data(error: aevents.AeventsError) ->
     """Errors cross process boundaries (process pools, multiprocessing) intact."""
     import pickle
 
-    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own object, in a test
+    copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is type(error)
     assert str(copy) == str(error)
     assert copy.__dict__ == error.__dict__
