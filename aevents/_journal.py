@@ -107,38 +107,57 @@ class Journaling:
         if self._replaying is not None:
             self._replaying.add(event_id)
 
-    async def _deliver_durably(self, item: Item) -> None:
-        """One attempt of one delivery with a store: record it, run it, mark it done."""
+    async def _deliver_durably(self, items: list[Item]) -> None:
+        """Run a batch of deliveries with a store: record the attempts, run, mark done.
+
+        One journal write records every attempt before any receiver runs and
+        one marks the successes done, so a busy runtime pays two commits per
+        batch, not per delivery. A kill re-runs at most the batches in flight.
+        """
         assert self.store is not None
-        event, subscription, attempt, epoch = item
-        key = (event.id, subscription.receiver_id)
         try:
-            await self.store.start_attempts([(event.id, subscription.receiver_id, attempt)])
-        except StoreError as error:  # not recorded, so not run: it counts as a failed attempt
-            await self._failed_durably(item, error)
+            await self.store.start_attempts(
+                [
+                    (event.id, subscription.receiver_id, attempt)
+                    for event, subscription, attempt, _ in items
+                ]
+            )
+        except StoreError as error:  # not recorded, so not run: each counts as a failed attempt
+            for item in items:
+                await self._failed_durably(item, error)
             return
-        token = delivery_var.set(item)
-        try:
-            time_limit = subscription.timeout if subscription.timeout is not None else self.timeout
-            await call_receiver(subscription, event, time_limit, self._limiter)
-        except Exception as error:
-            await self._failed_durably(item, error)
+        done: list[tuple[str, str]] = []
+        finished: list[Epoch] = []
+        for item in items:
+            event, subscription, _, epoch = item
+            token = delivery_var.set(item)
+            try:
+                time_limit = (
+                    subscription.timeout if subscription.timeout is not None else self.timeout
+                )
+                await call_receiver(subscription, event, time_limit, self._limiter)
+            except Exception as error:
+                await self._failed_durably(item, error)
+                continue
+            finally:
+                delivery_var.reset(token)
+            self._delivered += 1
+            done.append((event.id, subscription.receiver_id))
+            finished.append(epoch)
+        if not done:
             return
-        finally:
-            delivery_var.reset(token)
-        self._delivered += 1
         try:
-            await self.store.complete([key])
+            await self.store.complete(done)
         except StoreError as error:
             logger.warning(
-                "delivery of %s to %r ran but could not be marked done (%s); "
-                "it will run again on the next start",
-                event.id,
-                subscription.receiver_id,
+                "%d deliveries ran but could not be marked done (%s); "
+                "they will run again on the next start",
+                len(done),
                 error,
-                extra={"event_id": event.id, "receiver_id": subscription.receiver_id},
+                extra={"deliveries": len(done)},
             )
-        self._finish(epoch)
+        for epoch in finished:
+            self._finish(epoch)
 
     async def _failed_durably(self, item: Item, error: Exception) -> None:
         letter = self._on_failure(item, error)

@@ -59,6 +59,7 @@ __all__ = ["EventRuntime", "RuntimeStats", "current_runtime"]
 logger = logging.getLogger("aevents.runtime")
 
 _YIELD_EVERY: Final = 64
+_DURABLE_BATCH: Final = 32  # deliveries a worker records, runs and marks done together
 _dumps, _loads = orjson.dumps, orjson.loads
 _NEW, _RUNNING, _DRAINING, _STOPPED = "new", "running", "draining", "stopped"
 
@@ -599,11 +600,20 @@ class EventRuntime(FailureHandling, Journaling):
             except anyio.EndOfStream:
                 return
             self._queued -= 1
+            if durable:
+                batch = [item]
+                while len(batch) < _DURABLE_BATCH:
+                    try:
+                        batch.append(receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                    self._queued -= 1
+                if self._space_waiters:
+                    self._release(0)
+                await self._deliver_durably(batch)
+                continue
             if self._space_waiters:
                 self._release(0)
-            if durable:
-                await self._deliver_durably(item)
-                continue
             event, subscription, _, epoch = item
             token = delivery_var.set(item)
             try:

@@ -14,6 +14,8 @@ import pytest
 
 APP = Path(__file__).with_name("crash_app.py")
 WORKERS = 4  # crash_app's EventRuntime(workers=4)
+BATCH = 32  # aevents._runtime._DURABLE_BATCH: a worker records, runs and completes this many at once
+IN_FLIGHT = WORKERS * BATCH  # the most deliveries a kill can catch between attempt and done
 
 pytestmark = pytest.mark.parametrize("backend", ["asyncio", "trio"])
 
@@ -80,7 +82,7 @@ def test_every_acknowledged_event_is_delivered_after_a_kill(backend: str, tmp_pa
         missing = acknowledged - set(done[receiver])
         assert not missing, f"{receiver} never got {len(missing)} acknowledged events"
         reruns = sum(times - 1 for times in done[receiver].values())
-        assert reruns <= WORKERS
+        assert reruns <= IN_FLIGHT
 
 
 def test_a_graceful_exit_runs_each_delivery_once_and_leaves_nothing(
@@ -133,4 +135,4 @@ def test_random_kills_never_lose_an_acknowledged_event(backend: str, tmp_path: P
     for receiver in ("first", "second"):
         assert acknowledged <= set(done[receiver])
         reruns = sum(times - 1 for times in done[receiver].values())
-        assert reruns <= WORKERS * kills
+        assert reruns <= IN_FLIGHT * kills
