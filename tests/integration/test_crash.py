@@ -14,7 +14,7 @@ import pytest
 
 APP = Path(__file__).with_name("crash_app.py")
 WORKERS = 4  # crash_app's EventRuntime(workers=4)
-BATCH = 32  # aevents._runtime._DURABLE_BATCH: a worker records, runs and completes this many at once
+BATCH = 32  # aevents._runtime._DURABLE_BATCH: deliveries a worker records and runs together
 IN_FLIGHT = WORKERS * BATCH  # the most deliveries a kill can catch between attempt and done
 
 pytestmark = pytest.mark.parametrize("backend", ["asyncio", "trio"])
