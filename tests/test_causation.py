@@ -132,3 +132,45 @@ async def test_drain_inside_a_receiver_raises_instead_of_hanging(registry: Regis
             await runtime.drain()
     assert len(errors) == 1
     assert "inside a receiver" in errors[0]
+
+
+async def test_a_task_started_by_a_receiver_keeps_its_parent(registry: Registry) -> None:
+    """Publishing later from a task a receiver spawned names that receiver's event as cause."""
+    gate, child_seen = anyio.Event(), anyio.Event()
+    children: list[Event] = []
+    parents: list[Event] = []
+
+    def child(event: Event) -> None:
+        children.append(event)
+        child_seen.set()
+
+    async with anyio.create_task_group() as outside:
+
+        async def spawner(event: Event) -> None:
+            parents.append(event)
+
+            async def later() -> None:
+                await gate.wait()  # by now the worker has run other deliveries
+                await aevents.publish("work:child")
+
+            outside.start_soon(later)
+
+        async def busy(event: Event) -> None:
+            pass
+
+        registry.subscribe("work:parent", spawner, id="spawner")
+        registry.subscribe("work:other", busy, id="busy")
+        registry.subscribe("work:child", child, id="child", inline=True)
+        async with EventRuntime(registry, workers=1) as runtime:
+            await runtime.publish("work:parent")
+            with anyio.fail_after(5):
+                await runtime.drain()
+            for _ in range(5):
+                await runtime.publish("work:other")
+            with anyio.fail_after(5):
+                await runtime.drain()
+            gate.set()
+            with anyio.fail_after(5):
+                await child_seen.wait()
+                await runtime.drain()
+    assert [child.causation_id for child in children] == [parents[0].id]
