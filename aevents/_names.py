@@ -23,7 +23,14 @@ from collections.abc import Callable
 
 from ._exceptions import InvalidEventNameError
 
-__all__ = ["MAX_NAME_LENGTH", "compile_pattern", "is_pattern", "validate_name", "validate_pattern"]
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "compile_pattern",
+    "first_segment",
+    "is_pattern",
+    "validate_name",
+    "validate_pattern",
+]
 
 MAX_NAME_LENGTH = 255
 """Longest accepted name or pattern, in characters."""
@@ -78,6 +85,11 @@ def validate_pattern(pattern: object) -> str:
         if all(segment in ("*", "**") or _SEGMENT_RE.fullmatch(segment) for segment in parts[::2]):
             return pattern
     raise InvalidEventNameError(pattern, _explain(pattern, allow_wildcards=True))
+
+
+def first_segment(text: str) -> str:
+    """The segment before the first separator (the whole text if there is none)."""
+    return _SPLIT.split(text, 1)[0]
 
 
 def is_pattern(text: str) -> bool:

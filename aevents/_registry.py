@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ import attrs
 
 from ._event import Event
 from ._exceptions import ConfigurationError, DuplicateReceiverError
-from ._names import compile_pattern, is_pattern, validate_pattern
+from ._names import compile_pattern, first_segment, is_pattern, validate_pattern
 from ._policy import RetryPolicy
 
 __all__ = ["Receiver", "Registry", "Subscription", "default_registry", "receiver_id_of"]
@@ -86,7 +87,13 @@ class Registry:
         self._lock = threading.Lock()
         self._subscriptions: list[Subscription] = []
         self._exact: dict[str, list[Subscription]] = {}
-        self._wildcards: list[tuple[Callable[[str], bool], Subscription]] = []
+        # Wildcard patterns by their first segment when it is literal ("user:*" under
+        # "user"), the rest (leading "*" or "**") apart: a name is only matched
+        # against the patterns that can match it.
+        self._wildcards: dict[str, list[tuple[Callable[[str], bool], Subscription]]] = {}
+        self._keys: dict[tuple[str, str], Subscription] = {}  # (pattern, receiver id)
+        self._order: dict[Subscription, int] = {}  # subscription -> when it was made (by identity)
+        self._counter = itertools.count()
         self._by_id: dict[str, Receiver] = {}
         self._routes: dict[str, tuple[Subscription, ...]] = {}
         self._caches: list[weakref.ref[RouteCache]] = []
@@ -193,13 +200,14 @@ class Registry:
             existing = self._by_id.get(receiver_id)
             if existing is not None and existing != receiver:
                 raise DuplicateReceiverError(receiver_id, pattern)
-            for current in self._subscriptions:
-                if current.pattern == pattern and current.receiver_id == receiver_id:
-                    return  # the same receiver, subscribed again: a no-op
+            if (pattern, receiver_id) in self._keys:
+                return  # the same receiver, subscribed again: a no-op
             self._by_id[receiver_id] = receiver
             self._subscriptions.append(subscription)
+            self._keys[pattern, receiver_id] = subscription
+            self._order[subscription] = next(self._counter)
             if is_pattern(pattern):
-                self._wildcards.append((matcher, subscription))
+                self._wildcards.setdefault(_bucket(pattern), []).append((matcher, subscription))
             else:
                 self._exact.setdefault(pattern, []).append(subscription)
             self._changed()
@@ -229,10 +237,15 @@ class Registry:
                 return False
             for subscription in removed:
                 self._subscriptions.remove(subscription)
+                del self._keys[pattern, subscription.receiver_id]
+                del self._order[subscription]
                 if is_pattern(pattern):
-                    self._wildcards = [
-                        pair for pair in self._wildcards if pair[1] is not subscription
-                    ]
+                    bucket = _bucket(pattern)
+                    left = [pair for pair in self._wildcards[bucket] if pair[1] is not subscription]
+                    if left:
+                        self._wildcards[bucket] = left
+                    else:
+                        del self._wildcards[bucket]
                 else:
                     remaining = [s for s in self._exact[pattern] if s is not subscription]
                     if remaining:
@@ -277,12 +290,14 @@ class Registry:
         found: dict[str, Subscription] = {}
         for subscription in self._exact.get(name, ()):
             found.setdefault(subscription.receiver_id, subscription)
-        for matches, subscription in self._wildcards:
-            if matches(name):
-                found.setdefault(subscription.receiver_id, subscription)
+        wildcards = self._wildcards
+        for bucket in (first_segment(name), _ANY):
+            for matches, subscription in wildcards.get(bucket, ()):
+                if matches(name):
+                    found.setdefault(subscription.receiver_id, subscription)
         # Keep subscription order, whichever index found it.
-        order = {id(subscription): index for index, subscription in enumerate(self._subscriptions)}
-        routes = tuple(sorted(found.values(), key=lambda s: order.get(id(s), 0)))
+        order = self._order
+        routes = tuple(sorted(found.values(), key=lambda s: order.get(s, 0)))
         with self._lock:
             if version == self._version:  # a concurrent subscribe would make this stale
                 if len(self._routes) >= MAX_ROUTE_CACHE:
@@ -318,8 +333,18 @@ class Registry:
             self._subscriptions.clear()
             self._exact.clear()
             self._wildcards.clear()
+            self._keys.clear()
+            self._order.clear()
             self._by_id.clear()
             self._changed()
+
+
+_ANY = "*"  # the bucket of patterns whose first segment is a wildcard
+
+
+def _bucket(pattern: str) -> str:
+    first = first_segment(pattern)
+    return _ANY if first in ("*", "**") else first
 
 
 default_registry = Registry()
