@@ -173,3 +173,30 @@ class FlakyStore(MemoryStore):
             self.failures_left -= 1
             raise aevents.StoreError("memory", "database or disk is full")
         await super().append(event, receiver_ids)
+
+
+async def test_a_journal_locked_past_busy_timeout_fails_publish_not_the_runtime(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Another connection holding the SQLite lock makes publish raise StoreError, not hang."""
+    import sqlite3
+
+    recorder = Recorder()
+    registry.subscribe("order:placed", recorder, id="recorder")
+    path = tmp_path / "events.db"
+    store = SQLiteStore(str(path), busy_timeout=0.2)
+    async with EventRuntime(registry, store=store) as runtime:
+        first = await runtime.publish("order:placed")
+        blocker = sqlite3.connect(path, isolation_level=None)
+        try:
+            blocker.execute("BEGIN EXCLUSIVE")
+            with anyio.fail_after(30), pytest.raises(aevents.StoreError):
+                await runtime.publish("order:placed")
+            blocker.execute("ROLLBACK")
+        finally:
+            blocker.close()
+        second = await runtime.publish("order:placed")
+        with anyio.fail_after(10):
+            await runtime.drain()
+        assert runtime.stats().queued == 0
+    assert sorted(event.id for event in recorder.events) == sorted([first.id, second.id])
