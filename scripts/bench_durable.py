@@ -44,15 +44,19 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def _single(path: str, events: int, synchronous: str) -> float:
-    registry = aevents.Registry()
-    delivered = 0
+def _counting_registry(name: str) -> tuple[aevents.Registry, list[int]]:
+    """A registry with one receiver on ``name`` that counts into the returned cell."""
+    registry, delivered = aevents.Registry(), [0]
 
     async def receiver(event: aevents.Event) -> None:
-        nonlocal delivered
-        delivered += 1
+        delivered[0] += 1
 
-    registry.subscribe("bench:durable:single", receiver, id="receiver")
+    registry.subscribe(name, receiver, id="receiver")
+    return registry, delivered
+
+
+async def _single(path: str, events: int, synchronous: str) -> float:
+    registry, delivered = _counting_registry("bench:durable:single")
     store = aevents.SQLiteStore(path, synchronous=synchronous)
     async with aevents.EventRuntime(registry, store=store) as runtime:
         started = time.perf_counter()
@@ -60,8 +64,8 @@ async def _single(path: str, events: int, synchronous: str) -> float:
             await runtime.publish("bench:durable:single", payload=PAYLOAD)
         await runtime.drain()
         elapsed = time.perf_counter() - started
-    if delivered != events:
-        raise SystemExit(f"delivered {delivered} of {events}")
+    if delivered[0] != events:
+        raise SystemExit(f"delivered {delivered[0]} of {events}")
     return events / elapsed
 
 
@@ -90,21 +94,14 @@ async def _fill(path: str, pending: int) -> None:
 
 
 async def _replay(path: str, pending: int) -> None:
-    registry = aevents.Registry()
-    delivered = 0
-
-    async def receiver(event: aevents.Event) -> None:
-        nonlocal delivered
-        delivered += 1
-
-    registry.subscribe("bench:durable:replay", receiver, id="receiver")
+    registry, delivered = _counting_registry("bench:durable:replay")
     before = _peak_rss_mib()
     started = time.perf_counter()
     async with aevents.EventRuntime(registry, store=aevents.SQLiteStore(path)) as runtime:
         await runtime.drain()
     elapsed = time.perf_counter() - started
-    if delivered != pending:
-        raise SystemExit(f"replayed {delivered} of {pending}")
+    if delivered[0] != pending:
+        raise SystemExit(f"replayed {delivered[0]} of {pending}")
     print(
         f"replayed {pending:,} pending deliveries in {elapsed:.1f} s "
         f"({pending / elapsed:,.0f}/s); peak RSS {before:.0f} MiB before start, "

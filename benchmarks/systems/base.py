@@ -107,6 +107,24 @@ class System(ABC):
         await anyio.sleep(seconds)
 
 
+@dataclass
+class AsyncioSystem(System):
+    """A system that runs on a plain ``asyncio.run`` loop (the peers, the SQLite floors)."""
+
+    def run(self, main: Callable[[], Awaitable[T]]) -> T:
+        import asyncio
+
+        async def entry() -> T:
+            return await main()
+
+        return asyncio.run(entry())
+
+    async def sleep(self, seconds: float) -> None:
+        import asyncio
+
+        await asyncio.sleep(seconds)
+
+
 # --- pattern matching for systems that have no patterns ---------------------------------------
 
 

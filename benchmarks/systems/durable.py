@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import orjson
 
 from benchmarks.systems.base import (
+    AsyncioSystem,
     BenchmarkError,
     Bus,
     Payload,
@@ -118,17 +119,8 @@ class GroupCommitBus:
 
 
 @dataclass
-class SQLiteFloor(System):
+class SQLiteFloor(AsyncioSystem):
     group_commit: bool = False
-
-    def run(self, main: Callable[[], Awaitable[T]]) -> T:
-        async def entry() -> T:
-            return await main()
-
-        return asyncio.run(entry())
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
 
     def open(self, subscriptions: Sequence[Subscription], names: Sequence[str]) -> Any:
         raise NotImplementedError("the sqlite floors only run the durable workloads")

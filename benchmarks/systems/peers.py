@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from benchmarks.systems.base import (
+    AsyncioSystem,
     BenchmarkError,
     Bus,
     Payload,
@@ -39,18 +40,6 @@ _NOT_DURABLE = {
     "durable": "no journal",
     "durable-normal": "no journal",
 }
-
-
-@dataclass
-class AsyncioPeer(System):
-    def run(self, main: Callable[[], Awaitable[T]]) -> T:
-        async def entry() -> T:
-            return await main()
-
-        return asyncio.run(entry())
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
 
 
 # --- blinker -------------------------------------------------------------------------------
@@ -100,7 +89,7 @@ class BlinkerBus:
 
 
 @dataclass
-class BlinkerSystem(AsyncioPeer):
+class BlinkerSystem(AsyncioSystem):
     @asynccontextmanager
     async def open(
         self, subscriptions: Sequence[Subscription], names: Sequence[str]
@@ -150,7 +139,7 @@ class DjangoBus:
 
 
 @dataclass
-class DjangoSystem(AsyncioPeer):
+class DjangoSystem(AsyncioSystem):
     @asynccontextmanager
     async def open(
         self, subscriptions: Sequence[Subscription], names: Sequence[str]
@@ -205,7 +194,7 @@ class PyeeBus:
 
 
 @dataclass
-class PyeeSystem(AsyncioPeer):
+class PyeeSystem(AsyncioSystem):
     @asynccontextmanager
     async def open(
         self, subscriptions: Sequence[Subscription], names: Sequence[str]
@@ -271,7 +260,7 @@ class BubusBus:
 
 
 @dataclass
-class BubusSystem(AsyncioPeer):
+class BubusSystem(AsyncioSystem):
     @asynccontextmanager
     async def open(
         self, subscriptions: Sequence[Subscription], names: Sequence[str]
