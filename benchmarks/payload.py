@@ -44,6 +44,11 @@ def make_payload(seq: int) -> Payload:
     return payload
 
 
+def make_small_payload(seq: int) -> Payload:
+    """The smallest realistic event: an id and a sequence number (about 30 bytes of JSON)."""
+    return {"user_id": 48213977, "seq": seq}
+
+
 def spin(nanoseconds: int) -> None:
     """Busy-wait: CPU work that no amount of concurrency hides (a slow receiver)."""
     deadline = time.perf_counter_ns() + nanoseconds

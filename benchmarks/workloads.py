@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.payload import Sink, make_payload, seq_sum
-from benchmarks.systems.base import BenchmarkError, Subscription, System
+from benchmarks.payload import Sink, make_payload, make_small_payload, seq_sum
+from benchmarks.systems.base import BenchmarkError, Payload, Subscription, System
 
 ONE_NAME = "user:account:created"
 FANOUT = 10
@@ -74,6 +74,7 @@ def _timed(
     expected: int,
     expected_seq: int | None,
     marks: dict[int, float] | None = None,
+    payload: Callable[[int], Payload] = make_payload,
 ) -> float:
     """Publish n events round-robin over `names`, drain, verify; return the elapsed seconds.
 
@@ -89,7 +90,7 @@ def _timed(
             gc.collect()
             started = time.perf_counter()
             for seq in range(n):
-                await publish(names[seq % count], make_payload(seq))
+                await publish(names[seq % count], payload(seq))
                 if mark_at and seq + 1 in mark_at and marks is not None:
                     marks[seq + 1] = time.perf_counter() - started
             await bus.drain()
@@ -104,6 +105,15 @@ def throughput(system: System, n: int) -> Result:
     sink = Sink()
     subscriptions = [Subscription(ONE_NAME, sink.hit)]
     elapsed = _timed(system, subscriptions, [ONE_NAME], n, sink, n, seq_sum(n))
+    return {"rate": n / elapsed, "seconds": elapsed}
+
+
+def throughput_small(system: System, n: int) -> Result:
+    sink = Sink()
+    subscriptions = [Subscription(ONE_NAME, sink.hit)]
+    elapsed = _timed(
+        system, subscriptions, [ONE_NAME], n, sink, n, seq_sum(n), payload=make_small_payload
+    )
     return {"rate": n / elapsed, "seconds": elapsed}
 
 
@@ -344,6 +354,15 @@ WORKLOADS: dict[str, Workload] = {
             quick=10_000,
             metrics=(EVENTS_PER_S,),
             driver=throughput,
+        ),
+        Workload(
+            "throughput-small",
+            "1b. One name, one async receiver, small payload",
+            "as 1 with a two-field payload (about 30 bytes of JSON) instead of 411 bytes",
+            full=100_000,
+            quick=10_000,
+            metrics=(EVENTS_PER_S,),
+            driver=throughput_small,
         ),
         Workload(
             "fanout",

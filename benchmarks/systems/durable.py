@@ -149,6 +149,7 @@ _ONLY_DURABLE = {
     key: "durable floor only"
     for key in (
         "throughput",
+        "throughput-small",
         "fanout",
         "routing",
         "sync-inline",

@@ -15,10 +15,16 @@ All of them route with a plain dict lookup; patterns are pre-expanded to exact n
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
+
+import attrs
+import orjson
 
 from benchmarks.systems.base import (
     BUFFER,
@@ -116,6 +122,39 @@ class AsyncioQueueBus:
         await self.queue.join()
 
 
+class ContractQueueBus(AsyncioQueueBus):
+    """The bare queue doing the per-event work aevents' contract requires, and no more.
+
+    Each publish makes the orjson round trip (receivers see what a journal would
+    hand back) and builds a frozen attrs event with a time-sortable id and a UTC
+    timestamp. No name validation, routing cache, isolation, retries or
+    cancellation checks: it prices the contract's fixed cost, so aevents' ratio
+    to it is the price of everything else.
+    """
+
+    async def publish(self, name: str, payload: Payload) -> None:
+        route = self.routes.get(name)
+        if route:
+            body = orjson.loads(orjson.dumps(payload))
+            stamp = (time.time_ns() << 24) | (next(_sequence) & 0xFFFFFF)
+            event = _ContractEvent(
+                stamp.to_bytes(11, "big").hex(), name, body, datetime.now(UTC), {}
+            )
+            await self.queue.put((route, event.payload))
+
+
+@attrs.frozen(slots=True)
+class _ContractEvent:
+    id: str
+    name: str
+    payload: Any
+    occurred_at: datetime
+    metadata: Any
+
+
+_sequence = itertools.count()
+
+
 class AnyioStreamBus:
     def __init__(self, routes: dict[str, Route], nowait: bool) -> None:
         import anyio
@@ -179,6 +218,7 @@ class AnyioStreamBus:
 @dataclass
 class AsyncioFloor(System):
     queued: bool = False
+    contract: bool = False  # do the contract's per-event work (see ContractQueueBus)
 
     def run(self, main: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(main())  # type: ignore[arg-type]
@@ -194,7 +234,7 @@ class AsyncioFloor(System):
         if not self.queued:
             yield DirectBus(routes)
             return
-        bus = AsyncioQueueBus(routes)
+        bus = ContractQueueBus(routes) if self.contract else AsyncioQueueBus(routes)
         workers = [asyncio.create_task(bus.work()) for _ in range(WORKERS)]
         try:
             yield bus
@@ -253,6 +293,19 @@ SYSTEMS: list[System] = [
         unsupported=dict(_NOT_DURABLE),
         startup_code=STARTUP_CODE.replace("{module}", "asyncio"),
         queued=True,
+    ),
+    AsyncioFloor(
+        name="asyncio-queue-contract",
+        family="floor",
+        description=(
+            f"bare asyncio.Queue(maxsize={BUFFER}) + {WORKERS} workers, each publish doing the "
+            "contract's per-event work: orjson round trip + frozen attrs event (sortable id, UTC)"
+        ),
+        semantics=Semantics(mode="queued", bounded="yes", isolated="no", durable="no"),
+        unsupported=dict(_NOT_DURABLE),
+        startup_code=STARTUP_CODE.replace("{module}", "asyncio"),
+        queued=True,
+        contract=True,
     ),
     AnyioFloor(
         name="anyio-stream",

@@ -375,6 +375,7 @@ SYSTEMS: list[System] = [
         },
         scale={
             "throughput": 0.05,
+            "throughput-small": 0.05,
             "fanout": 0.05,
             "routing": 0.05,
             "sync-inline": 0.05,
