@@ -28,7 +28,7 @@ import anyio
 
 from aevents._event import make_event
 from aevents._store import SQLiteStore
-from aevents._store._sqlite import _INSERT_DELIVERIES, _INSERT_EVENTS, _insert_rows
+from aevents._store._sqlite_thread import _INSERT_DELIVERIES, _INSERT_EVENTS, _insert_rows
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INSERT_EVENT = "INSERT INTO events (seq, id, name, body, published_at) VALUES (?, ?, ?, ?, ?)"

@@ -1,0 +1,231 @@
+"""The SQLite journal's file: schema, migrations, identity checks and sidecars.
+
+Everything here is about the file on disk and needs no store thread: the
+tables and their migrations, how a time is stored, the header and
+``application_id``/``user_version`` checks that refuse a foreign or newer
+file before it is touched, opening the connection, the ``synchronous``
+PRAGMAs, the ``<path>.lock`` flock, and the JSON lines of ``<path>.requests``
+(written by ``request_redelivery``, read back by ``_parse_requests``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sqlite3
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+import orjson
+
+from .._exceptions import JournalInUseError, StoreError
+
+logger = logging.getLogger("aevents.store")
+
+APPLICATION_ID: Final = 0x61657674  # "aevt" in the header, so a foreign SQLite file is recognised
+
+_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (  # v1. Times are integer microseconds since the epoch (UTC): exact round trips.
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,"
+        " name TEXT NOT NULL, body BLOB NOT NULL, published_at INTEGER NOT NULL)",
+        # state: 0 pending, 1 done, 2 dead
+        "CREATE TABLE deliveries (event_seq INTEGER NOT NULL, receiver_id TEXT NOT NULL,"
+        " state INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,"
+        " PRIMARY KEY (event_seq, receiver_id)) WITHOUT ROWID",
+        # start-up replay reads this instead of skipping over every done delivery
+        "CREATE INDEX deliveries_pending ON deliveries (event_seq, receiver_id) WHERE state = 0",
+        "CREATE TABLE dead_letters (id TEXT PRIMARY KEY, event_seq INTEGER NOT NULL,"
+        " receiver_id TEXT NOT NULL, attempts INTEGER NOT NULL, error_type TEXT NOT NULL,"
+        " error_message TEXT NOT NULL, failed_at INTEGER NOT NULL,"
+        " UNIQUE (event_seq, receiver_id))",
+    ),
+)
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
+_TABLES: Final = frozenset({"events", "deliveries", "dead_letters"})
+
+_SET_APPLICATION_ID: Final = f"PRAGMA application_id = {APPLICATION_ID}"
+_SET_USER_VERSION: Final = f"PRAGMA user_version = {SCHEMA_VERSION}"
+_SYNCHRONOUS: Final = {"FULL": "PRAGMA synchronous = FULL", "NORMAL": "PRAGMA synchronous = NORMAL"}
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+
+
+def _to_us(moment: datetime) -> int:
+    if moment.tzinfo is None:  # the protocol's times are aware; be lenient and read UTC
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _from_us(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _check_header(path: str) -> bool:
+    """Reject what is plainly not our journal before touching anything; say if it exists."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(100)
+    except FileNotFoundError:
+        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise StoreError(path, "cannot be created: its directory does not exist") from None
+        return False
+    except IsADirectoryError:
+        raise StoreError(path, "is a directory, not a journal file") from None
+    except OSError as exc:
+        raise StoreError(path, f"cannot be read ({exc.strerror})") from exc
+    if not header:
+        return True  # an empty file is an empty database
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        raise StoreError(path, "is not an aevents journal: not an SQLite database; left untouched")
+    application_id = int.from_bytes(header[68:72], "big")
+    version = int.from_bytes(header[60:64], "big")
+    _check_identity(path, application_id, version, has_tables=False)
+    return True
+
+
+def _check_identity(path: str, application_id: int, version: int, *, has_tables: bool) -> None:
+    application_id &= 0xFFFFFFFF
+    if application_id not in (0, APPLICATION_ID) or (
+        application_id == 0 and (version or has_tables)
+    ):
+        raise StoreError(
+            path,
+            "is not an aevents journal: an SQLite database of another application "
+            f"(application_id {application_id:#x}); left untouched",
+        )
+    if application_id == APPLICATION_ID and version > SCHEMA_VERSION:
+        raise StoreError(
+            path,
+            f"was written by a newer aevents (schema version {version}, this one reads up "
+            f"to {SCHEMA_VERSION}); upgrade aevents; left untouched",
+        )
+
+
+def _check_schema(conn: sqlite3.Connection, path: str, *, read_only: bool) -> int:
+    try:
+        application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(
+            path, f"is corrupt or not an SQLite database ({exc}); left untouched"
+        ) from exc
+    _check_identity(path, application_id, version, has_tables=bool(tables))
+    if version == SCHEMA_VERSION and not tables >= _TABLES:
+        missing = ", ".join(sorted(_TABLES - tables))
+        raise StoreError(path, f"is corrupt: tables missing ({missing}); left untouched")
+    if version < SCHEMA_VERSION and read_only:
+        raise StoreError(path, "has an older schema; open it once read-write to migrate it")
+    return int(version)
+
+
+def _migrate(conn: sqlite3.Connection, version: int, path: str) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statements in _MIGRATIONS[version:]:
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute(_SET_APPLICATION_ID)
+        conn.execute(_SET_USER_VERSION)
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback_transaction(conn, path)
+        raise
+
+
+def _rollback_transaction(conn: sqlite3.Connection | None, path: str) -> None:
+    """Roll back the transaction ``conn`` has open, if any, without raising."""
+    if conn is not None and conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:  # SQLite may have rolled back already
+            logger.debug("journal %r: rollback failed", path, exc_info=True)
+
+
+def _connect(path: str, *, busy_timeout: float, read_only: bool) -> sqlite3.Connection:
+    """The journal's one connection: no implicit transactions (the store BEGINs itself)."""
+    target, uri = (f"file:{path}?mode=ro", True) if read_only else (path, False)
+    try:
+        return sqlite3.connect(
+            target,
+            timeout=busy_timeout,
+            isolation_level=None,
+            cached_statements=64,
+            uri=uri,
+        )
+    except sqlite3.Error as exc:
+        raise StoreError(path, f"cannot be opened ({exc})") from exc
+
+
+def _acquire_lock(path: str) -> int:
+    try:
+        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StoreError(path, f"cannot create its lock file ({exc.strerror})") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise JournalInUseError(path) from None
+    except OSError as exc:
+        os.close(fd)
+        raise StoreError(path, f"cannot lock {path + '.lock'!r} ({exc})") from exc
+    return fd
+
+
+def _create_file(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return  # appeared meanwhile: the schema check decides
+    except OSError as exc:
+        raise StoreError(path, f"cannot be created ({exc.strerror})") from exc
+    os.close(fd)
+
+
+def _parse_requests(data: bytes, path: str) -> tuple[bool, list[str]]:
+    """``(redeliver everything?, letter ids)`` from the JSON lines of a requests file."""
+    everything, letter_ids = False, []
+    for number, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            request = orjson.loads(line)
+            wanted = request["redeliver"]
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            logger.warning("journal %r: ignoring unreadable request on line %d", path, number)
+            continue
+        if wanted == "all":
+            everything = True
+        elif isinstance(wanted, list) and all(isinstance(item, str) for item in wanted):
+            letter_ids += wanted
+        else:
+            logger.warning("journal %r: ignoring malformed request on line %d", path, number)
+    return everything, letter_ids
+
+
+def request_redelivery(path: str | os.PathLike[str], letter_ids: Sequence[str] | None) -> None:
+    """Ask for dead letters (all when ``None``) to be redelivered the next time ``path`` opens.
+
+    Appends one JSON line to ``<path>.requests`` (mode 0600) under an ``flock``,
+    so it is safe while the owning process starts up and consumes the file.
+    """
+    target = os.fsdecode(os.fspath(path)) + ".requests"
+    wanted: str | list[str] = "all" if letter_ids is None else list(letter_ids)
+    line = orjson.dumps({"redeliver": wanted}) + b"\n"
+    while True:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(target)
+            except FileNotFoundError:
+                continue  # consumed while we waited: write a fresh file
+            if os.path.samestat(current, os.fstat(fd)):
+                os.write(fd, line)
+                return
+        finally:
+            os.close(fd)
