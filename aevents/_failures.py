@@ -13,7 +13,7 @@ import itertools
 import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.lowlevel import checkpoint
@@ -25,6 +25,7 @@ from ._policy import DeadLetter, RetryPolicy, describe_error
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
 
+    from ._event import Event
     from ._exceptions import AeventsError
     from ._registry import Registry, Subscription
     from ._runtime import Epoch
@@ -63,7 +64,9 @@ class FailureHandling:
         # here only for the type checker, so they can never shadow the real ones
         def _finish(self, epoch: Epoch) -> None: ...
         def _not_accepting(self, name: str) -> AeventsError: ...
-        def _enqueue(self, event: Any, routes: tuple[Subscription, ...], epoch: Epoch) -> None: ...
+        def _enqueue(
+            self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch
+        ) -> None: ...
         async def _reserve(self, count: int) -> None: ...
         def _not_for_replay(self, event_id: str) -> None: ...
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -47,12 +47,16 @@ class Journaling:
     _delivered: int
     _dead: int
     _replaying: set[str] | None
+    _state: str
+    _unjournaled: int
 
     if TYPE_CHECKING:  # provided by the other classes EventRuntime is made of; declared
         # here only for the type checker, so they can never shadow the real ones
         def _finish(self, epoch: Epoch) -> None: ...
         def _release(self, count: int) -> None: ...
-        def _enqueue(self, event: Any, routes: tuple[Subscription, ...], epoch: Epoch) -> None: ...
+        def _enqueue(
+            self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch
+        ) -> None: ...
         async def _reserve(self, count: int) -> None: ...
         def _on_failure(self, item: Item, error: Exception) -> DeadLetter | None: ...
 
@@ -85,6 +89,7 @@ class Journaling:
             with anyio.CancelScope(shield=True):
                 await self.store.append(event, [route.receiver_id for route in routes])
         except StoreError as error:
+            self._unjournaled -= len(routes)
             logger.error(  # noqa: TRY400 - the store error's message says it all
                 "event %s (%r) accepted by publish_nowait could not be journaled (%s); "
                 "delivering it without the crash guarantee",
@@ -93,7 +98,12 @@ class Journaling:
                 error,
                 extra={"event_id": event.id, "event_name": event.name},
             )
-        self._enqueue(event, routes, epoch)
+        else:
+            self._unjournaled -= len(routes)
+        if self._state != "stopped":
+            self._enqueue(event, routes, epoch)
+        # else shutdown closed the queue while the write ran: the deliveries stay
+        # counted as left pending, and the journal replays them on the next start.
         self._finish(epoch)  # the placeholder publish_nowait counted
 
     def _not_for_replay(self, event_id: str) -> None:

@@ -200,6 +200,9 @@ class EventRuntime(FailureHandling, Journaling):
         self._dead_letters: dict[str, DeadLetter] = {}
         self._storms: set[tuple[str, str]] = set()
         self._replaying: set[str] | None = set() if store is not None else None
+        # Deliveries of events publish_nowait accepted whose journal write has not
+        # finished: if shutdown cancels it first, they are lost and must be said so.
+        self._unjournaled = 0
         self._published = self._unrouted = self._delivered = 0
         self._failed = self._retried = self._dead = self._dropped = 0
         self._lifecycle_cm: Any = None
@@ -270,6 +273,7 @@ class EventRuntime(FailureHandling, Journaling):
             raise
         finally:
             self._state = _STOPPED
+            self._report_dropped()
             send.close()
             receive.close()
             with _running_lock:
@@ -285,6 +289,34 @@ class EventRuntime(FailureHandling, Journaling):
         if body_error is not None:
             raise body_error
 
+    def _report_dropped(self) -> None:
+        """Count and log, once, the deliveries the stop left unrun (the task group is gone)."""
+        in_flight = self._in_flight()
+        left = self._queued + in_flight + len(self._retries)
+        if not left:
+            return
+        self._dropped += left
+        fate = (
+            "they stay pending in the journal for the next start"
+            if self.store is not None
+            else "without a store they are lost"
+        )
+        if self._unjournaled:
+            fate += (
+                f", except {self._unjournaled} of events accepted by publish_nowait "
+                "whose journal write never began: those are lost"
+            )
+        logger.warning(
+            "event runtime stopped with %d deliveries not run "
+            "(%d queued, %d in flight, %d waiting to retry); %s",
+            left,
+            self._queued,
+            in_flight,
+            len(self._retries),
+            fate,
+            extra={"dropped": left, "unjournaled": self._unjournaled},
+        )
+
     async def _shutdown(self, tasks: anyio.abc.TaskGroup, *, cancelled: bool) -> None:
         """Stop accepting, drain within the shutdown timeout, cancel what is left."""
         self._state = _DRAINING
@@ -294,25 +326,6 @@ class EventRuntime(FailureHandling, Journaling):
                     await self.drain()
         finally:
             self._state = _STOPPED
-            in_flight = self._in_flight()
-            left = self._queued + in_flight + len(self._retries)
-            if left:
-                self._dropped += left
-                fate = (
-                    "they stay pending in the journal for the next start"
-                    if self.store is not None
-                    else "without a store they are lost"
-                )
-                logger.warning(
-                    "event runtime stopped with %d deliveries not run "
-                    "(%d queued, %d in flight, %d waiting to retry); %s",
-                    left,
-                    self._queued,
-                    in_flight,
-                    len(self._retries),
-                    fate,
-                    extra={"dropped": left},
-                )
             for waiter in self._space_waiters:  # publishers still waiting for room
                 waiter[1].set()
             for epoch in (*self._closed_epochs, self._epoch):  # drain() callers: nothing more
@@ -363,6 +376,11 @@ class EventRuntime(FailureHandling, Journaling):
                     raise RuntimeClosedError(name) from None
             if self.store is not None:
                 await self._append(deferred.event, deferred.routes)
+                if self._state is _STOPPED:
+                    # Shutdown closed the queue during the (shielded) write: the event
+                    # is journaled, counted as left pending, and the next start delivers it.
+                    self._published += 1
+                    return deferred.event
             self._published += 1
             self._enqueue(deferred.event, deferred.routes, deferred.epoch)
             return deferred.event
@@ -387,6 +405,7 @@ class EventRuntime(FailureHandling, Journaling):
             if not deferred.reserved:
                 raise QueueFullError(name, self.buffer) from None
             self._published += 1
+            self._unjournaled += len(deferred.routes)
             deferred.epoch.unfinished += 1  # drain() waits for the background write too
             self._tasks.start_soon(
                 self._append_then_enqueue, deferred.event, deferred.routes, deferred.epoch

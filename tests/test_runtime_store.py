@@ -200,3 +200,23 @@ async def test_a_journal_locked_past_busy_timeout_fails_publish_not_the_runtime(
             await runtime.drain()
         assert runtime.stats().queued == 0
     assert sorted(event.id for event in recorder.events) == sorted([first.id, second.id])
+
+
+async def test_publish_nowait_racing_shutdown_loses_nothing_silently(
+    registry: Registry, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each event publish_nowait accepted is delivered, now or next start, or counted as lost."""
+    recorder = Recorder()
+    registry.subscribe("order:placed", recorder, id="recorder")
+    path = str(tmp_path / "events.db")
+    caplog.set_level("WARNING", logger="aevents.runtime")
+    async with EventRuntime(registry, store=SQLiteStore(path), shutdown_timeout=0) as runtime:
+        published = [runtime.publish_nowait("order:placed", payload={"n": n}) for n in range(50)]
+    stops = [record for record in caplog.records if record.name == "aevents.runtime"]
+    lost = sum(record.__dict__.get("unjournaled", 0) for record in stops)
+    async with EventRuntime(registry, store=SQLiteStore(path)) as runtime:
+        with anyio.fail_after(10):
+            await runtime.drain()
+    delivered = {event.id for event in recorder.events}
+    assert delivered <= {event.id for event in published}
+    assert len(delivered) + lost == len(published)
