@@ -68,6 +68,7 @@ class FailureHandling:
             self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch
         ) -> None: ...
         async def _reserve(self, count: int) -> None: ...
+        def _release(self, count: int) -> None: ...
         def _not_for_replay(self, event_id: str) -> None: ...
 
     def _on_failure(self, item: Item, error: Exception) -> DeadLetter | None:
@@ -205,7 +206,11 @@ class FailureHandling:
             await self._reserve(1)
             if self.store is not None:
                 self._not_for_replay(letter.event.id)
-                await self.store.redeliver([letter_id])
+                try:
+                    await self.store.redeliver([letter_id])
+                except BaseException:
+                    self._release(1)  # the letter stays dead; give its room back
+                    raise
             self._dead_letters.pop(letter_id, None)
             self._enqueue(letter.event, (subscription,), self._epoch)
             queued += 1
