@@ -512,10 +512,7 @@ class EventRuntime(FailureHandling, Journaling):
         if self.store is not None:
             raise _Deferred(event, routes, epoch, reserved=True)
         self._published += 1
-        epoch.unfinished += count
-        send = self._send.send_nowait
-        for subscription in routes:
-            send((event, subscription, 1, epoch))
+        self._enqueue(event, routes, epoch)
         return event
 
     def _enqueue(self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch) -> None:
