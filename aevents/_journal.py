@@ -12,6 +12,7 @@ registry, never by importing anything the journal names.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -27,9 +28,21 @@ if TYPE_CHECKING:
 
     from ._registry import Registry, Subscription
     from ._runtime import Epoch
-    from ._store._protocol import Store
+    from ._store._protocol import PendingDelivery, Store
 
 __all__ = ["Journaling"]
+
+
+async def _chain(
+    first: PendingDelivery | None, rest: AsyncIterator[PendingDelivery]
+) -> AsyncIterator[PendingDelivery]:
+    """``first`` (already read) followed by the rest of the stream."""
+    if first is None:
+        return
+    yield first
+    async for item in rest:
+        yield item
+
 
 logger = logging.getLogger("aevents.journal")
 
@@ -67,7 +80,6 @@ class Journaling:
         publisher cannot leave it unsure whether the event was accepted.
         """
         assert self.store is not None
-        self._not_for_replay(event.id)
         try:
             with anyio.CancelScope(shield=True):
                 await self.store.append(event, [route.receiver_id for route in routes])
@@ -84,7 +96,6 @@ class Journaling:
         crash guarantee, and an error says so: nothing accepted is dropped.
         """
         assert self.store is not None
-        self._not_for_replay(event.id)
         try:
             with anyio.CancelScope(shield=True):
                 await self.store.append(event, [route.receiver_id for route in routes])
@@ -107,11 +118,11 @@ class Journaling:
         self._finish(epoch)  # the placeholder publish_nowait counted
 
     def _not_for_replay(self, event_id: str) -> None:
-        """Mark an event this run journals (or redelivers) as not the replay's to queue.
+        """Mark a dead letter this run redelivers as not the replay's to queue.
 
-        The replay streams the journal while this run appends to it; without
-        this it could queue a live event a second time. Called before the
-        write, so no interleaving can slip past it; the set lives only as long
+        The replay's snapshot leaves out what this run appends, but a
+        redelivered letter is an old event made pending again: it may still lie
+        ahead of the replay. Called before the write; the set lives only as long
         as the replay does.
         """
         if self._replaying is not None:
@@ -188,20 +199,26 @@ class Journaling:
                 extra={"dead_letter_id": letter.id, "event_id": letter.event.id},
             )
 
-    async def _replay(self, epoch: Epoch) -> None:
-        """Queue what the journal holds as pending, streaming, with backpressure.
+    async def _replay(
+        self,
+        epoch: Epoch,
+        stream: AsyncIterator[PendingDelivery],
+        first: PendingDelivery | None,
+    ) -> None:
+        """Queue what the journal held as pending at start, streaming, with backpressure.
 
-        ``epoch`` already counts one for the replay itself (taken at start, so a
+        ``stream`` is the journal's ``pending()`` snapshot and ``first`` its
+        first item, read before the runtime accepted any publish. ``epoch``
+        already counts one for the replay itself (taken at start, so a
         ``drain()`` that runs before this task does still waits for it).
         """
-        assert self.store is not None
         replayed = unknown = exhausted = 0
-        live = self._replaying
-        assert live is not None
+        redelivered = self._replaying
+        assert redelivered is not None
         try:
-            async for pending in self.store.pending():
-                if pending.event.id in live:
-                    continue  # journaled by this run, which queues it itself
+            async for pending in _chain(first, stream):
+                if pending.event.id in redelivered:
+                    continue  # redelivered by this run, which queues it itself
                 subscription = self.registry.receiver(pending.receiver_id)
                 if subscription is None:
                     unknown += 1

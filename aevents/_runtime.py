@@ -253,10 +253,15 @@ class EventRuntime(FailureHandling, Journaling):
                 for _ in range(self.workers):
                     tasks.start_soon(self._work)
                 tasks.start_soon(self._run_retries)
-                self._state = _RUNNING
                 if self.store is not None:
+                    # The journal's pending() is a snapshot from its first page: read
+                    # that page before accepting any publish, so the replay never sees
+                    # events this run appends.
                     self._epoch.unfinished += 1  # drain() waits for the whole replay
-                    tasks.start_soon(self._replay, self._epoch)
+                    replay = self.store.pending().__aiter__()
+                    first = await anext(replay, None)
+                    tasks.start_soon(self._replay, self._epoch, replay, first)
+                self._state = _RUNNING
                 try:
                     yield self
                 except BaseException as error:  # re-raised as itself once the task group is gone

@@ -364,6 +364,25 @@ class StoreConformance:
             await _pending(store)
         await store.close()
 
+    @pytest.mark.anyio
+    async def test_pending_is_a_snapshot_taken_when_iteration_begins(
+        self, store: Store, anyio_backend: object
+    ) -> None:
+        """Events appended while pending() streams are not yielded by it, however many pages."""
+        before = [_event(n=n) for n in range(1_100)]  # more than one page of any sane size
+        for event in before:
+            await store.append(event, ["r"])
+        stream = store.pending().__aiter__()
+        first = await stream.__anext__()
+        after = [_event(n=n) for n in range(5)]
+        for event in after:
+            await store.append(event, ["r"])
+        with anyio.fail_after(30):
+            rest = [delivery async for delivery in stream]
+        seen = [first.event.id, *(delivery.event.id for delivery in rest)]
+        assert seen == [event.id for event in before]
+        assert [d.event.id for d in await _pending(store)][-5:] == [e.id for e in after]
+
 
 class PersistentStoreConformance(StoreConformance):
     """``StoreConformance`` plus what a store that survives ``close()`` must do.

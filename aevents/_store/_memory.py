@@ -144,10 +144,14 @@ class MemoryStore:
         return count
 
     async def pending(self) -> AsyncIterator[PendingDelivery]:
-        """Pending deliveries in publish order, then receiver id order."""
-        await checkpoint()
+        """Pending deliveries in publish order, then receiver id order.
+
+        A snapshot taken when iteration begins (before its first checkpoint):
+        events appended later are not yielded.
+        """
         self._check_open()
-        snapshot = list(self._events.items())  # calls made while iterating stay safe
+        snapshot = list(self._events.items())
+        await checkpoint()
         for index, (event_id, entry) in enumerate(snapshot):
             if index % _BATCH == _BATCH - 1:
                 await checkpoint()

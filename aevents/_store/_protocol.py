@@ -75,7 +75,11 @@ class Store(Protocol):
         """Make dead letters pending again with no attempts (all when ``None``); return how many."""
 
     def pending(self) -> AsyncIterator[PendingDelivery]:
-        """Stream every pending delivery in publish order, in bounded batches."""
+        """Stream every pending delivery in publish order, in bounded batches.
+
+        A snapshot taken when iteration begins: events appended after that are
+        never yielded, so a runtime can replay while it publishes.
+        """
 
     async def prune(self, *, older_than: datetime | None = None) -> int:
         """Delete finished deliveries (and events with nothing left) published before

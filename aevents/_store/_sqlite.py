@@ -315,15 +315,17 @@ class SQLiteStore(_JournalCalls):
     async def pending(self) -> AsyncIterator[PendingDelivery]:
         """Pending deliveries in publish order (then receiver id), fetched a page at a time.
 
-        A row whose body cannot be read is turned into a dead letter with the
+        A snapshot: events appended after the first page was read are not
+        yielded. A row whose body cannot be read is turned into a dead letter with the
         reason (its event a placeholder named ``aevents.journal.unreadable``
         unless the stored name is valid), counted in ``unreadable`` and skipped.
         """
         after: tuple[int, str] | None = (0, "")
+        upto: int | None = None
         while after is not None:
             page: list[PendingDelivery]
-            page, after = await self._call(
-                functools.partial(self._pending_page_on_thread, after),
+            page, after, upto = await self._call(
+                functools.partial(self._pending_page_on_thread, after, upto),
                 "could not read pending deliveries",
             )
             for delivery in page:

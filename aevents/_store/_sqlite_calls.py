@@ -43,7 +43,7 @@ UNREADABLE_EVENT: Final = "aevents.journal.unreadable"
 _PENDING_PAGE: Final = (
     "SELECT d.event_seq, d.receiver_id, d.attempts, e.id, e.name, e.body, e.published_at"
     " FROM deliveries AS d JOIN events AS e ON e.seq = d.event_seq"
-    " WHERE d.state = 0 AND (d.event_seq, d.receiver_id) > (?, ?)"
+    " WHERE d.state = 0 AND (d.event_seq, d.receiver_id) > (?, ?) AND d.event_seq <= ?"
     " ORDER BY d.event_seq, d.receiver_id LIMIT ?"
 )
 _DEAD_LETTERS: Final = (
@@ -180,11 +180,13 @@ class _JournalCalls(_JournalThread):
         return count
 
     def _pending_page_on_thread(
-        self, after: tuple[int, str]
-    ) -> tuple[list[PendingDelivery], tuple[int, str] | None]:
+        self, after: tuple[int, str], upto: int | None
+    ) -> tuple[list[PendingDelivery], tuple[int, str] | None, int]:
         conn = self._conn
         assert conn is not None
-        rows = conn.execute(_PENDING_PAGE, (*after, _PAGE)).fetchall()
+        if upto is None:  # the first page fixes the snapshot: events appended later are not seen
+            upto = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        rows = conn.execute(_PENDING_PAGE, (*after, upto, _PAGE)).fetchall()
         page: list[PendingDelivery] = []
         unreadable: list[tuple[Any, ...]] = []
         last_seq, event, reason = None, None, ""
@@ -223,7 +225,7 @@ class _JournalCalls(_JournalThread):
                     "y" if len(unreadable) == 1 else "ies",
                 )
         last = rows[-1] if len(rows) == _PAGE else None
-        return page, None if last is None else (last[0], last[1])
+        return page, None if last is None else (last[0], last[1]), upto
 
     def _stats_on_thread(self) -> StoreStats:
         conn = self._conn
