@@ -59,9 +59,6 @@ class RetryPolicy:
         return base * (1 - self.jitter * random.random())
 
 
-NO_RETRY = RetryPolicy(attempts=1)
-
-
 @attrs.frozen(slots=True)
 class DeadLetter:
     """A delivery that failed on every attempt its policy allowed.

@@ -656,6 +656,7 @@ class EventRuntime(FailureHandling, Journaling):
                     self._finish(epoch)
             else:
                 self._delivered += 1
+                # _finish(epoch), inlined: the call costs 3-4% on fan-out to 10 receivers.
                 epoch.unfinished -= 1
                 if not epoch.unfinished and epoch.done is not None:
                     epoch.done.set()
