@@ -34,6 +34,7 @@ from ._exceptions import (
     StoreError,
     UnknownEventError,
 )
+from ._middleware import Middleware, Publishing
 from ._module import publish, publish_nowait, publish_threadsafe, subscribe, unsubscribe
 from ._names import validate_name, validate_pattern
 from ._policy import DeadLetter, RetryPolicy
@@ -83,8 +84,10 @@ __all__ = [
     "InvalidEventNameError",
     "JournalInUseError",
     "MemoryStore",
+    "Middleware",
     "PayloadError",
     "PendingDelivery",
+    "Publishing",
     "QueueFullError",
     "Registry",
     "RetryPolicy",

@@ -39,6 +39,8 @@ class DeliveryInfo:
     receiver_id: str
     attempt: int
     """1 on the first try, 2 on the first retry, and so on."""
+    pattern: str
+    """The pattern the receiver subscribed with, which matched the event's name."""
 
 
 def current_delivery() -> DeliveryInfo | None:
@@ -50,7 +52,7 @@ def current_delivery() -> DeliveryInfo | None:
     if item is None:
         return None
     event, subscription, attempt, _ = item
-    return DeliveryInfo(event, subscription.receiver_id, attempt)
+    return DeliveryInfo(event, subscription.receiver_id, attempt, subscription.pattern)
 
 
 async def call_receiver(

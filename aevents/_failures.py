@@ -13,14 +13,14 @@ import itertools
 import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.lowlevel import checkpoint
 
 from ._delivery import Item
 from ._event import new_event_id
-from ._policy import DeadLetter, RetryPolicy, describe_error
+from ._policy import DeadLetter, RetryPolicy, describe_error, escape_control
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
@@ -44,6 +44,7 @@ class FailureHandling:
     store: Store | None
     retry: RetryPolicy
     max_dead_letters: int
+    log_payloads: bool
     _state: str
     _send: MemoryObjectSendStream[Item]
     _epoch: Epoch
@@ -71,22 +72,29 @@ class FailureHandling:
         def _release(self, count: int) -> None: ...
         def _not_for_replay(self, event_id: str) -> None: ...
 
-    def _on_failure(self, item: Item, error: Exception) -> DeadLetter | None:
+    def _on_failure(
+        self, item: Item, error: Exception, duration: float | None
+    ) -> DeadLetter | None:
         """Count a failed attempt; schedule a retry, or return the dead letter it became.
 
-        The caller keeps (or journals) the letter and finishes the delivery.
+        ``duration`` is how long the attempt ran, in seconds (None if it never
+        started). The caller keeps (or journals) the letter and finishes the delivery.
         """
         event, subscription, attempt, epoch = item
         self._failed += 1
         policy = subscription.retry if subscription.retry is not None else self.retry
         storm = (event.id, subscription.receiver_id) in self._storms
-        extra = {
+        error_type, message = describe_error(error)
+        extra: dict[str, Any] = {
             "event_id": event.id,
             "event_name": event.name,
             "receiver_id": subscription.receiver_id,
             "attempt": attempt,
+            "duration": duration,
+            "error_type": error_type,
         }
-        error_type, message = describe_error(error)
+        if self.log_payloads:
+            extra["payload"] = event.payload
         if attempt < policy.attempts and not storm:
             self._retried += 1
             delay = policy.delay(attempt)
@@ -98,7 +106,7 @@ class FailureHandling:
                 policy.attempts,
                 delay,
                 error_type,
-                message,
+                escape_control(message),
                 extra=extra,
             )
             due = anyio.current_time() + delay
@@ -119,11 +127,13 @@ class FailureHandling:
             failed_at=datetime.now(UTC),
         )
         delivery_logger.error(
-            "receiver %r failed on %r after %d attempt(s); dead-lettered as %s",
+            "receiver %r failed on %r after %d attempt(s); dead-lettered as %s: %s: %s",
             subscription.receiver_id,
             event.name,
             attempt,
             letter.id,
+            error_type,
+            escape_control(message),
             exc_info=error,
             extra={**extra, "dead_letter_id": letter.id},
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 import anyio
@@ -21,6 +22,7 @@ import anyio
 from ._delivery import Item, call_receiver, delivery_var
 from ._event import Event, new_event_id
 from ._exceptions import StoreError
+from ._middleware import MiddlewareStack, call_with_middleware
 from ._policy import DeadLetter, RetryPolicy
 
 if TYPE_CHECKING:
@@ -62,6 +64,7 @@ class Journaling:
     _replaying: set[str] | None
     _state: str
     _unjournaled: int
+    _middleware: MiddlewareStack
 
     if TYPE_CHECKING:  # provided by the other classes EventRuntime is made of; declared
         # here only for the type checker, so they can never shadow the real ones
@@ -71,7 +74,9 @@ class Journaling:
             self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch
         ) -> None: ...
         async def _reserve(self, count: int) -> None: ...
-        def _on_failure(self, item: Item, error: Exception) -> DeadLetter | None: ...
+        def _on_failure(
+            self, item: Item, error: Exception, duration: float | None
+        ) -> DeadLetter | None: ...
 
     async def _append(self, event: Event, routes: tuple[Subscription, ...]) -> None:
         """Journal an event whose room in the buffer is reserved; on failure give the room back.
@@ -145,20 +150,26 @@ class Journaling:
             )
         except StoreError as error:  # not recorded, so not run: each counts as a failed attempt
             for item in items:
-                await self._failed_durably(item, error)
+                await self._failed_durably(item, error, None)
             return
         done: list[tuple[str, str]] = []
         finished: list[Epoch] = []
         for item in items:
             event, subscription, _, epoch = item
             token = delivery_var.set(item)
+            started = perf_counter()
             try:
                 time_limit = (
                     subscription.timeout if subscription.timeout is not None else self.timeout
                 )
-                await call_receiver(subscription, event, time_limit, self._limiter)
+                if self._middleware.delivery:
+                    await call_with_middleware(
+                        self._middleware.delivery, item, time_limit, self._limiter
+                    )
+                else:
+                    await call_receiver(subscription, event, time_limit, self._limiter)
             except Exception as error:
-                await self._failed_durably(item, error)
+                await self._failed_durably(item, error, perf_counter() - started)
                 continue
             finally:
                 delivery_var.reset(token)
@@ -180,8 +191,8 @@ class Journaling:
         for epoch in finished:
             self._finish(epoch)
 
-    async def _failed_durably(self, item: Item, error: Exception) -> None:
-        letter = self._on_failure(item, error)
+    async def _failed_durably(self, item: Item, error: Exception, duration: float | None) -> None:
+        letter = self._on_failure(item, error, duration)
         if letter is not None:
             await self._journal_dead_letter(letter)
             self._finish(item[3])

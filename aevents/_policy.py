@@ -10,7 +10,13 @@ import attrs
 from ._event import Event
 from ._exceptions import ConfigurationError
 
-__all__ = ["MAX_ERROR_MESSAGE_CHARS", "DeadLetter", "RetryPolicy", "describe_error"]
+__all__ = [
+    "MAX_ERROR_MESSAGE_CHARS",
+    "DeadLetter",
+    "RetryPolicy",
+    "describe_error",
+    "escape_control",
+]
 
 MAX_ERROR_MESSAGE_CHARS = 2000
 """A dead letter keeps at most this much of the error's message."""
@@ -74,6 +80,17 @@ class DeadLetter:
     error_type: str
     error_message: str
     failed_at: datetime
+
+
+# C0 and C1 control characters (newlines and tabs too), as escapes: a log line is one line.
+_CONTROL_ESCAPES: dict[int, str] = {
+    code: repr(chr(code))[1:-1] for code in (*range(0x20), *range(0x7F, 0xA0))
+}
+
+
+def escape_control(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n``, ``\\x1b``), for log lines."""
+    return text.translate(_CONTROL_ESCAPES)
 
 
 def describe_error(error: BaseException) -> tuple[str, str]:

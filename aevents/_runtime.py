@@ -21,9 +21,10 @@ import logging
 import math
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
+from time import perf_counter
 from types import TracebackType
 from typing import Any, Final
 
@@ -48,6 +49,7 @@ from ._exceptions import (
 from ._failures import FailureHandling
 from ._journal import Journaling
 from ._lowlevel import cancelled_check_for_backend, leaf_errors
+from ._middleware import Middleware, MiddlewareStack, PublishHooks, call_with_middleware
 from ._names import validate_name
 from ._payload import DEFAULT_MAX_PAYLOAD_BYTES, encode_metadata, encode_payload, payload_json
 from ._policy import DeadLetter, RetryPolicy
@@ -154,7 +156,10 @@ class EventRuntime(FailureHandling, Journaling):
     ``strict=True`` accepts only names declared in an ``aevents.Catalog``.
     ``sync_threads`` caps the worker threads used by sync receivers; they come
     from a limiter of the runtime's own, never from anyio's default one that
-    the rest of the application uses.
+    the rest of the application uses. ``middleware`` hooks run around each
+    publish and each delivery attempt (see ``aevents.Middleware``).
+    ``log_payloads=True`` adds each failed event's payload to its log records
+    (as the ``payload`` extra field); payloads are never logged otherwise.
     """
 
     def __init__(
@@ -172,8 +177,11 @@ class EventRuntime(FailureHandling, Journaling):
         max_causation_depth: int = 32,
         max_dead_letters: int = 10_000,
         sync_threads: int | None = None,
+        middleware: Sequence[Middleware] = (),
+        log_payloads: bool = False,
     ) -> None:
         _check_config(locals())
+        self._middleware = MiddlewareStack(middleware)
         self.registry = registry if registry is not None else default_registry
         self.store = store
         self.workers = workers
@@ -186,6 +194,7 @@ class EventRuntime(FailureHandling, Journaling):
         self.max_causation_depth = max_causation_depth
         self.max_dead_letters = max_dead_letters
         self.sync_threads = sync_threads if sync_threads is not None else workers
+        self.log_payloads = log_payloads
 
         self._state = _NEW
         self._thread = 0
@@ -340,6 +349,23 @@ class EventRuntime(FailureHandling, Journaling):
             tasks.cancel_scope.cancel()
 
     @property
+    def middleware(self) -> tuple[Middleware, ...]:
+        """The middleware, in the order their ``before_*`` hooks run."""
+        return tuple(self._middleware.all)
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Add a middleware after the others; it applies to publishes and attempts from now on.
+
+        Safe while the runtime runs (on the event loop's thread): an attempt
+        already under way finishes with the hooks it started with.
+        """
+        self._middleware.add(middleware)
+
+    def remove_middleware(self, middleware: Middleware) -> bool:
+        """Remove a middleware; False if it was not there."""
+        return self._middleware.remove(middleware)
+
+    @property
     def running(self) -> bool:
         """True between entering and leaving the ``async with``."""
         return self._state in (_RUNNING, _DRAINING)
@@ -370,25 +396,45 @@ class EventRuntime(FailureHandling, Journaling):
             await self._checkpoint_if_cancelled()
         elif cancelled():
             await checkpoint()
+        if self._middleware.publish:
+            return await self._publish_with_middleware(name, payload, metadata)
         parent = delivery_var.get()
         try:
             return self._accept(name, payload, metadata, parent)
         except _Deferred as deferred:
-            if not deferred.reserved:
-                in_delivery = parent is not None and parent[3].runtime is self
-                await self._wait_for_room(len(deferred.routes), in_delivery)
-                if self._state is _STOPPED:
-                    raise RuntimeClosedError(name) from None
-            if self.store is not None:
-                await self._append(deferred.event, deferred.routes)
-                if self._state is _STOPPED:
-                    # Shutdown closed the queue during the (shielded) write: the event
-                    # is journaled, counted as left pending, and the next start delivers it.
-                    self._published += 1
-                    return deferred.event
-            self._published += 1
-            self._enqueue(deferred.event, deferred.routes, deferred.epoch)
-            return deferred.event
+            return await self._accept_deferred(name, deferred, parent)
+
+    async def _accept_deferred(self, name: str, deferred: _Deferred, parent: Item | None) -> Event:
+        """The waits of ``publish``: for room in the buffer, then for the journal."""
+        if not deferred.reserved:
+            in_delivery = parent is not None and parent[3].runtime is self
+            await self._wait_for_room(len(deferred.routes), in_delivery)
+            if self._state is _STOPPED:
+                raise RuntimeClosedError(name) from None
+        if self.store is not None:
+            await self._append(deferred.event, deferred.routes)
+            if self._state is _STOPPED:
+                # Shutdown closed the queue during the (shielded) write: the event
+                # is journaled, counted as left pending, and the next start delivers it.
+                self._published += 1
+                return deferred.event
+        self._published += 1
+        self._enqueue(deferred.event, deferred.routes, deferred.epoch)
+        return deferred.event
+
+    async def _publish_with_middleware(
+        self, name: str, payload: Mapping[str, Any] | None, metadata: Mapping[str, str] | None
+    ) -> Event:
+        parent = delivery_var.get()
+        with PublishHooks(self._middleware.publish, name, payload, metadata) as publishing:
+            try:
+                event = self._accept(
+                    publishing.name, publishing.payload, publishing.metadata or None, parent
+                )
+            except _Deferred as deferred:
+                event = await self._accept_deferred(publishing.name, deferred, parent)
+            publishing.event = event
+        return event
 
     def publish_nowait(
         self,
@@ -404,18 +450,38 @@ class EventRuntime(FailureHandling, Journaling):
         delivered, so it is not yet durable when this returns: a crash in
         that window loses it. Use ``await publish()`` where that matters.
         """
+        if self._middleware.publish:
+            return self._publish_nowait_with_middleware(name, payload, metadata)
         try:
             return self._accept(name, payload, metadata, delivery_var.get())
         except _Deferred as deferred:
-            if not deferred.reserved:
-                raise QueueFullError(name, self.buffer) from None
-            self._published += 1
-            self._unjournaled += len(deferred.routes)
-            deferred.epoch.unfinished += 1  # drain() waits for the background write too
-            self._tasks.start_soon(
-                self._append_then_enqueue, deferred.event, deferred.routes, deferred.epoch
-            )
-            return deferred.event
+            return self._accept_nowait_deferred(name, deferred)
+
+    def _accept_nowait_deferred(self, name: str, deferred: _Deferred) -> Event:
+        """``publish_nowait`` when ``publish`` would wait: refuse, or journal in the background."""
+        if not deferred.reserved:
+            raise QueueFullError(name, self.buffer) from None
+        self._published += 1
+        self._unjournaled += len(deferred.routes)
+        deferred.epoch.unfinished += 1  # drain() waits for the background write too
+        self._tasks.start_soon(
+            self._append_then_enqueue, deferred.event, deferred.routes, deferred.epoch
+        )
+        return deferred.event
+
+    def _publish_nowait_with_middleware(
+        self, name: str, payload: Mapping[str, Any] | None, metadata: Mapping[str, str] | None
+    ) -> Event:
+        parent = delivery_var.get()
+        with PublishHooks(self._middleware.publish, name, payload, metadata) as publishing:
+            try:
+                event = self._accept(
+                    publishing.name, publishing.payload, publishing.metadata or None, parent
+                )
+            except _Deferred as deferred:
+                event = self._accept_nowait_deferred(publishing.name, deferred)
+            publishing.event = event
+        return event
 
     def publish_threadsafe(
         self,
@@ -604,6 +670,8 @@ class EventRuntime(FailureHandling, Journaling):
         receive = self._receive.receive
         fast_ok = self.timeout is None and self.store is None
         durable = self.store is not None
+        hooks = self._middleware.delivery  # mutated in place by add_middleware
+        clock = perf_counter
         set_delivery = delivery_var.set
         since_yield = 0
         while True:
@@ -641,16 +709,20 @@ class EventRuntime(FailureHandling, Journaling):
             # or thread a receiver starts keeps the context it was started with. Dropping
             # the reset is worth 11% on fan-out to 10 receivers.
             set_delivery(item)
+            started = clock()
             try:
-                if fast_ok and subscription.fast:
+                if fast_ok and subscription.fast and not hooks:
                     await subscription.receiver(event)
                 else:
                     time_limit = (
                         subscription.timeout if subscription.timeout is not None else self.timeout
                     )
-                    await call_receiver(subscription, event, time_limit, self._limiter)
+                    if hooks:
+                        await call_with_middleware(hooks, item, time_limit, self._limiter)
+                    else:
+                        await call_receiver(subscription, event, time_limit, self._limiter)
             except Exception as error:
-                letter = self._on_failure(item, error)
+                letter = self._on_failure(item, error, clock() - started)
                 if letter is not None:
                     self._keep_dead_letter(letter)
                     self._finish(epoch)

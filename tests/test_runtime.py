@@ -517,7 +517,9 @@ async def test_contextvars_reach_sync_receivers_on_threads(registry: Registry) -
         event = await runtime.publish("sync:info")
         with anyio.fail_after(5):
             await runtime.drain()
-    assert seen == [aevents.DeliveryInfo(event=event, receiver_id="info", attempt=1)]
+    assert seen == [
+        aevents.DeliveryInfo(event=event, receiver_id="info", attempt=1, pattern="sync:info")
+    ]
     assert aevents.current_delivery() is None
 
 

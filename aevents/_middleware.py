@@ -1,0 +1,226 @@
+"""Middleware: hooks around each publish and around each delivery attempt.
+
+A middleware overrides any of four plain (sync) methods. A ``before_*`` hook
+returns a state object that the matching ``after_*`` hook receives, so a
+middleware can time an attempt, open and close a span, or set and reset a
+context variable without keeping a table of its own::
+
+    class Timing(aevents.Middleware):
+        def before_delivery(self, delivery):
+            return time.perf_counter()
+
+        def after_delivery(self, delivery, state, error):
+            print(delivery.receiver_id, time.perf_counter() - state, error)
+
+The rules, the same for both pairs:
+
+* ``before_*`` hooks run in the order the middleware was given; ``after_*``
+  hooks in the reverse order, and only for middleware whose ``before_*`` ran.
+* A ``before_publish`` that raises rejects the publish: the publisher gets that
+  error and nothing is accepted. A ``before_delivery`` that raises fails the
+  attempt with that error, without calling the receiver: the attempt is
+  retried or dead-lettered like any failure.
+* ``after_*`` hooks always run, with the error that ended the publish or the
+  attempt (a cancellation too), or ``None``. They cannot swallow or replace it.
+  An ``after_*`` hook that raises is logged on ``aevents.middleware`` and
+  ignored: the outcome stays what it was and the other hooks still run.
+* Hooks are sync and run on the event loop's thread, so they must be quick.
+  ``before_delivery`` runs in the task that calls the receiver: a context
+  variable it sets is seen by an async receiver, and by a sync receiver on a
+  worker thread.
+
+Hooks cost nothing when no middleware overrides them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import anyio
+import attrs
+
+from ._delivery import DeliveryInfo, Item, call_receiver
+from ._event import Event
+from ._exceptions import ConfigurationError
+
+__all__ = ["Middleware", "MiddlewareStack", "PublishHooks", "Publishing", "call_with_middleware"]
+
+logger = logging.getLogger("aevents.middleware")
+
+
+@attrs.define(slots=True, eq=False)
+class Publishing:
+    """One call to publish, as the middleware sees it.
+
+    ``before_publish`` may change ``metadata`` (add a tenant, a trace context)
+    before the event is built from it. ``event`` is the accepted event once the
+    publish succeeded, for ``after_publish``.
+    """
+
+    name: str
+    payload: Mapping[str, Any] | None
+    metadata: dict[str, str]
+    event: Event | None = None
+
+
+class Middleware:
+    """Base class for middleware: override the hooks you need; the rest cost nothing."""
+
+    def before_publish(self, publishing: Publishing) -> Any:
+        """Called before the event is built; the return value goes to ``after_publish``."""
+        return None
+
+    def after_publish(
+        self, publishing: Publishing, state: Any, error: BaseException | None
+    ) -> None:
+        """Called once the publish returned its event (``error`` is None) or raised."""
+
+    def before_delivery(self, delivery: DeliveryInfo) -> Any:
+        """Called before each attempt; the return value goes to ``after_delivery``."""
+        return None
+
+    def after_delivery(
+        self, delivery: DeliveryInfo, state: Any, error: BaseException | None
+    ) -> None:
+        """Called after each attempt, with the error it failed with or None."""
+
+
+def _overrides(middleware: Middleware, *names: str) -> bool:
+    kind = type(middleware)
+    return any(getattr(kind, name) is not getattr(Middleware, name) for name in names)
+
+
+class MiddlewareStack:
+    """The runtime's middleware, split into those with publish hooks and delivery hooks.
+
+    The two lists are mutated in place, never replaced: workers hold them as
+    locals and test them for emptiness on each delivery.
+    """
+
+    __slots__ = ("all", "delivery", "publish")
+
+    def __init__(self, middleware: Sequence[Middleware]) -> None:
+        self.all: list[Middleware] = []
+        self.publish: list[Middleware] = []
+        self.delivery: list[Middleware] = []
+        for each in middleware:
+            self.add(each)
+
+    def add(self, middleware: Middleware) -> None:
+        if not isinstance(middleware, Middleware):
+            raise ConfigurationError(
+                "EventRuntime",
+                f"middleware must subclass aevents.Middleware, got {middleware!r}",
+            )
+        if middleware in self.all:
+            raise ConfigurationError("EventRuntime", f"middleware {middleware!r} is already added")
+        self.all.append(middleware)
+        if _overrides(middleware, "before_publish", "after_publish"):
+            self.publish.append(middleware)
+        if _overrides(middleware, "before_delivery", "after_delivery"):
+            self.delivery.append(middleware)
+
+    def remove(self, middleware: Middleware) -> bool:
+        if middleware not in self.all:
+            return False
+        self.all.remove(middleware)
+        for hooks in (self.publish, self.delivery):
+            if middleware in hooks:
+                hooks.remove(middleware)
+        return True
+
+
+class PublishHooks:
+    """The publish hooks around one publish: ``with PublishHooks(...) as publishing:``.
+
+    Entering runs every ``before_publish`` (if one raises, the afters of those
+    entered run and the error propagates); leaving runs the afters with the
+    error the block raised, or None.
+    """
+
+    __slots__ = ("entered", "hooks", "publishing")
+
+    def __init__(
+        self,
+        hooks: Sequence[Middleware],
+        name: str,
+        payload: Mapping[str, Any] | None,
+        metadata: Mapping[str, str] | None,
+    ) -> None:
+        self.hooks = tuple(hooks)
+        self.publishing = Publishing(name, payload, {} if metadata is None else dict(metadata))
+        self.entered: list[tuple[Middleware, Any]] = []
+
+    def __enter__(self) -> Publishing:
+        for middleware in self.hooks:
+            try:
+                self.entered.append((middleware, middleware.before_publish(self.publishing)))
+            except BaseException as error:
+                self._after(error)
+                raise
+        return self.publishing
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._after(error)
+
+    def _after(self, error: BaseException | None) -> None:
+        publishing = self.publishing
+        for middleware, state in reversed(self.entered):
+            try:
+                middleware.after_publish(publishing, state, error)
+            except Exception:
+                logger.exception(
+                    "middleware %r raised in after_publish for %r; ignored",
+                    middleware,
+                    publishing.name,
+                    extra={"event_name": publishing.name},
+                )
+
+
+async def call_with_middleware(
+    hooks: Sequence[Middleware],
+    item: Item,
+    time_limit: float | None,
+    limiter: anyio.CapacityLimiter,
+) -> None:
+    """One attempt of one delivery with the delivery hooks around it."""
+    event, subscription, attempt, _ = item
+    delivery = DeliveryInfo(event, subscription.receiver_id, attempt, subscription.pattern)
+    entered: list[tuple[Middleware, Any]] = []
+    try:
+        for middleware in tuple(hooks):
+            entered.append((middleware, middleware.before_delivery(delivery)))
+        await call_receiver(subscription, event, time_limit, limiter)
+    except BaseException as error:
+        _after_delivery(entered, delivery, error)
+        raise
+    _after_delivery(entered, delivery, None)
+
+
+def _after_delivery(
+    entered: list[tuple[Middleware, Any]], delivery: DeliveryInfo, error: BaseException | None
+) -> None:
+    for middleware, state in reversed(entered):
+        try:
+            middleware.after_delivery(delivery, state, error)
+        except Exception:
+            logger.exception(
+                "middleware %r raised in after_delivery for receiver %r on %r; ignored",
+                middleware,
+                delivery.receiver_id,
+                delivery.event.name,
+                extra={
+                    "event_id": delivery.event.id,
+                    "event_name": delivery.event.name,
+                    "receiver_id": delivery.receiver_id,
+                    "attempt": delivery.attempt,
+                },
+            )
