@@ -94,18 +94,18 @@ def _overrides(middleware: Middleware, *names: str) -> bool:
 
 
 class MiddlewareStack:
-    """The runtime's middleware, split into those with publish hooks and delivery hooks.
+    """The runtime's middleware, with the ones that have publish or delivery hooks apart.
 
-    The two lists are mutated in place, never replaced: workers hold them as
-    locals and test them for emptiness on each delivery.
+    The tuples are replaced, never mutated: a publish or an attempt under way
+    keeps the hooks it started with while middleware is added or removed.
     """
 
     __slots__ = ("all", "delivery", "publish")
 
     def __init__(self, middleware: Sequence[Middleware]) -> None:
-        self.all: list[Middleware] = []
-        self.publish: list[Middleware] = []
-        self.delivery: list[Middleware] = []
+        self.all: tuple[Middleware, ...] = ()
+        self.publish: tuple[Middleware, ...] = ()
+        self.delivery: tuple[Middleware, ...] = ()
         for each in middleware:
             self.add(each)
 
@@ -117,20 +117,22 @@ class MiddlewareStack:
             )
         if middleware in self.all:
             raise ConfigurationError("EventRuntime", f"middleware {middleware!r} is already added")
-        self.all.append(middleware)
-        if _overrides(middleware, "before_publish", "after_publish"):
-            self.publish.append(middleware)
-        if _overrides(middleware, "before_delivery", "after_delivery"):
-            self.delivery.append(middleware)
+        self._set((*self.all, middleware))
 
     def remove(self, middleware: Middleware) -> bool:
         if middleware not in self.all:
             return False
-        self.all.remove(middleware)
-        for hooks in (self.publish, self.delivery):
-            if middleware in hooks:
-                hooks.remove(middleware)
+        self._set(tuple(each for each in self.all if each is not middleware))
         return True
+
+    def _set(self, middleware: tuple[Middleware, ...]) -> None:
+        self.all = middleware
+        self.publish = tuple(
+            each for each in middleware if _overrides(each, "before_publish", "after_publish")
+        )
+        self.delivery = tuple(
+            each for each in middleware if _overrides(each, "before_delivery", "after_delivery")
+        )
 
 
 class PublishHooks:
@@ -145,12 +147,12 @@ class PublishHooks:
 
     def __init__(
         self,
-        hooks: Sequence[Middleware],
+        hooks: tuple[Middleware, ...],
         name: str,
         payload: Mapping[str, Any] | None,
         metadata: Mapping[str, str] | None,
     ) -> None:
-        self.hooks = tuple(hooks)
+        self.hooks = hooks
         self.publishing = Publishing(name, payload, {} if metadata is None else dict(metadata))
         self.entered: list[tuple[Middleware, Any]] = []
 
@@ -185,42 +187,61 @@ class PublishHooks:
                 )
 
 
+_new_info = tuple.__new__
+
+
 async def call_with_middleware(
-    hooks: Sequence[Middleware],
+    hooks: tuple[Middleware, ...],
     item: Item,
     time_limit: float | None,
     limiter: anyio.CapacityLimiter,
 ) -> None:
     """One attempt of one delivery with the delivery hooks around it."""
     event, subscription, attempt, _ = item
-    delivery = DeliveryInfo(event, subscription.receiver_id, attempt, subscription.pattern)
+    delivery = _new_info(
+        DeliveryInfo, (event, subscription.receiver_id, attempt, subscription.pattern)
+    )
+    if len(hooks) == 1:  # the common case (metrics, or tracing), without the bookkeeping
+        middleware = hooks[0]
+        state = middleware.before_delivery(delivery)
+        try:
+            if subscription.fast and time_limit is None:
+                await subscription.receiver(event)
+            else:
+                await call_receiver(subscription, event, time_limit, limiter)
+        except BaseException as error:
+            _after_delivery(middleware, delivery, state, error)
+            raise
+        _after_delivery(middleware, delivery, state, None)
+        return
     entered: list[tuple[Middleware, Any]] = []
     try:
-        for middleware in tuple(hooks):
+        for middleware in hooks:
             entered.append((middleware, middleware.before_delivery(delivery)))
         await call_receiver(subscription, event, time_limit, limiter)
     except BaseException as error:
-        _after_delivery(entered, delivery, error)
+        for middleware, state in reversed(entered):
+            _after_delivery(middleware, delivery, state, error)
         raise
-    _after_delivery(entered, delivery, None)
+    for middleware, state in reversed(entered):
+        _after_delivery(middleware, delivery, state, None)
 
 
 def _after_delivery(
-    entered: list[tuple[Middleware, Any]], delivery: DeliveryInfo, error: BaseException | None
+    middleware: Middleware, delivery: DeliveryInfo, state: Any, error: BaseException | None
 ) -> None:
-    for middleware, state in reversed(entered):
-        try:
-            middleware.after_delivery(delivery, state, error)
-        except Exception:
-            logger.exception(
-                "middleware %r raised in after_delivery for receiver %r on %r; ignored",
-                middleware,
-                delivery.receiver_id,
-                delivery.event.name,
-                extra={
-                    "event_id": delivery.event.id,
-                    "event_name": delivery.event.name,
-                    "receiver_id": delivery.receiver_id,
-                    "attempt": delivery.attempt,
-                },
-            )
+    try:
+        middleware.after_delivery(delivery, state, error)
+    except Exception:
+        logger.exception(
+            "middleware %r raised in after_delivery for receiver %r on %r; ignored",
+            middleware,
+            delivery.receiver_id,
+            delivery.event.name,
+            extra={
+                "event_id": delivery.event.id,
+                "event_name": delivery.event.name,
+                "receiver_id": delivery.receiver_id,
+                "attempt": delivery.attempt,
+            },
+        )

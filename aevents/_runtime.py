@@ -670,7 +670,7 @@ class EventRuntime(FailureHandling, Journaling):
         receive = self._receive.receive
         fast_ok = self.timeout is None and self.store is None
         durable = self.store is not None
-        hooks = self._middleware.delivery  # mutated in place by add_middleware
+        middleware = self._middleware  # its tuples are replaced by add_middleware
         clock = perf_counter
         set_delivery = delivery_var.set
         since_yield = 0
@@ -711,6 +711,7 @@ class EventRuntime(FailureHandling, Journaling):
             set_delivery(item)
             started = clock()
             try:
+                hooks = middleware.delivery
                 if fast_ok and subscription.fast and not hooks:
                     await subscription.receiver(event)
                 else:
