@@ -1,0 +1,296 @@
+"""Routing reports: ``inspect_routes`` over fresh registries.
+
+Catalogs declare their names process-wide, so these tests build names with a
+fresh uuid segment and pass their catalogs explicitly.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import aevents
+from aevents._inspect import DeclaredName, ReceiverMatch, RoutingReport, inspect_routes
+from aevents._names import compile_pattern, is_pattern
+
+
+def token() -> str:
+    """A segment no other test (or run) uses, so declarations never collide."""
+    return f"t{uuid.uuid4().hex}"
+
+
+async def receiver(event: aevents.Event) -> None:
+    """A receiver that does nothing."""
+
+
+# -- the report -----------------------------------------------------------------------------
+
+
+def test_each_declared_name_lists_its_receivers_and_the_pattern_that_matched(
+    registry: aevents.Registry,
+) -> None:
+    """A declared name shows every receiver it routes to, each with the pattern it subscribed."""
+    t = token()
+    catalog = aevents.Catalog({"CREATED": f"{t}:account:created"}, name="accounts")
+    registry.subscribe(catalog.CREATED, receiver, id="welcome")
+    registry.subscribe(f"{t}:*:created", receiver, id="audit")
+    report = inspect_routes(registry, catalogs=[catalog])
+    assert report.names == (
+        DeclaredName(
+            "accounts",
+            "CREATED",
+            f"{t}:account:created",
+            (
+                ReceiverMatch("welcome", f"{t}:account:created"),
+                ReceiverMatch("audit", f"{t}:*:created"),
+            ),
+        ),
+    )
+    assert report.ok
+
+
+def test_a_receiver_is_listed_once_with_the_subscription_routing_uses(
+    registry: aevents.Registry,
+) -> None:
+    """A receiver matched by two of its subscriptions appears once, as ``Registry.route`` has it."""
+    t = token()
+    catalog = aevents.Catalog({"CREATED": f"{t}:created"})
+    registry.subscribe(f"{t}:**", receiver, id="audit")
+    registry.subscribe(catalog.CREATED, receiver, id="audit")
+    [declared] = inspect_routes(registry, catalogs=[catalog]).names
+    routed = registry.route(catalog.CREATED)
+    assert declared.receivers == tuple(ReceiverMatch(s.receiver_id, s.pattern) for s in routed)
+    assert len(declared.receivers) == 1
+
+
+def test_a_wildcard_pattern_that_matches_no_declared_name_is_reported(
+    registry: aevents.Registry,
+) -> None:
+    """A pattern matching none of the declared names is listed with its receivers."""
+    t = token()
+    catalog = aevents.Catalog({"CREATED": f"{t}:created"})
+    registry.subscribe(f"{t}:*", receiver, id="seen")
+    registry.subscribe(f"{t}.*", receiver, id="dotted")  # separators match literally
+    registry.subscribe(f"{t}:*", receiver, id="also-seen")
+    registry.subscribe(f"invoice-{t}:**", receiver, id="archive")
+    report = inspect_routes(registry, catalogs=[catalog])
+    assert [(u.pattern, u.receiver_ids) for u in report.unmatched_patterns] == [
+        (f"invoice-{t}:**", ("archive",)),
+        (f"{t}.*", ("dotted",)),
+    ]
+    assert report.undeclared_names == ()
+    assert not report.ok
+
+
+def test_a_leading_wildcard_is_matched_against_names_under_every_first_segment(
+    registry: aevents.Registry,
+) -> None:
+    """``**:x`` and ``*:x`` reach names whatever their first segment, so they are not reported."""
+    t = token()
+    catalog = aevents.Catalog({"SHIPPED": f"order:{t}", "PAID": f"payment:{t}"})
+    registry.subscribe(f"**:{t}", receiver, id="deep")
+    registry.subscribe(f"*:{t}", receiver, id="shallow")
+    registry.subscribe(f"*:*:{t}", receiver, id="too-deep")
+    report = inspect_routes(registry, catalogs=[catalog])
+    assert [u.pattern for u in report.unmatched_patterns] == [f"*:*:{t}"]
+    assert [[m.receiver_id for m in d.receivers] for d in report.names] == [
+        ["deep", "shallow"],
+        ["deep", "shallow"],
+    ]
+
+
+def test_an_exact_subscription_to_an_undeclared_name_suggests_the_closest_declared_name(
+    registry: aevents.Registry,
+) -> None:
+    """A subscribed name no catalog declares is flagged apart from patterns, with a suggestion."""
+    t = token()
+    catalog = aevents.Catalog(
+        {"REFUNDED": f"{t}:order:refunded", "PLACED": f"{t}:order:placed"}, name="orders"
+    )
+    registry.subscribe(f"{t}:order:refund", receiver, id="restock")
+    registry.subscribe(f"{t}:order:rfunded", receiver, id="refund-mail")
+    report = inspect_routes(registry, catalogs=[catalog])
+    assert [(u.pattern, u.receiver_ids, u.suggestion) for u in report.undeclared_names] == [
+        (f"{t}:order:refund", ("restock",), f"{t}:order:refunded"),
+        (f"{t}:order:rfunded", ("refund-mail",), f"{t}:order:refunded"),
+    ]
+    assert report.unmatched_patterns == ()
+
+
+def test_a_typo_in_the_first_segment_still_finds_its_suggestion(
+    registry: aevents.Registry,
+) -> None:
+    """When no name under the same first segment is close, every declared name is searched."""
+    t = token()
+    catalog = aevents.Catalog({"CREATED": f"user{t}:account:created", "OTHER": f"x{t}:y"})
+    registry.subscribe(f"usr{t}:account:created", receiver, id="welcome")
+    [undeclared] = inspect_routes(registry, catalogs=[catalog]).undeclared_names
+    assert undeclared.suggestion == f"user{t}:account:created"
+
+
+def test_an_undeclared_name_like_no_declared_one_has_no_suggestion(
+    registry: aevents.Registry,
+) -> None:
+    """Nothing is suggested when no declared name is close."""
+    t = token()
+    catalog = aevents.Catalog({"CREATED": f"{t}:account:created"})
+    registry.subscribe("zz", receiver, id="stray")
+    [undeclared] = inspect_routes(registry, catalogs=[catalog]).undeclared_names
+    assert undeclared.suggestion is None
+
+
+def test_a_declared_name_with_no_receiver_is_unrouted(registry: aevents.Registry) -> None:
+    """Declared names no subscription matches are listed as unrouted, and make the report fail."""
+    t = token()
+    catalog = aevents.Catalog({"CREATED": f"{t}:created", "DELETED": f"{t}:deleted"}, name="c")
+    registry.subscribe(catalog.CREATED, receiver, id="welcome")
+    report = inspect_routes(registry, catalogs=[catalog])
+    assert report.unrouted_names == (DeclaredName("c", "DELETED", f"{t}:deleted", ()),)
+    assert report.problem_count == 1
+    assert not report.ok
+
+
+def test_names_are_grouped_by_catalog_in_sorted_order_and_keep_declaration_order(
+    registry: aevents.Registry,
+) -> None:
+    """Catalogs come sorted by label; within one, names stay in the order they were declared."""
+    t = token()
+    zebra = aevents.Catalog({"B": f"{t}:z:b", "A": f"{t}:z:a"}, name="zebra")
+    apple = aevents.Catalog({"Y": f"{t}:a:y", "X": f"{t}:a:x"}, name="apple")
+    report = inspect_routes(registry, catalogs=[zebra, apple])
+    assert [(d.catalog, d.key) for d in report.names] == [
+        ("apple", "Y"),
+        ("apple", "X"),
+        ("zebra", "B"),
+        ("zebra", "A"),
+    ]
+    assert [group["catalog"] for group in report.to_dict()["catalogs"]] == ["apple", "zebra"]
+
+
+def test_by_default_every_declared_name_and_the_default_registry_count() -> None:
+    """Without arguments the report covers names declared anywhere and ``default_registry``."""
+    t = token()
+    catalog = aevents.Catalog({"CREATED": f"{t}:created", "DELETED": f"{t}:deleted"}, name=t)
+    aevents.subscribe(catalog.CREATED, receiver, id=f"welcome-{t}")
+    report = inspect_routes()
+    mine = {d.key: d for d in report.names if d.catalog == t}
+    assert mine["CREATED"].receivers == (ReceiverMatch(f"welcome-{t}", f"{t}:created"),)
+    assert mine["DELETED"] in report.unrouted_names
+
+
+def test_a_clean_app_passes_the_start_up_assertion(registry: aevents.Registry) -> None:
+    """Every name routed and every pattern matching: ``ok``, and the text says no problems."""
+    t = token()
+    catalog = aevents.Catalog({"INVOICED": f"{t}:invoiced", "PAID": f"{t}:paid"})
+    registry.subscribe(f"{t}:*", receiver, id="ledger")
+    report = inspect_routes(registry, catalogs=[catalog])
+    assert report.ok, report.to_text()
+    assert report.to_text().endswith("No problems found.")
+    assert report.to_dict()["problems"] == 0
+
+
+def test_to_dict_is_json_with_stable_keys(registry: aevents.Registry) -> None:
+    """The dict serialises with orjson and has the documented keys at every level."""
+    t = token()
+    catalog = aevents.Catalog({"CREATED": f"{t}:created", "DELETED": f"{t}:deleted"}, name="c")
+    registry.subscribe(catalog.CREATED, receiver, id="welcome")
+    registry.subscribe(f"{t}:creatd", receiver, id="typo")
+    registry.subscribe(f"x{t}:*", receiver, id="stray")
+    data = orjson.loads(orjson.dumps(inspect_routes(registry, catalogs=[catalog]).to_dict()))
+    assert data == {
+        "catalogs": [
+            {
+                "catalog": "c",
+                "names": [
+                    {
+                        "key": "CREATED",
+                        "name": f"{t}:created",
+                        "receivers": [{"receiver_id": "welcome", "pattern": f"{t}:created"}],
+                    },
+                    {"key": "DELETED", "name": f"{t}:deleted", "receivers": []},
+                ],
+            }
+        ],
+        "unmatched_patterns": [{"pattern": f"x{t}:*", "receiver_ids": ["stray"]}],
+        "undeclared_names": [
+            {"name": f"{t}:creatd", "receiver_ids": ["typo"], "suggestion": f"{t}:created"}
+        ],
+        "unrouted_names": [{"catalog": "c", "key": "DELETED", "name": f"{t}:deleted"}],
+        "problems": 3,
+        "ok": False,
+    }
+
+
+def test_text_escapes_control_characters_in_ids_and_labels(registry: aevents.Registry) -> None:
+    """Receiver ids and catalog labels with control characters print escaped, never raw."""
+    t = token()
+    catalog = aevents.Catalog({"SEEN": f"{t}:seen"}, name="label\x1b[2J")
+    registry.subscribe(catalog.SEEN, receiver, id="spy\x1b[31m")
+    registry.subscribe(f"{t}:unseen", receiver, id="spy\x1b[31m")
+    text = inspect_routes(registry, catalogs=[catalog]).to_text()
+    assert "\x1b" not in text
+    assert "label\\x1b[2J" in text
+    assert text.count("spy\\x1b[31m") == 2
+
+
+def test_a_report_with_no_catalog_says_so(registry: aevents.Registry) -> None:
+    """With nothing declared, the text says so and every exact subscription is undeclared."""
+    registry.subscribe(f"{token()}:created", receiver, id="welcome")
+    report = inspect_routes(registry, catalogs=[])
+    assert report.to_text().startswith("No catalog declares any name.")
+    assert len(report.undeclared_names) == 1
+
+
+_SEGMENTS = st.sampled_from(["a", "b", "c"])
+_PATTERN_SEGMENTS = st.sampled_from(["a", "b", "c", "*", "**"])
+_SEPARATORS = st.sampled_from([":", "."])
+
+
+@st.composite
+def _dotted(draw: st.DrawFn, segments: st.SearchStrategy[str]) -> str:
+    parts = draw(st.lists(segments, min_size=1, max_size=3))
+    text = parts[0]
+    for part in parts[1:]:
+        text += draw(_SEPARATORS) + part
+    return text
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    names=st.lists(_dotted(_SEGMENTS), min_size=0, max_size=8, unique=True),
+    patterns=st.lists(_dotted(_PATTERN_SEGMENTS), min_size=0, max_size=8, unique=True),
+)
+def test_the_report_agrees_with_matching_every_pattern_against_every_name(
+    names: list[str], patterns: list[str]
+) -> None:
+    """Indexing by first segment never changes the answer of the brute-force comparison."""
+    t = token()
+    names = [f"{name}:{t}" for name in names]
+    patterns = [f"{pattern}:{t}" for pattern in patterns]
+    catalog = aevents.Catalog({f"N{i}": name for i, name in enumerate(names)})
+    registry = aevents.Registry()
+    for i, pattern in enumerate(patterns):
+        registry.subscribe(pattern, receiver, id=f"r{i}")
+    report = inspect_routes(registry, catalogs=[catalog])
+    unmatched = {p for p in patterns if not any(compile_pattern(p)(name) for name in names)}
+    assert {u.pattern for u in report.unmatched_patterns} == {p for p in unmatched if is_pattern(p)}
+    assert {u.pattern for u in report.undeclared_names} == {
+        p for p in unmatched if not is_pattern(p)
+    }
+    for declared in report.names:
+        assert [m.receiver_id for m in declared.receivers] == [
+            f"r{i}" for i, pattern in enumerate(patterns) if compile_pattern(pattern)(declared.name)
+        ]
+
+
+def test_a_report_is_a_frozen_value(registry: aevents.Registry) -> None:
+    """Reports can be shared and compared: frozen attrs values, equal when their content is."""
+    first = inspect_routes(registry, catalogs=[])
+    assert first == inspect_routes(registry, catalogs=[])
+    assert isinstance(first, RoutingReport)
+    with pytest.raises(AttributeError):
+        first.names = ()  # type: ignore[misc]
