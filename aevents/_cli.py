@@ -1,6 +1,8 @@
-"""``python -m aevents``: command-line tools. Today: ``journal``, for SQLite journals.
+"""``python -m aevents``: command-line tools: ``inspect`` for an app's routes, ``journal``.
 
 ::
+
+    python -m aevents inspect TARGET [TARGET ...] [--registry MODULE:ATTRIBUTE] [--strict]
 
     python -m aevents journal PATH stats
     python -m aevents journal PATH pending [--limit N]
@@ -8,7 +10,13 @@
     python -m aevents journal PATH redeliver (ID ... | --all)
     python -m aevents journal PATH prune [--older-than DAYS]
 
-Every journal command takes ``--json`` for scripts. Exit codes: 0 done, 1 the
+``inspect`` imports the TARGET modules (``package.module`` or, as uvicorn takes
+it, ``package.module:attribute``) from the current directory first, then prints
+which receivers each declared name routes to and what reaches nothing (see
+``aevents._inspect``). It exits 1 when a target fails to import, and with
+``--strict`` when the report shows a problem.
+
+Every command takes ``--json`` for scripts. Exit codes: 0 done, 1 the
 journal is missing or unusable, 2 bad usage, 3 the journal is in use by another
 process and the command needs it to itself (``prune``). While the journal is in
 use, ``stats``, ``pending`` and ``dead-letters`` read it read-only, and
@@ -18,8 +26,11 @@ use, ``stats``, ``pending`` and ``dead-letters`` read it read-only, and
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import os
 import sys
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
@@ -28,12 +39,15 @@ import anyio
 import orjson
 
 from ._exceptions import JournalInUseError, StoreError
+from ._inspect import inspect_routes
+from ._registry import Registry
 from ._store._protocol import PendingDelivery
 from ._store._sqlite import SQLiteStore, request_redelivery
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_JOURNAL, EXIT_USAGE, EXIT_IN_USE = 0, 1, 2, 3
+EXIT_ERROR = EXIT_JOURNAL  # inspect: a target failed to load, or --strict found a problem
 _CELL = 48  # widest table cell before it is cut with "…"
 
 
@@ -46,6 +60,40 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m aevents", description="aevents command-line tools."
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect = commands.add_parser(
+        "inspect",
+        parents=[output],
+        help="print which receivers each declared event name routes to",
+        description=(
+            "Import the TARGET modules, then print which receivers each declared event name "
+            "routes to, patterns that match no declared name, subscribed names no catalog "
+            "declares (likely typos) and declared names with no receiver."
+        ),
+    )
+    inspect.add_argument(
+        "targets",
+        nargs="+",
+        metavar="TARGET",
+        help="a module to import: 'package.module', or 'package.module:attribute' as uvicorn "
+        "takes it (the attribute must exist)",
+    )
+    inspect.add_argument(
+        "--registry",
+        metavar="MODULE:ATTRIBUTE",
+        help="the Registry to inspect (default: aevents.default_registry)",
+    )
+    inspect.add_argument(
+        "--app-dir",
+        default=".",
+        metavar="DIR",
+        help="import targets from DIR before sys.path (default: the current directory)",
+    )
+    inspect.add_argument("--strict", action="store_true", help="exit 1 if any problem is found")
+    inspect.add_argument(
+        "--traceback", action="store_true", help="print the traceback of a target that fails"
+    )
     journal = commands.add_parser(
         "journal",
         help="inspect and repair an SQLite journal",
@@ -53,8 +101,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     journal.add_argument("path", metavar="PATH", help="the journal file")
     actions = journal.add_subparsers(dest="action", metavar="ACTION", required=True)
-    output = argparse.ArgumentParser(add_help=False)
-    output.add_argument("--json", action="store_true", help="print JSON instead of a table")
     actions.add_parser("stats", parents=[output], help="count events and deliveries by state")
     for name, what in (("pending", "pending deliveries"), ("dead-letters", "dead letters")):
         action = actions.add_parser(name, parents=[output], help=f"list {what}, oldest first")
@@ -98,13 +144,100 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit:  # argparse reports usage errors and --help itself
         return exit.code if isinstance(exit.code, int) else EXIT_USAGE
-    command: Callable[[argparse.Namespace], int] = {"journal": _journal}[args.command]
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "inspect": _inspect,
+        "journal": _journal,
+    }
+    command = commands[args.command]
     try:
         return command(args)
     except _Usage as error:
         parser.print_usage(sys.stderr)
         print(f"python -m aevents: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+
+
+# -- inspect ------------------------------------------------------------------------------
+
+
+class _LoadError(Exception):
+    """A target or registry that could not be imported or looked up."""
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    for spec in args.targets:
+        _check_spec(spec, "TARGET", attribute_required=False)
+    if args.registry is not None:
+        _check_spec(args.registry, "--registry", attribute_required=True)
+    app_dir = os.path.abspath(args.app_dir)
+    if not os.path.isdir(app_dir):
+        raise _Usage(f"--app-dir {args.app_dir!r} is not a directory")
+    # As uvicorn does: `python -m` puts the current directory on sys.path, but
+    # `python -P`, PYTHONSAFEPATH and console scripts do not.
+    if sys.path[:1] != [app_dir]:
+        sys.path.insert(0, app_dir)
+    try:
+        registry = _load_app(args)
+    except _LoadError as error:
+        return _fail(_escape(str(error)), EXIT_ERROR)
+    report = inspect_routes(registry)
+    _print(args, report.to_dict(), report.to_text())
+    return EXIT_ERROR if args.strict and not report.ok else EXIT_OK
+
+
+def _load_app(args: argparse.Namespace) -> Registry | None:
+    """Import the targets, then find the registry ``--registry`` names (None: the default)."""
+    # Whatever the app prints while it is imported must not mix into the report.
+    with contextlib.redirect_stdout(sys.stderr):
+        for spec in args.targets:
+            _load(spec, show_traceback=args.traceback)
+        if args.registry is None:
+            return None
+        registry = _load(args.registry, show_traceback=args.traceback)
+    if not isinstance(registry, Registry):
+        raise _LoadError(
+            f"--registry {args.registry!r} is a {type(registry).__name__}, not an aevents.Registry"
+        )
+    return registry
+
+
+def _check_spec(spec: str, what: str, *, attribute_required: bool) -> None:
+    module, colon, attribute = spec.partition(":")
+    parts = module.split(".") + (attribute.split(".") if colon else [])
+    if not all(part.isidentifier() for part in parts) or (attribute_required and not colon):
+        shape = "'package.module:attribute'" if attribute_required else "'package.module'"
+        hint = " (a module path, not a file)" if "/" in spec or spec.endswith(".py") else ""
+        raise _Usage(f"{what} {spec!r} is not of the form {shape}{hint}")
+
+
+def _load(spec: str, *, show_traceback: bool) -> object:
+    """Import the module ``spec`` names (what the user typed) and look its attribute up."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        target: object = importlib.import_module(module_name)
+    except Exception as error:
+        if show_traceback:
+            traceback.print_exception(error)
+        missing = error.name if isinstance(error, ModuleNotFoundError) else None
+        if missing is not None and f"{module_name}.".startswith(f"{missing}."):
+            raise _LoadError(
+                f"cannot import {module_name!r}: no module named {missing!r} "
+                f"(looked in {sys.path[0]!r} first; run from the project root or pass --app-dir)"
+            ) from None
+        hint = "" if show_traceback else " (--traceback shows where)"
+        raise _LoadError(
+            f"importing {module_name!r} raised {type(error).__name__}: {error}{hint}"
+        ) from None
+    for part in attribute.split(".") if attribute else []:
+        try:
+            target = getattr(target, part)
+        except AttributeError as error:
+            raise _LoadError(f"cannot find {spec!r}: {error}") from None
+    return target
+
+
+def _escape(text: str) -> str:
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 # -- journal ------------------------------------------------------------------------------

@@ -1,12 +1,17 @@
-"""Routing reports: ``inspect_routes`` over fresh registries.
+"""Routing reports: ``inspect_routes`` in process, ``python -m aevents inspect`` as a process.
 
-Catalogs declare their names process-wide, so these tests build names with a
-fresh uuid segment and pass their catalogs explicitly.
+Catalogs declare their names process-wide, so in-process tests build names
+with a fresh uuid segment and pass their catalogs explicitly; the apps the
+command line imports (``tests/inspect_fixtures``) are only ever imported by a
+subprocess.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import orjson
 import pytest
@@ -14,8 +19,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aevents
+from aevents._cli import main
 from aevents._inspect import DeclaredName, ReceiverMatch, RoutingReport, inspect_routes
 from aevents._names import compile_pattern, is_pattern
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "inspect_fixtures"
 
 
 def token() -> str:
@@ -25,6 +34,19 @@ def token() -> str:
 
 async def receiver(event: aevents.Event) -> None:
     """A receiver that does nothing."""
+
+
+def inspect_cli(
+    *argv: str, cwd: Path = FIXTURES, python: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *python, "-m", "aevents", "inspect", *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        cwd=cwd,
+    )
 
 
 # -- the report -----------------------------------------------------------------------------
@@ -294,3 +316,145 @@ def test_a_report_is_a_frozen_value(registry: aevents.Registry) -> None:
     assert isinstance(first, RoutingReport)
     with pytest.raises(AttributeError):
         first.names = ()  # type: ignore[misc]
+
+
+# -- python -m aevents inspect --------------------------------------------------------------
+
+
+def test_strict_exits_1_only_when_there_is_a_problem() -> None:
+    """``--strict`` turns any problem into exit 1; a clean app and non-strict runs exit 0."""
+    assert inspect_cli("shop.main:app", "--strict").returncode == 1
+    assert inspect_cli("shop.main:app").returncode == 0
+    clean = inspect_cli("tidy_app", "--strict")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert clean.stdout.endswith("No problems found.\n")
+
+
+def test_json_is_the_report_structure() -> None:
+    """``--json`` prints ``RoutingReport.to_dict()`` and nothing else on stdout."""
+    result = inspect_cli("shop.main:app", "--json", "--strict")
+    assert result.returncode == 1
+    data = orjson.loads(result.stdout)
+    assert [group["catalog"] for group in data["catalogs"]] == ["shop.orders", "shop.shipping"]
+    assert data["undeclared_names"] == [
+        {
+            "name": "order:refund",
+            "receiver_ids": ["shop.receivers:restock"],
+            "suggestion": "order:refunded",
+        }
+    ]
+    assert data["unmatched_patterns"] == [
+        {"pattern": "invoice:**", "receiver_ids": ["shop.receivers:archive_invoice"]}
+    ]
+    assert data["unrouted_names"] == [
+        {"catalog": "shop.shipping", "key": "DELIVERED", "name": "shipping:parcel:delivered"}
+    ]
+    assert (data["problems"], data["ok"]) == (3, False)
+
+
+def test_what_the_app_prints_while_imported_goes_to_stderr() -> None:
+    """An app printing at import time cannot corrupt the JSON on stdout."""
+    result = inspect_cli("noisy_app", "--json")
+    assert result.returncode == 0, result.stderr
+    assert orjson.loads(result.stdout)["ok"] is True
+    assert "connecting to the database..." in result.stderr
+
+
+def test_a_target_that_fails_to_import_exits_1_with_one_line() -> None:
+    """An import error is one clear line on stderr, not a traceback, unless ``--traceback``."""
+    result = inspect_cli("broken_app")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        "aevents: importing 'broken_app' raised RuntimeError: DATABASE_URL is not set"
+        " (--traceback shows where)\n"
+    )
+    traced = inspect_cli("broken_app", "--traceback")
+    assert traced.returncode == 1
+    assert "Traceback (most recent call last)" in traced.stderr
+    assert 'broken_app.py", line 3' in traced.stderr
+
+
+def test_a_missing_module_says_where_it_looked() -> None:
+    """A module that does not exist names the directory searched first and how to change it."""
+    result = inspect_cli("nowhere.events")
+    assert result.returncode == 1
+    assert "cannot import 'nowhere.events': no module named 'nowhere'" in result.stderr
+    assert str(FIXTURES) in result.stderr
+    assert "--app-dir" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_missing_attribute_exits_1() -> None:
+    """``module:attribute`` naming an attribute that does not exist is an error, as in uvicorn."""
+    result = inspect_cli("shop.main:ap")
+    assert result.returncode == 1
+    assert "cannot find 'shop.main:ap': module 'shop.main' has no attribute 'ap'" in result.stderr
+
+
+def test_targets_are_found_in_the_current_directory_even_without_pythons_own_path_entry() -> None:
+    """With ``python -P`` (no cwd on sys.path) a target in the current directory still imports."""
+    result = inspect_cli("tidy_app", python=("-P",))
+    assert result.returncode == 0, result.stderr
+    assert "tidy_app:send_invoice" in result.stdout
+
+
+def test_app_dir_names_the_directory_to_import_from(tmp_path: Path) -> None:
+    """``--app-dir`` finds targets outside the current directory."""
+    result = inspect_cli("--app-dir", str(FIXTURES), "tidy_app", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "tidy_app:ledger  via billing:*" in result.stdout
+    assert inspect_cli("tidy_app", cwd=tmp_path).returncode == 1
+
+
+def test_registry_option_inspects_that_registry_instead_of_the_default() -> None:
+    """``--registry module:attribute`` reports on the app's own registry."""
+    default = inspect_cli("custom_registry_app", "--json")
+    assert [d["receivers"] for d in orjson.loads(default.stdout)["catalogs"][0]["names"]] == [
+        [],
+        [],
+    ]
+    own = inspect_cli("custom_registry_app", "--registry", "custom_registry_app:registry", "--json")
+    assert own.returncode == 0, own.stderr
+    assert orjson.loads(own.stdout)["catalogs"][0]["names"][0]["receivers"] == [
+        {"receiver_id": "custom_registry_app:pay_everyone", "pattern": "payroll:run"}
+    ]
+
+
+def test_registry_option_refuses_what_is_not_a_registry() -> None:
+    """A ``--registry`` that names something else exits 1 saying what it found."""
+    result = inspect_cli("custom_registry_app", "--registry", "custom_registry_app:settings")
+    assert result.returncode == 1
+    assert "is a dict, not an aevents.Registry" in result.stderr
+
+
+def test_control_characters_from_the_app_are_escaped_in_the_terminal_output() -> None:
+    """Receiver ids and catalog labels an app chose print escaped, in text and in JSON."""
+    text = inspect_cli("hostile_app")
+    assert text.returncode == 0, text.stderr
+    assert "\x1b" not in text.stdout
+    assert "spy\\x1b[31m" in text.stdout
+    assert "label\\x1b[2J" in text.stdout
+    as_json = inspect_cli("hostile_app", "--json")
+    assert "\x1b" not in as_json.stdout
+    assert orjson.loads(as_json.stdout)["catalogs"][0]["catalog"] == "label\x1b[2J"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["inspect"],
+        ["inspect", "shop/main.py"],
+        ["inspect", "shop.main:"],
+        ["inspect", "tidy_app", "--registry", "custom_registry_app"],
+        ["inspect", "tidy_app", "--app-dir", "/nonexistent/aevents-inspect"],
+    ],
+)
+def test_bad_usage_exits_2_before_importing_anything(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Malformed targets, a registry without an attribute or a missing app dir exit 2."""
+    modules = set(sys.modules)
+    assert main(argv) == 2
+    assert "usage:" in capsys.readouterr().err
+    assert set(sys.modules) == modules

@@ -1,0 +1,7 @@
+"""Shipping events."""
+
+import aevents
+
+SHIPPING = aevents.Catalog(
+    {"DISPATCHED": "shipping:parcel:dispatched", "DELIVERED": "shipping:parcel:delivered"}
+)
