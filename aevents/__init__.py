@@ -34,6 +34,13 @@ from ._exceptions import (
     StoreError,
     UnknownEventError,
 )
+from ._inspect import (
+    DeclaredName,
+    ReceiverMatch,
+    RoutingReport,
+    UnmatchedPattern,
+    inspect_routes,
+)
 from ._middleware import Middleware, Publishing
 from ._module import publish, publish_nowait, publish_threadsafe, subscribe, unsubscribe
 from ._names import validate_name, validate_pattern
@@ -76,6 +83,7 @@ __all__ = [
     "CausationDepthError",
     "ConfigurationError",
     "DeadLetter",
+    "DeclaredName",
     "DeliveryInfo",
     "DuplicateEventError",
     "DuplicateReceiverError",
@@ -89,8 +97,10 @@ __all__ = [
     "PendingDelivery",
     "Publishing",
     "QueueFullError",
+    "ReceiverMatch",
     "Registry",
     "RetryPolicy",
+    "RoutingReport",
     "RuntimeClosedError",
     "RuntimeNotRunningError",
     "RuntimeStats",
@@ -100,11 +110,13 @@ __all__ = [
     "StoreStats",
     "Subscription",
     "UnknownEventError",
+    "UnmatchedPattern",
     "__version__",
     "current_delivery",
     "current_runtime",
     "declared_names",
     "default_registry",
+    "inspect_routes",
     "publish",
     "publish_nowait",
     "publish_threadsafe",

@@ -357,14 +357,9 @@ def test_the_documented_python_check_fails_with_the_report_as_its_message() -> N
     """The docs' start-up assertion runs as written and fails on the shop with the report."""
     snippets = [block for _, block in _blocks("python") if "aevents.inspect_routes()" in block]
     assert snippets, "no python block calling aevents.inspect_routes() found"
-    # Until aevents exports inspect_routes (the lead adds it to __init__.py), use the private one.
-    prelude = (
-        "import aevents, aevents._inspect\n"
-        "aevents.__dict__.setdefault('inspect_routes', aevents._inspect.inspect_routes)\n"
-    )
     for snippet in snippets:
         result = subprocess.run(
-            [sys.executable, "-c", prelude + snippet],
+            [sys.executable, "-c", snippet],
             capture_output=True,
             text=True,
             check=False,
