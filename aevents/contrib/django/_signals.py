@@ -1,0 +1,86 @@
+"""Mirroring Django signals into events: ``post_save`` on a model becomes ``blog:article:saved``.
+
+The Django receiver is connected with a ``dispatch_uid`` and a strong
+reference, so mirroring the same (signal, sender, name) again (``ready()``
+running twice, a module imported twice) connects nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..._exceptions import ConfigurationError, RuntimeClosedError, RuntimeNotRunningError
+from ..._module import publish_threadsafe
+from ..._names import validate_name
+from ._transaction import publish_on_commit, report_lost
+
+__all__ = ["mirror_signal", "unmirror_signal"]
+
+PayloadBuilder = Callable[..., Mapping[str, Any] | None]
+"""Called with the signal's keyword arguments (``sender``, ``instance``, ``created``, ...);
+returns the event's payload, or ``None`` to publish nothing for this signal."""
+
+
+def mirror_signal(
+    signal: Any,
+    *,
+    name: str,
+    payload: PayloadBuilder,
+    sender: object = None,
+    on_commit: bool = True,
+    dispatch_uid: str | None = None,
+) -> str:
+    """Publish event ``name`` each time ``signal`` is sent (by ``sender``, if given).
+
+    ``payload`` gets the signal's keyword arguments and returns the payload
+    (or ``None`` to skip this one: a ``raw`` save while loading fixtures, say).
+    With ``on_commit=True`` (the default) the event goes through
+    ``publish_on_commit`` on the database the signal names (``using``), so a
+    save that is rolled back publishes nothing; ``on_commit=False`` publishes
+    at once with ``publish_threadsafe``, for signals that are not about a
+    database write. Either way the signal must be sent off the event loop's
+    thread, which is where Django sends model signals (async ORM calls run the
+    save in a thread).
+
+    A bad name raises here; a bad payload raises from the code that sent the
+    signal, inside its transaction. When no runtime is running (a management
+    command, a shell) or it has stopped, the event is logged as lost, as an
+    ERROR with the count so far (``lost_events()``), and the save goes on.
+
+    Returns the ``dispatch_uid`` (by default ``"aevents:" + name``), which
+    ``unmirror_signal`` takes.
+    """
+    validate_name(name)
+    if not callable(payload):
+        raise ConfigurationError(
+            f"mirror_signal({name!r})", f"payload must be a callable, got {payload!r}"
+        )
+    uid = dispatch_uid if dispatch_uid is not None else f"aevents:{name}"
+
+    def mirror(**kwargs: Any) -> None:
+        body = payload(**kwargs)
+        if body is None:
+            return
+        try:
+            if on_commit:
+                publish_on_commit(name, payload=body, using=kwargs.get("using"))
+            else:
+                publish_threadsafe(name, payload=body)
+        except (RuntimeNotRunningError, RuntimeClosedError) as error:
+            report_lost(name, str(error))
+
+    mirror.__qualname__ = f"mirror_signal[{name}]"
+    signal.connect(mirror, sender=sender, weak=False, dispatch_uid=uid)
+    return uid
+
+
+def unmirror_signal(
+    signal: Any, *, name: str, sender: object = None, dispatch_uid: str | None = None
+) -> bool:
+    """Undo ``mirror_signal`` for the same signal, sender and name (or ``dispatch_uid``).
+
+    Returns whether a mirror was connected.
+    """
+    uid = dispatch_uid if dispatch_uid is not None else f"aevents:{name}"
+    return bool(signal.disconnect(sender=sender, dispatch_uid=uid))
