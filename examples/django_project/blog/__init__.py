@@ -1,0 +1,1 @@
+"""The example's app: articles, comments, and the events they publish."""

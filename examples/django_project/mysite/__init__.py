@@ -1,0 +1,1 @@
+"""An example Django project that runs aevents under uvicorn (see ``asgi.py``)."""

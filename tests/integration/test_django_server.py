@@ -1,0 +1,260 @@
+"""The example Django project (examples/django_project) under a real uvicorn, called over HTTP.
+
+Each server gets a fresh state directory: ``manage.py migrate`` creates its
+SQLite database there, and the runtime keeps its journal there. The receivers
+in ``blog/events.py`` write one row per (event, receiver); the tests read those
+rows back through ``/events/`` (or straight from the SQLite file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[2] / "examples" / "django_project"
+STOPPED_CLEANLY = (0, -signal.SIGTERM)  # uvicorn 0.29+ re-raises SIGTERM once it has shut down
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Server:
+    process: subprocess.Popen[bytes]
+    url: str
+    state_dir: Path
+    log: Path
+
+    def rows(self, sql: str, *parameters: object) -> list[tuple[Any, ...]]:
+        """Query the server's SQLite database directly (read-only)."""
+        database = self.state_dir / "blog.sqlite3"
+        with contextlib.closing(
+            sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=20)
+        ) as connection:
+            return connection.execute(sql, parameters).fetchall()
+
+
+def _env(state_dir: Path) -> dict[str, str]:
+    env = {**os.environ, "BLOG_STATE_DIR": str(state_dir), "PYTHONUNBUFFERED": "1"}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    return env
+
+
+def _migrate(state_dir: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput"],
+        cwd=PROJECT,
+        env=_env(state_dir),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (state_dir / "blog.sqlite3").is_file()
+
+
+def _uvicorn_command() -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "mysite.asgi:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--no-access-log",
+    ]
+
+
+def _wait_for(check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` past the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def _serve(state_dir: Path) -> Iterator[Server]:
+    """Run the example under uvicorn until the block ends, then stop it with SIGTERM."""
+    log = state_dir / "server.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            _uvicorn_command(),
+            cwd=PROJECT,
+            env=_env(state_dir),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+
+    def started() -> re.Match[str] | None:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()}")
+        return re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", log.read_text())
+
+    try:
+        found = _wait_for(started, "the server to start")
+        yield Server(process, found.group(1), state_dir, log)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the tests that only call it; stopping it cleanly is checked too."""
+    state_dir = tmp_path_factory.mktemp("django-server")
+    _migrate(state_dir)
+    with _serve(state_dir) as running:
+        yield running
+        running.process.send_signal(signal.SIGTERM)
+        assert running.process.wait(timeout=30) in STOPPED_CLEANLY, running.log.read_text()
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=20) as http:
+        yield http
+
+
+def _received(client: httpx.Client) -> list[Row]:
+    response = client.get("/events/")
+    assert response.status_code == 200
+    rows: list[Row] = response.json()["received"]
+    return rows
+
+
+def _wait_for_rows(client: httpx.Client, match: Callable[[Row], bool], count: int) -> list[Row]:
+    """Poll ``/events/`` until ``count`` rows match; return them."""
+
+    def matching() -> list[Row]:
+        rows = [row for row in _received(client) if match(row)]
+        return rows if len(rows) >= count else []
+
+    rows: list[Row] = _wait_for(matching, f"{count} matching rows from the receivers")
+    return rows
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.mark.parametrize(
+    ("path", "via"), [("/comments/async/", "async view"), ("/comments/sync/", "sync view")]
+)
+def test_a_view_publishes_and_the_receiver_sees_the_event(
+    client: httpx.Client, path: str, via: str
+) -> None:
+    """``await aevents.publish`` (async view) and ``publish_threadsafe`` (sync view) deliver."""
+    text = _unique("comment")
+    response = client.post(path, data={"text": text})
+    assert response.status_code == 202, response.text
+    event_id = response.json()["event_id"]
+    [row] = _wait_for_rows(client, lambda row: row["event_id"] == event_id, 1)
+    assert row == {
+        "event_id": event_id,
+        "receiver": "record",
+        "name": "blog:comment:posted",
+        "payload": {"text": text, "via": via},
+    }
+
+
+@pytest.mark.parametrize("path", ["/articles/", "/articles/async/"])
+def test_a_committed_article_publishes_its_events_once_each(
+    client: httpx.Client, server: Server, path: str
+) -> None:
+    """The mirrored post_save and the on-commit event reach every receiver, exactly once."""
+    title = _unique("article")
+    response = client.post(path, data={"title": title})
+    assert response.status_code == 201, response.text
+    article_id = response.json()["id"]
+    _wait_for_rows(client, lambda row: row["payload"].get("title") == title, 3)
+    drained = client.post("/events/drain/").json()["received"]
+    rows = sorted(
+        (row["name"], row["receiver"], row["payload"])
+        for row in drained
+        if row["payload"].get("title") == title
+    )
+    assert rows == [
+        ("blog:article:published", "notify_subscribers", {"id": article_id, "title": title}),
+        ("blog:article:published", "record", {"id": article_id, "title": title}),
+        ("blog:article:saved", "record", {"id": article_id, "title": title, "created": True}),
+    ]
+    assert server.rows("SELECT id FROM blog_article WHERE title = ?", title) == [(article_id,)]
+
+
+@pytest.mark.parametrize("path", ["/articles/", "/articles/async/"])
+def test_a_rolled_back_article_publishes_nothing(
+    client: httpx.Client, server: Server, path: str
+) -> None:
+    """After the rollback, a marker event and a drain: the marker arrived, the article's did not."""
+    title = _unique("rejected")
+    response = client.post(path, data={"title": title, "reject": "yes"})
+    assert response.status_code == 409, response.text
+    marker = client.post("/comments/sync/", data={"text": f"after {title}"}).json()["event_id"]
+    response = client.post("/events/drain/")  # returns once everything accepted so far is done
+    assert response.status_code == 200
+    drained: list[Row] = response.json()["received"]
+    assert [row["event_id"] for row in drained if row["event_id"] == marker] == [marker]
+    assert [row for row in drained if row["payload"].get("title") == title] == []
+    assert server.rows("SELECT id FROM blog_article WHERE title = ?", title) == []
+
+
+def test_a_second_server_on_the_same_journal_fails_its_startup(server: Server) -> None:
+    """The runtime cannot start (the journal is in use), so uvicorn reports it and exits."""
+    result = subprocess.run(
+        _uvicorn_command(),
+        cwd=PROJECT,
+        env=_env(server.state_dir),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 3, result.stderr  # uvicorn's exit status for a failed startup
+    assert "aevents: the event runtime could not start: JournalInUseError" in result.stderr
+    assert "Application startup failed. Exiting." in result.stderr
+    assert server.process.poll() is None  # the first server is unaffected
+
+
+def test_stopping_the_server_drains_the_deliveries_still_running(tmp_path: Path) -> None:
+    """SIGTERM while slow receivers run: the server stops cleanly once every one has finished."""
+    _migrate(tmp_path)
+    reports = 12  # 0.2 s each on 4 workers: still running when the signal arrives
+    with _serve(tmp_path) as server:
+        with httpx.Client(base_url=server.url, timeout=20) as http:
+            response = http.post("/reports/", data={"count": str(reports)})
+        assert response.status_code == 202, response.text
+        query = "SELECT count(*) FROM blog_received WHERE receiver = 'build_report'"
+        [(done_at_signal,)] = server.rows(query)
+        server.process.send_signal(signal.SIGTERM)
+        returncode = server.process.wait(timeout=30)
+    log = server.log.read_text()
+    assert done_at_signal < reports, "all reports finished before the signal: nothing to drain"
+    assert returncode in STOPPED_CLEANLY, log
+    assert server.rows(query) == [(reports,)]
+    assert "Application shutdown complete." in log
+    assert "not run" not in log  # the runtime's warning when shutdown drops deliveries
