@@ -66,7 +66,7 @@ def _migrate(state_dir: Path) -> None:
     assert (state_dir / "blog.sqlite3").is_file()
 
 
-def _uvicorn_command() -> list[str]:
+def _uvicorn_command(loop: str = "asyncio") -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -77,6 +77,8 @@ def _uvicorn_command() -> list[str]:
         "--port",
         "0",
         "--no-access-log",
+        "--loop",
+        loop,
     ]
 
 
@@ -93,12 +95,12 @@ def _wait_for(check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
 
 
 @contextlib.contextmanager
-def _serve(state_dir: Path) -> Iterator[Server]:
-    """Run the example under uvicorn until the block ends, then stop it with SIGTERM."""
+def _serve(state_dir: Path, loop: str) -> Iterator[Server]:
+    """Run the example under uvicorn on ``loop`` until the block ends, then SIGTERM it."""
     log = state_dir / "server.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            _uvicorn_command(),
+            _uvicorn_command(loop),
             cwd=PROJECT,
             env=_env(state_dir),
             stdout=output,
@@ -123,15 +125,24 @@ def _serve(state_dir: Path) -> Iterator[Server]:
                 process.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One server for the tests that only call it; stopping it cleanly is checked too."""
+LOOPS = ["asyncio", "uvloop"]
+
+
+@pytest.fixture(scope="module", params=LOOPS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """One server per event loop for the tests that only call it; it must stop cleanly too."""
     state_dir = tmp_path_factory.mktemp("django-server")
     _migrate(state_dir)
-    with _serve(state_dir) as running:
+    with _serve(state_dir, request.param) as running:
         yield running
         running.process.send_signal(signal.SIGTERM)
-        assert running.process.wait(timeout=30) in STOPPED_CLEANLY, running.log.read_text()
+        returncode = running.process.wait(timeout=30)
+        log = running.log.read_text()
+        assert returncode in STOPPED_CLEANLY, log
+        assert "Traceback" not in log
+        assert "ERROR" not in log
 
 
 @pytest.fixture
@@ -240,11 +251,12 @@ def test_a_second_server_on_the_same_journal_fails_its_startup(server: Server) -
     assert server.process.poll() is None  # the first server is unaffected
 
 
-def test_stopping_the_server_drains_the_deliveries_still_running(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_stopping_the_server_drains_the_deliveries_still_running(tmp_path: Path, loop: str) -> None:
     """SIGTERM while slow receivers run: the server stops cleanly once every one has finished."""
     _migrate(tmp_path)
     reports = 12  # 0.2 s each on 4 workers: still running when the signal arrives
-    with _serve(tmp_path) as server:
+    with _serve(tmp_path, loop) as server:
         with httpx.Client(base_url=server.url, timeout=20) as http:
             response = http.post("/reports/", data={"count": str(reports)})
         assert response.status_code == 202, response.text
