@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
@@ -431,7 +432,7 @@ def test_get_runtime_works_on_a_websocket_connection(registry: aevents.Registry)
 
 
 def fastapi_app(registry: aevents.Registry) -> FastAPI:
-    """Every way a FastAPI app publishes: endpoint, dependency, background task."""
+    """Every way a FastAPI app publishes: endpoints, dependencies, background tasks."""
     app = FastAPI(
         lifespan=events_lifespan(runtime_factory=functools.partial(aevents.EventRuntime, registry))
     )
@@ -464,6 +465,11 @@ def fastapi_app(registry: aevents.Registry) -> FastAPI:
     async def cancel(order_id: int, background: BackgroundTasks, events: Events) -> None:
         background.add_task(events.publish, "shop:order:cancelled", payload={"order_id": order_id})
 
+    @app.post("/sync-orders")
+    def place_order_from_a_thread(events: Events) -> dict[str, str]:
+        event = events.publish_threadsafe("shop:order:placed", payload={"sku": "coffee"})
+        return {"event_id": event.id}
+
     return app
 
 
@@ -477,6 +483,17 @@ async def test_a_fastapi_endpoint_publishes_through_the_events_dependency(
         event = await received.next()
     assert response.status_code == 200
     assert (event.id, event.payload) == (response.json()["event_id"], {"sku": "tea"})
+
+
+@pytest.mark.anyio
+async def test_a_sync_fastapi_endpoint_publishes_threadsafe(
+    registry: aevents.Registry, received: Received
+) -> None:
+    """A plain def endpoint (run on a worker thread) publishes with events.publish_threadsafe."""
+    async with serving(fastapi_app(registry)) as client:
+        response = await client.post("/sync-orders")
+        event = await received.next()
+    assert (event.id, event.payload) == (response.json()["event_id"], {"sku": "coffee"})
 
 
 @pytest.mark.anyio
@@ -586,3 +603,21 @@ def test_public_names_are_exported() -> None:
     for module in (starlette_glue, fastapi_glue):
         assert all(hasattr(module, name) for name in module.__all__)
     assert fastapi_glue.events_lifespan is events_lifespan
+
+
+def test_the_docs_quote_the_examples_verbatim() -> None:
+    """Every Python snippet of the Starlette and FastAPI docs is copied from an example."""
+    root = Path(__file__).resolve().parents[1]
+    names = ("starlette_app.py", "fastapi_app.py")
+    examples = [(root / "examples" / name).read_text() for name in names]
+    docs = []
+    proposed = root / "docs" / "readme-starlette.md"
+    if proposed.exists():
+        docs.append(proposed.read_text())
+    readme = (root / "README.md").read_text()
+    if "\n## Starlette and FastAPI\n" in readme:
+        docs.append(readme.split("\n## Starlette and FastAPI\n", 1)[1].split("\n## ", 1)[0])
+    snippets = [found for doc in docs for found in re.findall(r"```python\n(.*?)```", doc, re.S)]
+    assert len(snippets) >= 5, "no Starlette and FastAPI docs found"
+    for snippet in snippets:
+        assert any(snippet in example for example in examples), snippet

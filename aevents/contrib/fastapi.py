@@ -31,7 +31,7 @@ except ModuleNotFoundError as error:  # pragma: no cover - exercised in a subpro
         "aevents.contrib.fastapi needs FastAPI: pip install 'aevents[fastapi]'"
     ) from error
 
-from .._runtime import EventRuntime
+from .. import EventRuntime
 from .starlette import STATE_KEY, NoRuntimeInStateError, events_lifespan, get_runtime
 
 __all__ = [

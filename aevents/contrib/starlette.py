@@ -31,8 +31,7 @@ except ModuleNotFoundError as error:  # pragma: no cover - exercised in a subpro
         "aevents.contrib.starlette needs Starlette: pip install 'aevents[starlette]'"
     ) from error
 
-from .._exceptions import AeventsError, ConfigurationError
-from .._runtime import EventRuntime
+from .. import AeventsError, ConfigurationError, EventRuntime
 
 __all__ = ["STATE_KEY", "AppLifespan", "NoRuntimeInStateError", "events_lifespan", "get_runtime"]
 
