@@ -25,7 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
-PROJECT = Path(__file__).resolve().parents[2] / "examples" / "django_project"
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = ROOT / "examples" / "django_project"
 STOPPED_CLEANLY = (0, -signal.SIGTERM)  # uvicorn 0.29+ re-raises SIGTERM once it has shut down
 Row = dict[str, Any]
 
@@ -270,3 +271,25 @@ def test_stopping_the_server_drains_the_deliveries_still_running(tmp_path: Path,
     assert server.rows(query) == [(reports,)]
     assert "Application shutdown complete." in log
     assert "not run" not in log  # the runtime's warning when shutdown drops deliveries
+
+
+def _django_docs() -> str:
+    """The README's Django section, and its draft in docs/ while that exists."""
+    texts = []
+    draft = ROOT / "docs" / "readme-django.md"
+    if draft.is_file():
+        texts.append(draft.read_text())
+    section = re.search(
+        r"^## Django\n.*?(?=^## |\Z)", (ROOT / "README.md").read_text(), re.M | re.S
+    )
+    if section is not None:
+        texts.append(section.group(0))
+    return "\n".join(texts)
+
+
+def test_the_documented_django_snippets_are_copied_from_the_example_project() -> None:
+    """Every Python snippet in the Django docs appears verbatim in the files these tests run."""
+    example = "\n".join(path.read_text() for path in sorted(PROJECT.rglob("*.py")))
+    snippets = re.findall(r"```python\n(.*?)```", _django_docs(), re.S)
+    assert len(snippets) >= 5
+    assert [snippet for snippet in snippets if snippet not in example] == []
