@@ -21,13 +21,34 @@ if TYPE_CHECKING:
     from ._registry import Subscription
     from ._runtime import Epoch
 
-__all__ = ["DeliveryInfo", "Item", "call_receiver", "current_delivery", "delivery_var"]
+__all__ = [
+    "DeliveryInfo",
+    "Item",
+    "ReplayedAttempt",
+    "call_receiver",
+    "current_delivery",
+    "delivery_var",
+]
 
 Item = tuple[Event, "Subscription", int, "Epoch"]
 """One queued delivery: event, subscription, attempt number (from 1), drain epoch."""
 
 delivery_var: ContextVar[Item | None] = ContextVar("aevents_delivery", default=None)
 """The delivery the current task (or worker thread) is running, if any."""
+
+
+class ReplayedAttempt(int):
+    """An attempt number that remembers its delivery was replayed from the journal.
+
+    The queue carries attempt numbers; tagging the number keeps the flag on
+    the delivery through its retries (``attempt + 1`` stays tagged) at no
+    cost to deliveries that were not replayed.
+    """
+
+    __slots__ = ()
+
+    def __add__(self, other: int) -> ReplayedAttempt:
+        return ReplayedAttempt(int(self) + other)
 
 
 class DeliveryInfo(NamedTuple):
@@ -43,6 +64,9 @@ class DeliveryInfo(NamedTuple):
     """1 on the first try, 2 on the first retry, and so on."""
     pattern: str
     """The pattern the receiver subscribed with, which matched the event's name."""
+    replay: bool
+    """True when the journal replayed this delivery after a restart: an earlier run
+    accepted it and may have run it (``attempt`` counts the attempts it recorded)."""
 
 
 def current_delivery() -> DeliveryInfo | None:
@@ -54,7 +78,13 @@ def current_delivery() -> DeliveryInfo | None:
     if item is None:
         return None
     event, subscription, attempt, _ = item
-    return DeliveryInfo(event, subscription.receiver_id, attempt, subscription.pattern)
+    return DeliveryInfo(
+        event,
+        subscription.receiver_id,
+        attempt,
+        subscription.pattern,
+        type(attempt) is ReplayedAttempt,
+    )
 
 
 async def call_receiver(

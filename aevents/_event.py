@@ -59,6 +59,9 @@ class Event:
     payload: Mapping[str, Any] = attrs.field(hash=False)
     occurred_at: datetime = attrs.field(hash=False)
     metadata: Mapping[str, str] = attrs.field(hash=False, factory=dict)
+    key: str | None = attrs.field(default=None, hash=False)
+    """The ordering key it was published with: for each receiver, events with the
+    same key are delivered one at a time, in publish order. None: no ordering."""
 
     @property
     def correlation_id(self) -> str:
@@ -72,15 +75,16 @@ class Event:
 
     def to_json(self) -> bytes:
         """The event as orjson bytes; ``Event.from_json`` reads it back unchanged."""
-        return orjson.dumps(
-            {
-                "id": self.id,
-                "name": self.name,
-                "payload": self.payload,
-                "occurred_at": self.occurred_at,
-                "metadata": dict(self.metadata),
-            }
-        )
+        raw = {
+            "id": self.id,
+            "name": self.name,
+            "payload": self.payload,
+            "occurred_at": self.occurred_at,
+            "metadata": dict(self.metadata),
+        }
+        if self.key is not None:
+            raw["key"] = self.key
+        return orjson.dumps(raw)
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Event:
@@ -101,6 +105,9 @@ class Event:
         for key, value in metadata.items():
             if not isinstance(value, str):
                 raise PayloadError(label, f"metadata[{key!r}]", "expected str")
+        ordering_key = raw.get("key")
+        if ordering_key is not None and not isinstance(ordering_key, str):
+            raise PayloadError(label, "event['key']", "expected str")
         try:
             occurred_at = datetime.fromisoformat(raw["occurred_at"])
         except ValueError:
@@ -108,7 +115,12 @@ class Event:
         if occurred_at.tzinfo is None:
             raise PayloadError(label, "event['occurred_at']", "has no time zone")
         return _make_event(
-            raw["id"], raw["name"], raw["payload"], occurred_at.astimezone(UTC), metadata
+            raw["id"],
+            raw["name"],
+            raw["payload"],
+            occurred_at.astimezone(UTC),
+            metadata,
+            ordering_key,
         )
 
 
@@ -120,6 +132,7 @@ _set_name = Event.__dict__["name"].__set__
 _set_payload = Event.__dict__["payload"].__set__
 _set_occurred_at = Event.__dict__["occurred_at"].__set__
 _set_metadata = Event.__dict__["metadata"].__set__
+_set_key = Event.__dict__["key"].__set__
 
 
 def _make_event(
@@ -128,6 +141,7 @@ def _make_event(
     payload: Mapping[str, Any],
     occurred_at: datetime,
     metadata: Mapping[str, str],
+    key: str | None = None,
 ) -> Event:
     event: Event = _new(Event)
     _set_id(event, id)
@@ -135,6 +149,7 @@ def _make_event(
     _set_payload(event, payload)
     _set_occurred_at(event, occurred_at)
     _set_metadata(event, metadata)
+    _set_key(event, key)
     return event
 
 
@@ -142,7 +157,9 @@ _time_ns = time.time_ns
 _now = datetime.now
 
 
-def make_event(name: str, payload: Mapping[str, Any], metadata: Mapping[str, str]) -> Event:
+def make_event(
+    name: str, payload: Mapping[str, Any], metadata: Mapping[str, str], key: str | None = None
+) -> Event:
     """Stamp a validated name, payload and metadata with a fresh id and time (the hot path)."""
     event: Event = _new(Event)
     _set_id(
@@ -155,4 +172,5 @@ def make_event(name: str, payload: Mapping[str, Any], metadata: Mapping[str, str
     _set_payload(event, payload)
     _set_occurred_at(event, _now(UTC))
     _set_metadata(event, metadata)
+    _set_key(event, key)
     return event

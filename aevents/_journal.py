@@ -15,11 +15,11 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 
-from ._delivery import Item, call_receiver, delivery_var
+from ._delivery import Item, ReplayedAttempt, call_receiver, delivery_var
 from ._event import Event, new_event_id
 from ._exceptions import StoreError
 from ._middleware import MiddlewareStack, call_with_middleware
@@ -65,6 +65,7 @@ class Journaling:
     _state: str
     _unjournaled: int
     _middleware: MiddlewareStack
+    keyed_dead_letters: Literal["skip", "hold"]
 
     if TYPE_CHECKING:  # provided by the other classes EventRuntime is made of; declared
         # here only for the type checker, so they can never shadow the real ones
@@ -74,6 +75,10 @@ class Journaling:
             self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch
         ) -> None: ...
         async def _reserve(self, count: int) -> None: ...
+        def _lane_done(self, event: Event, subscription: Subscription, *, dead: bool) -> None: ...
+        def _into_lane(self, item: Item) -> None: ...
+        def _replay_finished(self, stopped: bool) -> None: ...
+        def _hold_lane(self, event: Event, receiver_id: str) -> None: ...
         def _on_failure(
             self, item: Item, error: Exception, duration: float | None
         ) -> DeadLetter | None: ...
@@ -144,7 +149,7 @@ class Journaling:
         try:
             await self.store.start_attempts(
                 [
-                    (event.id, subscription.receiver_id, attempt)
+                    (event.id, subscription.receiver_id, int(attempt))
                     for event, subscription, attempt, _ in items
                 ]
             )
@@ -153,7 +158,7 @@ class Journaling:
                 await self._failed_durably(item, error, None)
             return
         done: list[tuple[str, str]] = []
-        finished: list[Epoch] = []
+        finished: list[Item] = []
         for item in items:
             event, subscription, _, epoch = item
             token = delivery_var.set(item)
@@ -175,7 +180,7 @@ class Journaling:
                 delivery_var.reset(token)
             self._delivered += 1
             done.append((event.id, subscription.receiver_id))
-            finished.append(epoch)
+            finished.append(item)
         if not done:
             return
         try:
@@ -188,14 +193,18 @@ class Journaling:
                 error,
                 extra={"deliveries": len(done)},
             )
-        for epoch in finished:
+        for event, subscription, _, epoch in finished:
             self._finish(epoch)
+            if event.key is not None:
+                self._lane_done(event, subscription, dead=False)
 
     async def _failed_durably(self, item: Item, error: Exception, duration: float | None) -> None:
         letter = self._on_failure(item, error, duration)
         if letter is not None:
             await self._journal_dead_letter(letter)
             self._finish(item[3])
+            if item[0].key is not None:
+                self._lane_done(item[0], item[1], dead=True)
 
     async def _journal_dead_letter(self, letter: DeadLetter) -> None:
         assert self.store is not None
@@ -209,6 +218,17 @@ class Journaling:
                 error,
                 extra={"dead_letter_id": letter.id, "event_id": letter.event.id},
             )
+
+    async def _hold_lanes_of_dead_letters(self) -> None:
+        """Policy "hold": keyed dead letters of earlier runs hold their lanes again."""
+        assert self.store is not None
+        if self.keyed_dead_letters == "hold":
+            for letter in await self.store.dead_letters():
+                self._hold_if_keyed(letter.event, letter.receiver_id)
+
+    def _hold_if_keyed(self, event: Event, receiver_id: str) -> None:
+        if event.key is not None and self.keyed_dead_letters == "hold":
+            self._hold_lane(event, receiver_id)
 
     async def _replay(
         self,
@@ -233,6 +253,7 @@ class Journaling:
                 subscription = self.registry.receiver(pending.receiver_id)
                 if subscription is None:
                     unknown += 1
+                    self._hold_if_keyed(pending.event, pending.receiver_id)
                     await self._park(
                         pending.event,
                         pending.receiver_id,
@@ -245,6 +266,7 @@ class Journaling:
                 policy = subscription.retry if subscription.retry is not None else self.retry
                 if pending.attempts >= policy.attempts:
                     exhausted += 1
+                    self._hold_if_keyed(pending.event, pending.receiver_id)
                     await self._park(
                         pending.event,
                         pending.receiver_id,
@@ -255,10 +277,15 @@ class Journaling:
                     continue
                 await self._reserve(1)
                 epoch.unfinished += 1
-                self._send.send_nowait((pending.event, subscription, pending.attempts + 1, epoch))
+                item = (pending.event, subscription, ReplayedAttempt(pending.attempts + 1), epoch)
+                if pending.event.key is None:
+                    self._send.send_nowait(item)
+                else:
+                    self._into_lane(item)
                 replayed += 1
         finally:
             self._replaying = None
+            self._replay_finished(stopped=self._state == "stopped")
             self._finish(epoch)
         if replayed:
             logger.info("replayed %d pending deliveries from the journal", replayed)

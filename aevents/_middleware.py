@@ -42,7 +42,7 @@ from typing import Any
 import anyio
 import attrs
 
-from ._delivery import DeliveryInfo, Item, call_receiver
+from ._delivery import DeliveryInfo, Item, ReplayedAttempt, call_receiver
 from ._event import Event
 from ._exceptions import ConfigurationError
 
@@ -63,6 +63,8 @@ class Publishing:
     name: str
     payload: Mapping[str, Any] | None
     metadata: dict[str, str]
+    key: str | None = None
+    """The ordering key; a middleware may set or change it too."""
     event: Event | None = None
 
 
@@ -151,9 +153,10 @@ class PublishHooks:
         name: str,
         payload: Mapping[str, Any] | None,
         metadata: Mapping[str, str] | None,
+        key: str | None = None,
     ) -> None:
         self.hooks = hooks
-        self.publishing = Publishing(name, payload, {} if metadata is None else dict(metadata))
+        self.publishing = Publishing(name, payload, {} if metadata is None else dict(metadata), key)
         self.entered: list[tuple[Middleware, Any]] = []
 
     def __enter__(self) -> Publishing:
@@ -199,7 +202,14 @@ async def call_with_middleware(
     """One attempt of one delivery with the delivery hooks around it."""
     event, subscription, attempt, _ = item
     delivery = _new_info(
-        DeliveryInfo, (event, subscription.receiver_id, attempt, subscription.pattern)
+        DeliveryInfo,
+        (
+            event,
+            subscription.receiver_id,
+            attempt,
+            subscription.pattern,
+            type(attempt) is ReplayedAttempt,
+        ),
     )
     if len(hooks) == 1:  # the common case (metrics, or tracing), without the bookkeeping
         middleware = hooks[0]

@@ -29,13 +29,14 @@ async def publish(
     *,
     payload: Mapping[str, Any] | None = None,
     metadata: Mapping[str, str] | None = None,
+    key: str | None = None,
 ) -> Event:
     """``await runtime.publish(...)`` on the running runtime (see ``current_runtime``).
 
     Raises ``RuntimeNotRunningError`` when none is running. Cancellation
     behaves as in ``EventRuntime.publish``.
     """
-    return await _runtime_for(name).publish(name, payload=payload, metadata=metadata)
+    return await _runtime_for(name).publish(name, payload=payload, metadata=metadata, key=key)
 
 
 def publish_nowait(
@@ -44,9 +45,12 @@ def publish_nowait(
     *,
     payload: Mapping[str, Any] | None = None,
     metadata: Mapping[str, str] | None = None,
+    key: str | None = None,
 ) -> Event:
     """``runtime.publish_nowait(...)`` on the running runtime."""
-    return _runtime_for(name).publish_nowait(name, payload=payload, metadata=metadata)
+    return _runtime_for(name).publish_nowait(
+        name, payload=payload, metadata=metadata, key=key
+    )
 
 
 def publish_threadsafe(
@@ -55,9 +59,12 @@ def publish_threadsafe(
     *,
     payload: Mapping[str, Any] | None = None,
     metadata: Mapping[str, str] | None = None,
+    key: str | None = None,
 ) -> Event:
     """``runtime.publish_threadsafe(...)`` on the running runtime, from a foreign thread."""
-    return _runtime_for(name).publish_threadsafe(name, payload=payload, metadata=metadata)
+    return _runtime_for(name).publish_threadsafe(
+        name, payload=payload, metadata=metadata, key=key
+    )
 
 
 @overload

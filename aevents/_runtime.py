@@ -26,7 +26,7 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from time import perf_counter
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import anyio
 import anyio.from_thread
@@ -41,6 +41,7 @@ from ._exceptions import (
     AeventsError,
     CausationDepthError,
     ConfigurationError,
+    PayloadError,
     QueueFullError,
     RuntimeClosedError,
     RuntimeNotRunningError,
@@ -51,6 +52,7 @@ from ._journal import Journaling
 from ._lowlevel import cancelled_check_for_backend, leaf_errors
 from ._middleware import Middleware, MiddlewareStack, PublishHooks, call_with_middleware
 from ._names import validate_name
+from ._ordering import KEYED_DEAD_LETTER_POLICIES, MAX_KEY_CHARS, Ordering
 from ._payload import DEFAULT_MAX_PAYLOAD_BYTES, encode_metadata, encode_payload, payload_json
 from ._policy import DeadLetter, RetryPolicy
 from ._registry import Registry, Subscription, default_registry
@@ -116,6 +118,10 @@ class RuntimeStats:
     """Deliveries a worker is running."""
     retrying: int
     """Failed deliveries waiting for their next attempt."""
+    active_keys: int = 0
+    """(receiver, ordering key) pairs with a delivery under way; idle keys are not kept."""
+    held: int = 0
+    """Deliveries waiting behind a dead letter that holds their key (``keyed_dead_letters``)."""
 
 
 class _Deferred(Exception):  # an internal signal that never escapes
@@ -141,7 +147,7 @@ class Epoch:
         self.done: anyio.Event | None = None
 
 
-class EventRuntime(FailureHandling, Journaling):
+class EventRuntime(FailureHandling, Journaling, Ordering):
     """The event runtime: ``async with EventRuntime() as runtime:`` is its whole life.
 
     Deliveries wait in a bounded buffer for one of ``workers`` worker tasks.
@@ -158,6 +164,9 @@ class EventRuntime(FailureHandling, Journaling):
     from a limiter of the runtime's own, never from anyio's default one that
     the rest of the application uses. ``middleware`` hooks run around each
     publish and each delivery attempt (see ``aevents.Middleware``).
+    ``keyed_dead_letters`` says what a dead letter does to the later events of
+    its ordering key (see ``publish``'s ``key``): ``"skip"`` past it, or
+    ``"hold"`` them until it is redelivered or ``release_key`` is called.
     ``log_payloads=True`` adds each failed event's payload to its log records
     (as the ``payload`` extra field); payloads are never logged otherwise.
     """
@@ -179,6 +188,7 @@ class EventRuntime(FailureHandling, Journaling):
         sync_threads: int | None = None,
         middleware: Sequence[Middleware] = (),
         log_payloads: bool = False,
+        keyed_dead_letters: Literal["skip", "hold"] = "skip",
     ) -> None:
         _check_config(locals())
         self._middleware = MiddlewareStack(middleware)
@@ -195,6 +205,8 @@ class EventRuntime(FailureHandling, Journaling):
         self.max_dead_letters = max_dead_letters
         self.sync_threads = sync_threads if sync_threads is not None else workers
         self.log_payloads = log_payloads
+        self.keyed_dead_letters = keyed_dead_letters
+        self._init_ordering()
 
         self._state = _NEW
         self._thread = 0
@@ -267,6 +279,7 @@ class EventRuntime(FailureHandling, Journaling):
                     # that page before accepting any publish, so the replay never sees
                     # events this run appends.
                     self._epoch.unfinished += 1  # drain() waits for the whole replay
+                    await self._hold_lanes_of_dead_letters()
                     replay = self.store.pending().__aiter__()
                     first = await anext(replay, None)
                     tasks.start_soon(self._replay, self._epoch, replay, first)
@@ -379,8 +392,14 @@ class EventRuntime(FailureHandling, Journaling):
         *,
         payload: Mapping[str, Any] | None = None,
         metadata: Mapping[str, str] | None = None,
+        key: str | None = None,
     ) -> Event:
         """Validate, queue one delivery per matching receiver, and return the event.
+
+        ``key`` (a string of 1 to 200 characters) orders delivery: for each
+        receiver, events with the same key run one at a time in publish
+        order, across retries and (with a store) across a restart; events
+        with other keys, or none, run concurrently.
 
         Waits while the buffer is full (backpressure); with a store, also until
         the event and its deliveries are durable. It is a cancel point: in a
@@ -397,10 +416,10 @@ class EventRuntime(FailureHandling, Journaling):
         elif cancelled():
             await checkpoint()
         if self._middleware.publish:
-            return await self._publish_with_middleware(name, payload, metadata)
+            return await self._publish_with_middleware(name, payload, metadata, key)
         parent = delivery_var.get()
         try:
-            return self._accept(name, payload, metadata, parent)
+            return self._accept(name, payload, metadata, parent, key)
         except _Deferred as deferred:
             return await self._accept_deferred(name, deferred, parent)
 
@@ -423,13 +442,21 @@ class EventRuntime(FailureHandling, Journaling):
         return deferred.event
 
     async def _publish_with_middleware(
-        self, name: str, payload: Mapping[str, Any] | None, metadata: Mapping[str, str] | None
+        self,
+        name: str,
+        payload: Mapping[str, Any] | None,
+        metadata: Mapping[str, str] | None,
+        key: str | None,
     ) -> Event:
         parent = delivery_var.get()
-        with PublishHooks(self._middleware.publish, name, payload, metadata) as publishing:
+        with PublishHooks(self._middleware.publish, name, payload, metadata, key) as publishing:
             try:
                 event = self._accept(
-                    publishing.name, publishing.payload, publishing.metadata or None, parent
+                    publishing.name,
+                    publishing.payload,
+                    publishing.metadata or None,
+                    parent,
+                    publishing.key,
                 )
             except _Deferred as deferred:
                 event = await self._accept_deferred(publishing.name, deferred, parent)
@@ -443,6 +470,7 @@ class EventRuntime(FailureHandling, Journaling):
         *,
         payload: Mapping[str, Any] | None = None,
         metadata: Mapping[str, str] | None = None,
+        key: str | None = None,
     ) -> Event:
         """Like ``publish`` but never waits: raises ``QueueFullError`` when full.
 
@@ -451,9 +479,9 @@ class EventRuntime(FailureHandling, Journaling):
         that window loses it. Use ``await publish()`` where that matters.
         """
         if self._middleware.publish:
-            return self._publish_nowait_with_middleware(name, payload, metadata)
+            return self._publish_nowait_with_middleware(name, payload, metadata, key)
         try:
-            return self._accept(name, payload, metadata, delivery_var.get())
+            return self._accept(name, payload, metadata, delivery_var.get(), key)
         except _Deferred as deferred:
             return self._accept_nowait_deferred(name, deferred)
 
@@ -470,13 +498,21 @@ class EventRuntime(FailureHandling, Journaling):
         return deferred.event
 
     def _publish_nowait_with_middleware(
-        self, name: str, payload: Mapping[str, Any] | None, metadata: Mapping[str, str] | None
+        self,
+        name: str,
+        payload: Mapping[str, Any] | None,
+        metadata: Mapping[str, str] | None,
+        key: str | None,
     ) -> Event:
         parent = delivery_var.get()
-        with PublishHooks(self._middleware.publish, name, payload, metadata) as publishing:
+        with PublishHooks(self._middleware.publish, name, payload, metadata, key) as publishing:
             try:
                 event = self._accept(
-                    publishing.name, publishing.payload, publishing.metadata or None, parent
+                    publishing.name,
+                    publishing.payload,
+                    publishing.metadata or None,
+                    parent,
+                    publishing.key,
                 )
             except _Deferred as deferred:
                 event = self._accept_nowait_deferred(publishing.name, deferred)
@@ -490,6 +526,7 @@ class EventRuntime(FailureHandling, Journaling):
         *,
         payload: Mapping[str, Any] | None = None,
         metadata: Mapping[str, str] | None = None,
+        key: str | None = None,
     ) -> Event:
         """Publish from a thread that is not the event loop's; blocks until accepted.
 
@@ -507,7 +544,7 @@ class EventRuntime(FailureHandling, Journaling):
         parent = delivery_var.get()  # worker threads inherit the receiver's context
         try:
             event: Event = self._portal.call(
-                self._publish_for_thread, name, payload, metadata, parent
+                self._publish_for_thread, name, payload, metadata, key, parent
             )
         except RuntimeError as error:
             if self._state is _STOPPED:  # the portal stopped between our check and the call
@@ -520,11 +557,12 @@ class EventRuntime(FailureHandling, Journaling):
         name: str,
         payload: Mapping[str, Any] | None,
         metadata: Mapping[str, str] | None,
+        key: str | None,
         parent: Item | None,
     ) -> Event:
         token = delivery_var.set(parent)
         try:
-            return await self.publish(name, payload=payload, metadata=metadata)
+            return await self.publish(name, payload=payload, metadata=metadata, key=key)
         finally:
             delivery_var.reset(token)
 
@@ -539,6 +577,7 @@ class EventRuntime(FailureHandling, Journaling):
         payload: Mapping[str, Any] | None,
         metadata: Mapping[str, str] | None,
         parent: Item | None,
+        key: str | None = None,
     ) -> Event:
         """The whole of publishing but the waits: validate, build the event, admit, queue.
 
@@ -565,12 +604,14 @@ class EventRuntime(FailureHandling, Journaling):
             body = _loads(data)
         else:
             body = encode_payload(name, payload, self.max_payload_bytes)
+        if key is not None and (type(key) is not str or not 0 < len(key) <= MAX_KEY_CHARS):
+            raise _bad_key(name, key)
         if parent is None:
             meta = NO_METADATA if metadata is None else encode_metadata(name, metadata)
-            event = make_event(name, body, meta)
+            event = make_event(name, body, meta, key)
             epoch = self._epoch
         else:
-            event = make_event(name, body, self._child_metadata(name, metadata, parent))
+            event = make_event(name, body, self._child_metadata(name, metadata, parent), key)
             epoch = parent[3] if parent[3].runtime is self else self._epoch
         count = len(routes)
         if not count:
@@ -589,6 +630,10 @@ class EventRuntime(FailureHandling, Journaling):
     def _enqueue(self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch) -> None:
         """Queue first attempts for deliveries whose room is already reserved."""
         epoch.unfinished += len(routes)
+        if event.key is not None:
+            for subscription in routes:
+                self._admit_keyed((event, subscription, 1, epoch))
+            return
         send = self._send.send_nowait
         for subscription in routes:
             send((event, subscription, 1, epoch))
@@ -727,8 +772,12 @@ class EventRuntime(FailureHandling, Journaling):
                 if letter is not None:
                     self._keep_dead_letter(letter)
                     self._finish(epoch)
+                    if event.key is not None:
+                        self._lane_done(event, subscription, dead=True)
             else:
                 self._delivered += 1
+                if event.key is not None:
+                    self._lane_done(event, subscription, dead=False)
                 # _finish(epoch), inlined: the call costs 3-4% on fan-out to 10 receivers.
                 epoch.unfinished -= 1
                 if not epoch.unfinished and epoch.done is not None:
@@ -773,7 +822,8 @@ class EventRuntime(FailureHandling, Journaling):
         # deriving the last keeps two counter updates off each delivery.
         unfinished = self._epoch.unfinished + sum(epoch.unfinished for epoch in self._closed_epochs)
         replay = 1 if self._replaying is not None and self._state != _NEW else 0
-        return max(0, unfinished - replay - self._queued - len(self._retries))
+        held = self._held_deliveries  # counted as queued, set aside from their epochs
+        return max(0, unfinished + held - replay - self._queued - len(self._retries))
 
     def stats(self) -> RuntimeStats:
         """A snapshot of the runtime's counters."""
@@ -788,6 +838,8 @@ class EventRuntime(FailureHandling, Journaling):
             queued=self._queued,
             in_flight=self._in_flight(),
             retrying=len(self._retries),
+            active_keys=len(self._lanes),
+            held=self._held_deliveries,
         )
 
     def __repr__(self) -> str:
@@ -806,6 +858,11 @@ def _check_config(arguments: dict[str, Any]) -> None:
         value = arguments[label]
         if type(value) is not int or value < 1:
             raise ConfigurationError("EventRuntime", f"{label} must be an int >= 1, got {value!r}")
+    if arguments["keyed_dead_letters"] not in KEYED_DEAD_LETTER_POLICIES:
+        raise ConfigurationError(
+            "EventRuntime",
+            f"keyed_dead_letters must be 'skip' or 'hold', got {arguments['keyed_dead_letters']!r}",
+        )
     sync_threads = arguments["sync_threads"]
     if sync_threads is not None and (type(sync_threads) is not int or sync_threads < 1):
         raise ConfigurationError(
@@ -829,3 +886,9 @@ def _check_config(arguments: dict[str, Any]) -> None:
         raise ConfigurationError(
             "EventRuntime", f"shutdown_timeout must be >= 0, got {shutdown_timeout!r}"
         )
+
+
+def _bad_key(name: str, key: object) -> PayloadError:
+    if type(key) is not str:
+        return PayloadError(name, "key", f"expected str, got {type(key).__name__}")
+    return PayloadError(name, "key", f"must be 1 to {MAX_KEY_CHARS} characters, got {len(key)}")

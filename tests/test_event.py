@@ -65,14 +65,27 @@ def test_event_is_slotted() -> None:
 
 
 def test_event_has_the_contract_fields() -> None:
-    """An event carries ``id``, ``name``, ``payload``, ``occurred_at`` and ``metadata``."""
+    """An event carries ``id``, ``name``, ``payload``, ``occurred_at``, ``metadata`` and ``key``."""
     assert [field.name for field in attrs.fields(aevents.Event)] == [
         "id",
         "name",
         "payload",
         "occurred_at",
         "metadata",
+        "key",
     ]
+
+
+def test_the_ordering_key_round_trips_and_is_left_out_when_absent() -> None:
+    """``to_json`` writes ``key`` only when set; ``from_json`` reads both forms back."""
+    keyed = make_event("a:b", {}, {}, "user:42")
+    assert aevents.Event.from_json(keyed.to_json()) == keyed
+    assert aevents.Event.from_json(keyed.to_json()).key == "user:42"
+    plain = make_event("a:b", {}, {})
+    assert b'"key"' not in plain.to_json()
+    assert aevents.Event.from_json(plain.to_json()).key is None
+    with pytest.raises(aevents.PayloadError, match=r"event\['key'\]: expected str"):
+        aevents.Event.from_json(keyed.to_json().replace(b'"user:42"', b"42"))
 
 
 def test_metadata_defaults_to_empty() -> None:

@@ -518,7 +518,9 @@ async def test_contextvars_reach_sync_receivers_on_threads(registry: Registry) -
         with anyio.fail_after(5):
             await runtime.drain()
     assert seen == [
-        aevents.DeliveryInfo(event=event, receiver_id="info", attempt=1, pattern="sync:info")
+        aevents.DeliveryInfo(
+            event=event, receiver_id="info", attempt=1, pattern="sync:info", replay=False
+        )
     ]
     assert aevents.current_delivery() is None
 
