@@ -610,13 +610,9 @@ def test_the_docs_quote_the_examples_verbatim() -> None:
     root = Path(__file__).resolve().parents[1]
     names = ("starlette_app.py", "fastapi_app.py")
     examples = [(root / "examples" / name).read_text() for name in names]
-    docs = []
-    proposed = root / "docs" / "readme-starlette.md"
-    if proposed.exists():
-        docs.append(proposed.read_text())
     readme = (root / "README.md").read_text()
-    if "\n## Starlette and FastAPI\n" in readme:
-        docs.append(readme.split("\n## Starlette and FastAPI\n", 1)[1].split("\n## ", 1)[0])
+    assert "\n## Starlette and FastAPI\n" in readme
+    docs = [readme.split("\n## Starlette and FastAPI\n", 1)[1].split("\n## ", 1)[0]]
     snippets = [found for doc in docs for found in re.findall(r"```python\n(.*?)```", doc, re.S)]
     assert len(snippets) >= 5, "no Starlette and FastAPI docs found"
     for snippet in snippets:

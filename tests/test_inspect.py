@@ -323,7 +323,7 @@ def test_a_report_is_a_frozen_value(registry: aevents.Registry) -> None:
 # -- python -m aevents inspect --------------------------------------------------------------
 
 
-DOCS = (ROOT / "README.md", ROOT / "docs" / "readme-inspect.md")  # the README, and its draft
+DOCS = (ROOT / "README.md",)
 
 
 def _blocks(language: str) -> list[tuple[Path, str]]:

@@ -274,17 +274,12 @@ def test_stopping_the_server_drains_the_deliveries_still_running(tmp_path: Path,
 
 
 def _django_docs() -> str:
-    """The README's Django section, and its draft in docs/ while that exists."""
-    texts = []
-    draft = ROOT / "docs" / "readme-django.md"
-    if draft.is_file():
-        texts.append(draft.read_text())
+    """The README's Django section."""
     section = re.search(
         r"^## Django\n.*?(?=^## |\Z)", (ROOT / "README.md").read_text(), re.M | re.S
     )
-    if section is not None:
-        texts.append(section.group(0))
-    return "\n".join(texts)
+    assert section is not None, "the README has no Django section"
+    return section.group(0)
 
 
 def test_the_documented_django_snippets_are_copied_from_the_example_project() -> None:
