@@ -1,0 +1,239 @@
+"""EagerRuntime: an EventRuntime whose publish runs the receivers itself, for unit tests.
+
+Public as ``aevents.testing.EagerRuntime``. It reuses the real publish path
+(validation, strict mode, the payload's round trip, middleware, causation
+metadata) and intercepts only ``_enqueue``: deliveries accepted by a publish
+running in this context are collected and run inline, in the publisher's
+task, instead of being queued for the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextvars import ContextVar
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from ._delivery import call_receiver, delivery_var
+from ._event import Event
+from ._exceptions import ConfigurationError
+from ._middleware import call_with_middleware
+from ._registry import Registry, Subscription
+from ._runtime import EventRuntime
+
+if TYPE_CHECKING:
+    from ._runtime import Epoch
+
+__all__ = ["EagerRuntime"]
+
+_delivery_logger = logging.getLogger("aevents.delivery")
+
+_Batch = tuple[Event, tuple[Subscription, ...], "Epoch"]
+
+
+class _Later:
+    """Deliveries a receiver's attempt accepted through publish_nowait: run when it returns."""
+
+    __slots__ = ("batches", "open", "runtime")
+
+    def __init__(self, runtime: EagerRuntime) -> None:
+        self.runtime = runtime
+        self.batches: list[_Batch] = []
+        self.open = True
+
+
+class _Chain:
+    """The failures of one outermost publish and everything it led to."""
+
+    __slots__ = ("failures", "owners")
+
+    def __init__(self) -> None:
+        self.failures: list[tuple[Exception, str, str]] = []  # (error, receiver id, event name)
+        self.owners = 0
+
+
+# The deliveries accepted by the publish running in this context, and the
+# publish_nowait calls of the attempt running in it.
+_accepting: ContextVar[tuple[EagerRuntime, list[_Batch]] | None] = ContextVar(
+    "aevents_eager_accepting", default=None
+)
+_later: ContextVar[_Later | None] = ContextVar("aevents_eager_later", default=None)
+
+
+class EagerRuntime(EventRuntime):
+    """An ``EventRuntime`` whose ``publish`` runs the receivers itself, for unit tests.
+
+    ``await publish(...)`` validates and builds the event as the real runtime
+    does (name grammar, strict mode, the payload's orjson round trip,
+    middleware), then calls each matching receiver in turn in the publisher's
+    task, depth first: it returns once they, and whatever they published, ran.
+    Receivers see ``current_delivery()``, and their events carry causation
+    metadata. ``publish_threadsafe`` from another thread is eager too.
+
+    Differences from ``EventRuntime``:
+
+    * No concurrency between one publish's receivers, and no backpressure.
+    * A failing delivery is retried at once, without the backoff wait. With
+      ``raise_errors=True`` (the default) its last error is raised by the
+      outermost ``publish`` once every receiver ran (the others, if several
+      failed, are listed in the error's notes); a receiver that publishes never
+      sees its children fail, as in the real runtime. With
+      ``raise_errors=False`` it becomes a dead letter, as in the real runtime.
+    * ``publish_nowait`` inside a receiver is delivered when that attempt
+      returns; elsewhere it is queued for the workers as usual (``drain()``
+      waits for it), and so are ``redeliver()`` and retries of those.
+    * No store: ``store=`` raises ``ConfigurationError``.
+
+    Cancelling a publish cancels the receiver running; the rest of that
+    publish's deliveries are dropped.
+    """
+
+    def __init__(
+        self, registry: Registry | None = None, *, raise_errors: bool = True, **options: Any
+    ) -> None:
+        if options.get("store") is not None:
+            raise ConfigurationError(
+                "EagerRuntime", "eager delivery keeps no journal; drop store= or use EventRuntime"
+            )
+        super().__init__(registry, **options)
+        self.raise_errors = raise_errors
+        self._chains: dict[str, _Chain] = {}  # by correlation id
+
+    if TYPE_CHECKING:  # the same arguments as EventRuntime.publish, whatever they become
+        publish = EventRuntime.publish
+    else:
+
+        async def publish(self, name, /, **arguments):
+            """Publish, then run every matching receiver before returning (see the class)."""
+            return await self._publish_eagerly(name, arguments)
+
+    async def _publish_eagerly(self, name: str, arguments: dict[str, Any]) -> Event:
+        parent = delivery_var.get()
+        batches: list[_Batch] = []
+        token = _accepting.set((self, batches))
+        try:
+            event = await super().publish(name, **arguments)
+        finally:
+            _accepting.reset(token)
+        if not batches:
+            return event
+        chain_id = event.correlation_id
+        chain = self._chains.get(chain_id)
+        if chain is not None and parent is not None and parent[3].runtime is self:
+            await self._deliver_batches(batches)  # nested: the outermost publish reports
+            return event
+        if chain is None:
+            chain = self._chains[chain_id] = _Chain()
+        chain.owners += 1
+        try:
+            await self._deliver_batches(batches)
+        finally:
+            chain.owners -= 1
+            if not chain.owners:
+                del self._chains[chain_id]
+        failures, chain.failures = chain.failures, []
+        if not failures:
+            return event
+        error = failures[0][0]
+        if len(failures) > 1:
+            error.add_note(
+                f"aevents: {len(failures) - 1} more receiver(s) failed in this publish: "
+                + "; ".join(
+                    f"{receiver_id!r} on {event_name!r}: {type(other).__name__}: {other}"
+                    for other, receiver_id, event_name in failures[1:]
+                )
+            )
+        raise error
+
+    def _enqueue(self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch) -> None:
+        accepting = _accepting.get()
+        if accepting is not None and accepting[0] is self:
+            batches = accepting[1]
+        else:
+            later = _later.get()
+            if later is None or later.runtime is not self or not later.open:
+                super()._enqueue(event, routes, epoch)  # the workers deliver it
+                return
+            batches = later.batches
+        self._release(len(routes))  # the room publish reserved is not needed
+        epoch.unfinished += len(routes)  # drain() from another task waits for them
+        batches.append((event, routes, epoch))
+
+    async def _deliver_batches(self, batches: list[_Batch]) -> None:
+        for index, (event, routes, epoch) in enumerate(batches):
+            done = 0
+            try:
+                for subscription in routes:
+                    try:
+                        await self._attempts(event, subscription, epoch)
+                    finally:
+                        done += 1
+                        self._finish(epoch)
+            except BaseException:  # cancelled: what did not run is dropped
+                for _ in range(len(routes) - done):
+                    self._finish(epoch)
+                self._abandon(batches[index + 1 :])
+                raise
+
+    def _abandon(self, batches: list[_Batch]) -> None:
+        for _, routes, epoch in batches:
+            for _ in routes:
+                self._finish(epoch)
+
+    async def _attempts(self, event: Event, subscription: Subscription, epoch: Epoch) -> None:
+        """Run one delivery to success or to its last attempt, without backoff waits."""
+        policy = subscription.retry if subscription.retry is not None else self.retry
+        limit = subscription.timeout if subscription.timeout is not None else self.timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            item = (event, subscription, attempt, epoch)
+            later = _Later(self)
+            hooks = self._middleware.delivery
+            delivery_token, later_token = delivery_var.set(item), _later.set(later)
+            started = perf_counter()
+            error: Exception | None = None
+            try:
+                if hooks:
+                    await call_with_middleware(hooks, item, limit, self._limiter)
+                else:
+                    await call_receiver(subscription, event, limit, self._limiter)
+            except Exception as failure:
+                error = failure
+            except BaseException:
+                later.open = False
+                self._abandon(later.batches)
+                raise
+            finally:
+                later.open = False
+                _later.reset(later_token)
+                delivery_var.reset(delivery_token)
+            duration = perf_counter() - started
+            await self._deliver_batches(later.batches)
+            if error is None:
+                self._delivered += 1
+                return
+            receiver_id = subscription.receiver_id
+            if attempt < policy.attempts and (event.id, receiver_id) not in self._storms:
+                self._failed += 1
+                self._retried += 1
+                _delivery_logger.warning(
+                    "receiver %r failed on %r (attempt %d of %d), retrying at once (eager): %r",
+                    receiver_id,
+                    event.name,
+                    attempt,
+                    policy.attempts,
+                    error,
+                    extra={"event_id": event.id, "receiver_id": receiver_id, "attempt": attempt},
+                )
+                continue
+            chain = self._chains.get(event.correlation_id)
+            if self.raise_errors and chain is not None:
+                self._failed += 1
+                self._storms.discard((event.id, receiver_id))
+                chain.failures.append((error, receiver_id, event.name))
+                return
+            letter = self._on_failure(item, error, duration)
+            if letter is not None:
+                self._keep_dead_letter(letter)
+            return
