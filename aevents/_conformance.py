@@ -13,6 +13,8 @@ Its tests are ``@pytest.mark.anyio`` tests, so they run on every backend the
 ``anyio_backend`` fixture offers. ``make_store`` may be called more than once in
 a test: for a persistent store, each call must return a store over the same
 journal (the test closes one before opening the next).
+
+The idempotency-key tests live in ``_conformance_idempotency`` and are mixed in here.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ from ._event import Event, make_event, new_event_id
 from ._exceptions import StoreError
 from ._policy import DeadLetter
 from ._store._protocol import PendingDelivery, Store, StoreStats
+
+pytest.register_assert_rewrite("aevents._conformance_idempotency")  # before the import
+from ._conformance_idempotency import (  # noqa: E402
+    IdempotencyConformance,
+    PersistentIdempotencyConformance,
+)
 
 __all__ = ["PersistentStoreConformance", "StoreConformance"]
 
@@ -64,7 +72,7 @@ async def _keys(store: Store) -> list[tuple[str, str, int]]:
     return [(d.event.id, d.receiver_id, d.attempts) for d in await _pending(store)]
 
 
-class StoreConformance:
+class StoreConformance(IdempotencyConformance):
     """The store protocol's tests; subclass it and implement ``make_store``."""
 
     def make_store(self, directory: Path) -> Store:
@@ -383,7 +391,7 @@ class StoreConformance:
         assert [d.event.id for d in await _pending(store)][-5:] == [e.id for e in after]
 
 
-class PersistentStoreConformance(StoreConformance):
+class PersistentStoreConformance(StoreConformance, PersistentIdempotencyConformance):
     """``StoreConformance`` plus what a store that survives ``close()`` must do.
 
     Each ``make_store()`` call must return a store over the same journal.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import sqlite3
@@ -14,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
+import orjson
 import pytest
 
 pytest.register_assert_rewrite("aevents.testing")
@@ -389,3 +391,232 @@ def test_importing_aevents_does_not_import_pytest() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+# -- schema version 2: idempotency keys, and the migration from version 1 ------------------
+
+# Version 1's tables exactly as aevents created them before idempotency keys (commit e1d1392,
+# aevents/_store/_sqlite_schema.py): a frozen copy, so editing the live migrations cannot hide
+# a break in the upgrade path.
+V1_SCHEMA = (
+    "CREATE TABLE events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,"
+    " name TEXT NOT NULL, body BLOB NOT NULL, published_at INTEGER NOT NULL)",
+    "CREATE TABLE deliveries (event_seq INTEGER NOT NULL, receiver_id TEXT NOT NULL,"
+    " state INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,"
+    " PRIMARY KEY (event_seq, receiver_id)) WITHOUT ROWID",
+    "CREATE INDEX deliveries_pending ON deliveries (event_seq, receiver_id) WHERE state = 0",
+    "CREATE TABLE dead_letters (id TEXT PRIMARY KEY, event_seq INTEGER NOT NULL,"
+    " receiver_id TEXT NOT NULL, attempts INTEGER NOT NULL, error_type TEXT NOT NULL,"
+    " error_message TEXT NOT NULL, failed_at INTEGER NOT NULL,"
+    " UNIQUE (event_seq, receiver_id))",
+)
+V1_FAILED_AT = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+
+
+def _us(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def make_v1_journal(path: Path, *, extra: str | None = None) -> tuple[list[Event], DeadLetter]:
+    """A version-1 journal as a running 0.x runtime leaves it: one done, two pending
+    (one with attempts on record), one dead letter. The second event's metadata happens
+    to hold an ``idempotency_key``, which version 1 never treated as one."""
+    events = [
+        make_event("user.created", {"n": 0, "text": "ünïcode ✓"}, {"correlation_id": "c"}),
+        make_event("user.created", {"n": 1}, {"idempotency_key": "legacy"}),
+        make_event("user:account:deleted", {"n": 2}, {}),
+    ]
+    with raw(path) as conn:
+        assert conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal"
+        for statement in V1_SCHEMA:
+            conn.execute(statement)
+        if extra is not None:
+            conn.execute(extra)
+        conn.executemany(
+            "INSERT INTO events (seq, id, name, body, published_at) VALUES (?, ?, ?, ?, ?)",
+            [
+                (seq, event.id, event.name, event.to_json(), _us(event.occurred_at))
+                for seq, event in enumerate(events, 1)
+            ],
+        )
+        conn.executemany(
+            "INSERT INTO deliveries (event_seq, receiver_id, state, attempts) VALUES (?, ?, ?, ?)",
+            [(1, "a", 1, 1), (1, "b", 0, 2), (2, "a", 0, 0), (3, "a", 2, 3)],
+        )
+        conn.execute(
+            "INSERT INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ("letter-1", 3, "a", 3, "builtins.ValueError", "boom", _us(V1_FAILED_AT)),
+        )
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute("PRAGMA user_version = 1")
+    letter = DeadLetter("letter-1", events[2], "a", 3, "builtins.ValueError", "boom", V1_FAILED_AT)
+    return events, letter
+
+
+def schema_of(path: Path) -> tuple[int, set[str]]:
+    """The journal's user_version and the names of its tables and indexes."""
+    with raw(path) as conn:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    return version, names
+
+
+def keyed(key: str, occurred_at: datetime | None = None) -> Event:
+    if occurred_at is None:
+        return make_event("order.paid", {}, {"idempotency_key": key})
+    return Event(new_event_id(), "order.paid", {}, occurred_at, {"idempotency_key": key})
+
+
+def test_schema_version_is_2() -> None:
+    """This aevents writes schema version 2, the one with idempotency keys."""
+    assert SCHEMA_VERSION == 2
+
+
+@pytest.mark.anyio
+async def test_a_version_1_journal_is_migrated_on_open(path: Path, anyio_backend: object) -> None:
+    """Opening a version-1 journal keeps its deliveries and dead letters and adds the keys."""
+    events, letter = make_v1_journal(path)
+    assert schema_of(path)[0] == 1
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert [(d.event, d.receiver_id, d.attempts) async for d in store.pending()] == [
+            (events[0], "b", 2),
+            (events[1], "a", 0),
+        ]
+        assert await store.dead_letters() == [letter]
+        assert await store.stats() == StoreStats(events=3, pending=2, done=1, dead=1)
+        assert await store.recent_idempotency_keys(datetime.min.replace(tzinfo=UTC), 10) == []
+        fresh = keyed("legacy")  # version 1 never recorded keys, so this one is the first
+        await store.append(fresh, ["a"])
+        assert await store.recent_idempotency_keys(events[0].occurred_at, 10) == [fresh]
+        assert [d.event async for d in store.pending()][-1] == fresh  # seq carries on
+    finally:
+        await store.close()
+    version, names = schema_of(path)
+    assert version == SCHEMA_VERSION
+    assert {"idempotency", "idempotency_by_time"} <= names
+    again = SQLiteStore(path)
+    await again.open()
+    try:
+        assert await again.recent_idempotency_keys(events[0].occurred_at, 10) == [fresh]
+        assert await again.forget_idempotency_keys(datetime.now(UTC) + timedelta(1)) == 1
+        assert await again.dead_letters() == [letter]
+        assert await again.redeliver() == 1
+        assert await again.stats() == StoreStats(events=4, pending=4, done=1, dead=0)
+    finally:
+        await again.close()
+
+
+@pytest.mark.anyio
+async def test_a_failed_migration_leaves_version_1(path: Path, anyio_backend: object) -> None:
+    """A migration that cannot finish raises StoreError and rolls back: still a version-1 file."""
+    make_v1_journal(path, extra="CREATE VIEW idempotency_by_time AS SELECT 1")
+    with pytest.raises(StoreError, match="could not be prepared"):
+        await SQLiteStore(path).open()
+    version, names = schema_of(path)
+    assert (version, "idempotency" in names) == (1, False)
+
+
+@pytest.mark.anyio
+async def test_a_version_1_journal_reads_read_only_without_migrating(
+    path: Path, anyio_backend: object
+) -> None:
+    """``read_only=True`` reads a version-1 journal (no keys in it) and leaves it at version 1."""
+    events, letter = make_v1_journal(path)
+    reader = SQLiteStore(path, read_only=True)
+    await reader.open()
+    try:
+        assert await reader.stats() == StoreStats(events=3, pending=2, done=1, dead=1)
+        assert [d.event async for d in reader.pending()] == events[:2]
+        assert await reader.dead_letters() == [letter]
+        assert await reader.recent_idempotency_keys(datetime.min.replace(tzinfo=UTC), 10) == []
+        with pytest.raises(StoreError, match="read-only"):
+            await reader.forget_idempotency_keys(datetime.now(UTC))
+    finally:
+        await reader.close()
+    assert schema_of(path)[0] == 1
+
+
+@pytest.mark.parametrize("in_use", [False, True], ids=["free", "in-use"])
+def test_the_journal_cli_reads_a_version_1_journal(
+    in_use: bool, path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``journal PATH stats`` works on a version-1 journal, held by a 0.x process or not."""
+    from aevents._cli import main
+
+    make_v1_journal(path)
+    lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if in_use:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        code = main(["journal", str(path), "stats", "--json"])
+    finally:
+        os.close(lock)
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    assert orjson.loads(out) == {"events": 3, "pending": 2, "done": 1, "dead": 1}
+    assert schema_of(path)[0] == (1 if in_use else SCHEMA_VERSION)
+
+
+@pytest.mark.anyio
+async def test_keys_are_written_in_the_events_transaction(store: SQLiteStore, path: Path) -> None:
+    """An append that cannot commit records neither its event nor its key."""
+    with raw(path) as conn:
+        conn.execute("BEGIN EXCLUSIVE")
+        with anyio.fail_after(30), pytest.raises(StoreError, match="busy_timeout"):
+            await store.append(keyed("k"), ["r"])
+        conn.execute("ROLLBACK")
+    assert await store.stats() == StoreStats(events=0, pending=0, done=0, dead=0)
+    with raw(path) as conn:
+        assert conn.execute("SELECT count(*) FROM idempotency").fetchone()[0] == 0
+
+
+@pytest.mark.anyio
+async def test_recent_and_forget_use_the_time_index(store: SQLiteStore) -> None:
+    """Reading the newest keys and forgetting the oldest go through the index on time."""
+    from aevents._store._sqlite_calls import _FORGET_KEYS, _RECENT_KEYS
+
+    conn = store._conn
+    assert conn is not None
+
+    def plan(query: str) -> str:
+        rows = conn.execute(f"EXPLAIN QUERY PLAN {query}", (0, 10)).fetchall()
+        return " | ".join(str(row[-1]) for row in rows)
+
+    assert "idempotency_by_time" in await store._call(lambda: plan(_RECENT_KEYS), "test")
+    assert "idempotency_by_time" in await store._call(lambda: plan(_FORGET_KEYS), "test")
+
+
+@pytest.mark.anyio
+async def test_an_unreadable_key_record_is_skipped_with_a_warning(
+    store: SQLiteStore, path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key record whose event copy is garbage is left out and named in one warning."""
+    first, broken, last = (keyed(f"key-{n}") for n in range(3))
+    for event in (first, broken, last):
+        await store.append(event, [])
+    with raw(path) as conn:
+        conn.execute("UPDATE idempotency SET body = x'ff00' WHERE key = 'key-1'")
+    with caplog.at_level("WARNING", logger="aevents.store"):
+        recent = await store.recent_idempotency_keys(first.occurred_at, 10)
+    assert recent == [first, last]
+    assert [record.getMessage() for record in caplog.records] == [
+        f"journal {str(path)!r}: skipped 1 unreadable idempotency key record(s), such as 'key-1'"
+    ]
+
+
+@pytest.mark.anyio
+async def test_forgetting_many_keys_runs_in_chunks(store: SQLiteStore) -> None:
+    """More key records than one forgetting transaction takes are all forgotten and counted."""
+    from aevents._store._sqlite_calls import _FORGET_CHUNK
+
+    long_ago = datetime(2020, 1, 1, tzinfo=UTC)
+    count = 2 * _FORGET_CHUNK + 7
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group:
+            for n in range(count):
+                group.start_soon(store.append, keyed(f"k{n}", long_ago), [])
+    await store.append(keyed("recent"), [])
+    assert await store.forget_idempotency_keys(long_ago + timedelta(1)) == count
+    assert (await store.stats()).idempotency_keys == 1

@@ -16,6 +16,7 @@ from anyio.lowlevel import checkpoint
 
 from .._event import Event
 from .._exceptions import StoreError
+from .._idempotency import IDEMPOTENCY_KEY
 from .._policy import DeadLetter
 from ._protocol import PendingDelivery, StoreStats
 
@@ -38,6 +39,12 @@ class _Entry:
     deliveries: dict[str, _Delivery] = attrs.Factory(dict)
 
 
+@attrs.frozen(slots=True)
+class _KeyRecord:
+    body: bytes
+    occurred_at: datetime
+
+
 class MemoryStore:
     """A journal held in memory: nothing survives the process, everything else is real.
 
@@ -51,6 +58,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._events: dict[str, _Entry] = {}  # insertion order is publish order
         self._letters: dict[str, DeadLetter] = {}  # insertion order breaks failed_at ties
+        self._keys: dict[str, _KeyRecord] = {}  # insertion order breaks occurred_at ties
         self._open = False
 
     def __repr__(self) -> str:
@@ -71,7 +79,8 @@ class MemoryStore:
             raise StoreError(self.path, "is not open; call `await store.open()` first")
 
     async def append(self, event: Event, receiver_ids: Sequence[str]) -> None:
-        """Record ``event`` with one pending delivery per distinct receiver id."""
+        """Record ``event`` with one pending delivery per distinct receiver id, and its
+        idempotency key unless that key is already recorded."""
         await checkpoint()
         self._check_open()
         if event.id in self._events:
@@ -80,6 +89,9 @@ class MemoryStore:
         for receiver_id in receiver_ids:
             entry.deliveries.setdefault(receiver_id, _Delivery())
         self._events[event.id] = entry
+        key = event.metadata.get(IDEMPOTENCY_KEY)
+        if key is not None and key not in self._keys:
+            self._keys[key] = _KeyRecord(entry.body, event.occurred_at)
 
     def _find(self, event_id: str, receiver_id: str) -> _Delivery | None:
         entry = self._events.get(event_id)
@@ -191,5 +203,28 @@ class MemoryStore:
             for delivery in entry.deliveries.values():
                 counts[delivery.state] += 1
         return StoreStats(
-            events=len(self._events), pending=counts[0], done=counts[1], dead=counts[2]
+            events=len(self._events),
+            pending=counts[0],
+            done=counts[1],
+            dead=counts[2],
+            idempotency_keys=len(self._keys),
         )
+
+    async def recent_idempotency_keys(self, since: datetime, limit: int) -> list[Event]:
+        """The newest ``limit`` key records at or after ``since``, oldest first."""
+        await checkpoint()
+        self._check_open()
+        if limit <= 0:
+            return []
+        records = [record for record in self._keys.values() if record.occurred_at >= since]
+        records.sort(key=lambda record: record.occurred_at)  # stable: ties stay in append order
+        return [Event.from_json(record.body) for record in records[-limit:]]
+
+    async def forget_idempotency_keys(self, before: datetime) -> int:
+        """Drop the key records of events that occurred before ``before``."""
+        await checkpoint()
+        self._check_open()
+        old = [key for key, record in self._keys.items() if record.occurred_at < before]
+        for key in old:
+            del self._keys[key]
+        return len(old)

@@ -7,6 +7,13 @@ delivery attempt runs (``start_attempts``), when deliveries finish
 is stored as orjson bytes (``Event.to_json``), never pickle. A receiver id
 read back is only ever resolved through the live registry.
 
+Idempotency keys: ``append`` of an event whose ``metadata["idempotency_key"]``
+is set also records that key, in the same transaction, unless the key is
+already recorded (the first event for a key stays; the append still succeeds).
+Key records are independent of deliveries: ``prune`` and ``redeliver`` leave
+them alone, and a pruned event's record stays (with a copy of the event) until
+``forget_idempotency_keys`` removes it. Keys are any str, compared exactly.
+
 Every method may be called concurrently from many tasks; a store is free to
 batch concurrent calls into one transaction (group commit), but each call
 returns only once what it recorded is as durable as the store promises.
@@ -44,6 +51,8 @@ class StoreStats:
     pending: int
     done: int
     dead: int
+    idempotency_keys: int = 0
+    """Key records held (see ``Store.recent_idempotency_keys``)."""
 
 
 @runtime_checkable
@@ -86,4 +95,11 @@ class Store(Protocol):
         ``older_than`` (all finished ones when ``None``); return how many deliveries went."""
 
     async def stats(self) -> StoreStats:
-        """Counts of events and of deliveries by state."""
+        """Counts of events, of deliveries by state, and of idempotency key records."""
+
+    async def recent_idempotency_keys(self, since: datetime, limit: int) -> list[Event]:
+        """Events appended with ``metadata["idempotency_key"]`` whose ``occurred_at >= since``:
+        the newest ``limit``, returned oldest first (ties in append order). One per key."""
+
+    async def forget_idempotency_keys(self, before: datetime) -> int:
+        """Delete the key records of events that occurred before ``before``; return how many."""

@@ -55,6 +55,7 @@ import anyio.lowlevel
 
 from .._event import Event
 from .._exceptions import ConfigurationError, StoreError
+from .._idempotency import IDEMPOTENCY_KEY
 from .._policy import DeadLetter
 from ._protocol import PendingDelivery, StoreStats
 from ._sqlite_calls import _JournalCalls
@@ -95,8 +96,10 @@ class SQLiteStore(_JournalCalls):
     seconds a write waits for a lock held by another connection before the call
     raises ``StoreError``. ``max_batch`` caps the appends per transaction.
     ``retention`` prunes done deliveries of events older than that, on open and
-    then about once a minute, a bounded chunk at a time. ``read_only=True``
-    opens without the lock, for inspecting a journal another process has open.
+    then about once a minute, a bounded chunk at a time; it leaves idempotency
+    key records alone (``forget_idempotency_keys`` removes them). ``read_only=True``
+    opens without the lock, for inspecting a journal another process has open,
+    including one an older aevents wrote (schema version 1: no key records).
 
     Open, use and close a store from one event loop. A new file is created with
     mode 0600; so are its sidecars (see the module docstring).
@@ -154,6 +157,7 @@ class SQLiteStore(_JournalCalls):
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._next_seq = 1
+        self._schema_version = SCHEMA_VERSION  # lower only for an old journal opened read-only
         self._synchronous_now = ""
         self._retention_after: int | None = 0  # resume point of the retention pass
         self._retention_due = math.inf
@@ -230,7 +234,8 @@ class SQLiteStore(_JournalCalls):
             self._closing = None
 
     async def append(self, event: Event, receiver_ids: Sequence[str]) -> None:
-        """Record ``event`` and one pending delivery per distinct receiver id, durably.
+        """Record ``event``, one pending delivery per distinct receiver id, and its
+        idempotency key unless already recorded, durably and in one transaction.
 
         Returns after the commit that holds it; ``StoreError`` if that commit
         failed (disk full, lock held past ``busy_timeout``) or the event id is
@@ -238,7 +243,15 @@ class SQLiteStore(_JournalCalls):
         request: the event may still be committed.
         """
         # The hot path: inlined, and anything that can wait runs on the store thread.
-        request = (_APPEND, event.id, event.name, event.to_json(), event.occurred_at, receiver_ids)
+        request = (
+            _APPEND,
+            event.id,
+            event.name,
+            event.to_json(),
+            event.occurred_at,
+            receiver_ids,
+            event.metadata.get(IDEMPOTENCY_KEY),
+        )
         with self._lock:
             if not self._writable:
                 raise self._unavailable()
@@ -345,9 +358,33 @@ class SQLiteStore(_JournalCalls):
         return removed
 
     async def stats(self) -> StoreStats:
-        """Counts of events and of deliveries by state."""
+        """Counts of events, of deliveries by state, and of idempotency key records."""
         result: StoreStats = await self._call(self._stats_on_thread, "could not count")
         return result
+
+    async def recent_idempotency_keys(self, since: datetime, limit: int) -> list[Event]:
+        """The newest ``limit`` key records at or after ``since``, oldest first.
+
+        A record whose copy of the event cannot be read is skipped with a
+        warning. Cancelling only abandons the answer.
+        """
+        result: list[Event] = await self._call(
+            functools.partial(self._recent_keys_on_thread, _to_us(since), max(limit, 0)),
+            "could not read idempotency keys",
+        )
+        return result
+
+    async def forget_idempotency_keys(self, before: datetime) -> int:
+        """Delete the key records of events that occurred before ``before``; return how many.
+
+        Runs in transactions of a bounded size; cancelling abandons the answer,
+        not the forgetting.
+        """
+        removed: int = await self._call(
+            functools.partial(self._forget_keys_on_thread, _to_us(before)),
+            "could not forget idempotency keys",
+        )
+        return removed
 
     # -- handing requests to the thread --------------------------------------------------
 

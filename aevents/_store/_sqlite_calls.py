@@ -60,10 +60,20 @@ _REVIVE_ONE: Final = (
     "UPDATE deliveries SET state = 0, attempts = 0 WHERE (event_seq, receiver_id)"
     " IN (SELECT event_seq, receiver_id FROM dead_letters WHERE id = ?)"
 )
+_RECENT_KEYS: Final = (
+    "SELECT key, body FROM (SELECT id, key, occurred_at, body FROM idempotency"
+    " WHERE occurred_at >= ? ORDER BY occurred_at DESC, id DESC LIMIT ?)"
+    " ORDER BY occurred_at, id"
+)
+_FORGET_KEYS: Final = (
+    "DELETE FROM idempotency WHERE id IN"
+    " (SELECT id FROM idempotency WHERE occurred_at < ? ORDER BY occurred_at LIMIT ?)"
+)
 _DELETE_ALL_LETTERS: Final = "DELETE FROM dead_letters"
 _DELETE_LETTER: Final = "DELETE FROM dead_letters WHERE id = ?"
 
 _PAGE: Final = 512  # pending deliveries fetched per round trip to the thread
+_FORGET_CHUNK: Final = 2000  # key records deleted per transaction
 _RAW_CHARS: Final = 1000  # how much of an unreadable body a dead letter keeps
 
 
@@ -72,6 +82,7 @@ class _JournalCalls(_JournalThread):
 
     read_only: bool
     unreadable: int
+    _schema_version: int
 
     def _open_on_thread(self) -> None:
         try:
@@ -94,7 +105,7 @@ class _JournalCalls(_JournalThread):
             raise StoreError(self.path, "does not exist")
         conn = _connect(self.path, busy_timeout=self.busy_timeout, read_only=self.read_only)
         self._conn = conn
-        version = _check_schema(conn, self.path, read_only=self.read_only)
+        version = self._schema_version = _check_schema(conn, self.path, read_only=self.read_only)
         if not self.read_only:
             try:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -102,6 +113,7 @@ class _JournalCalls(_JournalThread):
                     raise StoreError(self.path, f"cannot use WAL mode (journal_mode is {mode!r})")
                 if version < SCHEMA_VERSION:
                     _migrate(conn, version, self.path)
+                    self._schema_version = SCHEMA_VERSION
                 self._set_synchronous(self.synchronous)
                 self._next_seq = conn.execute(
                     "SELECT coalesce(max(seq), 0) + 1 FROM events"
@@ -232,9 +244,54 @@ class _JournalCalls(_JournalThread):
         assert conn is not None
         events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
         counts = dict(conn.execute("SELECT state, count(*) FROM deliveries GROUP BY state"))
+        keys = 0
+        if self._schema_version >= 2:
+            keys = conn.execute("SELECT count(*) FROM idempotency").fetchone()[0]
         return StoreStats(
-            events=events, pending=counts.get(0, 0), done=counts.get(1, 0), dead=counts.get(2, 0)
+            events=events,
+            pending=counts.get(0, 0),
+            done=counts.get(1, 0),
+            dead=counts.get(2, 0),
+            idempotency_keys=keys,
         )
+
+    def _recent_keys_on_thread(self, since: int, limit: int) -> list[Event]:
+        conn = self._conn
+        assert conn is not None
+        if self._schema_version < 2:  # an old journal opened read-only: it has no keys
+            return []
+        events, unreadable = [], []
+        for key, body in conn.execute(_RECENT_KEYS, (since, limit)).fetchall():
+            try:
+                events.append(Event.from_json(body))
+            except Exception:
+                unreadable.append(key)
+        if unreadable:  # the runtime can still start; a retry with one of these publishes again
+            logger.warning(
+                "journal %r: skipped %d unreadable idempotency key record(s), such as %r",
+                self.path,
+                len(unreadable),
+                unreadable[0],
+            )
+        return events
+
+    def _forget_keys_on_thread(self, before: int) -> int:
+        self._check_writable()
+        conn = self._conn
+        assert conn is not None
+        self._set_synchronous(self.synchronous)
+        removed = 0
+        while True:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                count = conn.execute(_FORGET_KEYS, (before, _FORGET_CHUNK)).rowcount
+                conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            removed += count
+            if count < _FORGET_CHUNK:
+                return removed
 
     def _prune_on_thread(self, cutoff: int | None) -> int:
         self._check_writable()

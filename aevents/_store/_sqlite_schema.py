@@ -41,9 +41,21 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         " error_message TEXT NOT NULL, failed_at INTEGER NOT NULL,"
         " UNIQUE (event_seq, receiver_id))",
     ),
+    (  # v2. Idempotency keys, one row per key (the first event appended with it), kept
+        # apart from events so that pruning an event leaves its key; `body` is its copy.
+        # `id` orders records that share a time by when they were appended.
+        "CREATE TABLE idempotency (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE,"
+        " occurred_at INTEGER NOT NULL, body BLOB NOT NULL)",
+        # start-up reads the newest keys; forgetting deletes the oldest
+        "CREATE INDEX idempotency_by_time ON idempotency (occurred_at)",
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
-_TABLES: Final = frozenset({"events", "deliveries", "dead_letters"})
+_TABLES_OF_VERSION: Final[tuple[frozenset[str], ...]] = (
+    frozenset(),
+    frozenset({"events", "deliveries", "dead_letters"}),
+    frozenset({"events", "deliveries", "dead_letters", "idempotency"}),
+)
 
 _SET_APPLICATION_ID: Final = f"PRAGMA application_id = {APPLICATION_ID}"
 _SET_USER_VERSION: Final = f"PRAGMA user_version = {SCHEMA_VERSION}"
@@ -114,11 +126,12 @@ def _check_schema(conn: sqlite3.Connection, path: str, *, read_only: bool) -> in
             path, f"is corrupt or not an SQLite database ({exc}); left untouched"
         ) from exc
     _check_identity(path, application_id, version, has_tables=bool(tables))
-    if version == SCHEMA_VERSION and not tables >= _TABLES:
-        missing = ", ".join(sorted(_TABLES - tables))
-        raise StoreError(path, f"is corrupt: tables missing ({missing}); left untouched")
-    if version < SCHEMA_VERSION and read_only:
+    if version == 0 and read_only:  # nothing written yet: nothing to read either
         raise StoreError(path, "has an older schema; open it once read-write to migrate it")
+    expected = _TABLES_OF_VERSION[version]
+    if not tables >= expected:
+        missing = ", ".join(sorted(expected - tables))
+        raise StoreError(path, f"is corrupt: tables missing ({missing}); left untouched")
     return int(version)
 
 

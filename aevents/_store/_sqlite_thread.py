@@ -44,6 +44,10 @@ _INSERT_EVENT: Final = (
     "INSERT INTO events (seq, id, name, body, published_at) VALUES (?, ?, ?, ?, ?)"
 )
 _INSERT_DELIVERY: Final = "INSERT INTO deliveries (event_seq, receiver_id) VALUES (?, ?)"
+# The first event appended with a key keeps it; a later one is journaled without its key.
+_INSERT_KEY: Final = (
+    "INSERT INTO idempotency (key, occurred_at, body) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING"
+)
 # Multi-row forms: sqlite3 releases and retakes the GIL around every step, so 64 rows
 # per step instead of one keeps the store thread from queueing for the GIL per row.
 _CHUNKS: Final = (64, 16, 4)
@@ -267,14 +271,18 @@ class _JournalThread:
         seq = self._next_seq
         events: list[tuple[Any, ...]] = []
         deliveries: list[tuple[int, str]] = []
+        keys: list[tuple[str, int, bytes]] = []
         starts: list[tuple[int, str, str]] = []
         completes: list[tuple[str, str]] = []
         letters: list[tuple[Any, ...]] = []
         for request in requests:
             kind = request[0]
             if kind == _APPEND:
-                _, event_id, name, body, occurred_at, receiver_ids = request
-                events.append((seq, event_id, name, body, (occurred_at - _EPOCH) // _MICROSECOND))
+                _, event_id, name, body, occurred_at, receiver_ids, key = request
+                occurred = (occurred_at - _EPOCH) // _MICROSECOND
+                events.append((seq, event_id, name, body, occurred))
+                if key is not None:
+                    keys.append((key, occurred, body))
                 if len(receiver_ids) == 1:
                     deliveries.append((seq, receiver_ids[0]))
                 else:
@@ -296,6 +304,8 @@ class _JournalThread:
                 _insert_rows(conn, _INSERT_EVENT, _INSERT_EVENTS, events)
             if deliveries:
                 _insert_rows(conn, _INSERT_DELIVERY, _INSERT_DELIVERIES, deliveries)
+            if keys:
+                conn.executemany(_INSERT_KEY, keys)
             if starts:
                 conn.executemany(_START_ATTEMPT, starts)
             if completes:
