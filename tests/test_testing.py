@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
 
@@ -50,16 +52,17 @@ async def _broken(event: Event) -> None:
     raise ValueError(f"broken on {event.name}")
 
 
-# ---------------------------------------------------------------------- examples for the README
+# ---------------------------------------------------------------------- the README's examples
 
 
 async def send_receipt(event: aevents.Event) -> None:
     await aevents.publish("shop:receipt:sent", payload={"order": event.payload["order"]})
 
 
+@pytest.mark.anyio
 @pytest.mark.aevents(eager=True)
-async def test_example_an_order_sends_a_receipt(aevents_capture: Captured) -> None:
-    """README example: eager delivery and capture, through the plugin's fixtures."""
+async def test_placing_an_order_sends_one_receipt(aevents_capture: Captured) -> None:
+    """Placing an order publishes exactly one receipt, and no refund."""
     aevents.subscribe("shop:order:placed", receiver=send_receipt)
 
     await aevents.publish("shop:order:placed", payload={"order": 7})
@@ -72,11 +75,12 @@ async def charge_card(event: aevents.Event) -> None:
     raise ConnectionError("card service down")
 
 
+@pytest.mark.anyio
 @pytest.mark.aevents(retry=aevents.RetryPolicy(attempts=2, initial_delay=0))
-async def test_example_a_failed_charge_is_dead_lettered(
+async def test_a_failed_charge_is_dead_lettered_after_two_attempts(
     aevents_runtime: aevents.EventRuntime,
 ) -> None:
-    """README example: the real runtime, drained, then its dead letters checked."""
+    """With the real runtime, a charge that keeps failing ends as one dead letter."""
     aevents.subscribe("shop:order:placed", receiver=charge_card)
 
     await aevents.publish("shop:order:placed", payload={"order": 7})
@@ -84,6 +88,23 @@ async def test_example_a_failed_charge_is_dead_lettered(
     [letter] = await assert_dead_lettered("shop:order:placed", receiver=charge_card)
     assert letter.attempts == 2
     assert letter.error_message == "card service down"
+
+
+def test_the_docs_quote_these_examples_verbatim() -> None:
+    """Every Python snippet of the testing docs is copied from this file, so the tests run it."""
+    root = Path(__file__).resolve().parents[1]
+    sections = [
+        path.read_text().split("\n## Testing\n", 1)[1].split("\n## ", 1)[0]
+        for path in (root / "docs" / "readme-testing.md", root / "README.md")
+        if path.exists() and "\n## Testing\n" in path.read_text()
+    ]
+    snippets = [
+        found for doc in sections for found in re.findall(r"```python\n(.*?)```", doc, re.S)
+    ]
+    assert len(snippets) >= 2, "no testing docs found"
+    source = Path(__file__).read_text()
+    for snippet in snippets:
+        assert snippet in source, snippet
 
 
 # ---------------------------------------------------------------------- isolated_registry
