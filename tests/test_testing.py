@@ -301,6 +301,16 @@ async def test_eager_publish_returns_after_receivers_and_their_children_ran(
     assert (stats.published, stats.delivered, stats.in_flight) == (2, 4, 0)
 
 
+async def test_eager_publish_takes_every_publish_argument(registry: Registry) -> None:
+    """Arguments EventRuntime.publish takes (an ordering key here) reach the event unchanged."""
+    recorder = Recorder()
+    registry.subscribe("keyed:event", recorder)
+    async with EagerRuntime(registry) as runtime:
+        event = await runtime.publish("keyed:event", payload={"n": 1}, key="account-7")
+        assert recorder.events == [event]
+    assert event.key == "account-7"
+
+
 async def test_eager_receivers_see_their_delivery_and_causation(registry: Registry) -> None:
     """current_delivery() works in receivers and children carry causation metadata."""
     seen: list[Any] = []
