@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
 
@@ -47,6 +47,7 @@ KEYED_DEAD_LETTER_POLICIES: Final = ("skip", "hold")
 MAX_KEY_CHARS: Final = 200
 
 Lane = tuple[str, str]  # (receiver id, key)
+_NO_LANE: Final[Any] = object()
 
 
 class Ordering:
@@ -62,7 +63,8 @@ class Ordering:
         def _finish(self, epoch: Epoch) -> None: ...
 
     def _init_ordering(self) -> None:
-        self._lanes: dict[Lane, deque[Item]] = {}
+        # A lane with nothing waiting maps to None: most keys never need a deque.
+        self._lanes: dict[Lane, deque[Item] | None] = {}
         # Lanes a dead letter holds (policy "hold"): lane -> the dead event's id.
         self._held_lanes: dict[Lane, str] = {}
         # Keyed deliveries of new publishes, waiting for the journal replay to finish.
@@ -80,19 +82,23 @@ class Ordering:
     def _into_lane(self, item: Item) -> None:
         event, subscription = item[0], item[1]
         lane_id = (subscription.receiver_id, event.key or "")
-        lane = self._lanes.get(lane_id)
-        if lane is None:
-            self._lanes[lane_id] = deque()
+        lanes = self._lanes
+        lane = lanes.get(lane_id, _NO_LANE)
+        if lane is _NO_LANE:
+            lanes[lane_id] = None
             self._send.send_nowait(item)
-        elif lane_id not in self._held_lanes:
-            lane.append(item)
-        elif self._held_lanes[lane_id] == event.id:
+            return
+        held = self._held_lanes.get(lane_id)
+        if held == event.id:
             # The dead letter holding its lane comes back: it runs first, the rest wait.
             self._unhold(lane_id, lane)
             self._send.send_nowait(item)
-        else:
+            return
+        if held is not None:
             self._set_aside(item)
-            lane.append(item)
+        if lane is None:
+            lanes[lane_id] = lane = deque()
+        lane.append(item)
 
     def _replay_finished(self, stopped: bool) -> None:
         """Let the keyed deliveries that waited behind the replay into their lanes."""
@@ -104,12 +110,12 @@ class Ordering:
     def _lane_done(self, event: Event, subscription: Subscription, *, dead: bool) -> None:
         """A keyed delivery finished: queue the next one of its lane, or hold the lane."""
         lane_id = (subscription.receiver_id, event.key or "")
-        lane = self._lanes.get(lane_id)
-        if lane is None:
+        lane = self._lanes.get(lane_id, _NO_LANE)
+        if lane is _NO_LANE:
             return
         if dead and self.keyed_dead_letters == "hold":
             self._held_lanes[lane_id] = event.id
-            for waiting in lane:
+            for waiting in lane or ():
                 self._set_aside(waiting)
             logger.warning(
                 "receiver %r: key %r is held by the dead letter of event %s; %d later "
@@ -117,13 +123,13 @@ class Ordering:
                 subscription.receiver_id,
                 event.key,
                 event.id,
-                len(lane),
+                len(lane or ()),
                 extra={"receiver_id": subscription.receiver_id, "key": event.key},
             )
             return
         self._advance(lane_id, lane)
 
-    def _advance(self, lane_id: Lane, lane: deque[Item]) -> None:
+    def _advance(self, lane_id: Lane, lane: deque[Item] | None) -> None:
         if not lane:
             del self._lanes[lane_id]
             return
@@ -138,9 +144,11 @@ class Ordering:
         self._held_deliveries += 1
         self._finish(item[3])
 
-    def _unhold(self, lane_id: Lane, lane: deque[Item]) -> None:
+    def _unhold(self, lane_id: Lane, lane: deque[Item] | None) -> None:
         """The key is no longer held: its waiting deliveries count in the current epoch again."""
         del self._held_lanes[lane_id]
+        if lane is None:
+            return
         epoch = self._epoch
         for index, (event, subscription, attempt, _) in enumerate(lane):
             lane[index] = (event, subscription, attempt, epoch)
@@ -150,7 +158,7 @@ class Ordering:
     def _hold_lane(self, event: Event, receiver_id: str) -> None:
         """At start (policy "hold"): a keyed dead letter from an earlier run holds its lane."""
         lane_id = (receiver_id, event.key or "")
-        self._lanes.setdefault(lane_id, deque())
+        self._lanes.setdefault(lane_id, None)
         self._held_lanes[lane_id] = event.id
 
     def release_key(self, receiver_id: str, key: str) -> bool:
