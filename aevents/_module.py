@@ -30,13 +30,16 @@ async def publish(
     payload: Mapping[str, Any] | None = None,
     metadata: Mapping[str, str] | None = None,
     key: str | None = None,
+    idempotency_key: str | None = None,
 ) -> Event:
     """``await runtime.publish(...)`` on the running runtime (see ``current_runtime``).
 
     Raises ``RuntimeNotRunningError`` when none is running. Cancellation
     behaves as in ``EventRuntime.publish``.
     """
-    return await _runtime_for(name).publish(name, payload=payload, metadata=metadata, key=key)
+    return await _runtime_for(name).publish(
+        name, payload=payload, metadata=metadata, key=key, idempotency_key=idempotency_key
+    )
 
 
 def publish_nowait(
@@ -48,9 +51,7 @@ def publish_nowait(
     key: str | None = None,
 ) -> Event:
     """``runtime.publish_nowait(...)`` on the running runtime."""
-    return _runtime_for(name).publish_nowait(
-        name, payload=payload, metadata=metadata, key=key
-    )
+    return _runtime_for(name).publish_nowait(name, payload=payload, metadata=metadata, key=key)
 
 
 def publish_threadsafe(
@@ -60,10 +61,11 @@ def publish_threadsafe(
     payload: Mapping[str, Any] | None = None,
     metadata: Mapping[str, str] | None = None,
     key: str | None = None,
+    idempotency_key: str | None = None,
 ) -> Event:
     """``runtime.publish_threadsafe(...)`` on the running runtime, from a foreign thread."""
     return _runtime_for(name).publish_threadsafe(
-        name, payload=payload, metadata=metadata, key=key
+        name, payload=payload, metadata=metadata, key=key, idempotency_key=idempotency_key
     )
 
 

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
+from datetime import UTC, datetime, timedelta
 from time import perf_counter
 from types import TracebackType
 from typing import Any, Final, Literal
@@ -45,9 +46,11 @@ from ._exceptions import (
     QueueFullError,
     RuntimeClosedError,
     RuntimeNotRunningError,
+    StoreError,
     UnknownEventError,
 )
 from ._failures import FailureHandling
+from ._idempotency import IDEMPOTENCY_KEY, IdempotencyWindow, validate_idempotency_key
 from ._journal import Journaling
 from ._lowlevel import cancelled_check_for_backend, leaf_errors
 from ._middleware import Middleware, MiddlewareStack, PublishHooks, call_with_middleware
@@ -122,6 +125,8 @@ class RuntimeStats:
     """(receiver, ordering key) pairs with a delivery under way; idle keys are not kept."""
     held: int = 0
     """Deliveries waiting behind a dead letter that holds their key (``keyed_dead_letters``)."""
+    repeated: int = 0
+    """Publishes answered with an earlier event by their ``idempotency_key``."""
 
 
 class _Deferred(Exception):  # an internal signal that never escapes
@@ -167,6 +172,9 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
     ``keyed_dead_letters`` says what a dead letter does to the later events of
     its ordering key (see ``publish``'s ``key``): ``"skip"`` past it, or
     ``"hold"`` them until it is redelivered or ``release_key`` is called.
+    ``idempotency_window`` (seconds) and ``max_idempotency_keys`` bound the
+    keys ``publish(..., idempotency_key=...)`` remembers; with a store they
+    are kept in the journal and remembered across a restart.
     ``log_payloads=True`` adds each failed event's payload to its log records
     (as the ``payload`` extra field); payloads are never logged otherwise.
     """
@@ -189,6 +197,8 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
         middleware: Sequence[Middleware] = (),
         log_payloads: bool = False,
         keyed_dead_letters: Literal["skip", "hold"] = "skip",
+        idempotency_window: float = 24 * 3600.0,
+        max_idempotency_keys: int = 100_000,
     ) -> None:
         _check_config(locals())
         self._middleware = MiddlewareStack(middleware)
@@ -207,6 +217,9 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
         self.log_payloads = log_payloads
         self.keyed_dead_letters = keyed_dead_letters
         self._init_ordering()
+        self._idempotency = IdempotencyWindow(idempotency_window, max_idempotency_keys)
+        self._first_publishes: dict[str, anyio.Event] = {}  # keys whose first publish is waiting
+        self._repeated = 0
 
         self._state = _NEW
         self._thread = 0
@@ -252,6 +265,7 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
             await (
                 self.store.open()
             )  # a journal that cannot be used fails here, before anything runs
+            await self._remember_idempotency_keys(self.store)
         send, receive = anyio.create_memory_object_stream[Item](math.inf)
         self._send, self._receive = send, receive
         self._limiter = anyio.CapacityLimiter(self.sync_threads)
@@ -274,6 +288,8 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
                 for _ in range(self.workers):
                     tasks.start_soon(self._work)
                 tasks.start_soon(self._run_retries)
+                if self.store is not None:
+                    tasks.start_soon(self._forget_idempotency_keys, self.store)
                 if self.store is not None:
                     # The journal's pending() is a snapshot from its first page: read
                     # that page before accepting any publish, so the replay never sees
@@ -315,6 +331,29 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
                     await self.store.close()
         if body_error is not None:
             raise body_error
+
+    async def _remember_idempotency_keys(self, store: Store) -> None:
+        """Seed the idempotency window from the journal; forget keys past the window."""
+        since = datetime.now(UTC) - timedelta(seconds=self._idempotency.window)
+        try:
+            self._idempotency.seed(
+                await store.recent_idempotency_keys(since, self._idempotency.max_keys)
+            )
+            await store.forget_idempotency_keys(since)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await store.close()
+            raise
+
+    async def _forget_idempotency_keys(self, store: Store) -> None:
+        """Drop journaled idempotency keys older than the window, every so often."""
+        while True:
+            await anyio.sleep(min(self._idempotency.window, 600.0))
+            before = datetime.now(UTC) - timedelta(seconds=self._idempotency.window)
+            try:
+                await store.forget_idempotency_keys(before)
+            except StoreError as error:
+                logger.warning("could not forget old idempotency keys: %s", error)
 
     def _report_dropped(self) -> None:
         """Count and log, once, the deliveries the stop left unrun (the task group is gone)."""
@@ -393,6 +432,7 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
         payload: Mapping[str, Any] | None = None,
         metadata: Mapping[str, str] | None = None,
         key: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Event:
         """Validate, queue one delivery per matching receiver, and return the event.
 
@@ -400,6 +440,12 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
         receiver, events with the same key run one at a time in publish
         order, across retries and (with a store) across a restart; events
         with other keys, or none, run concurrently.
+
+        ``idempotency_key`` makes repeats no-ops: the first publish with a key
+        is accepted, and a repeat within ``idempotency_window`` returns that
+        first event and publishes nothing (a repeat made while the first still
+        waits for room waits for it). The key travels in
+        ``metadata["idempotency_key"]``.
 
         Waits while the buffer is full (backpressure); with a store, also until
         the event and its deliveries are durable. It is a cancel point: in a
@@ -415,6 +461,8 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
             await self._checkpoint_if_cancelled()
         elif cancelled():
             await checkpoint()
+        if idempotency_key is not None or (metadata is not None and IDEMPOTENCY_KEY in metadata):
+            return await self._publish_once(name, payload, metadata, key, idempotency_key)
         if self._middleware.publish:
             return await self._publish_with_middleware(name, payload, metadata, key)
         parent = delivery_var.get()
@@ -422,6 +470,49 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
             return self._accept(name, payload, metadata, parent, key)
         except _Deferred as deferred:
             return await self._accept_deferred(name, deferred, parent)
+
+    async def _publish_once(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | None,
+        metadata: Mapping[str, str] | None,
+        key: str | None,
+        idempotency_key: str | None,
+    ) -> Event:
+        """``publish`` with an idempotency key: the first event for the key, or a new one."""
+        if idempotency_key is None:
+            raise PayloadError(
+                name,
+                f"metadata[{IDEMPOTENCY_KEY!r}]",
+                "is reserved: pass publish(..., idempotency_key=...) instead",
+            )
+        idempotency_key = validate_idempotency_key(name, idempotency_key)
+        while True:
+            first = self._idempotency.get(idempotency_key, datetime.now(UTC))
+            if first is not None:
+                self._repeated += 1
+                return first
+            waiting = self._first_publishes.get(idempotency_key)
+            if waiting is None:
+                break
+            await waiting.wait()  # the first publish of this key is under way
+        self._first_publishes[idempotency_key] = done = anyio.Event()
+        try:
+            tagged = {} if metadata is None else dict(metadata)
+            tagged[IDEMPOTENCY_KEY] = idempotency_key
+            if self._middleware.publish:
+                event = await self._publish_with_middleware(name, payload, tagged, key)
+            else:
+                parent = delivery_var.get()
+                try:
+                    event = self._accept(name, payload, tagged, parent, key)
+                except _Deferred as deferred:
+                    event = await self._accept_deferred(name, deferred, parent)
+            self._idempotency.add(idempotency_key, event)
+            return event
+        finally:
+            del self._first_publishes[idempotency_key]
+            done.set()
 
     async def _accept_deferred(self, name: str, deferred: _Deferred, parent: Item | None) -> Event:
         """The waits of ``publish``: for room in the buffer, then for the journal."""
@@ -432,6 +523,8 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
                 raise RuntimeClosedError(name) from None
         if self.store is not None:
             await self._append(deferred.event, deferred.routes)
+            if not deferred.routes:
+                self._unrouted += 1
             if self._state is _STOPPED:
                 # Shutdown closed the queue during the (shielded) write: the event
                 # is journaled, counted as left pending, and the next start delivers it.
@@ -478,6 +571,12 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
         delivered, so it is not yet durable when this returns: a crash in
         that window loses it. Use ``await publish()`` where that matters.
         """
+        if metadata is not None and IDEMPOTENCY_KEY in metadata:
+            raise PayloadError(
+                name,
+                f"metadata[{IDEMPOTENCY_KEY!r}]",
+                "is reserved: use `await publish(..., idempotency_key=...)`",
+            )
         if self._middleware.publish:
             return self._publish_nowait_with_middleware(name, payload, metadata, key)
         try:
@@ -527,6 +626,7 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
         payload: Mapping[str, Any] | None = None,
         metadata: Mapping[str, str] | None = None,
         key: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Event:
         """Publish from a thread that is not the event loop's; blocks until accepted.
 
@@ -544,7 +644,7 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
         parent = delivery_var.get()  # worker threads inherit the receiver's context
         try:
             event: Event = self._portal.call(
-                self._publish_for_thread, name, payload, metadata, key, parent
+                self._publish_for_thread, name, payload, metadata, key, idempotency_key, parent
             )
         except RuntimeError as error:
             if self._state is _STOPPED:  # the portal stopped between our check and the call
@@ -558,11 +658,14 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
         payload: Mapping[str, Any] | None,
         metadata: Mapping[str, str] | None,
         key: str | None,
+        idempotency_key: str | None,
         parent: Item | None,
     ) -> Event:
         token = delivery_var.set(parent)
         try:
-            return await self.publish(name, payload=payload, metadata=metadata, key=key)
+            return await self.publish(
+                name, payload=payload, metadata=metadata, key=key, idempotency_key=idempotency_key
+            )
         finally:
             delivery_var.reset(token)
 
@@ -615,6 +718,9 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
             epoch = parent[3] if parent[3].runtime is self else self._epoch
         count = len(routes)
         if not count:
+            if self.store is not None and metadata is not None and IDEMPOTENCY_KEY in metadata:
+                # No receiver, but its idempotency key must still reach the journal.
+                raise _Deferred(event, routes, epoch, reserved=True)
             self._published += 1
             self._unrouted += 1
             return event
@@ -840,6 +946,7 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
             retrying=len(self._retries),
             active_keys=len(self._lanes),
             held=self._held_deliveries,
+            repeated=self._repeated,
         )
 
     def __repr__(self) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -36,3 +38,44 @@ def test_the_demo_runs_and_shows_every_feature(backend: str) -> None:
     assert "stats: published=5 delivered=8 failed=4 retried=2 dead=2" in out
     assert "log WARNING receiver '__main__:verify_email' failed" in out
     assert "Traceback" not in out + result.stderr
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
+def test_the_ordering_example_keeps_each_account_in_order(backend: str) -> None:
+    """examples/ordering.py applies each account's moves in order, once, and pays once."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "ordering.py"), backend],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"ordering example on {backend}"
+    account_1 = [line for line in lines if line.startswith("account:1:")]
+    account_2 = [line for line in lines if line.startswith("account:2:")]
+    assert account_1 == [
+        "account:1: deposit 100",
+        "account:1: withdraw 30",
+        "account:1: withdraw 60",
+    ]
+    assert account_2 == ["account:2: deposit 50", "account:2: withdraw 20"]
+    assert "attempt 2 (replay: False): already applied" in lines
+    assert "balances: {'account:1': 10, 'account:2': 30}" in lines
+    assert "same event: True, repeated: 1" in lines
+    assert lines.count("receipt for order 7") == 1
+    assert "lost the acknowledgement" in result.stderr  # the failed attempt was logged
+
+
+def test_the_readme_ordering_sections_quote_the_example() -> None:
+    """Each snippet of the ordering and idempotency sections is copied from examples/ordering.py."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("### Ordering keys")
+    sections = readme[start : readme.index("### Logging", start)]
+    example = (ROOT / "examples" / "ordering.py").read_text()
+    snippets = re.findall(r"```python\n(.*?)```", sections, re.S)
+    assert len(snippets) == 3
+    for snippet in snippets:
+        assert any(textwrap.indent(snippet, " " * depth) in example for depth in (0, 4, 8)), snippet
