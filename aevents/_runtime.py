@@ -734,7 +734,11 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
         return event
 
     def _enqueue(self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch) -> None:
-        """Queue first attempts for deliveries whose room is already reserved."""
+        """Queue first attempts for deliveries whose room is already reserved.
+
+        Every publish path queues through here (``aevents.testing.EagerRuntime``
+        overrides it to deliver inline): never inline a copy of it.
+        """
         epoch.unfinished += len(routes)
         if event.key is not None:
             for subscription in routes:
