@@ -53,7 +53,13 @@ from ._failures import FailureHandling
 from ._idempotency import IDEMPOTENCY_KEY, IdempotencyWindow, validate_idempotency_key
 from ._journal import Journaling
 from ._lowlevel import cancelled_check_for_backend, leaf_errors
-from ._middleware import Middleware, MiddlewareStack, PublishHooks, call_with_middleware
+from ._middleware import (
+    Middleware,
+    MiddlewareStack,
+    PublishHooks,
+    Publishing,
+    call_with_middleware,
+)
 from ._names import validate_name
 from ._ordering import KEYED_DEAD_LETTER_POLICIES, MAX_KEY_CHARS, Ordering
 from ._payload import DEFAULT_MAX_PAYLOAD_BYTES, encode_metadata, encode_payload, payload_json
@@ -544,17 +550,21 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
         parent = delivery_var.get()
         with PublishHooks(self._middleware.publish, name, payload, metadata, key) as publishing:
             try:
-                event = self._accept(
-                    publishing.name,
-                    publishing.payload,
-                    publishing.metadata or None,
-                    parent,
-                    publishing.key,
-                )
+                event = self._accept_publishing(publishing, parent)
             except _Deferred as deferred:
                 event = await self._accept_deferred(publishing.name, deferred, parent)
             publishing.event = event
         return event
+
+    def _accept_publishing(self, publishing: Publishing, parent: Item | None) -> Event:
+        """``_accept`` what the publish hooks left of a publish (they may change it)."""
+        return self._accept(
+            publishing.name,
+            publishing.payload,
+            publishing.metadata or None,
+            parent,
+            publishing.key,
+        )
 
     def publish_nowait(
         self,
@@ -606,13 +616,7 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
         parent = delivery_var.get()
         with PublishHooks(self._middleware.publish, name, payload, metadata, key) as publishing:
             try:
-                event = self._accept(
-                    publishing.name,
-                    publishing.payload,
-                    publishing.metadata or None,
-                    parent,
-                    publishing.key,
-                )
+                event = self._accept_publishing(publishing, parent)
             except _Deferred as deferred:
                 event = self._accept_nowait_deferred(publishing.name, deferred)
             publishing.event = event
