@@ -96,8 +96,14 @@ class Goal:
     target: float
     higher_is_better: bool
     versus: str | None = None  # compare aevents / versus instead of the absolute value
+    #: compare the system's variant (its name + this suffix) / the system itself
+    variant: str | None = None
 
     def measure(self, summary: Summary, system: str) -> float | None:
+        if self.variant is not None:
+            value = median(summary, self.workload, system + self.variant, self.metric)
+            other = median(summary, self.workload, system, self.metric)
+            return None if value is None or not other else value / other
         value = median(summary, self.workload, system, self.metric)
         if value is None or self.versus is None:
             return value
@@ -155,6 +161,24 @@ GOALS: tuple[Goal, ...] = (
     Goal("issue 2", "fan-out 10 ≥ 1M deliveries/s", "fanout", "rate", 1_000_000, True),
     Goal("issue 2", "latency p99 < 100 µs at 5k/s", "latency", "p99", 100.0, False),
     Goal(
+        "issue 7",
+        "metrics overhead < 10% (1 name/1 receiver, metrics on ÷ off ≥ 0.9x)",
+        "throughput",
+        "rate",
+        0.9,
+        True,
+        variant="-metrics",
+    ),
+    Goal(
+        "(context)",
+        "metrics overhead on fan-out 10 (on ÷ off)",
+        "fanout",
+        "rate",
+        0.9,
+        True,
+        variant="-metrics",
+    ),
+    Goal(
         "issue 2",
         f"RSS flat under flood (growth < {FLAT_MIB:g} MiB)",
         "memory",
@@ -202,7 +226,8 @@ def evaluate_goals(summary: Summary) -> list[dict[str, Any]]:
                 "workload": goal.workload,
                 "metric": goal.metric,
                 "target": goal.target,
-                "relative_to": goal.versus,
+                "relative_to": goal.versus
+                or (goal.variant and f"the same system without {goal.variant}"),
                 "higher_is_better": goal.higher_is_better,
                 "results": results,
             }

@@ -1,4 +1,11 @@
-"""aevents itself, on asyncio, on asyncio with uvloop, and on trio."""
+"""aevents itself, on asyncio, on asyncio with uvloop, and on trio.
+
+Plus two instrumented variants on asyncio, to price observability against
+``aevents-asyncio`` on workloads 1, 1b and 2: ``-metrics`` runs with an
+``aevents.Metrics`` middleware, ``-tracing`` with ``aevents.contrib.otel.Tracing``
+on an OpenTelemetry SDK tracer provider that records every span and exports
+none (what instrumentation costs before any exporter does).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +28,9 @@ from benchmarks.systems.base import (
 T = TypeVar("T")
 
 SEMANTICS = Semantics(mode="queued", bounded="yes", isolated="yes", durable="yes")
+
+#: The workloads the instrumented variants run: enough to price them, no more.
+INSTRUMENTED_WORKLOADS = ("throughput", "throughput-small", "fanout")
 
 STARTUP_CODE = """
 import aevents
@@ -63,10 +73,35 @@ class AeventsBus:
             raise BenchmarkError(f"aevents reported failures: {stats!r}")
 
 
+def instrumentation(kind: str) -> list[Any]:
+    """The middleware of an instrumented variant ("" for none)."""
+    if kind == "metrics":
+        from aevents._metrics import Metrics
+
+        return [Metrics()]
+    if kind == "tracing":
+        from benchmarks.systems.base import Unavailable
+
+        try:
+            from opentelemetry.sdk.trace import TracerProvider
+        except ImportError:
+            raise Unavailable("needs opentelemetry-sdk (pip install -e '.[test]')") from None
+        from aevents.contrib.otel import Tracing
+
+        return [Tracing(TracerProvider())]
+    return []
+
+
 @dataclass
 class AeventsSystem(System):
     backend: str = "asyncio"
     backend_options: dict[str, Any] = field(default_factory=dict)
+    instrument: str = ""  # "metrics" or "tracing": the variant's middleware
+
+    def supports(self, workload: str) -> str | None:
+        if self.instrument and workload not in INSTRUMENTED_WORKLOADS:
+            return f"instrumented variants run {', '.join(INSTRUMENTED_WORKLOADS)} only"
+        return super().supports(workload)
 
     def run(self, main: Callable[[], Awaitable[T]]) -> T:
         import anyio
@@ -85,7 +120,12 @@ class AeventsSystem(System):
             if subscription.kind == "sync-inline":
                 options["inline"] = True
             registry.subscribe(subscription.pattern, make_receiver(subscription), **options)
-        async with aevents.EventRuntime(registry, workers=WORKERS, buffer=BUFFER) as runtime:
+        async with aevents.EventRuntime(
+            registry,
+            workers=WORKERS,
+            buffer=BUFFER,
+            middleware=instrumentation(self.instrument),
+        ) as runtime:
             yield AeventsBus(runtime)
 
     @asynccontextmanager
@@ -129,8 +169,22 @@ def _system(name: str, backend: str, options: dict[str, Any], imports: str, note
     )
 
 
+def _instrumented(kind: str, note: str) -> System:
+    return AeventsSystem(
+        name=f"aevents-asyncio-{kind}",
+        family="aevents",
+        description=f"aevents EventRuntime(workers={WORKERS}, buffer={BUFFER}) on asyncio {note}",
+        semantics=SEMANTICS,
+        patterns=True,
+        startup_code=STARTUP_CODE.replace("{backend_import}", ""),
+        instrument=kind,
+    )
+
+
 SYSTEMS: list[System] = [
     _system("aevents-asyncio", "asyncio", {}, "", "on asyncio"),
     _system("aevents-uvloop", "asyncio", {"use_uvloop": True}, "import uvloop", "on uvloop"),
     _system("aevents-trio", "trio", {}, "import trio", "on trio"),
+    _instrumented("metrics", "with the Metrics middleware"),
+    _instrumented("tracing", "with Tracing on an SDK tracer provider that exports nothing"),
 ]
