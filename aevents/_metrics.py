@@ -13,8 +13,8 @@ each subscription owning one flat list of numbers, and a bucket is found by
 bisecting a tuple of bounds. Hooks run on
 the event loop's thread only, so there are no locks; ``snapshot()`` may be
 called from another thread (a Prometheus scrape): it copies each table and
-list in one step, which the GIL makes atomic, so a figure may trail another
-by the one attempt being counted, never more.
+list in one step that no other thread can interleave with, so a figure may
+trail another by the one attempt being counted, never more.
 """
 
 from __future__ import annotations
@@ -320,8 +320,10 @@ class Metrics(Middleware):
     def snapshot(self) -> MetricsSnapshot:
         """Every subscription's figures now, as frozen values."""
         subscriptions: dict[tuple[str, str], DeliveryMetrics] = {}
-        for pattern, receivers in list(self._records.items()):
-            for receiver_id, record in list(receivers.items()):
+        # dict.copy(), not list(d.items()): a garbage collection in the middle of the
+        # latter can run finalizers, and so let the loop's thread add a key under it.
+        for pattern, receivers in self._records.copy().items():
+            for receiver_id, record in receivers.copy().items():
                 subscriptions[pattern, receiver_id] = self._freeze(record[:])
         by_receiver: dict[str, DeliveryMetrics] = {}
         by_pattern: dict[str, DeliveryMetrics] = {}

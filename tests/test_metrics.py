@@ -263,7 +263,7 @@ async def test_a_snapshot_is_a_frozen_value_that_later_deliveries_leave_alone(
 async def test_snapshots_taken_on_another_thread_during_deliveries_never_fail(
     registry: Registry,
 ) -> None:
-    """A scrape thread reads while new subscriptions keep appearing; the figures add up."""
+    """A scrape thread reads while subscriptions appear and garbage is collected; all adds up."""
     errors: list[BaseException] = []
     stop = threading.Event()
 
@@ -274,8 +274,15 @@ async def test_snapshots_taken_on_another_thread_during_deliveries_never_fail(
             except BaseException as error:  # collected, then asserted on the loop
                 errors.append(error)
 
+    class Cycle:  # garbage whose collection runs Python code, in the middle of anything
+        def __init__(self) -> None:
+            self.me = self
+
+        def __del__(self) -> None:
+            [None for _ in range(3)]
+
     async def receiver(event: Event) -> None:
-        pass
+        Cycle()
 
     for index in range(COUNT):
         registry.subscribe(f"load:{index}", receiver, id=f"receiver-{index}")
