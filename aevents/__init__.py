@@ -41,6 +41,7 @@ from ._inspect import (
     UnmatchedPattern,
     inspect_routes,
 )
+from ._metrics import DeliveryMetrics, Histogram, Metrics, MetricsSnapshot
 from ._middleware import Middleware, Publishing
 from ._module import publish, publish_nowait, publish_threadsafe, subscribe, unsubscribe
 from ._names import validate_name, validate_pattern
@@ -85,13 +86,17 @@ __all__ = [
     "DeadLetter",
     "DeclaredName",
     "DeliveryInfo",
+    "DeliveryMetrics",
     "DuplicateEventError",
     "DuplicateReceiverError",
     "Event",
     "EventRuntime",
+    "Histogram",
     "InvalidEventNameError",
     "JournalInUseError",
     "MemoryStore",
+    "Metrics",
+    "MetricsSnapshot",
     "Middleware",
     "PayloadError",
     "PendingDelivery",

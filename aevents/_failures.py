@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.lowlevel import checkpoint
 
-from ._delivery import Item
+from ._delivery import DeliveryInfo, Item
 from ._event import new_event_id
+from ._middleware import MiddlewareStack, delivery_info, notify
 from ._policy import DeadLetter, RetryPolicy, describe_error, escape_control
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class FailureHandling:
     _dropped: int
     _dead_letters: dict[str, DeadLetter]
     _storms: set[tuple[str, str]]
+    _middleware: MiddlewareStack
 
     def _init_failures(self) -> None:
         self._retries: list[tuple[float, int, Item]] = []
@@ -114,6 +116,8 @@ class FailureHandling:
             heapq.heappush(self._retries, (due, next(self._retry_order), retry))
             if self._retry_wakeup is not None:
                 self._retry_wakeup.set()
+            if self._middleware.outcomes:
+                notify(self._middleware.outcomes, "on_retry", delivery_info(item), error, delay)
             return None
         self._storms.discard((event.id, subscription.receiver_id))
         self._dead += 1
@@ -137,6 +141,8 @@ class FailureHandling:
             exc_info=error,
             extra={**extra, "dead_letter_id": letter.id},
         )
+        if self._middleware.outcomes:
+            notify(self._middleware.outcomes, "on_dead_letter", delivery_info(item), letter)
         return letter
 
     def _keep_dead_letter(self, letter: DeadLetter) -> None:
@@ -144,13 +150,21 @@ class FailureHandling:
         self._dead_letters[letter.id] = letter
         if len(self._dead_letters) > self.max_dead_letters:
             oldest = next(iter(self._dead_letters))
-            del self._dead_letters[oldest]
+            evicted = self._dead_letters.pop(oldest)
             self._dropped += 1
             logger.warning(
                 "dead letter %s evicted: more than max_dead_letters=%d are kept",
                 oldest,
                 self.max_dead_letters,
             )
+            if self._middleware.outcomes:
+                notify(self._middleware.outcomes, "on_dropped", self._letter_info(evicted))
+
+    def _letter_info(self, letter: DeadLetter, replay: bool = False) -> DeliveryInfo:
+        """A dead letter as a ``DeliveryInfo``: its receiver's pattern as subscribed now."""
+        subscription = self.registry.receiver(letter.receiver_id)
+        pattern = "" if subscription is None else subscription.pattern
+        return DeliveryInfo(letter.event, letter.receiver_id, letter.attempts, pattern, replay)
 
     async def _run_retries(self) -> None:
         """Move failed deliveries back into the queue when their backoff is over."""

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Literal
 
 import anyio
 
-from ._delivery import Item, ReplayedAttempt, call_receiver, delivery_var
+from ._delivery import DeliveryInfo, Item, ReplayedAttempt, call_receiver, delivery_var
 from ._event import Event, new_event_id
 from ._exceptions import StoreError
-from ._middleware import MiddlewareStack, call_with_middleware
+from ._middleware import MiddlewareStack, call_with_middleware, notify
 from ._policy import DeadLetter, RetryPolicy
 
 if TYPE_CHECKING:
@@ -82,6 +82,7 @@ class Journaling:
         def _on_failure(
             self, item: Item, error: Exception, duration: float | None
         ) -> DeadLetter | None: ...
+        def _letter_info(self, letter: DeadLetter, replay: bool = False) -> DeliveryInfo: ...
 
     async def _append(self, event: Event, routes: tuple[Subscription, ...]) -> None:
         """Journal an event whose room in the buffer is reserved; on failure give the room back.
@@ -313,3 +314,6 @@ class Journaling:
             failed_at=datetime.now(UTC),
         )
         await self._journal_dead_letter(letter)
+        if self._middleware.outcomes:
+            info = self._letter_info(letter, replay=True)
+            notify(self._middleware.outcomes, "on_dead_letter", info, letter)

@@ -1,11 +1,13 @@
 """Metrics: delivery counters and histograms per subscription, kept by a middleware.
 
-``Metrics`` is an ordinary ``Middleware``: it times each attempt with the
-delivery hooks and keeps, per (pattern, receiver id), how many deliveries were
-routed, delivered, failed, retried, dead-lettered and dropped, a histogram of
-attempt durations and one of delivery latency (from the event's
-``occurred_at`` to the start of its first attempt). ``snapshot()`` returns all
-of it as frozen values; ``aevents.contrib.prometheus`` exposes it for scraping.
+``Metrics`` is an ordinary ``Middleware`` (``EventRuntime(metrics=True)``
+installs one first): it times each attempt with the delivery hooks, hears
+what became of failed deliveries through the outcome hooks, and keeps, per
+(pattern, receiver id), how many deliveries were routed, delivered, failed,
+retried, dead-lettered and dropped, a histogram of attempt durations and one
+of delivery latency (from the event's ``occurred_at`` to the start of its
+first attempt). ``snapshot()`` returns all of it as frozen values;
+``aevents.contrib.prometheus`` exposes it for scraping.
 
 The hot path is one ``after_delivery`` call per attempt, about 0.2 µs: once
 a subscription has been seen it creates nothing but the floats it adds up,
@@ -215,9 +217,10 @@ class Metrics(Middleware):
     measures every first attempt, at about 0.3 µs more per delivery.
 
     ``buckets`` are the histograms' upper bounds in seconds, ascending
-    (``DEFAULT_BUCKETS``: 5 µs to 60 s). Install it as the first middleware,
-    so that it also sees the attempts another middleware's ``before_delivery``
-    fails, and its durations include the other middleware's hooks.
+    (``DEFAULT_BUCKETS``: 5 µs to 60 s). ``EventRuntime(metrics=True)`` (or
+    ``metrics=Metrics(...)``) installs it as the first middleware, so that it
+    also sees the attempts another middleware's ``before_delivery`` fails, and
+    its durations include the other middleware's hooks.
     """
 
     def __init__(

@@ -29,6 +29,12 @@ The rules, the same for both pairs:
   variable it sets is seen by an async receiver, and by a sync receiver on a
   worker thread.
 
+Three more hooks say what became of a delivery, for metrics and alerts:
+``on_retry`` (a failed attempt will run again), ``on_dead_letter`` (it ran out
+of attempts) and ``on_dropped`` (shutdown left it unrun, or its dead letter
+was evicted). They are called on the loop's thread; one that raises is logged
+and ignored.
+
 Hooks cost nothing when no middleware overrides them.
 """
 
@@ -45,8 +51,18 @@ import attrs
 from ._delivery import DeliveryInfo, Item, ReplayedAttempt, call_receiver
 from ._event import Event
 from ._exceptions import ConfigurationError
+from ._policy import DeadLetter
 
-__all__ = ["Middleware", "MiddlewareStack", "PublishHooks", "Publishing", "call_with_middleware"]
+__all__ = [
+    "Middleware",
+    "MiddlewareStack",
+    "PublishHooks",
+    "Publishing",
+    "call_with_middleware",
+    "delivery_info",
+    "log_after_delivery_error",
+    "notify",
+]
 
 logger = logging.getLogger("aevents.middleware")
 
@@ -89,6 +105,22 @@ class Middleware:
     ) -> None:
         """Called after each attempt, with the error it failed with or None."""
 
+    def on_retry(self, delivery: DeliveryInfo, error: BaseException, delay: float) -> None:
+        """Called when a failed attempt is scheduled to run again in ``delay`` seconds."""
+
+    def on_dead_letter(self, delivery: DeliveryInfo, letter: DeadLetter) -> None:
+        """Called when a delivery runs out of attempts and becomes ``letter``.
+
+        Also for deliveries the journal replay parks as dead letters; then
+        ``delivery.pattern`` is empty if the receiver is no longer subscribed.
+        """
+
+    def on_dropped(self, delivery: DeliveryInfo) -> None:
+        """Called for each delivery shutdown leaves unrun: queued, waiting in its
+        key's lane or for a retry. An attempt that shutdown cancels is reported to
+        ``after_delivery`` instead, with the cancellation as its error. Also
+        called for each dead letter evicted past ``max_dead_letters``."""
+
 
 def _overrides(middleware: Middleware, *names: str) -> bool:
     kind = type(middleware)
@@ -102,12 +134,13 @@ class MiddlewareStack:
     keeps the hooks it started with while middleware is added or removed.
     """
 
-    __slots__ = ("all", "delivery", "publish")
+    __slots__ = ("all", "delivery", "outcomes", "publish")
 
     def __init__(self, middleware: Sequence[Middleware]) -> None:
         self.all: tuple[Middleware, ...] = ()
         self.publish: tuple[Middleware, ...] = ()
         self.delivery: tuple[Middleware, ...] = ()
+        self.outcomes: tuple[Middleware, ...] = ()
         for each in middleware:
             self.add(each)
 
@@ -134,6 +167,11 @@ class MiddlewareStack:
         )
         self.delivery = tuple(
             each for each in middleware if _overrides(each, "before_delivery", "after_delivery")
+        )
+        self.outcomes = tuple(
+            each
+            for each in middleware
+            if _overrides(each, "on_retry", "on_dead_letter", "on_dropped")
         )
 
 
@@ -243,15 +281,45 @@ def _after_delivery(
     try:
         middleware.after_delivery(delivery, state, error)
     except Exception:
-        logger.exception(
-            "middleware %r raised in after_delivery for receiver %r on %r; ignored",
-            middleware,
-            delivery.receiver_id,
-            delivery.event.name,
-            extra={
-                "event_id": delivery.event.id,
-                "event_name": delivery.event.name,
-                "receiver_id": delivery.receiver_id,
-                "attempt": delivery.attempt,
-            },
-        )
+        log_after_delivery_error(middleware, "after_delivery", delivery)
+
+
+def log_after_delivery_error(middleware: Middleware, hook: str, delivery: DeliveryInfo) -> None:
+    """Log the exception a middleware's hook raised about a delivery (call in ``except``)."""
+    logger.exception(
+        "middleware %r raised in %s for receiver %r on %r; ignored",
+        middleware,
+        hook,
+        delivery.receiver_id,
+        delivery.event.name,
+        extra={
+            "event_id": delivery.event.id,
+            "event_name": delivery.event.name,
+            "receiver_id": delivery.receiver_id,
+            "attempt": delivery.attempt,
+        },
+    )
+
+
+def delivery_info(item: Item) -> DeliveryInfo:
+    """The ``DeliveryInfo`` of a queued delivery (off the hot path, which inlines it)."""
+    event, subscription, attempt, _ = item
+    return _new_info(
+        DeliveryInfo,
+        (
+            event,
+            subscription.receiver_id,
+            attempt,
+            subscription.pattern,
+            type(attempt) is ReplayedAttempt,
+        ),
+    )
+
+
+def notify(hooks: tuple[Middleware, ...], hook: str, delivery: DeliveryInfo, *args: Any) -> None:
+    """Call one of the outcome hooks (``on_retry``, ...) of each middleware, in order."""
+    for middleware in hooks:
+        try:
+            getattr(middleware, hook)(delivery, *args)
+        except Exception:
+            log_after_delivery_error(middleware, hook, delivery)

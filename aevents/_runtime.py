@@ -36,7 +36,7 @@ import orjson
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from . import _catalog
-from ._delivery import Item, call_receiver, delivery_var
+from ._delivery import DeliveryInfo, Item, ReplayedAttempt, call_receiver, delivery_var
 from ._event import NO_METADATA, Event, make_event
 from ._exceptions import (
     AeventsError,
@@ -53,12 +53,16 @@ from ._failures import FailureHandling
 from ._idempotency import IDEMPOTENCY_KEY, IdempotencyWindow, validate_idempotency_key
 from ._journal import Journaling
 from ._lowlevel import cancelled_check_for_backend, leaf_errors
+from ._metrics import Metrics, MetricsSnapshot
 from ._middleware import (
     Middleware,
     MiddlewareStack,
     PublishHooks,
     Publishing,
     call_with_middleware,
+    delivery_info,
+    log_after_delivery_error,
+    notify,
 )
 from ._names import validate_name
 from ._ordering import KEYED_DEAD_LETTER_POLICIES, MAX_KEY_CHARS, Ordering
@@ -133,6 +137,8 @@ class RuntimeStats:
     """Deliveries waiting behind a dead letter that holds their key (``keyed_dead_letters``)."""
     repeated: int = 0
     """Publishes answered with an earlier event by their ``idempotency_key``."""
+    metrics: MetricsSnapshot | None = None
+    """Per-subscription counters and histograms, with ``EventRuntime(metrics=True)``."""
 
 
 class _Deferred(Exception):  # an internal signal that never escapes
@@ -175,6 +181,10 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
     from a limiter of the runtime's own, never from anyio's default one that
     the rest of the application uses. ``middleware`` hooks run around each
     publish and each delivery attempt (see ``aevents.Middleware``).
+    ``metrics=True`` (or an ``aevents.Metrics`` of your own) keeps delivery
+    counters and histograms per subscription, read with
+    ``runtime.metrics.snapshot()``; it runs as the first middleware, so it
+    sees every attempt.
     ``keyed_dead_letters`` says what a dead letter does to the later events of
     its ordering key (see ``publish``'s ``key``): ``"skip"`` past it, or
     ``"hold"`` them until it is redelivered or ``release_key`` is called.
@@ -201,13 +211,17 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
         max_dead_letters: int = 10_000,
         sync_threads: int | None = None,
         middleware: Sequence[Middleware] = (),
+        metrics: bool | Metrics = False,
         log_payloads: bool = False,
         keyed_dead_letters: Literal["skip", "hold"] = "skip",
         idempotency_window: float = 24 * 3600.0,
         max_idempotency_keys: int = 100_000,
     ) -> None:
         _check_config(locals())
-        self._middleware = MiddlewareStack(middleware)
+        self.metrics: Metrics | None = Metrics() if metrics is True else (metrics or None)
+        self._middleware = MiddlewareStack(
+            middleware if self.metrics is None else (self.metrics, *middleware)
+        )
         self.registry = registry if registry is not None else default_registry
         self.store = store
         self.workers = workers
@@ -368,6 +382,8 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
         if not left:
             return
         self._dropped += left
+        if self._middleware.outcomes:
+            self._notify_dropped()
         fate = (
             "they stay pending in the journal for the next start"
             if self.store is not None
@@ -388,6 +404,22 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
             fate,
             extra={"dropped": left, "unjournaled": self._unjournaled},
         )
+
+    def _notify_dropped(self) -> None:
+        """Tell the middleware about each delivery the stop left unrun (not those in flight,
+        whose cancelled attempts went to ``after_delivery``)."""
+        unrun: list[Item] = []
+        while True:
+            try:
+                unrun.append(self._receive.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+        for lane in self._lanes.values():
+            unrun.extend(lane or ())
+        unrun.extend(self._behind_replay or ())
+        unrun.extend(item for _, _, item in self._retries)
+        for item in unrun:
+            notify(self._middleware.outcomes, "on_dropped", delivery_info(item))
 
     async def _shutdown(self, tasks: anyio.abc.TaskGroup, *, cancelled: bool) -> None:
         """Stop accepting, drain within the shutdown timeout, cancel what is left."""
@@ -831,6 +863,7 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
         durable = self.store is not None
         middleware = self._middleware  # its tuples are replaced by add_middleware
         clock = perf_counter
+        new_info = tuple.__new__  # a DeliveryInfo without NamedTuple's __new__
         set_delivery = delivery_var.set
         since_yield = 0
         while True:
@@ -873,6 +906,34 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
                 hooks = middleware.delivery
                 if fast_ok and subscription.fast and not hooks:
                     await subscription.receiver(event)
+                elif fast_ok and subscription.fast and len(hooks) == 1:
+                    # One middleware (metrics, or tracing) around a plain async receiver,
+                    # inlined: call_with_middleware's coroutine costs 4% of throughput.
+                    hook = hooks[0]
+                    attempt = item[2]
+                    delivery = new_info(
+                        DeliveryInfo,
+                        (
+                            event,
+                            subscription.receiver_id,
+                            attempt,
+                            subscription.pattern,
+                            type(attempt) is ReplayedAttempt,
+                        ),
+                    )
+                    state = hook.before_delivery(delivery)
+                    try:
+                        await subscription.receiver(event)
+                    except BaseException as error:
+                        try:
+                            hook.after_delivery(delivery, state, error)
+                        except Exception:
+                            log_after_delivery_error(hook, "after_delivery", delivery)
+                        raise
+                    try:
+                        hook.after_delivery(delivery, state, None)
+                    except Exception:
+                        log_after_delivery_error(hook, "after_delivery", delivery)
                 else:
                     time_limit = (
                         subscription.timeout if subscription.timeout is not None else self.timeout
@@ -955,6 +1016,7 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
             active_keys=len(self._lanes),
             held=self._held_deliveries,
             repeated=self._repeated,
+            metrics=None if self.metrics is None else self.metrics.snapshot(),
         )
 
     def __repr__(self) -> str:
@@ -977,6 +1039,11 @@ def _check_config(arguments: dict[str, Any]) -> None:
         raise ConfigurationError(
             "EventRuntime",
             f"keyed_dead_letters must be 'skip' or 'hold', got {arguments['keyed_dead_letters']!r}",
+        )
+    metrics = arguments["metrics"]
+    if type(metrics) is not bool and not isinstance(metrics, Metrics):
+        raise ConfigurationError(
+            "EventRuntime", f"metrics must be True, False or an aevents.Metrics, got {metrics!r}"
         )
     sync_threads = arguments["sync_threads"]
     if sync_threads is not None and (type(sync_threads) is not int or sync_threads < 1):

@@ -81,5 +81,5 @@ async def catalogue() -> list[str]:
 
 
 @app.get("/stats")
-async def stats(events: Events) -> dict[str, int]:
+async def stats(events: Events) -> dict[str, int | None]:
     return attrs.asdict(events.stats())

@@ -21,7 +21,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 import aevents
 from aevents import DeliveryInfo, Event, Publishing, RetryPolicy
-from aevents._metrics import Metrics  # aevents.Metrics once the core exports it
 from aevents.contrib.otel import Tracing
 from aevents.contrib.prometheus import register
 
@@ -108,9 +107,9 @@ def show_spans(spans: tuple[ReadableSpan, ...]) -> None:
 
 
 async def main() -> None:
-    metrics = Metrics()
-    middleware = [metrics, Tracing(provider), Tenancy(), SlowAttempts(threshold=0.01)]
-    async with aevents.EventRuntime(middleware=middleware) as runtime:
+    metrics = aevents.Metrics()
+    middleware = [Tracing(provider), Tenancy(), SlowAttempts(threshold=0.01)]
+    async with aevents.EventRuntime(metrics=metrics, middleware=middleware) as runtime:
         prometheus = CollectorRegistry()
         register(runtime, prometheus)
         current_tenant.set("acme")

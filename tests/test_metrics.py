@@ -22,13 +22,13 @@ from aevents import (
     DeliveryInfo,
     Event,
     EventRuntime,
+    Histogram,
+    Metrics,
     Middleware,
     Registry,
     RetryPolicy,
 )
-
-# Not re-exported from aevents yet: the core integration (docs/metrics-core-patch.diff) does.
-from aevents._metrics import DEFAULT_BUCKETS, Histogram, Metrics
+from aevents._metrics import DEFAULT_BUCKETS
 
 pytestmark = pytest.mark.anyio
 
@@ -36,11 +36,6 @@ ONCE = RetryPolicy(attempts=1)
 TWICE = RetryPolicy(attempts=2, initial_delay=0, jitter=0)
 COUNT = 2000
 ROOT = Path(__file__).resolve().parents[1]
-NEEDS_CORE = pytest.mark.xfail(
-    reason="the runtime does not report retries, dead letters and drops to middleware yet "
-    "(docs/metrics-core-patch.diff)",
-    strict=True,
-)
 
 
 async def test_counts_each_subscription_and_adds_them_up_by_receiver_and_pattern(
@@ -384,10 +379,9 @@ def test_the_observability_example_runs_and_shows_every_part(backend: str) -> No
     assert "Traceback" not in out + result.stderr
 
 
-# ---------------------------------------------------------------- needs the core integration
+# ---------------------------------------------------------------- with the runtime's help
 
 
-@NEEDS_CORE
 async def test_retries_and_dead_letters_are_counted_per_subscription(registry: Registry) -> None:
     """A delivery failing both attempts counts one retry and one dead letter."""
 
@@ -406,7 +400,6 @@ async def test_retries_and_dead_letters_are_counted_per_subscription(registry: R
     assert (stats.failed, stats.retried, stats.dead) == (2, 1, 1)
 
 
-@NEEDS_CORE
 async def test_deliveries_left_queued_at_shutdown_count_as_dropped(registry: Registry) -> None:
     """Queued deliveries never run are dropped and routed; the in-flight one is dropped too."""
 
@@ -424,3 +417,72 @@ async def test_deliveries_left_queued_at_shutdown_count_as_dropped(registry: Reg
     figures = metrics.snapshot().by_receiver["stuck"]
     assert (figures.published, figures.dropped) == (3, 3)
     assert runtime.stats().dropped == 3
+
+
+async def test_an_evicted_dead_letter_counts_as_dropped_for_its_receiver(
+    registry: Registry,
+) -> None:
+    """Past max_dead_letters the oldest letter is evicted: dead, and now dropped too."""
+
+    async def broken(event: Event) -> None:
+        raise ValueError("broken")
+
+    registry.subscribe("job:run", broken, id="broken", retry=ONCE)
+    metrics = Metrics()
+    async with EventRuntime(registry, middleware=[metrics], max_dead_letters=1) as runtime:
+        await runtime.publish("job:run")
+        await runtime.publish("job:run")
+        with anyio.fail_after(5):
+            await runtime.drain()
+    figures = metrics.snapshot().by_receiver["broken"]
+    assert (figures.dead, figures.dropped) == (2, 1)
+    assert runtime.stats().dropped == 1
+
+
+async def test_metrics_true_runs_first_and_is_read_from_the_runtime(registry: Registry) -> None:
+    """EventRuntime(metrics=True) puts a Metrics before the other middleware, as runtime.metrics."""
+
+    class Other(Middleware):
+        def after_delivery(
+            self, delivery: DeliveryInfo, state: object, error: BaseException | None
+        ) -> None:
+            pass
+
+    async def receiver(event: Event) -> None:
+        pass
+
+    registry.subscribe("job:run", receiver, id="receiver")
+    other = Other()
+    async with EventRuntime(registry, metrics=True, middleware=[other]) as runtime:
+        await runtime.publish("job:run")
+        with anyio.fail_after(5):
+            await runtime.drain()
+    assert isinstance(runtime.metrics, Metrics)
+    assert runtime.middleware == (runtime.metrics, other)
+    assert runtime.metrics.snapshot().by_receiver["receiver"].delivered == 1
+    assert EventRuntime(registry).metrics is None
+
+
+@pytest.mark.parametrize("metrics", ["yes", 1, None, Histogram((1.0,), (0, 0), 0.0)])
+def test_the_metrics_argument_is_a_bool_or_a_metrics(metrics: object) -> None:
+    """Anything else is refused when the runtime is built."""
+    with pytest.raises(ConfigurationError, match="metrics must be True, False or an aevents"):
+        EventRuntime(metrics=metrics)  # type: ignore[arg-type]
+
+
+async def test_runtime_stats_carry_the_metrics_snapshot(registry: Registry) -> None:
+    """stats().metrics is the snapshot with metrics on, and None with them off."""
+
+    async def receiver(event: Event) -> None:
+        pass
+
+    registry.subscribe("order:placed", receiver, id="receiver")
+    async with EventRuntime(registry, metrics=True) as runtime:
+        await runtime.publish("order:placed")
+        with anyio.fail_after(5):
+            await runtime.drain()
+        snapshot = runtime.stats().metrics
+    assert snapshot is not None
+    assert snapshot.by_receiver["receiver"].delivered == 1
+    async with EventRuntime(registry) as runtime:
+        assert runtime.stats().metrics is None

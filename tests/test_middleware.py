@@ -403,3 +403,106 @@ async def test_payloads_are_logged_only_when_asked(
             await runtime.drain()
     (record,) = (record for record in caplog.records if record.name == "aevents.delivery")
     assert record.__dict__["payload"] == {"order": 7}
+
+
+class Outcomes(Middleware):
+    """Writes down what each outcome hook is told."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def on_retry(self, delivery: DeliveryInfo, error: BaseException, delay: float) -> None:
+        self.calls.append(("retry", delivery.receiver_id, delivery.attempt, type(error), delay))
+
+    def on_dead_letter(self, delivery: DeliveryInfo, letter: aevents.DeadLetter) -> None:
+        self.calls.append(("dead", delivery.receiver_id, delivery.attempt, letter.attempts))
+
+    def on_dropped(self, delivery: DeliveryInfo) -> None:
+        self.calls.append(("dropped", delivery.receiver_id, delivery.attempt))
+
+
+async def test_outcome_hooks_say_what_became_of_each_failed_delivery(registry: Registry) -> None:
+    """A failed attempt is reported as retried, then its last one as dead-lettered."""
+
+    async def broken(event: Event) -> None:
+        raise ValueError("broken")
+
+    registry.subscribe("order:placed", broken, id="broken", retry=TWICE)
+    outcomes = Outcomes()
+    async with EventRuntime(registry, middleware=[outcomes]) as runtime:
+        await runtime.publish("order:placed")
+        with anyio.fail_after(5):
+            await runtime.drain()
+    assert outcomes.calls == [("retry", "broken", 1, ValueError, 0), ("dead", "broken", 2, 2)]
+
+
+async def test_on_dropped_names_each_delivery_shutdown_leaves_unrun(registry: Registry) -> None:
+    """Queued deliveries are reported dropped; the one in flight goes to after_delivery."""
+
+    async def stuck(event: Event) -> None:
+        await anyio.sleep_forever()
+
+    registry.subscribe("order:placed", stuck, id="stuck")
+    outcomes = Outcomes()
+    runtime = EventRuntime(registry, workers=1, shutdown_timeout=0, middleware=[outcomes])
+    async with runtime:
+        for _ in range(3):
+            await runtime.publish("order:placed")
+        await wait_all_tasks_blocked()
+    assert outcomes.calls == [("dropped", "stuck", 1)] * 2
+    assert runtime.stats().dropped == 3
+
+
+async def test_a_broken_outcome_hook_is_logged_and_ignored(
+    registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An on_retry that raises changes nothing: the delivery is retried and delivered."""
+    attempts: list[int] = []
+
+    class Broken(Middleware):
+        def on_retry(self, delivery: DeliveryInfo, error: BaseException, delay: float) -> None:
+            raise RuntimeError("on_retry is broken")
+
+    async def flaky(event: Event) -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ValueError("once")
+
+    registry.subscribe("order:placed", flaky, id="flaky", retry=TWICE)
+    caplog.set_level(logging.ERROR, logger="aevents.middleware")
+    async with EventRuntime(registry, middleware=[Broken()]) as runtime:
+        await runtime.publish("order:placed")
+        with anyio.fail_after(5):
+            await runtime.drain()
+        stats = runtime.stats()
+    assert (stats.failed, stats.retried, stats.delivered) == (1, 1, 1)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("raised in on_retry for receiver 'flaky'" in m for m in messages)
+
+
+async def test_a_lone_middlewares_broken_after_delivery_changes_no_outcome(
+    registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With one middleware the worker runs its hooks itself; a raise there is logged too."""
+
+    class Broken(Middleware):
+        def after_delivery(
+            self, delivery: DeliveryInfo, state: Any, error: BaseException | None
+        ) -> None:
+            raise RuntimeError("after_delivery is broken")
+
+    async def receiver(event: Event) -> None:
+        if event.payload["fail"]:
+            raise ValueError("refused")
+
+    registry.subscribe("order:placed", receiver, id="receiver", retry=ONCE)
+    caplog.set_level(logging.ERROR, logger="aevents.middleware")
+    async with EventRuntime(registry, middleware=[Broken()]) as runtime:
+        await runtime.publish("order:placed", payload={"fail": False})
+        await runtime.publish("order:placed", payload={"fail": True})
+        with anyio.fail_after(5):
+            await runtime.drain()
+        stats = runtime.stats()
+    assert (stats.delivered, stats.failed, stats.dead) == (1, 1, 1)
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum("raised in after_delivery for receiver 'receiver'" in m for m in messages) == 2

@@ -14,8 +14,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, star
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from aevents import ConfigurationError, Event, EventRuntime, Registry, RetryPolicy
-from aevents._metrics import Metrics
+from aevents import ConfigurationError, Event, EventRuntime, Metrics, Registry, RetryPolicy
 from aevents.contrib.prometheus import register
 
 ONCE = RetryPolicy(attempts=1)
@@ -219,9 +218,8 @@ def test_the_core_never_imports_prometheus_client() -> None:
     """Running a runtime with metrics loads neither prometheus_client nor the contrib module."""
     code = (
         "import sys, anyio, aevents\n"
-        "from aevents._metrics import Metrics\n"
         "async def main():\n"
-        "    async with aevents.EventRuntime(middleware=[Metrics()]):\n"
+        "    async with aevents.EventRuntime(metrics=True):\n"
         "        await aevents.publish('a:b')\n"
         "anyio.run(main)\n"
         "print(sorted(m for m in sys.modules if m.partition('.')[0] == 'prometheus_client'"

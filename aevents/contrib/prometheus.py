@@ -4,8 +4,7 @@
 
     from aevents.contrib.prometheus import register
 
-    metrics = aevents.Metrics()
-    async with aevents.EventRuntime(middleware=[metrics]) as runtime:
+    async with aevents.EventRuntime(metrics=True) as runtime:
         register(runtime)          # on prometheus_client's default REGISTRY
 
 Each scrape reads ``runtime.stats()`` and the runtime's ``Metrics`` snapshot;
@@ -160,17 +159,20 @@ def register(
 ) -> RuntimeCollector:
     """Expose ``runtime``'s metrics on ``registry``; return the collector (to unregister it).
 
-    ``metrics`` defaults to the ``aevents.Metrics`` among the runtime's
-    middleware; without one this raises ``ConfigurationError``. One runtime
-    per registry: a second one would repeat the same series names.
+    ``metrics`` defaults to the runtime's (``EventRuntime(metrics=True)``), or
+    else the ``aevents.Metrics`` among its middleware; without one this raises
+    ``ConfigurationError``. One runtime per registry: a second one would repeat
+    the same series names.
     """
     if metrics is None:
         found = [each for each in runtime.middleware if isinstance(each, Metrics)]
+        if runtime.metrics is not None:
+            found.insert(0, runtime.metrics)
         if not found:
             raise ConfigurationError(
                 "aevents.contrib.prometheus.register",
                 f"{runtime!r} has no aevents.Metrics middleware to expose; "
-                "create it with EventRuntime(middleware=[aevents.Metrics(), ...])",
+                "create it with EventRuntime(metrics=True)",
             )
         metrics = found[0]
     collector = RuntimeCollector(runtime, metrics)

@@ -76,9 +76,9 @@ class AeventsBus:
 def instrumentation(kind: str) -> list[Any]:
     """The middleware of an instrumented variant ("" for none)."""
     if kind == "metrics":
-        from aevents._metrics import Metrics
+        import aevents
 
-        return [Metrics()]
+        return [aevents.Metrics()]
     if kind == "tracing":
         from benchmarks.systems.base import Unavailable
 
