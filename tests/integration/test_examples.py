@@ -79,3 +79,15 @@ def test_the_readme_ordering_sections_quote_the_example() -> None:
     assert len(snippets) == 3
     for snippet in snippets:
         assert any(textwrap.indent(snippet, " " * depth) in example for depth in (0, 4, 8)), snippet
+
+
+def test_the_readme_observability_section_quotes_the_example() -> None:
+    """Each Python snippet of the Observability section is copied from examples/observability.py."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("\n## Observability\n")
+    section = readme[start : readme.index("\n## ", start + 1)]
+    example = (ROOT / "examples" / "observability.py").read_text()
+    snippets = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(snippets) >= 4
+    for snippet in snippets:
+        assert any(textwrap.indent(snippet, " " * depth) in example for depth in (0, 4, 8)), snippet
