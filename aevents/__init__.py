@@ -34,14 +34,6 @@ from ._exceptions import (
     StoreError,
     UnknownEventError,
 )
-from ._inspect import (
-    DeclaredName,
-    ReceiverMatch,
-    RoutingReport,
-    UnmatchedPattern,
-    inspect_routes,
-)
-from ._metrics import DeliveryMetrics, Histogram, Metrics, MetricsSnapshot
 from ._middleware import Middleware, Publishing
 from ._module import publish, publish_nowait, publish_threadsafe, subscribe, unsubscribe
 from ._names import validate_name, validate_pattern
@@ -51,10 +43,28 @@ from ._runtime import EventRuntime, RuntimeStats, current_runtime
 from ._store._protocol import PendingDelivery, Store, StoreStats
 
 if _TYPE_CHECKING:
+    from ._inspect import (
+        DeclaredName,
+        ReceiverMatch,
+        RoutingReport,
+        UnmatchedPattern,
+        inspect_routes,
+    )
+    from ._metrics import DeliveryMetrics, Histogram, Metrics, MetricsSnapshot
     from ._store._memory import MemoryStore
     from ._store._sqlite import SQLiteStore
 
     __version__: str
+
+
+# Loaded on first use: the routing report needs difflib, metrics bisect and math.
+_LAZY = {
+    **dict.fromkeys(
+        ("DeclaredName", "ReceiverMatch", "RoutingReport", "UnmatchedPattern", "inspect_routes"),
+        "._inspect",
+    ),
+    **dict.fromkeys(("DeliveryMetrics", "Histogram", "Metrics", "MetricsSnapshot"), "._metrics"),
+}
 
 
 def __getattr__(name: str) -> _Any:
@@ -64,6 +74,10 @@ def __getattr__(name: str) -> _Any:
         from ._store._sqlite import SQLiteStore
 
         return SQLiteStore
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(_LAZY[name], __name__), name)
     if name == "MemoryStore":
         from ._store._memory import MemoryStore
 

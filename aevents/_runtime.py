@@ -27,7 +27,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from time import perf_counter
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
 import anyio.from_thread
@@ -53,7 +53,6 @@ from ._failures import FailureHandling
 from ._idempotency import IDEMPOTENCY_KEY, IdempotencyWindow, validate_idempotency_key
 from ._journal import Journaling
 from ._lowlevel import cancelled_check_for_backend, leaf_errors
-from ._metrics import Metrics, MetricsSnapshot
 from ._middleware import (
     Middleware,
     MiddlewareStack,
@@ -70,6 +69,9 @@ from ._payload import DEFAULT_MAX_PAYLOAD_BYTES, encode_metadata, encode_payload
 from ._policy import DeadLetter, RetryPolicy
 from ._registry import Registry, Subscription, default_registry
 from ._store._protocol import Store
+
+if TYPE_CHECKING:
+    from ._metrics import Metrics, MetricsSnapshot
 
 __all__ = ["EventRuntime", "RuntimeStats", "current_runtime"]
 
@@ -218,7 +220,11 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
         max_idempotency_keys: int = 100_000,
     ) -> None:
         _check_config(locals())
-        self.metrics: Metrics | None = Metrics() if metrics is True else (metrics or None)
+        if metrics is True:
+            from ._metrics import Metrics  # loaded only when asked for
+
+            metrics = Metrics()
+        self.metrics: Metrics | None = metrics or None
         self._middleware = MiddlewareStack(
             middleware if self.metrics is None else (self.metrics, *middleware)
         )
@@ -1041,10 +1047,14 @@ def _check_config(arguments: dict[str, Any]) -> None:
             f"keyed_dead_letters must be 'skip' or 'hold', got {arguments['keyed_dead_letters']!r}",
         )
     metrics = arguments["metrics"]
-    if type(metrics) is not bool and not isinstance(metrics, Metrics):
-        raise ConfigurationError(
-            "EventRuntime", f"metrics must be True, False or an aevents.Metrics, got {metrics!r}"
-        )
+    if type(metrics) is not bool:
+        from ._metrics import Metrics  # already imported by whoever made one
+
+        if not isinstance(metrics, Metrics):
+            raise ConfigurationError(
+                "EventRuntime",
+                f"metrics must be True, False or an aevents.Metrics, got {metrics!r}",
+            )
     sync_threads = arguments["sync_threads"]
     if sync_threads is not None and (type(sync_threads) is not int or sync_threads < 1):
         raise ConfigurationError(
