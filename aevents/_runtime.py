@@ -505,7 +505,7 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
             await self._checkpoint_if_cancelled()
         elif cancelled():
             await checkpoint()
-        if idempotency_key is not None or (metadata is not None and IDEMPOTENCY_KEY in metadata):
+        if idempotency_key is not None or (metadata is not None and _claims_key(metadata)):
             return await self._publish_once(name, payload, metadata, key, idempotency_key)
         if self._middleware.publish:
             return await self._publish_with_middleware(name, payload, metadata, key)
@@ -619,7 +619,7 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
         delivered, so it is not yet durable when this returns: a crash in
         that window loses it. Use ``await publish()`` where that matters.
         """
-        if metadata is not None and IDEMPOTENCY_KEY in metadata:
+        if metadata is not None and _claims_key(metadata):
             raise PayloadError(
                 name,
                 f"metadata[{IDEMPOTENCY_KEY!r}]",
@@ -1084,3 +1084,11 @@ def _bad_key(name: str, key: object) -> PayloadError:
     if type(key) is not str:
         return PayloadError(name, "key", f"expected str, got {type(key).__name__}")
     return PayloadError(name, "key", f"must be 1 to {MAX_KEY_CHARS} characters, got {len(key)}")
+
+
+def _claims_key(metadata: object) -> bool:
+    """Whether caller-given metadata sets the entry ``idempotency_key=`` owns.
+
+    Anything that is not a mapping is left for ``encode_metadata`` to refuse.
+    """
+    return (type(metadata) is dict or isinstance(metadata, Mapping)) and IDEMPOTENCY_KEY in metadata

@@ -222,3 +222,15 @@ async def test_the_journal_forgets_keys_past_the_window_while_running(registry: 
             await anyio.sleep(0.01)
         else:
             pytest.fail("the expired key record was never forgotten")
+
+
+@pytest.mark.parametrize("metadata", [5, "idempotency_key", ["idempotency_key"]])
+async def test_metadata_that_is_not_a_mapping_is_still_a_payload_error(
+    registry: Registry, metadata: object
+) -> None:
+    """The reserved-entry check leaves bad metadata to the usual PayloadError."""
+    async with EventRuntime(registry) as runtime:
+        with pytest.raises(aevents.PayloadError, match="metadata: expected a mapping"):
+            await runtime.publish("order:paid", metadata=metadata)  # type: ignore[arg-type]
+        with pytest.raises(aevents.PayloadError, match="metadata: expected a mapping"):
+            runtime.publish_nowait("order:paid", metadata=metadata)  # type: ignore[arg-type]
