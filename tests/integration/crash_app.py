@@ -4,12 +4,15 @@
 
 MODE is ``publish`` (publish COUNT events numbered from START, writing each
 event id to LOG as ``ack <id>`` once publish returned, then drain and exit),
-``replay`` (start, drain what the journal holds, exit), ``crashloop``
+``replay`` (start, drain what the journal holds, exit), ``resume`` (start and,
+while the journal replays, publish COUNT more from START, then drain), ``crashloop``
 (publish one event to a receiver that SIGKILLs the process on every attempt)
 or ``letters`` (print the journal's dead letters). Each ``ack`` line also
 goes to stdout, so a test can kill the process right after a given number of
-acknowledged publishes. ``AEVENTS_BACKEND`` picks the backend. Receivers append
-``done <receiver> <event id>`` to LOG before returning. Every line is written
+acknowledged publishes. ``AEVENTS_BACKEND`` picks the backend; ``CRASH_KEYS=N``
+publishes with ordering keys ``k0`` to ``k<N-1>`` (event n gets ``k<n % N>``).
+Each run writes ``started`` to LOG first. Receivers append
+``done <receiver> <event id> <key> <n>`` to LOG before returning. Every line is written
 with one ``os.write`` to an ``O_APPEND`` file, so a kill never tears a line.
 """
 
@@ -31,6 +34,7 @@ def main() -> None:
     count = int(sys.argv[4]) if len(sys.argv) > 4 else 0
     start = int(sys.argv[5]) if len(sys.argv) > 5 else 0
     log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    keys = int(os.environ.get("CRASH_KEYS", "0"))
 
     def write(line: str) -> None:
         os.write(log, (line + "\n").encode())
@@ -38,11 +42,13 @@ def main() -> None:
     registry = aevents.Registry()
 
     async def first(event: Event) -> None:
+        if keys:  # uneven work: without ordering, one key's events would overtake each other
+            await anyio.sleep(0.0005 * ((event.payload["n"] // keys) % 4))
         await anyio.lowlevel.checkpoint()
-        write(f"done first {event.id}")
+        write(f"done first {event.id} {event.key} {event.payload.get('n')}")
 
     def second(event: Event) -> None:  # a sync receiver, on a worker thread
-        write(f"done second {event.id}")
+        write(f"done second {event.id} {event.key} {event.payload.get('n')}")
 
     async def killer(event: Event) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -56,10 +62,13 @@ def main() -> None:
     async def run() -> None:
         store = aevents.SQLiteStore(journal)
         async with aevents.EventRuntime(registry, store=store, workers=4, buffer=64) as runtime:
-            if mode == "publish":
-                write("started")
+            write("started")
+            if mode in ("publish", "resume"):
                 for number in range(start, start + count):
-                    event = await runtime.publish("crash:test:event", payload={"n": number})
+                    key = f"k{number % keys}" if keys else None
+                    event = await runtime.publish(
+                        "crash:test:event", payload={"n": number}, key=key
+                    )
                     write(f"ack {event.id}")
                     print("ack", flush=True)
             elif mode == "crashloop":

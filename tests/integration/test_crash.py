@@ -20,23 +20,31 @@ IN_FLIGHT = WORKERS * BATCH  # the most deliveries a kill can catch between atte
 pytestmark = pytest.mark.parametrize("backend", ["asyncio", "trio"])
 
 
-def _env(backend: str) -> dict[str, str]:
-    return {**os.environ, "AEVENTS_BACKEND": backend}
+def _env(backend: str, keys: int = 0) -> dict[str, str]:
+    return {**os.environ, "AEVENTS_BACKEND": backend, "CRASH_KEYS": str(keys)}
 
 
-def _run(backend: str, journal: Path, log: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    backend: str, journal: Path, log: Path, *args: str, keys: int = 0
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(APP), str(journal), str(log), *args],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
-        env=_env(backend),
+        env=_env(backend, keys),
     )
 
 
 def _publish_and_kill(
-    backend: str, journal: Path, log: Path, count: int, start: int, kill_after: int
+    backend: str,
+    journal: Path,
+    log: Path,
+    count: int,
+    start: int,
+    kill_after: int,
+    keys: int = 0,
 ) -> None:
     """Publish `count` events and SIGKILL the process once `kill_after` were acknowledged."""
     process = subprocess.Popen(
@@ -44,7 +52,7 @@ def _publish_and_kill(
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env=_env(backend),
+        env=_env(backend, keys),
     )
     assert process.stdout is not None
     acknowledged = 0
@@ -136,3 +144,31 @@ def test_random_kills_never_lose_an_acknowledged_event(backend: str, tmp_path: P
         assert acknowledged <= set(done[receiver])
         reruns = sum(times - 1 for times in done[receiver].values())
         assert reruns <= IN_FLIGHT * kills
+
+
+def test_each_key_stays_in_order_across_kills_and_replays(backend: str, tmp_path: Path) -> None:
+    """Keyed events: within every run, each receiver completes each key in publish order."""
+    journal, log = tmp_path / "events.db", tmp_path / "log"
+    for round_number in range(3):
+        _publish_and_kill(
+            backend, journal, log, count=600, start=round_number * 1000, kill_after=250, keys=5
+        )
+    # The restart replays what is pending while it publishes newer events of the same keys.
+    final = _run(backend, journal, log, "resume", "100", "9000", keys=5)
+    assert final.returncode == 0, final.stderr
+    acknowledged, done = _read(log)
+    runs: list[dict[tuple[str, str], list[int]]] = []
+    for line in log.read_text().splitlines():
+        kind, *rest = line.split()
+        if kind == "started":
+            runs.append(collections.defaultdict(list))
+        elif kind == "done":
+            receiver, _, key, number = rest
+            runs[-1][receiver, key].append(int(number))
+    assert len(runs) == 4
+    for index, run in enumerate(runs):
+        for (receiver, key), numbers in run.items():
+            assert numbers == sorted(set(numbers)), f"run {index}: {receiver} {key} out of order"
+    assert {key for _, key in runs[-1]} == {f"k{n}" for n in range(5)}
+    for receiver in ("first", "second"):
+        assert acknowledged <= set(done[receiver])
