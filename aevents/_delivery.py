@@ -27,6 +27,7 @@ __all__ = [
     "ReplayedAttempt",
     "call_receiver",
     "current_delivery",
+    "delivery_info",
     "delivery_var",
 ]
 
@@ -77,13 +78,24 @@ def current_delivery() -> DeliveryInfo | None:
     item = delivery_var.get()
     if item is None:
         return None
+    return delivery_info(item)
+
+
+_new_info = tuple.__new__  # a NamedTuple without its __new__'s argument handling
+
+
+def delivery_info(item: Item) -> DeliveryInfo:
+    """The ``DeliveryInfo`` of a queued delivery (the worker's one-middleware path inlines it)."""
     event, subscription, attempt, _ = item
-    return DeliveryInfo(
-        event,
-        subscription.receiver_id,
-        attempt,
-        subscription.pattern,
-        type(attempt) is ReplayedAttempt,
+    return _new_info(
+        DeliveryInfo,
+        (
+            event,
+            subscription.receiver_id,
+            attempt,
+            subscription.pattern,
+            type(attempt) is ReplayedAttempt,
+        ),
     )
 
 

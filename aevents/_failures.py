@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.lowlevel import checkpoint
 
-from ._delivery import DeliveryInfo, Item
+from ._delivery import DeliveryInfo, Item, delivery_info
 from ._event import new_event_id
-from ._middleware import MiddlewareStack, delivery_info, notify
+from ._middleware import MiddlewareStack, notify
 from ._policy import DeadLetter, RetryPolicy, describe_error, escape_control
 
 if TYPE_CHECKING:

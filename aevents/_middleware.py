@@ -48,7 +48,7 @@ from typing import Any
 import anyio
 import attrs
 
-from ._delivery import DeliveryInfo, Item, ReplayedAttempt, call_receiver
+from ._delivery import DeliveryInfo, Item, call_receiver, delivery_info
 from ._event import Event
 from ._exceptions import ConfigurationError
 from ._policy import DeadLetter
@@ -59,7 +59,6 @@ __all__ = [
     "PublishHooks",
     "Publishing",
     "call_with_middleware",
-    "delivery_info",
     "log_after_delivery_error",
     "notify",
 ]
@@ -228,9 +227,6 @@ class PublishHooks:
                 )
 
 
-_new_info = tuple.__new__
-
-
 async def call_with_middleware(
     hooks: tuple[Middleware, ...],
     item: Item,
@@ -238,17 +234,8 @@ async def call_with_middleware(
     limiter: anyio.CapacityLimiter,
 ) -> None:
     """One attempt of one delivery with the delivery hooks around it."""
-    event, subscription, attempt, _ = item
-    delivery = _new_info(
-        DeliveryInfo,
-        (
-            event,
-            subscription.receiver_id,
-            attempt,
-            subscription.pattern,
-            type(attempt) is ReplayedAttempt,
-        ),
-    )
+    event, subscription = item[0], item[1]
+    delivery = delivery_info(item)
     if len(hooks) == 1:  # the common case (metrics, or tracing), without the bookkeeping
         middleware = hooks[0]
         state = middleware.before_delivery(delivery)
@@ -298,21 +285,6 @@ def log_after_delivery_error(middleware: Middleware, hook: str, delivery: Delive
             "receiver_id": delivery.receiver_id,
             "attempt": delivery.attempt,
         },
-    )
-
-
-def delivery_info(item: Item) -> DeliveryInfo:
-    """The ``DeliveryInfo`` of a queued delivery (off the hot path, which inlines it)."""
-    event, subscription, attempt, _ = item
-    return _new_info(
-        DeliveryInfo,
-        (
-            event,
-            subscription.receiver_id,
-            attempt,
-            subscription.pattern,
-            type(attempt) is ReplayedAttempt,
-        ),
     )
 
 

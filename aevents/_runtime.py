@@ -36,7 +36,14 @@ import orjson
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from . import _catalog
-from ._delivery import DeliveryInfo, Item, ReplayedAttempt, call_receiver, delivery_var
+from ._delivery import (
+    DeliveryInfo,
+    Item,
+    ReplayedAttempt,
+    call_receiver,
+    delivery_info,
+    delivery_var,
+)
 from ._event import NO_METADATA, Event, make_event
 from ._exceptions import (
     AeventsError,
@@ -59,7 +66,6 @@ from ._middleware import (
     PublishHooks,
     Publishing,
     call_with_middleware,
-    delivery_info,
     log_after_delivery_error,
     notify,
 )
