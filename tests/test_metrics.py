@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
 import sys
 import threading
 from functools import partial
@@ -340,43 +339,6 @@ def test_nonsense_buckets_or_intervals_are_refused(options: dict[str, Any], prob
     """Bounds must be positive, finite and ascending; the interval a number of seconds."""
     with pytest.raises(ConfigurationError, match=problem):
         Metrics(**options)
-
-
-@pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
-def test_the_observability_example_runs_and_shows_every_part(backend: str) -> None:
-    """examples/observability.py (the README's snippets) prints metrics, a scrape and spans."""
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "observability.py"), backend],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
-    assert f"observability example on {backend}" in out
-    assert "charging order 1 for tenant acme" in out
-    assert "receipt for shop:order:paid sent to tenant acme" in out
-    assert "slow: charge-card took" in out
-    assert "charge-card: published=1 delivered=1 failed=0 p99 duration=" in out
-    assert "send-receipt: published=2 delivered=2 failed=1 p99 duration=" in out
-    assert (
-        'scrape: aevents_deliveries_delivered_total{pattern="shop:order:*",receiver="send-receipt"}'
-        " 2.0"
-    ) in out
-    tree = out[out.index("spans of the order's trace:") :].splitlines()[1:]
-    assert tree == [
-        "  internal POST /orders",
-        "    producer publish shop:order:placed",
-        "      consumer process shop:order:placed [charge-card, attempt 1, UNSET]",
-        "        internal call payment provider",
-        "        producer publish shop:order:paid",
-        "          consumer process shop:order:paid [send-receipt, attempt 1, ERROR]",
-        "          consumer process shop:order:paid [send-receipt, attempt 2, UNSET]",
-        "      consumer process shop:order:placed [send-receipt, attempt 1, UNSET]",
-    ]
-    assert "Traceback" not in out + result.stderr
 
 
 # ---------------------------------------------------------------- with the runtime's help

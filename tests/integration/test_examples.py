@@ -1,4 +1,4 @@
-"""The README's quick start: the demo runs, as a real process, on every backend."""
+"""The examples run as real processes on every backend, and the README quotes them."""
 
 from __future__ import annotations
 
@@ -13,17 +13,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
-def test_the_demo_runs_and_shows_every_feature(backend: str) -> None:
-    """examples/demo.py exits 0 and prints what each part of the tour promises."""
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "demo.py"), backend],
+def _run_example(script: str, backend: str) -> subprocess.CompletedProcess[str]:
+    """Run examples/<script> on ``backend`` as a real process, from the project root."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "examples" / script), backend],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
         cwd=ROOT,
     )
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
+def test_the_demo_runs_and_shows_every_feature(backend: str) -> None:
+    """examples/demo.py exits 0 and prints what each part of the tour promises."""
+    result = _run_example("demo.py", backend)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert f"demo on {backend}" in out
@@ -43,14 +48,7 @@ def test_the_demo_runs_and_shows_every_feature(backend: str) -> None:
 @pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
 def test_the_ordering_example_keeps_each_account_in_order(backend: str) -> None:
     """examples/ordering.py applies each account's moves in order, once, and pays once."""
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "ordering.py"), backend],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
-    )
+    result = _run_example("ordering.py", backend)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"ordering example on {backend}"
@@ -91,3 +89,33 @@ def test_the_readme_observability_section_quotes_the_example() -> None:
     assert len(snippets) >= 4
     for snippet in snippets:
         assert any(textwrap.indent(snippet, " " * depth) in example for depth in (0, 4, 8)), snippet
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
+def test_the_observability_example_runs_and_shows_every_part(backend: str) -> None:
+    """examples/observability.py (the README's snippets) prints metrics, a scrape and spans."""
+    result = _run_example("observability.py", backend)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"observability example on {backend}" in out
+    assert "charging order 1 for tenant acme" in out
+    assert "receipt for shop:order:paid sent to tenant acme" in out
+    assert "slow: charge-card took" in out
+    assert "charge-card: published=1 delivered=1 failed=0 p99 duration=" in out
+    assert "send-receipt: published=2 delivered=2 failed=1 p99 duration=" in out
+    assert (
+        'scrape: aevents_deliveries_delivered_total{pattern="shop:order:*",receiver="send-receipt"}'
+        " 2.0"
+    ) in out
+    tree = out[out.index("spans of the order's trace:") :].splitlines()[1:]
+    assert tree == [
+        "  internal POST /orders",
+        "    producer publish shop:order:placed",
+        "      consumer process shop:order:placed [charge-card, attempt 1, UNSET]",
+        "        internal call payment provider",
+        "        producer publish shop:order:paid",
+        "          consumer process shop:order:paid [send-receipt, attempt 1, ERROR]",
+        "          consumer process shop:order:paid [send-receipt, attempt 2, UNSET]",
+        "      consumer process shop:order:placed [send-receipt, attempt 1, UNSET]",
+    ]
+    assert "Traceback" not in out + result.stderr
