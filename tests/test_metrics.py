@@ -6,7 +6,6 @@ import math
 import sys
 import threading
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -34,7 +33,6 @@ pytestmark = pytest.mark.anyio
 ONCE = RetryPolicy(attempts=1)
 TWICE = RetryPolicy(attempts=2, initial_delay=0, jitter=0)
 COUNT = 2000
-ROOT = Path(__file__).resolve().parents[1]
 
 
 async def test_counts_each_subscription_and_adds_them_up_by_receiver_and_pattern(
