@@ -41,7 +41,8 @@ Hooks cost nothing when no middleware overrides them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -133,13 +134,15 @@ class MiddlewareStack:
     keeps the hooks it started with while middleware is added or removed.
     """
 
-    __slots__ = ("all", "delivery", "outcomes", "publish")
+    __slots__ = ("all", "count", "delivery", "outcomes", "publish")
 
     def __init__(self, middleware: Sequence[Middleware]) -> None:
         self.all: tuple[Middleware, ...] = ()
         self.publish: tuple[Middleware, ...] = ()
         self.delivery: tuple[Middleware, ...] = ()
         self.outcomes: tuple[Middleware, ...] = ()
+        self.count: Callable[[str, str, int, Event, float, BaseException | None], None] | None
+        self.count = None
         for each in middleware:
             self.add(each)
 
@@ -172,6 +175,14 @@ class MiddlewareStack:
             for each in middleware
             if _overrides(each, "on_retry", "on_dead_letter", "on_dropped")
         )
+        # When the only delivery middleware is a plain aevents.Metrics (not a subclass,
+        # whose hooks may differ), the worker calls its count() in place of the hooks,
+        # timing the attempt itself. aevents._metrics is loaded if a Metrics exists.
+        self.count = None
+        if len(self.delivery) == 1:
+            metrics = sys.modules.get("aevents._metrics")
+            if metrics is not None and type(self.delivery[0]) is metrics.Metrics:
+                self.count = self.delivery[0].count  # type: ignore[attr-defined]
 
 
 class PublishHooks:

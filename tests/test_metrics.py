@@ -446,3 +446,71 @@ async def test_runtime_stats_carry_the_metrics_snapshot(registry: Registry) -> N
     assert snapshot.by_receiver["receiver"].delivered == 1
     async with EventRuntime(registry) as runtime:
         assert runtime.stats().metrics is None
+
+
+class _Subclassed(Metrics):
+    """A Metrics subclass: the runtime goes through its hooks, never the shortcut."""
+
+
+class _Passing(Middleware):
+    def before_delivery(self, delivery: DeliveryInfo) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("build", "shortcut"),
+    [
+        pytest.param(lambda: (Metrics(latency_interval=0),), True, id="metrics-alone"),
+        pytest.param(lambda: (_Subclassed(latency_interval=0),), False, id="subclass"),
+        pytest.param(
+            lambda: (Metrics(latency_interval=0), _Passing()), False, id="with-another-middleware"
+        ),
+    ],
+)
+async def test_the_counting_shortcut_counts_what_the_hooks_count(
+    registry: Registry, build: Any, shortcut: bool
+) -> None:
+    """Alone, a plain Metrics is counted by the worker without its hooks; the figures for
+    deliveries, failures, retries, dead letters and cancellations match the hooks' path."""
+    calls: dict[str, int] = {}
+    gate = anyio.Event()
+
+    async def flaky(event: Event) -> None:
+        calls[event.id] = calls.get(event.id, 0) + 1
+        if event.payload["n"] % 3 == 0 and calls[event.id] == 1:
+            raise ConnectionError("again")
+
+    async def broken(event: Event) -> None:
+        raise ValueError("never works")
+
+    async def stuck(event: Event) -> None:
+        gate.set()
+        await anyio.sleep_forever()
+
+    registry.subscribe("job:run", flaky, id="flaky", retry=TWICE)
+    registry.subscribe("job:fail", broken, id="broken", retry=TWICE)
+    registry.subscribe("job:stuck", stuck, id="stuck")
+    middleware = build()
+    metrics = middleware[0]
+    async with EventRuntime(registry, middleware=middleware, shutdown_timeout=0) as runtime:
+        assert (runtime._middleware.count is not None) is shortcut
+        for n in range(30):
+            await runtime.publish("job:run", payload={"n": n})
+        await runtime.publish("job:fail")
+        with anyio.fail_after(5):
+            await runtime.drain()
+        await runtime.publish("job:stuck")
+        with anyio.fail_after(5):
+            await gate.wait()
+    snapshot = metrics.snapshot()
+    flaky_figures = snapshot.by_receiver["flaky"]
+    assert (flaky_figures.published, flaky_figures.delivered) == (30, 30)
+    assert (flaky_figures.failed, flaky_figures.retried) == (10, 10)
+    assert flaky_figures.duration.count == 40
+    assert flaky_figures.latency.count == 30  # every first attempt, none of the retries
+    broken_figures = snapshot.by_receiver["broken"]
+    assert (broken_figures.failed, broken_figures.retried, broken_figures.dead) == (2, 1, 1)
+    assert broken_figures.duration.count == 2
+    stuck_figures = snapshot.by_receiver["stuck"]
+    assert (stuck_figures.delivered, stuck_figures.failed, stuck_figures.dropped) == (0, 0, 1)
+    assert stuck_figures.duration.count == 1  # the cancelled attempt was timed
