@@ -56,6 +56,7 @@ class Journaling:
     store: Store | None
     retry: RetryPolicy
     timeout: float | None
+    buffer: int
     _send: MemoryObjectSendStream[Item]
     _epoch: Epoch
     _limiter: anyio.CapacityLimiter
@@ -139,12 +140,22 @@ class Journaling:
         if self._replaying is not None:
             self._replaying.add(event_id)
 
-    async def _deliver_durably(self, items: list[Item]) -> None:
-        """Run a batch of deliveries with a store: record the attempts, run, mark done.
+    def _init_journaling(self) -> None:
+        # Deliveries that ran, waiting for _complete_durably to mark them done.
+        self._to_complete: list[Item] = []
+        self._completing = 0  # taken by _complete_durably, not yet committed
+        self._completions_wanted: anyio.Event | None = None  # set to wake _complete_durably
+        self._completion_room: anyio.Event | None = None  # set when the backlog shrinks
 
-        One journal write records every attempt before any receiver runs and
-        one marks the successes done, so a busy runtime pays two commits per
-        batch, not per delivery. A kill re-runs at most the batches in flight.
+    async def _deliver_durably(self, items: list[Item]) -> None:
+        """Run a batch of deliveries with a store: record the attempts, run, hand over.
+
+        One journal write records every attempt before any receiver runs. The
+        successes go to ``_complete_durably``, which marks what every worker
+        finished done in one write while the workers go on with their next
+        batch, so a busy runtime pays about one commit per batch, not per
+        delivery, and a worker never waits for a completion. A kill re-runs at
+        most the batches in flight and the completions not yet committed.
         """
         assert self.store is not None
         try:
@@ -158,10 +169,9 @@ class Journaling:
             for item in items:
                 await self._failed_durably(item, error, None)
             return
-        done: list[tuple[str, str]] = []
         finished: list[Item] = []
         for item in items:
-            event, subscription, _, epoch = item
+            event, subscription = item[0], item[1]
             token = delivery_var.set(item)
             started = perf_counter()
             try:
@@ -180,24 +190,54 @@ class Journaling:
             finally:
                 delivery_var.reset(token)
             self._delivered += 1
-            done.append((event.id, subscription.receiver_id))
             finished.append(item)
-        if not done:
+        if not finished:
             return
-        try:
-            await self.store.complete(done)
-        except StoreError as error:
-            logger.warning(
-                "%d deliveries ran but could not be marked done (%s); "
-                "they will run again on the next start",
-                len(done),
-                error,
-                extra={"deliveries": len(done)},
-            )
-        for event, subscription, _, epoch in finished:
-            self._finish(epoch)
-            if event.key is not None:
-                self._lane_done(event, subscription, dead=False)
+        self._to_complete += finished
+        if self._completions_wanted is not None:
+            self._completions_wanted.set()
+        # Bounded: past a buffer's worth of uncommitted completions, wait for the journal.
+        while len(self._to_complete) + self._completing > self.buffer:
+            if self._completion_room is None:
+                self._completion_room = anyio.Event()
+            await self._completion_room.wait()
+
+    async def _complete_durably(self) -> None:
+        """Mark the deliveries the workers finished done, all that piled up in one write.
+
+        A delivery counts as finished (``drain()``, its key's lane) only once
+        that write has committed, so a drained runtime leaves nothing pending
+        and a keyed delivery's successor never completes before it.
+        """
+        assert self.store is not None
+        while True:
+            if not self._to_complete:
+                self._completions_wanted = anyio.Event()
+                await self._completions_wanted.wait()
+                self._completions_wanted = None
+                continue
+            batch, self._to_complete = self._to_complete, []
+            self._completing = len(batch)
+            try:
+                await self.store.complete(
+                    [(event.id, subscription.receiver_id) for event, subscription, _, _ in batch]
+                )
+            except StoreError as error:
+                logger.warning(
+                    "%d deliveries ran but could not be marked done (%s); "
+                    "they will run again on the next start",
+                    len(batch),
+                    error,
+                    extra={"deliveries": len(batch)},
+                )
+            self._completing = 0
+            if self._completion_room is not None:
+                self._completion_room.set()
+                self._completion_room = None
+            for event, subscription, _, epoch in batch:
+                self._finish(epoch)
+                if event.key is not None:
+                    self._lane_done(event, subscription, dead=False)
 
     async def _failed_durably(self, item: Item, error: Exception, duration: float | None) -> None:
         letter = self._on_failure(item, error, duration)

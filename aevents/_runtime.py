@@ -263,6 +263,7 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
         self._space_waiters: deque[list[Any]] = deque()  # [needed, anyio.Event, granted]
         self._blocked_in_delivery = 0
         self._init_failures()
+        self._init_journaling()
         self._dead_letters: dict[str, DeadLetter] = {}
         self._storms: set[tuple[str, str]] = set()
         self._replaying: set[str] | None = set() if store is not None else None
@@ -322,6 +323,7 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
                 tasks.start_soon(self._run_retries)
                 if self.store is not None:
                     tasks.start_soon(self._forget_idempotency_keys, self.store)
+                    tasks.start_soon(self._complete_durably)
                 if self.store is not None:
                     # The journal's pending() is a snapshot from its first page: read
                     # that page before accepting any publish, so the replay never sees

@@ -202,6 +202,49 @@ async def test_a_journal_locked_past_busy_timeout_fails_publish_not_the_runtime(
     assert sorted(event.id for event in recorder.events) == sorted([first.id, second.id])
 
 
+async def test_a_completion_the_journal_refuses_is_logged_and_runs_again_next_start(
+    registry: Registry, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Marking deliveries done happens after the worker moved on; if that write fails, the
+    runtime says so, drain() still returns, and the next start runs them again."""
+    import sqlite3
+
+    path = tmp_path / "events.db"
+    blockers: list[sqlite3.Connection] = []
+    seen: list[str] = []
+
+    async def locks_the_journal(event: Event) -> None:
+        seen.append(event.id)
+        if not blockers:  # the first run: hold the write lock past the store's busy_timeout
+            blocker = sqlite3.connect(path, isolation_level=None)
+            blocker.execute("BEGIN EXCLUSIVE")
+            blockers.append(blocker)
+
+    registry.subscribe("order:placed", locks_the_journal, id="locker")
+    caplog.set_level("WARNING", logger="aevents.journal")
+    try:
+        async with EventRuntime(
+            registry, store=SQLiteStore(str(path), busy_timeout=0.2)
+        ) as runtime:
+            event = await runtime.publish("order:placed")
+            with anyio.fail_after(30):
+                await runtime.drain()
+            assert runtime.stats().delivered == 1
+            blockers[0].execute("ROLLBACK")
+    finally:
+        for blocker in blockers:
+            blocker.close()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "aevents.journal"]
+    assert any("1 deliveries ran but could not be marked done" in w for w in warnings), warnings
+    store = SQLiteStore(str(path))
+    async with EventRuntime(registry, store=store) as runtime:
+        with anyio.fail_after(10):
+            await runtime.drain()
+        stats = await store.stats()
+    assert seen == [event.id, event.id]
+    assert (stats.pending, stats.done) == (0, 1)
+
+
 async def test_publish_nowait_racing_shutdown_loses_nothing_silently(
     registry: Registry, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
