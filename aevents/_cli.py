@@ -101,7 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     journal.add_argument("path", metavar="PATH", help="the journal file")
     actions = journal.add_subparsers(dest="action", metavar="ACTION", required=True)
-    actions.add_parser("stats", parents=[output], help="count events and deliveries by state")
+    actions.add_parser(
+        "stats", parents=[output], help="count events, deliveries by state, and idempotency keys"
+    )
     for name, what in (("pending", "pending deliveries"), ("dead-letters", "dead letters")):
         action = actions.add_parser(name, parents=[output], help=f"list {what}, oldest first")
         action.add_argument(
@@ -295,6 +297,7 @@ async def _stats(store: SQLiteStore, args: argparse.Namespace) -> None:
         "pending": stats.pending,
         "done": stats.done,
         "dead": stats.dead,
+        "idempotency_keys": stats.idempotency_keys,
     }
     _print(args, counts, _table(["", "count"], [[name, str(n)] for name, n in counts.items()]))
 

@@ -28,8 +28,9 @@ def path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def events(path: Path) -> list[Event]:
-    """A journal with three events: one done, one pending, one dead."""
-    made = [make_event("user.created", {"n": n}, {}) for n in range(3)]
+    """A journal with three events: one done, one pending, one dead; one has an idempotency key."""
+    made = [make_event("user.created", {"n": n}, {}) for n in range(2)]
+    made.append(make_event("user.created", {"n": 2}, {"idempotency_key": "signup-2"}))
 
     async def fill() -> None:
         store = SQLiteStore(path)
@@ -91,9 +92,13 @@ def test_stats_table_and_json(
         ["pending", "3"],
         ["done", "2"],
         ["dead", "1"],
+        ["idempotency_keys", "1"],
     ]
     code, out, _ = run(capsys, "journal", str(path), "stats", "--json")
-    assert (code, orjson.loads(out)) == (0, {"events": 3, "pending": 3, "done": 2, "dead": 1})
+    assert (code, orjson.loads(out)) == (
+        0,
+        {"events": 3, "pending": 3, "done": 2, "dead": 1, "idempotency_keys": 1},
+    )
 
 
 def test_pending_lists_deliveries_and_escapes_control_characters(
@@ -131,7 +136,7 @@ def test_redeliver_applies_directly_when_the_journal_is_free(
     """With no process holding the journal, ``redeliver`` makes letters pending at once."""
     code, out, _ = run(capsys, "journal", str(path), "redeliver", "letter-1", "--json")
     assert (code, orjson.loads(out)) == (0, {"redelivered": 1})
-    assert stats(path) == StoreStats(events=3, pending=4, done=2, dead=0)
+    assert stats(path) == StoreStats(events=3, pending=4, done=2, dead=0, idempotency_keys=1)
 
 
 def test_redeliver_while_in_use_is_applied_on_the_next_start(
@@ -186,7 +191,7 @@ def test_prune_removes_done_deliveries(
     assert (code, orjson.loads(out)) == (0, {"pruned": 0})
     code, out, _ = run(capsys, "journal", str(path), "prune", "--json")
     assert (code, orjson.loads(out)) == (0, {"pruned": 2})
-    assert stats(path) == StoreStats(events=2, pending=3, done=0, dead=1)
+    assert stats(path) == StoreStats(events=2, pending=3, done=0, dead=1, idempotency_keys=1)
 
 
 def test_a_missing_journal_is_a_friendly_error_and_not_created(
