@@ -12,19 +12,20 @@ receiver. Three choices keep it fast without giving up cancellation:
 * Workers yield every ``_YIELD_EVERY`` deliveries, so a flood of trivial
   receivers cannot starve the rest of the application.
 
-Retries and dead letters live in ``_failures``; the store's part in ``_journal``.
+Retries and dead letters live in ``_failures``; the store's part in ``_journal``;
+per-key ordering in ``_ordering``; ``publish_nowait``, ``publish_threadsafe`` and
+publishes with an idempotency key or publish hooks in ``_publishing``; shutdown,
+``stats()`` and the middleware list in ``_lifecycle``.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from datetime import UTC, datetime, timedelta
 from time import perf_counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -36,43 +37,28 @@ import orjson
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from . import _catalog
-from ._delivery import (
-    DeliveryInfo,
-    Item,
-    ReplayedAttempt,
-    call_receiver,
-    delivery_info,
-    delivery_var,
-)
+from ._config import check_config as _check_config
+from ._delivery import DeliveryInfo, Item, ReplayedAttempt, call_receiver, delivery_var
 from ._event import NO_METADATA, Event, make_event
 from ._exceptions import (
     AeventsError,
     CausationDepthError,
-    ConfigurationError,
     PayloadError,
-    QueueFullError,
     RuntimeClosedError,
     RuntimeNotRunningError,
-    StoreError,
     UnknownEventError,
 )
 from ._failures import FailureHandling
-from ._idempotency import IDEMPOTENCY_KEY, IdempotencyWindow, validate_idempotency_key
+from ._idempotency import IDEMPOTENCY_KEY, IdempotencyWindow
 from ._journal import Journaling
+from ._lifecycle import Lifecycle
 from ._lowlevel import cancelled_check_for_backend, leaf_errors
-from ._middleware import (
-    Middleware,
-    MiddlewareStack,
-    PublishHooks,
-    Publishing,
-    call_with_middleware,
-    log_after_delivery_error,
-    notify,
-)
+from ._middleware import Middleware, MiddlewareStack, call_with_middleware, log_after_delivery_error
 from ._names import validate_name
-from ._ordering import KEYED_DEAD_LETTER_POLICIES, MAX_KEY_CHARS, Ordering
+from ._ordering import MAX_KEY_CHARS, Ordering
 from ._payload import DEFAULT_MAX_PAYLOAD_BYTES, encode_metadata, encode_payload, payload_json
 from ._policy import DeadLetter, RetryPolicy
+from ._publishing import PublishVariants
 from ._registry import Registry, Subscription, default_registry
 from ._store._protocol import Store
 
@@ -80,8 +66,6 @@ if TYPE_CHECKING:
     from ._metrics import Metrics, MetricsSnapshot
 
 __all__ = ["EventRuntime", "RuntimeStats", "current_runtime"]
-
-logger = logging.getLogger("aevents.runtime")
 
 _YIELD_EVERY: Final = 64
 _DURABLE_BATCH: Final = 32  # deliveries a worker records, runs and marks done together
@@ -172,7 +156,7 @@ class Epoch:
         self.done: anyio.Event | None = None
 
 
-class EventRuntime(FailureHandling, Journaling, Ordering):
+class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifecycle):
     """The event runtime: ``async with EventRuntime() as runtime:`` is its whole life.
 
     Deliveries wait in a bounded buffer for one of ``workers`` worker tasks.
@@ -366,114 +350,6 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
         if body_error is not None:
             raise body_error
 
-    async def _remember_idempotency_keys(self, store: Store) -> None:
-        """Seed the idempotency window from the journal; forget keys past the window."""
-        since = datetime.now(UTC) - timedelta(seconds=self._idempotency.window)
-        try:
-            self._idempotency.seed(
-                await store.recent_idempotency_keys(since, self._idempotency.max_keys)
-            )
-            await store.forget_idempotency_keys(since)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await store.close()
-            raise
-
-    async def _forget_idempotency_keys(self, store: Store) -> None:
-        """Drop journaled idempotency keys older than the window, every so often."""
-        while True:
-            await anyio.sleep(min(self._idempotency.window, 600.0))
-            before = datetime.now(UTC) - timedelta(seconds=self._idempotency.window)
-            try:
-                await store.forget_idempotency_keys(before)
-            except StoreError as error:
-                logger.warning("could not forget old idempotency keys: %s", error)
-
-    def _report_dropped(self) -> None:
-        """Count and log, once, the deliveries the stop left unrun (the task group is gone)."""
-        in_flight = self._in_flight()
-        left = self._queued + in_flight + len(self._retries)
-        if not left:
-            return
-        self._dropped += left
-        if self._middleware.outcomes:
-            self._notify_dropped()
-        fate = (
-            "they stay pending in the journal for the next start"
-            if self.store is not None
-            else "without a store they are lost"
-        )
-        if self._unjournaled:
-            fate += (
-                f", except {self._unjournaled} of events accepted by publish_nowait "
-                "whose journal write never began: those are lost"
-            )
-        logger.warning(
-            "event runtime stopped with %d deliveries not run "
-            "(%d queued, %d in flight, %d waiting to retry); %s",
-            left,
-            self._queued,
-            in_flight,
-            len(self._retries),
-            fate,
-            extra={"dropped": left, "unjournaled": self._unjournaled},
-        )
-
-    def _notify_dropped(self) -> None:
-        """Tell the middleware about each delivery the stop left unrun (not those in flight,
-        whose cancelled attempts went to ``after_delivery``)."""
-        unrun: list[Item] = []
-        while True:
-            try:
-                unrun.append(self._receive.receive_nowait())
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                break
-        for lane in self._lanes.values():
-            unrun.extend(lane or ())
-        unrun.extend(self._behind_replay or ())
-        unrun.extend(item for _, _, item in self._retries)
-        for item in unrun:
-            notify(self._middleware.outcomes, "on_dropped", delivery_info(item))
-
-    async def _shutdown(self, tasks: anyio.abc.TaskGroup, *, cancelled: bool) -> None:
-        """Stop accepting, drain within the shutdown timeout, cancel what is left."""
-        self._state = _DRAINING
-        try:
-            if not cancelled:
-                with anyio.move_on_after(self.shutdown_timeout):
-                    await self.drain()
-        finally:
-            self._state = _STOPPED
-            for waiter in self._space_waiters:  # publishers still waiting for room
-                waiter[1].set()
-            for epoch in (*self._closed_epochs, self._epoch):  # drain() callers: nothing more
-                if epoch.done is not None:
-                    epoch.done.set()
-            self._send.close()
-            tasks.cancel_scope.cancel()
-
-    @property
-    def middleware(self) -> tuple[Middleware, ...]:
-        """The middleware, in the order their ``before_*`` hooks run."""
-        return tuple(self._middleware.all)
-
-    def add_middleware(self, middleware: Middleware) -> None:
-        """Add a middleware after the others; it applies to publishes and attempts from now on.
-
-        Safe while the runtime runs (on the event loop's thread): an attempt
-        already under way finishes with the hooks it started with.
-        """
-        self._middleware.add(middleware)
-
-    def remove_middleware(self, middleware: Middleware) -> bool:
-        """Remove a middleware; False if it was not there."""
-        return self._middleware.remove(middleware)
-
-    @property
-    def running(self) -> bool:
-        """True between entering and leaving the ``async with``."""
-        return self._state in (_RUNNING, _DRAINING)
-
     # ------------------------------------------------------------------ publishing
 
     async def publish(
@@ -523,49 +399,6 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
         except _Deferred as deferred:
             return await self._accept_deferred(name, deferred, parent)
 
-    async def _publish_once(
-        self,
-        name: str,
-        payload: Mapping[str, Any] | None,
-        metadata: Mapping[str, str] | None,
-        key: str | None,
-        idempotency_key: str | None,
-    ) -> Event:
-        """``publish`` with an idempotency key: the first event for the key, or a new one."""
-        if idempotency_key is None:
-            raise PayloadError(
-                name,
-                f"metadata[{IDEMPOTENCY_KEY!r}]",
-                "is reserved: pass publish(..., idempotency_key=...) instead",
-            )
-        idempotency_key = validate_idempotency_key(name, idempotency_key)
-        while True:
-            first = self._idempotency.get(idempotency_key, datetime.now(UTC))
-            if first is not None:
-                self._repeated += 1
-                return first
-            waiting = self._first_publishes.get(idempotency_key)
-            if waiting is None:
-                break
-            await waiting.wait()  # the first publish of this key is under way
-        self._first_publishes[idempotency_key] = done = anyio.Event()
-        try:
-            tagged = {} if metadata is None else dict(metadata)
-            tagged[IDEMPOTENCY_KEY] = idempotency_key
-            if self._middleware.publish:
-                event = await self._publish_with_middleware(name, payload, tagged, key)
-            else:
-                parent = delivery_var.get()
-                try:
-                    event = self._accept(name, payload, tagged, parent, key)
-                except _Deferred as deferred:
-                    event = await self._accept_deferred(name, deferred, parent)
-            self._idempotency.add(idempotency_key, event)
-            return event
-        finally:
-            del self._first_publishes[idempotency_key]
-            done.set()
-
     async def _accept_deferred(self, name: str, deferred: _Deferred, parent: Item | None) -> Event:
         """The waits of ``publish``: for room in the buffer, then for the journal."""
         if not deferred.reserved:
@@ -585,139 +418,6 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
         self._published += 1
         self._enqueue(deferred.event, deferred.routes, deferred.epoch)
         return deferred.event
-
-    async def _publish_with_middleware(
-        self,
-        name: str,
-        payload: Mapping[str, Any] | None,
-        metadata: Mapping[str, str] | None,
-        key: str | None,
-    ) -> Event:
-        parent = delivery_var.get()
-        with PublishHooks(self._middleware.publish, name, payload, metadata, key) as publishing:
-            try:
-                event = self._accept_publishing(publishing, parent)
-            except _Deferred as deferred:
-                event = await self._accept_deferred(publishing.name, deferred, parent)
-            publishing.event = event
-        return event
-
-    def _accept_publishing(self, publishing: Publishing, parent: Item | None) -> Event:
-        """``_accept`` what the publish hooks left of a publish (they may change it)."""
-        return self._accept(
-            publishing.name,
-            publishing.payload,
-            publishing.metadata or None,
-            parent,
-            publishing.key,
-        )
-
-    def publish_nowait(
-        self,
-        name: str,
-        /,
-        *,
-        payload: Mapping[str, Any] | None = None,
-        metadata: Mapping[str, str] | None = None,
-        key: str | None = None,
-    ) -> Event:
-        """Like ``publish`` but never waits: raises ``QueueFullError`` when full.
-
-        With a store the event is journaled in the background before it is
-        delivered, so it is not yet durable when this returns: a crash in
-        that window loses it. Use ``await publish()`` where that matters.
-        """
-        if metadata is not None and _claims_key(metadata):
-            raise PayloadError(
-                name,
-                f"metadata[{IDEMPOTENCY_KEY!r}]",
-                "is reserved: use `await publish(..., idempotency_key=...)`",
-            )
-        if self._middleware.publish:
-            return self._publish_nowait_with_middleware(name, payload, metadata, key)
-        try:
-            return self._accept(name, payload, metadata, delivery_var.get(), key)
-        except _Deferred as deferred:
-            return self._accept_nowait_deferred(name, deferred)
-
-    def _accept_nowait_deferred(self, name: str, deferred: _Deferred) -> Event:
-        """``publish_nowait`` when ``publish`` would wait: refuse, or journal in the background."""
-        if not deferred.reserved:
-            raise QueueFullError(name, self.buffer) from None
-        self._published += 1
-        self._unjournaled += len(deferred.routes)
-        deferred.epoch.unfinished += 1  # drain() waits for the background write too
-        self._tasks.start_soon(
-            self._append_then_enqueue, deferred.event, deferred.routes, deferred.epoch
-        )
-        return deferred.event
-
-    def _publish_nowait_with_middleware(
-        self,
-        name: str,
-        payload: Mapping[str, Any] | None,
-        metadata: Mapping[str, str] | None,
-        key: str | None,
-    ) -> Event:
-        parent = delivery_var.get()
-        with PublishHooks(self._middleware.publish, name, payload, metadata, key) as publishing:
-            try:
-                event = self._accept_publishing(publishing, parent)
-            except _Deferred as deferred:
-                event = self._accept_nowait_deferred(publishing.name, deferred)
-            publishing.event = event
-        return event
-
-    def publish_threadsafe(
-        self,
-        name: str,
-        /,
-        *,
-        payload: Mapping[str, Any] | None = None,
-        metadata: Mapping[str, str] | None = None,
-        key: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> Event:
-        """Publish from a thread that is not the event loop's; blocks until accepted.
-
-        For sync views, ORM signal handlers and sync receivers on worker
-        threads. Calling it on the event loop's own thread raises: use
-        ``await publish()`` or ``publish_nowait()`` there.
-        """
-        if self._state not in (_RUNNING, _DRAINING):
-            raise self._not_accepting(name)
-        if threading.get_ident() == self._thread:
-            raise AeventsError(
-                f"publish_threadsafe({name!r}) was called on the event loop's thread, where it "
-                "would block the loop; use `await publish(...)` or `publish_nowait(...)` there"
-            )
-        parent = delivery_var.get()  # worker threads inherit the receiver's context
-        try:
-            event: Event = self._portal.call(
-                self._publish_for_thread, name, payload, metadata, key, idempotency_key, parent
-            )
-        except RuntimeError as error:
-            if self._state is _STOPPED:  # the portal stopped between our check and the call
-                raise RuntimeClosedError(name) from error
-            raise
-        return event
-
-    async def _publish_for_thread(
-        self,
-        name: str,
-        payload: Mapping[str, Any] | None,
-        metadata: Mapping[str, str] | None,
-        key: str | None,
-        idempotency_key: str | None,
-        parent: Item | None,
-    ) -> Event:
-        token = delivery_var.set(parent)
-        try:
-            return await self.publish(
-                name, payload=payload, metadata=metadata, key=key, idempotency_key=idempotency_key
-            )
-        finally:
-            delivery_var.reset(token)
 
     def _not_accepting(self, name: str) -> AeventsError:
         if self._state == _NEW:
@@ -1001,7 +701,7 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
         if not epoch.unfinished and epoch.done is not None:
             epoch.done.set()
 
-    # ------------------------------------------------------------------ draining and stats
+    # ------------------------------------------------------------------ draining
 
     async def drain(self) -> None:
         """Wait until every delivery accepted so far has finished or been dead-lettered.
@@ -1030,86 +730,8 @@ class EventRuntime(FailureHandling, Journaling, Ordering):
                     epoch.done = anyio.Event()
                 await epoch.done.wait()
 
-    def _in_flight(self) -> int:
-        # Every unfinished delivery is queued, waiting to retry, or running;
-        # deriving the last keeps two counter updates off each delivery.
-        unfinished = self._epoch.unfinished + sum(epoch.unfinished for epoch in self._closed_epochs)
-        replay = 1 if self._replaying is not None and self._state != _NEW else 0
-        held = self._held_deliveries  # counted as queued, set aside from their epochs
-        return max(0, unfinished + held - replay - self._queued - len(self._retries))
-
-    def stats(self) -> RuntimeStats:
-        """A snapshot of the runtime's counters."""
-        return RuntimeStats(
-            published=self._published,
-            unrouted=self._unrouted,
-            delivered=self._delivered,
-            failed=self._failed,
-            retried=self._retried,
-            dead=self._dead,
-            dropped=self._dropped,
-            queued=self._queued,
-            in_flight=self._in_flight(),
-            retrying=len(self._retries),
-            active_keys=len(self._lanes),
-            held=self._held_deliveries,
-            repeated=self._repeated,
-            metrics=None if self.metrics is None else self.metrics.snapshot(),
-        )
-
     def __repr__(self) -> str:
         return f"<EventRuntime {self._state} workers={self.workers} buffer={self.buffer}>"
-
-
-def _check_config(arguments: dict[str, Any]) -> None:
-    """Refuse nonsense settings before anything starts."""
-    for label in (
-        "workers",
-        "buffer",
-        "max_payload_bytes",
-        "max_causation_depth",
-        "max_dead_letters",
-    ):
-        value = arguments[label]
-        if type(value) is not int or value < 1:
-            raise ConfigurationError("EventRuntime", f"{label} must be an int >= 1, got {value!r}")
-    if arguments["keyed_dead_letters"] not in KEYED_DEAD_LETTER_POLICIES:
-        raise ConfigurationError(
-            "EventRuntime",
-            f"keyed_dead_letters must be 'skip' or 'hold', got {arguments['keyed_dead_letters']!r}",
-        )
-    metrics = arguments["metrics"]
-    if type(metrics) is not bool:
-        from ._metrics import Metrics  # already imported by whoever made one
-
-        if not isinstance(metrics, Metrics):
-            raise ConfigurationError(
-                "EventRuntime",
-                f"metrics must be True, False or an aevents.Metrics, got {metrics!r}",
-            )
-    sync_threads = arguments["sync_threads"]
-    if sync_threads is not None and (type(sync_threads) is not int or sync_threads < 1):
-        raise ConfigurationError(
-            "EventRuntime", f"sync_threads must be an int >= 1, got {sync_threads!r}"
-        )
-    registry, retry, store = arguments["registry"], arguments["retry"], arguments["store"]
-    if registry is not None and not isinstance(registry, Registry):
-        raise ConfigurationError(
-            "EventRuntime", f"registry must be an aevents.Registry, got {registry!r}"
-        )
-    if retry is not None and not isinstance(retry, RetryPolicy):
-        raise ConfigurationError("EventRuntime", f"retry must be a RetryPolicy, got {retry!r}")
-    if store is not None and not isinstance(store, Store):
-        raise ConfigurationError(
-            "EventRuntime", f"store must implement the aevents.Store protocol, got {store!r}"
-        )
-    timeout, shutdown_timeout = arguments["timeout"], arguments["shutdown_timeout"]
-    if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
-        raise ConfigurationError("EventRuntime", f"timeout must be > 0 seconds, got {timeout!r}")
-    if not (isinstance(shutdown_timeout, int | float) and shutdown_timeout >= 0):
-        raise ConfigurationError(
-            "EventRuntime", f"shutdown_timeout must be >= 0, got {shutdown_timeout!r}"
-        )
 
 
 def _bad_key(name: str, key: object) -> PayloadError:

@@ -1,0 +1,254 @@
+"""The other ways in: publish_nowait, publish_threadsafe, idempotency keys, publish hooks.
+
+Mixed into ``EventRuntime``; the attributes annotated below are its own.
+``publish`` → ``_accept`` is the hot path and stays in ``_runtime``; it
+hands over to these only when a publish carries an ``idempotency_key`` or
+the runtime has publish middleware. ``publish_nowait`` never waits (it
+refuses when full, and with a store journals in the background), and
+``publish_threadsafe`` runs ``publish`` on the event loop for another thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import anyio.from_thread
+
+from . import _runtime  # a cycle: read _runtime's names only inside methods, never at import
+from ._delivery import Item, delivery_var
+from ._event import Event
+from ._exceptions import AeventsError, PayloadError, QueueFullError, RuntimeClosedError
+from ._idempotency import IDEMPOTENCY_KEY, IdempotencyWindow, validate_idempotency_key
+from ._middleware import MiddlewareStack, PublishHooks, Publishing
+
+if TYPE_CHECKING:
+    from ._registry import Subscription
+    from ._runtime import Epoch, _Deferred
+
+__all__ = ["PublishVariants"]
+
+
+class PublishVariants:
+    """Every publish but the plain ``await publish()``, for ``EventRuntime``."""
+
+    buffer: int
+    _state: str
+    _thread: int
+    _portal: anyio.from_thread.BlockingPortal
+    _tasks: anyio.abc.TaskGroup
+    _middleware: MiddlewareStack
+    _idempotency: IdempotencyWindow
+    _first_publishes: dict[str, anyio.Event]
+    _published: int
+    _repeated: int
+    _unjournaled: int
+
+    if TYPE_CHECKING:  # provided by the other classes EventRuntime is made of; declared
+        # here only for the type checker, so they can never shadow the real ones
+        async def publish(
+            self,
+            name: str,
+            /,
+            *,
+            payload: Mapping[str, Any] | None = None,
+            metadata: Mapping[str, str] | None = None,
+            key: str | None = None,
+            idempotency_key: str | None = None,
+        ) -> Event: ...
+        def _accept(
+            self,
+            name: str,
+            payload: Mapping[str, Any] | None,
+            metadata: Mapping[str, str] | None,
+            parent: Item | None,
+            key: str | None = None,
+        ) -> Event: ...
+        async def _accept_deferred(
+            self, name: str, deferred: _Deferred, parent: Item | None
+        ) -> Event: ...
+        def _not_accepting(self, name: str) -> AeventsError: ...
+        async def _append_then_enqueue(
+            self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch
+        ) -> None: ...
+
+    async def _publish_once(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | None,
+        metadata: Mapping[str, str] | None,
+        key: str | None,
+        idempotency_key: str | None,
+    ) -> Event:
+        """``publish`` with an idempotency key: the first event for the key, or a new one."""
+        if idempotency_key is None:
+            raise PayloadError(
+                name,
+                f"metadata[{IDEMPOTENCY_KEY!r}]",
+                "is reserved: pass publish(..., idempotency_key=...) instead",
+            )
+        idempotency_key = validate_idempotency_key(name, idempotency_key)
+        while True:
+            first = self._idempotency.get(idempotency_key, datetime.now(UTC))
+            if first is not None:
+                self._repeated += 1
+                return first
+            waiting = self._first_publishes.get(idempotency_key)
+            if waiting is None:
+                break
+            await waiting.wait()  # the first publish of this key is under way
+        self._first_publishes[idempotency_key] = done = anyio.Event()
+        try:
+            tagged = {} if metadata is None else dict(metadata)
+            tagged[IDEMPOTENCY_KEY] = idempotency_key
+            if self._middleware.publish:
+                event = await self._publish_with_middleware(name, payload, tagged, key)
+            else:
+                parent = delivery_var.get()
+                try:
+                    event = self._accept(name, payload, tagged, parent, key)
+                except _runtime._Deferred as deferred:
+                    event = await self._accept_deferred(name, deferred, parent)
+            self._idempotency.add(idempotency_key, event)
+            return event
+        finally:
+            del self._first_publishes[idempotency_key]
+            done.set()
+
+    async def _publish_with_middleware(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | None,
+        metadata: Mapping[str, str] | None,
+        key: str | None,
+    ) -> Event:
+        parent = delivery_var.get()
+        with PublishHooks(self._middleware.publish, name, payload, metadata, key) as publishing:
+            try:
+                event = self._accept_publishing(publishing, parent)
+            except _runtime._Deferred as deferred:
+                event = await self._accept_deferred(publishing.name, deferred, parent)
+            publishing.event = event
+        return event
+
+    def _accept_publishing(self, publishing: Publishing, parent: Item | None) -> Event:
+        """``_accept`` what the publish hooks left of a publish (they may change it)."""
+        return self._accept(
+            publishing.name,
+            publishing.payload,
+            publishing.metadata or None,
+            parent,
+            publishing.key,
+        )
+
+    def publish_nowait(
+        self,
+        name: str,
+        /,
+        *,
+        payload: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        key: str | None = None,
+    ) -> Event:
+        """Like ``publish`` but never waits: raises ``QueueFullError`` when full.
+
+        With a store the event is journaled in the background before it is
+        delivered, so it is not yet durable when this returns: a crash in
+        that window loses it. Use ``await publish()`` where that matters.
+        """
+        if metadata is not None and _runtime._claims_key(metadata):
+            raise PayloadError(
+                name,
+                f"metadata[{IDEMPOTENCY_KEY!r}]",
+                "is reserved: use `await publish(..., idempotency_key=...)`",
+            )
+        if self._middleware.publish:
+            return self._publish_nowait_with_middleware(name, payload, metadata, key)
+        try:
+            return self._accept(name, payload, metadata, delivery_var.get(), key)
+        except _runtime._Deferred as deferred:
+            return self._accept_nowait_deferred(name, deferred)
+
+    def _accept_nowait_deferred(self, name: str, deferred: _Deferred) -> Event:
+        """``publish_nowait`` when ``publish`` would wait: refuse, or journal in the background."""
+        if not deferred.reserved:
+            raise QueueFullError(name, self.buffer) from None
+        self._published += 1
+        self._unjournaled += len(deferred.routes)
+        deferred.epoch.unfinished += 1  # drain() waits for the background write too
+        self._tasks.start_soon(
+            self._append_then_enqueue, deferred.event, deferred.routes, deferred.epoch
+        )
+        return deferred.event
+
+    def _publish_nowait_with_middleware(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | None,
+        metadata: Mapping[str, str] | None,
+        key: str | None,
+    ) -> Event:
+        parent = delivery_var.get()
+        with PublishHooks(self._middleware.publish, name, payload, metadata, key) as publishing:
+            try:
+                event = self._accept_publishing(publishing, parent)
+            except _runtime._Deferred as deferred:
+                event = self._accept_nowait_deferred(publishing.name, deferred)
+            publishing.event = event
+        return event
+
+    def publish_threadsafe(
+        self,
+        name: str,
+        /,
+        *,
+        payload: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        key: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Event:
+        """Publish from a thread that is not the event loop's; blocks until accepted.
+
+        For sync views, ORM signal handlers and sync receivers on worker
+        threads. Calling it on the event loop's own thread raises: use
+        ``await publish()`` or ``publish_nowait()`` there.
+        """
+        if self._state not in (_runtime._RUNNING, _runtime._DRAINING):
+            raise self._not_accepting(name)
+        if threading.get_ident() == self._thread:
+            raise AeventsError(
+                f"publish_threadsafe({name!r}) was called on the event loop's thread, where it "
+                "would block the loop; use `await publish(...)` or `publish_nowait(...)` there"
+            )
+        parent = delivery_var.get()  # worker threads inherit the receiver's context
+        try:
+            event: Event = self._portal.call(
+                self._publish_for_thread, name, payload, metadata, key, idempotency_key, parent
+            )
+        except RuntimeError as error:
+            # The portal stopped between our check and the call.
+            if self._state is _runtime._STOPPED:
+                raise RuntimeClosedError(name) from error
+            raise
+        return event
+
+    async def _publish_for_thread(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | None,
+        metadata: Mapping[str, str] | None,
+        key: str | None,
+        idempotency_key: str | None,
+        parent: Item | None,
+    ) -> Event:
+        token = delivery_var.set(parent)
+        try:
+            return await self.publish(
+                name, payload=payload, metadata=metadata, key=key, idempotency_key=idempotency_key
+            )
+        finally:
+            delivery_var.reset(token)
