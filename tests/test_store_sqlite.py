@@ -555,7 +555,13 @@ def test_the_journal_cli_reads_a_version_1_journal(
         os.close(lock)
     out, err = capsys.readouterr()
     assert (code, err) == (0, "")
-    assert orjson.loads(out) == {"events": 3, "pending": 2, "done": 1, "dead": 1}
+    assert orjson.loads(out) == {
+        "events": 3,
+        "pending": 2,
+        "done": 1,
+        "dead": 1,
+        "idempotency_keys": 0,
+    }
     assert schema_of(path)[0] == (1 if in_use else SCHEMA_VERSION)
 
 
