@@ -19,7 +19,7 @@ from ._event import Event
 
 if TYPE_CHECKING:
     from ._registry import Subscription
-    from ._runtime import Epoch
+    from ._state import Epoch
 
 __all__ = [
     "DeliveryInfo",

@@ -22,7 +22,7 @@ from ._registry import Registry, Subscription
 from ._runtime import EventRuntime
 
 if TYPE_CHECKING:
-    from ._runtime import Epoch
+    from ._state import Epoch
 
 __all__ = ["EagerRuntime"]
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ._event import Event
     from ._exceptions import AeventsError
     from ._registry import Registry, Subscription
-    from ._runtime import Epoch
+    from ._state import Epoch
     from ._store._protocol import Store
 
 __all__ = ["FailureHandling"]

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
 
     from ._registry import Registry, Subscription
-    from ._runtime import Epoch
+    from ._state import Epoch
     from ._store._protocol import PendingDelivery, Store
 
 __all__ = ["Journaling"]

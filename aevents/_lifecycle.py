@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 
-from . import _runtime  # a cycle: read _runtime's names only inside methods, never at import
 from ._delivery import Item, delivery_info
 from ._exceptions import StoreError
 from ._middleware import Middleware, MiddlewareStack, notify
+from ._state import _DRAINING, _NEW, _RUNNING, _STOPPED, Epoch, RuntimeStats
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from ._idempotency import IdempotencyWindow
     from ._metrics import Metrics
     from ._ordering import Lane
-    from ._runtime import Epoch, RuntimeStats
     from ._store._protocol import Store
 
 __all__ = ["Lifecycle"]
@@ -142,13 +141,13 @@ class Lifecycle:
 
     async def _shutdown(self, tasks: anyio.abc.TaskGroup, *, cancelled: bool) -> None:
         """Stop accepting, drain within the shutdown timeout, cancel what is left."""
-        self._state = _runtime._DRAINING
+        self._state = _DRAINING
         try:
             if not cancelled:
                 with anyio.move_on_after(self.shutdown_timeout):
                     await self.drain()
         finally:
-            self._state = _runtime._STOPPED
+            self._state = _STOPPED
             for waiter in self._space_waiters:  # publishers still waiting for room
                 waiter[1].set()
             for epoch in (*self._closed_epochs, self._epoch):  # drain() callers: nothing more
@@ -177,19 +176,19 @@ class Lifecycle:
     @property
     def running(self) -> bool:
         """True between entering and leaving the ``async with``."""
-        return self._state in (_runtime._RUNNING, _runtime._DRAINING)
+        return self._state in (_RUNNING, _DRAINING)
 
     def _in_flight(self) -> int:
         # Every unfinished delivery is queued, waiting to retry, or running;
         # deriving the last keeps two counter updates off each delivery.
         unfinished = self._epoch.unfinished + sum(epoch.unfinished for epoch in self._closed_epochs)
-        replay = 1 if self._replaying is not None and self._state != _runtime._NEW else 0
+        replay = 1 if self._replaying is not None and self._state != _NEW else 0
         held = self._held_deliveries  # counted as queued, set aside from their epochs
         return max(0, unfinished + held - replay - self._queued - len(self._retries))
 
     def stats(self) -> RuntimeStats:
         """A snapshot of the runtime's counters."""
-        return _runtime.RuntimeStats(
+        return RuntimeStats(
             published=self._published,
             unrouted=self._unrouted,
             delivered=self._delivered,

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from ._event import Event
     from ._registry import Subscription
-    from ._runtime import Epoch
+    from ._state import Epoch
     from ._store._protocol import Store
 
 __all__ = ["KEYED_DEAD_LETTER_POLICIES", "MAX_KEY_CHARS", "Ordering"]

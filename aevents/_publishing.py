@@ -19,16 +19,15 @@ import anyio
 import anyio.abc
 import anyio.from_thread
 
-from . import _runtime  # a cycle: read _runtime's names only inside methods, never at import
 from ._delivery import Item, delivery_var
 from ._event import Event
 from ._exceptions import AeventsError, PayloadError, QueueFullError, RuntimeClosedError
 from ._idempotency import IDEMPOTENCY_KEY, IdempotencyWindow, validate_idempotency_key
 from ._middleware import MiddlewareStack, PublishHooks, Publishing
+from ._state import _DRAINING, _RUNNING, _STOPPED, Epoch, _claims_key, _Deferred
 
 if TYPE_CHECKING:
     from ._registry import Subscription
-    from ._runtime import Epoch, _Deferred
 
 __all__ = ["PublishVariants"]
 
@@ -111,7 +110,7 @@ class PublishVariants:
                 parent = delivery_var.get()
                 try:
                     event = self._accept(name, payload, tagged, parent, key)
-                except _runtime._Deferred as deferred:
+                except _Deferred as deferred:
                     event = await self._accept_deferred(name, deferred, parent)
             self._idempotency.add(idempotency_key, event)
             return event
@@ -130,7 +129,7 @@ class PublishVariants:
         with PublishHooks(self._middleware.publish, name, payload, metadata, key) as publishing:
             try:
                 event = self._accept_publishing(publishing, parent)
-            except _runtime._Deferred as deferred:
+            except _Deferred as deferred:
                 event = await self._accept_deferred(publishing.name, deferred, parent)
             publishing.event = event
         return event
@@ -160,7 +159,7 @@ class PublishVariants:
         delivered, so it is not yet durable when this returns: a crash in
         that window loses it. Use ``await publish()`` where that matters.
         """
-        if metadata is not None and _runtime._claims_key(metadata):
+        if metadata is not None and _claims_key(metadata):
             raise PayloadError(
                 name,
                 f"metadata[{IDEMPOTENCY_KEY!r}]",
@@ -170,7 +169,7 @@ class PublishVariants:
             return self._publish_nowait_with_middleware(name, payload, metadata, key)
         try:
             return self._accept(name, payload, metadata, delivery_var.get(), key)
-        except _runtime._Deferred as deferred:
+        except _Deferred as deferred:
             return self._accept_nowait_deferred(name, deferred)
 
     def _accept_nowait_deferred(self, name: str, deferred: _Deferred) -> Event:
@@ -196,7 +195,7 @@ class PublishVariants:
         with PublishHooks(self._middleware.publish, name, payload, metadata, key) as publishing:
             try:
                 event = self._accept_publishing(publishing, parent)
-            except _runtime._Deferred as deferred:
+            except _Deferred as deferred:
                 event = self._accept_nowait_deferred(publishing.name, deferred)
             publishing.event = event
         return event
@@ -217,7 +216,7 @@ class PublishVariants:
         threads. Calling it on the event loop's own thread raises: use
         ``await publish()`` or ``publish_nowait()`` there.
         """
-        if self._state not in (_runtime._RUNNING, _runtime._DRAINING):
+        if self._state not in (_RUNNING, _DRAINING):
             raise self._not_accepting(name)
         if threading.get_ident() == self._thread:
             raise AeventsError(
@@ -231,7 +230,7 @@ class PublishVariants:
             )
         except RuntimeError as error:
             # The portal stopped between our check and the call.
-            if self._state is _runtime._STOPPED:
+            if self._state is _STOPPED:
                 raise RuntimeClosedError(name) from error
             raise
         return event

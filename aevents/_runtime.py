@@ -15,7 +15,8 @@ receiver. Three choices keep it fast without giving up cancellation:
 Retries and dead letters live in ``_failures``; the store's part in ``_journal``;
 per-key ordering in ``_ordering``; ``publish_nowait``, ``publish_threadsafe`` and
 publishes with an idempotency key or publish hooks in ``_publishing``; shutdown,
-``stats()`` and the middleware list in ``_lifecycle``.
+``stats()`` and the middleware list in ``_lifecycle``; the states, ``Epoch``,
+``RuntimeStats`` and ``_Deferred`` they all share in ``_state``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
 import anyio.from_thread
-import attrs
 import orjson
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
@@ -60,17 +60,17 @@ from ._payload import DEFAULT_MAX_PAYLOAD_BYTES, encode_metadata, encode_payload
 from ._policy import DeadLetter, RetryPolicy
 from ._publishing import PublishVariants
 from ._registry import Registry, Subscription, default_registry
+from ._state import _DRAINING, _NEW, _RUNNING, _STOPPED, Epoch, RuntimeStats, _claims_key, _Deferred
 from ._store._protocol import Store
 
 if TYPE_CHECKING:
-    from ._metrics import Metrics, MetricsSnapshot
+    from ._metrics import Metrics
 
 __all__ = ["EventRuntime", "RuntimeStats", "current_runtime"]
 
 _YIELD_EVERY: Final = 64
 _DURABLE_BATCH: Final = 32  # deliveries a worker records, runs and marks done together
 _dumps, _loads = orjson.dumps, orjson.loads
-_NEW, _RUNNING, _DRAINING, _STOPPED = "new", "running", "draining", "stopped"
 
 _current_runtime: ContextVar[EventRuntime | None] = ContextVar("aevents_runtime", default=None)
 _running: list[EventRuntime] = []  # every started runtime in this process, oldest first
@@ -96,64 +96,6 @@ def current_runtime() -> EventRuntime | None:
         if len(_running) == 1:
             return _running[0]
     return None
-
-
-@attrs.frozen(slots=True)
-class RuntimeStats:
-    """Counters since the runtime started; ``queued``, ``in_flight`` and ``retrying`` are now."""
-
-    published: int
-    """Events accepted by publish (routed or not)."""
-    unrouted: int
-    """Accepted events no receiver matched."""
-    delivered: int
-    """Deliveries whose receiver returned."""
-    failed: int
-    """Attempts that raised or timed out (a delivery retried twice counts up to three)."""
-    retried: int
-    """Failed attempts that were scheduled to run again."""
-    dead: int
-    """Deliveries that ran out of attempts and became dead letters."""
-    dropped: int
-    """Deliveries not run at shutdown (pending in the journal, with a store), and
-    dead letters evicted past ``max_dead_letters``."""
-    queued: int
-    """Deliveries waiting for a worker."""
-    in_flight: int
-    """Deliveries a worker is running."""
-    retrying: int
-    """Failed deliveries waiting for their next attempt."""
-    active_keys: int = 0
-    """(receiver, ordering key) pairs with a delivery under way; idle keys are not kept."""
-    held: int = 0
-    """Deliveries waiting behind a dead letter that holds their key (``keyed_dead_letters``)."""
-    repeated: int = 0
-    """Publishes answered with an earlier event by their ``idempotency_key``."""
-    metrics: MetricsSnapshot | None = None
-    """Per-subscription counters and histograms, with ``EventRuntime(metrics=True)``."""
-
-
-class _Deferred(Exception):  # an internal signal that never escapes
-    """Raised by ``_accept`` when an event needs a wait: for room, or for the journal.
-
-    ``reserved`` tells whether its room in the buffer is already taken.
-    """
-
-    def __init__(
-        self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch, *, reserved: bool
-    ) -> None:
-        self.event, self.routes, self.epoch, self.reserved = event, routes, epoch, reserved
-
-
-class Epoch:
-    """Deliveries accepted between two ``drain()`` calls, and everything they publish."""
-
-    __slots__ = ("done", "runtime", "unfinished")
-
-    def __init__(self, runtime: EventRuntime) -> None:
-        self.runtime = runtime
-        self.unfinished = 0
-        self.done: anyio.Event | None = None
 
 
 class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifecycle):
@@ -738,11 +680,3 @@ def _bad_key(name: str, key: object) -> PayloadError:
     if type(key) is not str:
         return PayloadError(name, "key", f"expected str, got {type(key).__name__}")
     return PayloadError(name, "key", f"must be 1 to {MAX_KEY_CHARS} characters, got {len(key)}")
-
-
-def _claims_key(metadata: object) -> bool:
-    """Whether caller-given metadata sets the entry ``idempotency_key=`` owns.
-
-    Anything that is not a mapping is left for ``encode_metadata`` to refuse.
-    """
-    return (type(metadata) is dict or isinstance(metadata, Mapping)) and IDEMPOTENCY_KEY in metadata
