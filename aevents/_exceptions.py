@@ -124,6 +124,23 @@ class QueueFullError(AeventsError):
         )
 
 
+class KeyInFlightError(QueueFullError):
+    """``publish_nowait`` with an ``idempotency_key`` whose first publish is still waiting.
+
+    A ``QueueFullError``: the repeat would have to wait for that first publish
+    to be accepted or refused, and ``publish_nowait`` never waits.
+    """
+
+    def __init__(self, event: str, buffer: int, key: str) -> None:
+        super().__init__(event, buffer)
+        self.key = key
+        self.args = (
+            f"cannot publish {event!r} with idempotency_key {key!r}: the first publish "
+            "with that key is still waiting to be accepted; use `await publish(...)`, "
+            "which waits for it and returns its event",
+        )
+
+
 class RuntimeClosedError(AeventsError):
     """The runtime no longer accepts events: it is shutting down or has stopped."""
 

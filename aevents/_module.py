@@ -49,9 +49,12 @@ def publish_nowait(
     payload: Mapping[str, Any] | None = None,
     metadata: Mapping[str, str] | None = None,
     key: str | None = None,
+    idempotency_key: str | None = None,
 ) -> Event:
     """``runtime.publish_nowait(...)`` on the running runtime."""
-    return _runtime_for(name).publish_nowait(name, payload=payload, metadata=metadata, key=key)
+    return _runtime_for(name).publish_nowait(
+        name, payload=payload, metadata=metadata, key=key, idempotency_key=idempotency_key
+    )
 
 
 def publish_threadsafe(

@@ -21,7 +21,13 @@ import anyio.from_thread
 
 from ._delivery import Item, delivery_var
 from ._event import Event
-from ._exceptions import AeventsError, PayloadError, QueueFullError, RuntimeClosedError
+from ._exceptions import (
+    AeventsError,
+    KeyInFlightError,
+    PayloadError,
+    QueueFullError,
+    RuntimeClosedError,
+)
 from ._idempotency import IDEMPOTENCY_KEY, IdempotencyWindow, validate_idempotency_key
 from ._middleware import MiddlewareStack, PublishHooks, Publishing
 from ._state import _DRAINING, _RUNNING, _STOPPED, Epoch, _claims_key, _Deferred
@@ -152,25 +158,62 @@ class PublishVariants:
         payload: Mapping[str, Any] | None = None,
         metadata: Mapping[str, str] | None = None,
         key: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Event:
         """Like ``publish`` but never waits: raises ``QueueFullError`` when full.
 
         With a store the event is journaled in the background before it is
         delivered, so it is not yet durable when this returns: a crash in
-        that window loses it. Use ``await publish()`` where that matters.
+        that window loses it (its ``idempotency_key`` too). Use ``await
+        publish()`` where that matters.
+
+        A repeat of an ``idempotency_key`` returns the first event, as with
+        ``publish``; one made while the first publish of the key still waits
+        raises ``KeyInFlightError`` (a ``QueueFullError``), as it would have
+        to wait for it.
         """
-        if metadata is not None and _claims_key(metadata):
-            raise PayloadError(
-                name,
-                f"metadata[{IDEMPOTENCY_KEY!r}]",
-                "is reserved: use `await publish(..., idempotency_key=...)`",
-            )
+        if idempotency_key is not None or (metadata is not None and _claims_key(metadata)):
+            return self._publish_once_nowait(name, payload, metadata, key, idempotency_key)
         if self._middleware.publish:
             return self._publish_nowait_with_middleware(name, payload, metadata, key)
         try:
             return self._accept(name, payload, metadata, delivery_var.get(), key)
         except _Deferred as deferred:
             return self._accept_nowait_deferred(name, deferred)
+
+    def _publish_once_nowait(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | None,
+        metadata: Mapping[str, str] | None,
+        key: str | None,
+        idempotency_key: str | None,
+    ) -> Event:
+        """``publish_nowait`` with an idempotency key (see ``_publish_once``)."""
+        if idempotency_key is None:
+            raise PayloadError(
+                name,
+                f"metadata[{IDEMPOTENCY_KEY!r}]",
+                "is reserved: pass publish_nowait(..., idempotency_key=...) instead",
+            )
+        idempotency_key = validate_idempotency_key(name, idempotency_key)
+        first = self._idempotency.get(idempotency_key, datetime.now(UTC))
+        if first is not None:
+            self._repeated += 1
+            return first
+        if idempotency_key in self._first_publishes:
+            raise KeyInFlightError(name, self.buffer, idempotency_key)
+        tagged = {} if metadata is None else dict(metadata)
+        tagged[IDEMPOTENCY_KEY] = idempotency_key
+        if self._middleware.publish:
+            event = self._publish_nowait_with_middleware(name, payload, tagged, key)
+        else:
+            try:
+                event = self._accept(name, payload, tagged, delivery_var.get(), key)
+            except _Deferred as deferred:
+                event = self._accept_nowait_deferred(name, deferred)
+        self._idempotency.add(idempotency_key, event)
+        return event
 
     def _accept_nowait_deferred(self, name: str, deferred: _Deferred) -> Event:
         """``publish_nowait`` when ``publish`` would wait: refuse, or journal in the background."""

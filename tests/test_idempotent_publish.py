@@ -234,3 +234,94 @@ async def test_metadata_that_is_not_a_mapping_is_still_a_payload_error(
             await runtime.publish("order:paid", metadata=metadata)  # type: ignore[arg-type]
         with pytest.raises(aevents.PayloadError, match="metadata: expected a mapping"):
             runtime.publish_nowait("order:paid", metadata=metadata)  # type: ignore[arg-type]
+
+
+async def test_publish_nowait_takes_the_key_too(registry: Registry) -> None:
+    """publish_nowait shares the window with publish: a repeat either way is the first event."""
+    seen = counting(registry)
+    async with EventRuntime(registry) as runtime:
+        first = runtime.publish_nowait("order:paid", payload={"n": 1}, idempotency_key="a")
+        again = runtime.publish_nowait("order:paid", payload={"n": 1}, idempotency_key="a")
+        awaited = await runtime.publish("order:paid", idempotency_key="a")
+        second = await runtime.publish("order:paid", payload={"n": 2}, idempotency_key="b")
+        module_level = aevents.publish_nowait("order:paid", idempotency_key="b")
+        with anyio.fail_after(5):
+            await runtime.drain()
+        stats = runtime.stats()
+    assert again is first
+    assert awaited is first
+    assert module_level is second
+    assert first.metadata["idempotency_key"] == "a"
+    assert seen == [first, second]
+    assert (stats.published, stats.repeated) == (2, 3)
+
+
+async def test_publish_nowait_refuses_a_key_whose_first_publish_still_waits(
+    registry: Registry,
+) -> None:
+    """It cannot wait for the first publish of the key, so it raises KeyInFlightError, a
+    QueueFullError naming the event and the key; nothing is published twice."""
+    release = anyio.Event()
+    seen: list[Event] = []
+
+    async def slow(event: Event) -> None:
+        seen.append(event)
+        with anyio.fail_after(5):
+            await release.wait()
+
+    registry.subscribe("order:paid", slow, id="slow")
+    async with EventRuntime(registry, workers=1, buffer=1) as runtime:
+        await runtime.publish("order:paid", payload={"order": 1})  # taken by the worker
+        await runtime.publish("order:paid", payload={"order": 2})  # fills the buffer
+        await wait_all_tasks_blocked()
+        results: list[Event] = []
+
+        async def pay() -> None:
+            results.append(
+                await runtime.publish("order:paid", payload={"order": 3}, idempotency_key="o-3")
+            )
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(pay)
+            await wait_all_tasks_blocked()
+            with pytest.raises(aevents.KeyInFlightError) as refused:
+                runtime.publish_nowait("order:paid", payload={"order": 3}, idempotency_key="o-3")
+            release.set()
+        assert isinstance(refused.value, aevents.QueueFullError)
+        assert refused.value.key == "o-3"
+        assert "'order:paid' with idempotency_key 'o-3'" in str(refused.value)
+        again = runtime.publish_nowait("order:paid", payload={"order": 3}, idempotency_key="o-3")
+        with anyio.fail_after(5):
+            await runtime.drain()
+    assert again is results[0]
+    assert [event.payload["order"] for event in seen] == [1, 2, 3]
+
+
+async def test_publish_nowait_journals_its_key_for_the_next_start(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """With a SQLite journal, the key of a publish_nowait is written with its event in the
+    background, so a repeat after a restart returns that event."""
+    seen = counting(registry)
+    path = tmp_path / "events.db"
+    async with EventRuntime(registry, store=SQLiteStore(path)) as runtime:
+        first = runtime.publish_nowait("order:paid", payload={"n": 1}, idempotency_key="pay-1")
+        with anyio.fail_after(5):
+            await runtime.drain()
+    async with EventRuntime(registry, store=SQLiteStore(path)) as runtime:
+        again = runtime.publish_nowait("order:paid", payload={"n": 1}, idempotency_key="pay-1")
+        with anyio.fail_after(5):
+            await runtime.drain()
+        assert runtime.stats().repeated == 1
+    assert again == first
+    assert [event.id for event in seen] == [first.id]
+
+
+async def test_publish_nowait_checks_the_key_at_the_call_site(registry: Registry) -> None:
+    """A bad key, or the reserved metadata entry, is refused before anything is accepted."""
+    async with EventRuntime(registry) as runtime:
+        with pytest.raises(aevents.PayloadError, match="'order:paid': idempotency_key"):
+            runtime.publish_nowait("order:paid", idempotency_key="")
+        with pytest.raises(aevents.PayloadError, match=r"publish_nowait\(\.\.\., idempotency_key"):
+            runtime.publish_nowait("order:paid", metadata={"idempotency_key": "k"})
+        assert runtime.stats().published == 0
