@@ -57,6 +57,7 @@ class FailureHandling:
     _dead_letters: dict[str, DeadLetter]
     _storms: set[tuple[str, str]]
     _middleware: MiddlewareStack
+    _held_lanes: dict[tuple[str, str], str]
 
     def _init_failures(self) -> None:
         self._retries: list[tuple[float, int, Item]] = []
@@ -157,6 +158,20 @@ class FailureHandling:
                 oldest,
                 self.max_dead_letters,
             )
+            key = evicted.event.key
+            holder = None if key is None else self._held_lanes.get((evicted.receiver_id, key))
+            if holder is not None and holder == evicted.event.id:
+                # Gone from the list, it can no longer be redelivered to let its lane go on.
+                logger.warning(
+                    "evicted dead letter %s still holds key %r of receiver %r; "
+                    "runtime.release_key(%r, %r) lets the deliveries behind it run",
+                    oldest,
+                    key,
+                    evicted.receiver_id,
+                    evicted.receiver_id,
+                    key,
+                    extra={"dead_letter_id": oldest, "receiver_id": evicted.receiver_id},
+                )
             if self._middleware.outcomes:
                 notify(self._middleware.outcomes, "on_dropped", self._letter_info(evicted))
 

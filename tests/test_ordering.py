@@ -210,6 +210,41 @@ async def test_release_key_skips_past_the_dead_letter_that_holds_it(registry: Re
     assert log == [1]
 
 
+async def test_an_evicted_dead_letter_that_holds_a_key_says_how_to_release_it(
+    registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without a store, a holding letter evicted past max_dead_letters can no longer be
+    redelivered: the warning names the key and the release_key call that frees it."""
+    log: list[int] = []
+
+    async def receiver(event: Event) -> None:
+        if event.payload["seq"] < 2:
+            raise ValueError("poison")
+        log.append(event.payload["seq"])
+
+    registry.subscribe("account:changed", receiver, id="r", retry=RetryPolicy(attempts=1))
+    caplog.set_level("WARNING", logger="aevents")
+    async with EventRuntime(registry, keyed_dead_letters="hold", max_dead_letters=1) as runtime:
+        await runtime.publish("account:changed", payload={"seq": 0}, key="k\x1b")
+        await runtime.publish("account:changed", payload={"seq": 2}, key="k\x1b")
+        await runtime.publish("account:changed", payload={"seq": 1}, key="other")
+        with anyio.fail_after(5):
+            await runtime.drain()
+        assert len(await runtime.dead_letters()) == 1  # the first letter was evicted
+        assert ("r", "k\x1b") in runtime.held_keys()
+        messages = [record.getMessage() for record in caplog.records]
+        hint = [message for message in messages if "still holds key" in message]
+        assert hint == [
+            f"evicted dead letter {hint[0].split()[3]} still holds key 'k\\x1b' of receiver "
+            "'r'; runtime.release_key('r', 'k\\x1b') lets the deliveries behind it run"
+        ]
+        assert "\x1b" not in hint[0]
+        assert runtime.release_key("r", "k\x1b") is True
+        with anyio.fail_after(5):
+            await runtime.drain()
+    assert log == [2]
+
+
 @pytest.mark.parametrize("key", [42, "", "k" * 201])
 async def test_a_bad_key_fails_at_the_call_site(registry: Registry, key: object) -> None:
     """A key that is not a 1-200 character string is a PayloadError naming the event."""
