@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.machine import describe
+from benchmarks.machine import describe, source_digest
 from benchmarks.payload import describe as describe_payload
 from benchmarks.runner import ROOT, Job, Outcome, plan, run
 from benchmarks.summary import evaluate_goals, summarize
@@ -85,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 200)
     jobs, skipped = plan(workloads, systems, repeat, args.quick)
     started_at = dt.datetime.now(dt.UTC)
+    # The code measured is the code at the start: an edit during a long run must not
+    # be recorded as what was measured.
+    environment = describe(ROOT)
     console.print(
         f"[bold]aevents benchmarks[/bold]: {len(workloads)} workloads x {len(systems)} systems, "
         f"{repeat} repetition(s), {len(jobs)} measurements"
@@ -133,6 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print()
     render(console, workloads, system_names, summary)
     errors = [outcome for outcome in outcomes if outcome.status == "error"]
+    if source_digest(ROOT / "aevents") != environment["aevents_source_sha256"]:
+        environment["aevents_source_changed_during_run"] = True
+        console.print(
+            "[bold yellow]aevents' source changed during the run: the workers that "
+            "started after the change measured other code[/bold yellow]"
+        )
     document = _document(
         args,
         repeat,
@@ -142,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         system_names,
         outcomes,
         summary,
+        environment,
     )
     output = args.output or RESULTS / f"{started_at:%Y%m%dT%H%M%SZ}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -162,6 +172,7 @@ def _document(
     systems: Sequence[str],
     outcomes: Sequence[Outcome],
     summary: dict[str, Any],
+    environment: dict[str, Any],
 ) -> dict[str, Any]:
     return {
         "schema": 1,
@@ -169,7 +180,7 @@ def _document(
         "seconds": round(seconds, 1),
         "command": ["python", "-m", "benchmarks", *sys.argv[1:]],
         "options": {"quick": args.quick, "repeat": repeat, "baseline": BASELINE},
-        **describe(ROOT),
+        **environment,
         "payload": describe_payload(),
         "workloads": {
             workload.key: {
