@@ -3,6 +3,7 @@
 ::
 
     python -m aevents inspect TARGET [TARGET ...] [--registry MODULE:ATTRIBUTE] [--strict]
+                              [--allow PATTERN ...]
 
     python -m aevents journal PATH stats
     python -m aevents journal PATH pending [--limit N]
@@ -14,7 +15,7 @@
 it, ``package.module:attribute``) from the current directory first, then prints
 which receivers each declared name routes to and what reaches nothing (see
 ``aevents._inspect``). It exits 1 when a target fails to import, and with
-``--strict`` when the report shows a problem.
+``--strict`` when the report shows a problem that no ``--allow`` excuses.
 
 Every command takes ``--json`` for scripts. Exit codes: 0 done, 1 the
 journal is missing or unusable, 2 bad usage, 3 the journal is in use by another
@@ -38,8 +39,9 @@ from typing import Any, TextIO
 import anyio
 import orjson
 
-from ._exceptions import JournalInUseError, StoreError
+from ._exceptions import InvalidEventNameError, JournalInUseError, StoreError
 from ._inspect import inspect_routes
+from ._names import validate_pattern
 from ._registry import Registry
 from ._store._protocol import PendingDelivery
 from ._store._sqlite import SQLiteStore, request_redelivery
@@ -91,6 +93,14 @@ def _parser() -> argparse.ArgumentParser:
         help="import targets from DIR before sys.path (default: the current directory)",
     )
     inspect.add_argument("--strict", action="store_true", help="exit 1 if any problem is found")
+    inspect.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="excuse known problems: declared or subscribed names this name or pattern "
+        "matches, or a wildcard subscription equal to it (repeatable)",
+    )
     inspect.add_argument(
         "--traceback", action="store_true", help="print the traceback of a target that fails"
     )
@@ -171,6 +181,11 @@ def _inspect(args: argparse.Namespace) -> int:
         _check_spec(spec, "TARGET", attribute_required=False)
     if args.registry is not None:
         _check_spec(args.registry, "--registry", attribute_required=True)
+    for entry in args.allow:
+        try:
+            validate_pattern(entry)
+        except InvalidEventNameError as error:
+            raise _Usage(f"--allow {_escape(repr(entry))}: {_escape(str(error))}") from None
     app_dir = os.path.abspath(args.app_dir)
     if not os.path.isdir(app_dir):
         raise _Usage(f"--app-dir {args.app_dir!r} is not a directory")
@@ -182,7 +197,7 @@ def _inspect(args: argparse.Namespace) -> int:
         registry = _load_app(args)
     except _LoadError as error:
         return _fail(_escape(str(error)), EXIT_ERROR)
-    report = inspect_routes(registry)
+    report = inspect_routes(registry, allow=args.allow)
     _print(args, report.to_dict(), report.to_text())
     return EXIT_ERROR if args.strict and not report.ok else EXIT_OK
 

@@ -21,7 +21,7 @@ import attrs
 
 from . import _catalog
 from ._catalog import Catalog
-from ._names import compile_pattern, first_segment, is_pattern
+from ._names import compile_pattern, first_segment, is_pattern, validate_pattern
 from ._registry import Registry, default_registry
 
 __all__ = [
@@ -75,17 +75,26 @@ class RoutingReport:
       each a likely typo, with the closest declared name when there is one.
     - ``unrouted_names``: declared names with no receiver.
 
-    ``ok`` is true when there is no problem of any kind.
+    ``ok`` is true when there is no problem of any kind. ``allowed`` lists the
+    problems that ``inspect_routes(allow=...)`` excused: they appear there, not
+    in the three lists above, and do not count.
     """
 
     names: tuple[DeclaredName, ...]
     unmatched_patterns: tuple[UnmatchedPattern, ...]
     undeclared_names: tuple[UnmatchedPattern, ...]
+    allowed: tuple[str, ...] = ()
+    """Names and patterns whose problem was excused by ``allow``, sorted."""
 
     @property
     def unrouted_names(self) -> tuple[DeclaredName, ...]:
-        """Declared names that no receiver matches."""
-        return tuple(declared for declared in self.names if not declared.receivers)
+        """Declared names that no receiver matches (less those ``allowed``)."""
+        excused = set(self.allowed)
+        return tuple(
+            declared
+            for declared in self.names
+            if not declared.receivers and declared.name not in excused
+        )
 
     @property
     def problem_count(self) -> int:
@@ -131,6 +140,7 @@ class RoutingReport:
                 {"catalog": declared.catalog, "key": declared.key, "name": declared.name}
                 for declared in self.unrouted_names
             ],
+            "allowed": list(self.allowed),
             "problems": self.problem_count,
             "ok": self.ok,
         }
@@ -141,7 +151,10 @@ class RoutingReport:
 
 
 def inspect_routes(
-    registry: Registry | None = None, *, catalogs: Iterable[Catalog] | None = None
+    registry: Registry | None = None,
+    *,
+    catalogs: Iterable[Catalog] | None = None,
+    allow: Iterable[str] = (),
 ) -> RoutingReport:
     """Compare the declared names with the subscriptions of ``registry``.
 
@@ -149,7 +162,16 @@ def inspect_routes(
     declared names to those catalogs; by default every name declared in this
     process counts, which is what a strict runtime checks publishes against.
     Import the modules that build catalogs and subscribe receivers first.
+
+    ``allow`` excuses known problems, so that a start-up check or ``--strict``
+    fails only on new ones: each entry is a name or a pattern. A declared name
+    with no receiver, or a subscribed name no catalog declares, is excused when
+    an entry matches it (``"audit:**"`` excuses every such name under
+    ``audit``); a wildcard subscription that matches no declared name, when an
+    entry is that same pattern. An invalid entry raises ``InvalidEventNameError``.
     """
+    allowances = [validate_pattern(entry) for entry in allow]
+    matchers = [compile_pattern(entry) for entry in allowances]
     registry = default_registry if registry is None else registry
     declared = _declarations(catalogs)
     by_pattern: dict[str, list[str]] = {}
@@ -163,14 +185,22 @@ def inspect_routes(
     reached = _patterns_matching_a_name([p for p in by_pattern if is_pattern(p)], names, by_first)
     unmatched = []
     undeclared = []
+    excused: set[str] = set()
     for pattern in sorted(by_pattern):
         receiver_ids = tuple(by_pattern[pattern])
         if not is_pattern(pattern):
-            if pattern not in known:
-                suggestion = _closest(pattern, names, by_first)
-                undeclared.append(UnmatchedPattern(pattern, receiver_ids, suggestion))
+            if pattern in known:
+                continue
+            if any(matches(pattern) for matches in matchers):
+                excused.add(pattern)
+                continue
+            suggestion = _closest(pattern, names, by_first)
+            undeclared.append(UnmatchedPattern(pattern, receiver_ids, suggestion))
         elif pattern not in reached:
-            unmatched.append(UnmatchedPattern(pattern, receiver_ids))
+            if pattern in allowances:
+                excused.add(pattern)
+            else:
+                unmatched.append(UnmatchedPattern(pattern, receiver_ids))
     table = tuple(
         DeclaredName(
             label,
@@ -180,7 +210,12 @@ def inspect_routes(
         )
         for label, key, name in declared
     )
-    return RoutingReport(table, tuple(unmatched), tuple(undeclared))
+    excused.update(
+        each.name
+        for each in table
+        if not each.receivers and any(matches(each.name) for matches in matchers)
+    )
+    return RoutingReport(table, tuple(unmatched), tuple(undeclared), tuple(sorted(excused)))
 
 
 def _declarations(catalogs: Iterable[Catalog] | None) -> list[tuple[str, str, str]]:
@@ -286,6 +321,9 @@ def _render(report: RoutingReport) -> list[str]:
     for title, rows in sections:
         if rows:
             lines += ["", f"{title} ({len(rows)})", *_columns(rows)]
+    if report.allowed:
+        lines += ["", f"Allowed, not counted ({len(report.allowed)})"]
+        lines += [f"  {_printable(entry)}" for entry in report.allowed]
     lines.append("")
     if report.ok:
         lines.append("No problems found.")

@@ -244,9 +244,46 @@ def test_to_dict_is_json_with_stable_keys(registry: aevents.Registry) -> None:
             {"name": f"{t}:creatd", "receiver_ids": ["typo"], "suggestion": f"{t}:created"}
         ],
         "unrouted_names": [{"catalog": "c", "key": "DELETED", "name": f"{t}:deleted"}],
+        "allowed": [],
         "problems": 3,
         "ok": False,
     }
+
+
+def test_allow_excuses_known_problems_of_each_kind_and_lists_them(
+    registry: aevents.Registry,
+) -> None:
+    """A name or pattern in ``allow`` excuses the unrouted and undeclared names it matches
+    and the wildcard subscription equal to it; they are listed, not counted."""
+    t = token()
+    catalog = aevents.Catalog(
+        {"CREATED": f"{t}:created", "EXPORTED": f"{t}:export:done", "DELETED": f"{t}:deleted"},
+        name="c",
+    )
+    registry.subscribe(catalog.CREATED, receiver, id="welcome")
+    registry.subscribe(f"{t}:legacy", receiver, id="old")  # undeclared
+    registry.subscribe(f"x{t}:**", receiver, id="stray")  # matches nothing declared
+    full = inspect_routes(registry, catalogs=[catalog])
+    assert full.problem_count == 4
+    report = inspect_routes(
+        registry,
+        catalogs=[catalog],
+        allow=[f"{t}:export:*", f"{t}:legacy", f"x{t}:**"],
+    )
+    assert report.allowed == tuple(sorted([f"{t}:export:done", f"{t}:legacy", f"x{t}:**"]))
+    assert report.unrouted_names == (DeclaredName("c", "DELETED", f"{t}:deleted", ()),)
+    assert (report.undeclared_names, report.unmatched_patterns) == ((), ())
+    assert report.problem_count == 1
+    text = report.to_text()
+    assert "Allowed, not counted (3)" in text
+    assert text.endswith("1 problem found.")
+    assert report.to_dict()["allowed"] == list(report.allowed)
+    # A wildcard subscription is excused only by the same pattern, not a wider one.
+    wider = inspect_routes(registry, catalogs=[catalog], allow=["**"])
+    assert [u.pattern for u in wider.unmatched_patterns] == [f"x{t}:**"]
+    assert wider.problem_count == 1
+    with pytest.raises(aevents.InvalidEventNameError):
+        inspect_routes(registry, catalogs=[catalog], allow=["not a name"])
 
 
 def test_text_escapes_control_characters_in_ids_and_labels(registry: aevents.Registry) -> None:
@@ -380,6 +417,20 @@ def test_strict_exits_1_only_when_there_is_a_problem() -> None:
     assert clean.stdout.endswith("No problems found.\n")
 
 
+def test_allow_lets_strict_pass_on_known_problems_only() -> None:
+    """``--allow`` (repeatable) excuses known problems; any other problem still fails --strict."""
+    known = ["--allow", "order:refund", "--allow", "invoice:**"]
+    partly = inspect_cli("shop.main:app", "--strict", *known)
+    assert partly.returncode == 1  # shipping:parcel:delivered still has no receiver
+    assert partly.stdout.endswith("1 problem found.\n")
+    assert "Allowed, not counted (2)\n  invoice:**\n  order:refund\n" in partly.stdout
+    result = inspect_cli("shop.main:app", "--strict", "--json", *known, "--allow", "shipping:**")
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = orjson.loads(result.stdout)
+    assert data["allowed"] == ["invoice:**", "order:refund", "shipping:parcel:delivered"]
+    assert (data["problems"], data["ok"]) == (0, True)
+
+
 def test_json_is_the_report_structure() -> None:
     """``--json`` prints ``RoutingReport.to_dict()`` and nothing else on stdout."""
     result = inspect_cli("shop.main:app", "--json", "--strict")
@@ -498,6 +549,7 @@ def test_control_characters_from_the_app_are_escaped_in_the_terminal_output() ->
         ["inspect", "shop.main:"],
         ["inspect", "tidy_app", "--registry", "custom_registry_app"],
         ["inspect", "tidy_app", "--app-dir", "/nonexistent/aevents-inspect"],
+        ["inspect", "tidy_app", "--allow", "not a pattern"],
     ],
 )
 def test_bad_usage_exits_2_before_importing_anything(
