@@ -2,23 +2,17 @@
 
 Each test starts ``python -m uvicorn`` on a loopback port chosen by the kernel
 (port 0), reads the port from uvicorn's startup line, and stops the server with
-SIGTERM, as a process manager does. uvicorn runs asyncio only, so these run the
-server on asyncio and on uvloop; tests/test_contrib_starlette.py covers trio
-in-process. The tests themselves are synchronous: the client's loop is not
-what is under test, the server's is.
+SIGTERM, as a process manager does (see ``servers``). uvicorn runs asyncio
+only, so these run the server on asyncio and on uvloop;
+``test_hypercorn_server`` runs the example under Hypercorn on trio too. The
+tests themselves are synchronous: the client's loop is not what is under
+test, the server's is.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -32,105 +26,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import aevents
 from aevents.contrib.starlette import events_lifespan
-
-ROOT = Path(__file__).resolve().parents[2]
-WAIT = 30.0  # seconds: a generous bound on every wait, never a synchronisation
+from tests.integration.servers import WAIT, Server, uvicorn
 
 pytestmark = pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 
 
-class Server:
-    """A uvicorn process whose merged output is read line by line as it comes."""
+def stop(server: Server) -> None:
+    """SIGTERM; fails unless uvicorn shut down cleanly.
 
-    def __init__(self, app: str, loop: str, env: dict[str, str]) -> None:
-        command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", "0"]
-        self.process = subprocess.Popen(
-            [*command, "--loop", loop],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._finished = False
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._finished = True
-            self._changed.notify_all()
-
-    @property
-    def output(self) -> str:
-        with self._changed:
-            return "\n".join(self.lines)
-
-    def wait_for(self, text: str) -> str:
-        """The first output line containing ``text``, waiting for it up to WAIT seconds."""
-
-        def found() -> str | None:
-            return next((line for line in self.lines if text in line), None)
-
-        with self._changed:
-            if not self._changed.wait_for(lambda: found() or self._finished, timeout=WAIT):
-                raise AssertionError(f"no {text!r} in {WAIT} s; output so far:\n{self.output}")
-            line = found()
-        if line is None:
-            raise AssertionError(f"uvicorn exited without {text!r}; output:\n{self.output}")
-        return line
-
-    def started(self) -> httpx.Client:
-        """A client for the server once it says it is running."""
-        line = self.wait_for("Uvicorn running on")
-        match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-        assert match is not None, line
-        return httpx.Client(base_url=f"http://127.0.0.1:{match[1]}", timeout=WAIT)
-
-    def stop(self) -> None:
-        """SIGTERM, as a process manager stops a server; fails unless uvicorn shut down cleanly.
-
-        uvicorn shuts down gracefully, then re-raises the signal it caught, so
-        a clean stop exits by SIGTERM after "Application shutdown complete."
-        """
-        self.process.send_signal(signal.SIGTERM)
-        self.wait_for_graceful_exit()
-
-    def wait_for_graceful_exit(self) -> None:
-        returncode = self.wait()
-        output = self.output
-        assert returncode == -signal.SIGTERM, output
-        assert "Application shutdown complete." in output, output
-
-    def wait(self) -> int:
-        returncode = self.process.wait(timeout=WAIT)
-        self._reader.join(timeout=WAIT)
-        return returncode
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=WAIT)
-        self._reader.join(timeout=WAIT)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-
-
-@contextmanager
-def uvicorn(app: str, loop: str, **env: str) -> Iterator[Server]:
-    """``python -m uvicorn app`` from the repository root; killed if the test leaves it running."""
-    server = Server(app, loop, env)
-    try:
-        yield server
-    finally:
-        server.kill()
+    uvicorn shuts down gracefully, then re-raises the signal it caught, so a
+    clean stop exits by SIGTERM after "Application shutdown complete."
+    """
+    returncode = server.terminate()
+    assert returncode == -signal.SIGTERM, server.output
+    assert "Application shutdown complete." in server.output, server.output
 
 
 def stats_once_delivered(client: httpx.Client, delivered: int) -> dict[str, int]:
@@ -154,7 +63,7 @@ def test_the_starlette_example_publishes_from_endpoints_and_background_tasks(loo
             assert joined.status_code == 202
             server.wait_for("mail to bob@example.com: Please confirm your subscription")
             stats = stats_once_delivered(client, 2)
-        server.stop()
+        stop(server)
     assert (stats["published"], stats["delivered"], stats["failed"]) == (2, 2, 0)
     assert "outbox closed after 2 mails" in server.output
     assert "Traceback" not in server.output
@@ -177,7 +86,7 @@ def test_the_fastapi_example_publishes_from_endpoints_dependencies_and_backgroun
             server.wait_for("viewed /catalogue")
             stats = stats_once_delivered(client, 4)
             invalid = client.post("/orders", json={"sku": "tea", "quantity": 0})
-        server.stop()
+        stop(server)
     assert (stats["published"], stats["delivered"], stats["failed"]) == (3, 4, 0)
     assert invalid.status_code == 422  # FastAPI refused it; nothing was published
     assert "Traceback" not in server.output
@@ -209,7 +118,7 @@ def test_the_starlette_example_journals_under_uvicorn(loop: str, tmp_path: Path)
         with uvicorn("examples.starlette_app:app", loop, EVENTS_JOURNAL=str(journal)) as second:
             assert second.wait() == 3
         assert "is in use by another process" in second.output
-        server.stop()
+        stop(server)
     assert "Traceback" not in server.output
 
 
@@ -283,7 +192,7 @@ def test_stopping_the_server_drains_running_receivers(loop: str) -> None:
         with server.started() as client:
             assert client.post("/work").status_code == 202
         server.wait_for("receiver started")
-        server.stop()
+        stop(server)
     lines = [line.removeprefix("INFO:     ") for line in server.lines]
     assert "receiver cancelled" not in lines
     assert lines.index("Waiting for application shutdown.") < lines.index(
