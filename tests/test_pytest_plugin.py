@@ -1,4 +1,4 @@
-"""The pytest plugin: small test files run through it with pytester, on asyncio and trio."""
+"""The pytest plugin: small test files run through it with pytester, on asyncio, uvloop and trio."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ pytest_plugins = ["pytester"]
 Run = Callable[[str], pytest.RunResult]
 
 
-@pytest.fixture(params=["asyncio", "trio"])
+@pytest.fixture(
+    params=[
+        pytest.param("asyncio", id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+        pytest.param("trio", id="trio"),
+    ]
+)
 def run(pytester: pytest.Pytester, request: pytest.FixtureRequest) -> Run:
     """Runs a test file in-process with the plugin, strict markers and warnings as errors."""
     pytester.makeini(
@@ -49,6 +55,32 @@ async def test_publish(aevents_runtime, aevents_registry):
 """
     )
     result.assert_outcomes(passed=1)
+
+
+def test_the_runtime_fixture_runs_on_the_projects_anyio_backend(
+    run: Run, pytester: pytest.Pytester, request: pytest.FixtureRequest
+) -> None:
+    """The runtime runs on whatever anyio_backend the project picks: asyncio, uvloop or trio."""
+    result = run(
+        """
+import asyncio
+import pytest
+
+@pytest.mark.anyio
+async def test_loop(aevents_runtime):
+    await aevents_runtime.publish("inner:event")
+    await aevents_runtime.drain()
+    try:
+        library = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    except RuntimeError:  # no asyncio loop: trio
+        library = "trio"
+    with open("backend.txt", "w") as seen:
+        seen.write(f"{library} {aevents_runtime.stats().published}")
+"""
+    )
+    result.assert_outcomes(passed=1)
+    expected = {"asyncio": "asyncio", "uvloop": "uvloop", "trio": "trio"}[request.node.callspec.id]
+    assert (pytester.path / "backend.txt").read_text() == f"{expected} 1"
 
 
 def test_registry_changes_are_undone_after_each_test(run: Run) -> None:
