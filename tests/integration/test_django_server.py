@@ -9,6 +9,7 @@ rows back through ``/events/`` (or straight from the SQLite file).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -24,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets.sync.client
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = ROOT / "examples" / "django_project"
@@ -67,12 +69,12 @@ def _migrate(state_dir: Path) -> None:
     assert (state_dir / "blog.sqlite3").is_file()
 
 
-def _uvicorn_command(loop: str = "asyncio") -> list[str]:
+def _uvicorn_command(loop: str = "asyncio", app: str = "mysite.asgi:application") -> list[str]:
     return [
         sys.executable,
         "-m",
         "uvicorn",
-        "mysite.asgi:application",
+        app,
         "--host",
         "127.0.0.1",
         "--port",
@@ -96,12 +98,12 @@ def _wait_for(check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
 
 
 @contextlib.contextmanager
-def _serve(state_dir: Path, loop: str) -> Iterator[Server]:
-    """Run the example under uvicorn on ``loop`` until the block ends, then SIGTERM it."""
+def _serve(state_dir: Path, loop: str, app: str = "mysite.asgi:application") -> Iterator[Server]:
+    """Run the example's ``app`` under uvicorn on ``loop`` until the block ends, then SIGTERM it."""
     log = state_dir / "server.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            _uvicorn_command(loop),
+            _uvicorn_command(loop, app),
             cwd=PROJECT,
             env=_env(state_dir),
             stdout=output,
@@ -129,14 +131,14 @@ def _serve(state_dir: Path, loop: str) -> Iterator[Server]:
 LOOPS = ["asyncio", "uvloop"]
 
 
-@pytest.fixture(scope="module", params=LOOPS)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+@contextlib.contextmanager
+def _serve_then_stop_cleanly(
+    tmp_path_factory: pytest.TempPathFactory, loop: str, app: str
 ) -> Iterator[Server]:
-    """One server per event loop for the tests that only call it; it must stop cleanly too."""
+    """A migrated state directory and a server on it, which must stop cleanly at the end."""
     state_dir = tmp_path_factory.mktemp("django-server")
     _migrate(state_dir)
-    with _serve(state_dir, request.param) as running:
+    with _serve(state_dir, loop, app) as running:
         yield running
         running.process.send_signal(signal.SIGTERM)
         returncode = running.process.wait(timeout=30)
@@ -144,6 +146,27 @@ def server(
         assert returncode in STOPPED_CLEANLY, log
         assert "Traceback" not in log
         assert "ERROR" not in log
+
+
+@pytest.fixture(scope="module", params=LOOPS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """One server per event loop for the tests that only call it; it must stop cleanly too."""
+    with _serve_then_stop_cleanly(
+        tmp_path_factory, request.param, "mysite.asgi:application"
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module", params=LOOPS)
+def channels_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """The Channels flavour (``mysite.asgi_channels``): HTTP and WebSockets."""
+    app = "mysite.asgi_channels:application"
+    with _serve_then_stop_cleanly(tmp_path_factory, request.param, app) as running:
+        yield running
 
 
 @pytest.fixture
@@ -192,6 +215,33 @@ def test_a_view_publishes_and_the_receiver_sees_the_event(
         "name": "blog:comment:posted",
         "payload": {"text": text, "via": via},
     }
+
+
+@pytest.mark.parametrize(
+    ("path", "via"), [("/ws/comments/", "async consumer"), ("/ws/comments/sync/", "sync consumer")]
+)
+def test_a_websocket_consumer_publishes_and_the_receiver_sees_the_event(
+    channels_server: Server, path: str, via: str
+) -> None:
+    """Under Channels' router, ``aevents.publish`` (async consumer) and ``publish_threadsafe``
+    (sync consumer) deliver, and plain HTTP views still reach the same runtime."""
+    text = _unique("ws")
+    url = channels_server.url.replace("http://", "ws://", 1) + path
+    with websockets.sync.client.connect(url, open_timeout=20) as socket:
+        socket.send(json.dumps({"text": text}))
+        event_id = json.loads(socket.recv(timeout=20))["event_id"]
+    with httpx.Client(base_url=channels_server.url, timeout=20) as client:
+        [row] = _wait_for_rows(client, lambda row: row["event_id"] == event_id, 1)
+        assert row == {
+            "event_id": event_id,
+            "receiver": "record",
+            "name": "blog:comment:posted",
+            "payload": {"text": text, "via": via},
+        }
+        response = client.post("/comments/async/", data={"text": text})
+        assert response.status_code == 202, response.text
+        http_id = response.json()["event_id"]
+        _wait_for_rows(client, lambda row: row["event_id"] == http_id, 1)
 
 
 @pytest.mark.parametrize("path", ["/articles/", "/articles/async/"])
