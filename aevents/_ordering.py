@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import anyio
 
 from ._delivery import Item
+from ._exceptions import PayloadError
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
@@ -39,12 +40,20 @@ if TYPE_CHECKING:
     from ._state import Epoch
     from ._store._protocol import Store
 
-__all__ = ["KEYED_DEAD_LETTER_POLICIES", "MAX_KEY_CHARS", "Ordering"]
+__all__ = ["KEYED_DEAD_LETTER_POLICIES", "MAX_KEY_CHARS", "Ordering", "bad_key"]
 
 logger = logging.getLogger("aevents.runtime")
 
 KEYED_DEAD_LETTER_POLICIES: Final = ("skip", "hold")
 MAX_KEY_CHARS: Final = 200
+
+
+def bad_key(name: str, key: object) -> PayloadError:
+    """The error for an ordering key that is not a string of 1 to ``MAX_KEY_CHARS``."""
+    if type(key) is not str:
+        return PayloadError(name, "key", f"expected str, got {type(key).__name__}")
+    return PayloadError(name, "key", f"must be 1 to {MAX_KEY_CHARS} characters, got {len(key)}")
+
 
 Lane = tuple[str, str]  # (receiver id, key)
 _NO_LANE: Final[Any] = object()

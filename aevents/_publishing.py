@@ -19,6 +19,7 @@ import anyio
 import anyio.abc
 import anyio.from_thread
 
+from ._catalog import is_declared
 from ._delivery import Item, delivery_var
 from ._event import Event
 from ._exceptions import (
@@ -27,9 +28,13 @@ from ._exceptions import (
     PayloadError,
     QueueFullError,
     RuntimeClosedError,
+    UnknownEventError,
 )
 from ._idempotency import IDEMPOTENCY_KEY, IdempotencyWindow, validate_idempotency_key
 from ._middleware import MiddlewareStack, PublishHooks, Publishing
+from ._names import validate_name
+from ._ordering import MAX_KEY_CHARS, bad_key
+from ._payload import encode_metadata, encode_payload
 from ._state import _DRAINING, _RUNNING, _STOPPED, Epoch, _claims_key, _Deferred
 
 if TYPE_CHECKING:
@@ -42,6 +47,8 @@ class PublishVariants:
     """Every publish but the plain ``await publish()``, for ``EventRuntime``."""
 
     buffer: int
+    strict: bool
+    max_payload_bytes: int
     _state: str
     _thread: int
     _portal: anyio.from_thread.BlockingPortal
@@ -149,6 +156,36 @@ class PublishVariants:
             parent,
             publishing.key,
         )
+
+    def _validated(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | None,
+        metadata: Mapping[str, str] | None,
+        key: str | None,
+        idempotency_key: str | None,
+    ) -> tuple[dict[str, Any], dict[str, str] | None, str | None]:
+        """Check a publish that will be made later (``publish_on_commit``) as ``publish``
+        would check it now; return the payload, metadata and idempotency key to make it with.
+
+        Raises what ``publish`` raises for bad input, naming the event.
+        """
+        validate_name(name)
+        if self.strict and not is_declared(name):
+            raise UnknownEventError(name)
+        body = encode_payload(name, payload, self.max_payload_bytes)
+        if metadata is not None and _claims_key(metadata):
+            raise PayloadError(
+                name,
+                f"metadata[{IDEMPOTENCY_KEY!r}]",
+                "is reserved: pass idempotency_key=... instead",
+            )
+        meta = None if metadata is None else encode_metadata(name, metadata)
+        if key is not None and (type(key) is not str or not 0 < len(key) <= MAX_KEY_CHARS):
+            raise bad_key(name, key)
+        if idempotency_key is not None:
+            idempotency_key = validate_idempotency_key(name, idempotency_key)
+        return body, meta, idempotency_key
 
     def publish_nowait(
         self,

@@ -43,7 +43,6 @@ from ._event import NO_METADATA, Event, make_event
 from ._exceptions import (
     AeventsError,
     CausationDepthError,
-    PayloadError,
     RuntimeClosedError,
     RuntimeNotRunningError,
     UnknownEventError,
@@ -55,7 +54,7 @@ from ._lifecycle import Lifecycle
 from ._lowlevel import cancelled_check_for_backend, leaf_errors
 from ._middleware import Middleware, MiddlewareStack, call_with_middleware, log_after_delivery_error
 from ._names import validate_name
-from ._ordering import MAX_KEY_CHARS, Ordering
+from ._ordering import MAX_KEY_CHARS, Ordering, bad_key
 from ._payload import DEFAULT_MAX_PAYLOAD_BYTES, encode_metadata, encode_payload, payload_json
 from ._policy import DeadLetter, RetryPolicy
 from ._publishing import PublishVariants
@@ -400,7 +399,7 @@ class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifec
         else:
             body = encode_payload(name, payload, self.max_payload_bytes)
         if key is not None and (type(key) is not str or not 0 < len(key) <= MAX_KEY_CHARS):
-            raise _bad_key(name, key)
+            raise bad_key(name, key)
         if parent is None:
             meta = NO_METADATA if metadata is None else encode_metadata(name, metadata)
             event = make_event(name, body, meta, key)
@@ -674,9 +673,3 @@ class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifec
 
     def __repr__(self) -> str:
         return f"<EventRuntime {self._state} workers={self.workers} buffer={self.buffer}>"
-
-
-def _bad_key(name: str, key: object) -> PayloadError:
-    if type(key) is not str:
-        return PayloadError(name, "key", f"expected str, got {type(key).__name__}")
-    return PayloadError(name, "key", f"must be 1 to {MAX_KEY_CHARS} characters, got {len(key)}")

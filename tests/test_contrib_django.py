@@ -249,11 +249,21 @@ async def test_the_payload_is_copied_when_publish_on_commit_is_called(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
-    ("name", "payload", "error", "message"),
+    ("name", "payload", "options", "error", "message"),
     [
-        ("note::created", None, aevents.InvalidEventNameError, "segment 1 is empty"),
-        ("note:created", {"score": float("nan")}, aevents.PayloadError, "payload['score']"),
-        ("note:created", {1: "x"}, aevents.PayloadError, "key 1 is a int, not str"),
+        ("note::created", None, {}, aevents.InvalidEventNameError, "segment 1 is empty"),
+        ("note:created", {"score": float("nan")}, {}, aevents.PayloadError, "payload['score']"),
+        ("note:created", {1: "x"}, {}, aevents.PayloadError, "key 1 is a int, not str"),
+        (
+            "note:created",
+            None,
+            {"metadata": {"idempotency_key": "k"}},
+            aevents.PayloadError,
+            "metadata['idempotency_key']: is reserved",
+        ),
+        ("note:created", None, {"metadata": {"tenant": 7}}, aevents.PayloadError, "metadata"),
+        ("note:created", None, {"key": ""}, aevents.PayloadError, "key: must be 1 to 200"),
+        ("note:created", None, {"idempotency_key": 7}, aevents.PayloadError, "idempotency_key"),
     ],
 )
 async def test_bad_input_fails_at_the_call_and_nothing_is_published_at_commit(
@@ -261,10 +271,12 @@ async def test_bad_input_fails_at_the_call_and_nothing_is_published_at_commit(
     registry: Registry,
     name: str,
     payload: Any,
+    options: dict[str, Any],
     error: type[Exception],
     message: str,
 ) -> None:
-    """A bad name or payload raises in the transaction, naming the event, before the commit."""
+    """A bad name, payload, metadata or key raises in the transaction, naming the event,
+    before the commit: nothing is left to fail (and be lost) at commit time."""
     seen = recorder(registry, "**")
     async with EventRuntime(registry) as runtime:
 
@@ -272,13 +284,41 @@ async def test_bad_input_fails_at_the_call_and_nothing_is_published_at_commit(
             with transaction.atomic():
                 db.Note.objects.create(title="bad input")
                 with pytest.raises(error, match=re.escape(message)) as raised:
-                    publish_on_commit(name, payload=payload)
+                    publish_on_commit(name, payload=payload, **options)
                 assert repr(name) in str(raised.value)
 
         await in_thread(create)
         await runtime.drain()
         assert runtime.stats().published == 0
     assert seen == []
+
+
+@pytest.mark.anyio
+async def test_keys_pass_through_and_a_retried_transaction_publishes_once(
+    db: SimpleNamespace, registry: Registry
+) -> None:
+    """``key`` orders the committed event; ``idempotency_key`` makes a second commit of the
+    same work (a retried transaction) a no-op that publishes nothing."""
+    seen = recorder(registry, "note:created")
+    async with EventRuntime(registry) as runtime:
+
+        def create() -> None:
+            with transaction.atomic():
+                note = db.Note.objects.create(title="once")
+                publish_on_commit(
+                    "note:created",
+                    payload={"title": note.title},
+                    key="notes",
+                    idempotency_key="create-note-once",
+                )
+
+        await in_thread(create)
+        await in_thread(create)  # the retry commits again
+        await runtime.drain()
+        stats = runtime.stats()
+    assert [(event.payload, event.key) for event in seen] == [({"title": "once"}, "notes")]
+    assert seen[0].metadata["idempotency_key"] == "create-note-once"
+    assert (stats.published, stats.repeated) == (1, 1)
 
 
 @pytest.mark.anyio

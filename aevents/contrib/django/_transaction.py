@@ -20,10 +20,7 @@ from typing import Any
 
 from django.db import transaction
 
-from ..._catalog import is_declared
-from ..._exceptions import AeventsError, RuntimeNotRunningError, UnknownEventError
-from ..._names import validate_name
-from ..._payload import encode_metadata, encode_payload
+from ..._exceptions import AeventsError, RuntimeNotRunningError
 from ..._runtime import EventRuntime, current_runtime
 
 __all__ = ["lost_events", "publish_on_commit"]
@@ -45,9 +42,15 @@ def publish_on_commit(
     *,
     payload: Mapping[str, Any] | None = None,
     metadata: Mapping[str, str] | None = None,
+    key: str | None = None,
+    idempotency_key: str | None = None,
     using: str | None = None,
 ) -> None:
     """Publish ``name`` once the transaction on database ``using`` commits; never on rollback.
+
+    ``key`` and ``idempotency_key`` are ``publish``'s: the ordering key, and the
+    key that makes a repeat a no-op (a transaction retried after a failure that
+    commits twice publishes once).
 
     For sync code: sync views, ORM signal receivers, and functions that async
     views run through ``sync_to_async`` (where Django's transactions live).
@@ -56,7 +59,8 @@ def publish_on_commit(
 
     Raises at the call, having registered nothing: ``InvalidEventNameError``,
     ``UnknownEventError`` (a strict runtime and an undeclared name),
-    ``PayloadError``, ``RuntimeNotRunningError`` when no runtime is running,
+    ``PayloadError`` (the payload, the metadata, either key),
+    ``RuntimeNotRunningError`` when no runtime is running,
     and ``AeventsError`` when called on an event loop's thread, where no
     transaction can be open (there, ``await aevents.publish(...)`` once the
     ``sync_to_async`` call that committed has returned).
@@ -79,24 +83,28 @@ def publish_on_commit(
     runtime = current_runtime()
     if runtime is None:
         raise RuntimeNotRunningError(name)
-    validate_name(name)
-    if runtime.strict and not is_declared(name):
-        raise UnknownEventError(name)
-    body = encode_payload(name, payload, runtime.max_payload_bytes)
-    meta = None if metadata is None else encode_metadata(name, metadata)
+    body, meta, idempotency_key = runtime._validated(name, payload, metadata, key, idempotency_key)
     transaction.on_commit(
-        functools.partial(_publish_committed, runtime, name, body, meta), using=using
+        functools.partial(_publish_committed, runtime, name, body, meta, key, idempotency_key),
+        using=using,
     )
 
 
 def _publish_committed(
-    runtime: EventRuntime, name: str, payload: dict[str, Any], metadata: dict[str, str] | None
+    runtime: EventRuntime,
+    name: str,
+    payload: dict[str, Any],
+    metadata: dict[str, str] | None,
+    key: str | None,
+    idempotency_key: str | None,
 ) -> None:
     # Whatever goes wrong, the data is committed already: raising would fail a request
     # whose transaction succeeded, and would stop Django running the transaction's
     # later hooks, losing their events without a word. Log the loss instead.
     try:
-        runtime.publish_threadsafe(name, payload=payload, metadata=metadata)
+        runtime.publish_threadsafe(
+            name, payload=payload, metadata=metadata, key=key, idempotency_key=idempotency_key
+        )
     except AeventsError as error:  # the runtime stopped, or its journal failed
         report_lost(name, f"{type(error).__name__}: {error}")
     except Exception as error:  # a middleware hook raised: keep the traceback
