@@ -602,6 +602,45 @@ async def test_a_signal_mirrored_without_on_commit_publishes_at_once(
     assert [event.payload for event in seen] == [{"key": "home"}]
 
 
+@pytest.mark.anyio
+async def test_a_mirror_with_a_key_orders_each_rows_events(
+    db: SimpleNamespace, registry: Registry, mirrors: list[tuple[Any, str, object]]
+) -> None:
+    """``key=`` builds the ordering key from the signal's arguments; a bad key raises from
+    the save, inside its transaction, which then rolls back and publishes nothing."""
+    name = unique("note:saved")
+    mirror_signal(
+        post_save,
+        sender=db.Note,
+        name=name,
+        payload=note_saved,
+        key=lambda instance, **signal: f"note-{instance.pk}" if instance.title else "",
+    )
+    mirrors.append((post_save, name, db.Note))
+    seen = recorder(registry, name)
+    async with EventRuntime(registry) as runtime:
+
+        def save() -> tuple[int, int]:
+            with transaction.atomic():
+                note = db.Note.objects.create(title="keyed")
+            note.title = "keyed again"
+            note.save()
+            with (
+                pytest.raises(aevents.PayloadError, match="key: must be 1 to 200"),
+                transaction.atomic(),
+            ):
+                db.Note.objects.create(title="")  # the key builder returns ""
+            return int(note.pk), db.Note.objects.filter(title="").count()
+
+        note_id, untitled = await in_thread(save)
+        await runtime.drain()
+    assert [(event.payload["title"], event.key) for event in seen] == [
+        ("keyed", f"note-{note_id}"),
+        ("keyed again", f"note-{note_id}"),
+    ]
+    assert untitled == 0  # the bad key rolled its save back
+
+
 def test_a_mirrored_save_with_no_runtime_running_saves_and_logs_the_lost_event(
     db: SimpleNamespace, mirrors: list[tuple[Any, str, object]], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -627,6 +666,8 @@ def test_mirror_signal_refuses_a_bad_name_or_payload_builder() -> None:
         mirror_signal(post_save, name="note saved", payload=note_saved)
     with pytest.raises(aevents.ConfigurationError, match="payload must be a callable"):
         mirror_signal(post_save, name="note:saved", payload={"id": 1})  # type: ignore[arg-type]
+    with pytest.raises(aevents.ConfigurationError, match="key must be a callable or None"):
+        mirror_signal(post_save, name="note:saved", payload=note_saved, key="k")  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------- autodiscovery

@@ -21,6 +21,9 @@ PayloadBuilder = Callable[..., Mapping[str, Any] | None]
 """Called with the signal's keyword arguments (``sender``, ``instance``, ``created``, ...);
 returns the event's payload, or ``None`` to publish nothing for this signal."""
 
+KeyBuilder = Callable[..., str | None]
+"""Called with the signal's keyword arguments; returns the event's ordering key, or ``None``."""
+
 
 def mirror_signal(
     signal: Any,
@@ -28,6 +31,7 @@ def mirror_signal(
     name: str,
     payload: PayloadBuilder,
     sender: object = None,
+    key: KeyBuilder | None = None,
     on_commit: bool = True,
     dispatch_uid: str | None = None,
 ) -> str:
@@ -35,6 +39,9 @@ def mirror_signal(
 
     ``payload`` gets the signal's keyword arguments and returns the payload
     (or ``None`` to skip this one: a ``raw`` save while loading fixtures, say).
+    ``key``, if given, gets the same arguments and returns the event's ordering
+    key (``lambda instance, **_: f"article-{instance.pk}"``), so that each
+    receiver sees one row's events in the order they were sent.
     With ``on_commit=True`` (the default) the event goes through
     ``publish_on_commit`` on the database the signal names (``using``), so a
     save that is rolled back publishes nothing; ``on_commit=False`` publishes
@@ -43,8 +50,8 @@ def mirror_signal(
     thread, which is where Django sends model signals (async ORM calls run the
     save in a thread).
 
-    A bad name raises here; a bad payload raises from the code that sent the
-    signal, inside its transaction. When no runtime is running (a management
+    A bad name raises here; a bad payload or key raises from the code that sent
+    the signal, inside its transaction. When no runtime is running (a management
     command, a shell) or it has stopped, the event is logged as lost, as an
     ERROR with the count so far (``lost_events()``), and the save goes on.
 
@@ -56,17 +63,22 @@ def mirror_signal(
         raise ConfigurationError(
             f"mirror_signal({name!r})", f"payload must be a callable, got {payload!r}"
         )
+    if key is not None and not callable(key):
+        raise ConfigurationError(
+            f"mirror_signal({name!r})", f"key must be a callable or None, got {key!r}"
+        )
     uid = dispatch_uid if dispatch_uid is not None else f"aevents:{name}"
 
     def mirror(**kwargs: Any) -> None:
         body = payload(**kwargs)
         if body is None:
             return
+        ordering = None if key is None else key(**kwargs)
         try:
             if on_commit:
-                publish_on_commit(name, payload=body, using=kwargs.get("using"))
+                publish_on_commit(name, payload=body, key=ordering, using=kwargs.get("using"))
             else:
-                publish_threadsafe(name, payload=body)
+                publish_threadsafe(name, payload=body, key=ordering)
         except (RuntimeNotRunningError, RuntimeClosedError) as error:
             report_lost(name, str(error))
 

@@ -29,8 +29,15 @@ def article_saved(instance: Article, created: bool, **signal: Any) -> dict[str, 
     return {"id": instance.pk, "title": instance.title, "created": created}
 
 
-# Published on commit: a save that is rolled back publishes nothing.
-mirror_signal(post_save, sender=Article, name=BLOG.ARTICLE_SAVED, payload=article_saved)
+# Published on commit: a save that is rolled back publishes nothing. Keyed by the
+# article, so each receiver sees one article's saves in the order they happened.
+mirror_signal(
+    post_save,
+    sender=Article,
+    name=BLOG.ARTICLE_SAVED,
+    payload=article_saved,
+    key=lambda instance, **signal: f"article-{instance.pk}",
+)
 
 
 @aevents.subscribe("blog:**")
