@@ -882,6 +882,47 @@ async def test_other_scopes_go_to_the_wrapped_app_untouched() -> None:
     assert calls == [(scope, receive, send)]
 
 
+@pytest.mark.anyio
+async def test_each_wrapped_app_publishes_to_its_own_runtime(registry: Registry) -> None:
+    """Two wrapped apps in one process: a request to each reaches that app's runtime, from
+    its task (``aevents.publish``) and from a worker thread (``publish_threadsafe``)."""
+    seen: dict[str, list[str]] = {"first": [], "second": []}
+
+    def app_named(label: str) -> AeventsASGI:
+        own = Registry()
+
+        async def record(event: Event) -> None:
+            seen[label].append(event.payload["via"])
+
+        own.subscribe("page:viewed", record)
+
+        async def inner(scope: Any, receive: Any, send: Any) -> None:
+            await aevents.publish("page:viewed", payload={"via": "task"})
+            await anyio.to_thread.run_sync(
+                lambda: aevents.publish_threadsafe("page:viewed", payload={"via": "thread"})
+            )
+
+        return AeventsASGI(inner, runtime_factory=functools.partial(EventRuntime, own))
+
+    first, second = app_named("first"), app_named("second")
+
+    async def nothing() -> dict[str, Any]:
+        return {"type": "http.request"}
+
+    async def ignore(message: Any) -> None:
+        pass
+
+    async with lifespan_of(first) as one, lifespan_of(second) as two:
+        assert (await one.send("lifespan.startup"))["type"] == "lifespan.startup.complete"
+        assert (await two.send("lifespan.startup"))["type"] == "lifespan.startup.complete"
+        await first({"type": "http", "path": "/"}, nothing, ignore)
+        await second({"type": "http", "path": "/"}, nothing, ignore)
+        await second({"type": "http", "path": "/"}, nothing, ignore)
+        await one.send("lifespan.shutdown")
+        await two.send("lifespan.shutdown")
+    assert seen == {"first": ["task", "thread"], "second": ["task", "thread"] * 2}
+
+
 def test_the_wrapper_wants_a_runtime_factory_not_a_runtime() -> None:
     """A runtime starts once, so passing one (rather than a way to make one) is refused."""
     with pytest.raises(aevents.ConfigurationError, match=r"functools\.partial"):

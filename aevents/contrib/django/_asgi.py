@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack
 from typing import Any, Final
 
 from ..._exceptions import ConfigurationError
-from ..._runtime import EventRuntime
+from ..._runtime import EventRuntime, _current_runtime
 
 __all__ = [
     "STATE_KEY",
@@ -92,7 +92,9 @@ class AeventsASGI:
     runtime's ``shutdown_timeout`` before ``lifespan.shutdown.complete``.
 
     While it runs, module-level ``aevents.publish`` finds it from request
-    tasks and ``aevents.publish_threadsafe`` from sync views' threads; it is
+    tasks and ``aevents.publish_threadsafe`` from sync views' threads (each
+    request is bound to this app's runtime, so two apps in one process each
+    reach their own); it is
     also ``self.runtime`` and, where the server keeps lifespan state,
     ``scope["state"]["events"]``. ``app`` never sees the lifespan. Run the
     server with the lifespan on (uvicorn's default ``--lifespan auto`` is
@@ -120,8 +122,19 @@ class AeventsASGI:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
-        else:
+            return
+        runtime = self.runtime
+        if runtime is None:
             await self.app(scope, receive, send)
+            return
+        # The request's task (and the threads sync_to_async runs its sync code on,
+        # which copy its context) publish to this app's runtime, even when another
+        # runtime runs in the same process.
+        token = _current_runtime.set(runtime)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _current_runtime.reset(token)
 
     def _new_runtime(self) -> EventRuntime:
         runtime = self.runtime_factory()
