@@ -97,26 +97,17 @@ class PublishVariants:
         idempotency_key: str | None,
     ) -> Event:
         """``publish`` with an idempotency key: the first event for the key, or a new one."""
-        if idempotency_key is None:
-            raise PayloadError(
-                name,
-                f"metadata[{IDEMPOTENCY_KEY!r}]",
-                "is reserved: pass publish(..., idempotency_key=...) instead",
-            )
-        idempotency_key = validate_idempotency_key(name, idempotency_key)
-        while True:
-            first = self._idempotency.get(idempotency_key, datetime.now(UTC))
-            if first is not None:
-                self._repeated += 1
-                return first
+        idempotency_key = _checked_key(name, idempotency_key, "publish")
+        while (first := self._repeat_of(idempotency_key)) is None:
             waiting = self._first_publishes.get(idempotency_key)
             if waiting is None:
                 break
             await waiting.wait()  # the first publish of this key is under way
+        if first is not None:
+            return first
         self._first_publishes[idempotency_key] = done = anyio.Event()
         try:
-            tagged = {} if metadata is None else dict(metadata)
-            tagged[IDEMPOTENCY_KEY] = idempotency_key
+            tagged = _tagged(metadata, idempotency_key)
             if self._middleware.publish:
                 event = await self._publish_with_middleware(name, payload, tagged, key)
             else:
@@ -211,6 +202,15 @@ class PublishVariants:
         """
         if idempotency_key is not None or (metadata is not None and _claims_key(metadata)):
             return self._publish_once_nowait(name, payload, metadata, key, idempotency_key)
+        return self._publish_nowait(name, payload, metadata, key)
+
+    def _publish_nowait(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | None,
+        metadata: Mapping[str, str] | None,
+        key: str | None,
+    ) -> Event:
         if self._middleware.publish:
             return self._publish_nowait_with_middleware(name, payload, metadata, key)
         try:
@@ -227,30 +227,23 @@ class PublishVariants:
         idempotency_key: str | None,
     ) -> Event:
         """``publish_nowait`` with an idempotency key (see ``_publish_once``)."""
-        if idempotency_key is None:
-            raise PayloadError(
-                name,
-                f"metadata[{IDEMPOTENCY_KEY!r}]",
-                "is reserved: pass publish_nowait(..., idempotency_key=...) instead",
-            )
-        idempotency_key = validate_idempotency_key(name, idempotency_key)
-        first = self._idempotency.get(idempotency_key, datetime.now(UTC))
+        idempotency_key = _checked_key(name, idempotency_key, "publish_nowait")
+        first = self._repeat_of(idempotency_key)
         if first is not None:
-            self._repeated += 1
             return first
         if idempotency_key in self._first_publishes:
             raise KeyInFlightError(name, self.buffer, idempotency_key)
-        tagged = {} if metadata is None else dict(metadata)
-        tagged[IDEMPOTENCY_KEY] = idempotency_key
-        if self._middleware.publish:
-            event = self._publish_nowait_with_middleware(name, payload, tagged, key)
-        else:
-            try:
-                event = self._accept(name, payload, tagged, delivery_var.get(), key)
-            except _Deferred as deferred:
-                event = self._accept_nowait_deferred(name, deferred)
+        event = self._publish_nowait(name, payload, _tagged(metadata, idempotency_key), key)
         self._idempotency.add(idempotency_key, event)
         return event
+
+    def _repeat_of(self, idempotency_key: str) -> Event | None:
+        """The event published with ``idempotency_key`` within the window, counted as
+        repeated; None if there is none."""
+        first = self._idempotency.get(idempotency_key, datetime.now(UTC))
+        if first is not None:
+            self._repeated += 1
+        return first
 
     def _accept_nowait_deferred(self, name: str, deferred: _Deferred) -> Event:
         """``publish_nowait`` when ``publish`` would wait: refuse, or journal in the background."""
@@ -331,3 +324,21 @@ class PublishVariants:
             )
         finally:
             delivery_var.reset(token)
+
+
+def _checked_key(name: str, idempotency_key: str | None, call: str) -> str:
+    """A valid ``idempotency_key``; None means the caller's metadata claimed the entry."""
+    if idempotency_key is None:
+        raise PayloadError(
+            name,
+            f"metadata[{IDEMPOTENCY_KEY!r}]",
+            f"is reserved: pass {call}(..., idempotency_key=...) instead",
+        )
+    return validate_idempotency_key(name, idempotency_key)
+
+
+def _tagged(metadata: Mapping[str, str] | None, idempotency_key: str) -> dict[str, str]:
+    """``metadata`` with the idempotency key in its reserved entry."""
+    tagged = {} if metadata is None else dict(metadata)
+    tagged[IDEMPOTENCY_KEY] = idempotency_key
+    return tagged
