@@ -159,8 +159,10 @@ class FailureHandling:
                 self.max_dead_letters,
             )
             key = evicted.event.key
-            holder = None if key is None else self._held_lanes.get((evicted.receiver_id, key))
-            if holder is not None and holder == evicted.event.id:
+            if (
+                key is not None
+                and self._held_lanes.get((evicted.receiver_id, key)) == evicted.event.id
+            ):
                 # Gone from the list, it can no longer be redelivered to let its lane go on.
                 logger.warning(
                     "evicted dead letter %s still holds key %r of receiver %r; "
