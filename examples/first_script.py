@@ -1,0 +1,34 @@
+"""A first aevents script: one event, two receivers, one that fails and is retried.
+
+Run it with ``python first_script.py`` after ``pip install aevents``.
+"""
+
+import anyio
+
+import aevents
+
+
+@aevents.subscribe("user:account:created")
+async def send_welcome(event: aevents.Event) -> None:
+    print(f"welcome mail for user {event.payload['user_id']}")
+
+
+@aevents.subscribe("user:**", retry=aevents.RetryPolicy(attempts=3, initial_delay=0.01))
+async def sync_crm(event: aevents.Event) -> None:
+    delivery = aevents.current_delivery()
+    assert delivery is not None
+    if delivery.attempt == 1:
+        raise ConnectionError("CRM busy")  # retried with backoff, then it succeeds
+    print(f"CRM has {event.name} (attempt {delivery.attempt})")
+
+
+async def main() -> None:
+    async with aevents.EventRuntime() as runtime:
+        event = await aevents.publish("user:account:created", payload={"user_id": 1})
+        print(f"published {event.name} as {event.id}")
+    # Leaving the block drained every accepted delivery.
+    stats = runtime.stats()
+    print(f"delivered={stats.delivered} failed={stats.failed} retried={stats.retried}")
+
+
+anyio.run(main)
