@@ -299,7 +299,8 @@ SYSTEMS: list[System] = [
         family="floor",
         description=(
             f"bare asyncio.Queue(maxsize={BUFFER}) + {WORKERS} workers, each publish doing the "
-            "aevents' minimum per-event work: orjson round trip + frozen attrs event (sortable id, UTC)"
+            "minimum per-event work of aevents: orjson round trip + frozen attrs event "
+            "(sortable id, UTC)"
         ),
         semantics=Semantics(mode="queued", bounded="yes", isolated="no", durable="no"),
         unsupported=dict(_NOT_DURABLE),
