@@ -207,7 +207,7 @@ class FailureHandling:
 
         Returns:
             With a store, every dead letter in the journal; without one, those
-            kept in memory (at most ``max_dead_letters``, the newest).
+                kept in memory (at most ``max_dead_letters``, the newest).
         """
         if self.store is not None:
             return await self.store.dead_letters()

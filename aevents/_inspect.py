@@ -176,7 +176,7 @@ def inspect_routes(
 
     Returns:
         A frozen report; ``report.ok`` is false when a problem is not excused,
-        and ``report.to_text()`` prints it.
+            and ``report.to_text()`` prints it.
 
     Raises:
         InvalidEventNameError: An ``allow`` entry is not a valid name or pattern.

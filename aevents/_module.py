@@ -164,7 +164,7 @@ def subscribe(
 
     Returns:
         The receiver unchanged, or, without ``receiver``, a decorator that
-        subscribes the function it decorates and returns it unchanged.
+            subscribes the function it decorates and returns it unchanged.
     """
     return default_registry.subscribe(
         pattern, receiver, id=id, retry=retry, timeout=timeout, inline=inline

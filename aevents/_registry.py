@@ -154,7 +154,7 @@ class Registry:
 
         Returns:
             The receiver unchanged, or a decorator that subscribes the function it
-            decorates and returns it unchanged.
+                decorates and returns it unchanged.
 
         Raises:
             InvalidEventNameError: ``pattern`` is not a valid pattern.

@@ -116,6 +116,20 @@ def test_the_reference_documents_no_name_that_is_gone() -> None:
         assert hasattr(module, name), identifier
 
 
+def test_every_reference_entry_has_a_docstring() -> None:
+    """Each entry has a docstring as griffe reads the source, so that mkdocstrings renders it."""
+    griffe = pytest.importorskip("griffe", reason="installed with the docs extra")
+    package = griffe.load("aevents", search_paths=[str(ROOT)], allow_inspection=False)
+    missing = []
+    for identifier in sorted(_documented()):
+        found = package[identifier.removeprefix("aevents.")]
+        if found.is_alias:
+            found = found.final_target
+        if not found.docstring:
+            missing.append(identifier)
+    assert missing == []
+
+
 def test_the_reference_mentions_the_version_attribute() -> None:
     """``aevents.__version__``, which mkdocstrings cannot render, is described in words."""
     assert "aevents.__version__" in _text(DOCS / "reference" / "index.md")
