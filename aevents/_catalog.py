@@ -42,10 +42,19 @@ class Catalog:
     >>> "user:account:created" in USER
     True
 
-    Names are validated when the catalog is built. Declaring the same name
-    under a different key in any catalog raises ``DuplicateEventError``;
-    declaring it again under the same key (a module re-imported, a test
-    building the catalog twice) is allowed.
+    Declaring the same name again under the same key (a module re-imported, a
+    test building the catalog twice) is allowed. Looking up a key the catalog
+    does not declare raises ``UnknownEventError``, which lists the keys it does.
+
+    Args:
+        events: ``{KEY: "event:name"}``; every name is validated here.
+        name: The catalog's name in messages and reports. Default: the module
+            that builds it.
+
+    Raises:
+        InvalidEventNameError: A name breaks the name grammar.
+        DuplicateEventError: A name is already declared under another key, in
+            this catalog or another.
     """
 
     __slots__ = ("_by_key", "_label", "_names")

@@ -203,8 +203,12 @@ class FailureHandling:
                 send(item)
 
     async def dead_letters(self) -> list[DeadLetter]:
-        """The dead letters, oldest first: from the journal with a store, else the
-        ones kept in memory (at most ``max_dead_letters``)."""
+        """The dead letters, oldest first.
+
+        Returns:
+            With a store, every dead letter in the journal; without one, those
+                kept in memory (at most ``max_dead_letters``, the newest).
+        """
         if self.store is not None:
             return await self.store.dead_letters()
         await checkpoint()
@@ -213,12 +217,18 @@ class FailureHandling:
     async def redeliver(
         self, dead_letters: Iterable[DeadLetter | str] | DeadLetter | str | None = None
     ) -> int:
-        """Queue dead letters again with a fresh set of attempts; ``None`` means all of them.
+        """Queue dead letters again with a fresh set of attempts.
 
         The receiver id is resolved through the registry as it is now; a letter
-        whose receiver is no longer subscribed stays dead and is logged.
-        Returns how many were queued. Waits for room like ``publish``; if
-        cancelled, letters not yet queued stay dead.
+        whose receiver is no longer subscribed stays dead and is logged. Waits
+        for room like ``publish``; if cancelled, letters not yet queued stay dead.
+
+        Args:
+            dead_letters: Dead letters, or their ids, one or many. Default
+                ``None``: all of them.
+
+        Returns:
+            How many were queued.
         """
         if self._state != "running":
             raise self._not_accepting("<redeliver>")

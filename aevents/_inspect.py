@@ -158,17 +158,28 @@ def inspect_routes(
 ) -> RoutingReport:
     """Compare the declared names with the subscriptions of ``registry``.
 
-    ``registry`` defaults to ``aevents.default_registry``. ``catalogs`` limits the
-    declared names to those catalogs; by default every name declared in this
-    process counts, which is what a strict runtime checks publishes against.
-    Import the modules that build catalogs and subscribe receivers first.
+    Import the modules that build catalogs and subscribe receivers first, as
+    your app's start-up does. ``python -m aevents inspect`` prints the same report.
 
-    ``allow`` excuses known problems, so that a start-up check or ``--strict``
-    fails only on new ones: each entry is a name or a pattern. A declared name
-    with no receiver, or a subscribed name no catalog declares, is excused when
-    an entry matches it (``"audit:**"`` excuses every such name under
-    ``audit``); a wildcard subscription that matches no declared name, when an
-    entry is that same pattern. An invalid entry raises ``InvalidEventNameError``.
+    Args:
+        registry: The registry to check. Default ``aevents.default_registry``.
+        catalogs: Check only the names these catalogs declare. Default ``None``:
+            every name declared in this process, which is what a strict
+            runtime checks publishes against.
+        allow: Known problems to excuse, so that a start-up check or
+            ``--strict`` fails only on new ones; each entry is a name or a
+            pattern. A declared name with no receiver, or a subscribed name no
+            catalog declares, is excused when an entry matches it
+            (``"audit:**"`` excuses every such name under ``audit``); a wildcard
+            subscription that matches no declared name, when an entry is that
+            same pattern. Default: none.
+
+    Returns:
+        A frozen report; ``report.ok`` is false when a problem is not excused,
+            and ``report.to_text()`` prints it.
+
+    Raises:
+        InvalidEventNameError: An ``allow`` entry is not a valid name or pattern.
     """
     allowances = [validate_pattern(entry) for entry in allow]
     matchers = [compile_pattern(entry) for entry in allowances]

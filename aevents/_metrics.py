@@ -214,16 +214,25 @@ class Metrics(Middleware):
     Counters and the duration histogram count every attempt. The latency
     histogram is a sample, because reading an event's time costs as much as
     all the rest: per subscription, the first attempt that ends at least
-    ``latency_interval`` seconds (default 1 ms) after the last sampled one is
-    measured. Below a thousand deliveries a second per subscription that is
-    every one of them; above, about a thousand a second. ``latency_interval=0``
-    measures every first attempt, at about 0.3 µs more per delivery.
+    ``latency_interval`` seconds after the last sampled one is measured.
+    Below a thousand deliveries a second per subscription that is every one
+    of them; above, about a thousand a second.
 
-    ``buckets`` are the histograms' upper bounds in seconds, ascending
-    (``DEFAULT_BUCKETS``: 5 µs to 60 s). ``EventRuntime(metrics=True)`` (or
-    ``metrics=Metrics(...)``) installs it as the first middleware, so that it
-    also sees the attempts another middleware's ``before_delivery`` fails, and
-    its durations include the other middleware's hooks.
+    ``EventRuntime(metrics=True)`` (or ``metrics=Metrics(...)``) installs it as
+    the first middleware, so that it also sees the attempts another
+    middleware's ``before_delivery`` fails, and its durations include the
+    other middleware's hooks.
+
+    Args:
+        buckets: The histograms' upper bounds in seconds, ascending. Default
+            ``DEFAULT_BUCKETS``: 5 µs to 60 s.
+        latency_interval: Seconds between latency samples per subscription.
+            Default 0.001; ``0`` measures every first attempt, at about 0.3 µs
+            more per delivery.
+
+    Raises:
+        ConfigurationError: ``buckets`` are not ascending positive numbers, or
+            ``latency_interval`` is negative.
     """
 
     def __init__(

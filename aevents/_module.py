@@ -34,8 +34,25 @@ async def publish(
 ) -> Event:
     """``await runtime.publish(...)`` on the running runtime (see ``current_runtime``).
 
-    Raises ``RuntimeNotRunningError`` when none is running. Cancellation
-    behaves as in ``EventRuntime.publish``.
+    Waits for room, and with a store until the event is journaled. Cancellation
+    behaves as in ``EventRuntime.publish``, which documents every argument.
+
+    Args:
+        name: The event name (positional only).
+        payload: A JSON-serialisable mapping with ``str`` keys; default empty.
+        metadata: String entries carried with the event.
+        key: An ordering key: one receiver gets one key's events in order.
+        idempotency_key: A repeat within the runtime's ``idempotency_window``
+            returns the first event and publishes nothing.
+
+    Returns:
+        The accepted event.
+
+    Raises:
+        RuntimeNotRunningError: No runtime is running here; the message says how
+            to start one.
+        AeventsError: Any error of ``EventRuntime.publish`` (a bad name or
+            payload, a closed runtime, a journal error).
     """
     return await _runtime_for(name).publish(
         name, payload=payload, metadata=metadata, key=key, idempotency_key=idempotency_key
@@ -51,7 +68,24 @@ def publish_nowait(
     key: str | None = None,
     idempotency_key: str | None = None,
 ) -> Event:
-    """``runtime.publish_nowait(...)`` on the running runtime."""
+    """``runtime.publish_nowait(...)`` on the running runtime: never waits.
+
+    Args:
+        name: The event name (positional only).
+        payload: A JSON-serialisable mapping with ``str`` keys; default empty.
+        metadata: String entries carried with the event.
+        key: An ordering key: one receiver gets one key's events in order.
+        idempotency_key: A repeat within the runtime's ``idempotency_window``
+            returns the first event and publishes nothing.
+
+    Returns:
+        The accepted event.
+
+    Raises:
+        RuntimeNotRunningError: No runtime is running here.
+        QueueFullError: The buffer has no room.
+        AeventsError: Any other error of ``EventRuntime.publish_nowait``.
+    """
     return _runtime_for(name).publish_nowait(
         name, payload=payload, metadata=metadata, key=key, idempotency_key=idempotency_key
     )
@@ -66,7 +100,26 @@ def publish_threadsafe(
     key: str | None = None,
     idempotency_key: str | None = None,
 ) -> Event:
-    """``runtime.publish_threadsafe(...)`` on the running runtime, from a foreign thread."""
+    """``runtime.publish_threadsafe(...)`` on the running runtime, from a foreign thread.
+
+    Blocks the calling thread until the event is accepted.
+
+    Args:
+        name: The event name (positional only).
+        payload: A JSON-serialisable mapping with ``str`` keys; default empty.
+        metadata: String entries carried with the event.
+        key: An ordering key: one receiver gets one key's events in order.
+        idempotency_key: A repeat within the runtime's ``idempotency_window``
+            returns the first event and publishes nothing.
+
+    Returns:
+        The accepted event.
+
+    Raises:
+        RuntimeNotRunningError: No runtime is running in this process.
+        AeventsError: Called on the event loop's thread, or any other error of
+            ``EventRuntime.publish_threadsafe``.
+    """
     return _runtime_for(name).publish_threadsafe(
         name, payload=payload, metadata=metadata, key=key, idempotency_key=idempotency_key
     )
@@ -105,12 +158,25 @@ def subscribe(
     timeout: float | None = None,
     inline: bool = False,
 ) -> R | Callable[[R], R]:
-    """``aevents.default_registry.subscribe(...)``: a decorator, or a call with ``receiver``."""
+    """Subscribe a receiver on ``aevents.default_registry``, as a decorator or with ``receiver``.
+
+    See ``Registry.subscribe`` for the arguments, their defaults and what it raises.
+
+    Returns:
+        The receiver unchanged, or, without ``receiver``, a decorator that
+            subscribes the function it decorates and returns it unchanged.
+    """
     return default_registry.subscribe(
         pattern, receiver, id=id, retry=retry, timeout=timeout, inline=inline
     )
 
 
 def unsubscribe(pattern: str, receiver: Receiver | None = None, *, id: str | None = None) -> bool:
-    """``aevents.default_registry.unsubscribe(...)``."""
+    """Remove a subscription from ``aevents.default_registry``.
+
+    See ``Registry.unsubscribe`` for the arguments.
+
+    Returns:
+        Whether anything was removed.
+    """
     return default_registry.unsubscribe(pattern, receiver, id=id)

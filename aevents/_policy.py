@@ -26,11 +26,23 @@ MAX_ERROR_MESSAGE_CHARS = 2000
 class RetryPolicy:
     """How many times a delivery is tried, and how long to wait in between.
 
-    ``attempts`` counts every try, the first included: ``attempts=1`` means no
-    retry. The wait before try *n + 1* is ``initial_delay * multiplier ** (n - 1)``,
+    The wait before try *n + 1* is ``initial_delay * multiplier ** (n - 1)``,
     capped at ``max_delay``, then shortened by a random fraction of up to
     ``jitter`` so that many failing deliveries do not retry in lock step.
     A waiting retry holds no worker.
+
+    Attributes:
+        attempts: Tries in all, the first included: ``1`` means no retry.
+            Default 3.
+        initial_delay: Seconds before the second try. Default 0.1.
+        multiplier: Each later wait is this many times the one before (at
+            least 1). Default 2.
+        max_delay: The longest wait, in seconds. Default 30.
+        jitter: The largest fraction, from 0 to 1, by which a wait is
+            shortened at random. Default 0.25.
+
+    Raises:
+        ConfigurationError: A field is out of range or not a number.
     """
 
     attempts: int = 3

@@ -190,15 +190,30 @@ class PublishVariants:
     ) -> Event:
         """Like ``publish`` but never waits: raises ``QueueFullError`` when full.
 
-        With a store the event is journaled in the background before it is
-        delivered, so it is not yet durable when this returns: a crash in
-        that window loses it (its ``idempotency_key`` too). Use ``await
-        publish()`` where that matters.
+        For sync code running on the event loop's thread. With a store the
+        event is journaled in the background before it is delivered, so it is
+        not yet durable when this returns: a crash in that window loses it (its
+        ``idempotency_key`` too). Use ``await publish()`` where that matters.
 
-        A repeat of an ``idempotency_key`` returns the first event, as with
-        ``publish``; one made while the first publish of the key still waits
-        raises ``KeyInFlightError`` (a ``QueueFullError``), as it would have
-        to wait for it.
+        Args:
+            name: The event name (positional only).
+            payload: A JSON-serialisable mapping, as for ``publish``.
+            metadata: String entries carried with the event, as for ``publish``.
+            key: The ordering key, as for ``publish``.
+            idempotency_key: As for ``publish``: a repeat returns the first event.
+
+        Returns:
+            The accepted event.
+
+        Raises:
+            QueueFullError: The buffer has no room for the event's deliveries.
+            KeyInFlightError: A repeat of an ``idempotency_key`` whose first
+                publish still waits for room (a ``QueueFullError``).
+            InvalidEventNameError: As for ``publish``.
+            UnknownEventError: As for ``publish``.
+            PayloadError: As for ``publish``.
+            RuntimeNotRunningError: The runtime has not started.
+            RuntimeClosedError: The runtime is shutting down or has stopped.
         """
         if idempotency_key is not None or (metadata is not None and _claims_key(metadata)):
             return self._publish_once_nowait(name, payload, metadata, key, idempotency_key)
@@ -286,8 +301,27 @@ class PublishVariants:
         """Publish from a thread that is not the event loop's; blocks until accepted.
 
         For sync views, ORM signal handlers and sync receivers on worker
-        threads. Calling it on the event loop's own thread raises: use
-        ``await publish()`` or ``publish_nowait()`` there.
+        threads. It waits for room, and with a store until the event is
+        journaled, as ``await publish()`` does on the loop.
+
+        Args:
+            name: The event name (positional only).
+            payload: A JSON-serialisable mapping, as for ``publish``.
+            metadata: String entries carried with the event, as for ``publish``.
+            key: The ordering key, as for ``publish``.
+            idempotency_key: As for ``publish``: a repeat returns the first event.
+
+        Returns:
+            The accepted event.
+
+        Raises:
+            AeventsError: Called on the event loop's own thread, where it would
+                block the loop: use ``await publish()`` or ``publish_nowait()``.
+            InvalidEventNameError: As for ``publish``.
+            UnknownEventError: As for ``publish``.
+            PayloadError: As for ``publish``.
+            RuntimeClosedError: The runtime is shutting down or has stopped.
+            StoreError: The journal could not record the event.
         """
         if self._state not in (_RUNNING, _DRAINING):
             raise self._not_accepting(name)

@@ -135,13 +135,31 @@ class Registry:
     ) -> R | Callable[[R], R]:
         """Subscribe ``receiver`` to ``pattern``; with no receiver, return a decorator.
 
-        ``id`` defaults to ``"module:qualname"`` and is what a journal records.
-        Subscribing the same receiver under the same id twice is a no-op; a
-        different callable under an id already in use raises
-        ``DuplicateReceiverError``. ``retry`` and ``timeout`` override the
-        runtime's defaults for this receiver. ``inline=True`` runs a cheap sync
-        receiver on the event loop instead of a worker thread: it must not block.
-        The decorator returns the function unchanged.
+        Subscribing the same receiver under the same id twice is a no-op. The
+        registry holds receivers strongly: a receiver defined in a function keeps
+        receiving until it is unsubscribed.
+
+        Args:
+            pattern: An event name, or a pattern where ``*`` matches one segment
+                and ``**`` zero or more (``"user:*:created"``, ``"user:**"``).
+            receiver: An async function, or a sync one (run on a worker thread),
+                taking the ``Event``. Default ``None``: return a decorator.
+            id: The receiver's id, which a journal records. Default
+                ``"module:qualname"`` of the receiver.
+            retry: This receiver's ``RetryPolicy``. Default ``None``: the runtime's.
+            timeout: Seconds one attempt may run. Default ``None``: the runtime's
+                ``timeout``.
+            inline: Run a cheap sync receiver on the event loop instead of a worker
+                thread; it must not block. Default ``False``.
+
+        Returns:
+            The receiver unchanged, or a decorator that subscribes the function it
+                decorates and returns it unchanged.
+
+        Raises:
+            InvalidEventNameError: ``pattern`` is not a valid pattern.
+            ConfigurationError: An option has a wrong type or value.
+            DuplicateReceiverError: Another callable already uses ``id``.
         """
         if receiver is None:
 
@@ -221,7 +239,18 @@ class Registry:
     ) -> bool:
         """Remove the subscriptions of ``receiver`` (or of ``id``) to ``pattern``.
 
-        Returns whether anything was removed. Deliveries already queued still run.
+        Deliveries already queued still run.
+
+        Args:
+            pattern: The pattern as it was subscribed.
+            receiver: The receiver to remove.
+            id: Or its id, instead of the receiver.
+
+        Returns:
+            Whether anything was removed.
+
+        Raises:
+            ConfigurationError: Neither ``receiver`` nor ``id`` was given.
         """
         if receiver is None and id is None:
             raise ConfigurationError(f"unsubscribe({pattern!r})", "give the receiver or its id")

@@ -61,10 +61,16 @@ def isolated_registry(*, empty: bool = False) -> Iterator[Registry]:
     """Yield ``aevents.default_registry``; whatever changes it inside the block is undone after.
 
     Subscriptions made at import time stay (the application as wired); those a
-    test adds go, and those it removes come back. ``empty=True`` starts the
-    block with no subscriptions at all. Receivers subscribed while a module is
-    first imported *inside* the block go too, and that module is not imported
-    again: import your receivers' modules before the tests (from conftest.py).
+    test adds go, and those it removes come back. Receivers subscribed while a
+    module is first imported *inside* the block go too, and that module is not
+    imported again: import your receivers' modules before the tests (from
+    conftest.py).
+
+    Args:
+        empty: Start the block with no subscriptions at all. Default ``False``.
+
+    Returns:
+        A context manager yielding the default registry.
     """
     registry = default_registry
     saved = registry.subscriptions()
@@ -275,13 +281,26 @@ def _running(runtime: EventRuntime | None, what: str) -> EventRuntime:
 
 @contextmanager
 def capture(runtime: EventRuntime | None = None) -> Iterator[Captured]:
-    """Record the events published through ``runtime`` (default: the current one) in the block.
+    """Record the events published through a runtime while the block runs.
+
+        with capture() as captured:
+            await aevents.publish("user:account:created", payload={"user_id": 1})
+        captured.assert_published("user:account:created", payload={"user_id": 1})
 
     It is a middleware added for the block's duration: it sees every publish,
     publish_nowait and publish_threadsafe call, receivers' publishes included,
     and records each accepted event when its publish returns. Refused
     publishes (bad names or payloads) are not recorded. Use it on the event
     loop's thread.
+
+    Args:
+        runtime: The runtime to watch. Default ``None``: the current one.
+
+    Returns:
+        A context manager yielding the ``Captured`` events.
+
+    Raises:
+        ConfigurationError: No runtime was given and none is running here.
     """
     target = _running(runtime, "capture()")
     captured = Captured()
@@ -319,10 +338,17 @@ def _letters_listing(letters: list[DeadLetter]) -> str:
 
 
 async def assert_no_dead_letters(runtime: EventRuntime | None = None) -> None:
-    """Drain ``runtime`` (default: the current one), then assert it holds no dead letters.
+    """Drain ``runtime``, then assert that it holds no dead letters.
 
     Like ``drain()``, it waits for retries still in their backoff; cancelling
     it leaves the runtime as it was.
+
+    Args:
+        runtime: The runtime to check. Default ``None``: the current one.
+
+    Raises:
+        AssertionError: There are dead letters; the message lists them.
+        ConfigurationError: No runtime was given and none is running here.
     """
     target = _running(runtime, "assert_no_dead_letters()")
     await target.drain()
@@ -339,12 +365,24 @@ async def assert_dead_lettered(
     times: int | None = None,
     runtime: EventRuntime | None = None,
 ) -> list[DeadLetter]:
-    """Drain ``runtime`` (default: the current one), assert it holds matching dead letters
-    (exactly ``times`` if given), and return them.
+    """Drain ``runtime``, assert that it holds matching dead letters, and return them.
 
-    ``name`` is an event name or pattern; ``receiver`` a receiver or its id;
-    ``error`` an exception class (matched by its qualified name, not by
-    subclass) or the name as ``DeadLetter.error_type`` spells it.
+    Args:
+        name: An event name or pattern. Default ``"**"``: any event.
+        receiver: A receiver or its id. Default ``None``: any receiver.
+        error: An exception class (matched by its qualified name, not by
+            subclass) or the name as ``DeadLetter.error_type`` spells it.
+            Default ``None``: any error.
+        times: Exactly this many must match. Default ``None``: at least one.
+        runtime: The runtime to check. Default ``None``: the current one.
+
+    Returns:
+        The matching dead letters, oldest first.
+
+    Raises:
+        AssertionError: Too few or too many match; the message lists every
+            dead letter.
+        ConfigurationError: No runtime was given and none is running here.
     """
     target = _running(runtime, "assert_dead_lettered()")
     await target.drain()
@@ -411,7 +449,12 @@ class Recorder:
 def recording(pattern: str, *, registry: Registry | None = None) -> Iterator[Recorder]:
     """Subscribe a new ``Recorder`` to ``pattern`` for the block (blinker's ``connected_to``).
 
-    ``registry`` defaults to ``aevents.default_registry``.
+    Args:
+        pattern: The name or pattern to record.
+        registry: Default ``None``: ``aevents.default_registry``.
+
+    Returns:
+        A context manager yielding the recorder.
     """
     target = registry if registry is not None else default_registry
     recorder = Recorder()

@@ -46,6 +46,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=None, help="seconds per measurement")
     parser.add_argument("--list", action="store_true", help="list workloads and systems, exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="check that the chosen pairs run and account for every delivery; print one line, "
+        "no tables, no JSON (implies --quick --repeat 1)",
+    )
     return parser.parse_args(argv)
 
 
@@ -63,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list:
         list_all()
         return 0
+    if args.smoke:
+        return smoke(args)
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -161,6 +169,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[bold red]{len(errors)} measurement(s) failed[/bold red]")
         return 1
     return 0
+
+
+def smoke(args: argparse.Namespace) -> int:
+    """Run each chosen (workload, system) pair once at quick sizes; report in one line.
+
+    A measurement counts only once its system accounted for every expected
+    delivery, so this checks that the suite and its adapters work. It checks no
+    timing.
+    """
+    workloads = [WORKLOADS[key] for key in _choose(args.workloads, list(WORKLOADS), "workloads")]
+    systems = [SYSTEMS[name] for name in _choose(args.systems, list(SYSTEMS), "systems")]
+    jobs, _ = plan(workloads, systems, 1, True)
+    outcomes = run(jobs, args.timeout or 120.0, lambda job: None, lambda outcome: None)
+    errors = [outcome for outcome in outcomes if outcome.status == "error"]
+    for outcome in errors:
+        print(f"error: {outcome.job.workload} on {outcome.job.system}: {outcome.reason}")
+    checked = len(outcomes) - len(errors)
+    print(
+        f"benchmark smoke: {checked} of {len(jobs)} runs ("
+        f"{', '.join(workload.key for workload in workloads)} on "
+        f"{', '.join(system.name for system in systems)}, quick sizes) delivered every event; "
+        "timings are not checked"
+    )
+    return 1 if errors or not jobs else 0
 
 
 def _document(

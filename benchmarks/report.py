@@ -1,4 +1,4 @@
-"""Rich tables: one per workload (median, min-max, ratio to aevents-asyncio), then the goals."""
+"""Rich tables: one per workload (median, min-max, ratio to aevents-asyncio), then the targets."""
 
 from __future__ import annotations
 
@@ -107,13 +107,12 @@ def workload_table(workload: Workload, summary: Summary, systems: Sequence[str])
 def goals_table(summary: Summary) -> Table:
     rows = evaluate_goals(summary)
     table = Table(
-        title="Goals from issues 2 and 4 (shown, not asserted)",
+        title="Performance targets (shown, not asserted)",
         title_justify="left",
-        caption="relative goals show aevents ÷ peer; ✓ met, ✗ missed, — not measured",
+        caption="relative targets show aevents ÷ peer; ✓ met, ✗ missed, — not measured",
         caption_justify="left",
     )
-    table.add_column("source")
-    table.add_column("goal")
+    table.add_column("target")
     systems = list(rows[0]["results"]) if rows else []
     for system in systems:
         table.add_column(system, justify="right")
@@ -132,7 +131,7 @@ def goals_table(summary: Summary) -> Table:
             else:
                 shown = f"{value:,.1f}"
             cells.append(Text(f"{shown} {'✓' if met else '✗'}", style="green" if met else "red"))
-        table.add_row(row["source"], row["goal"], *cells)
+        table.add_row(row["goal"], *cells)
     return table
 
 

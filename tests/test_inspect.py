@@ -360,7 +360,7 @@ def test_a_report_is_a_frozen_value(registry: aevents.Registry) -> None:
 # -- python -m aevents inspect --------------------------------------------------------------
 
 
-DOCS = (ROOT / "README.md",)
+DOCS = (ROOT / "docs" / "cli.md",)
 
 
 def _blocks(language: str) -> list[tuple[Path, str]]:

@@ -52,7 +52,7 @@ async def _broken(event: Event) -> None:
     raise ValueError(f"broken on {event.name}")
 
 
-# ---------------------------------------------------------------------- the README's examples
+# ---------------------------------------------------------------------- the docs' examples
 
 
 async def send_receipt(event: aevents.Event) -> None:
@@ -93,9 +93,7 @@ async def test_a_failed_charge_is_dead_lettered_after_two_attempts(
 def test_the_docs_quote_these_examples_verbatim() -> None:
     """Every Python snippet of the testing docs is copied from this file, so the tests run it."""
     root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text()
-    assert "\n## Testing\n" in readme
-    sections = [readme.split("\n## Testing\n", 1)[1].split("\n## ", 1)[0]]
+    sections = [(root / "docs" / "testing.md").read_text()]
     snippets = [
         found for doc in sections for found in re.findall(r"```python\n(.*?)```", doc, re.S)
     ]

@@ -91,18 +91,27 @@ _T = TypeVar("_T")
 class SQLiteStore(_JournalCalls):
     """A journal in one SQLite file (WAL mode), for at-least-once delivery across a crash.
 
-    ``synchronous`` is ``"FULL"`` (appends survive power loss) or ``"NORMAL"``
-    (appends survive a process kill; faster). ``busy_timeout`` is how many
-    seconds a write waits for a lock held by another connection before the call
-    raises ``StoreError``. ``max_batch`` caps the appends per transaction.
-    ``retention`` prunes done deliveries of events older than that, on open and
-    then about once a minute, a bounded chunk at a time; it leaves idempotency
-    key records alone (``forget_idempotency_keys`` removes them). ``read_only=True``
-    opens without the lock, for inspecting a journal another process has open,
-    including one an older aevents wrote (schema version 1: no key records).
+    Pass it to ``EventRuntime(store=...)``, which opens and closes it. Open,
+    use and close a store from one event loop. A new file is created with mode
+    0600, and so are its side files (``.lock``, ``.requests``).
 
-    Open, use and close a store from one event loop. A new file is created with
-    mode 0600; so are its sidecars (see the module docstring).
+    Args:
+        path: The journal file; created if missing.
+        synchronous: ``"FULL"`` (the default): an acknowledged append survives a
+            power loss. ``"NORMAL"``: it survives a process kill, and is faster.
+        busy_timeout: Seconds a write waits for a lock held by another
+            connection before the call raises ``StoreError``. Default 5.
+        max_batch: The most appends written in one transaction. Default 256.
+        retention: Prune done deliveries of events older than this, on open and
+            then about once a minute, a bounded chunk at a time; idempotency key
+            records are left alone (``forget_idempotency_keys`` removes them).
+            Default ``None``: keep everything.
+        read_only: Open without the lock, for inspecting a journal another
+            process has open, including one an older aevents wrote. Default
+            ``False``.
+
+    Raises:
+        ConfigurationError: An option has a wrong type or value.
     """
 
     def __init__(

@@ -79,11 +79,20 @@ _EMPTY: Final = Context()
 class Tracing(Middleware):
     """Producer and consumer spans around each publish and each delivery attempt.
 
-    ``tracer_provider`` defaults to the global one (set by your OpenTelemetry
-    SDK setup), ``propagator`` to the global text-map propagator (W3C Trace
-    Context and Baggage unless configured otherwise), both looked up on use.
-    ``same_trace`` makes each consumer span a child of its producer span as
-    well as linked to it (see the module docstring).
+    Each publish gets a PRODUCER span ``publish <name>``, each attempt a
+    CONSUMER span ``process <name>`` linked to it. The producer's context
+    travels in the event's metadata, so it survives the queue and, with a
+    store, a restart.
+
+    Args:
+        tracer_provider: Default ``None``: the global one, set by your
+            OpenTelemetry SDK setup and looked up on use.
+        propagator: Default ``None``: the global text-map propagator (W3C Trace
+            Context and Baggage unless configured otherwise), looked up on use.
+        same_trace: Make each consumer span a child of its producer span as
+            well as linked to it, so that a request and what its receivers did
+            form one trace. ``False`` makes each delivery the root of a trace of
+            its own. Default ``True``.
     """
 
     def __init__(

@@ -157,12 +157,24 @@ def register(
     *,
     metrics: Metrics | None = None,
 ) -> RuntimeCollector:
-    """Expose ``runtime``'s metrics on ``registry``; return the collector (to unregister it).
+    """Expose ``runtime``'s stats and metrics on a Prometheus registry.
 
-    ``metrics`` defaults to the runtime's (``EventRuntime(metrics=True)``), or
-    else the ``aevents.Metrics`` among its middleware; without one this raises
-    ``ConfigurationError``. One runtime per registry: a second one would repeat
-    the same series names.
+    Each scrape reads ``runtime.stats()`` and the metrics snapshot. One runtime
+    per registry: a second one would repeat the same series names.
+
+    Args:
+        runtime: The runtime to expose.
+        registry: The Prometheus registry. Default ``prometheus_client.REGISTRY``,
+            which ``prometheus_client.start_http_server()`` serves.
+        metrics: The metrics to read. Default ``None``: the runtime's
+            (``EventRuntime(metrics=True)``), or else the ``aevents.Metrics``
+            among its middleware.
+
+    Returns:
+        The collector, to ``registry.unregister()`` it.
+
+    Raises:
+        ConfigurationError: No metrics were given and the runtime has none.
     """
     if metrics is None:
         found = [each for each in runtime.middleware if isinstance(each, Metrics)]

@@ -63,19 +63,33 @@ def events_lifespan(
 ) -> Callable[[Any], AbstractAsyncContextManager[dict[str, Any]]]:
     """A lifespan that runs an ``EventRuntime`` for the app, wrapping the app's own.
 
-    ``runtime_factory`` builds a new runtime each time the lifespan starts (a
-    runtime starts only once, and a test client may run the lifespan again):
-    ``functools.partial(EventRuntime, workers=4, store=...)`` or a function.
-
-    The app's own ``lifespan``, if given, runs outside the runtime: its
-    startup runs first, and its teardown only once the runtime has drained,
-    so receivers can use what it opened until the last delivery is done. Its
-    state is merged with ``{"events": runtime}``; it may not use that key.
+    Pass it as ``Starlette(lifespan=...)`` or ``FastAPI(lifespan=...)``. The
+    runtime goes into the lifespan state under ``"events"``, so a request sees
+    it as ``request.state.events`` (or through ``get_runtime``).
 
     Startup fails, and the server does not start, if the runtime cannot
     start (a journal that cannot be opened raises ``StoreError``). At
     shutdown the runtime stops taking new events and drains what it accepted
     within its ``shutdown_timeout``, then cancels the rest (see ``EventRuntime``).
+
+    Args:
+        lifespan: The app's own lifespan (positional only). It runs outside the
+            runtime: its startup first, its teardown only once the runtime has
+            drained, so receivers can use what it opened until the last delivery
+            is done. Its state is merged with ``{"events": runtime}``; it may not
+            use that key. Default ``None``.
+        runtime_factory: Builds a new runtime each time the lifespan starts (a
+            runtime starts only once, and a test client may run the lifespan
+            again): ``functools.partial(EventRuntime, workers=4, store=...)`` or
+            a function. Default ``EventRuntime``.
+
+    Returns:
+        A lifespan: a function of the app returning an async context manager.
+
+    Raises:
+        ConfigurationError: ``runtime_factory`` is a runtime rather than a
+            callable (at the call), returns something else than a runtime, or
+            the app's lifespan uses the ``"events"`` key (at startup).
     """
     if isinstance(runtime_factory, EventRuntime) or not callable(runtime_factory):
         raise ConfigurationError(
@@ -118,8 +132,17 @@ async def _app_state(lifespan: AppLifespan | None, app: Any) -> AsyncIterator[Ma
 def get_runtime(connection: HTTPConnection) -> EventRuntime:
     """The runtime ``events_lifespan`` started for this request's (or websocket's) app.
 
-    Raises ``NoRuntimeInStateError`` when the app's lifespan put none in the
-    state. A hand-written lifespan that yields ``{"events": runtime}`` works too.
+    A hand-written lifespan that yields ``{"events": runtime}`` works too.
+
+    Args:
+        connection: The request or websocket.
+
+    Returns:
+        The app's running runtime.
+
+    Raises:
+        NoRuntimeInStateError: The app's lifespan put no runtime in the state;
+            the message says how to install ``events_lifespan``.
     """
     state = connection.scope.get("state")
     runtime = state.get(STATE_KEY) if isinstance(state, Mapping) else None

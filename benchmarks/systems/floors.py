@@ -123,12 +123,12 @@ class AsyncioQueueBus:
 
 
 class ContractQueueBus(AsyncioQueueBus):
-    """The bare queue doing the per-event work aevents' contract requires, and no more.
+    """The bare queue doing the per-event work every aevents publish must do, and no more.
 
     Each publish makes the orjson round trip (receivers see what a journal would
     hand back) and builds a frozen attrs event with a time-sortable id and a UTC
     timestamp. No name validation, routing cache, isolation, retries or
-    cancellation checks: it prices the contract's fixed cost, so aevents' ratio
+    cancellation checks: it prices that fixed cost, so aevents' ratio
     to it is the price of everything else.
     """
 
@@ -218,7 +218,7 @@ class AnyioStreamBus:
 @dataclass
 class AsyncioFloor(System):
     queued: bool = False
-    contract: bool = False  # do the contract's per-event work (see ContractQueueBus)
+    contract: bool = False  # do aevents' minimum per-event work (see ContractQueueBus)
 
     def run(self, main: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(main())  # type: ignore[arg-type]
@@ -299,7 +299,8 @@ SYSTEMS: list[System] = [
         family="floor",
         description=(
             f"bare asyncio.Queue(maxsize={BUFFER}) + {WORKERS} workers, each publish doing the "
-            "contract's per-event work: orjson round trip + frozen attrs event (sortable id, UTC)"
+            "minimum per-event work of aevents: orjson round trip + frozen attrs event "
+            "(sortable id, UTC)"
         ),
         semantics=Semantics(mode="queued", bounded="yes", isolated="no", durable="no"),
         unsupported=dict(_NOT_DURABLE),

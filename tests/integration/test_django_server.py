@@ -324,12 +324,8 @@ def test_stopping_the_server_drains_the_deliveries_still_running(tmp_path: Path,
 
 
 def _django_docs() -> str:
-    """The README's Django section."""
-    section = re.search(
-        r"^## Django\n.*?(?=^## |\Z)", (ROOT / "README.md").read_text(), re.M | re.S
-    )
-    assert section is not None, "the README has no Django section"
-    return section.group(0)
+    """The Django guide."""
+    return (ROOT / "docs" / "django.md").read_text()
 
 
 def test_the_documented_django_snippets_are_copied_from_the_example_project() -> None:

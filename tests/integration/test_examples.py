@@ -1,4 +1,4 @@
-"""The examples run as real processes on every backend, and the README quotes them."""
+"""The examples run as real processes on every backend, and the docs quote them."""
 
 from __future__ import annotations
 
@@ -67,11 +67,11 @@ def test_the_ordering_example_keeps_each_account_in_order(backend: str) -> None:
     assert "lost the acknowledgement" in result.stderr  # the failed attempt was logged
 
 
-def test_the_readme_ordering_sections_quote_the_example() -> None:
+def test_the_ordering_docs_quote_the_example() -> None:
     """Each snippet of the ordering and idempotency sections is copied from examples/ordering.py."""
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("### Ordering keys")
-    sections = readme[start : readme.index("### Logging", start)]
+    concepts = (ROOT / "docs" / "concepts.md").read_text()
+    start = concepts.index("### Ordering keys")
+    sections = concepts[start:]
     example = (ROOT / "examples" / "ordering.py").read_text()
     snippets = re.findall(r"```python\n(.*?)```", sections, re.S)
     assert len(snippets) == 3
@@ -79,11 +79,9 @@ def test_the_readme_ordering_sections_quote_the_example() -> None:
         assert any(textwrap.indent(snippet, " " * depth) in example for depth in (0, 4, 8)), snippet
 
 
-def test_the_readme_observability_section_quotes_the_example() -> None:
-    """Each Python snippet of the Observability section is copied from examples/observability.py."""
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("\n## Observability\n")
-    section = readme[start : readme.index("\n## ", start + 1)]
+def test_the_observability_docs_quote_the_example() -> None:
+    """Each Python snippet of the observability guide is copied from examples/observability.py."""
+    section = (ROOT / "docs" / "observability.md").read_text()
     example = (ROOT / "examples" / "observability.py").read_text()
     snippets = re.findall(r"```python\n(.*?)```", section, re.S)
     assert len(snippets) >= 4
@@ -93,7 +91,7 @@ def test_the_readme_observability_section_quotes_the_example() -> None:
 
 @pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
 def test_the_observability_example_runs_and_shows_every_part(backend: str) -> None:
-    """examples/observability.py (the README's snippets) prints metrics, a scrape and spans."""
+    """examples/observability.py (the guide's snippets) prints metrics, a scrape and spans."""
     result = _run_example("observability.py", backend)
     assert result.returncode == 0, result.stderr
     out = result.stdout

@@ -37,26 +37,35 @@ def mirror_signal(
 ) -> str:
     """Publish event ``name`` each time ``signal`` is sent (by ``sender``, if given).
 
-    ``payload`` gets the signal's keyword arguments and returns the payload
-    (or ``None`` to skip this one: a ``raw`` save while loading fixtures, say).
-    ``key``, if given, gets the same arguments and returns the event's ordering
-    key (``lambda instance, **_: f"article-{instance.pk}"``), so that each
-    receiver sees one row's events in the order they were sent.
-    With ``on_commit=True`` (the default) the event goes through
-    ``publish_on_commit`` on the database the signal names (``using``), so a
-    save that is rolled back publishes nothing; ``on_commit=False`` publishes
-    at once with ``publish_threadsafe``, for signals that are not about a
-    database write. Either way the signal must be sent off the event loop's
-    thread, which is where Django sends model signals (async ORM calls run the
-    save in a thread).
+    The signal must be sent off the event loop's thread, which is where Django
+    sends model signals (async ORM calls run the save in a thread). When no
+    runtime is running (a management command, a shell) or it has stopped, the
+    event is logged as lost, as an ERROR with the count so far
+    (``lost_events()``), and the save goes on. The receiver is held strongly.
 
-    A bad name raises here; a bad payload or key raises from the code that sent
-    the signal, inside its transaction. When no runtime is running (a management
-    command, a shell) or it has stopped, the event is logged as lost, as an
-    ERROR with the count so far (``lost_events()``), and the save goes on.
+    Args:
+        signal: A Django signal, such as ``post_save``.
+        name: The event to publish.
+        payload: Gets the signal's keyword arguments and returns the payload,
+            or ``None`` to skip this one (a ``raw`` save while loading
+            fixtures, say). A bad payload raises from the code that sent the
+            signal, inside its transaction.
+        sender: Only signals sent by this sender. Default ``None``: any.
+        key: Gets the same arguments and returns the event's ordering key
+            (``lambda instance, **_: f"article-{instance.pk}"``), so that each
+            receiver sees one row's events in the order they were sent.
+            Default ``None``: no key.
+        on_commit: Publish through ``publish_on_commit`` on the database the
+            signal names, so a save that is rolled back publishes nothing.
+            ``False`` publishes at once with ``publish_threadsafe``, for signals
+            that are not about a database write. Default ``True``.
+        dispatch_uid: The connection's id. Default ``"aevents:" + name``.
 
-    Returns the ``dispatch_uid`` (by default ``"aevents:" + name``), which
-    ``unmirror_signal`` takes.
+    Returns:
+        The ``dispatch_uid``, which ``unmirror_signal`` takes.
+
+    Raises:
+        InvalidEventNameError: ``name`` breaks the name grammar.
     """
     validate_name(name)
     if not callable(payload):

@@ -48,22 +48,10 @@ def publish_on_commit(
 ) -> None:
     """Publish ``name`` once the transaction on database ``using`` commits; never on rollback.
 
-    ``key`` and ``idempotency_key`` are ``publish``'s: the ordering key, and the
-    key that makes a repeat a no-op (a transaction retried after a failure that
-    commits twice publishes once).
-
     For sync code: sync views, ORM signal receivers, and functions that async
     views run through ``sync_to_async`` (where Django's transactions live).
     Outside an ``atomic`` block Django runs the callback at once, so the event
     is published before this returns.
-
-    Raises at the call, having registered nothing: ``InvalidEventNameError``,
-    ``UnknownEventError`` (a strict runtime and an undeclared name),
-    ``PayloadError`` (the payload, the metadata, either key),
-    ``RuntimeNotRunningError`` when no runtime is running,
-    and ``AeventsError`` when called on an event loop's thread, where no
-    transaction can be open (there, ``await aevents.publish(...)`` once the
-    ``sync_to_async`` call that committed has returned).
 
     At commit the event goes to the runtime that was running at the call,
     through ``publish_threadsafe`` (it waits for room in the buffer, and with a
@@ -72,6 +60,24 @@ def publish_on_commit(
     already): the loss is logged as an ERROR on the ``aevents.contrib.django``
     logger with the event's name and the count of events lost so far
     (``lost_events()``).
+
+    Args:
+        name: The event name (positional only).
+        payload: A JSON-serialisable mapping, copied at the call.
+        metadata: String entries carried with the event.
+        key: The ordering key, as for ``publish``.
+        idempotency_key: As for ``publish``: a transaction retried after a
+            failure that commits twice publishes once.
+        using: The database alias. Default ``None``: Django's default database.
+
+    Raises:
+        InvalidEventNameError: ``name`` breaks the name grammar.
+        UnknownEventError: A strict runtime, and no catalog declares ``name``.
+        PayloadError: The payload, the metadata or either key is refused.
+        RuntimeNotRunningError: No runtime is running.
+        AeventsError: Called on an event loop's thread, where no transaction can
+            be open; there, ``await aevents.publish(...)`` once the
+            ``sync_to_async`` call that committed has returned.
     """
     if _on_event_loop_thread():
         raise AeventsError(

@@ -1,1 +1,1 @@
-"""The README's inspector example (docs/readme-inspect.md): two catalogs, six receivers."""
+"""The inspector example of the CLI guide (docs/cli.md): two catalogs, six receivers."""
