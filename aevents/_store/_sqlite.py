@@ -156,6 +156,14 @@ class SQLiteStore(_JournalCalls):
         # Owned by the store thread:
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._real = self.path
+        self._wal_path = self.path + "-wal"
+        self._wal_recorded = 0
+        self._recorded = False  # the lock file says "open" for this run
+        self.losses: list[dict[str, Any]] = []
+        """What the journal may have lost to a missing or damaged -wal after a crash,
+        noticed on an open, kept until ``forget_losses()``: dicts with ``detected_at``,
+        ``file``, ``problem`` and ``lost``."""
         self._next_seq = 1
         self._schema_version = SCHEMA_VERSION  # lower only for an old journal opened read-only
         self._synchronous_now = ""
@@ -385,6 +393,13 @@ class SQLiteStore(_JournalCalls):
             "could not forget idempotency keys",
         )
         return removed
+
+    async def forget_losses(self) -> list[dict[str, Any]]:
+        """Acknowledge the recorded ``losses``: forget them and return them."""
+        result: list[dict[str, Any]] = await self._call(
+            self._forget_losses_on_thread, "could not forget losses"
+        )
+        return result
 
     # -- handing requests to the thread --------------------------------------------------
 
