@@ -116,9 +116,7 @@ class _JournalCalls(_JournalThread):
                 _create_file(self.path, real)
         elif not exists:
             raise StoreError(self.path, "does not exist")
-        conn = _connect(
-            self.path, real, busy_timeout=self.busy_timeout, read_only=self.read_only
-        )
+        conn = _connect(self.path, real, busy_timeout=self.busy_timeout, read_only=self.read_only)
         self._conn = conn
         version = self._schema_version = _check_schema(conn, self.path, read_only=self.read_only)
         if self.read_only:

@@ -160,9 +160,7 @@ def _rollback_transaction(conn: sqlite3.Connection | None, path: str) -> None:
             logger.debug("journal %r: rollback failed", path, exc_info=True)
 
 
-def _connect(
-    path: str, real: str, *, busy_timeout: float, read_only: bool
-) -> sqlite3.Connection:
+def _connect(path: str, real: str, *, busy_timeout: float, read_only: bool) -> sqlite3.Connection:
     """The journal's one connection: no implicit transactions (the store BEGINs itself)."""
     quoted = urllib.parse.quote(real)
     target, uri = (f"file:{quoted}?mode=ro", True) if read_only else (real, False)
