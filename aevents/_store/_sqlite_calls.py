@@ -180,6 +180,8 @@ class _JournalCalls(_JournalThread):
 
     def _dead_letters_on_thread(self, limit: int) -> list[DeadLetter]:
         assert self._conn is not None
+        if self._schema_version == 0:  # an empty file opened read-only: no tables yet
+            return []
         letters = []
         for row in self._conn.execute(_DEAD_LETTERS, (limit,)).fetchall():
             letter_id, receiver_id, attempts, error_type, message, failed, *stored = row
@@ -216,6 +218,8 @@ class _JournalCalls(_JournalThread):
     ) -> tuple[list[PendingDelivery], tuple[int, str] | None, int]:
         conn = self._conn
         assert conn is not None
+        if self._schema_version == 0:
+            return [], None, 0
         if upto is None:  # the first page fixes the snapshot: events appended later are not seen
             upto = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
         rows = conn.execute(_PENDING_PAGE, (*after, upto, _PAGE)).fetchall()
@@ -262,6 +266,8 @@ class _JournalCalls(_JournalThread):
     def _stats_on_thread(self) -> StoreStats:
         conn = self._conn
         assert conn is not None
+        if self._schema_version == 0:
+            return StoreStats(events=0, pending=0, done=0, dead=0)
         events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
         counts = dict(conn.execute("SELECT state, count(*) FROM deliveries GROUP BY state"))
         keys = 0

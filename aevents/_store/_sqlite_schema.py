@@ -128,7 +128,9 @@ def _check_schema(conn: sqlite3.Connection, path: str, *, read_only: bool) -> in
             path, f"is corrupt or not an SQLite database ({exc}); left untouched"
         ) from exc
     _check_identity(path, application_id, version, has_tables=bool(tables))
-    if version == 0 and read_only:  # nothing written yet: nothing to read either
+    if version == 0 and read_only:
+        if not tables:  # created, but nothing ever reached the file: an empty journal
+            return 0
         raise StoreError(path, "has an older schema; open it once read-write to migrate it")
     expected = _TABLES_OF_VERSION[version]
     if not tables >= expected:
