@@ -26,11 +26,21 @@ What survives what (WAL mode):
 * A torn WAL tail (power loss mid-write) loses exactly the commits in it;
   SQLite checksums every WAL frame and stops replay at the first bad one.
 
-Sidecar files next to ``path``: ``<path>.lock`` holds an exclusive ``flock``
-while the store is open (a second opener gets ``JournalInUseError``), and
-``<path>.requests`` holds JSON lines such as ``{"redeliver": ["<letter id>"]}``
-or ``{"redeliver": "all"}`` written by ``request_redelivery`` (the CLI) while
-another process has the journal; ``open()`` applies them, then deletes the file.
+Side files next to the journal file (symlinks in ``path`` resolved first, so
+every spelling of one file shares them; a file with several hard links is
+refused with ``JournalLinkError``, because SQLite keeps one ``-wal`` per name):
+``<file>.lock`` holds an exclusive ``flock`` while the store is open (a second
+opener gets ``JournalInUseError``) and a small JSON record: whether the last
+run closed cleanly, how far its ``-wal`` grew, and the losses noticed so far.
+An open after a run that did not close cleanly checks that the ``-wal`` it left
+is still there, no shorter and with a valid header; if not, the commits it
+held may be gone, and the store logs an error and keeps the loss in
+``losses`` (and in the record) until ``forget_losses()``. ``<file>.requests``
+holds JSON lines such as ``{"redeliver": ["<letter id>"]}`` or
+``{"redeliver": "all"}`` written by ``request_redelivery`` (the CLI) while
+another process has the journal; ``open()`` applies them, then deletes the
+file. ``<file>-wal`` and ``<file>-shm`` are SQLite's own. All are mode 0600;
+nothing is created through a symlink.
 
 This module is the async API and the hand-off to the thread. The rest lives in
 ``_sqlite_thread`` (the loop, group commit, waking callers, retention),

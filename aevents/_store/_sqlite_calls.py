@@ -134,6 +134,13 @@ class _JournalCalls(_JournalThread):
             ).fetchone()[0]
         except sqlite3.Error as exc:
             raise self._error(exc, "could not be prepared") from exc
+        if self.losses:  # found by an earlier open and not acknowledged yet
+            logger.warning(
+                "journal %r: %d earlier loss(es) of data not acknowledged; "
+                "`python -m aevents journal PATH stats` shows them, `forget-losses` acknowledges",
+                self.path,
+                len(self.losses),
+            )
         if loss is not None:
             self.losses.append(loss)
             logger.error("%s", describe_loss(self.path, loss))

@@ -256,7 +256,11 @@ def test_a_lost_wal_after_a_crash_is_reported_until_acknowledged(
     assert "acknowledged" in errors[0]
 
     # Recorded: still reported after a clean run, until acknowledged.
+    caplog.clear()
+    caplog.set_level(logging.WARNING, logger="aevents.store")
     assert _open_close(journal).losses == store.losses
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "1 earlier loss(es) of data not acknowledged" in caplog.records[0].getMessage()
     reported = _stats_json(journal)
     assert reported["losses"] == store.losses
     forgotten = _cli(journal, "forget-losses", "--json")
