@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import stat
 import struct
 import urllib.parse
 from collections.abc import Sequence
@@ -186,13 +187,15 @@ def _real_path(path: str) -> str:
 def _check_links(path: str, real: str) -> None:
     """Refuse a journal file with several names: SQLite gives each name its own -wal."""
     try:
-        links = os.stat(real).st_nlink
+        found = os.stat(real)
     except FileNotFoundError:
         return
     except OSError as exc:
         raise StoreError(path, f"cannot be read ({exc.strerror})") from exc
-    if links > 1:
-        raise JournalLinkError(path, links)
+    if stat.S_ISDIR(found.st_mode):
+        raise StoreError(path, "is a directory, not a journal file")
+    if found.st_nlink > 1:
+        raise JournalLinkError(path, found.st_nlink)
 
 
 def _acquire_lock(path: str, real: str) -> int:

@@ -141,6 +141,26 @@ def test_a_symlink_to_a_journal_in_use_is_in_use(tmp_path: Path) -> None:
         anyio.run(SQLiteStore(journal).open)
 
 
+def test_redelivery_requested_through_a_symlink_reaches_the_owner(tmp_path: Path) -> None:
+    """The CLI leaves the request next to the file the owner has open, whatever the name."""
+    journal = _healthy(tmp_path)
+    alias = tmp_path / "alias.db"
+    alias.symlink_to("j.db")
+    with _held(journal):
+        assert _cli(alias, "redeliver", "--all").returncode == 0
+    assert not (tmp_path / "alias.db.requests").exists()
+    assert (tmp_path / "j.db.requests").exists()
+    _open_close(alias)  # the next start, by either name, applies it
+    assert not (tmp_path / "j.db.requests").exists()
+    assert _stats_json(journal)["dead"] == 0
+
+
+def test_a_directory_is_not_a_journal(tmp_path: Path) -> None:
+    result = _cli(tmp_path, "stats")
+    assert result.returncode == 1
+    assert "is a directory" in result.stderr
+
+
 def test_a_hard_linked_journal_is_refused(tmp_path: Path) -> None:
     """SQLite gives each name of a file its own -wal: a journal with two names is refused."""
     journal = tmp_path / "j.db"
