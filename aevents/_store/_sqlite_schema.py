@@ -277,9 +277,10 @@ def _read_record_at(real: str) -> dict[str, Any]:
 
 
 def _write_record(fd: int, record: dict[str, Any]) -> None:
+    """Replace the record with one ``pwrite``: padded with spaces over a longer old one,
+    never truncated, so a kill at any moment leaves either record whole."""
     data = orjson.dumps(record) + b"\n"
-    os.pwrite(fd, data, 0)
-    os.ftruncate(fd, len(data))
+    os.pwrite(fd, data.ljust(os.fstat(fd).st_size), 0)
 
 
 def _losses_of(record: dict[str, Any]) -> list[dict[str, Any]]:
