@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
 import sqlite3
 import stat
 import subprocess
@@ -29,7 +30,8 @@ from aevents._event import make_event
 from aevents._policy import DeadLetter
 
 # A child process: `seed PATH N` appends N events (receiver "a") and dies with os._exit
-# before any checkpoint or close; `hold PATH` keeps the journal open until stdin closes.
+# before any checkpoint or close (`seed-wait` waits for a SIGKILL instead); `hold PATH`
+# keeps the journal open until stdin closes.
 CHILD = textwrap.dedent(
     """
     import os, sys
@@ -40,11 +42,13 @@ CHILD = textwrap.dedent(
     async def main(mode, path, count):
         store = SQLiteStore(path)
         await store.open()
-        if mode == "seed":
+        if mode.startswith("seed"):
             for n in range(count):
                 await store.append(make_event("journal:test:event", {"n": n}, {}), ["a"])
             print("seeded", flush=True)
-            os._exit(0)
+            if mode == "seed":
+                os._exit(0)
+            await anyio.sleep_forever()  # until SIGKILL
         print("open", flush=True)
         await anyio.to_thread.run_sync(sys.stdin.read)
         await store.close()
@@ -288,6 +292,46 @@ def test_a_lost_wal_after_a_crash_is_reported_until_acknowledged(
     assert orjson.loads(forgotten.stdout) == {"forgotten": store.losses}
     assert _cli(journal, "stats").returncode == 0
     assert _open_close(journal).losses == []
+
+
+@pytest.mark.anyio
+async def test_a_runtime_after_sigkill_and_a_lost_wal_logs_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The runtime no longer opens without a word when the -wal of a killed run is gone."""
+    journal = tmp_path / "j.db"
+    first = SQLiteStore(journal)
+    await first.open()
+    await first.close()
+    async with await anyio.open_process(
+        [sys.executable, "-c", CHILD, "seed-wait", str(journal), "15"]
+    ) as process:
+        assert process.stdout is not None
+        try:
+            output = b""
+            while not output.endswith(b"seeded\n"):
+                output += await process.stdout.receive()
+        finally:
+            process.send_signal(signal.SIGKILL)
+        assert await process.wait() == -signal.SIGKILL
+    (tmp_path / "j.db-wal").unlink()
+
+    caplog.set_level(logging.INFO)
+    registry = aevents.Registry()
+    registry.subscribe("journal:test:*", lambda event: None, id="a")
+    store = SQLiteStore(journal)
+    async with aevents.EventRuntime(registry, store=store) as runtime:
+        await runtime.drain()
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [r.name for r in errors] == ["aevents.store"]
+    assert f"{journal}-wal" in errors[0].getMessage()
+    assert "is missing" in errors[0].getMessage()
+    assert len(store.losses) == 1
+    assert "journal replay found 0 pending deliveries" in caplog.text
+    stats = await anyio.run_process(
+        [sys.executable, "-m", "aevents", "journal", str(journal), "stats"], check=False
+    )
+    assert stats.returncode == 4
 
 
 def test_a_crash_with_its_wal_intact_loses_nothing_and_reports_nothing(tmp_path: Path) -> None:
