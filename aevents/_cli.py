@@ -10,6 +10,7 @@
     python -m aevents journal PATH dead-letters [--limit N]
     python -m aevents journal PATH redeliver (ID ... | --all)
     python -m aevents journal PATH prune [--older-than DAYS]
+    python -m aevents journal PATH forget-losses
 
 ``inspect`` imports the TARGET modules (``package.module`` or, as uvicorn takes
 it, ``package.module:attribute``) from the current directory first, then prints
@@ -19,9 +20,15 @@ which receivers each declared name routes to and what reaches nothing (see
 
 Every command takes ``--json`` for scripts. Exit codes: 0 done, 1 the
 journal is missing or unusable, 2 bad usage, 3 the journal is in use by another
-process and the command needs it to itself (``prune``). While the journal is in
-use, ``stats``, ``pending`` and ``dead-letters`` read it read-only, and
-``redeliver`` leaves a request that the owning process applies on its next start.
+process and the command needs it to itself (``prune``, ``forget-losses``), 4
+``stats`` found that the journal may have lost data (a missing or damaged -wal
+after a crash; ``forget-losses`` acknowledges it).
+
+``stats``, ``pending`` and ``dead-letters`` change no byte of any file: when no
+process has the journal open they read a private copy of the file and its -wal
+(so nothing is checkpointed, migrated or consumed); while one does, they read
+it read-only. ``redeliver`` on a journal in use leaves a request that the
+owning process applies on its next start.
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ import argparse
 import contextlib
 import importlib
 import os
+import shutil
 import sys
+import tempfile
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -45,10 +54,20 @@ from ._names import validate_pattern
 from ._registry import Registry
 from ._store._protocol import PendingDelivery
 from ._store._sqlite import SQLiteStore, request_redelivery
+from ._store._sqlite_schema import (
+    _check_links,
+    _in_use,
+    _losses_of,
+    _read_record_at,
+    _real_path,
+    _wal_loss,
+    describe_loss,
+)
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_JOURNAL, EXIT_USAGE, EXIT_IN_USE = 0, 1, 2, 3
+EXIT_OK, EXIT_JOURNAL, EXIT_USAGE, EXIT_IN_USE, EXIT_LOSSES = 0, 1, 2, 3, 4
+_READS = frozenset({"stats", "pending", "dead-letters"})
 EXIT_ERROR = EXIT_JOURNAL  # inspect: a target failed to load, or --strict found a problem
 _CELL = 48  # widest table cell before it is cut with "…"
 
@@ -131,6 +150,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     prune.add_argument(
         "--older-than", type=_days, metavar="DAYS", help="only events older than DAYS days"
+    )
+    actions.add_parser(
+        "forget-losses",
+        parents=[output],
+        help="acknowledge the data losses stats reports (exit code 4), so it stops reporting them",
     )
     return parser
 
@@ -266,6 +290,8 @@ def _journal(args: argparse.Namespace) -> int:
     path = args.path
     if not os.path.exists(path):
         return _fail(f"no journal at {path!r}")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return _fail(f"{path!r} is an empty file, not a journal: nothing was ever written to it")
     try:
         return anyio.run(_journal_async, args)
     except JournalInUseError as error:
@@ -280,29 +306,93 @@ def _fail(message: str, code: int = EXIT_JOURNAL) -> int:
 
 
 async def _journal_async(args: argparse.Namespace) -> int:
+    if args.action in _READS:
+        return await _read(args)
     store = SQLiteStore(args.path)
     try:
         await store.open()
     except JournalInUseError:
-        if args.action == "redeliver":
-            ids = None if args.all else list(args.ids)
-            request_redelivery(args.path, ids)
-            what = "every dead letter" if ids is None else f"{len(ids)} dead letter(s)"
-            _print(
-                args,
-                {"requested": "all" if ids is None else ids, "applied": "on the next start"},
-                f"the journal is in use: redelivery of {what} requested, applied on the next start",
-            )
-            return EXIT_OK
-        if args.action == "prune":
+        if args.action != "redeliver":
             raise
-        store = SQLiteStore(args.path, read_only=True)
-        await store.open()
+        ids = None if args.all else list(args.ids)
+        request_redelivery(args.path, ids)
+        what = "every dead letter" if ids is None else f"{len(ids)} dead letter(s)"
+        _print(
+            args,
+            {"requested": "all" if ids is None else ids, "applied": "on the next start"},
+            f"the journal is in use: redelivery of {what} requested, applied on the next start",
+        )
+        return EXIT_OK
     try:
         await _ACTIONS[args.action](store, args)
     finally:
         await store.close()
     return EXIT_OK
+
+
+async def _read(args: argparse.Namespace) -> int:
+    """Run a reading command without changing a byte of the journal or its side files."""
+    path = args.path
+    real = _real_path(path)
+    _check_links(path, real)
+    record = _read_record_at(real)
+    losses = args.losses = _losses_of(record)
+    if _in_use(real):  # the owner keeps its files consistent; read them as they are
+        await _read_store(SQLiteStore(path, read_only=True), args)
+    else:
+        loss = _wal_loss(path, real, record)  # noticed now, recorded by the next open
+        if loss is not None:
+            losses.append(loss)
+        with tempfile.TemporaryDirectory(prefix="aevents-journal-") as directory:
+            copy = os.path.join(directory, "journal.db")
+            if not _copy_journal(real, copy):  # a process opened it while we copied
+                await _read_store(SQLiteStore(path, read_only=True), args)
+            else:
+                await _read_store(SQLiteStore(copy, read_only=True), args, shown=path)
+    if args.action == "stats" and losses:
+        return EXIT_LOSSES
+    for loss in losses:
+        print(f"aevents: {describe_loss(path, loss)}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _copy_journal(real: str, copy: str) -> bool:
+    """Copy the journal file and its -wal; False if either changed while it was copied."""
+
+    def state() -> list[tuple[int, int] | None]:
+        result: list[tuple[int, int] | None] = []
+        for name in (real, real + "-wal"):
+            try:
+                found = os.stat(name)
+            except FileNotFoundError:
+                result.append(None)
+            else:
+                result.append((found.st_size, found.st_mtime_ns))
+        return result
+
+    before = state()
+    try:
+        shutil.copyfile(real, copy)
+        if before[1] is not None:
+            shutil.copyfile(real + "-wal", copy + "-wal")
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise StoreError(real, f"cannot be read ({exc.strerror})") from exc
+    return state() == before and not _in_use(real)
+
+
+async def _read_store(store: SQLiteStore, args: argparse.Namespace, shown: str = "") -> None:
+    try:
+        await store.open()
+    except StoreError as error:
+        if shown:  # name the journal, not the private copy
+            raise StoreError(shown, error.problem) from None
+        raise
+    try:
+        await _ACTIONS[args.action](store, args)
+    finally:
+        await store.close()
 
 
 async def _stats(store: SQLiteStore, args: argparse.Namespace) -> None:
@@ -314,7 +404,15 @@ async def _stats(store: SQLiteStore, args: argparse.Namespace) -> None:
         "dead": stats.dead,
         "idempotency_keys": stats.idempotency_keys,
     }
-    _print(args, counts, _table(["", "count"], [[name, str(n)] for name, n in counts.items()]))
+    text = _table(["", "count"], [[name, str(n)] for name, n in counts.items()])
+    losses = getattr(args, "losses", [])
+    if not losses:
+        _print(args, counts, text)
+        return
+    lines = [f"- {_escape(describe_loss(args.path, loss))}" for loss in losses]
+    text += "\n\nThe journal may have lost data:\n" + "\n".join(lines)
+    text += f"\n(`python -m aevents journal {args.path} forget-losses` acknowledges this)"
+    _print(args, {**counts, "losses": losses}, text)
 
 
 async def _pending(store: SQLiteStore, args: argparse.Namespace) -> None:
@@ -391,12 +489,22 @@ async def _prune(store: SQLiteStore, args: argparse.Namespace) -> None:
     _print(args, {"pruned": count}, f"{count} done deliveries pruned")
 
 
+async def _forget_losses(store: SQLiteStore, args: argparse.Namespace) -> None:
+    forgotten = await store.forget_losses()
+    _print(
+        args,
+        {"forgotten": forgotten},
+        f"{len(forgotten)} recorded loss(es) acknowledged and forgotten",
+    )
+
+
 _ACTIONS: dict[str, Callable[[SQLiteStore, argparse.Namespace], Awaitable[None]]] = {
     "stats": _stats,
     "pending": _pending,
     "dead-letters": _dead_letters,
     "redeliver": _redeliver,
     "prune": _prune,
+    "forget-losses": _forget_losses,
 }
 
 

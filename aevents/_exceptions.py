@@ -36,6 +36,7 @@ __all__ = [
     "DuplicateReceiverError",
     "InvalidEventNameError",
     "JournalInUseError",
+    "JournalLinkError",
     "PayloadError",
     "QueueFullError",
     "RuntimeClosedError",
@@ -211,4 +212,17 @@ class JournalInUseError(StoreError):
             path,
             "is in use by another process; one runtime owns a journal at a time "
             "(stop it first, or give each process its own file)",
+        )
+
+
+class JournalLinkError(StoreError):
+    """The journal file has more than one name (a hard link), which SQLite cannot run safely."""
+
+    def __init__(self, path: str, links: int) -> None:
+        super().__init__(
+            path,
+            f"is a hard link (the file has {links} names); SQLite keeps a separate -wal and "
+            "-shm file per name, so processes that open different names of one file do not "
+            "see each other's writes and corrupt it. Give the journal a single name (remove "
+            "the other links, or copy the file)",
         )

@@ -49,6 +49,10 @@ async def _chain(
 logger = logging.getLogger("aevents.journal")
 
 
+def _count(number: int, singular: str, plural: str) -> str:
+    return f"{number} {singular if number == 1 else plural}"
+
+
 class Journaling:
     """Durable publish, durable delivery and replay, for ``EventRuntime``."""
 
@@ -284,13 +288,24 @@ class Journaling:
         already counts one for the replay itself (taken at start, so a
         ``drain()`` that runs before this task does still waits for it).
         """
-        replayed = unknown = exhausted = 0
+        replayed = unknown = exhausted = found = events = 0
+        last_event: str | None = None
         redelivered = self._replaying
         assert redelivered is not None
+        assert self.store is not None
+        dead: int | None = None
         try:
+            try:
+                dead = (await self.store.stats()).dead
+            except StoreError as error:
+                logger.warning("could not count the journal's dead letters (%s)", error)
             async for pending in _chain(first, stream):
                 if pending.event.id in redelivered:
                     continue  # redelivered by this run, which queues it itself
+                found += 1
+                if pending.event.id != last_event:  # pending() comes in publish order
+                    events += 1
+                    last_event = pending.event.id
                 subscription = self.registry.receiver(pending.receiver_id)
                 if subscription is None:
                     unknown += 1
@@ -328,8 +343,13 @@ class Journaling:
             self._replaying = None
             self._replay_finished(stopped=self._state == "stopped")
             self._finish(epoch)
-        if replayed:
-            logger.info("replayed %d pending deliveries from the journal", replayed)
+        logger.info(
+            "journal replay found %s of %s%s",
+            _count(found, "pending delivery", "pending deliveries"),
+            _count(events, "event", "events"),
+            "" if dead is None else f", and {_count(dead, 'dead letter', 'dead letters')}",
+            extra={"pending_deliveries": found, "events": events, "dead_letters": dead},
+        )
         if unknown or exhausted:
             logger.warning(
                 "journal replay parked %d deliveries as dead letters: %d for receiver ids "

@@ -26,11 +26,21 @@ What survives what (WAL mode):
 * A torn WAL tail (power loss mid-write) loses exactly the commits in it;
   SQLite checksums every WAL frame and stops replay at the first bad one.
 
-Sidecar files next to ``path``: ``<path>.lock`` holds an exclusive ``flock``
-while the store is open (a second opener gets ``JournalInUseError``), and
-``<path>.requests`` holds JSON lines such as ``{"redeliver": ["<letter id>"]}``
-or ``{"redeliver": "all"}`` written by ``request_redelivery`` (the CLI) while
-another process has the journal; ``open()`` applies them, then deletes the file.
+Side files next to the journal file (symlinks in ``path`` resolved first, so
+every spelling of one file shares them; a file with several hard links is
+refused with ``JournalLinkError``, because SQLite keeps one ``-wal`` per name):
+``<file>.lock`` holds an exclusive ``flock`` while the store is open (a second
+opener gets ``JournalInUseError``) and a small JSON record: whether the last
+run closed cleanly, how far its ``-wal`` grew, and the losses noticed so far.
+An open after a run that did not close cleanly checks that the ``-wal`` it left
+is still there, no shorter and with a valid header; if not, the commits it
+held may be gone, and the store logs an error and keeps the loss in
+``losses`` (and in the record) until ``forget_losses()``. ``<file>.requests``
+holds JSON lines such as ``{"redeliver": ["<letter id>"]}`` or
+``{"redeliver": "all"}`` written by ``request_redelivery`` (the CLI) while
+another process has the journal; ``open()`` applies them, then deletes the
+file. ``<file>-wal`` and ``<file>-shm`` are SQLite's own. All are mode 0600;
+nothing is created through a symlink.
 
 This module is the async API and the hand-off to the thread. The rest lives in
 ``_sqlite_thread`` (the loop, group commit, waking callers, retention),
@@ -165,6 +175,14 @@ class SQLiteStore(_JournalCalls):
         # Owned by the store thread:
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._real = self.path
+        self._wal_path = self.path + "-wal"
+        self._wal_recorded = 0
+        self._recorded = False  # the lock file says "open" for this run
+        self.losses: list[dict[str, Any]] = []
+        """What the journal may have lost to a missing or damaged -wal after a crash,
+        noticed on an open, kept until ``forget_losses()``: dicts with ``detected_at``,
+        ``file``, ``problem`` and ``lost``."""
         self._next_seq = 1
         self._schema_version = SCHEMA_VERSION  # lower only for an old journal opened read-only
         self._synchronous_now = ""
@@ -394,6 +412,13 @@ class SQLiteStore(_JournalCalls):
             "could not forget idempotency keys",
         )
         return removed
+
+    async def forget_losses(self) -> list[dict[str, Any]]:
+        """Acknowledge the recorded ``losses``: forget them and return them."""
+        result: list[dict[str, Any]] = await self._call(
+            self._forget_losses_on_thread, "could not forget losses"
+        )
+        return result
 
     # -- handing requests to the thread --------------------------------------------------
 

@@ -26,13 +26,19 @@ from ._sqlite_schema import (
     SCHEMA_VERSION,
     _acquire_lock,
     _check_header,
+    _check_links,
     _check_schema,
     _connect,
     _create_file,
     _from_us,
+    _losses_of,
     _migrate,
     _parse_requests,
+    _read_record,
+    _real_path,
     _to_us,
+    _wal_loss,
+    describe_loss,
 )
 from ._sqlite_thread import _DEAD, _OPEN, _OPENING, _JournalThread
 
@@ -96,38 +102,59 @@ class _JournalCalls(_JournalThread):
                 self._writable = not self.read_only
 
     def _open_journal(self) -> None:
-        exists = _check_header(self.path)
+        real = self._real = _real_path(self.path)
+        loss = None
+        exists = _check_header(self.path, real)
+        _check_links(self.path, real)
         if not self.read_only:
-            self._lock_fd = _acquire_lock(self.path)
+            self._lock_fd = _acquire_lock(self.path, real)
+            _check_links(self.path, real)  # linked while we waited for the lock
+            record = _read_record(self._lock_fd)
+            self.losses = _losses_of(record)
+            loss = _wal_loss(self.path, real, record) if exists else None
             if not exists:
-                _create_file(self.path)
+                _create_file(self.path, real)
         elif not exists:
             raise StoreError(self.path, "does not exist")
-        conn = _connect(self.path, busy_timeout=self.busy_timeout, read_only=self.read_only)
+        conn = _connect(self.path, real, busy_timeout=self.busy_timeout, read_only=self.read_only)
         self._conn = conn
         version = self._schema_version = _check_schema(conn, self.path, read_only=self.read_only)
-        if not self.read_only:
-            try:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise StoreError(self.path, f"cannot use WAL mode (journal_mode is {mode!r})")
-                if version < SCHEMA_VERSION:
-                    _migrate(conn, version, self.path)
-                    self._schema_version = SCHEMA_VERSION
-                self._set_synchronous(self.synchronous)
-                self._next_seq = conn.execute(
-                    "SELECT coalesce(max(seq), 0) + 1 FROM events"
-                ).fetchone()[0]
-            except sqlite3.Error as exc:
-                raise self._error(exc, "could not be prepared") from exc
-            self._apply_requests()
-            if self.retention is not None:  # the first chunk now, the rest in the background
-                self._retention_after = 0
-                self._retention_pass()
+        if self.read_only:
+            return
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(self.path, f"cannot use WAL mode (journal_mode is {mode!r})")
+            if version < SCHEMA_VERSION:
+                _migrate(conn, version, self.path)
+                self._schema_version = SCHEMA_VERSION
+            self._set_synchronous(self.synchronous)
+            self._next_seq = conn.execute(
+                "SELECT coalesce(max(seq), 0) + 1 FROM events"
+            ).fetchone()[0]
+        except sqlite3.Error as exc:
+            raise self._error(exc, "could not be prepared") from exc
+        if self.losses:  # found by an earlier open and not acknowledged yet
+            logger.warning(
+                "journal %r: %d earlier loss(es) of data not acknowledged; "
+                "`python -m aevents journal PATH stats` shows them, `forget-losses` acknowledges",
+                self.path,
+                len(self.losses),
+            )
+        if loss is not None:
+            self.losses.append(loss)
+            logger.error("%s", describe_loss(self.path, loss))
+        self._wal_path = real + "-wal"
+        self._wal_recorded = self._wal_size()
+        self._record("open")
+        self._apply_requests()
+        if self.retention is not None:  # the first chunk now, the rest in the background
+            self._retention_after = 0
+            self._retention_pass()
 
     def _apply_requests(self) -> None:
         """Apply ``<path>.requests`` left by ``request_redelivery``, then delete it."""
-        target = self.path + ".requests"
+        target = self._real + ".requests"
         try:
             fd = os.open(target, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -160,6 +187,8 @@ class _JournalCalls(_JournalThread):
 
     def _dead_letters_on_thread(self, limit: int) -> list[DeadLetter]:
         assert self._conn is not None
+        if self._schema_version == 0:  # an empty file opened read-only: no tables yet
+            return []
         letters = []
         for row in self._conn.execute(_DEAD_LETTERS, (limit,)).fetchall():
             letter_id, receiver_id, attempts, error_type, message, failed, *stored = row
@@ -196,6 +225,8 @@ class _JournalCalls(_JournalThread):
     ) -> tuple[list[PendingDelivery], tuple[int, str] | None, int]:
         conn = self._conn
         assert conn is not None
+        if self._schema_version == 0:
+            return [], None, 0
         if upto is None:  # the first page fixes the snapshot: events appended later are not seen
             upto = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
         rows = conn.execute(_PENDING_PAGE, (*after, upto, _PAGE)).fetchall()
@@ -242,6 +273,8 @@ class _JournalCalls(_JournalThread):
     def _stats_on_thread(self) -> StoreStats:
         conn = self._conn
         assert conn is not None
+        if self._schema_version == 0:
+            return StoreStats(events=0, pending=0, done=0, dead=0)
         events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
         counts = dict(conn.execute("SELECT state, count(*) FROM deliveries GROUP BY state"))
         keys = 0
@@ -302,6 +335,12 @@ class _JournalCalls(_JournalThread):
             if resume is None:
                 return removed
             after = resume
+
+    def _forget_losses_on_thread(self) -> list[dict[str, Any]]:
+        self._check_writable()
+        forgotten, self.losses = self.losses, []
+        self._record("open")
+        return forgotten
 
     def _check_writable(self) -> None:
         if self.read_only:

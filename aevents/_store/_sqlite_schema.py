@@ -14,13 +14,16 @@ import fcntl
 import logging
 import os
 import sqlite3
+import stat
+import struct
+import urllib.parse
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
-from .._exceptions import JournalInUseError, StoreError
+from .._exceptions import JournalInUseError, JournalLinkError, StoreError
 
 logger = logging.getLogger("aevents.store")
 
@@ -75,13 +78,13 @@ def _from_us(value: int) -> datetime:
     return _EPOCH + timedelta(microseconds=value)
 
 
-def _check_header(path: str) -> bool:
+def _check_header(path: str, real: str) -> bool:
     """Reject what is plainly not our journal before touching anything; say if it exists."""
     try:
-        with open(path, "rb") as file:
+        with open(real, "rb") as file:
             header = file.read(100)
     except FileNotFoundError:
-        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        if not os.path.isdir(os.path.dirname(real)):
             raise StoreError(path, "cannot be created: its directory does not exist") from None
         return False
     except IsADirectoryError:
@@ -126,7 +129,9 @@ def _check_schema(conn: sqlite3.Connection, path: str, *, read_only: bool) -> in
             path, f"is corrupt or not an SQLite database ({exc}); left untouched"
         ) from exc
     _check_identity(path, application_id, version, has_tables=bool(tables))
-    if version == 0 and read_only:  # nothing written yet: nothing to read either
+    if version == 0 and read_only:
+        if not tables:  # created, but nothing ever reached the file: an empty journal
+            return 0
         raise StoreError(path, "has an older schema; open it once read-write to migrate it")
     expected = _TABLES_OF_VERSION[version]
     if not tables >= expected:
@@ -158,9 +163,10 @@ def _rollback_transaction(conn: sqlite3.Connection | None, path: str) -> None:
             logger.debug("journal %r: rollback failed", path, exc_info=True)
 
 
-def _connect(path: str, *, busy_timeout: float, read_only: bool) -> sqlite3.Connection:
+def _connect(path: str, real: str, *, busy_timeout: float, read_only: bool) -> sqlite3.Connection:
     """The journal's one connection: no implicit transactions (the store BEGINs itself)."""
-    target, uri = (f"file:{path}?mode=ro", True) if read_only else (path, False)
+    quoted = urllib.parse.quote(real)
+    target, uri = (f"file:{quoted}?mode=ro", True) if read_only else (real, False)
     try:
         return sqlite3.connect(
             target,
@@ -173,9 +179,30 @@ def _connect(path: str, *, busy_timeout: float, read_only: bool) -> sqlite3.Conn
         raise StoreError(path, f"cannot be opened ({exc})") from exc
 
 
-def _acquire_lock(path: str) -> int:
+def _real_path(path: str) -> str:
+    """The file ``path`` names, symlinks resolved (a dangling one to where it points)."""
+    return os.path.realpath(path)
+
+
+def _check_links(path: str, real: str) -> None:
+    """Refuse a journal file with several names: SQLite gives each name its own -wal."""
     try:
-        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        found = os.stat(real)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(path, f"cannot be read ({exc.strerror})") from exc
+    if stat.S_ISDIR(found.st_mode):
+        raise StoreError(path, "is a directory, not a journal file")
+    if found.st_nlink > 1:
+        raise JournalLinkError(path, found.st_nlink)
+
+
+def _acquire_lock(path: str, real: str) -> int:
+    """The exclusive ``flock`` on ``<real path>.lock``: one lock per file, whatever its spelling."""
+    target = real + ".lock"
+    try:
+        fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         raise StoreError(path, f"cannot create its lock file ({exc.strerror})") from exc
     try:
@@ -185,18 +212,147 @@ def _acquire_lock(path: str) -> int:
         raise JournalInUseError(path) from None
     except OSError as exc:
         os.close(fd)
-        raise StoreError(path, f"cannot lock {path + '.lock'!r} ({exc})") from exc
+        raise StoreError(path, f"cannot lock {target!r} ({exc})") from exc
     return fd
 
 
-def _create_file(path: str) -> None:
+def _in_use(real: str) -> bool:
+    """Whether a store holds the lock of the journal at ``real``; creates and changes nothing."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(real + ".lock", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False  # no lock file: no store has ever held it (or it cannot be ours)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # also releases the shared lock just taken
+    return False
+
+
+def _create_file(path: str, real: str) -> None:
+    """Create the journal file with mode 0600, never through a symlink (``real`` is resolved)."""
+    try:
+        fd = os.open(
+            real, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
     except FileExistsError:
         return  # appeared meanwhile: the schema check decides
     except OSError as exc:
         raise StoreError(path, f"cannot be created ({exc.strerror})") from exc
     os.close(fd)
+
+
+# -- the lock file's record: did the last run close cleanly, and what did its -wal hold? ----
+
+_WAL_MAGIC: Final = (0x377F0682, 0x377F0683)
+_WAL_VERSION: Final = 3007000
+
+
+def _read_record(fd: int) -> dict[str, Any]:
+    """The JSON record in the lock file; empty (an older aevents, or new) when unreadable."""
+    chunks = []
+    offset = 0
+    while chunk := os.pread(fd, 65536, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    try:
+        record = orjson.loads(b"".join(chunks) or b"{}")
+    except orjson.JSONDecodeError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _read_record_at(real: str) -> dict[str, Any]:
+    """The lock file's record, read without a lock and without creating anything."""
+    try:
+        fd = os.open(real + ".lock", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return {}
+    try:
+        return _read_record(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_record(fd: int, record: dict[str, Any]) -> None:
+    """Replace the record with one ``pwrite``: padded with spaces over a longer old one,
+    never truncated, so a kill at any moment leaves either record whole."""
+    data = orjson.dumps(record) + b"\n"
+    os.pwrite(fd, data.ljust(os.fstat(fd).st_size), 0)
+
+
+def _losses_of(record: dict[str, Any]) -> list[dict[str, Any]]:
+    losses = record.get("losses")
+    if not isinstance(losses, list):
+        return []
+    return [loss for loss in losses if isinstance(loss, dict)]
+
+
+def _wal_loss(path: str, real: str, record: dict[str, Any]) -> dict[str, Any] | None:
+    """What the last run may have lost, if it did not close cleanly and its -wal is gone or bad.
+
+    The record says how many bytes the -wal had grown to at the last run's
+    commits. A -wal that is missing, shorter than that, or whose header is not
+    a valid SQLite WAL header (magic, version, checksum) cannot hold those
+    commits any more: SQLite would silently open the journal without them.
+    """
+    expected = record.get("wal")
+    if record.get("state") != "open" or type(expected) is not int or expected <= 0:
+        return None  # closed cleanly, written by an older aevents, or nothing was committed
+    wal = real + "-wal"
+    problem: str | None
+    try:
+        with open(wal, "rb") as file:
+            header = file.read(32)
+            size = os.fstat(file.fileno()).st_size
+    except FileNotFoundError:
+        problem = "is missing"
+    except OSError as exc:
+        problem = f"cannot be read ({exc.strerror})"
+    else:
+        problem = _wal_header_problem(header)
+        if problem is None and size < expected:
+            problem = f"is {size} bytes long, shorter than the {expected} bytes the last run wrote"
+    if problem is None:
+        return None
+    return {
+        "detected_at": datetime.now(UTC).isoformat(),
+        "file": wal,
+        "problem": f"the last run did not close cleanly and its write-ahead log {problem}",
+        "lost": (
+            "whatever it committed since the last checkpoint (up to "
+            f"{expected} bytes of log): events it acknowledged, deliveries it marked done "
+            "(these run again) and dead letters may be missing from the journal"
+        ),
+    }
+
+
+def _wal_header_problem(header: bytes) -> str | None:
+    if not header:
+        return "is empty"
+    if len(header) < 32:
+        return "is shorter than a WAL header (garbled)"
+    magic, version, *_, check1, check2 = struct.unpack(">8I", header)
+    if magic not in _WAL_MAGIC or version != _WAL_VERSION:
+        return "is not an SQLite write-ahead log (garbled)"
+    words = struct.unpack((">" if magic & 1 else "<") + "6I", header[:24])
+    sum1 = sum2 = 0
+    for first, second in zip(words[::2], words[1::2], strict=True):
+        sum1 = (sum1 + first + sum2) & 0xFFFFFFFF
+        sum2 = (sum2 + second + sum1) & 0xFFFFFFFF
+    if (sum1, sum2) != (check1, check2):
+        return "has a header whose checksum does not match (garbled)"
+    return None
+
+
+def describe_loss(path: str, loss: dict[str, Any]) -> str:
+    """One line for a recorded loss."""
+    return (
+        f"journal {path!r}: {loss.get('problem', 'data was lost')} ({loss.get('file', '?')}, "
+        f"noticed {loss.get('detected_at', '?')}); {loss.get('lost', '')}"
+    )
 
 
 def _parse_requests(data: bytes, path: str) -> tuple[bool, list[str]]:
@@ -226,7 +382,7 @@ def request_redelivery(path: str | os.PathLike[str], letter_ids: Sequence[str] |
     Appends one JSON line to ``<path>.requests`` (mode 0600) under an ``flock``,
     so it is safe while the owning process starts up and consumes the file.
     """
-    target = os.fsdecode(os.fspath(path)) + ".requests"
+    target = _real_path(os.fsdecode(os.fspath(path))) + ".requests"
     wanted: str | list[str] = "all" if letter_ids is None else list(letter_ids)
     line = orjson.dumps({"redeliver": wanted}) + b"\n"
     while True:
