@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from ._delivery import call_receiver, delivery_var
+from ._delivery import call_receiver, delivery_var, fails_delivery
 from ._event import Event
 from ._exceptions import ConfigurationError
 from ._middleware import call_with_middleware
@@ -48,7 +48,7 @@ class _Chain:
     __slots__ = ("failures", "owners")
 
     def __init__(self) -> None:
-        self.failures: list[tuple[Exception, str, str]] = []  # (error, receiver id, event name)
+        self.failures: list[tuple[BaseException, str, str]] = []  # (error, receiver id, event name)
         self.owners = 0
 
 
@@ -192,18 +192,18 @@ class EagerRuntime(EventRuntime):
             hooks = self._middleware.delivery
             delivery_token, later_token = delivery_var.set(item), _later.set(later)
             started = perf_counter()
-            error: Exception | None = None
+            error: BaseException | None = None
             try:
                 if hooks:
-                    await call_with_middleware(hooks, item, limit, self._limiter)
+                    await call_with_middleware(hooks, item, limit, self._threads)
                 else:
-                    await call_receiver(subscription, event, limit, self._limiter)
-            except Exception as failure:
+                    await call_receiver(subscription, event, limit, self._threads)
+            except BaseException as failure:
+                if not fails_delivery(failure):
+                    later.open = False
+                    self._abandon(later.batches)
+                    raise
                 error = failure
-            except BaseException:
-                later.open = False
-                self._abandon(later.batches)
-                raise
             finally:
                 later.open = False
                 _later.reset(later_token)

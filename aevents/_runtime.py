@@ -38,7 +38,15 @@ from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from . import _catalog
 from ._config import check_config as _check_config
-from ._delivery import DeliveryInfo, Item, ReplayedAttempt, call_receiver, delivery_var
+from ._delivery import (
+    DeliveryInfo,
+    Item,
+    ReplayedAttempt,
+    SyncThreads,
+    call_receiver,
+    delivery_var,
+    fails_delivery,
+)
 from ._event import NO_METADATA, Event, make_event
 from ._exceptions import (
     AeventsError,
@@ -226,7 +234,7 @@ class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifec
             await self._remember_idempotency_keys(self.store)
         send, receive = anyio.create_memory_object_stream[Item](math.inf)
         self._send, self._receive = send, receive
-        self._limiter = anyio.CapacityLimiter(self.sync_threads)
+        self._threads = SyncThreads(self.sync_threads)
         self._thread = threading.get_ident()
         self._cancelled = cancelled_check_for_backend()
         if self._cancelled is None:
@@ -618,10 +626,12 @@ class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifec
                         subscription.timeout if subscription.timeout is not None else self.timeout
                     )
                     if hooks:
-                        await call_with_middleware(hooks, item, time_limit, self._limiter)
+                        await call_with_middleware(hooks, item, time_limit, self._threads)
                     else:
-                        await call_receiver(subscription, event, time_limit, self._limiter)
-            except Exception as error:
+                        await call_receiver(subscription, event, time_limit, self._threads)
+            except BaseException as error:
+                if not fails_delivery(error):
+                    raise  # the runtime is cancelled, or KeyboardInterrupt, SystemExit
                 letter = self._on_failure(item, error, clock() - started)
                 if letter is not None:
                     self._keep_dead_letter(letter)
