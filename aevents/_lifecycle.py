@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 
-from ._delivery import Item, delivery_info
+from ._delivery import Item, SyncThreads, delivery_info
 from ._exceptions import StoreError
 from ._middleware import Middleware, MiddlewareStack, notify
 from ._state import _DRAINING, _NEW, _RUNNING, _STOPPED, Epoch, RuntimeStats
@@ -65,6 +65,7 @@ class Lifecycle:
     _dropped: int
     _repeated: int
     _middleware: MiddlewareStack
+    _threads: SyncThreads
 
     if TYPE_CHECKING:  # provided by EventRuntime; declared for the type checker only
 
@@ -122,6 +123,19 @@ class Lifecycle:
             fate,
             extra={"dropped": left, "unjournaled": self._unjournaled},
         )
+
+    def _report_abandoned(self) -> None:
+        """Log the sync receivers still running on their threads as the runtime stops."""
+        running = self._threads.running()
+        if running:
+            logger.warning(
+                "event runtime stopped with %d sync receiver call(s) still running, "
+                "abandoned on daemon threads (they cannot be interrupted and do not "
+                "keep the process from exiting): %s",
+                len(running),
+                ", ".join(repr(receiver_id) for receiver_id in running),
+                extra={"abandoned": running},
+            )
 
     def _notify_dropped(self) -> None:
         """Tell the middleware about each delivery the stop left unrun (not those in flight,

@@ -284,6 +284,7 @@ class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifec
         finally:
             self._state = _STOPPED
             self._report_dropped()
+            self._report_abandoned()
             send.close()
             receive.close()
             with _running_lock:

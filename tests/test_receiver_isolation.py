@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from aevents import Event, EventRuntime, Registry, RetryPolicy, SQLiteStore
@@ -95,7 +96,7 @@ async def test_a_receiver_raising_a_cancellation_is_retried_then_dead_lettered(
         second = await runtime.publish("order:placed")  # still running
         with anyio.fail_after(5):
             await runtime.drain()
-        await anyio.sleep(0)  # the body's own awaits still work
+        await anyio.lowlevel.checkpoint()  # the body's own awaits still work
         letters = await runtime.dead_letters()
         stats = runtime.stats()
     assert delivered == [first.id, second.id]
@@ -127,7 +128,7 @@ async def test_an_eager_receiver_raising_a_cancellation_becomes_a_dead_letter(
     registry.subscribe("order:placed", receiver_for(kind, anyio_backend), id="rogue")
     async with EagerRuntime(registry, retry=IMMEDIATE, raise_errors=False) as runtime:
         await runtime.publish("order:placed")
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         letters = await runtime.dead_letters()
     assert [(letter.receiver_id, letter.attempts) for letter in letters] == [("rogue", 3)]
 
