@@ -8,7 +8,7 @@ from typing import Any, TypeVar, overload
 from ._event import Event
 from ._exceptions import RuntimeNotRunningError
 from ._policy import RetryPolicy
-from ._registry import Receiver, default_registry
+from ._registry import MISSING, Receiver, _Missing, default_registry
 from ._runtime import EventRuntime, current_runtime
 
 __all__ = ["publish", "publish_nowait", "publish_threadsafe", "subscribe", "unsubscribe"]
@@ -75,7 +75,6 @@ def publish_threadsafe(
 @overload
 def subscribe(
     pattern: str,
-    receiver: None = None,
     *,
     id: str | None = None,
     retry: RetryPolicy | None = None,
@@ -98,7 +97,7 @@ def subscribe(
 
 def subscribe(
     pattern: str,
-    receiver: R | None = None,
+    receiver: R | _Missing = MISSING,
     *,
     id: str | None = None,
     retry: RetryPolicy | None = None,
@@ -106,6 +105,10 @@ def subscribe(
     inline: bool = False,
 ) -> R | Callable[[R], R]:
     """``aevents.default_registry.subscribe(...)``: a decorator, or a call with ``receiver``."""
+    if receiver is MISSING:
+        return default_registry.subscribe(
+            pattern, id=id, retry=retry, timeout=timeout, inline=inline
+        )
     return default_registry.subscribe(
         pattern, receiver, id=id, retry=retry, timeout=timeout, inline=inline
     )
