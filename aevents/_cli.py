@@ -45,6 +45,7 @@ from ._names import validate_pattern
 from ._registry import Registry
 from ._store._protocol import PendingDelivery
 from ._store._sqlite import SQLiteStore, request_redelivery
+from ._text import counted, with_article
 
 __all__ = ["main"]
 
@@ -213,7 +214,8 @@ def _load_app(args: argparse.Namespace) -> Registry | None:
         registry = _load(args.registry, show_traceback=args.traceback)
     if not isinstance(registry, Registry):
         raise _LoadError(
-            f"--registry {args.registry!r} is a {type(registry).__name__}, not an aevents.Registry"
+            f"--registry {args.registry!r} is {with_article(type(registry).__name__)}, "
+            "not an aevents.Registry"
         )
     return registry
 
@@ -287,7 +289,7 @@ async def _journal_async(args: argparse.Namespace) -> int:
         if args.action == "redeliver":
             ids = None if args.all else list(args.ids)
             request_redelivery(args.path, ids)
-            what = "every dead letter" if ids is None else f"{len(ids)} dead letter(s)"
+            what = "every dead letter" if ids is None else counted(len(ids), "dead letter")
             _print(
                 args,
                 {"requested": "all" if ids is None else ids, "applied": "on the next start"},
@@ -380,7 +382,7 @@ async def _dead_letters(store: SQLiteStore, args: argparse.Namespace) -> None:
 
 async def _redeliver(store: SQLiteStore, args: argparse.Namespace) -> None:
     count = await store.redeliver(None if args.all else args.ids)
-    _print(args, {"redelivered": count}, f"{count} dead letter(s) made pending again")
+    _print(args, {"redelivered": count}, f"{counted(count, 'dead letter')} made pending again")
 
 
 async def _prune(store: SQLiteStore, args: argparse.Namespace) -> None:
@@ -388,7 +390,7 @@ async def _prune(store: SQLiteStore, args: argparse.Namespace) -> None:
     if args.older_than is not None:
         older_than = datetime.now(UTC) - timedelta(days=args.older_than)
     count = await store.prune(older_than=older_than)
-    _print(args, {"pruned": count}, f"{count} done deliveries pruned")
+    _print(args, {"pruned": count}, f"{counted(count, 'done delivery')} pruned")
 
 
 _ACTIONS: dict[str, Callable[[SQLiteStore, argparse.Namespace], Awaitable[None]]] = {

@@ -20,6 +20,7 @@ from ._exceptions import ConfigurationError
 from ._middleware import call_with_middleware
 from ._registry import Registry, Subscription
 from ._runtime import EventRuntime
+from ._text import counted
 
 if TYPE_CHECKING:
     from ._state import Epoch
@@ -137,7 +138,7 @@ class EagerRuntime(EventRuntime):
         error = failures[0][0]
         if len(failures) > 1:
             error.add_note(
-                f"aevents: {len(failures) - 1} more receiver(s) failed in this publish: "
+                f"aevents: {counted(len(failures) - 1, 'more receiver')} failed in this publish: "
                 + "; ".join(
                     f"{receiver_id!r} on {event_name!r}: {type(other).__name__}: {other}"
                     for other, receiver_id, event_name in failures[1:]

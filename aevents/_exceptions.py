@@ -28,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ._text import counted
+
 __all__ = [
     "AeventsError",
     "CausationDepthError",
@@ -119,7 +121,7 @@ class QueueFullError(AeventsError):
         self.event = event
         self.buffer = buffer
         super().__init__(
-            f"cannot publish {event!r}: the buffer of {buffer} deliveries is full; "
+            f"cannot publish {event!r}: the buffer of {counted(buffer, 'delivery')} is full; "
             "use `await publish(...)` to wait for room, or raise EventRuntime(buffer=...)"
         )
 

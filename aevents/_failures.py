@@ -22,6 +22,7 @@ from ._delivery import DeliveryInfo, Item, ReceiverTimeout, delivery_info
 from ._event import new_event_id
 from ._middleware import MiddlewareStack, notify
 from ._policy import DeadLetter, RetryPolicy, describe_error, escape_control
+from ._text import counted
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
@@ -135,10 +136,10 @@ class FailureHandling:
             failed_at=datetime.now(UTC),
         )
         delivery_logger.error(
-            "receiver %r failed on %r after %d attempt(s); dead-lettered as %s: %s: %s",
+            "receiver %r failed on %r after %s; dead-lettered as %s: %s: %s",
             subscription.receiver_id,
             event.name,
-            attempt,
+            counted(attempt, "attempt"),
             letter.id,
             error_type,
             escape_control(message),

@@ -32,6 +32,7 @@ from ._event import Event, new_event_id
 from ._exceptions import StoreError
 from ._middleware import MiddlewareStack, call_with_middleware, notify
 from ._policy import DeadLetter, RetryPolicy
+from ._text import counted
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
@@ -234,9 +235,9 @@ class Journaling:
                 )
             except StoreError as error:
                 logger.warning(
-                    "%d deliveries ran but could not be marked done (%s); "
+                    "%s ran but could not be marked done (%s); "
                     "they will run again on the next start",
-                    len(batch),
+                    counted(len(batch), "delivery"),
                     error,
                     extra={"deliveries": len(batch)},
                 )

@@ -22,6 +22,7 @@ from ._delivery import Item, SyncThreads, delivery_info
 from ._exceptions import StoreError
 from ._middleware import Middleware, MiddlewareStack, notify
 from ._state import _DRAINING, _NEW, _RUNNING, _STOPPED, Epoch, RuntimeStats
+from ._text import counted
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -114,9 +115,9 @@ class Lifecycle:
                 "whose journal write never began: those are lost"
             )
         logger.warning(
-            "event runtime stopped with %d deliveries not run "
+            "event runtime stopped with %s not run "
             "(%d queued, %d in flight, %d waiting to retry); %s",
-            left,
+            counted(left, "delivery"),
             self._queued,
             in_flight,
             len(self._retries),
@@ -129,10 +130,10 @@ class Lifecycle:
         running = self._threads.running()
         if running:
             logger.warning(
-                "event runtime stopped with %d sync receiver call(s) still running, "
+                "event runtime stopped with %s still running, "
                 "abandoned on daemon threads (they cannot be interrupted and do not "
                 "keep the process from exiting): %s",
-                len(running),
+                counted(len(running), "sync receiver call"),
                 ", ".join(repr(receiver_id) for receiver_id in running),
                 extra={"abandoned": running},
             )

@@ -838,7 +838,7 @@ async def test_bad_settings_are_reported_as_a_failed_startup(db: SimpleNamespace
         async with lifespan_of(app) as lifespan:
             reply = await lifespan.send("lifespan.startup")
     assert reply["type"] == "lifespan.startup.failed"
-    assert "ConfigurationError: settings.AEVENTS: unknown option(s) 'wrokers'" in reply["message"]
+    assert "ConfigurationError: settings.AEVENTS: unknown option 'wrokers'" in reply["message"]
     assert app.runtime is None
 
 
