@@ -54,6 +54,7 @@ from ._exceptions import (
     RuntimeClosedError,
     RuntimeNotRunningError,
     UnknownEventError,
+    WrongThreadError,
 )
 from ._failures import FailureHandling
 from ._idempotency import IDEMPOTENCY_KEY, IdempotencyWindow
@@ -78,6 +79,7 @@ __all__ = ["EventRuntime", "RuntimeStats", "current_runtime"]
 _YIELD_EVERY: Final = 64
 _DURABLE_BATCH: Final = 32  # deliveries a worker records, runs and marks done together
 _dumps, _loads = orjson.dumps, orjson.loads
+_get_ident = threading.get_ident
 
 _current_runtime: ContextVar[EventRuntime | None] = ContextVar("aevents_runtime", default=None)
 _running: list[EventRuntime] = []  # every started runtime in this process, oldest first
@@ -333,6 +335,8 @@ class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifec
         (shielded), so publish either returns the accepted event or raises
         having accepted nothing.
         """
+        if _get_ident() != self._thread:
+            raise self._wrong_thread(name, "publish")
         # A cancel point without a schedule point (see cancelled_check_for_backend).
         cancelled = self._cancelled
         if cancelled is None:
@@ -371,8 +375,17 @@ class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifec
 
     def _not_accepting(self, name: str) -> AeventsError:
         if self._state == _NEW:
-            return RuntimeNotRunningError(name)
+            return RuntimeNotRunningError(
+                name,
+                "enter this runtime first: `async with runtime:` around the code that publishes",
+            )
         return RuntimeClosedError(name)
+
+    def _wrong_thread(self, name: str, call: str) -> AeventsError:
+        """The error of a ``publish`` or ``publish_nowait`` made off the loop's thread."""
+        if self._state not in (_RUNNING, _DRAINING):
+            return self._not_accepting(name)
+        return WrongThreadError(name, call)
 
     def _accept(
         self,
