@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
+
+import anyio.lowlevel
 
 from ._event import Event
 from ._exceptions import RuntimeNotRunningError
@@ -19,8 +22,41 @@ R = TypeVar("R", bound=Callable[..., Any])
 def _runtime_for(name: str) -> EventRuntime:
     runtime = current_runtime()
     if runtime is None:
-        raise RuntimeNotRunningError(name)
+        raise RuntimeNotRunningError(name, not_running_fix())
     return runtime
+
+
+def not_running_fix() -> str:
+    """How to start a runtime, for where the caller is: Django, Starlette/FastAPI, a script."""
+    try:
+        anyio.lowlevel.current_token()
+        in_loop = True
+    except Exception:  # no event loop running on this thread
+        in_loop = False
+    conf = sys.modules.get("django.conf")
+    if conf is not None and getattr(conf.settings, "configured", False):
+        if in_loop:
+            return (
+                "serve the project with `application = "
+                "aevents.contrib.django.get_asgi_application()` in asgi.py"
+            )
+        return (
+            "in a Django shell or management command, run the publishing code inside "
+            "`async with aevents.EventRuntime():` (in a function run with asyncio.run()); "
+            "under an ASGI server, serve aevents.contrib.django.get_asgi_application()"
+        )
+    if in_loop and "starlette" in sys.modules:
+        module = "fastapi" if "fastapi" in sys.modules else "starlette"
+        return (
+            f"pass `lifespan=aevents.contrib.{module}.events_lifespan()` to the outermost app, "
+            "and run the server with its lifespan on"
+        )
+    if in_loop:
+        return RuntimeNotRunningError.DEFAULT_FIX
+    return (
+        RuntimeNotRunningError.DEFAULT_FIX
+        + ", inside an async function run with anyio.run() or asyncio.run()"
+    )
 
 
 async def publish(
