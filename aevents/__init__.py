@@ -35,6 +35,7 @@ from ._exceptions import (
     RuntimeNotRunningError,
     StoreError,
     UnknownEventError,
+    WrongThreadError,
 )
 from ._middleware import Middleware, Publishing
 from ._module import publish, publish_nowait, publish_threadsafe, subscribe, unsubscribe
@@ -134,6 +135,7 @@ __all__ = [
     "Subscription",
     "UnknownEventError",
     "UnmatchedPattern",
+    "WrongThreadError",
     "__version__",
     "current_delivery",
     "current_runtime",

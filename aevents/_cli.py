@@ -63,6 +63,7 @@ from ._store._sqlite_schema import (
     _wal_loss,
     describe_loss,
 )
+from ._text import counted, with_article
 
 __all__ = ["main"]
 
@@ -237,7 +238,8 @@ def _load_app(args: argparse.Namespace) -> Registry | None:
         registry = _load(args.registry, show_traceback=args.traceback)
     if not isinstance(registry, Registry):
         raise _LoadError(
-            f"--registry {args.registry!r} is a {type(registry).__name__}, not an aevents.Registry"
+            f"--registry {args.registry!r} is {with_article(type(registry).__name__)}, "
+            "not an aevents.Registry"
         )
     return registry
 
@@ -316,7 +318,7 @@ async def _journal_async(args: argparse.Namespace) -> int:
             raise
         ids = None if args.all else list(args.ids)
         request_redelivery(args.path, ids)
-        what = "every dead letter" if ids is None else f"{len(ids)} dead letter(s)"
+        what = "every dead letter" if ids is None else counted(len(ids), "dead letter")
         _print(
             args,
             {"requested": "all" if ids is None else ids, "applied": "on the next start"},
@@ -478,7 +480,7 @@ async def _dead_letters(store: SQLiteStore, args: argparse.Namespace) -> None:
 
 async def _redeliver(store: SQLiteStore, args: argparse.Namespace) -> None:
     count = await store.redeliver(None if args.all else args.ids)
-    _print(args, {"redelivered": count}, f"{count} dead letter(s) made pending again")
+    _print(args, {"redelivered": count}, f"{counted(count, 'dead letter')} made pending again")
 
 
 async def _prune(store: SQLiteStore, args: argparse.Namespace) -> None:
@@ -486,7 +488,7 @@ async def _prune(store: SQLiteStore, args: argparse.Namespace) -> None:
     if args.older_than is not None:
         older_than = datetime.now(UTC) - timedelta(days=args.older_than)
     count = await store.prune(older_than=older_than)
-    _print(args, {"pruned": count}, f"{count} done deliveries pruned")
+    _print(args, {"pruned": count}, f"{counted(count, 'done delivery')} pruned")
 
 
 async def _forget_losses(store: SQLiteStore, args: argparse.Namespace) -> None:
@@ -494,7 +496,7 @@ async def _forget_losses(store: SQLiteStore, args: argparse.Namespace) -> None:
     _print(
         args,
         {"forgotten": forgotten},
-        f"{len(forgotten)} recorded loss(es) acknowledged and forgotten",
+        f"{counted(len(forgotten), 'recorded loss')} acknowledged and forgotten",
     )
 
 

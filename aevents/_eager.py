@@ -14,12 +14,13 @@ from contextvars import ContextVar
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from ._delivery import call_receiver, delivery_var
+from ._delivery import call_receiver, delivery_var, fails_delivery
 from ._event import Event
 from ._exceptions import ConfigurationError
 from ._middleware import call_with_middleware
 from ._registry import Registry, Subscription
 from ._runtime import EventRuntime
+from ._text import counted
 
 if TYPE_CHECKING:
     from ._state import Epoch
@@ -48,7 +49,7 @@ class _Chain:
     __slots__ = ("failures", "owners")
 
     def __init__(self) -> None:
-        self.failures: list[tuple[Exception, str, str]] = []  # (error, receiver id, event name)
+        self.failures: list[tuple[BaseException, str, str]] = []  # (error, receiver id, event name)
         self.owners = 0
 
 
@@ -137,7 +138,7 @@ class EagerRuntime(EventRuntime):
         error = failures[0][0]
         if len(failures) > 1:
             error.add_note(
-                f"aevents: {len(failures) - 1} more receiver(s) failed in this publish: "
+                f"aevents: {counted(len(failures) - 1, 'more receiver')} failed in this publish: "
                 + "; ".join(
                     f"{receiver_id!r} on {event_name!r}: {type(other).__name__}: {other}"
                     for other, receiver_id, event_name in failures[1:]
@@ -192,18 +193,18 @@ class EagerRuntime(EventRuntime):
             hooks = self._middleware.delivery
             delivery_token, later_token = delivery_var.set(item), _later.set(later)
             started = perf_counter()
-            error: Exception | None = None
+            error: BaseException | None = None
             try:
                 if hooks:
-                    await call_with_middleware(hooks, item, limit, self._limiter)
+                    await call_with_middleware(hooks, item, limit, self._threads)
                 else:
-                    await call_receiver(subscription, event, limit, self._limiter)
-            except Exception as failure:
+                    await call_receiver(subscription, event, limit, self._threads)
+            except BaseException as failure:
+                if not fails_delivery(failure):
+                    later.open = False
+                    self._abandon(later.batches)
+                    raise
                 error = failure
-            except BaseException:
-                later.open = False
-                self._abandon(later.batches)
-                raise
             finally:
                 later.open = False
                 _later.reset(later_token)

@@ -10,6 +10,7 @@
     ├── QueueFullError                       publish_nowait found the buffer full
     ├── RuntimeClosedError                   the runtime is shutting down or has stopped
     ├── RuntimeNotRunningError               module-level publish with no runtime running
+    ├── WrongThreadError (RuntimeError)      a publish from a thread it is not meant for
     ├── DuplicateReceiverError (ValueError)  another callable already uses that receiver id
     ├── ConfigurationError (ValueError, TypeError)  a bad argument to subscribe(), RetryPolicy
     │                                        or EventRuntime
@@ -28,6 +29,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ._text import counted
+
 __all__ = [
     "AeventsError",
     "CausationDepthError",
@@ -43,6 +46,7 @@ __all__ = [
     "RuntimeNotRunningError",
     "StoreError",
     "UnknownEventError",
+    "WrongThreadError",
 ]
 
 
@@ -120,7 +124,7 @@ class QueueFullError(AeventsError):
         self.event = event
         self.buffer = buffer
         super().__init__(
-            f"cannot publish {event!r}: the buffer of {buffer} deliveries is full; "
+            f"cannot publish {event!r}: the buffer of {counted(buffer, 'delivery')} is full; "
             "use `await publish(...)` to wait for room, or raise EventRuntime(buffer=...)"
         )
 
@@ -151,14 +155,45 @@ class RuntimeClosedError(AeventsError):
 
 
 class RuntimeNotRunningError(AeventsError):
-    """Module-level publishing found no running runtime."""
+    """Module-level publishing found no running runtime (or this one was not started).
 
-    def __init__(self, event: str) -> None:
+    ``fix`` says how to start one where the publish was made: a plain script,
+    a Django project, a Starlette or FastAPI app.
+    """
+
+    DEFAULT_FIX = (
+        "start one with `async with aevents.EventRuntime():` around the code that publishes"
+    )
+
+    def __init__(self, event: str, fix: str | None = None) -> None:
         self.event = event
-        super().__init__(
-            f"cannot publish {event!r}: no event runtime is running; "
-            "start one with `async with aevents.EventRuntime():`"
-        )
+        self.fix = fix if fix is not None else self.DEFAULT_FIX
+        super().__init__(f"cannot publish {event!r}: no event runtime is running; {self.fix}")
+
+
+class WrongThreadError(AeventsError, RuntimeError):
+    """A publish was made on a thread it cannot be made from.
+
+    ``publish`` and ``publish_nowait`` run only on the thread of the event
+    loop the runtime runs on; ``publish_threadsafe`` only on other threads.
+    """
+
+    def __init__(self, event: str, call: str) -> None:
+        self.event = event
+        self.call = call
+        if call == "publish_threadsafe":
+            advice = (
+                f"publish_threadsafe({event!r}) was called on the event loop's thread, where it "
+                "would block the loop; use `await publish(...)` or `publish_nowait(...)` there"
+            )
+        else:
+            advice = (
+                f"{call}({event!r}) was called from a thread that is not the event loop's, "
+                "and the runtime is not thread-safe; from another thread use "
+                "`publish_threadsafe(...)`, which hands the publish to the loop and waits "
+                "until it is accepted"
+            )
+        super().__init__(advice)
 
 
 class DuplicateReceiverError(AeventsError, ValueError):

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.lowlevel import checkpoint
 
-from ._delivery import DeliveryInfo, Item, delivery_info
+from ._delivery import DeliveryInfo, Item, ReceiverTimeout, delivery_info
 from ._event import new_event_id
 from ._middleware import MiddlewareStack, notify
 from ._policy import DeadLetter, RetryPolicy, describe_error, escape_control
+from ._text import counted
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
@@ -76,7 +77,7 @@ class FailureHandling:
         def _not_for_replay(self, event_id: str) -> None: ...
 
     def _on_failure(
-        self, item: Item, error: Exception, duration: float | None
+        self, item: Item, error: BaseException, duration: float | None
     ) -> DeadLetter | None:
         """Count a failed attempt; schedule a retry, or return the dead letter it became.
 
@@ -87,7 +88,10 @@ class FailureHandling:
         self._failed += 1
         policy = subscription.retry if subscription.retry is not None else self.retry
         storm = (event.id, subscription.receiver_id) in self._storms
-        error_type, message = describe_error(error)
+        if type(error) is ReceiverTimeout:
+            error_type, message = "TimeoutError", error.describe(attempt, policy.attempts)
+        else:
+            error_type, message = describe_error(error)
         extra: dict[str, Any] = {
             "event_id": event.id,
             "event_name": event.name,
@@ -132,10 +136,10 @@ class FailureHandling:
             failed_at=datetime.now(UTC),
         )
         delivery_logger.error(
-            "receiver %r failed on %r after %d attempt(s); dead-lettered as %s: %s: %s",
+            "receiver %r failed on %r after %s; dead-lettered as %s: %s: %s",
             subscription.receiver_id,
             event.name,
-            attempt,
+            counted(attempt, "attempt"),
             letter.id,
             error_type,
             escape_control(message),

@@ -19,11 +19,20 @@ from typing import TYPE_CHECKING, Literal
 
 import anyio
 
-from ._delivery import DeliveryInfo, Item, ReplayedAttempt, call_receiver, delivery_var
+from ._delivery import (
+    DeliveryInfo,
+    Item,
+    ReplayedAttempt,
+    SyncThreads,
+    call_receiver,
+    delivery_var,
+    fails_delivery,
+)
 from ._event import Event, new_event_id
 from ._exceptions import StoreError
 from ._middleware import MiddlewareStack, call_with_middleware, notify
 from ._policy import DeadLetter, RetryPolicy
+from ._text import counted
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
@@ -63,7 +72,7 @@ class Journaling:
     buffer: int
     _send: MemoryObjectSendStream[Item]
     _epoch: Epoch
-    _limiter: anyio.CapacityLimiter
+    _threads: SyncThreads
     _delivered: int
     _dead: int
     _replaying: set[str] | None
@@ -85,7 +94,7 @@ class Journaling:
         def _replay_finished(self, stopped: bool) -> None: ...
         def _hold_lane(self, event: Event, receiver_id: str) -> None: ...
         def _on_failure(
-            self, item: Item, error: Exception, duration: float | None
+            self, item: Item, error: BaseException, duration: float | None
         ) -> DeadLetter | None: ...
         def _letter_info(self, letter: DeadLetter, replay: bool = False) -> DeliveryInfo: ...
 
@@ -184,11 +193,13 @@ class Journaling:
                 )
                 if self._middleware.delivery:
                     await call_with_middleware(
-                        self._middleware.delivery, item, time_limit, self._limiter
+                        self._middleware.delivery, item, time_limit, self._threads
                     )
                 else:
-                    await call_receiver(subscription, event, time_limit, self._limiter)
-            except Exception as error:
+                    await call_receiver(subscription, event, time_limit, self._threads)
+            except BaseException as error:
+                if not fails_delivery(error):
+                    raise  # the runtime is cancelled, or KeyboardInterrupt, SystemExit
                 await self._failed_durably(item, error, perf_counter() - started)
                 continue
             finally:
@@ -228,9 +239,9 @@ class Journaling:
                 )
             except StoreError as error:
                 logger.warning(
-                    "%d deliveries ran but could not be marked done (%s); "
+                    "%s ran but could not be marked done (%s); "
                     "they will run again on the next start",
-                    len(batch),
+                    counted(len(batch), "delivery"),
                     error,
                     extra={"deliveries": len(batch)},
                 )
@@ -243,7 +254,9 @@ class Journaling:
                 if event.key is not None:
                     self._lane_done(event, subscription, dead=False)
 
-    async def _failed_durably(self, item: Item, error: Exception, duration: float | None) -> None:
+    async def _failed_durably(
+        self, item: Item, error: BaseException, duration: float | None
+    ) -> None:
         letter = self._on_failure(item, error, duration)
         if letter is not None:
             await self._journal_dead_letter(letter)

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 
-from ._delivery import Item, delivery_info
+from ._delivery import Item, SyncThreads, delivery_info
 from ._exceptions import StoreError
 from ._middleware import Middleware, MiddlewareStack, notify
 from ._state import _DRAINING, _NEW, _RUNNING, _STOPPED, Epoch, RuntimeStats
+from ._text import counted
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -65,6 +66,7 @@ class Lifecycle:
     _dropped: int
     _repeated: int
     _middleware: MiddlewareStack
+    _threads: SyncThreads
 
     if TYPE_CHECKING:  # provided by EventRuntime; declared for the type checker only
 
@@ -113,15 +115,28 @@ class Lifecycle:
                 "whose journal write never began: those are lost"
             )
         logger.warning(
-            "event runtime stopped with %d deliveries not run "
+            "event runtime stopped with %s not run "
             "(%d queued, %d in flight, %d waiting to retry); %s",
-            left,
+            counted(left, "delivery"),
             self._queued,
             in_flight,
             len(self._retries),
             fate,
             extra={"dropped": left, "unjournaled": self._unjournaled},
         )
+
+    def _report_abandoned(self) -> None:
+        """Log the sync receivers still running on their threads as the runtime stops."""
+        running = self._threads.running()
+        if running:
+            logger.warning(
+                "event runtime stopped with %s still running, "
+                "abandoned on daemon threads (they cannot be interrupted and do not "
+                "keep the process from exiting): %s",
+                counted(len(running), "sync receiver call"),
+                ", ".join(repr(receiver_id) for receiver_id in running),
+                extra={"abandoned": running},
+            )
 
     def _notify_dropped(self) -> None:
         """Tell the middleware about each delivery the stop left unrun (not those in flight,

@@ -46,10 +46,9 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-import anyio
 import attrs
 
-from ._delivery import DeliveryInfo, Item, call_receiver, delivery_info
+from ._delivery import DeliveryInfo, Item, SyncThreads, call_receiver, delivery_info
 from ._event import Event
 from ._exceptions import ConfigurationError
 from ._policy import DeadLetter
@@ -242,7 +241,7 @@ async def call_with_middleware(
     hooks: tuple[Middleware, ...],
     item: Item,
     time_limit: float | None,
-    limiter: anyio.CapacityLimiter,
+    threads: SyncThreads,
 ) -> None:
     """One attempt of one delivery with the delivery hooks around it."""
     event, subscription = item[0], item[1]
@@ -254,7 +253,7 @@ async def call_with_middleware(
             if subscription.fast and time_limit is None:
                 await subscription.receiver(event)
             else:
-                await call_receiver(subscription, event, time_limit, limiter)
+                await call_receiver(subscription, event, time_limit, threads)
         except BaseException as error:
             _after_delivery(middleware, delivery, state, error)
             raise
@@ -264,7 +263,7 @@ async def call_with_middleware(
     try:
         for middleware in hooks:
             entered.append((middleware, middleware.before_delivery(delivery)))
-        await call_receiver(subscription, event, time_limit, limiter)
+        await call_receiver(subscription, event, time_limit, threads)
     except BaseException as error:
         for middleware, state in reversed(entered):
             _after_delivery(middleware, delivery, state, error)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
+
+import anyio.lowlevel
 
 from ._event import Event
 from ._exceptions import RuntimeNotRunningError
 from ._policy import RetryPolicy
-from ._registry import Receiver, default_registry
+from ._registry import MISSING, Receiver, _Missing, default_registry
 from ._runtime import EventRuntime, current_runtime
 
 __all__ = ["publish", "publish_nowait", "publish_threadsafe", "subscribe", "unsubscribe"]
@@ -19,8 +22,41 @@ R = TypeVar("R", bound=Callable[..., Any])
 def _runtime_for(name: str) -> EventRuntime:
     runtime = current_runtime()
     if runtime is None:
-        raise RuntimeNotRunningError(name)
+        raise RuntimeNotRunningError(name, not_running_fix())
     return runtime
+
+
+def not_running_fix() -> str:
+    """How to start a runtime, for where the caller is: Django, Starlette/FastAPI, a script."""
+    try:
+        anyio.lowlevel.current_token()
+        in_loop = True
+    except Exception:  # no event loop running on this thread
+        in_loop = False
+    conf = sys.modules.get("django.conf")
+    if conf is not None and getattr(conf.settings, "configured", False):
+        if in_loop:
+            return (
+                "serve the project with `application = "
+                "aevents.contrib.django.get_asgi_application()` in asgi.py"
+            )
+        return (
+            "in a Django shell or management command, run the publishing code inside "
+            "`async with aevents.EventRuntime():` (in a function run with asyncio.run()); "
+            "under an ASGI server, serve aevents.contrib.django.get_asgi_application()"
+        )
+    if in_loop and "starlette" in sys.modules:
+        module = "fastapi" if "fastapi" in sys.modules else "starlette"
+        return (
+            f"pass `lifespan=aevents.contrib.{module}.events_lifespan()` to the outermost app, "
+            "and run the server with its lifespan on"
+        )
+    if in_loop:
+        return RuntimeNotRunningError.DEFAULT_FIX
+    return (
+        RuntimeNotRunningError.DEFAULT_FIX
+        + ", inside an async function run with anyio.run() or asyncio.run()"
+    )
 
 
 async def publish(
@@ -128,7 +164,6 @@ def publish_threadsafe(
 @overload
 def subscribe(
     pattern: str,
-    receiver: None = None,
     *,
     id: str | None = None,
     retry: RetryPolicy | None = None,
@@ -151,7 +186,7 @@ def subscribe(
 
 def subscribe(
     pattern: str,
-    receiver: R | None = None,
+    receiver: R | _Missing = MISSING,
     *,
     id: str | None = None,
     retry: RetryPolicy | None = None,
@@ -166,6 +201,10 @@ def subscribe(
         The receiver unchanged, or, without ``receiver``, a decorator that
             subscribes the function it decorates and returns it unchanged.
     """
+    if receiver is MISSING:
+        return default_registry.subscribe(
+            pattern, id=id, retry=retry, timeout=timeout, inline=inline
+        )
     return default_registry.subscribe(
         pattern, receiver, id=id, retry=retry, timeout=timeout, inline=inline
     )

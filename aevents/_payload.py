@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from ._exceptions import PayloadError
+from ._text import with_article
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
@@ -85,7 +86,8 @@ def encode_metadata(event: str, metadata: object) -> dict[str, str]:
     copy: dict[str, str] = {}
     for key, value in metadata.items():
         if not isinstance(key, str):
-            raise PayloadError(event, "metadata", f"key {key!r} is a {type(key).__name__}, not str")
+            kind = with_article(type(key).__name__)
+            raise PayloadError(event, "metadata", f"key {key!r} is {kind}, not str")
         if not isinstance(value, str):
             raise PayloadError(
                 event, f"metadata[{key!r}]", f"expected str, got {type(value).__name__}"
@@ -130,7 +132,7 @@ def _find_problem(payload: object, root: str = "payload") -> tuple[str, str]:
             if isinstance(value, Mapping):
                 for key, item in value.items():
                     if not isinstance(key, str):
-                        return path, f"key {key!r} is a {type(key).__name__}, not str"
+                        return path, f"key {key!r} is {with_article(type(key).__name__)}, not str"
                     if not _is_utf8(key):
                         return path, f"key {key!r} contains a lone surrogate"
                     children.append((item, f"{path}[{key!r}]", depth + 1, inner))

@@ -29,6 +29,7 @@ from ._exceptions import (
     QueueFullError,
     RuntimeClosedError,
     UnknownEventError,
+    WrongThreadError,
 )
 from ._idempotency import IDEMPOTENCY_KEY, IdempotencyWindow, validate_idempotency_key
 from ._middleware import MiddlewareStack, PublishHooks, Publishing
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from ._registry import Subscription
 
 __all__ = ["PublishVariants"]
+
+_get_ident = threading.get_ident
 
 
 class PublishVariants:
@@ -84,6 +87,7 @@ class PublishVariants:
             self, name: str, deferred: _Deferred, parent: Item | None
         ) -> Event: ...
         def _not_accepting(self, name: str) -> AeventsError: ...
+        def _wrong_thread(self, name: str, call: str) -> AeventsError: ...
         async def _append_then_enqueue(
             self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch
         ) -> None: ...
@@ -215,6 +219,8 @@ class PublishVariants:
             RuntimeNotRunningError: The runtime has not started.
             RuntimeClosedError: The runtime is shutting down or has stopped.
         """
+        if _get_ident() != self._thread:
+            raise self._wrong_thread(name, "publish_nowait")
         if idempotency_key is not None or (metadata is not None and _claims_key(metadata)):
             return self._publish_once_nowait(name, payload, metadata, key, idempotency_key)
         return self._publish_nowait(name, payload, metadata, key)
@@ -325,11 +331,8 @@ class PublishVariants:
         """
         if self._state not in (_RUNNING, _DRAINING):
             raise self._not_accepting(name)
-        if threading.get_ident() == self._thread:
-            raise AeventsError(
-                f"publish_threadsafe({name!r}) was called on the event loop's thread, where it "
-                "would block the loop; use `await publish(...)` or `publish_nowait(...)` there"
-            )
+        if _get_ident() == self._thread:
+            raise WrongThreadError(name, "publish_threadsafe")
         parent = delivery_var.get()  # worker threads inherit the receiver's context
         try:
             event: Event = self._portal.call(

@@ -9,13 +9,14 @@ promises delivery has to do.
 
 from __future__ import annotations
 
+import enum
 import functools
 import inspect
 import itertools
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar, overload
+from typing import Any, Final, TypeVar, overload
 
 import attrs
 
@@ -28,6 +29,34 @@ __all__ = ["Receiver", "Registry", "Subscription", "default_registry", "receiver
 
 Receiver = Callable[[Event], Any]
 R = TypeVar("R", bound=Callable[..., Any])
+
+
+class _Missing(enum.Enum):
+    """The type of ``MISSING``: ``subscribe`` was called without a receiver."""
+
+    MISSING = enum.auto()
+
+
+MISSING: Final = _Missing.MISSING
+"""No receiver given: ``subscribe(pattern)`` is used as a decorator. Not ``None``,
+so that ``subscribe(pattern, receiver=None)`` (a variable that was never set) raises."""
+
+
+def _check_one_argument(pattern: str, receiver: Receiver, receiver_id: str) -> None:
+    """Refuse a receiver that cannot be called with the event as its one positional argument."""
+    try:
+        signature = inspect.signature(receiver)
+    except (TypeError, ValueError):  # no signature to check (some builtins, C callables)
+        return
+    try:
+        signature.bind(None)
+    except TypeError as error:
+        raise ConfigurationError(
+            f"subscribe({pattern!r}, id={receiver_id!r})",
+            f"the receiver must accept the event as one positional argument, "
+            f"but its signature is {signature} ({error})",
+        ) from None
+
 
 MAX_ROUTE_CACHE = 10_000
 """Distinct names whose routes are cached; past this the cache starts over."""
@@ -103,7 +132,6 @@ class Registry:
     def subscribe(
         self,
         pattern: str,
-        receiver: None = None,
         *,
         id: str | None = None,
         retry: RetryPolicy | None = None,
@@ -126,7 +154,7 @@ class Registry:
     def subscribe(
         self,
         pattern: str,
-        receiver: R | None = None,
+        receiver: R | _Missing = MISSING,
         *,
         id: str | None = None,
         retry: RetryPolicy | None = None,
@@ -143,7 +171,8 @@ class Registry:
             pattern: An event name, or a pattern where ``*`` matches one segment
                 and ``**`` zero or more (``"user:*:created"``, ``"user:**"``).
             receiver: An async function, or a sync one (run on a worker thread),
-                taking the ``Event``. Default ``None``: return a decorator.
+                taking the ``Event`` as its one positional argument. Leave it
+                out to get a decorator.
             id: The receiver's id, which a journal records. Default
                 ``"module:qualname"`` of the receiver.
             retry: This receiver's ``RetryPolicy``. Default ``None``: the runtime's.
@@ -158,10 +187,13 @@ class Registry:
 
         Raises:
             InvalidEventNameError: ``pattern`` is not a valid pattern.
-            ConfigurationError: An option has a wrong type or value.
+            ConfigurationError: An option has a wrong type or value, ``receiver``
+                is ``None``, or the receiver cannot be called with the event as
+                its one positional argument (checked here, not at its first
+                delivery). ``ConfigurationError`` is also a ``TypeError``.
             DuplicateReceiverError: Another callable already uses ``id``.
         """
-        if receiver is None:
+        if receiver is MISSING:
 
             def decorate(function: R) -> R:
                 self.subscribe(
@@ -170,6 +202,12 @@ class Registry:
                 return function
 
             return decorate
+        if receiver is None:
+            raise ConfigurationError(
+                f"subscribe({pattern!r})",
+                "receiver is None; pass a callable, or leave the receiver out to use "
+                f"@subscribe({pattern!r}) as a decorator",
+            )
         self._add(pattern, receiver, id, retry, timeout, inline)
         return receiver
 
@@ -204,6 +242,7 @@ class Registry:
             raise ConfigurationError(
                 f"subscribe({pattern!r})", f"timeout must be > 0 seconds, got {timeout!r}"
             )
+        _check_one_argument(pattern, receiver, receiver_id)
         is_async = _is_async(receiver)
         if inline and is_async:
             raise ConfigurationError(

@@ -38,7 +38,15 @@ from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from . import _catalog
 from ._config import check_config as _check_config
-from ._delivery import DeliveryInfo, Item, ReplayedAttempt, call_receiver, delivery_var
+from ._delivery import (
+    DeliveryInfo,
+    Item,
+    ReplayedAttempt,
+    SyncThreads,
+    call_receiver,
+    delivery_var,
+    fails_delivery,
+)
 from ._event import NO_METADATA, Event, make_event
 from ._exceptions import (
     AeventsError,
@@ -46,6 +54,7 @@ from ._exceptions import (
     RuntimeClosedError,
     RuntimeNotRunningError,
     UnknownEventError,
+    WrongThreadError,
 )
 from ._failures import FailureHandling
 from ._idempotency import IDEMPOTENCY_KEY, IdempotencyWindow
@@ -70,6 +79,7 @@ __all__ = ["EventRuntime", "RuntimeStats", "current_runtime"]
 _YIELD_EVERY: Final = 64
 _DURABLE_BATCH: Final = 32  # deliveries a worker records, runs and marks done together
 _dumps, _loads = orjson.dumps, orjson.loads
+_get_ident = threading.get_ident
 
 _current_runtime: ContextVar[EventRuntime | None] = ContextVar("aevents_runtime", default=None)
 _running: list[EventRuntime] = []  # every started runtime in this process, oldest first
@@ -254,7 +264,7 @@ class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifec
             await self._remember_idempotency_keys(self.store)
         send, receive = anyio.create_memory_object_stream[Item](math.inf)
         self._send, self._receive = send, receive
-        self._limiter = anyio.CapacityLimiter(self.sync_threads)
+        self._threads = SyncThreads(self.sync_threads)
         self._thread = threading.get_ident()
         self._cancelled = cancelled_check_for_backend()
         if self._cancelled is None:
@@ -304,6 +314,7 @@ class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifec
         finally:
             self._state = _STOPPED
             self._report_dropped()
+            self._report_abandoned()
             send.close()
             receive.close()
             with _running_lock:
@@ -373,6 +384,8 @@ class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifec
             RuntimeClosedError: The runtime is shutting down or has stopped.
             StoreError: The journal could not record the event.
         """
+        if _get_ident() != self._thread:
+            raise self._wrong_thread(name, "publish")
         # A cancel point without a schedule point (see cancelled_check_for_backend).
         cancelled = self._cancelled
         if cancelled is None:
@@ -411,8 +424,17 @@ class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifec
 
     def _not_accepting(self, name: str) -> AeventsError:
         if self._state == _NEW:
-            return RuntimeNotRunningError(name)
+            return RuntimeNotRunningError(
+                name,
+                "enter this runtime first: `async with runtime:` around the code that publishes",
+            )
         return RuntimeClosedError(name)
+
+    def _wrong_thread(self, name: str, call: str) -> AeventsError:
+        """The error of a ``publish`` or ``publish_nowait`` made off the loop's thread."""
+        if self._state not in (_RUNNING, _DRAINING):
+            return self._not_accepting(name)
+        return WrongThreadError(name, call)
 
     def _accept(
         self,
@@ -666,10 +688,12 @@ class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifec
                         subscription.timeout if subscription.timeout is not None else self.timeout
                     )
                     if hooks:
-                        await call_with_middleware(hooks, item, time_limit, self._limiter)
+                        await call_with_middleware(hooks, item, time_limit, self._threads)
                     else:
-                        await call_receiver(subscription, event, time_limit, self._limiter)
-            except Exception as error:
+                        await call_receiver(subscription, event, time_limit, self._threads)
+            except BaseException as error:
+                if not fails_delivery(error):
+                    raise  # the runtime is cancelled, or KeyboardInterrupt, SystemExit
                 letter = self._on_failure(item, error, clock() - started)
                 if letter is not None:
                     self._keep_dead_letter(letter)

@@ -32,6 +32,7 @@ from ._names import compile_pattern, validate_pattern
 from ._policy import DeadLetter
 from ._registry import Receiver, Registry, default_registry, receiver_id_of
 from ._runtime import EventRuntime, current_runtime
+from ._text import counted
 
 pytest.register_assert_rewrite("aevents._conformance")  # before the import, so asserts explain
 from ._conformance import PersistentStoreConformance, StoreConformance  # noqa: E402
@@ -201,6 +202,7 @@ class Captured:
         value that does not matter. ``metadata`` matches if the event's metadata
         holds those items. A failure lists everything that was published.
         """
+        __tracebackhide__ = True  # pytest shows the caller's line, not this helper's
         found = self.find(name, payload=payload, metadata=metadata)
         if (times is None and found) or len(found) == times:
             return found
@@ -219,6 +221,7 @@ class Captured:
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         """Assert that no matching event was published (same matching as ``assert_published``)."""
+        __tracebackhide__ = True  # pytest shows the caller's line, not this helper's
         found = self.find(name, payload=payload, metadata=metadata)
         if found:
             raise AssertionError(
@@ -251,7 +254,7 @@ class Captured:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return f"<Captured {len(self.events)} events: {self.names!r}>"
+        return f"<Captured {counted(len(self.events), 'event')}: {self.names!r}>"
 
 
 class _Capturing(Middleware):
@@ -323,7 +326,8 @@ def _error_name(error: type[BaseException]) -> tuple[str, ...]:
 def _describe_letter(letter: DeadLetter) -> str:
     return (
         f"  receiver {letter.receiver_id!r} on {letter.event.name!r} "
-        f"after {letter.attempts} attempt(s): {letter.error_type}: {letter.error_message[:300]}"
+        f"after {counted(letter.attempts, 'attempt')}: "
+        f"{letter.error_type}: {letter.error_message[:300]}"
     )
 
 
@@ -350,6 +354,7 @@ async def assert_no_dead_letters(runtime: EventRuntime | None = None) -> None:
         AssertionError: There are dead letters; the message lists them.
         ConfigurationError: No runtime was given and none is running here.
     """
+    __tracebackhide__ = True  # pytest shows the caller's line, not this helper's
     target = _running(runtime, "assert_no_dead_letters()")
     await target.drain()
     letters = await target.dead_letters()
@@ -384,6 +389,7 @@ async def assert_dead_lettered(
             dead letter.
         ConfigurationError: No runtime was given and none is running here.
     """
+    __tracebackhide__ = True  # pytest shows the caller's line, not this helper's
     target = _running(runtime, "assert_dead_lettered()")
     await target.drain()
     letters = await target.dead_letters()
@@ -404,10 +410,9 @@ async def assert_dead_lettered(
         criteria += f" for receiver {receiver_id!r}"
     if error is not None:
         criteria += f" with error {error_names[0]}"
-    expected = "at least one" if times is None else str(times)
+    expected = "at least one dead letter" if times is None else counted(times, "dead letter")
     raise AssertionError(
-        f"expected {expected} dead letter(s) of {criteria}, found {len(found)}\n"
-        + _letters_listing(letters)
+        f"expected {expected} of {criteria}, found {len(found)}\n" + _letters_listing(letters)
     )
 
 
@@ -442,7 +447,7 @@ class Recorder:
             self.deliveries.append(delivery)
 
     def __repr__(self) -> str:
-        return f"<Recorder {self.id!r}: {len(self.deliveries)} deliveries>"
+        return f"<Recorder {self.id!r}: {counted(len(self.deliveries), 'delivery')}>"
 
 
 @contextmanager

@@ -253,7 +253,7 @@ async def test_the_payload_is_copied_when_publish_on_commit_is_called(
     [
         ("note::created", None, {}, aevents.InvalidEventNameError, "segment 1 is empty"),
         ("note:created", {"score": float("nan")}, {}, aevents.PayloadError, "payload['score']"),
-        ("note:created", {1: "x"}, {}, aevents.PayloadError, "key 1 is a int, not str"),
+        ("note:created", {1: "x"}, {}, aevents.PayloadError, "key 1 is an int, not str"),
         (
             "note:created",
             None,
@@ -386,7 +386,8 @@ async def test_an_event_committed_after_the_runtime_stopped_is_logged_with_the_c
     [record] = [r for r in caplog.records if r.name == "aevents.contrib.django"]
     assert record.levelno == logging.ERROR
     assert "'note:late' was not published: RuntimeClosedError" in record.getMessage()
-    assert f"({lost_before + 1} events lost in this process so far)" in record.getMessage()
+    lost = f"{lost_before + 1} event" + ("s" if lost_before else "")
+    assert f"({lost} lost in this process so far)" in record.getMessage()
 
 
 @pytest.mark.anyio
@@ -838,7 +839,7 @@ async def test_bad_settings_are_reported_as_a_failed_startup(db: SimpleNamespace
         async with lifespan_of(app) as lifespan:
             reply = await lifespan.send("lifespan.startup")
     assert reply["type"] == "lifespan.startup.failed"
-    assert "ConfigurationError: settings.AEVENTS: unknown option(s) 'wrokers'" in reply["message"]
+    assert "ConfigurationError: settings.AEVENTS: unknown option 'wrokers'" in reply["message"]
     assert app.runtime is None
 
 

@@ -206,7 +206,7 @@ async def test_allowed(aevents_runtime):
             "*ERROR at teardown of test_unseen*",
             "*the test left dead letters it never looked at*",
             "dead letters (1):",
-            "  receiver 'boom' on 'd:x' after 1 attempt(s): ValueError: boom",
+            "  receiver 'boom' on 'd:x' after 1 attempt: ValueError: boom",
         ]
     )
 

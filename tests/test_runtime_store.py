@@ -235,7 +235,7 @@ async def test_a_completion_the_journal_refuses_is_logged_and_runs_again_next_st
         for blocker in blockers:
             blocker.close()
     warnings = [r.getMessage() for r in caplog.records if r.name == "aevents.journal"]
-    assert any("1 deliveries ran but could not be marked done" in w for w in warnings), warnings
+    assert any("1 delivery ran but could not be marked done" in w for w in warnings), warnings
     store = SQLiteStore(str(path))
     async with EventRuntime(registry, store=store) as runtime:
         with anyio.fail_after(10):

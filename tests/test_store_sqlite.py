@@ -608,7 +608,7 @@ async def test_an_unreadable_key_record_is_skipped_with_a_warning(
         recent = await store.recent_idempotency_keys(first.occurred_at, 10)
     assert recent == [first, last]
     assert [record.getMessage() for record in caplog.records] == [
-        f"journal {str(path)!r}: skipped 1 unreadable idempotency key record(s), such as 'key-1'"
+        f"journal {str(path)!r}: skipped 1 unreadable idempotency key record, such as 'key-1'"
     ]
 
 

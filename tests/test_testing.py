@@ -391,7 +391,7 @@ async def test_eager_several_failures_raise_the_first_with_notes(registry: Regis
         with pytest.raises(ValueError, match="broken on fail:many") as failure:
             await runtime.publish("fail:many")
     assert failure.value.__notes__ == [
-        "aevents: 1 more receiver(s) failed in this publish: 'second' on 'fail:many': "
+        "aevents: 1 more receiver failed in this publish: 'second' on 'fail:many': "
         "KeyError: 'second'"
     ]
 
@@ -572,7 +572,7 @@ async def test_assert_no_dead_letters_drains_first_then_lists_them(registry: Reg
             await assert_no_dead_letters()
     assert str(failure.value) == (
         "expected no dead letters\ndead letters (1):\n"
-        "  receiver 'broken' on 'dead:one' after 1 attempt(s): ValueError: broken on dead:one"
+        "  receiver 'broken' on 'dead:one' after 1 attempt: ValueError: broken on dead:one"
     )
 
 
@@ -592,7 +592,7 @@ async def test_assert_dead_lettered_matches_name_receiver_error_and_times(
             with pytest.raises(AssertionError) as failure:
                 await assert_dead_lettered("dead:*", error=KeyError)
     assert str(failure.value).startswith(
-        "expected at least one dead letter(s) of 'dead:*' with error builtins.KeyError, found 0\n"
+        "expected at least one dead letter of 'dead:*' with error builtins.KeyError, found 0\n"
         "dead letters (2):\n"
     )
 

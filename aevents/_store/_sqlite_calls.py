@@ -20,6 +20,7 @@ from .._event import Event, _make_event, new_event_id
 from .._exceptions import InvalidEventNameError, StoreError
 from .._names import validate_name
 from .._policy import DeadLetter, describe_error
+from .._text import counted
 from ._protocol import PendingDelivery, StoreStats
 from ._sqlite_schema import (
     _EPOCH,
@@ -176,7 +177,9 @@ class _JournalCalls(_JournalThread):
                 )
                 self._rollback()
                 return
-            logger.info("journal %r: redelivered %d dead letter(s) as requested", self.path, count)
+            logger.info(
+                "journal %r: redelivered %s as requested", self.path, counted(count, "dead letter")
+            )
             os.unlink(target)
         finally:
             os.close(fd)
@@ -301,9 +304,9 @@ class _JournalCalls(_JournalThread):
                 unreadable.append(key)
         if unreadable:  # the runtime can still start; a retry with one of these publishes again
             logger.warning(
-                "journal %r: skipped %d unreadable idempotency key record(s), such as %r",
+                "journal %r: skipped %s, such as %r",
                 self.path,
-                len(unreadable),
+                counted(len(unreadable), "unreadable idempotency key record"),
                 unreadable[0],
             )
         return events

@@ -67,7 +67,8 @@ def runtime_from_settings() -> EventRuntime:
     if unknown:
         raise ConfigurationError(
             "settings.AEVENTS",
-            f"unknown option(s) {', '.join(map(repr, unknown))}; "
+            f"unknown {'option' if len(unknown) == 1 else 'options'} "
+            f"{', '.join(map(repr, unknown))}; "
             f"the options are {', '.join(sorted(_OPTIONS))}",
         )
     kwargs = dict(options)

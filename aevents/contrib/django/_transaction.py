@@ -22,6 +22,7 @@ from django.db import transaction
 
 from ..._exceptions import AeventsError, RuntimeNotRunningError
 from ..._runtime import EventRuntime, current_runtime
+from ..._text import counted
 
 __all__ = ["lost_events", "publish_on_commit"]
 
@@ -124,10 +125,10 @@ def report_lost(name: str, reason: str, *, traceback: bool = False) -> None:
         _lost += 1
         lost = _lost
     logger.error(
-        "event %r was not published: %s (%d events lost in this process so far)",
+        "event %r was not published: %s (%s lost in this process so far)",
         name,
         reason,
-        lost,
+        counted(lost, "event"),
         exc_info=traceback,
         extra={"event_name": name, "lost_events": lost},
     )
