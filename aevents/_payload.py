@@ -120,9 +120,13 @@ def _find_problem(payload: object, root: str = "payload") -> tuple[str, str]:
             if not _INT_MIN <= value <= _INT_MAX:
                 return path, f"int {value} does not fit in 64 bits"
         elif isinstance(value, float):
+            if type(value) is not float and not isinstance(value, enum.Enum):
+                return path, _refused_subclass(value, "float")
             if not math.isfinite(value):
                 return path, f"float {value!r} is not JSON (orjson would write null)"
         elif isinstance(value, Mapping | list | tuple):
+            if isinstance(value, tuple) and type(value) is not tuple:  # a namedtuple...
+                return path, _refused_subclass(value, "tuple")
             if id(value) in parents:
                 return path, "refers to itself (a reference cycle)"
             inner = (*parents, id(value))
@@ -155,6 +159,14 @@ def _find_problem(payload: object, root: str = "payload") -> tuple[str, str]:
         else:
             return path, f"value of type {type(value).__qualname__!r} is not JSON-serialisable"
     return root, _NO_PROBLEM
+
+
+def _refused_subclass(value: object, base: str) -> str:
+    """orjson writes subclasses of str, int, list and dict, but not of float or tuple."""
+    return (
+        f"value of type {type(value).__qualname__!r} is not JSON-serialisable: orjson takes "
+        f"a {base} subclass only as a plain {base}, e.g. {base}(value)"
+    )
 
 
 def _is_utf8(text: str) -> bool:

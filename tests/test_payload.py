@@ -7,6 +7,8 @@ key path of the offending value. The same checks are exercised through
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import datetime
 import enum
 import math
@@ -21,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aevents
-from aevents._payload import MAX_DEPTH, encode_metadata, encode_payload
+from aevents._payload import DEFAULT_MAX_PAYLOAD_BYTES, MAX_DEPTH, encode_metadata, encode_payload
 
 EVENT = "test:payload:checked"
 LIMIT = 1024 * 1024
@@ -108,6 +110,40 @@ def self_referencing_list() -> dict[str, Any]:
     return {"items": items}
 
 
+Point = collections.namedtuple("Point", "x y")
+
+
+class Price(float):
+    """A float subclass: orjson refuses it."""
+
+
+class Pair(tuple[int, int]):
+    """A tuple subclass that is not a namedtuple: orjson refuses it too."""
+
+
+class Ratio(enum.Enum):
+    UNKNOWN = math.nan
+
+
+@dataclasses.dataclass
+class Line:
+    sku: str
+    price: float
+
+
+@dataclasses.dataclass
+class Box:
+    inner: object
+
+
+def boxes(levels: int) -> object:
+    """``levels`` dataclasses nested in one another, around an int."""
+    value: object = 1
+    for _ in range(levels):
+        value = Box(value)
+    return value
+
+
 # (payload, key path, a fragment of the problem)
 BAD_PAYLOADS: list[Any] = [
     pytest.param([1, 2], "payload", "got list", id="list"),
@@ -145,6 +181,17 @@ BAD_PAYLOADS: list[Any] = [
     ),
     pytest.param(FrozenMapping({"a": {"b": math.nan}}), "payload['a']['b']", "nan", id="mapping"),
     pytest.param({"m": FrozenMapping({2: "x"})}, "payload['m']", "key 2", id="mapping-int-key"),
+    pytest.param({"p": Point(1, 2)}, "payload['p']", "'Point'", id="namedtuple"),
+    pytest.param({"a": [Price(1.5)]}, "payload['a'][0]", "'Price'", id="float-subclass"),
+    pytest.param({"t": Pair((1, 2))}, "payload['t']", "tuple subclass", id="tuple-subclass"),
+    pytest.param({"r": Ratio.UNKNOWN}, "payload['r']", "nan", id="enum-nan"),
+    pytest.param({"l": Line("a", math.nan)}, "payload['l'].price", "nan", id="dataclass-nan"),
+    pytest.param(
+        {"b": boxes(MAX_DEPTH)},
+        "payload['b']" + ".inner" * (MAX_DEPTH - 1),
+        f"deeper than {MAX_DEPTH}",
+        id="dataclass-depth",
+    ),
 ]
 
 
@@ -227,6 +274,34 @@ def test_payload_exactly_at_the_size_cap_is_accepted_and_one_byte_over_is_not() 
     with pytest.raises(aevents.PayloadError) as caught:
         encode_payload(EVENT, payload, size - 1)
     check_error(caught.value, "payload", f"{size} bytes; the limit is {size - 1}")
+
+
+def test_dataclasses_nested_up_to_max_depth_are_accepted() -> None:
+    """Dataclass fields count as nesting levels, like dict keys, up to ``MAX_DEPTH``."""
+    levels = MAX_DEPTH - 1  # the payload dict is level 1, each box one more
+    expected: object = 1
+    for _ in range(levels):
+        expected = {"inner": expected}
+    assert encode_payload(EVENT, {"b": boxes(levels)}, LIMIT) == {"b": expected}
+
+
+def test_a_dataclass_with_a_nan_field_beside_none_is_refused() -> None:
+    """A ``None`` field makes orjson's output contain null; a NaN beside it is still found."""
+    with pytest.raises(aevents.PayloadError) as caught:
+        encode_payload(EVENT, {"l": Line("a", math.nan), "n": None}, LIMIT)
+    check_error(caught.value, "payload['l'].price", "nan")
+
+
+def test_the_default_cap_is_one_mebibyte_exactly() -> None:
+    """A payload serialising to exactly 1 MiB is accepted; one byte more is refused."""
+    assert DEFAULT_MAX_PAYLOAD_BYTES == 1_048_576
+    at_cap = {"t": "x" * (DEFAULT_MAX_PAYLOAD_BYTES - len(b'{"t":""}'))}
+    assert len(orjson.dumps(at_cap)) == DEFAULT_MAX_PAYLOAD_BYTES
+    assert encode_payload(EVENT, at_cap, DEFAULT_MAX_PAYLOAD_BYTES) == at_cap
+    over = {"t": at_cap["t"] + "x"}
+    with pytest.raises(aevents.PayloadError) as caught:
+        encode_payload(EVENT, over, DEFAULT_MAX_PAYLOAD_BYTES)
+    check_error(caught.value, "payload", "1048577 bytes; the limit is 1048576")
 
 
 @pytest.mark.parametrize(
@@ -370,6 +445,17 @@ async def test_publish_applies_max_payload_bytes(registry: aevents.Registry) -> 
         with pytest.raises(aevents.PayloadError) as caught:
             await runtime.publish(EVENT, payload={"text": "x" * 51})
         check_error(caught.value, "payload", f"the limit is {size}")
+
+
+@pytest.mark.anyio
+async def test_publish_applies_a_default_cap_of_one_mebibyte(registry: aevents.Registry) -> None:
+    """Without ``max_payload_bytes``, 1 MiB is accepted and 1 MiB plus one byte is not."""
+    text = "x" * (DEFAULT_MAX_PAYLOAD_BYTES - len(b'{"t":""}'))
+    async with aevents.EventRuntime(registry) as runtime:
+        await runtime.publish(EVENT, payload={"t": text})
+        with pytest.raises(aevents.PayloadError) as caught:
+            await runtime.publish(EVENT, payload={"t": text + "x"})
+        check_error(caught.value, "payload", "the limit is 1048576")
 
 
 @pytest.mark.anyio
