@@ -9,9 +9,10 @@ the tests that exercise that module against each mutant. The summary counts
 killed, survived and equivalent mutants; the score leaves out the equivalent
 ones, listed with a reason each in ``scripts/mutation-equivalents.md``.
 
-The pytest plugin is loaded with ``-p no:aevents -p aevents.pytest_plugin``
-instead of through its entry point, so pytest imports it only after mutmut
-has put the mutated copy first on ``sys.path``.
+The pytest plugin imports ``aevents``. It is loaded with ``-p no:aevents -p
+aevents.pytest_plugin`` instead of through its entry point, and ``PYTHONPATH``
+is cleared, so that it imports mutmut's mutated copy (first on ``sys.path``
+once mutmut has set it up), never the working tree.
 
 It is slow (minutes per module) and CPU-heavy: a tool for developers, not a CI step.
 """
