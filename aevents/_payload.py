@@ -133,7 +133,7 @@ def _find_problem(payload: object, root: str = "payload") -> tuple[str, str]:
             children: list[tuple[object, str, int, tuple[int, ...]]] = []
             if isinstance(value, Mapping):
                 for key, item in value.items():
-                    if not isinstance(key, str):
+                    if type(key) is not str:  # orjson refuses str subclasses as keys
                         return path, f"key {key!r} is a {type(key).__name__}, not str"
                     if not _is_utf8(key):
                         return path, f"key {key!r} contains a lone surrogate"

@@ -121,6 +121,14 @@ class Pair(tuple[int, int]):
     """A tuple subclass that is not a namedtuple: orjson refuses it too."""
 
 
+class Name(str):
+    """A str subclass: fine as a value, refused by orjson as a key."""
+
+
+class Keys(enum.StrEnum):
+    A = "a"
+
+
 class Ratio(enum.Enum):
     UNKNOWN = math.nan
 
@@ -181,6 +189,8 @@ BAD_PAYLOADS: list[Any] = [
     ),
     pytest.param(FrozenMapping({"a": {"b": math.nan}}), "payload['a']['b']", "nan", id="mapping"),
     pytest.param({"m": FrozenMapping({2: "x"})}, "payload['m']", "key 2", id="mapping-int-key"),
+    pytest.param({"a": {Keys.A: 1}}, "payload['a']", "key <Keys.A: 'a'> is a Keys", id="enum-key"),
+    pytest.param({Name("k"): 1}, "payload", "key 'k' is a Name, not str", id="str-subclass-key"),
     pytest.param({"p": Point(1, 2)}, "payload['p']", "'Point'", id="namedtuple"),
     pytest.param({"a": [Price(1.5)]}, "payload['a'][0]", "'Price'", id="float-subclass"),
     pytest.param({"t": Pair((1, 2))}, "payload['t']", "tuple subclass", id="tuple-subclass"),
@@ -274,6 +284,43 @@ def test_payload_exactly_at_the_size_cap_is_accepted_and_one_byte_over_is_not() 
     with pytest.raises(aevents.PayloadError) as caught:
         encode_payload(EVENT, payload, size - 1)
     check_error(caught.value, "payload", f"{size} bytes; the limit is {size - 1}")
+
+
+def test_datetimes_and_uuids_beside_none_are_accepted() -> None:
+    """``None`` makes the check walk the payload; datetimes and uuids pass that walk too."""
+    when = datetime.datetime(2024, 5, 1, 12, 30, tzinfo=datetime.UTC)
+    payload = {"when": when, "day": when.date(), "id": uuid.UUID(int=7), "none": None}
+    assert encode_payload(EVENT, payload, LIMIT) == {
+        "when": "2024-05-01T12:30:00+00:00",
+        "day": "2024-05-01",
+        "id": "00000000-0000-0000-0000-000000000007",
+        "none": None,
+    }
+
+
+def test_str_subclass_values_and_enum_values_are_accepted() -> None:
+    """orjson writes str subclasses and enums as their values; only as keys are they refused."""
+    assert encode_payload(EVENT, {"name": Name("x"), "key": Keys.A}, LIMIT) == {
+        "name": "x",
+        "key": "a",
+    }
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        ({"s": "a\ud800"}, "str contains a lone surrogate, which is not valid UTF-8"),
+        (self_referencing_dict(), "refers to itself (a reference cycle)"),
+        ({"n": 2**64}, "int 18446744073709551616 does not fit in 64 bits"),
+        ({"x": math.inf}, "float inf is not JSON (orjson would write null)"),
+        ({"x": b"x"}, "value of type 'bytes' is not JSON-serialisable"),
+    ],
+)
+def test_problems_are_described_exactly(payload: object, problem: str) -> None:
+    """The messages users see, word for word."""
+    with pytest.raises(aevents.PayloadError) as caught:
+        encode_payload(EVENT, payload, LIMIT)
+    assert caught.value.problem == problem
 
 
 def test_dataclasses_nested_up_to_max_depth_are_accepted() -> None:
@@ -382,6 +429,7 @@ def test_metadata_is_copied_as_a_dict_of_str() -> None:
         pytest.param({"n": {"a": "b"}}, "metadata['n']", "got dict", id="dict-value"),
         pytest.param({"s": "\ud800"}, "metadata['s']", "lone surrogate", id="surrogate-value"),
         pytest.param({"\ud800": "s"}, "metadata", "lone surrogate", id="surrogate-key"),
+        pytest.param({Name("k"): "v"}, "metadata", "key 'k' is a Name", id="str-subclass-key"),
     ],
 )
 def test_bad_metadata_raises_payload_error_naming_the_key(
