@@ -286,11 +286,18 @@ def test_payload_exactly_at_the_size_cap_is_accepted_and_one_byte_over_is_not() 
     check_error(caught.value, "payload", f"{size} bytes; the limit is {size - 1}")
 
 
-def test_datetimes_and_uuids_beside_none_are_accepted() -> None:
-    """``None`` makes the check walk the payload; datetimes and uuids pass that walk too."""
+def test_datetimes_uuids_and_tuples_beside_none_are_accepted() -> None:
+    """``None`` makes the check walk the payload; datetimes, uuids and tuples pass it too."""
     when = datetime.datetime(2024, 5, 1, 12, 30, tzinfo=datetime.UTC)
-    payload = {"when": when, "day": when.date(), "id": uuid.UUID(int=7), "none": None}
+    payload = {
+        "when": when,
+        "day": when.date(),
+        "id": uuid.UUID(int=7),
+        "pair": (1, 2.5),
+        "none": None,
+    }
     assert encode_payload(EVENT, payload, LIMIT) == {
+        "pair": [1, 2.5],
         "when": "2024-05-01T12:30:00+00:00",
         "day": "2024-05-01",
         "id": "00000000-0000-0000-0000-000000000007",
@@ -314,6 +321,16 @@ def test_str_subclass_values_and_enum_values_are_accepted() -> None:
         ({"n": 2**64}, "int 18446744073709551616 does not fit in 64 bits"),
         ({"x": math.inf}, "float inf is not JSON (orjson would write null)"),
         ({"x": b"x"}, "value of type 'bytes' is not JSON-serialisable"),
+        (
+            {"x": Price(1.5)},
+            "value of type 'Price' is not JSON-serialisable: orjson takes a float subclass "
+            "only as a plain float, e.g. float(value)",
+        ),
+        (
+            {"p": Point(1, 2)},
+            "value of type 'Point' is not JSON-serialisable: orjson takes a tuple subclass "
+            "only as a plain tuple, e.g. tuple(value)",
+        ),
     ],
 )
 def test_problems_are_described_exactly(payload: object, problem: str) -> None:
