@@ -81,7 +81,7 @@ def parse_equivalents(text: str) -> dict[str, str]:
             continue
         match = _EQUIVALENT_LINE.match(line)
         if match is None:
-            raise UsageError(f"{EQUIVALENTS.name}:{number}: expected \"- `mutant`: reason\"")
+            raise UsageError(f'{EQUIVALENTS.name}:{number}: expected "- `mutant`: reason"')
         name = match["name"]
         if MUTANT_NAME.match(name) is None:
             raise UsageError(f"{EQUIVALENTS.name}:{number}: {name!r} is not a mutant name")
@@ -237,10 +237,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--source", type=Path, default=ROOT, help="repository to copy (default: this one)"
     )
     options = parser.parse_args(argv)
+    if options.max_children < 1:
+        parser.error(f"--max-children must be >= 1, got {options.max_children}")
     try:
         module = module_name(options.module)
-        if options.max_children < 1:
-            raise UsageError(f"--max-children must be >= 1, got {options.max_children}")
         return run(
             module,
             source=options.source.resolve(),

@@ -15,9 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def load_script() -> ModuleType:
     spec = importlib.util.spec_from_file_location("mutation_script", ROOT / "scripts/mutation.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclass-free, but keep imports of it consistent
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -123,7 +124,10 @@ def test_equivalents_are_filtered_by_module(tmp_path: Path) -> None:
         ("- `aevents._names.f__mutmut_1`: not a mangled name", "not a mutant name"),
         ("- `aevents._names.x_f__mutmut_`: no number", "not a mutant name"),
         ("- `_names.x_f__mutmut_1`: no package", "not a mutant name"),
-        ("- `aevents._names.x_f__mutmut_1`: once\n- `aevents._names.x_f__mutmut_1`: twice", "twice"),
+        (
+            "- `aevents._names.x_f__mutmut_1`: once\n- `aevents._names.x_f__mutmut_1`: twice",
+            "twice",
+        ),
     ],
 )
 def test_a_malformed_equivalents_line_is_refused_with_its_line_number(

@@ -4,8 +4,9 @@ warning, and stopping while keyed deliveries wait in a lane or behind the journa
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
+from typing import cast
 
 import anyio
 import pytest
@@ -20,7 +21,7 @@ ONCE = RetryPolicy(attempts=1)
 NAME = "account:changed"
 
 
-def poisoned(log: list[int], poison: set[int]) -> object:
+def poisoned(log: list[int], poison: set[int]) -> Callable[[Event], Awaitable[None]]:
     """An async receiver that fails for the seqs in ``poison`` and logs the others."""
 
     async def receiver(event: Event) -> None:
@@ -35,7 +36,7 @@ async def test_a_held_key_with_nothing_behind_it_is_redelivered(registry: Regist
     """A lone keyed dead letter holds its key; redelivering it frees the key and runs it."""
     log: list[int] = []
     poison = {0}
-    registry.subscribe(NAME, poisoned(log, poison), id="r", retry=ONCE)  # type: ignore[arg-type]
+    registry.subscribe(NAME, poisoned(log, poison), id="r", retry=ONCE)
     async with EventRuntime(registry, keyed_dead_letters="hold") as runtime:
         dead = await runtime.publish(NAME, payload={"seq": 0}, key="k")
         with anyio.fail_after(5):
@@ -57,7 +58,7 @@ async def test_a_held_key_with_nothing_behind_it_is_redelivered(registry: Regist
 async def test_a_held_key_with_nothing_behind_it_is_released(registry: Registry) -> None:
     """Releasing a lone held key frees it at once; the dead letter stays listed."""
     log: list[int] = []
-    registry.subscribe(NAME, poisoned(log, {0}), id="r", retry=ONCE)  # type: ignore[arg-type]
+    registry.subscribe(NAME, poisoned(log, {0}), id="r", retry=ONCE)
     async with EventRuntime(registry, keyed_dead_letters="hold") as runtime:
         await runtime.publish(NAME, payload={"seq": 0}, key="k")
         with anyio.fail_after(5):
@@ -78,7 +79,7 @@ async def test_releasing_a_key_counts_its_waiting_deliveries_as_no_longer_held(
 ) -> None:
     """``stats().held`` counts the deliveries behind a held key, and drops to 0 on release."""
     log: list[int] = []
-    registry.subscribe(NAME, poisoned(log, {0}), id="r", retry=ONCE)  # type: ignore[arg-type]
+    registry.subscribe(NAME, poisoned(log, {0}), id="r", retry=ONCE)
     async with EventRuntime(registry, keyed_dead_letters="hold") as runtime:
         for seq in range(3):
             await runtime.publish(NAME, payload={"seq": seq}, key="k")
@@ -101,7 +102,7 @@ async def test_redelivering_counts_its_waiting_deliveries_as_no_longer_held(
     """Redelivering the holding letter puts it first; ``held`` drops to 0 and drain waits."""
     log: list[int] = []
     poison = {0}
-    registry.subscribe(NAME, poisoned(log, poison), id="r", retry=ONCE)  # type: ignore[arg-type]
+    registry.subscribe(NAME, poisoned(log, poison), id="r", retry=ONCE)
     async with EventRuntime(registry, keyed_dead_letters="hold") as runtime:
         for seq in range(3):
             await runtime.publish(NAME, payload={"seq": seq}, key="k")
@@ -122,7 +123,7 @@ async def test_a_held_key_logs_one_warning_naming_receiver_key_and_event(
 ) -> None:
     """The hold is announced once, at WARNING, with how many deliveries wait behind it."""
     log: list[int] = []
-    registry.subscribe(NAME, poisoned(log, {0}), id="r", retry=ONCE)  # type: ignore[arg-type]
+    registry.subscribe(NAME, poisoned(log, {0}), id="r", retry=ONCE)
     caplog.set_level(logging.WARNING, logger="aevents")
     async with EventRuntime(registry, keyed_dead_letters="hold") as runtime:
         dead = await runtime.publish(NAME, payload={"seq": 0}, key="k")
@@ -149,7 +150,7 @@ async def test_skip_logs_no_hold_warning(
 ) -> None:
     """With the default policy a keyed dead letter holds nothing, and says nothing about it."""
     log: list[int] = []
-    registry.subscribe(NAME, poisoned(log, {0}), id="r", retry=ONCE)  # type: ignore[arg-type]
+    registry.subscribe(NAME, poisoned(log, {0}), id="r", retry=ONCE)
     caplog.set_level(logging.WARNING, logger="aevents")
     async with EventRuntime(registry) as runtime:
         for seq in range(3):
@@ -235,7 +236,8 @@ class GatedStore(MemoryStore):
     async def pending(self) -> AsyncIterator[PendingDelivery]:
         gate = self.gate
         first = True
-        async with aclosing(super().pending()) as deliveries:
+        inner = cast(AsyncGenerator[PendingDelivery, None], super().pending())
+        async with aclosing(inner) as deliveries:
             async for delivery in deliveries:
                 if not first and gate is not None:
                     self.replay_waiting.set()
