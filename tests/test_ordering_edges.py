@@ -12,7 +12,7 @@ import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
 
-from aevents import Event, EventRuntime, MemoryStore, Registry, RetryPolicy
+from aevents import Event, EventRuntime, MemoryStore, PayloadError, Registry, RetryPolicy
 from aevents._store._protocol import PendingDelivery
 
 pytestmark = pytest.mark.anyio
@@ -281,3 +281,38 @@ async def test_stopping_during_the_replay_keeps_what_waited_behind_it(
             await runtime.drain()
     assert [seq for seq in log if seq != 9] == [0, 1, 2, 3]  # key "k" in publish order
     assert sorted(log) == [0, 1, 2, 3, 9]
+
+
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [
+        (42, "expected str, got int"),
+        (b"k", "expected str, got bytes"),
+        ("", "must be 1 to 200 characters, got 0"),
+        ("k" * 201, "must be 1 to 200 characters, got 201"),
+    ],
+)
+async def test_a_bad_key_is_explained_exactly(
+    registry: Registry, key: object, problem: str
+) -> None:
+    """The key's error says what a key must be, and what it got."""
+    async with EventRuntime(registry) as runtime:
+        with pytest.raises(PayloadError) as caught:
+            runtime.publish_nowait(NAME, key=key)  # type: ignore[arg-type]
+    assert (caught.value.event, caught.value.path, caught.value.problem) == (NAME, "key", problem)
+
+
+async def test_keys_of_one_and_two_hundred_characters_are_accepted(registry: Registry) -> None:
+    log: list[str] = []
+
+    async def receiver(event: Event) -> None:
+        assert event.key is not None
+        log.append(event.key)
+
+    registry.subscribe(NAME, receiver, id="r")
+    async with EventRuntime(registry) as runtime:
+        await runtime.publish(NAME, key="k")
+        await runtime.publish(NAME, key="k" * 200)
+        with anyio.fail_after(5):
+            await runtime.drain()
+    assert sorted(log) == ["k", "k" * 200]
