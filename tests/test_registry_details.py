@@ -57,7 +57,28 @@ def test_an_object_without_a_qualname_is_named_by_its_class() -> None:
     assert receiver_id_of(print) == "builtins:print"
 
 
+def test_a_callable_without_a_module_is_named_by_its_type() -> None:
+    """Some C-level callables have no ``__module__`` at all; their type names them."""
+    method_wrapper = (1).__add__
+    assert not hasattr(method_wrapper, "__module__")
+    assert receiver_id_of(method_wrapper) == "builtins:method-wrapper"
+
+
 # ----------------------------------------------------------------- subscriptions
+
+
+def test_the_decorator_passes_every_option_on(registry: aevents.Registry) -> None:
+    """``@registry.subscribe(pattern, id=..., retry=..., timeout=..., inline=...)``."""
+    policy = aevents.RetryPolicy(attempts=7)
+
+    @registry.subscribe(NAME, id="decorated", retry=policy, timeout=2.5, inline=True)
+    def decorated(event: aevents.Event) -> None:
+        """A sync receiver, subscribed by decorator."""
+
+    (subscription,) = registry.route(NAME)
+    assert subscription.receiver is decorated
+    assert subscription.receiver_id == "decorated"
+    assert (subscription.retry, subscription.timeout, subscription.inline) == (policy, 2.5, True)
 
 
 @pytest.mark.parametrize(
@@ -211,7 +232,22 @@ def test_a_receiver_matched_twice_is_routed_once_by_its_first_subscription(
     assert subscription.pattern == "user:**"
 
 
+def test_a_route_is_computed_once_and_then_served_from_the_cache(
+    registry: aevents.Registry,
+) -> None:
+    """Routing a name again without changes returns the very same tuple."""
+    registry.subscribe("user:**", async_receiver, id="a")
+    first = registry.route(NAME)
+    assert registry.route(NAME) is first
+    registry.subscribe(NAME, sync_receiver, id="b")
+    second = registry.route(NAME)
+    assert second is not first
+    assert registry.route(NAME) is second
+    assert ids(second) == ["a", "b"]
+
+
 def test_the_version_moves_on_every_change_and_only_then(registry: aevents.Registry) -> None:
+    assert aevents.Registry().version == 0
     version = registry.version
     registry.subscribe(NAME, async_receiver, id="a")
     assert registry.version == version + 1
