@@ -139,6 +139,7 @@ def test_a_non_callable_is_explained_exactly(registry: aevents.Registry) -> None
 def test_inline_async_is_explained_exactly(registry: aevents.Registry) -> None:
     with pytest.raises(aevents.ConfigurationError) as caught:
         registry.subscribe(NAME, async_receiver, inline=True)
+    assert caught.value.what == f"subscribe({NAME!r})"
     assert caught.value.problem == (
         "inline=True is for sync receivers; async ones already run on the loop"
     )
