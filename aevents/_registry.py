@@ -287,21 +287,17 @@ class Registry:
         if routes is not None:
             return routes
         version = self._version
-        matched = list(self._exact.get(name, ()))
-        for bucket in (first_segment(name), _ANY):
-            matched.extend(
-                subscription
-                for matches, subscription in self._wildcards.get(bucket, ())
-                if matches(name)
-            )
-        # In subscription order, whichever index found it; a receiver id matched by several
-        # patterns keeps its first subscription, as receiver() (used on replay) does.
-        order = self._order
-        matched.sort(key=lambda s: order.get(s, 0))
         found: dict[str, Subscription] = {}
-        for subscription in matched:
+        for subscription in self._exact.get(name, ()):
             found.setdefault(subscription.receiver_id, subscription)
-        routes = tuple(found.values())
+        wildcards = self._wildcards
+        for bucket in (first_segment(name), _ANY):
+            for matches, subscription in wildcards.get(bucket, ()):
+                if matches(name):
+                    found.setdefault(subscription.receiver_id, subscription)
+        # Keep subscription order, whichever index found it.
+        order = self._order
+        routes = tuple(sorted(found.values(), key=lambda s: order.get(s, 0)))
         with self._lock:
             if version == self._version:  # a concurrent subscribe would make this stale
                 if len(self._routes) >= MAX_ROUTE_CACHE:

@@ -221,15 +221,17 @@ def test_an_id_still_used_on_another_pattern_stays_taken(registry: aevents.Regis
 # ----------------------------------------------------------------- routes and caches
 
 
-def test_a_receiver_matched_twice_is_routed_once_by_its_first_subscription(
+def test_a_receiver_matched_twice_is_routed_once_exact_pattern_first(
     registry: aevents.Registry,
 ) -> None:
-    """One receiver id under several matching patterns gets one delivery, through the
-    subscription it made first."""
+    """One receiver id under several matching patterns gets one delivery: through its exact
+    subscription if it has one, else through the first wildcard that matches."""
     registry.subscribe("user:**", async_receiver, id="a")
     registry.subscribe(NAME, async_receiver, id="a")
     registry.subscribe("*:account:*", async_receiver, id="a")
     (subscription,) = registry.route(NAME)
+    assert subscription.pattern == NAME
+    (subscription,) = registry.route("user:account:deleted")
     assert subscription.pattern == "user:**"
 
 
