@@ -122,16 +122,20 @@ def _find_problem(payload: object, root: str = "payload") -> tuple[str, str]:
             if not _INT_MIN <= value <= _INT_MAX:
                 return path, f"int {value} does not fit in 64 bits"
         elif isinstance(value, float):
+            if type(value) is not float and not isinstance(value, enum.Enum):
+                return path, _refused_subclass(value, "float")
             if not math.isfinite(value):
                 return path, f"float {value!r} is not JSON (orjson would write null)"
         elif isinstance(value, Mapping | list | tuple):
+            if isinstance(value, tuple) and type(value) is not tuple:  # a namedtuple...
+                return path, _refused_subclass(value, "tuple")
             if id(value) in parents:
                 return path, "refers to itself (a reference cycle)"
             inner = (*parents, id(value))
             children: list[tuple[object, str, int, tuple[int, ...]]] = []
             if isinstance(value, Mapping):
                 for key, item in value.items():
-                    if not isinstance(key, str):
+                    if type(key) is not str:  # orjson refuses str subclasses as keys
                         return path, f"key {key!r} is {with_article(type(key).__name__)}, not str"
                     if not _is_utf8(key):
                         return path, f"key {key!r} contains a lone surrogate"
@@ -157,6 +161,14 @@ def _find_problem(payload: object, root: str = "payload") -> tuple[str, str]:
         else:
             return path, f"value of type {type(value).__qualname__!r} is not JSON-serialisable"
     return root, _NO_PROBLEM
+
+
+def _refused_subclass(value: object, base: str) -> str:
+    """orjson writes subclasses of str, int, list and dict, but not of float or tuple."""
+    return (
+        f"value of type {type(value).__qualname__!r} is not JSON-serialisable: orjson takes "
+        f"a {base} subclass only as a plain {base}, e.g. {base}(value)"
+    )
 
 
 def _is_utf8(text: str) -> bool:

@@ -239,3 +239,53 @@ def test_the_window_remembers_the_newest_distinct_keys(keys: list[str], max_keys
     newest = list(dict.fromkeys(reversed(keys)))[:max_keys]
     remembered = {key for key in "abcdefgh" if window.get(key, at(len(keys))) is not None}
     assert remembered == set(newest)
+
+
+# -- edges -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("char", ["\x1f", "\x7f", "\x80", "\x9f", "\udfff"])
+def test_the_first_and_last_forbidden_characters_are_refused(char: str) -> None:
+    """The ends of the C0, DEL/C1 and surrogate ranges are refused."""
+    with pytest.raises(PayloadError, match="at index 1"):
+        validate_idempotency_key("order.paid", f"a{char}")
+
+
+@pytest.mark.parametrize("char", [" ", "~", "\xa0", "\ud7ff", "\ue000", "\U0001f600"])
+def test_characters_just_outside_the_forbidden_ranges_are_accepted(char: str) -> None:
+    """0x20, 0x7e, 0xa0 and the characters around the surrogate block are fine."""
+    assert validate_idempotency_key("order.paid", f"a{char}") == f"a{char}"
+
+
+@pytest.mark.parametrize(
+    ("window", "max_keys", "problem"),
+    [
+        (0, 10, "window must be a finite number of seconds > 0, got 0"),
+        (True, 10, "window must be a finite number of seconds > 0, got True"),
+        (60, 0, "max_keys must be an int >= 1, got 0"),
+    ],
+)
+def test_bad_settings_are_explained_exactly(window: object, max_keys: object, problem: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        IdempotencyWindow(window, max_keys)  # type: ignore[arg-type]
+    assert (caught.value.what, caught.value.problem) == ("idempotency window", problem)
+
+
+def test_the_smallest_settings_are_accepted_and_shown_in_the_repr() -> None:
+    """An int window is kept as float seconds; one key is enough."""
+    window = IdempotencyWindow(1, 1)
+    assert (window.window, type(window.window), window.max_keys) == (1.0, float, 1)
+    assert repr(window) == "IdempotencyWindow(window=1, max_keys=1, keys=0)"
+    window.add("k", keyed("k"))
+    assert repr(IdempotencyWindow(0.5, 3)) == "IdempotencyWindow(window=0.5, max_keys=3, keys=0)"
+    assert repr(window) == "IdempotencyWindow(window=1, max_keys=1, keys=1)"
+
+
+def test_a_key_that_expires_exactly_when_the_next_is_added_is_dropped() -> None:
+    """Expiry is ``occurred_at + window``, inclusive: at that instant the key is gone."""
+    window = IdempotencyWindow(10, 100)
+    window.add("a", keyed("a", 0))
+    window.add("b", keyed("b", 1))
+    window.add("c", keyed("c", 10))  # "a" expires at 10
+    assert len(window) == 2
+    assert window.get("b", at(10)) is not None

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aevents
-from aevents._names import MAX_NAME_LENGTH, compile_pattern
+from aevents._names import MAX_NAME_LENGTH, compile_pattern, first_segment
 
 SEGMENT_CHARS = string.ascii_letters + string.digits + "_-"
 SEPARATORS = ":."
@@ -202,6 +202,79 @@ def test_too_long_names_are_rejected(validate: Callable[[object], str]) -> None:
     name = "a" * (MAX_NAME_LENGTH - 1) + ":b"
     with pytest.raises(aevents.InvalidEventNameError, match=f"limit is {MAX_NAME_LENGTH}"):
         validate(name)
+
+
+def test_the_length_limit_is_255_characters() -> None:
+    """255 characters is the longest name; 256 is refused with the length and the limit."""
+    assert MAX_NAME_LENGTH == 255
+    assert aevents.validate_name("a" * 255) == "a" * 255
+    with pytest.raises(aevents.InvalidEventNameError) as caught:
+        aevents.validate_name("a" * 256)
+    assert caught.value.reason == "it is 256 characters long; the limit is 255"
+
+
+@pytest.mark.parametrize("validate", [aevents.validate_name, aevents.validate_pattern])
+def test_a_bad_name_at_the_length_limit_is_explained_by_its_character(
+    validate: Callable[[object], str],
+) -> None:
+    """At exactly 255 characters the length is fine, so the message names the bad character."""
+    name = "a" * 254 + "!"
+    with pytest.raises(aevents.InvalidEventNameError) as caught:
+        validate(name)
+    assert caught.value.reason == f"segment 0 ({name!r}) contains the character '!'"
+
+
+@pytest.mark.parametrize("validate", [aevents.validate_name, aevents.validate_pattern])
+def test_the_empty_name_is_explained_exactly(validate: Callable[[object], str]) -> None:
+    """An empty name or pattern says it is empty, and nothing else."""
+    with pytest.raises(aevents.InvalidEventNameError) as caught:
+        validate("")
+    assert caught.value.name == ""
+    assert caught.value.reason == "it is empty"
+    assert str(caught.value) == "invalid event name '': it is empty"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        ("a:*:b c", "segment 2 ('b c') contains white space ' '"),
+        ("a:**.b!", "segment 2 ('b!') contains the character '!'"),
+        ("*.**:x*", "segment 2 ('x*') mixes '*' with other characters"),
+        ("**::b", "segment 1 is empty (names look like 'service:context:action')"),
+    ],
+)
+def test_a_bad_segment_after_a_wildcard_is_the_one_explained(pattern: str, reason: str) -> None:
+    """In a pattern, wildcards are fine: the message is about the segment that is not."""
+    with pytest.raises(aevents.InvalidEventNameError) as caught:
+        aevents.validate_pattern(pattern)
+    assert caught.value.name == pattern
+    assert caught.value.reason == reason
+
+
+def test_a_wildcard_in_a_name_is_explained_as_one() -> None:
+    """Published names cannot hold wildcards; the message says where and why."""
+    with pytest.raises(aevents.InvalidEventNameError) as caught:
+        aevents.validate_name("a:*:b c")
+    assert caught.value.reason == "segment 1 is the wildcard '*'; wildcards are for subscriptions"
+
+
+@pytest.mark.parametrize("value", [None, 1, b"user:created"])
+def test_a_non_str_name_is_kept_on_the_error(value: object) -> None:
+    """The error carries the value it was given, for both names and patterns."""
+    for validate in (aevents.validate_name, aevents.validate_pattern):
+        with pytest.raises(aevents.InvalidEventNameError) as caught:
+            validate(value)
+        assert caught.value.name == value
+        assert caught.value.reason == f"expected a str, got {type(value).__name__}"
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [("user", "user"), ("user:account:created", "user"), ("a.b:c", "a"), ("**:x", "**")],
+)
+def test_first_segment_is_the_text_before_the_first_separator(text: str, first: str) -> None:
+    """Either separator ends the first segment; without one, the text is the segment."""
+    assert first_segment(text) == first
 
 
 @pytest.mark.parametrize("char", ["\x00", "\x1b", "\n", "\r", "\x7f", "\u200b", "\u2028"])

@@ -7,6 +7,8 @@ key path of the offending value. The same checks are exercised through
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import datetime
 import enum
 import math
@@ -21,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aevents
-from aevents._payload import MAX_DEPTH, encode_metadata, encode_payload
+from aevents._payload import DEFAULT_MAX_PAYLOAD_BYTES, MAX_DEPTH, encode_metadata, encode_payload
 
 EVENT = "test:payload:checked"
 LIMIT = 1024 * 1024
@@ -108,6 +110,48 @@ def self_referencing_list() -> dict[str, Any]:
     return {"items": items}
 
 
+Point = collections.namedtuple("Point", "x y")
+
+
+class Price(float):
+    """A float subclass: orjson refuses it."""
+
+
+class Pair(tuple[int, int]):
+    """A tuple subclass that is not a namedtuple: orjson refuses it too."""
+
+
+class Name(str):
+    """A str subclass: fine as a value, refused by orjson as a key."""
+
+
+class Keys(enum.StrEnum):
+    A = "a"
+
+
+class Ratio(enum.Enum):
+    UNKNOWN = math.nan
+
+
+@dataclasses.dataclass
+class Line:
+    sku: str
+    price: float
+
+
+@dataclasses.dataclass
+class Box:
+    inner: object
+
+
+def boxes(levels: int) -> object:
+    """``levels`` dataclasses nested in one another, around an int."""
+    value: object = 1
+    for _ in range(levels):
+        value = Box(value)
+    return value
+
+
 # (payload, key path, a fragment of the problem)
 BAD_PAYLOADS: list[Any] = [
     pytest.param([1, 2], "payload", "got list", id="list"),
@@ -145,6 +189,19 @@ BAD_PAYLOADS: list[Any] = [
     ),
     pytest.param(FrozenMapping({"a": {"b": math.nan}}), "payload['a']['b']", "nan", id="mapping"),
     pytest.param({"m": FrozenMapping({2: "x"})}, "payload['m']", "key 2", id="mapping-int-key"),
+    pytest.param({"a": {Keys.A: 1}}, "payload['a']", "key <Keys.A: 'a'> is a Keys", id="enum-key"),
+    pytest.param({Name("k"): 1}, "payload", "key 'k' is a Name, not str", id="str-subclass-key"),
+    pytest.param({"p": Point(1, 2)}, "payload['p']", "'Point'", id="namedtuple"),
+    pytest.param({"a": [Price(1.5)]}, "payload['a'][0]", "'Price'", id="float-subclass"),
+    pytest.param({"t": Pair((1, 2))}, "payload['t']", "tuple subclass", id="tuple-subclass"),
+    pytest.param({"r": Ratio.UNKNOWN}, "payload['r']", "nan", id="enum-nan"),
+    pytest.param({"l": Line("a", math.nan)}, "payload['l'].price", "nan", id="dataclass-nan"),
+    pytest.param(
+        {"b": boxes(MAX_DEPTH)},
+        "payload['b']" + ".inner" * (MAX_DEPTH - 1),
+        f"deeper than {MAX_DEPTH}",
+        id="dataclass-depth",
+    ),
 ]
 
 
@@ -229,6 +286,88 @@ def test_payload_exactly_at_the_size_cap_is_accepted_and_one_byte_over_is_not() 
     check_error(caught.value, "payload", f"{size} bytes; the limit is {size - 1}")
 
 
+def test_datetimes_uuids_and_tuples_beside_none_are_accepted() -> None:
+    """``None`` makes the check walk the payload; datetimes, uuids and tuples pass it too."""
+    when = datetime.datetime(2024, 5, 1, 12, 30, tzinfo=datetime.UTC)
+    payload = {
+        "when": when,
+        "day": when.date(),
+        "id": uuid.UUID(int=7),
+        "pair": (1, 2.5),
+        "none": None,
+    }
+    assert encode_payload(EVENT, payload, LIMIT) == {
+        "pair": [1, 2.5],
+        "when": "2024-05-01T12:30:00+00:00",
+        "day": "2024-05-01",
+        "id": "00000000-0000-0000-0000-000000000007",
+        "none": None,
+    }
+
+
+def test_str_subclass_values_and_enum_values_are_accepted() -> None:
+    """orjson writes str subclasses and enums as their values; only as keys are they refused."""
+    assert encode_payload(EVENT, {"name": Name("x"), "key": Keys.A}, LIMIT) == {
+        "name": "x",
+        "key": "a",
+    }
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        ({"s": "a\ud800"}, "str contains a lone surrogate, which is not valid UTF-8"),
+        (self_referencing_dict(), "refers to itself (a reference cycle)"),
+        ({"n": 2**64}, "int 18446744073709551616 does not fit in 64 bits"),
+        ({"x": math.inf}, "float inf is not JSON (orjson would write null)"),
+        ({"x": b"x"}, "value of type 'bytes' is not JSON-serialisable"),
+        (
+            {"x": Price(1.5)},
+            "value of type 'Price' is not JSON-serialisable: orjson takes a float subclass "
+            "only as a plain float, e.g. float(value)",
+        ),
+        (
+            {"p": Point(1, 2)},
+            "value of type 'Point' is not JSON-serialisable: orjson takes a tuple subclass "
+            "only as a plain tuple, e.g. tuple(value)",
+        ),
+    ],
+)
+def test_problems_are_described_exactly(payload: object, problem: str) -> None:
+    """The messages users see, word for word."""
+    with pytest.raises(aevents.PayloadError) as caught:
+        encode_payload(EVENT, payload, LIMIT)
+    assert caught.value.problem == problem
+
+
+def test_dataclasses_nested_up_to_max_depth_are_accepted() -> None:
+    """Dataclass fields count as nesting levels, like dict keys, up to ``MAX_DEPTH``."""
+    levels = MAX_DEPTH - 1  # the payload dict is level 1, each box one more
+    expected: object = 1
+    for _ in range(levels):
+        expected = {"inner": expected}
+    assert encode_payload(EVENT, {"b": boxes(levels)}, LIMIT) == {"b": expected}
+
+
+def test_a_dataclass_with_a_nan_field_beside_none_is_refused() -> None:
+    """A ``None`` field makes orjson's output contain null; a NaN beside it is still found."""
+    with pytest.raises(aevents.PayloadError) as caught:
+        encode_payload(EVENT, {"l": Line("a", math.nan), "n": None}, LIMIT)
+    check_error(caught.value, "payload['l'].price", "nan")
+
+
+def test_the_default_cap_is_one_mebibyte_exactly() -> None:
+    """A payload serialising to exactly 1 MiB is accepted; one byte more is refused."""
+    assert DEFAULT_MAX_PAYLOAD_BYTES == 1_048_576
+    at_cap = {"t": "x" * (DEFAULT_MAX_PAYLOAD_BYTES - len(b'{"t":""}'))}
+    assert len(orjson.dumps(at_cap)) == DEFAULT_MAX_PAYLOAD_BYTES
+    assert encode_payload(EVENT, at_cap, DEFAULT_MAX_PAYLOAD_BYTES) == at_cap
+    over = {"t": at_cap["t"] + "x"}
+    with pytest.raises(aevents.PayloadError) as caught:
+        encode_payload(EVENT, over, DEFAULT_MAX_PAYLOAD_BYTES)
+    check_error(caught.value, "payload", "1048577 bytes; the limit is 1048576")
+
+
 @pytest.mark.parametrize(
     "payload",
     [
@@ -307,6 +446,7 @@ def test_metadata_is_copied_as_a_dict_of_str() -> None:
         pytest.param({"n": {"a": "b"}}, "metadata['n']", "got dict", id="dict-value"),
         pytest.param({"s": "\ud800"}, "metadata['s']", "lone surrogate", id="surrogate-value"),
         pytest.param({"\ud800": "s"}, "metadata", "lone surrogate", id="surrogate-key"),
+        pytest.param({Name("k"): "v"}, "metadata", "key 'k' is a Name", id="str-subclass-key"),
     ],
 )
 def test_bad_metadata_raises_payload_error_naming_the_key(
@@ -370,6 +510,17 @@ async def test_publish_applies_max_payload_bytes(registry: aevents.Registry) -> 
         with pytest.raises(aevents.PayloadError) as caught:
             await runtime.publish(EVENT, payload={"text": "x" * 51})
         check_error(caught.value, "payload", f"the limit is {size}")
+
+
+@pytest.mark.anyio
+async def test_publish_applies_a_default_cap_of_one_mebibyte(registry: aevents.Registry) -> None:
+    """Without ``max_payload_bytes``, 1 MiB is accepted and 1 MiB plus one byte is not."""
+    text = "x" * (DEFAULT_MAX_PAYLOAD_BYTES - len(b'{"t":""}'))
+    async with aevents.EventRuntime(registry) as runtime:
+        await runtime.publish(EVENT, payload={"t": text})
+        with pytest.raises(aevents.PayloadError) as caught:
+            await runtime.publish(EVENT, payload={"t": text + "x"})
+        check_error(caught.value, "payload", "the limit is 1048576")
 
 
 @pytest.mark.anyio
