@@ -67,14 +67,26 @@ ASYNCIO_ONLY: dict[str, Receiver] = {
 
 
 def receiver_for(kind: str, anyio_backend: Any) -> Receiver:
-    if kind in ASYNCIO_ONLY:
-        if anyio_backend[0] != "asyncio":
-            pytest.skip("an asyncio-only way to raise a cancellation")
-        return ASYNCIO_ONLY[kind]
-    return PORTABLE[kind]
+    return ASYNCIO_ONLY[kind] if kind in ASYNCIO_ONLY else PORTABLE[kind]
 
 
-KINDS = pytest.mark.parametrize("kind", [*PORTABLE, *ASYNCIO_ONLY])
+_LOOPS: list[tuple[str, tuple[str, dict[str, Any]]]] = [
+    ("asyncio", ("asyncio", {})),
+    ("uvloop", ("asyncio", {"use_uvloop": True})),
+    ("trio", ("trio", {})),
+]
+# Each kind runs on every loop that can raise it: the asyncio-only ways are
+# not generated for trio at all (parametrizing anyio_backend here overrides
+# the conftest fixture), so nothing is skipped.
+KINDS = pytest.mark.parametrize(
+    ("kind", "anyio_backend"),
+    [
+        pytest.param(kind, backend, id=f"{kind}-{loop}")
+        for kind in [*PORTABLE, *ASYNCIO_ONLY]
+        for loop, backend in _LOOPS
+        if kind in PORTABLE or backend[0] == "asyncio"
+    ],
+)
 
 
 @KINDS
