@@ -155,10 +155,22 @@ class RuntimeClosedError(AeventsError):
 
 
 class RuntimeNotRunningError(AeventsError):
-    """Module-level publishing found no running runtime (or this one was not started).
+    """Publishing found no running runtime (or this runtime was never entered).
 
-    ``fix`` says how to start one where the publish was made: a plain script,
-    a Django project, a Starlette or FastAPI app.
+    Raised by the module-level ``publish``, ``publish_nowait`` and
+    ``publish_threadsafe`` (and Django's ``publish_on_commit``) when no runtime is
+    running, and by a runtime's own publish methods before its ``async with``.
+    The message ends with ``fix``.
+
+    Attributes:
+        event: The name of the event that was not published.
+        fix: How to start a runtime where the publish was made. In a Django
+            project it points to ``aevents.contrib.django.get_asgi_application()``;
+            in a process that imported Starlette or FastAPI, to
+            ``lifespan=events_lifespan()``; in a plain script, to
+            ``async with aevents.EventRuntime():`` inside a function run with
+            ``anyio.run()`` or ``asyncio.run()``; for a runtime created but never
+            entered, to ``async with runtime:``.
     """
 
     DEFAULT_FIX = (
@@ -172,10 +184,20 @@ class RuntimeNotRunningError(AeventsError):
 
 
 class WrongThreadError(AeventsError, RuntimeError):
-    """A publish was made on a thread it cannot be made from.
+    """A publish was made on a thread it cannot be made from; nothing was published.
 
-    ``publish`` and ``publish_nowait`` run only on the thread of the event
-    loop the runtime runs on; ``publish_threadsafe`` only on other threads.
+    ``await publish(...)`` and ``publish_nowait(...)`` (a runtime's methods and the
+    module-level functions) may be called only on the thread of the event loop
+    the runtime runs on. From any other thread (a sync view, a sync receiver, a
+    thread of your own, another event loop) use ``publish_threadsafe(...)``,
+    which hands the publish to the runtime's loop and blocks until the event is
+    accepted. ``publish_threadsafe`` called on the loop's thread raises this
+    error too, since it would block the loop. Also a ``RuntimeError``.
+
+    Attributes:
+        event: The name of the event that was not published.
+        call: The function that was called on the wrong thread: ``"publish"``,
+            ``"publish_nowait"`` or ``"publish_threadsafe"``.
     """
 
     def __init__(self, event: str, call: str) -> None:
@@ -251,7 +273,19 @@ class JournalInUseError(StoreError):
 
 
 class JournalLinkError(StoreError):
-    """The journal file has more than one name (a hard link), which SQLite cannot run safely."""
+    """The journal file has more than one name (a hard link); it is refused.
+
+    SQLite keeps one ``-wal`` and ``-shm`` file per name, so two processes opening
+    two names of one file would each write their own log, never see each other's
+    writes, and corrupt the journal. Remove the extra links (or copy the file)
+    to use it again. A symlink is fine: the journal's side files and its lock
+    follow the file it points to. A ``StoreError``; ``python -m aevents journal``
+    exits 1 on it.
+
+    Attributes:
+        path: The journal path as given.
+        problem: What is wrong, with the number of names the file has.
+    """
 
     def __init__(self, path: str, links: int) -> None:
         super().__init__(

@@ -180,9 +180,18 @@ class SQLiteStore(_JournalCalls):
         self._wal_recorded = 0
         self._recorded = False  # the lock file says "open" for this run
         self.losses: list[dict[str, Any]] = []
-        """What the journal may have lost to a missing or damaged -wal after a crash,
-        noticed on an open, kept until ``forget_losses()``: dicts with ``detected_at``,
-        ``file``, ``problem`` and ``lost``."""
+        """Losses of data noticed after a crash, oldest first; empty when there are none.
+
+        When the last run did not close cleanly and the ``-wal`` it left is missing,
+        shorter than it had grown, or not a valid write-ahead log, the commits it held
+        may be gone. ``open()`` then logs an ERROR on the ``aevents.store`` logger and
+        records the loss in the journal's ``.lock`` file; every later open logs a
+        warning until ``forget_losses()`` acknowledges it. Filled by ``open()``.
+
+        Each loss is a dict with ``detected_at`` (an ISO 8601 UTC timestamp),
+        ``file`` (the ``-wal`` path), ``problem`` (what was wrong with it) and
+        ``lost`` (what may be missing: acknowledged events, deliveries marked done,
+        which run again, and dead letters)."""
         self._next_seq = 1
         self._schema_version = SCHEMA_VERSION  # lower only for an old journal opened read-only
         self._synchronous_now = ""
@@ -414,7 +423,19 @@ class SQLiteStore(_JournalCalls):
         return removed
 
     async def forget_losses(self) -> list[dict[str, Any]]:
-        """Acknowledge the recorded ``losses``: forget them and return them."""
+        """Acknowledge the recorded ``losses``: forget them and return them.
+
+        Call it once you have dealt with a loss (restored a backup, published
+        again what was missing, or accepted it); later opens stop warning about
+        it. ``python -m aevents journal PATH forget-losses`` does the same.
+
+        Returns:
+            The losses that were recorded, as ``losses`` listed them.
+
+        Raises:
+            StoreError: The store is not open, was opened read-only, or could not
+                update its ``.lock`` file.
+        """
         result: list[dict[str, Any]] = await self._call(
             self._forget_losses_on_thread, "could not forget losses"
         )
