@@ -120,6 +120,7 @@ def publish_nowait(
     Raises:
         RuntimeNotRunningError: No runtime is running here.
         QueueFullError: The buffer has no room.
+        WrongThreadError: Called from a thread other than the event loop's.
         AeventsError: Any other error of ``EventRuntime.publish_nowait``.
     """
     return _runtime_for(name).publish_nowait(

@@ -213,6 +213,8 @@ class PublishVariants:
             QueueFullError: The buffer has no room for the event's deliveries.
             KeyInFlightError: A repeat of an ``idempotency_key`` whose first
                 publish still waits for room (a ``QueueFullError``).
+            WrongThreadError: Called from a thread other than the event loop's:
+                use ``publish_threadsafe()`` there.
             InvalidEventNameError: As for ``publish``.
             UnknownEventError: As for ``publish``.
             PayloadError: As for ``publish``.
@@ -321,8 +323,8 @@ class PublishVariants:
             The accepted event.
 
         Raises:
-            AeventsError: Called on the event loop's own thread, where it would
-                block the loop: use ``await publish()`` or ``publish_nowait()``.
+            WrongThreadError: Called on the event loop's own thread, where it
+                would block the loop: use ``await publish()`` or ``publish_nowait()``.
             InvalidEventNameError: As for ``publish``.
             UnknownEventError: As for ``publish``.
             PayloadError: As for ``publish``.

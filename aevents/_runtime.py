@@ -383,6 +383,8 @@ class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifec
             RuntimeNotRunningError: The runtime has not started.
             RuntimeClosedError: The runtime is shutting down or has stopped.
             StoreError: The journal could not record the event.
+            WrongThreadError: Called from a thread other than the event loop's:
+                use ``publish_threadsafe()`` there.
         """
         if _get_ident() != self._thread:
             raise self._wrong_thread(name, "publish")

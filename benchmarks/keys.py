@@ -7,7 +7,7 @@ Workload 1's shape (one async receiver, the 411-byte sign-up payload, 8
 workers, a 1,024-delivery buffer) with ``key=`` cycling over N distinct keys.
 Each measurement runs in a fresh interpreter (``--measure``), the variants are
 interleaved and rotated per repetition, and the report gives medians and the
-ratio to the unkeyed run. The goal (issue 6): under 25% overhead from 100 keys up.
+ratio to the unkeyed run. The target: under 25% overhead from 100 keys up.
 
 With one key every delivery waits for the one before it, so throughput is one
 receiver's, not eight workers': that is the price of total order, not overhead.
