@@ -48,6 +48,24 @@ def test_a_django_shell_is_told_about_the_shell_and_the_asgi_application() -> No
     assert "get_asgi_application()" in out
 
 
+def test_publish_on_commit_in_a_django_shell_gets_the_django_advice() -> None:
+    """publish_on_commit, outside a runtime in a configured Django process, says the same."""
+    out = _fix(
+        """
+        import django.conf, aevents
+        django.conf.settings.configure()
+        from aevents.contrib.django import publish_on_commit
+        try:
+            publish_on_commit("order:placed")
+        except aevents.RuntimeNotRunningError as error:
+            assert str(error).endswith(error.fix)
+            print(error.fix)
+        """
+    )
+    assert "Django shell" in out
+    assert "get_asgi_application()" in out
+
+
 @pytest.mark.parametrize("framework", ["starlette", "fastapi"])
 def test_an_app_without_the_lifespan_is_told_to_pass_it(framework: str) -> None:
     """In a Starlette or FastAPI process, on the loop: pass events_lifespan()."""

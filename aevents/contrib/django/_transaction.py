@@ -21,6 +21,7 @@ from typing import Any
 from django.db import transaction
 
 from ..._exceptions import AeventsError, RuntimeNotRunningError
+from ..._module import not_running_fix
 from ..._runtime import EventRuntime, current_runtime
 from ..._text import counted
 
@@ -89,7 +90,7 @@ def publish_on_commit(
         )
     runtime = current_runtime()
     if runtime is None:
-        raise RuntimeNotRunningError(name)
+        raise RuntimeNotRunningError(name, not_running_fix())
     body, meta, idempotency_key = runtime._validated(name, payload, metadata, key, idempotency_key)
     transaction.on_commit(
         functools.partial(_publish_committed, runtime, name, body, meta, key, idempotency_key),
