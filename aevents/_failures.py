@@ -183,7 +183,7 @@ class FailureHandling:
 
     def _letter_info(self, letter: DeadLetter, replay: bool = False) -> DeliveryInfo:
         """A dead letter as a ``DeliveryInfo``: its receiver's pattern as subscribed now."""
-        subscription = self.registry.receiver(letter.receiver_id)
+        subscription = self.registry.receiver(letter.receiver_id, letter.event.name)
         pattern = "" if subscription is None else subscription.pattern
         return DeliveryInfo(letter.event, letter.receiver_id, letter.attempts, pattern, replay)
 
@@ -250,7 +250,7 @@ class FailureHandling:
             letter = known.get(letter_id)
             if letter is None:
                 continue
-            subscription = self.registry.receiver(letter.receiver_id)
+            subscription = self.registry.receiver(letter.receiver_id, letter.event.name)
             if subscription is None:
                 logger.warning(
                     "dead letter %s not redelivered: receiver %r is not subscribed",

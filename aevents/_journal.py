@@ -319,7 +319,7 @@ class Journaling:
                 if pending.event.id != last_event:  # pending() comes in publish order
                     events += 1
                     last_event = pending.event.id
-                subscription = self.registry.receiver(pending.receiver_id)
+                subscription = self.registry.receiver(pending.receiver_id, pending.event.name)
                 if subscription is None:
                     unknown += 1
                     self._hold_if_keyed(pending.event, pending.receiver_id)

@@ -373,8 +373,20 @@ class Registry:
                 self._routes[name] = routes
         return routes
 
-    def receiver(self, receiver_id: str) -> Subscription | None:
-        """The first subscription of a receiver id: how a journal's record is resolved."""
+    def receiver(self, receiver_id: str, name: str | None = None) -> Subscription | None:
+        """The subscription a receiver id's deliveries of ``name`` run under.
+
+        This is how a journal's record or a dead letter is resolved. With
+        ``name``, it is the subscription ``route(name)`` picks for that id (the
+        exact pattern before a wildcard), so a replayed or redelivered delivery
+        runs with the same retry policy and timeout as a live one. Without
+        ``name``, or when none of the id's patterns matches ``name`` any more,
+        it is the id's first subscription. ``None`` if the id is not subscribed.
+        """
+        if name is not None:
+            for subscription in self.route(name):
+                if subscription.receiver_id == receiver_id:
+                    return subscription
         for subscription in self._subscriptions:
             if subscription.receiver_id == receiver_id:
                 return subscription

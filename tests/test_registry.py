@@ -439,3 +439,45 @@ def test_concurrent_subscribes_from_threads_all_land(registry: aevents.Registry)
     assert {s.receiver_id for s in registry.subscriptions()} == expected
     assert set(ids(registry.route(NAME))) == expected
     assert len(registry.route(NAME)) == len(expected)
+
+
+def test_receiver_for_a_name_is_the_subscription_routing_picks(registry: aevents.Registry) -> None:
+    """With a name, ``receiver(id, name)`` agrees with ``route(name)``: exact before wildcard."""
+    registry.subscribe("user:**", sync_receiver, id="audit")
+    registry.subscribe(NAME, sync_receiver, id="audit")
+    (routed,) = registry.route(NAME)
+    assert routed.pattern == NAME
+    assert registry.receiver("audit", NAME) is routed
+    first = registry.subscriptions()[0]
+    assert registry.receiver("audit") is first
+    # A name none of its patterns matches any more falls back to the first subscription.
+    assert registry.receiver("audit", "order:placed") is first
+    assert registry.receiver("unknown", NAME) is None
+
+
+@pytest.mark.anyio
+async def test_a_redelivered_dead_letter_runs_under_the_subscription_live_delivery_used(
+    registry: aevents.Registry,
+) -> None:
+    """A receiver id on a wildcard and on the exact name: live and redelivered attempts agree."""
+    attempts: list[int] = []
+
+    async def failing(event: aevents.Event) -> None:
+        delivery = aevents.current_delivery()
+        assert delivery is not None
+        attempts.append(delivery.attempt)
+        raise RuntimeError("down")
+
+    def policy(count: int) -> aevents.RetryPolicy:
+        return aevents.RetryPolicy(attempts=count, initial_delay=0, jitter=0)
+
+    registry.subscribe("user:**", failing, id="audit", retry=policy(1))
+    registry.subscribe(NAME, failing, id="audit", retry=policy(3))
+    async with aevents.EventRuntime(registry) as runtime:
+        await runtime.publish(NAME)
+        await runtime.drain()
+        assert attempts == [1, 2, 3]  # the exact subscription's policy
+        attempts.clear()
+        assert await runtime.redeliver() == 1
+        await runtime.drain()
+    assert attempts == [1, 2, 3]
