@@ -31,6 +31,7 @@ import anyio
 
 from ._delivery import Item
 from ._exceptions import PayloadError
+from ._text import counted
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
@@ -127,12 +128,12 @@ class Ordering:
             for waiting in lane or ():
                 self._set_aside(waiting)
             logger.warning(
-                "receiver %r: key %r is held by the dead letter of event %s; %d later "
-                "deliveries wait until it is redelivered or the key is released",
+                "receiver %r: key %r is held by the dead letter of event %s until it is "
+                "redelivered or the key is released; %s waiting behind it",
                 subscription.receiver_id,
                 event.key,
                 event.id,
-                len(lane or ()),
+                counted(len(lane or ()), "later delivery"),
                 extra={"receiver_id": subscription.receiver_id, "key": event.key},
             )
             return

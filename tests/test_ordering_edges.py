@@ -118,8 +118,9 @@ async def test_redelivering_counts_its_waiting_deliveries_as_no_longer_held(
         assert runtime.stats().active_keys == 0
 
 
+@pytest.mark.parametrize(("later", "waiting"), [(1, "1 later delivery"), (2, "2 later deliveries")])
 async def test_a_held_key_logs_one_warning_naming_receiver_key_and_event(
-    registry: Registry, caplog: pytest.LogCaptureFixture
+    registry: Registry, caplog: pytest.LogCaptureFixture, later: int, waiting: str
 ) -> None:
     """The hold is announced once, at WARNING, with how many deliveries wait behind it."""
     log: list[int] = []
@@ -127,7 +128,7 @@ async def test_a_held_key_logs_one_warning_naming_receiver_key_and_event(
     caplog.set_level(logging.WARNING, logger="aevents")
     async with EventRuntime(registry, keyed_dead_letters="hold") as runtime:
         dead = await runtime.publish(NAME, payload={"seq": 0}, key="k")
-        for seq in (1, 2):
+        for seq in range(1, later + 1):
             await runtime.publish(NAME, payload={"seq": seq}, key="k")
         with anyio.fail_after(5):
             await runtime.drain()
@@ -137,10 +138,10 @@ async def test_a_held_key_logs_one_warning_naming_receiver_key_and_event(
         assert record.levelno == logging.WARNING
         assert record.name == "aevents.runtime"
         message = record.getMessage()
-        assert message.startswith(
-            f"receiver 'r': key 'k' is held by the dead letter of event {dead.id}; "
+        assert message == (
+            f"receiver 'r': key 'k' is held by the dead letter of event {dead.id} until it "
+            f"is redelivered or the key is released; {waiting} waiting behind it"
         )
-        assert "2 later deliveries wait until it is redelivered or the key is released" in message
         assert (record.receiver_id, record.key) == ("r", "k")  # type: ignore[attr-defined]
         runtime.release_key("r", "k")
 
