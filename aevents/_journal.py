@@ -58,10 +58,6 @@ async def _chain(
 logger = logging.getLogger("aevents.journal")
 
 
-def _count(number: int, singular: str, plural: str) -> str:
-    return f"{number} {singular if number == 1 else plural}"
-
-
 class Journaling:
     """Durable publish, durable delivery and replay, for ``EventRuntime``."""
 
@@ -341,7 +337,8 @@ class Journaling:
                         pending.receiver_id,
                         pending.attempts,
                         "aevents.AttemptsExhausted",
-                        f"the process stopped during each of its {pending.attempts} attempt(s)",
+                        "the process stopped during each of its "
+                        + counted(pending.attempts, "attempt"),
                     )
                     continue
                 await self._reserve(1)
@@ -358,16 +355,18 @@ class Journaling:
             self._finish(epoch)
         logger.info(
             "journal replay found %s of %s%s",
-            _count(found, "pending delivery", "pending deliveries"),
-            _count(events, "event", "events"),
-            "" if dead is None else f", and {_count(dead, 'dead letter', 'dead letters')}",
+            counted(found, "pending delivery"),
+            counted(events, "event"),
+            "" if dead is None else f", and {counted(dead, 'dead letter')}",
             extra={"pending_deliveries": found, "events": events, "dead_letters": dead},
         )
         if unknown or exhausted:
             logger.warning(
-                "journal replay parked %d deliveries as dead letters: %d for receiver ids "
+                "journal replay parked %s: %d for receiver ids "
                 "not subscribed here, %d whose attempts ran out across restarts",
-                unknown + exhausted,
+                counted(unknown + exhausted, "delivery") + " as dead letters"
+                if unknown + exhausted > 1
+                else "1 delivery as a dead letter",
                 unknown,
                 exhausted,
                 extra={"unknown_receivers": unknown, "exhausted": exhausted},

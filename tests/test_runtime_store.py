@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -72,7 +73,7 @@ async def test_what_was_left_pending_is_replayed_on_the_next_start(
 
 
 async def test_unknown_receiver_ids_are_parked_never_imported(
-    registry: Registry, make_store: StoreFactory
+    registry: Registry, make_store: StoreFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A journaled receiver id that is not subscribed becomes a dead letter; nothing is imported."""
     store = make_store()
@@ -81,10 +82,16 @@ async def test_unknown_receiver_ids_are_parked_never_imported(
         registry.subscribe("order:placed", _blocked, id=f"{module}:receiver")
         await runtime.publish("order:placed")
     registry.clear()
+    caplog.set_level(logging.WARNING, logger="aevents.journal")
     async with EventRuntime(registry, store=make_store()) as runtime:
         with anyio.fail_after(10):
             await runtime.drain()
         (letter,) = await runtime.dead_letters()
+    parked = [r.getMessage() for r in caplog.records if "parked" in r.getMessage()]
+    assert parked == [
+        "journal replay parked 1 delivery as a dead letter: 1 for receiver ids not "
+        "subscribed here, 0 whose attempts ran out across restarts"
+    ]
     assert module not in sys.modules
     assert letter.receiver_id == f"{module}:receiver"
     assert letter.error_type == "aevents.UnknownReceiver"

@@ -137,10 +137,10 @@ class _JournalCalls(_JournalThread):
             raise self._error(exc, "could not be prepared") from exc
         if self.losses:  # found by an earlier open and not acknowledged yet
             logger.warning(
-                "journal %r: %d earlier loss(es) of data not acknowledged; "
+                "journal %r: %s of data not acknowledged; "
                 "`python -m aevents journal PATH stats` shows them, `forget-losses` acknowledges",
                 self.path,
-                len(self.losses),
+                counted(len(self.losses), "earlier loss"),
             )
         if loss is not None:
             self.losses.append(loss)

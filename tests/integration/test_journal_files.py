@@ -284,7 +284,7 @@ def test_a_lost_wal_after_a_crash_is_reported_until_acknowledged(
     caplog.set_level(logging.WARNING, logger="aevents.store")
     assert _open_close(journal).losses == store.losses
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
-    assert "1 earlier loss(es) of data not acknowledged" in caplog.records[0].getMessage()
+    assert "1 earlier loss of data not acknowledged" in caplog.records[0].getMessage()
     reported = _stats_json(journal)
     assert reported["losses"] == store.losses
     forgotten = _cli(journal, "forget-losses", "--json")
