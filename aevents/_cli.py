@@ -24,10 +24,11 @@ process and the command needs it to itself (``prune``, ``forget-losses``), 4
 ``stats`` found that the journal may have lost data (a missing or damaged -wal
 after a crash; ``forget-losses`` acknowledges it).
 
-``stats``, ``pending`` and ``dead-letters`` change no byte of any file: when no
-process has the journal open they read a private copy of the file and its -wal
-(so nothing is checkpointed, migrated or consumed); while one does, they read
-it read-only. ``redeliver`` on a journal in use leaves a request that the
+``stats``, ``pending`` and ``dead-letters`` change no byte of any file. A
+closed journal (no -wal) is read in place as immutable; one left with a -wal
+by a crash is read from a private copy of the file and its -wal (so nothing is
+checkpointed, migrated or consumed); while a process has it open, they read it
+read-only. ``redeliver`` on a journal in use leaves a request that the
 owning process applies on its next start.
 """
 
@@ -345,17 +346,28 @@ async def _read(args: argparse.Namespace) -> int:
         loss = _wal_loss(path, real, record)  # noticed now, recorded by the next open
         if loss is not None:
             losses.append(loss)
-        with tempfile.TemporaryDirectory(prefix="aevents-journal-") as directory:
-            copy = os.path.join(directory, "journal.db")
-            if not _copy_journal(real, copy):  # a process opened it while we copied
-                await _read_store(SQLiteStore(path, read_only=True), args)
-            else:
-                await _read_store(SQLiteStore(copy, read_only=True), args, shown=path)
+        if not _has_wal(real):
+            # Everything is in the file itself (a clean close checkpoints and
+            # removes the -wal): read it in place, with no lock and no -shm.
+            store = SQLiteStore(path, read_only=True)
+            store.immutable = True
+            await _read_store(store, args)
+        else:  # a crashed run's -wal: read a private copy, so nothing is checkpointed
+            with tempfile.TemporaryDirectory(prefix="aevents-journal-") as directory:
+                copy = os.path.join(directory, "journal.db")
+                if not _copy_journal(real, copy):  # a process opened it while we copied
+                    await _read_store(SQLiteStore(path, read_only=True), args)
+                else:
+                    await _read_store(SQLiteStore(copy, read_only=True), args, shown=path)
     if args.action == "stats" and losses:
         return EXIT_LOSSES
     for loss in losses:
         print(f"aevents: {describe_loss(path, loss)}", file=sys.stderr)
     return EXIT_OK
+
+
+def _has_wal(real: str) -> bool:
+    return os.path.exists(real + "-wal")
 
 
 def _copy_journal(real: str, copy: str) -> bool:

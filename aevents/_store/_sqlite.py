@@ -161,6 +161,7 @@ class SQLiteStore(_JournalCalls):
         self.max_batch = max_batch
         self.retention = retention
         self.read_only = bool(read_only)
+        self.immutable = False
         self.unreadable = 0
         """Unreadable rows this object turned into dead letters."""
         self._lock = threading.Lock()  # guards _state, _open_batch and puts on _queue

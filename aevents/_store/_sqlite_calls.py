@@ -88,6 +88,7 @@ class _JournalCalls(_JournalThread):
     """What a ``_Call`` runs on the store thread: open, close, reads and maintenance."""
 
     read_only: bool
+    immutable: bool  # read-only, of a closed journal with no -wal (set by the CLI)
     unreadable: int
     _schema_version: int
 
@@ -117,7 +118,13 @@ class _JournalCalls(_JournalThread):
                 _create_file(self.path, real)
         elif not exists:
             raise StoreError(self.path, "does not exist")
-        conn = _connect(self.path, real, busy_timeout=self.busy_timeout, read_only=self.read_only)
+        conn = _connect(
+            self.path,
+            real,
+            busy_timeout=self.busy_timeout,
+            read_only=self.read_only,
+            immutable=self.immutable,
+        )
         self._conn = conn
         version = self._schema_version = _check_schema(conn, self.path, read_only=self.read_only)
         if self.read_only:

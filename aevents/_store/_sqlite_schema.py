@@ -163,10 +163,21 @@ def _rollback_transaction(conn: sqlite3.Connection | None, path: str) -> None:
             logger.debug("journal %r: rollback failed", path, exc_info=True)
 
 
-def _connect(path: str, real: str, *, busy_timeout: float, read_only: bool) -> sqlite3.Connection:
-    """The journal's one connection: no implicit transactions (the store BEGINs itself)."""
+def _connect(
+    path: str, real: str, *, busy_timeout: float, read_only: bool, immutable: bool = False
+) -> sqlite3.Connection:
+    """The journal's one connection: no implicit transactions (the store BEGINs itself).
+
+    ``immutable`` (read-only only) tells SQLite the file cannot change: it then
+    takes no locks and neither reads nor writes ``-shm``, so a closed journal is
+    read without touching any file. It ignores a ``-wal``: only for a journal
+    that has none.
+    """
     quoted = urllib.parse.quote(real)
-    target, uri = (f"file:{quoted}?mode=ro", True) if read_only else (real, False)
+    if read_only:
+        target, uri = f"file:{quoted}?mode=ro{'&immutable=1' if immutable else ''}", True
+    else:
+        target, uri = real, False
     try:
         return sqlite3.connect(
             target,

@@ -14,6 +14,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ import orjson
 import pytest
 
 import aevents
+import aevents._cli
 from aevents import JournalInUseError, JournalLinkError, SQLiteStore
 from aevents._event import make_event
 from aevents._policy import DeadLetter
@@ -430,6 +432,24 @@ def test_reading_commands_change_no_byte(tmp_path: Path, make: object) -> None:
         result = _cli(journal, *argv)
         assert result.returncode in (0, 4), result
         assert _digests(tmp_path) == before, argv
+
+
+def test_reading_a_closed_journal_reads_it_in_place_without_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cleanly closed journal (no -wal) is read where it is, never copied: a copy would
+    cost time and temporary disk space in proportion to the journal."""
+    journal = _healthy(tmp_path)
+    assert not (tmp_path / "j.db-wal").exists()
+
+    def no_copies(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the journal was copied")
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", no_copies)
+    before = _digests(tmp_path)
+    assert aevents._cli.main(["journal", str(journal), "stats", "--json"]) == 0
+    assert orjson.loads(capsys.readouterr().out)["pending"] == 12
+    assert _digests(tmp_path) == before
 
 
 def test_reading_commands_never_apply_queued_redelivery(tmp_path: Path) -> None:
