@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from ._exceptions import ConfigurationError
-from ._ordering import KEYED_DEAD_LETTER_POLICIES
 from ._policy import RetryPolicy
 from ._registry import Registry
 from ._store._protocol import Store
 
-__all__ = ["check_config"]
+__all__ = ["KEYED_DEAD_LETTER_POLICIES", "check_config"]
+
+KEYED_DEAD_LETTER_POLICIES = ("skip", "hold")
 
 
 def check_config(arguments: dict[str, Any]) -> None:

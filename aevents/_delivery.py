@@ -1,9 +1,9 @@
-"""Calling one receiver for one delivery, and what a receiver can know about it.
+"""One delivery, what a receiver can know about it, and calling its receiver.
 
-The worker in ``_runtime`` calls plain async receivers itself (the hot path);
-everything with a twist comes here: a timeout, a sync receiver on a worker
-thread, a cheap sync receiver run inline, a sync callable that returns an
-awaitable.
+``Delivery`` is the record that travels through the buffer, the key lanes,
+the retry schedule and the journal. ``call_receiver`` runs one attempt with
+whatever twist it needs: a timeout, a sync receiver on a worker thread, a cheap
+sync receiver run inline, a sync callable that returns an awaitable.
 """
 
 from __future__ import annotations
@@ -30,39 +30,60 @@ if TYPE_CHECKING:
     from ._state import Epoch
 
 __all__ = [
+    "Delivery",
     "DeliveryInfo",
-    "Item",
     "ReceiverTimeout",
-    "ReplayedAttempt",
     "SyncThreads",
     "call_receiver",
     "current_delivery",
-    "delivery_info",
     "delivery_var",
     "fails_delivery",
 ]
 
 logger = logging.getLogger("aevents.runtime")
 
-Item = tuple[Event, "Subscription", int, "Epoch"]
-"""One queued delivery: event, subscription, attempt number (from 1), drain epoch."""
 
-delivery_var: ContextVar[Item | None] = ContextVar("aevents_delivery", default=None)
-"""The delivery the current task (or worker thread) is running, if any."""
+class Delivery(NamedTuple):
+    """One (event, receiver) delivery on its way: queued, running, waiting to retry.
 
-
-class ReplayedAttempt(int):
-    """An attempt number that remembers its delivery was replayed from the journal.
-
-    The queue carries attempt numbers; tagging the number keeps the flag on
-    the delivery through its retries (``attempt + 1`` stays tagged) at no
-    cost to deliveries that were not replayed.
+    A named tuple because one is made per delivery on the hot path; build it
+    with ``tuple.__new__(Delivery, (...))`` there, which skips the argument
+    handling of ``Delivery(...)``.
     """
 
-    __slots__ = ()
+    event: Event
+    subscription: Subscription
+    attempt: int
+    """1 on the first try, 2 on the first retry, and so on."""
+    epoch: Epoch
+    """The drain epoch it counts in."""
+    replay: bool
+    """The journal replayed it after a restart (see ``DeliveryInfo.replay``)."""
 
-    def __add__(self, other: int) -> ReplayedAttempt:
-        return ReplayedAttempt(int(self) + other)
+    def next_attempt(self) -> Delivery:
+        """The same delivery, one attempt later."""
+        return _new(
+            Delivery, (self.event, self.subscription, self.attempt + 1, self.epoch, self.replay)
+        )
+
+    def info(self) -> DeliveryInfo:
+        """What a receiver or a middleware may know about it."""
+        return _new(
+            DeliveryInfo,
+            (
+                self.event,
+                self.subscription.receiver_id,
+                self.attempt,
+                self.subscription.pattern,
+                self.replay,
+            ),
+        )
+
+
+delivery_var: ContextVar[Delivery | None] = ContextVar("aevents_delivery", default=None)
+"""The delivery the current task (or worker thread) is running, if any."""
+
+_new = tuple.__new__  # a NamedTuple without its __new__'s argument handling
 
 
 class DeliveryInfo(NamedTuple):
@@ -88,28 +109,10 @@ def current_delivery() -> DeliveryInfo | None:
 
     Works in async receivers and in sync receivers on worker threads.
     """
-    item = delivery_var.get()
-    if item is None:
+    delivery = delivery_var.get()
+    if delivery is None:
         return None
-    return delivery_info(item)
-
-
-_new_info = tuple.__new__  # a NamedTuple without its __new__'s argument handling
-
-
-def delivery_info(item: Item) -> DeliveryInfo:
-    """The ``DeliveryInfo`` of a queued delivery (the worker's one-middleware path inlines it)."""
-    event, subscription, attempt, _ = item
-    return _new_info(
-        DeliveryInfo,
-        (
-            event,
-            subscription.receiver_id,
-            attempt,
-            subscription.pattern,
-            type(attempt) is ReplayedAttempt,
-        ),
-    )
+    return delivery.info()
 
 
 def fails_delivery(error: BaseException) -> bool:

@@ -2,34 +2,32 @@
 
 Public as ``aevents.testing.EagerRuntime``. It reuses the real publish path
 (validation, strict mode, the payload's round trip, middleware, causation
-metadata) and intercepts only ``_enqueue``: deliveries accepted by a publish
-running in this context are collected and run inline, in the publisher's
-task, instead of being queued for the workers.
+metadata) and swaps one part: the intake's dispatch. Deliveries accepted by a
+publish running in this context are collected and run inline, in the
+publisher's task, through the same delivery step as the workers, instead of
+being queued for them.
 """
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Mapping
 from contextvars import ContextVar
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._delivery import call_receiver, delivery_var, fails_delivery
+from ._attempt import attempt
+from ._delivery import Delivery, delivery_var, fails_delivery
 from ._event import Event
 from ._exceptions import ConfigurationError
-from ._middleware import call_with_middleware
+from ._failures import Retry
 from ._registry import Registry, Subscription
 from ._runtime import EventRuntime
+from ._state import Epoch
 from ._text import counted
-
-if TYPE_CHECKING:
-    from ._state import Epoch
 
 __all__ = ["EagerRuntime"]
 
-_delivery_logger = logging.getLogger("aevents.delivery")
-
-_Batch = tuple[Event, tuple[Subscription, ...], "Epoch"]
+_Batch = tuple[Event, tuple[Subscription, ...], Epoch]
 
 
 class _Later:
@@ -99,28 +97,33 @@ class EagerRuntime(EventRuntime):
         super().__init__(registry, **options)
         self.raise_errors = raise_errors
         self._chains: dict[str, _Chain] = {}  # by correlation id
+        self._intake.use_dispatch(self._dispatch_eagerly)
 
-    if TYPE_CHECKING:  # the same arguments as EventRuntime.publish, whatever they become
-        publish = EventRuntime.publish
-    else:
-
-        async def publish(self, name, /, **arguments):
-            """Publish, then run every matching receiver before returning (see the class)."""
-            return await self._publish_eagerly(name, arguments)
-
-    async def _publish_eagerly(self, name: str, arguments: dict[str, Any]) -> Event:
+    async def publish(
+        self,
+        name: str,
+        /,
+        *,
+        payload: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        key: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Event:
+        """Publish, then run every matching receiver before returning (see the class)."""
         parent = delivery_var.get()
         batches: list[_Batch] = []
         token = _accepting.set((self, batches))
         try:
-            event = await super().publish(name, **arguments)
+            event = await super().publish(
+                name, payload=payload, metadata=metadata, key=key, idempotency_key=idempotency_key
+            )
         finally:
             _accepting.reset(token)
         if not batches:
             return event
         chain_id = event.correlation_id
         chain = self._chains.get(chain_id)
-        if chain is not None and parent is not None and parent[3].runtime is self:
+        if chain is not None and self._intake.in_delivery(parent):
             await self._deliver_batches(batches)  # nested: the outermost publish reports
             return event
         if chain is None:
@@ -146,17 +149,20 @@ class EagerRuntime(EventRuntime):
             )
         raise error
 
-    def _enqueue(self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch) -> None:
+    def _dispatch_eagerly(
+        self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch
+    ) -> None:
+        """Collect the deliveries of a publish running here; anything else goes to the workers."""
         accepting = _accepting.get()
         if accepting is not None and accepting[0] is self:
             batches = accepting[1]
         else:
             later = _later.get()
             if later is None or later.runtime is not self or not later.open:
-                super()._enqueue(event, routes, epoch)  # the workers deliver it
+                self._intake.enqueue(event, routes, epoch)  # the workers deliver it
                 return
             batches = later.batches
-        self._release(len(routes))  # the room publish reserved is not needed
+        self._buffer.release(len(routes))  # the room publish reserved is not needed
         epoch.unfinished += len(routes)  # drain() from another task waits for them
         batches.append((event, routes, epoch))
 
@@ -169,36 +175,30 @@ class EagerRuntime(EventRuntime):
                         await self._attempts(event, subscription, epoch)
                     finally:
                         done += 1
-                        self._finish(epoch)
+                        epoch.finish()
             except BaseException:  # cancelled: what did not run is dropped
                 for _ in range(len(routes) - done):
-                    self._finish(epoch)
+                    epoch.finish()
                 self._abandon(batches[index + 1 :])
                 raise
 
     def _abandon(self, batches: list[_Batch]) -> None:
         for _, routes, epoch in batches:
             for _ in routes:
-                self._finish(epoch)
+                epoch.finish()
 
     async def _attempts(self, event: Event, subscription: Subscription, epoch: Epoch) -> None:
         """Run one delivery to success or to its last attempt, without backoff waits."""
-        policy = subscription.retry if subscription.retry is not None else self.retry
         limit = subscription.timeout if subscription.timeout is not None else self.timeout
-        attempt = 0
+        delivery = Delivery(event, subscription, 1, epoch, False)
+        failures = self._failures
         while True:
-            attempt += 1
-            item = (event, subscription, attempt, epoch)
             later = _Later(self)
-            hooks = self._middleware.delivery
-            delivery_token, later_token = delivery_var.set(item), _later.set(later)
+            delivery_token, later_token = delivery_var.set(delivery), _later.set(later)
             started = perf_counter()
             error: BaseException | None = None
             try:
-                if hooks:
-                    await call_with_middleware(hooks, item, limit, self._threads)
-                else:
-                    await call_receiver(subscription, event, limit, self._threads)
+                await attempt(delivery, self._middleware.delivery, limit, self._sync_threads())
             except BaseException as failure:
                 if not fails_delivery(failure):
                     later.open = False
@@ -212,29 +212,18 @@ class EagerRuntime(EventRuntime):
             duration = perf_counter() - started
             await self._deliver_batches(later.batches)
             if error is None:
-                self._delivered += 1
+                self._counters.delivered += 1
                 return
-            receiver_id = subscription.receiver_id
-            if attempt < policy.attempts and (event.id, receiver_id) not in self._storms:
-                self._failed += 1
-                self._retried += 1
-                _delivery_logger.warning(
-                    "receiver %r failed on %r (attempt %d of %d), retrying at once (eager): %r",
-                    receiver_id,
-                    event.name,
-                    attempt,
-                    policy.attempts,
-                    error,
-                    extra={"event_id": event.id, "receiver_id": receiver_id, "attempt": attempt},
-                )
-                continue
             chain = self._chains.get(event.correlation_id)
-            if self.raise_errors and chain is not None:
-                self._failed += 1
-                self._storms.discard((event.id, receiver_id))
-                chain.failures.append((error, receiver_id, event.name))
+            if self.raise_errors and chain is not None and not failures.will_retry(delivery):
+                # The outermost publish raises it: no dead letter.
+                self._counters.failed += 1
+                failures.forget_storm(event.id, subscription.receiver_id)
+                chain.failures.append((error, subscription.receiver_id, event.name))
                 return
-            letter = self._on_failure(item, error, duration)
-            if letter is not None:
-                self._keep_dead_letter(letter)
+            outcome = failures.on_failure(delivery, error, duration, backoff=False)
+            if isinstance(outcome, Retry):
+                delivery = outcome.delivery
+                continue
+            self._shelf.keep(outcome)
             return

@@ -1,93 +1,101 @@
-"""The delivery policy at work: retrying failed deliveries and keeping dead letters.
+"""What a failed attempt becomes: a retry after its backoff, or a dead letter.
 
-Mixed into ``EventRuntime``; the attributes annotated below are its own. A
-failed delivery waits for its backoff in a heap, holding no worker; when its
-attempts run out it becomes a ``DeadLetter``, kept in memory (capped) or, with
-a store, in the journal.
+``Failures.on_failure`` is the one place that decides, for every path (the
+workers, the durable workers, eager delivery); the caller acts on the answer.
+``DeadLetterShelf`` keeps the dead letters of a runtime without a store.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
-from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
-import anyio
-from anyio.lowlevel import checkpoint
-
-from ._delivery import DeliveryInfo, Item, ReceiverTimeout, delivery_info
+from ._delivery import Delivery, DeliveryInfo, ReceiverTimeout
 from ._event import new_event_id
+from ._lanes import Lanes
 from ._middleware import MiddlewareStack, notify
 from ._policy import DeadLetter, RetryPolicy, describe_error, escape_control
+from ._registry import Registry, Subscription
+from ._state import Counters
 from ._text import counted
 
-if TYPE_CHECKING:
-    from anyio.streams.memory import MemoryObjectSendStream
-
-    from ._event import Event
-    from ._exceptions import AeventsError
-    from ._registry import Registry, Subscription
-    from ._state import Epoch
-    from ._store._protocol import Store
-
-__all__ = ["FailureHandling"]
+__all__ = ["DeadLetterShelf", "Failures", "Retry"]
 
 logger = logging.getLogger("aevents.runtime")
 delivery_logger = logging.getLogger("aevents.delivery")
 
 
-class FailureHandling:
-    """Retries and dead letters, for ``EventRuntime``."""
+class Retry(NamedTuple):
+    """A failed attempt's answer: run ``delivery`` (the next attempt) after ``delay`` seconds."""
 
-    registry: Registry
-    store: Store | None
-    retry: RetryPolicy
-    max_dead_letters: int
-    log_payloads: bool
-    _state: str
-    _send: MemoryObjectSendStream[Item]
-    _epoch: Epoch
-    _queued: int
-    _failed: int
-    _retried: int
-    _dead: int
-    _dropped: int
-    _dead_letters: dict[str, DeadLetter]
-    _storms: set[tuple[str, str]]
-    _middleware: MiddlewareStack
-    _held_lanes: dict[tuple[str, str], str]
+    delivery: Delivery
+    delay: float
 
-    def _init_failures(self) -> None:
-        self._retries: list[tuple[float, int, Item]] = []
-        self._retry_order = itertools.count()
-        self._retry_wakeup: anyio.Event | None = None
 
-    if TYPE_CHECKING:  # provided by the other classes EventRuntime is made of; declared
-        # here only for the type checker, so they can never shadow the real ones
-        def _finish(self, epoch: Epoch) -> None: ...
-        def _not_accepting(self, name: str) -> AeventsError: ...
-        def _enqueue(
-            self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch
-        ) -> None: ...
-        async def _reserve(self, count: int) -> None: ...
-        def _release(self, count: int) -> None: ...
-        def _not_for_replay(self, event_id: str) -> None: ...
+class Failures:
+    """Counts, logs and decides failed attempts by the receiver's ``RetryPolicy``.
 
-    def _on_failure(
-        self, item: Item, error: BaseException, duration: float | None
-    ) -> DeadLetter | None:
-        """Count a failed attempt; schedule a retry, or return the dead letter it became.
+    An event whose receiver published past ``max_causation_depth`` is a
+    *storm*: its delivery is dead-lettered at once instead of retried, since
+    every retry would fail the same way.
+    """
+
+    def __init__(
+        self,
+        *,
+        retry: RetryPolicy,
+        counters: Counters,
+        middleware: MiddlewareStack,
+        log_payloads: bool,
+    ) -> None:
+        self._retry = retry
+        self._counters = counters
+        self._middleware = middleware
+        self._log_payloads = log_payloads
+        self._storms: set[tuple[str, str]] = set()
+
+    def policy(self, subscription: Subscription) -> RetryPolicy:
+        """The retry policy that applies to ``subscription``'s deliveries."""
+        retry = subscription.retry
+        return retry if retry is not None else self._retry
+
+    def storm(self, event_id: str, receiver_id: str) -> None:
+        """The receiver of ``event_id`` published too deep: do not retry that delivery."""
+        self._storms.add((event_id, receiver_id))
+
+    def is_storm(self, event_id: str, receiver_id: str) -> bool:
+        return (event_id, receiver_id) in self._storms
+
+    def forget_storm(self, event_id: str, receiver_id: str) -> None:
+        self._storms.discard((event_id, receiver_id))
+
+    def will_retry(self, delivery: Delivery) -> bool:
+        """Whether a failure of this attempt would be retried (attempts left, and no storm)."""
+        subscription = delivery.subscription
+        return (
+            delivery.attempt < self.policy(subscription).attempts
+            and (delivery.event.id, subscription.receiver_id) not in self._storms
+        )
+
+    def on_failure(
+        self,
+        delivery: Delivery,
+        error: BaseException,
+        duration: float | None,
+        *,
+        backoff: bool = True,
+    ) -> Retry | DeadLetter:
+        """Count a failed attempt and say what it becomes: a ``Retry`` or a ``DeadLetter``.
 
         ``duration`` is how long the attempt ran, in seconds (None if it never
-        started). The caller keeps (or journals) the letter and finishes the delivery.
+        started). Without ``backoff`` a retry is due at once (eager delivery).
+        The caller schedules the retry, or keeps (or journals) the letter and
+        finishes the delivery.
         """
-        event, subscription, attempt, epoch = item
-        self._failed += 1
-        policy = subscription.retry if subscription.retry is not None else self.retry
-        storm = (event.id, subscription.receiver_id) in self._storms
+        event, subscription, attempt = delivery.event, delivery.subscription, delivery.attempt
+        self._counters.failed += 1
+        policy = self.policy(subscription)
         if type(error) is ReceiverTimeout:
             error_type, message = "TimeoutError", error.describe(attempt, policy.attempts)
         else:
@@ -100,32 +108,27 @@ class FailureHandling:
             "duration": duration,
             "error_type": error_type,
         }
-        if self.log_payloads:
+        if self._log_payloads:
             extra["payload"] = event.payload
-        if attempt < policy.attempts and not storm:
-            self._retried += 1
-            delay = policy.delay(attempt)
+        if self.will_retry(delivery):
+            self._counters.retried += 1
+            delay = policy.delay(attempt) if backoff else 0.0
             delivery_logger.warning(
-                "receiver %r failed on %r (attempt %d of %d), retrying in %.3fs: %s: %s",
+                "receiver %r failed on %r (attempt %d of %d), %s: %s: %s",
                 subscription.receiver_id,
                 event.name,
                 attempt,
                 policy.attempts,
-                delay,
+                f"retrying in {delay:.3f}s" if backoff else "retrying at once",
                 error_type,
                 escape_control(message),
                 extra=extra,
             )
-            due = anyio.current_time() + delay
-            retry = (event, subscription, attempt + 1, epoch)
-            heapq.heappush(self._retries, (due, next(self._retry_order), retry))
-            if self._retry_wakeup is not None:
-                self._retry_wakeup.set()
             if self._middleware.outcomes:
-                notify(self._middleware.outcomes, "on_retry", delivery_info(item), error, delay)
-            return None
+                notify(self._middleware.outcomes, "on_retry", delivery.info(), error, delay)
+            return Retry(delivery.next_attempt(), delay)
         self._storms.discard((event.id, subscription.receiver_id))
-        self._dead += 1
+        self._counters.dead += 1
         letter = DeadLetter(
             id=new_event_id(),
             event=event,
@@ -147,127 +150,69 @@ class FailureHandling:
             extra={**extra, "dead_letter_id": letter.id},
         )
         if self._middleware.outcomes:
-            notify(self._middleware.outcomes, "on_dead_letter", delivery_info(item), letter)
+            notify(self._middleware.outcomes, "on_dead_letter", delivery.info(), letter)
         return letter
 
-    def _keep_dead_letter(self, letter: DeadLetter) -> None:
-        """Keep a dead letter in memory, evicting the oldest past ``max_dead_letters``."""
-        self._dead_letters[letter.id] = letter
-        if len(self._dead_letters) > self.max_dead_letters:
-            oldest = next(iter(self._dead_letters))
-            evicted = self._dead_letters.pop(oldest)
-            self._dropped += 1
+
+def letter_info(registry: Registry, letter: DeadLetter, *, replay: bool = False) -> DeliveryInfo:
+    """A dead letter as a ``DeliveryInfo``: its receiver's pattern as subscribed now."""
+    subscription = registry.receiver(letter.receiver_id, letter.event.name)
+    pattern = "" if subscription is None else subscription.pattern
+    return DeliveryInfo(letter.event, letter.receiver_id, letter.attempts, pattern, replay)
+
+
+class DeadLetterShelf:
+    """The dead letters of a runtime without a store, the oldest evicted past ``limit``."""
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        registry: Registry,
+        lanes: Lanes,
+        counters: Counters,
+        middleware: MiddlewareStack,
+    ) -> None:
+        self._limit = limit
+        self._registry = registry
+        self._lanes = lanes
+        self._counters = counters
+        self._middleware = middleware
+        self._letters: dict[str, DeadLetter] = {}
+
+    def list(self) -> list[DeadLetter]:
+        """The letters kept, oldest first."""
+        return list(self._letters.values())
+
+    def discard(self, letter_id: str) -> None:
+        """Forget a letter (it is being redelivered)."""
+        self._letters.pop(letter_id, None)
+
+    def keep(self, letter: DeadLetter) -> None:
+        """Keep a dead letter, evicting the oldest past the limit."""
+        self._letters[letter.id] = letter
+        if len(self._letters) <= self._limit:
+            return
+        oldest = next(iter(self._letters))
+        evicted = self._letters.pop(oldest)
+        self._counters.dropped += 1
+        logger.warning(
+            "dead letter %s evicted: more than max_dead_letters=%d are kept",
+            oldest,
+            self._limit,
+        )
+        key = evicted.event.key
+        if key is not None and self._lanes.holder(evicted.receiver_id, key) == evicted.event.id:
+            # Gone from the list, it can no longer be redelivered to let its lane go on.
             logger.warning(
-                "dead letter %s evicted: more than max_dead_letters=%d are kept",
+                "evicted dead letter %s still holds key %r of receiver %r; "
+                "runtime.release_key(%r, %r) lets the deliveries behind it run",
                 oldest,
-                self.max_dead_letters,
+                key,
+                evicted.receiver_id,
+                evicted.receiver_id,
+                key,
+                extra={"dead_letter_id": oldest, "receiver_id": evicted.receiver_id},
             )
-            key = evicted.event.key
-            if (
-                key is not None
-                and self._held_lanes.get((evicted.receiver_id, key)) == evicted.event.id
-            ):
-                # Gone from the list, it can no longer be redelivered to let its lane go on.
-                logger.warning(
-                    "evicted dead letter %s still holds key %r of receiver %r; "
-                    "runtime.release_key(%r, %r) lets the deliveries behind it run",
-                    oldest,
-                    key,
-                    evicted.receiver_id,
-                    evicted.receiver_id,
-                    key,
-                    extra={"dead_letter_id": oldest, "receiver_id": evicted.receiver_id},
-                )
-            if self._middleware.outcomes:
-                notify(self._middleware.outcomes, "on_dropped", self._letter_info(evicted))
-
-    def _letter_info(self, letter: DeadLetter, replay: bool = False) -> DeliveryInfo:
-        """A dead letter as a ``DeliveryInfo``: its receiver's pattern as subscribed now."""
-        subscription = self.registry.receiver(letter.receiver_id, letter.event.name)
-        pattern = "" if subscription is None else subscription.pattern
-        return DeliveryInfo(letter.event, letter.receiver_id, letter.attempts, pattern, replay)
-
-    async def _run_retries(self) -> None:
-        """Move failed deliveries back into the queue when their backoff is over."""
-        while True:
-            self._retry_wakeup = wakeup = anyio.Event()
-            if not self._retries:
-                await wakeup.wait()
-                continue
-            wait = self._retries[0][0] - anyio.current_time()
-            if wait > 0:
-                with anyio.move_on_after(wait):
-                    await wakeup.wait()
-                continue
-            now = anyio.current_time()
-            send = self._send.send_nowait
-            while self._retries and self._retries[0][0] <= now:
-                item = heapq.heappop(self._retries)[2]
-                self._queued += 1  # already accepted once: re-admitted past the bound
-                send(item)
-
-    async def dead_letters(self) -> list[DeadLetter]:
-        """The dead letters, oldest first.
-
-        Returns:
-            With a store, every dead letter in the journal; without one, those
-                kept in memory (at most ``max_dead_letters``, the newest).
-        """
-        if self.store is not None:
-            return await self.store.dead_letters()
-        await checkpoint()
-        return list(self._dead_letters.values())
-
-    async def redeliver(
-        self, dead_letters: Iterable[DeadLetter | str] | DeadLetter | str | None = None
-    ) -> int:
-        """Queue dead letters again with a fresh set of attempts.
-
-        The receiver id is resolved through the registry as it is now; a letter
-        whose receiver is no longer subscribed stays dead and is logged. Waits
-        for room like ``publish``; if cancelled, letters not yet queued stay dead.
-
-        Args:
-            dead_letters: Dead letters, or their ids, one or many. Default
-                ``None``: all of them.
-
-        Returns:
-            How many were queued.
-        """
-        if self._state != "running":
-            raise self._not_accepting("<redeliver>")
-        known = {letter.id: letter for letter in await self.dead_letters()}
-        if dead_letters is None:
-            chosen = list(known)
-        elif isinstance(dead_letters, DeadLetter | str):
-            chosen = [dead_letters.id if isinstance(dead_letters, DeadLetter) else dead_letters]
-        else:
-            chosen = [
-                letter.id if isinstance(letter, DeadLetter) else letter for letter in dead_letters
-            ]
-        queued = 0
-        for letter_id in chosen:
-            letter = known.get(letter_id)
-            if letter is None:
-                continue
-            subscription = self.registry.receiver(letter.receiver_id, letter.event.name)
-            if subscription is None:
-                logger.warning(
-                    "dead letter %s not redelivered: receiver %r is not subscribed",
-                    letter_id,
-                    letter.receiver_id,
-                )
-                continue
-            await self._reserve(1)
-            if self.store is not None:
-                self._not_for_replay(letter.event.id)
-                try:
-                    await self.store.redeliver([letter_id])
-                except BaseException:
-                    self._release(1)  # the letter stays dead; give its room back
-                    raise
-            self._dead_letters.pop(letter_id, None)
-            self._enqueue(letter.event, (subscription,), self._epoch)
-            queued += 1
-        await checkpoint()
-        return queued
+        if self._middleware.outcomes:
+            notify(self._middleware.outcomes, "on_dropped", letter_info(self._registry, evicted))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -26,6 +26,7 @@ __all__ = [
     "IDEMPOTENCY_KEY",
     "MAX_IDEMPOTENCY_KEY_LENGTH",
     "IdempotencyWindow",
+    "claims_key",
     "validate_idempotency_key",
 ]
 
@@ -36,6 +37,14 @@ MAX_IDEMPOTENCY_KEY_LENGTH: Final = 200
 
 # C0 and C1 controls (they corrupt logs and terminals) and lone surrogates (not encodable).
 _FORBIDDEN: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def claims_key(metadata: object) -> bool:
+    """Whether caller-given metadata sets the entry ``idempotency_key=`` owns.
+
+    Anything that is not a mapping is left for ``encode_metadata`` to refuse.
+    """
+    return (type(metadata) is dict or isinstance(metadata, Mapping)) and IDEMPOTENCY_KEY in metadata
 
 
 def validate_idempotency_key(name: str, key: object) -> str:

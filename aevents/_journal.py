@@ -1,47 +1,43 @@
 """The runtime's use of a store: durable publishing, recorded attempts, replay on start.
 
-Mixed into ``EventRuntime``. With a store, an event is appended (with one
-pending delivery per receiver) before it is queued; every attempt is
-recorded before its receiver runs, so a receiver that kills the process
-runs out of attempts instead of crash-looping; a delivery is marked done
-after its receiver returns. On start, what the journal holds as pending is
-streamed back into the queue, each receiver id resolved through the live
-registry, never by importing anything the journal names.
+With a store, an event is appended (with one pending delivery per receiver)
+before it is queued; every attempt is recorded before its receiver runs, so a
+receiver that kills the process runs out of attempts instead of crash-looping;
+a delivery is marked done after its receiver returns. On start, what the
+journal holds as pending is streamed back into the buffer, each receiver id
+resolved through the live registry, never by importing anything the journal
+names.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from time import perf_counter
-from typing import TYPE_CHECKING, Literal
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import anyio
+import anyio.abc
 
-from ._delivery import (
-    DeliveryInfo,
-    Item,
-    ReplayedAttempt,
-    SyncThreads,
-    call_receiver,
-    delivery_var,
-    fails_delivery,
-)
+from ._buffer import DeliveryBuffer
+from ._delivery import Delivery
 from ._event import Event, new_event_id
 from ._exceptions import StoreError
-from ._middleware import MiddlewareStack, call_with_middleware, notify
-from ._policy import DeadLetter, RetryPolicy
+from ._failures import Failures, letter_info
+from ._idempotency import IdempotencyWindow
+from ._lanes import Lanes
+from ._middleware import MiddlewareStack, notify
+from ._policy import DeadLetter
+from ._registry import Registry, Subscription
+from ._state import STOPPED, Counters, Epoch, Epochs, RunState
+from ._store._protocol import PendingDelivery, Store
 from ._text import counted
 
-if TYPE_CHECKING:
-    from anyio.streams.memory import MemoryObjectSendStream
+__all__ = ["Journal"]
 
-    from ._registry import Registry, Subscription
-    from ._state import Epoch
-    from ._store._protocol import PendingDelivery, Store
+logger = logging.getLogger("aevents.journal")
 
-__all__ = ["Journaling"]
+Dispatch = Callable[[Event, tuple[Subscription, ...], Epoch], None]
 
 
 async def _chain(
@@ -51,77 +47,132 @@ async def _chain(
     if first is None:
         return
     yield first
-    async for item in rest:
-        yield item
+    async for pending in rest:
+        yield pending
 
 
-logger = logging.getLogger("aevents.journal")
+class Journal:
+    """A store, as the runtime uses it: append, record, complete, dead-letter, replay."""
 
+    def __init__(
+        self,
+        store: Store,
+        *,
+        run: RunState,
+        buffer: DeliveryBuffer,
+        lanes: Lanes,
+        epochs: Epochs,
+        failures: Failures,
+        counters: Counters,
+        registry: Registry,
+        middleware: MiddlewareStack,
+        idempotency: IdempotencyWindow,
+        keyed_dead_letters: Literal["skip", "hold"],
+    ) -> None:
+        self.store = store
+        self._run = run
+        self._buffer = buffer
+        self._lanes = lanes
+        self._epochs = epochs
+        self._failures = failures
+        self._counters = counters
+        self._registry = registry
+        self._middleware = middleware
+        self._idempotency = idempotency
+        self._hold = keyed_dead_letters == "hold"
+        # Events whose dead letters this run redelivers while the replay runs.
+        self._replaying: set[str] | None = set()
+        # Deliveries of events publish_nowait accepted whose journal write has not
+        # finished: if shutdown cancels it first, they are lost and must be said so.
+        self.unjournaled = 0
+        # Deliveries that ran, waiting for run_completions to mark them done.
+        self._to_complete: list[Delivery] = []
+        self._completing = 0  # taken by run_completions, not yet committed
+        self._completions_wanted: anyio.Event | None = None
+        self._completion_room: anyio.Event | None = None
 
-class Journaling:
-    """Durable publish, durable delivery and replay, for ``EventRuntime``."""
+    @property
+    def replaying(self) -> bool:
+        """The replay of what an earlier run left pending is under way."""
+        return self._replaying is not None
 
-    registry: Registry
-    store: Store | None
-    retry: RetryPolicy
-    timeout: float | None
-    buffer: int
-    _send: MemoryObjectSendStream[Item]
-    _epoch: Epoch
-    _threads: SyncThreads
-    _delivered: int
-    _dead: int
-    _replaying: set[str] | None
-    _state: str
-    _unjournaled: int
-    _middleware: MiddlewareStack
-    keyed_dead_letters: Literal["skip", "hold"]
+    # ------------------------------------------------------------------ start and stop
 
-    if TYPE_CHECKING:  # provided by the other classes EventRuntime is made of; declared
-        # here only for the type checker, so they can never shadow the real ones
-        def _finish(self, epoch: Epoch) -> None: ...
-        def _release(self, count: int) -> None: ...
-        def _enqueue(
-            self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch
-        ) -> None: ...
-        async def _reserve(self, count: int) -> None: ...
-        def _lane_done(self, event: Event, subscription: Subscription, *, dead: bool) -> None: ...
-        def _into_lane(self, item: Item) -> None: ...
-        def _replay_finished(self, stopped: bool) -> None: ...
-        def _hold_lane(self, event: Event, receiver_id: str) -> None: ...
-        def _on_failure(
-            self, item: Item, error: BaseException, duration: float | None
-        ) -> DeadLetter | None: ...
-        def _letter_info(self, letter: DeadLetter, replay: bool = False) -> DeliveryInfo: ...
+    async def open(self) -> None:
+        """Open the store and seed the idempotency window from it; close it again on failure."""
+        await self.store.open()  # a journal that cannot be used fails here, before anything runs
+        window = self._idempotency
+        since = datetime.now(UTC) - timedelta(seconds=window.window)
+        try:
+            window.seed(await self.store.recent_idempotency_keys(since, window.max_keys))
+            await self.store.forget_idempotency_keys(since)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.store.close()
+            raise
 
-    async def _append(self, event: Event, routes: tuple[Subscription, ...]) -> None:
+    async def close(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.store.close()
+
+    async def start(self, tasks: anyio.abc.TaskGroup) -> None:
+        """Start the background tasks and the replay, having read the replay's first page.
+
+        The journal's ``pending()`` is a snapshot from its first page: read it
+        before accepting any publish, so the replay never sees events this run
+        appends. The current epoch counts the replay as one delivery, so that
+        ``drain()`` waits for the whole of it.
+        """
+        tasks.start_soon(self._forget_idempotency_keys)
+        tasks.start_soon(self.run_completions)
+        epoch = self._epochs.current
+        epoch.unfinished += 1
+        if self._hold:
+            for letter in await self.store.dead_letters():
+                self._hold_if_keyed(letter.event, letter.receiver_id)
+        replay = self.store.pending().__aiter__()
+        first = await anext(replay, None)
+        tasks.start_soon(self._replay, epoch, replay, first)
+
+    async def _forget_idempotency_keys(self) -> None:
+        """Drop journaled idempotency keys older than the window, every so often."""
+        window = self._idempotency.window
+        while True:
+            await anyio.sleep(min(window, 600.0))
+            before = datetime.now(UTC) - timedelta(seconds=window)
+            try:
+                await self.store.forget_idempotency_keys(before)
+            except StoreError as error:
+                logger.warning("could not forget old idempotency keys: %s", error)
+
+    # ------------------------------------------------------------------ publishing
+
+    async def append(self, event: Event, routes: tuple[Subscription, ...]) -> None:
         """Journal an event whose room in the buffer is reserved; on failure give the room back.
 
         The wait is shielded: once the write is under way, cancelling the
         publisher cannot leave it unsure whether the event was accepted.
         """
-        assert self.store is not None
         try:
             with anyio.CancelScope(shield=True):
                 await self.store.append(event, [route.receiver_id for route in routes])
         except BaseException:
-            self._release(len(routes))
+            self._buffer.release(len(routes))
             raise
 
-    async def _append_then_enqueue(
-        self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch
+    async def append_then_dispatch(
+        self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch, dispatch: Dispatch
     ) -> None:
         """``publish_nowait`` with a store: journal in the background, then queue.
 
         If the journal refuses the event it is still delivered, without the
         crash guarantee, and an error says so: nothing accepted is dropped.
+        ``epoch`` counts one for this write, finished here.
         """
-        assert self.store is not None
         try:
             with anyio.CancelScope(shield=True):
                 await self.store.append(event, [route.receiver_id for route in routes])
         except StoreError as error:
-            self._unjournaled -= len(routes)
             logger.error(  # noqa: TRY400 - the store error's message says it all
                 "event %s (%r) accepted by publish_nowait could not be journaled (%s); "
                 "delivering it without the crash guarantee",
@@ -130,15 +181,15 @@ class Journaling:
                 error,
                 extra={"event_id": event.id, "event_name": event.name},
             )
-        else:
-            self._unjournaled -= len(routes)
-        if self._state != "stopped":
-            self._enqueue(event, routes, epoch)
-        # else shutdown closed the queue while the write ran: the deliveries stay
+        finally:
+            self.unjournaled -= len(routes)
+        if self._run.state is not STOPPED:
+            dispatch(event, routes, epoch)
+        # else shutdown closed the buffer while the write ran: the deliveries stay
         # counted as left pending, and the journal replays them on the next start.
-        self._finish(epoch)  # the placeholder publish_nowait counted
+        epoch.finish()
 
-    def _not_for_replay(self, event_id: str) -> None:
+    def not_for_replay(self, event_id: str) -> None:
         """Mark a dead letter this run redelivers as not the replay's to queue.
 
         The replay's snapshot leaves out what this run appends, but a
@@ -149,78 +200,37 @@ class Journaling:
         if self._replaying is not None:
             self._replaying.add(event_id)
 
-    def _init_journaling(self) -> None:
-        # Deliveries that ran, waiting for _complete_durably to mark them done.
-        self._to_complete: list[Item] = []
-        self._completing = 0  # taken by _complete_durably, not yet committed
-        self._completions_wanted: anyio.Event | None = None  # set to wake _complete_durably
-        self._completion_room: anyio.Event | None = None  # set when the backlog shrinks
+    # ------------------------------------------------------------------ delivering
 
-    async def _deliver_durably(self, items: list[Item]) -> None:
-        """Run a batch of deliveries with a store: record the attempts, run, hand over.
+    async def record_attempts(self, batch: Sequence[Delivery]) -> None:
+        """Record that each delivery's attempt starts, before any of them runs."""
+        await self.store.start_attempts(
+            [
+                (delivery.event.id, delivery.subscription.receiver_id, delivery.attempt)
+                for delivery in batch
+            ]
+        )
 
-        One journal write records every attempt before any receiver runs. The
-        successes go to ``_complete_durably``, which marks what every worker
-        finished done in one write while the workers go on with their next
-        batch, so a busy runtime pays about one commit per batch, not per
-        delivery, and a worker never waits for a completion. A kill re-runs at
-        most the batches in flight and the completions not yet committed.
+    async def completed(self, finished: list[Delivery]) -> None:
+        """Hand deliveries whose receiver returned to ``run_completions``.
+
+        Waits while more than a buffer's worth of completions is uncommitted.
         """
-        assert self.store is not None
-        try:
-            await self.store.start_attempts(
-                [
-                    (event.id, subscription.receiver_id, int(attempt))
-                    for event, subscription, attempt, _ in items
-                ]
-            )
-        except StoreError as error:  # not recorded, so not run: each counts as a failed attempt
-            for item in items:
-                await self._failed_durably(item, error, None)
-            return
-        finished: list[Item] = []
-        for item in items:
-            event, subscription = item[0], item[1]
-            token = delivery_var.set(item)
-            started = perf_counter()
-            try:
-                time_limit = (
-                    subscription.timeout if subscription.timeout is not None else self.timeout
-                )
-                if self._middleware.delivery:
-                    await call_with_middleware(
-                        self._middleware.delivery, item, time_limit, self._threads
-                    )
-                else:
-                    await call_receiver(subscription, event, time_limit, self._threads)
-            except BaseException as error:
-                if not fails_delivery(error):
-                    raise  # the runtime is cancelled, or KeyboardInterrupt, SystemExit
-                await self._failed_durably(item, error, perf_counter() - started)
-                continue
-            finally:
-                delivery_var.reset(token)
-            self._delivered += 1
-            finished.append(item)
-        if not finished:
-            return
         self._to_complete += finished
         if self._completions_wanted is not None:
             self._completions_wanted.set()
-        # Bounded: past a buffer's worth of uncommitted completions, wait for the journal.
-        while len(self._to_complete) + self._completing > self.buffer:
+        while len(self._to_complete) + self._completing > self._buffer.size:
             if self._completion_room is None:
                 self._completion_room = anyio.Event()
             await self._completion_room.wait()
 
-    async def _complete_durably(self) -> None:
+    async def run_completions(self) -> None:
         """Mark the deliveries the workers finished done, all that piled up in one write.
 
         A delivery counts as finished (``drain()``, its key's lane) only once
         that write has committed, so a drained runtime leaves nothing pending
         and a keyed delivery's successor never completes before it.
         """
-        assert self.store is not None
         while True:
             if not self._to_complete:
                 self._completions_wanted = anyio.Event()
@@ -231,7 +241,7 @@ class Journaling:
             self._completing = len(batch)
             try:
                 await self.store.complete(
-                    [(event.id, subscription.receiver_id) for event, subscription, _, _ in batch]
+                    [(delivery.event.id, delivery.subscription.receiver_id) for delivery in batch]
                 )
             except StoreError as error:
                 logger.warning(
@@ -245,23 +255,13 @@ class Journaling:
             if self._completion_room is not None:
                 self._completion_room.set()
                 self._completion_room = None
-            for event, subscription, _, epoch in batch:
-                self._finish(epoch)
-                if event.key is not None:
-                    self._lane_done(event, subscription, dead=False)
+            for delivery in batch:
+                delivery.epoch.finish()
+                if delivery.event.key is not None:
+                    self._lanes.done(delivery.event, delivery.subscription, dead=False)
 
-    async def _failed_durably(
-        self, item: Item, error: BaseException, duration: float | None
-    ) -> None:
-        letter = self._on_failure(item, error, duration)
-        if letter is not None:
-            await self._journal_dead_letter(letter)
-            self._finish(item[3])
-            if item[0].key is not None:
-                self._lane_done(item[0], item[1], dead=True)
-
-    async def _journal_dead_letter(self, letter: DeadLetter) -> None:
-        assert self.store is not None
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        """Journal a dead letter; if the journal refuses, it stays pending for the next start."""
         try:
             await self.store.dead_letter([letter])
         except StoreError as error:
@@ -273,16 +273,11 @@ class Journaling:
                 extra={"dead_letter_id": letter.id, "event_id": letter.event.id},
             )
 
-    async def _hold_lanes_of_dead_letters(self) -> None:
-        """Policy "hold": keyed dead letters of earlier runs hold their lanes again."""
-        assert self.store is not None
-        if self.keyed_dead_letters == "hold":
-            for letter in await self.store.dead_letters():
-                self._hold_if_keyed(letter.event, letter.receiver_id)
+    # ------------------------------------------------------------------ replay
 
     def _hold_if_keyed(self, event: Event, receiver_id: str) -> None:
-        if event.key is not None and self.keyed_dead_letters == "hold":
-            self._hold_lane(event, receiver_id)
+        if event.key is not None and self._hold:
+            self._lanes.hold(event, receiver_id)
 
     async def _replay(
         self,
@@ -290,18 +285,11 @@ class Journaling:
         stream: AsyncIterator[PendingDelivery],
         first: PendingDelivery | None,
     ) -> None:
-        """Queue what the journal held as pending at start, streaming, with backpressure.
-
-        ``stream`` is the journal's ``pending()`` snapshot and ``first`` its
-        first item, read before the runtime accepted any publish. ``epoch``
-        already counts one for the replay itself (taken at start, so a
-        ``drain()`` that runs before this task does still waits for it).
-        """
+        """Queue what the journal held as pending at start, streaming, with backpressure."""
         replayed = unknown = exhausted = found = events = 0
         last_event: str | None = None
         redelivered = self._replaying
         assert redelivered is not None
-        assert self.store is not None
         dead: int | None = None
         try:
             try:
@@ -315,44 +303,39 @@ class Journaling:
                 if pending.event.id != last_event:  # pending() comes in publish order
                     events += 1
                     last_event = pending.event.id
-                subscription = self.registry.receiver(pending.receiver_id, pending.event.name)
+                subscription = self._registry.receiver(pending.receiver_id, pending.event.name)
                 if subscription is None:
                     unknown += 1
                     self._hold_if_keyed(pending.event, pending.receiver_id)
                     await self._park(
-                        pending.event,
-                        pending.receiver_id,
-                        pending.attempts,
+                        pending,
                         "aevents.UnknownReceiver",
                         f"receiver id {pending.receiver_id!r} is not subscribed in this process; "
                         "ids read from a journal are resolved through the registry only",
                     )
                     continue
-                policy = subscription.retry if subscription.retry is not None else self.retry
-                if pending.attempts >= policy.attempts:
+                if pending.attempts >= self._failures.policy(subscription).attempts:
                     exhausted += 1
                     self._hold_if_keyed(pending.event, pending.receiver_id)
                     await self._park(
-                        pending.event,
-                        pending.receiver_id,
-                        pending.attempts,
+                        pending,
                         "aevents.AttemptsExhausted",
                         "the process stopped during each of its "
                         + counted(pending.attempts, "attempt"),
                     )
                     continue
-                await self._reserve(1)
+                await self._buffer.reserve(1)
                 epoch.unfinished += 1
-                item = (pending.event, subscription, ReplayedAttempt(pending.attempts + 1), epoch)
+                delivery = Delivery(pending.event, subscription, pending.attempts + 1, epoch, True)
                 if pending.event.key is None:
-                    self._send.send_nowait(item)
+                    self._buffer.put(delivery)
                 else:
-                    self._into_lane(item)
+                    self._lanes.enter(delivery)
                 replayed += 1
         finally:
             self._replaying = None
-            self._replay_finished(stopped=self._state == "stopped")
-            self._finish(epoch)
+            self._lanes.replay_finished(stopped=self._run.state is STOPPED)
+            epoch.finish()
         logger.info(
             "journal replay found %s of %s%s",
             counted(found, "pending delivery"),
@@ -372,20 +355,18 @@ class Journaling:
                 extra={"unknown_receivers": unknown, "exhausted": exhausted},
             )
 
-    async def _park(
-        self, event: Event, receiver_id: str, attempts: int, error_type: str, message: str
-    ) -> None:
-        self._dead += 1
+    async def _park(self, pending: PendingDelivery, error_type: str, message: str) -> None:
+        self._counters.dead += 1
         letter = DeadLetter(
             id=new_event_id(),
-            event=event,
-            receiver_id=receiver_id,
-            attempts=attempts,
+            event=pending.event,
+            receiver_id=pending.receiver_id,
+            attempts=pending.attempts,
             error_type=error_type,
             error_message=message,
             failed_at=datetime.now(UTC),
         )
-        await self._journal_dead_letter(letter)
+        await self.dead_letter(letter)
         if self._middleware.outcomes:
-            info = self._letter_info(letter, replay=True)
+            info = letter_info(self._registry, letter, replay=True)
             notify(self._middleware.outcomes, "on_dead_letter", info, letter)

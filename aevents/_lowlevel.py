@@ -1,64 +1,56 @@
-"""Backend-specific shortcuts kept out of the runtime's way: cancel checks, error groups."""
+"""Backend differences kept out of the runtime's way: the cancel check, error groups.
+
+Public API of anyio and trio only.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from typing import Any
 
 import anyio
+from anyio.lowlevel import checkpoint
 
-__all__ = ["cancelled_check_for_backend", "leaf_errors"]
+__all__ = ["cancelled_predicate", "honour_cancellation", "leaf_errors"]
+
+_HONOUR_TRIES = 8
 
 
-def cancelled_check_for_backend() -> Callable[[], bool] | None:
-    """The cheapest correct "is the calling task inside a cancelled scope?" for this backend.
+def cancelled_predicate() -> Callable[[], bool] | None:
+    """ "Is the calling task in a cancelled scope?", cheaply, for this backend; None on trio.
 
-    ``anyio.lowlevel.checkpoint_if_cancelled`` costs 0.7 µs on asyncio, a
-    third of a publish: it finds the backend through sniffio, then the task's
-    cancel scope through a ``WeakKeyDictionary``, inside a coroutine. Publish
-    instead asks a plain predicate resolved once per runtime, and only when it
-    says yes awaits a checkpoint that delivers the cancellation. On trio,
-    ``trio.lowlevel.checkpoint_if_cancelled`` itself is cheaper (0.29 µs) than
-    any predicate it offers publicly, so ``None`` says "await that". On asyncio it
-    remembers the last publishing task's anyio state and walks the same
-    cancel-scope chain anyio walks; if anyio's internals ever change shape the
-    public function is used instead (the cancellation tests cover both).
+    On trio, ``trio.lowlevel.checkpoint_if_cancelled`` is the cheapest correct
+    cancel point (0.3 µs): None says "await that". On asyncio, a predicate
+    built on ``anyio.current_effective_deadline``: ``-inf`` inside a cancelled
+    scope, or a deadline already past when a timeout expired but its
+    cancellation is not delivered yet. When it says yes,
+    ``honour_cancellation`` yields until anyio delivers it.
     """
     if anyio.get_cancelled_exc_class().__module__.startswith("trio"):
         return None
-    try:
-        from anyio._backends._asyncio import CancelScope, _task_states
-
-        probe = CancelScope()
-        for attribute in ("_cancel_called", "_shield", "_parent_scope"):
-            getattr(probe, attribute)
-    except (ImportError, AttributeError):  # pragma: no cover - a future anyio layout
-        return None  # then publish awaits anyio's checkpoint_if_cancelled()
-
-    import asyncio
-
-    current_task = asyncio.current_task
-    last_task: list[Any] = [None, None]  # [task, its anyio TaskState]
+    effective_deadline = anyio.current_effective_deadline
+    current_time = anyio.current_time
+    inf = math.inf
 
     def cancelled() -> bool:
-        task = current_task()
-        if task is last_task[0]:
-            state = last_task[1]
-        else:
-            state = _task_states.get(task) if task is not None else None
-            if state is None:
-                return False  # no anyio cancel scope around this task (yet)
-            last_task[0], last_task[1] = task, state
-        scope = state.cancel_scope
-        while scope is not None:
-            if scope._cancel_called:
-                return True
-            if scope._shield:
-                return False
-            scope = scope._parent_scope
-        return False
+        deadline = effective_deadline()
+        return deadline != inf and deadline <= current_time()
 
     return cancelled
+
+
+async def honour_cancellation(cancelled: Callable[[], bool]) -> None:
+    """Yield until the pending cancellation is delivered (it raises here).
+
+    A scope the task cancelled itself is delivered at the first yield; an
+    expired deadline once anyio's timer has run, at most a yield or two later.
+    Should the predicate stay true without a cancellation arriving, give up
+    after a few yields rather than spin: the publish then goes on.
+    """
+    for _ in range(_HONOUR_TRIES):
+        await checkpoint()
+        if not cancelled():
+            return
 
 
 def leaf_errors(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

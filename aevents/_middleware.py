@@ -48,7 +48,7 @@ from typing import Any
 
 import attrs
 
-from ._delivery import DeliveryInfo, Item, SyncThreads, call_receiver, delivery_info
+from ._delivery import DeliveryInfo
 from ._event import Event
 from ._exceptions import ConfigurationError
 from ._policy import DeadLetter
@@ -58,7 +58,7 @@ __all__ = [
     "MiddlewareStack",
     "PublishHooks",
     "Publishing",
-    "call_with_middleware",
+    "after_delivery",
     "log_after_delivery_error",
     "notify",
 ]
@@ -237,44 +237,10 @@ class PublishHooks:
                 )
 
 
-async def call_with_middleware(
-    hooks: tuple[Middleware, ...],
-    item: Item,
-    time_limit: float | None,
-    threads: SyncThreads,
-) -> None:
-    """One attempt of one delivery with the delivery hooks around it."""
-    event, subscription = item[0], item[1]
-    delivery = delivery_info(item)
-    if len(hooks) == 1:  # the common case (metrics, or tracing), without the bookkeeping
-        middleware = hooks[0]
-        state = middleware.before_delivery(delivery)
-        try:
-            if subscription.fast and time_limit is None:
-                await subscription.receiver(event)
-            else:
-                await call_receiver(subscription, event, time_limit, threads)
-        except BaseException as error:
-            _after_delivery(middleware, delivery, state, error)
-            raise
-        _after_delivery(middleware, delivery, state, None)
-        return
-    entered: list[tuple[Middleware, Any]] = []
-    try:
-        for middleware in hooks:
-            entered.append((middleware, middleware.before_delivery(delivery)))
-        await call_receiver(subscription, event, time_limit, threads)
-    except BaseException as error:
-        for middleware, state in reversed(entered):
-            _after_delivery(middleware, delivery, state, error)
-        raise
-    for middleware, state in reversed(entered):
-        _after_delivery(middleware, delivery, state, None)
-
-
-def _after_delivery(
+def after_delivery(
     middleware: Middleware, delivery: DeliveryInfo, state: Any, error: BaseException | None
 ) -> None:
+    """Call one middleware's ``after_delivery``; log (and ignore) what it raises."""
     try:
         middleware.after_delivery(delivery, state, error)
     except Exception:

@@ -1,98 +1,100 @@
-"""The other ways in: publish_nowait, publish_threadsafe, idempotency keys, publish hooks.
+"""The publishes beside the plain ``await publish()``: waits, idempotency keys, hooks, nowait.
 
-Mixed into ``EventRuntime``; the attributes annotated below are its own.
-``publish`` → ``_accept`` is the hot path and stays in ``_runtime``; it
-hands over to these only when a publish carries an ``idempotency_key`` or
-the runtime has publish middleware. ``publish_nowait`` never waits (it
-refuses when full, and with a store journals in the background), and
-``publish_threadsafe`` runs ``publish`` on the event loop for another thread.
+``publish`` → ``Intake.accept`` is the hot path and stays in the runtime; it
+hands over to ``Publisher`` when a publish has to wait (for room, or for the
+journal), carries an ``idempotency_key``, or meets publish middleware.
+``publish_nowait`` never waits: it refuses when full, and with a store
+journals in the background.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.abc
-import anyio.from_thread
 
+from ._buffer import DeliveryBuffer
 from ._catalog import is_declared
-from ._delivery import Item, delivery_var
+from ._delivery import Delivery, delivery_var
 from ._event import Event
 from ._exceptions import (
-    AeventsError,
     KeyInFlightError,
     PayloadError,
     QueueFullError,
     RuntimeClosedError,
     UnknownEventError,
-    WrongThreadError,
 )
-from ._idempotency import IDEMPOTENCY_KEY, IdempotencyWindow, validate_idempotency_key
+from ._idempotency import IDEMPOTENCY_KEY, IdempotencyWindow, claims_key, validate_idempotency_key
+from ._intake import Intake, Waiting
+from ._journal import Journal
+from ._lanes import MAX_KEY_CHARS, bad_key
 from ._middleware import MiddlewareStack, PublishHooks, Publishing
 from ._names import validate_name
-from ._ordering import MAX_KEY_CHARS, bad_key
 from ._payload import encode_metadata, encode_payload
-from ._state import _DRAINING, _RUNNING, _STOPPED, Epoch, _claims_key, _Deferred
+from ._state import STOPPED, Counters, RunState
 
-if TYPE_CHECKING:
-    from ._registry import Subscription
-
-__all__ = ["PublishVariants"]
-
-_get_ident = threading.get_ident
+__all__ = ["Publisher"]
 
 
-class PublishVariants:
-    """Every publish but the plain ``await publish()``, for ``EventRuntime``."""
+class Publisher:
+    """The waiting and the special cases of publishing, for one runtime."""
 
-    buffer: int
-    strict: bool
-    max_payload_bytes: int
-    _state: str
-    _thread: int
-    _portal: anyio.from_thread.BlockingPortal
-    _tasks: anyio.abc.TaskGroup
-    _middleware: MiddlewareStack
-    _idempotency: IdempotencyWindow
-    _first_publishes: dict[str, anyio.Event]
-    _published: int
-    _repeated: int
-    _unjournaled: int
+    def __init__(
+        self,
+        *,
+        intake: Intake,
+        run: RunState,
+        buffer: DeliveryBuffer,
+        journal: Journal | None,
+        counters: Counters,
+        middleware: MiddlewareStack,
+        idempotency: IdempotencyWindow,
+        strict: bool,
+        max_payload_bytes: int,
+    ) -> None:
+        self._intake = intake
+        self._run = run
+        self._buffer = buffer
+        self._journal = journal
+        self._counters = counters
+        self._middleware = middleware
+        self._idempotency = idempotency
+        self._strict = strict
+        self._max_payload_bytes = max_payload_bytes
+        self._first_publishes: dict[str, anyio.Event] = {}  # keys whose first publish waits
+        self._tasks: anyio.abc.TaskGroup | None = None
 
-    if TYPE_CHECKING:  # provided by the other classes EventRuntime is made of; declared
-        # here only for the type checker, so they can never shadow the real ones
-        async def publish(
-            self,
-            name: str,
-            /,
-            *,
-            payload: Mapping[str, Any] | None = None,
-            metadata: Mapping[str, str] | None = None,
-            key: str | None = None,
-            idempotency_key: str | None = None,
-        ) -> Event: ...
-        def _accept(
-            self,
-            name: str,
-            payload: Mapping[str, Any] | None,
-            metadata: Mapping[str, str] | None,
-            parent: Item | None,
-            key: str | None = None,
-        ) -> Event: ...
-        async def _accept_deferred(
-            self, name: str, deferred: _Deferred, parent: Item | None
-        ) -> Event: ...
-        def _not_accepting(self, name: str) -> AeventsError: ...
-        def _wrong_thread(self, name: str, call: str) -> AeventsError: ...
-        async def _append_then_enqueue(
-            self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch
-        ) -> None: ...
+    def started(self, tasks: anyio.abc.TaskGroup) -> None:
+        """The runtime's task group, for the background journal writes of ``publish_nowait``."""
+        self._tasks = tasks
 
-    async def _publish_once(
+    # ------------------------------------------------------------------ awaiting
+
+    async def finish(self, name: str, waiting: Waiting, parent: Delivery | None) -> Event:
+        """The waits of ``publish``: for room in the buffer, then for the journal."""
+        if not waiting.reserved:
+            await self._buffer.reserve(
+                len(waiting.routes), in_delivery=self._intake.in_delivery(parent)
+            )
+            if self._run.state is STOPPED:
+                raise RuntimeClosedError(name) from None
+        if self._journal is not None:
+            await self._journal.append(waiting.event, waiting.routes)
+            if not waiting.routes:
+                self._counters.unrouted += 1
+            if self._run.state is STOPPED:
+                # Shutdown closed the buffer during the (shielded) write: the event
+                # is journaled, counted as left pending, and the next start delivers it.
+                self._counters.published += 1
+                return waiting.event
+        self._counters.published += 1
+        self._intake.dispatch(waiting.event, waiting.routes, waiting.epoch)
+        return waiting.event
+
+    async def publish_once(
         self,
         name: str,
         payload: Mapping[str, Any] | None,
@@ -113,20 +115,20 @@ class PublishVariants:
         try:
             tagged = _tagged(metadata, idempotency_key)
             if self._middleware.publish:
-                event = await self._publish_with_middleware(name, payload, tagged, key)
+                event = await self.publish_with_middleware(name, payload, tagged, key)
             else:
                 parent = delivery_var.get()
-                try:
-                    event = self._accept(name, payload, tagged, parent, key)
-                except _Deferred as deferred:
-                    event = await self._accept_deferred(name, deferred, parent)
+                accepted = self._intake.accept(name, payload, tagged, parent, key)
+                if isinstance(accepted, Waiting):
+                    accepted = await self.finish(name, accepted, parent)
+                event = accepted
             self._idempotency.add(idempotency_key, event)
             return event
         finally:
             del self._first_publishes[idempotency_key]
             done.set()
 
-    async def _publish_with_middleware(
+    async def publish_with_middleware(
         self,
         name: str,
         payload: Mapping[str, Any] | None,
@@ -135,16 +137,17 @@ class PublishVariants:
     ) -> Event:
         parent = delivery_var.get()
         with PublishHooks(self._middleware.publish, name, payload, metadata, key) as publishing:
-            try:
-                event = self._accept_publishing(publishing, parent)
-            except _Deferred as deferred:
-                event = await self._accept_deferred(publishing.name, deferred, parent)
-            publishing.event = event
-        return event
+            accepted = self._accept_publishing(publishing, parent)
+            if isinstance(accepted, Waiting):
+                accepted = await self.finish(publishing.name, accepted, parent)
+            publishing.event = accepted
+        return accepted
 
-    def _accept_publishing(self, publishing: Publishing, parent: Item | None) -> Event:
-        """``_accept`` what the publish hooks left of a publish (they may change it)."""
-        return self._accept(
+    def _accept_publishing(
+        self, publishing: Publishing, parent: Delivery | None
+    ) -> Event | Waiting:
+        """``accept`` what the publish hooks left of a publish (they may change it)."""
+        return self._intake.accept(
             publishing.name,
             publishing.payload,
             publishing.metadata or None,
@@ -152,7 +155,89 @@ class PublishVariants:
             publishing.key,
         )
 
-    def _validated(
+    # ------------------------------------------------------------------ never waiting
+
+    def publish_nowait(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | None,
+        metadata: Mapping[str, str] | None,
+        key: str | None,
+        idempotency_key: str | None,
+    ) -> Event:
+        """``publish_nowait`` once the thread is checked (see ``EventRuntime.publish_nowait``)."""
+        if idempotency_key is not None or (metadata is not None and claims_key(metadata)):
+            return self._publish_once_nowait(name, payload, metadata, key, idempotency_key)
+        return self._publish_nowait(name, payload, metadata, key)
+
+    def _publish_nowait(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | None,
+        metadata: Mapping[str, str] | None,
+        key: str | None,
+    ) -> Event:
+        parent = delivery_var.get()
+        if self._middleware.publish:
+            with PublishHooks(self._middleware.publish, name, payload, metadata, key) as publishing:
+                accepted = self._accept_publishing(publishing, parent)
+                if isinstance(accepted, Waiting):
+                    accepted = self._without_waiting(publishing.name, accepted)
+                publishing.event = accepted
+            return accepted
+        accepted = self._intake.accept(name, payload, metadata, parent, key)
+        if isinstance(accepted, Waiting):
+            return self._without_waiting(name, accepted)
+        return accepted
+
+    def _publish_once_nowait(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | None,
+        metadata: Mapping[str, str] | None,
+        key: str | None,
+        idempotency_key: str | None,
+    ) -> Event:
+        """``publish_nowait`` with an idempotency key (see ``publish_once``)."""
+        idempotency_key = _checked_key(name, idempotency_key, "publish_nowait")
+        first = self._repeat_of(idempotency_key)
+        if first is not None:
+            return first
+        if idempotency_key in self._first_publishes:
+            raise KeyInFlightError(name, self._buffer.size, idempotency_key)
+        event = self._publish_nowait(name, payload, _tagged(metadata, idempotency_key), key)
+        self._idempotency.add(idempotency_key, event)
+        return event
+
+    def _without_waiting(self, name: str, waiting: Waiting) -> Event:
+        """``publish_nowait`` when ``publish`` would wait: refuse, or journal in the background."""
+        if not waiting.reserved:
+            raise QueueFullError(name, self._buffer.size) from None
+        assert self._journal is not None
+        assert self._tasks is not None
+        self._counters.published += 1
+        self._journal.unjournaled += len(waiting.routes)
+        waiting.epoch.unfinished += 1  # drain() waits for the background write too
+        self._tasks.start_soon(
+            self._journal.append_then_dispatch,
+            waiting.event,
+            waiting.routes,
+            waiting.epoch,
+            self._intake.dispatch,
+        )
+        return waiting.event
+
+    # ------------------------------------------------------------------ checks
+
+    def _repeat_of(self, idempotency_key: str) -> Event | None:
+        """The event published with ``idempotency_key`` within the window, counted as
+        repeated; None if there is none."""
+        first = self._idempotency.get(idempotency_key, datetime.now(UTC))
+        if first is not None:
+            self._counters.repeated += 1
+        return first
+
+    def validated(
         self,
         name: str,
         payload: Mapping[str, Any] | None,
@@ -166,10 +251,10 @@ class PublishVariants:
         Raises what ``publish`` raises for bad input, naming the event.
         """
         validate_name(name)
-        if self.strict and not is_declared(name):
+        if self._strict and not is_declared(name):
             raise UnknownEventError(name)
-        body = encode_payload(name, payload, self.max_payload_bytes)
-        if metadata is not None and _claims_key(metadata):
+        body = encode_payload(name, payload, self._max_payload_bytes)
+        if metadata is not None and claims_key(metadata):
             raise PayloadError(
                 name,
                 f"metadata[{IDEMPOTENCY_KEY!r}]",
@@ -181,188 +266,6 @@ class PublishVariants:
         if idempotency_key is not None:
             idempotency_key = validate_idempotency_key(name, idempotency_key)
         return body, meta, idempotency_key
-
-    def publish_nowait(
-        self,
-        name: str,
-        /,
-        *,
-        payload: Mapping[str, Any] | None = None,
-        metadata: Mapping[str, str] | None = None,
-        key: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> Event:
-        """Like ``publish`` but never waits: raises ``QueueFullError`` when full.
-
-        For sync code running on the event loop's thread. With a store the
-        event is journaled in the background before it is delivered, so it is
-        not yet durable when this returns: a crash in that window loses it (its
-        ``idempotency_key`` too). Use ``await publish()`` where that matters.
-
-        Args:
-            name: The event name (positional only).
-            payload: A JSON-serialisable mapping, as for ``publish``.
-            metadata: String entries carried with the event, as for ``publish``.
-            key: The ordering key, as for ``publish``.
-            idempotency_key: As for ``publish``: a repeat returns the first event.
-
-        Returns:
-            The accepted event.
-
-        Raises:
-            QueueFullError: The buffer has no room for the event's deliveries.
-            KeyInFlightError: A repeat of an ``idempotency_key`` whose first
-                publish still waits for room (a ``QueueFullError``).
-            WrongThreadError: Called from a thread other than the event loop's:
-                use ``publish_threadsafe()`` there.
-            InvalidEventNameError: As for ``publish``.
-            UnknownEventError: As for ``publish``.
-            PayloadError: As for ``publish``.
-            RuntimeNotRunningError: The runtime has not started.
-            RuntimeClosedError: The runtime is shutting down or has stopped.
-        """
-        if _get_ident() != self._thread:
-            raise self._wrong_thread(name, "publish_nowait")
-        if idempotency_key is not None or (metadata is not None and _claims_key(metadata)):
-            return self._publish_once_nowait(name, payload, metadata, key, idempotency_key)
-        return self._publish_nowait(name, payload, metadata, key)
-
-    def _publish_nowait(
-        self,
-        name: str,
-        payload: Mapping[str, Any] | None,
-        metadata: Mapping[str, str] | None,
-        key: str | None,
-    ) -> Event:
-        if self._middleware.publish:
-            return self._publish_nowait_with_middleware(name, payload, metadata, key)
-        try:
-            return self._accept(name, payload, metadata, delivery_var.get(), key)
-        except _Deferred as deferred:
-            return self._accept_nowait_deferred(name, deferred)
-
-    def _publish_once_nowait(
-        self,
-        name: str,
-        payload: Mapping[str, Any] | None,
-        metadata: Mapping[str, str] | None,
-        key: str | None,
-        idempotency_key: str | None,
-    ) -> Event:
-        """``publish_nowait`` with an idempotency key (see ``_publish_once``)."""
-        idempotency_key = _checked_key(name, idempotency_key, "publish_nowait")
-        first = self._repeat_of(idempotency_key)
-        if first is not None:
-            return first
-        if idempotency_key in self._first_publishes:
-            raise KeyInFlightError(name, self.buffer, idempotency_key)
-        event = self._publish_nowait(name, payload, _tagged(metadata, idempotency_key), key)
-        self._idempotency.add(idempotency_key, event)
-        return event
-
-    def _repeat_of(self, idempotency_key: str) -> Event | None:
-        """The event published with ``idempotency_key`` within the window, counted as
-        repeated; None if there is none."""
-        first = self._idempotency.get(idempotency_key, datetime.now(UTC))
-        if first is not None:
-            self._repeated += 1
-        return first
-
-    def _accept_nowait_deferred(self, name: str, deferred: _Deferred) -> Event:
-        """``publish_nowait`` when ``publish`` would wait: refuse, or journal in the background."""
-        if not deferred.reserved:
-            raise QueueFullError(name, self.buffer) from None
-        self._published += 1
-        self._unjournaled += len(deferred.routes)
-        deferred.epoch.unfinished += 1  # drain() waits for the background write too
-        self._tasks.start_soon(
-            self._append_then_enqueue, deferred.event, deferred.routes, deferred.epoch
-        )
-        return deferred.event
-
-    def _publish_nowait_with_middleware(
-        self,
-        name: str,
-        payload: Mapping[str, Any] | None,
-        metadata: Mapping[str, str] | None,
-        key: str | None,
-    ) -> Event:
-        parent = delivery_var.get()
-        with PublishHooks(self._middleware.publish, name, payload, metadata, key) as publishing:
-            try:
-                event = self._accept_publishing(publishing, parent)
-            except _Deferred as deferred:
-                event = self._accept_nowait_deferred(publishing.name, deferred)
-            publishing.event = event
-        return event
-
-    def publish_threadsafe(
-        self,
-        name: str,
-        /,
-        *,
-        payload: Mapping[str, Any] | None = None,
-        metadata: Mapping[str, str] | None = None,
-        key: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> Event:
-        """Publish from a thread that is not the event loop's; blocks until accepted.
-
-        For sync views, ORM signal handlers and sync receivers on worker
-        threads. It waits for room, and with a store until the event is
-        journaled, as ``await publish()`` does on the loop.
-
-        Args:
-            name: The event name (positional only).
-            payload: A JSON-serialisable mapping, as for ``publish``.
-            metadata: String entries carried with the event, as for ``publish``.
-            key: The ordering key, as for ``publish``.
-            idempotency_key: As for ``publish``: a repeat returns the first event.
-
-        Returns:
-            The accepted event.
-
-        Raises:
-            WrongThreadError: Called on the event loop's own thread, where it
-                would block the loop: use ``await publish()`` or ``publish_nowait()``.
-            InvalidEventNameError: As for ``publish``.
-            UnknownEventError: As for ``publish``.
-            PayloadError: As for ``publish``.
-            RuntimeClosedError: The runtime is shutting down or has stopped.
-            StoreError: The journal could not record the event.
-        """
-        if self._state not in (_RUNNING, _DRAINING):
-            raise self._not_accepting(name)
-        if _get_ident() == self._thread:
-            raise WrongThreadError(name, "publish_threadsafe")
-        parent = delivery_var.get()  # worker threads inherit the receiver's context
-        try:
-            event: Event = self._portal.call(
-                self._publish_for_thread, name, payload, metadata, key, idempotency_key, parent
-            )
-        except RuntimeError as error:
-            # The portal stopped between our check and the call.
-            if self._state is _STOPPED:
-                raise RuntimeClosedError(name) from error
-            raise
-        return event
-
-    async def _publish_for_thread(
-        self,
-        name: str,
-        payload: Mapping[str, Any] | None,
-        metadata: Mapping[str, str] | None,
-        key: str | None,
-        idempotency_key: str | None,
-        parent: Item | None,
-    ) -> Event:
-        token = delivery_var.set(parent)
-        try:
-            return await self.publish(
-                name, payload=payload, metadata=metadata, key=key, idempotency_key=idempotency_key
-            )
-        finally:
-            delivery_var.reset(token)
 
 
 def _checked_key(name: str, idempotency_key: str | None, call: str) -> str:

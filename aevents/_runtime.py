@@ -1,89 +1,75 @@
-"""EventRuntime: the bounded queue, the workers, publishing, draining and shutdown.
+"""EventRuntime: a façade over the parts that publish, hold, run and settle deliveries.
 
-The hot path is ``publish`` → ``_accept`` → ``send_nowait`` → ``_work`` →
-receiver. Three choices keep it fast without giving up cancellation:
+The path of one event (see ARCHITECTURE.md): ``publish`` → ``Intake.accept``
+(check, build, reserve room in the ``DeliveryBuffer``) → the buffer's queue,
+or a key's lane in ``Lanes`` first → a worker of ``Workers`` → ``attempt`` →
+the receiver; a failure goes to ``Failures.on_failure``, which answers with a
+retry (``RetrySchedule``) or a dead letter (``DeadLetterShelf``, or the store
+through ``Journal``). ``Publisher`` does the waiting and the special cases of
+publishing.
+
+Three choices keep the hot path fast without giving up cancellation:
 
 * ``publish`` is a cancel point but yields to the scheduler only when it must
-  wait for room. A naive ``await send()`` per item yields on every event and
+  wait for room. A naive ``await send()`` per event yields on every event and
   runs about 15x slower.
-* The queue is an anyio memory stream used only through ``send_nowait`` and
-  ``receive_nowait``; its bound is kept in ``_queued`` so that one event's
-  deliveries are admitted all at once or not at all.
-* Workers yield every ``_YIELD_EVERY`` deliveries, so a flood of trivial
+* The buffer's queue is a deque of its own: putting and taking never yield.
+  Its bound counts every delivery of an event at once, so an event is
+  admitted whole or not at all.
+* Workers yield every ``YIELD_EVERY`` deliveries, so a flood of trivial
   receivers cannot starve the rest of the application.
-
-Retries and dead letters live in ``_failures``; the store's part in ``_journal``;
-per-key ordering in ``_ordering``; ``publish_nowait``, ``publish_threadsafe`` and
-publishes with an idempotency key or publish hooks in ``_publishing``; shutdown,
-``stats()`` and the middleware list in ``_lifecycle``; the states, ``Epoch``,
-``RuntimeStats`` and ``_Deferred`` they all share in ``_state``.
 """
 
 from __future__ import annotations
 
-import math
+import logging
 import threading
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from time import perf_counter
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
+import anyio.abc
 import anyio.from_thread
-import orjson
-from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
+from anyio.lowlevel import checkpoint
 
-from . import _catalog
+from ._buffer import DeliveryBuffer
 from ._config import check_config as _check_config
-from ._delivery import (
-    DeliveryInfo,
-    Item,
-    ReplayedAttempt,
-    SyncThreads,
-    call_receiver,
-    delivery_var,
-    fails_delivery,
-)
-from ._event import NO_METADATA, Event, make_event
-from ._exceptions import (
-    AeventsError,
-    CausationDepthError,
-    RuntimeClosedError,
-    RuntimeNotRunningError,
-    UnknownEventError,
-    WrongThreadError,
-)
-from ._failures import FailureHandling
-from ._idempotency import IDEMPOTENCY_KEY, IdempotencyWindow
-from ._journal import Journaling
-from ._lifecycle import Lifecycle
-from ._lowlevel import cancelled_check_for_backend, leaf_errors
-from ._middleware import Middleware, MiddlewareStack, call_with_middleware, log_after_delivery_error
-from ._names import validate_name
-from ._ordering import MAX_KEY_CHARS, Ordering, bad_key
-from ._payload import DEFAULT_MAX_PAYLOAD_BYTES, encode_metadata, encode_payload, payload_json
+from ._delivery import Delivery, SyncThreads, delivery_var
+from ._event import Event
+from ._exceptions import AeventsError, RuntimeClosedError, WrongThreadError
+from ._failures import DeadLetterShelf, Failures
+from ._idempotency import IdempotencyWindow, claims_key
+from ._intake import Intake, Waiting
+from ._journal import Journal
+from ._lanes import Lanes
+from ._lowlevel import cancelled_predicate, honour_cancellation, leaf_errors
+from ._middleware import Middleware, MiddlewareStack, notify
+from ._payload import DEFAULT_MAX_PAYLOAD_BYTES
 from ._policy import DeadLetter, RetryPolicy
-from ._publishing import PublishVariants
-from ._registry import Registry, Subscription, default_registry
-from ._state import _DRAINING, _NEW, _RUNNING, _STOPPED, Epoch, RuntimeStats, _claims_key, _Deferred
+from ._publishing import Publisher
+from ._registry import Registry, default_registry
+from ._retries import RetrySchedule
+from ._state import DRAINING, NEW, RUNNING, STOPPED, Counters, Epochs, RunState
+from ._stats import RuntimeStats
 from ._store._protocol import Store
+from ._text import counted
+from ._workers import Workers
 
 if TYPE_CHECKING:
     from ._metrics import Metrics
 
 __all__ = ["EventRuntime", "RuntimeStats", "current_runtime"]
 
-_YIELD_EVERY: Final = 64
-_DURABLE_BATCH: Final = 32  # deliveries a worker records, runs and marks done together
-_dumps, _loads = orjson.dumps, orjson.loads
 _get_ident = threading.get_ident
 
 _current_runtime: ContextVar[EventRuntime | None] = ContextVar("aevents_runtime", default=None)
 _running: list[EventRuntime] = []  # every started runtime in this process, oldest first
 _running_lock = threading.Lock()
+
+logger = logging.getLogger("aevents.runtime")
 
 
 def current_runtime() -> EventRuntime | None:
@@ -95,19 +81,19 @@ def current_runtime() -> EventRuntime | None:
     the only runtime in the process (a foreign thread, for ``publish_threadsafe``).
     """
     runtime = _current_runtime.get()
-    if runtime is not None and runtime._state in (_RUNNING, _DRAINING):
+    if runtime is not None and runtime._run.accepting:
         return runtime
     thread = threading.get_ident()
     with _running_lock:
         for runtime in reversed(_running):
-            if runtime._thread == thread:
+            if runtime._run.thread == thread:
                 return runtime
         if len(_running) == 1:
             return _running[0]
     return None
 
 
-class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifecycle):
+class EventRuntime:
     """The event runtime: ``async with EventRuntime() as runtime:`` is its whole life.
 
     Deliveries wait in a bounded buffer for one of ``workers`` worker tasks.
@@ -194,9 +180,6 @@ class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifec
 
             metrics = Metrics()
         self.metrics: Metrics | None = metrics or None
-        self._middleware = MiddlewareStack(
-            middleware if self.metrics is None else (self.metrics, *middleware)
-        )
         self.registry = registry if registry is not None else default_registry
         self.store = store
         self.workers = workers
@@ -211,38 +194,86 @@ class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifec
         self.sync_threads = sync_threads if sync_threads is not None else workers
         self.log_payloads = log_payloads
         self.keyed_dead_letters = keyed_dead_letters
-        self._init_ordering()
-        self._idempotency = IdempotencyWindow(idempotency_window, max_idempotency_keys)
-        self._first_publishes: dict[str, anyio.Event] = {}  # keys whose first publish is waiting
-        self._repeated = 0
 
-        self._state = _NEW
-        self._thread = 0
-        self._routes = self.registry.route_cache()
-        self._epoch = Epoch(self)
-        self._closed_epochs: list[Epoch] = []
-        # The bound: deliveries admitted and not yet taken by a worker.
-        self._queued = 0
-        self._space_waiters: deque[list[Any]] = deque()  # [needed, anyio.Event, granted]
-        self._blocked_in_delivery = 0
-        self._init_failures()
-        self._init_journaling()
-        self._dead_letters: dict[str, DeadLetter] = {}
-        self._storms: set[tuple[str, str]] = set()
-        self._replaying: set[str] | None = set() if store is not None else None
-        # Deliveries of events publish_nowait accepted whose journal write has not
-        # finished: if shutdown cancels it first, they are lost and must be said so.
-        self._unjournaled = 0
-        self._published = self._unrouted = self._delivered = 0
-        self._failed = self._retried = self._dead = self._dropped = 0
-        self._lifecycle_cm: Any = None
+        # The parts, each owning its state; see the module docstring for the path.
+        self._run = RunState()
+        self._counters = counters = Counters()
+        self._middleware = MiddlewareStack(
+            middleware if self.metrics is None else (self.metrics, *middleware)
+        )
+        self._epochs = epochs = Epochs(self)
+        self._buffer = room = DeliveryBuffer(buffer, workers)
+        self._lanes = lanes = Lanes(
+            room, epochs, keyed_dead_letters, behind_replay=store is not None
+        )
+        self._retries = RetrySchedule(room)
+        self._failures = failures = Failures(
+            retry=self.retry,
+            counters=counters,
+            middleware=self._middleware,
+            log_payloads=log_payloads,
+        )
+        self._shelf = DeadLetterShelf(
+            max_dead_letters,
+            registry=self.registry,
+            lanes=lanes,
+            counters=counters,
+            middleware=self._middleware,
+        )
+        self._idempotency = IdempotencyWindow(idempotency_window, max_idempotency_keys)
+        self._journal = (
+            None
+            if store is None
+            else Journal(
+                store,
+                run=self._run,
+                buffer=room,
+                lanes=lanes,
+                epochs=epochs,
+                failures=failures,
+                counters=counters,
+                registry=self.registry,
+                middleware=self._middleware,
+                idempotency=self._idempotency,
+                keyed_dead_letters=keyed_dead_letters,
+            )
+        )
+        self._intake = Intake(
+            self,
+            run=self._run,
+            registry=self.registry,
+            buffer=room,
+            lanes=lanes,
+            epochs=epochs,
+            counters=counters,
+            durable=store is not None,
+            strict=strict,
+            max_payload_bytes=max_payload_bytes,
+            max_causation_depth=max_causation_depth,
+            on_storm=failures.storm,
+        )
+        self._accept = self._intake.accept
+        self._publisher = Publisher(
+            intake=self._intake,
+            run=self._run,
+            buffer=room,
+            journal=self._journal,
+            counters=counters,
+            middleware=self._middleware,
+            idempotency=self._idempotency,
+            strict=strict,
+            max_payload_bytes=max_payload_bytes,
+        )
+        self._threads: SyncThreads | None = None  # made at start: it needs the event loop
+        self._portal: anyio.from_thread.BlockingPortal | None = None
         self._cancelled: Callable[[], bool] | None = None
-        self._checkpoint_if_cancelled: Callable[[], Awaitable[None]] = checkpoint_if_cancelled
+        self._checkpoint_if_cancelled: Callable[[], Awaitable[None]] = checkpoint
+        self._lifecycle_cm: Any = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> EventRuntime:
-        if self._state != _NEW:
+        if self._run.state != NEW:
             raise AeventsError("an EventRuntime can be started once; create a new one")
         self._lifecycle_cm = self._lifecycle()
         return await self._lifecycle_cm.__aenter__()  # type: ignore[no-any-return]
@@ -255,22 +286,34 @@ class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifec
     ) -> bool | None:
         return await self._lifecycle_cm.__aexit__(exc_type, exc, traceback)  # type: ignore[no-any-return]
 
+    def _sync_threads(self) -> SyncThreads:
+        assert self._threads is not None, "the runtime has started"
+        return self._threads
+
     @asynccontextmanager
     async def _lifecycle(self) -> AsyncIterator[EventRuntime]:
-        if self.store is not None:
-            await (
-                self.store.open()
-            )  # a journal that cannot be used fails here, before anything runs
-            await self._remember_idempotency_keys(self.store)
-        send, receive = anyio.create_memory_object_stream[Item](math.inf)
-        self._send, self._receive = send, receive
-        self._threads = SyncThreads(self.sync_threads)
-        self._thread = threading.get_ident()
-        self._cancelled = cancelled_check_for_backend()
+        journal = self._journal
+        if journal is not None:
+            await journal.open()
+        self._threads = threads = SyncThreads(self.sync_threads)
+        self._run.thread = threading.get_ident()
+        self._cancelled = cancelled_predicate()
         if self._cancelled is None:
             import trio
 
             self._checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
+        workers = Workers(
+            buffer=self._buffer,
+            lanes=self._lanes,
+            retries=self._retries,
+            failures=self._failures,
+            shelf=self._shelf,
+            journal=journal,
+            counters=self._counters,
+            middleware=self._middleware,
+            timeout=self.timeout,
+            threads=threads,
+        )
         body_error: BaseException | None = None
         token = _current_runtime.set(self)
         with _running_lock:
@@ -280,23 +323,14 @@ class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifec
                 anyio.from_thread.BlockingPortal() as portal,
                 anyio.create_task_group() as tasks,
             ):
-                self._portal, self._tasks = portal, tasks
+                self._portal = portal
+                self._publisher.started(tasks)
                 for _ in range(self.workers):
-                    tasks.start_soon(self._work)
-                tasks.start_soon(self._run_retries)
-                if self.store is not None:
-                    tasks.start_soon(self._forget_idempotency_keys, self.store)
-                    tasks.start_soon(self._complete_durably)
-                if self.store is not None:
-                    # The journal's pending() is a snapshot from its first page: read
-                    # that page before accepting any publish, so the replay never sees
-                    # events this run appends.
-                    self._epoch.unfinished += 1  # drain() waits for the whole replay
-                    await self._hold_lanes_of_dead_letters()
-                    replay = self.store.pending().__aiter__()
-                    first = await anext(replay, None)
-                    tasks.start_soon(self._replay, self._epoch, replay, first)
-                self._state = _RUNNING
+                    tasks.start_soon(workers.run)
+                tasks.start_soon(self._retries.run)
+                if journal is not None:
+                    await journal.start(tasks)
+                self._run.state = RUNNING
                 try:
                     yield self
                 except BaseException as error:  # re-raised as itself once the task group is gone
@@ -312,11 +346,10 @@ class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifec
                 raise errors[0] from None
             raise
         finally:
-            self._state = _STOPPED
+            self._run.state = STOPPED
+            self._buffer.close()
             self._report_dropped()
             self._report_abandoned()
-            send.close()
-            receive.close()
             with _running_lock:
                 if self in _running:
                     _running.remove(self)
@@ -324,11 +357,71 @@ class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifec
                 _current_runtime.reset(token)
             except ValueError:  # exited in another context than it was entered in
                 _current_runtime.set(None)
-            if self.store is not None:
-                with anyio.CancelScope(shield=True):
-                    await self.store.close()
+            if journal is not None:
+                await journal.close()
         if body_error is not None:
             raise body_error
+
+    async def _shutdown(self, tasks: anyio.abc.TaskGroup, *, cancelled: bool) -> None:
+        """Stop accepting, drain within the shutdown timeout, cancel what is left."""
+        self._run.state = DRAINING
+        try:
+            if not cancelled:
+                with anyio.move_on_after(self.shutdown_timeout):
+                    await self.drain()
+        finally:
+            self._run.state = STOPPED
+            self._buffer.close()  # publishers still waiting for room, idle workers
+            self._epochs.wake_all()  # drain() callers: nothing more
+            tasks.cancel_scope.cancel()
+
+    def _report_dropped(self) -> None:
+        """Count and log, once, the deliveries the stop left unrun (the task group is gone)."""
+        in_flight = self._in_flight()
+        queued, retrying = self._buffer.queued, len(self._retries)
+        left = queued + in_flight + retrying
+        if not left:
+            return
+        self._counters.dropped += left
+        if self._middleware.outcomes:
+            # Not those in flight: their cancelled attempts went to after_delivery.
+            unrun = [*self._buffer.items, *self._lanes.waiting(), *self._retries.waiting()]
+            for delivery in unrun:
+                notify(self._middleware.outcomes, "on_dropped", delivery.info())
+        fate = (
+            "they stay pending in the journal for the next start"
+            if self._journal is not None
+            else "without a store they are lost"
+        )
+        unjournaled = 0 if self._journal is None else self._journal.unjournaled
+        if unjournaled:
+            fate += (
+                f", except {unjournaled} of events accepted by publish_nowait "
+                "whose journal write never began: those are lost"
+            )
+        logger.warning(
+            "event runtime stopped with %s not run "
+            "(%d queued, %d in flight, %d waiting to retry); %s",
+            counted(left, "delivery"),
+            queued,
+            in_flight,
+            retrying,
+            fate,
+            extra={"dropped": left, "unjournaled": unjournaled},
+        )
+
+    def _report_abandoned(self) -> None:
+        """Log the sync receivers still running on their threads as the runtime stops."""
+        running = self._sync_threads().running()
+        if running:
+            logger.warning(
+                "event runtime stopped with %s still running, "
+                "abandoned on daemon threads (they cannot be interrupted and do not "
+                "keep the process from exiting): %s",
+                counted(len(running), "sync receiver call"),
+                ", ".join(repr(receiver_id) for receiver_id in running),
+                extra={"abandoned": running},
+            )
 
     # ------------------------------------------------------------------ publishing
 
@@ -386,335 +479,146 @@ class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifec
             WrongThreadError: Called from a thread other than the event loop's:
                 use ``publish_threadsafe()`` there.
         """
-        if _get_ident() != self._thread:
-            raise self._wrong_thread(name, "publish")
-        # A cancel point without a schedule point (see cancelled_check_for_backend).
+        if _get_ident() != self._run.thread:
+            raise self._intake.wrong_thread(name, "publish")
+        # A cancel point without a schedule point (see cancelled_predicate).
         cancelled = self._cancelled
         if cancelled is None:
             await self._checkpoint_if_cancelled()
         elif cancelled():
-            await checkpoint()
-        if idempotency_key is not None or (metadata is not None and _claims_key(metadata)):
-            return await self._publish_once(name, payload, metadata, key, idempotency_key)
+            await honour_cancellation(cancelled)
+        if idempotency_key is not None or (metadata is not None and claims_key(metadata)):
+            return await self._publisher.publish_once(name, payload, metadata, key, idempotency_key)
         if self._middleware.publish:
-            return await self._publish_with_middleware(name, payload, metadata, key)
+            return await self._publisher.publish_with_middleware(name, payload, metadata, key)
         parent = delivery_var.get()
+        accepted = self._accept(name, payload, metadata, parent, key)
+        if isinstance(accepted, Waiting):
+            return await self._publisher.finish(name, accepted, parent)
+        return accepted
+
+    def publish_nowait(
+        self,
+        name: str,
+        /,
+        *,
+        payload: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        key: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Event:
+        """Like ``publish`` but never waits: raises ``QueueFullError`` when full.
+
+        For sync code running on the event loop's thread. With a store the
+        event is journaled in the background before it is delivered, so it is
+        not yet durable when this returns: a crash in that window loses it (its
+        ``idempotency_key`` too). Use ``await publish()`` where that matters.
+
+        Args:
+            name: The event name (positional only).
+            payload: A JSON-serialisable mapping, as for ``publish``.
+            metadata: String entries carried with the event, as for ``publish``.
+            key: The ordering key, as for ``publish``.
+            idempotency_key: As for ``publish``: a repeat returns the first event.
+
+        Returns:
+            The accepted event.
+
+        Raises:
+            QueueFullError: The buffer has no room for the event's deliveries.
+            KeyInFlightError: A repeat of an ``idempotency_key`` whose first
+                publish still waits for room (a ``QueueFullError``).
+            WrongThreadError: Called from a thread other than the event loop's:
+                use ``publish_threadsafe()`` there.
+            InvalidEventNameError: As for ``publish``.
+            UnknownEventError: As for ``publish``.
+            PayloadError: As for ``publish``.
+            RuntimeNotRunningError: The runtime has not started.
+            RuntimeClosedError: The runtime is shutting down or has stopped.
+        """
+        if _get_ident() != self._run.thread:
+            raise self._intake.wrong_thread(name, "publish_nowait")
+        return self._publisher.publish_nowait(name, payload, metadata, key, idempotency_key)
+
+    def publish_threadsafe(
+        self,
+        name: str,
+        /,
+        *,
+        payload: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        key: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Event:
+        """Publish from a thread that is not the event loop's; blocks until accepted.
+
+        For sync views, ORM signal handlers and sync receivers on worker
+        threads. It waits for room, and with a store until the event is
+        journaled, as ``await publish()`` does on the loop.
+
+        Args:
+            name: The event name (positional only).
+            payload: A JSON-serialisable mapping, as for ``publish``.
+            metadata: String entries carried with the event, as for ``publish``.
+            key: The ordering key, as for ``publish``.
+            idempotency_key: As for ``publish``: a repeat returns the first event.
+
+        Returns:
+            The accepted event.
+
+        Raises:
+            WrongThreadError: Called on the event loop's own thread, where it
+                would block the loop: use ``await publish()`` or ``publish_nowait()``.
+            InvalidEventNameError: As for ``publish``.
+            UnknownEventError: As for ``publish``.
+            PayloadError: As for ``publish``.
+            RuntimeClosedError: The runtime is shutting down or has stopped.
+            StoreError: The journal could not record the event.
+        """
+        if not self._run.accepting:
+            raise self._intake.not_accepting(name)
+        if _get_ident() == self._run.thread:
+            raise WrongThreadError(name, "publish_threadsafe")
+        assert self._portal is not None
+        parent = delivery_var.get()  # worker threads inherit the receiver's context
         try:
-            return self._accept(name, payload, metadata, parent, key)
-        except _Deferred as deferred:
-            return await self._accept_deferred(name, deferred, parent)
-
-    async def _accept_deferred(self, name: str, deferred: _Deferred, parent: Item | None) -> Event:
-        """The waits of ``publish``: for room in the buffer, then for the journal."""
-        if not deferred.reserved:
-            in_delivery = parent is not None and parent[3].runtime is self
-            await self._wait_for_room(len(deferred.routes), in_delivery)
-            if self._state is _STOPPED:
-                raise RuntimeClosedError(name) from None
-        if self.store is not None:
-            await self._append(deferred.event, deferred.routes)
-            if not deferred.routes:
-                self._unrouted += 1
-            if self._state is _STOPPED:
-                # Shutdown closed the queue during the (shielded) write: the event
-                # is journaled, counted as left pending, and the next start delivers it.
-                self._published += 1
-                return deferred.event
-        self._published += 1
-        self._enqueue(deferred.event, deferred.routes, deferred.epoch)
-        return deferred.event
-
-    def _not_accepting(self, name: str) -> AeventsError:
-        if self._state == _NEW:
-            return RuntimeNotRunningError(
-                name,
-                "enter this runtime first: `async with runtime:` around the code that publishes",
+            event: Event = self._portal.call(
+                self._publish_for_thread, name, payload, metadata, key, idempotency_key, parent
             )
-        return RuntimeClosedError(name)
+        except RuntimeError as error:
+            # The portal stopped between our check and the call.
+            if self._run.state is STOPPED:
+                raise RuntimeClosedError(name) from error
+            raise
+        return event
 
-    def _wrong_thread(self, name: str, call: str) -> AeventsError:
-        """The error of a ``publish`` or ``publish_nowait`` made off the loop's thread."""
-        if self._state not in (_RUNNING, _DRAINING):
-            return self._not_accepting(name)
-        return WrongThreadError(name, call)
-
-    def _accept(
+    async def _publish_for_thread(
         self,
         name: str,
         payload: Mapping[str, Any] | None,
         metadata: Mapping[str, str] | None,
-        parent: Item | None,
-        key: str | None = None,
+        key: str | None,
+        idempotency_key: str | None,
+        parent: Delivery | None,
     ) -> Event:
-        """The whole of publishing but the waits: validate, build the event, admit, queue.
-
-        Raises on bad input having queued nothing, and ``_Deferred`` (carrying
-        the built event) when it has to wait for room or for the journal.
-        """
-        if self._state is not _RUNNING and not (
-            self._state is _DRAINING and parent is not None and parent[3].runtime is self
-        ):
-            raise self._not_accepting(name)
-        routes = self._routes.get(name)
-        if routes is None:
-            routes = self._route(name)
-        if payload is None:
-            body: Any = {}
-        elif type(payload) is dict:
-            # encode_payload inlined for its common case; payload_json has the slow checks.
-            try:
-                data = _dumps(payload)
-            except (TypeError, orjson.JSONEncodeError):
-                data = payload_json(name, payload, self.max_payload_bytes)  # raises with the path
-            if len(data) > self.max_payload_bytes or data.find(b"null") != -1:
-                data = payload_json(name, payload, self.max_payload_bytes)
-            body = _loads(data)
-        else:
-            body = encode_payload(name, payload, self.max_payload_bytes)
-        if key is not None and (type(key) is not str or not 0 < len(key) <= MAX_KEY_CHARS):
-            raise bad_key(name, key)
-        if parent is None:
-            meta = NO_METADATA if metadata is None else encode_metadata(name, metadata)
-            event = make_event(name, body, meta, key)
-            epoch = self._epoch
-        else:
-            event = make_event(name, body, self._child_metadata(name, metadata, parent), key)
-            epoch = parent[3] if parent[3].runtime is self else self._epoch
-        count = len(routes)
-        if not count:
-            if self.store is not None and metadata is not None and IDEMPOTENCY_KEY in metadata:
-                # No receiver, but its idempotency key must still reach the journal.
-                raise _Deferred(event, routes, epoch, reserved=True)
-            self._published += 1
-            self._unrouted += 1
-            return event
-        if self._space_waiters or (self._queued + count > self.buffer and self._queued):
-            raise _Deferred(event, routes, epoch, reserved=False)
-        self._queued += count
-        if self.store is not None:
-            raise _Deferred(event, routes, epoch, reserved=True)
-        self._published += 1
-        self._enqueue(event, routes, epoch)
-        return event
-
-    def _enqueue(self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch) -> None:
-        """Queue first attempts for deliveries whose room is already reserved.
-
-        Every publish path queues through here (``aevents.testing.EagerRuntime``
-        overrides it to deliver inline): never inline a copy of it.
-        """
-        epoch.unfinished += len(routes)
-        if event.key is not None:
-            for subscription in routes:
-                self._admit_keyed((event, subscription, 1, epoch))
-            return
-        send = self._send.send_nowait
-        for subscription in routes:
-            send((event, subscription, 1, epoch))
-
-    def _route(self, name: str) -> tuple[Subscription, ...]:
-        validate_name(name)
-        if self.strict and not _catalog.is_declared(name):
-            raise UnknownEventError(name)
-        version = self.registry.version
-        routes = self.registry.route(name)
-        if len(self._routes) >= 10_000:
-            self._routes.clear()
-        if version == self.registry.version:  # not if another thread subscribed meanwhile
-            self._routes[name] = routes
-        return routes
-
-    def _child_metadata(
-        self, name: str, metadata: Mapping[str, str] | None, parent: Item
-    ) -> dict[str, str]:
-        parent_event = parent[0]
-        depth = int(parent_event.metadata.get("causation_depth", "0")) + 1
-        if depth > self.max_causation_depth:
-            self._storms.add((parent_event.id, parent[1].receiver_id))
-            raise CausationDepthError(name, depth, self.max_causation_depth)
-        child = {} if metadata is None else encode_metadata(name, metadata)
-        child["causation_id"] = parent_event.id
-        child["correlation_id"] = parent_event.metadata.get("correlation_id", parent_event.id)
-        child["causation_depth"] = str(depth)
-        return child
-
-    # ------------------------------------------------------------------ room in the buffer
-
-    async def _reserve(self, count: int) -> None:
-        """Take room for ``count`` deliveries, waiting for it if need be."""
-        if self._space_waiters or (self._queued + count > self.buffer and self._queued):
-            await self._wait_for_room(count, in_delivery=False)
-        else:
-            self._queued += count
-
-    async def _wait_for_room(self, count: int, in_delivery: bool) -> None:
-        if in_delivery and self._blocked_in_delivery + 1 >= self.workers:
-            # Every other worker is itself blocked publishing: waiting here would
-            # deadlock the runtime, so this receiver's events overshoot the bound.
-            self._queued += count
-            return
-        waiter: list[Any] = [count, anyio.Event(), False]
-        self._space_waiters.append(waiter)
-        if in_delivery:
-            self._blocked_in_delivery += 1
+        token = delivery_var.set(parent)
         try:
-            await waiter[1].wait()
-        except BaseException:
-            if waiter[2]:
-                self._release(count)  # room was granted just as we were cancelled: pass it on
-            else:
-                self._space_waiters.remove(waiter)
-            raise
+            return await self.publish(
+                name, payload=payload, metadata=metadata, key=key, idempotency_key=idempotency_key
+            )
         finally:
-            if in_delivery:
-                self._blocked_in_delivery -= 1
+            delivery_var.reset(token)
 
-    def _release(self, count: int) -> None:
-        self._queued -= count
-        waiters = self._space_waiters
-        while waiters:
-            waiter = waiters[0]
-            needed = waiter[0]
-            if self._queued + needed > self.buffer and self._queued:
-                return
-            waiters.popleft()
-            self._queued += needed
-            waiter[2] = True
-            waiter[1].set()
-
-    # ------------------------------------------------------------------ workers
-
-    async def _work(self) -> None:
-        receive_nowait = self._receive.receive_nowait
-        receive = self._receive.receive
-        fast_ok = self.timeout is None and self.store is None
-        durable = self.store is not None
-        middleware = self._middleware  # its tuples are replaced by add_middleware
-        clock = perf_counter
-        new_info = tuple.__new__  # a DeliveryInfo without NamedTuple's __new__
-        set_delivery = delivery_var.set
-        since_yield = 0
-        while True:
-            if since_yield >= _YIELD_EVERY:
-                since_yield = 0
-                await checkpoint()
-            try:
-                item = receive_nowait()
-                since_yield += 1
-            except anyio.WouldBlock:
-                try:
-                    item = await receive()
-                except anyio.EndOfStream:
-                    return
-                since_yield = 0
-            except anyio.EndOfStream:
-                return
-            self._queued -= 1
-            if durable:
-                batch = [item]
-                while len(batch) < _DURABLE_BATCH:
-                    try:
-                        batch.append(receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                    self._queued -= 1
-                if self._space_waiters:
-                    self._release(0)
-                await self._deliver_durably(batch)
-                continue
-            if self._space_waiters:
-                self._release(0)
-            event, subscription, _, epoch = item
-            # Set, never reset: the worker runs nothing else in its context, and a task
-            # or thread a receiver starts keeps the context it was started with, so a
-            # reset would be pure cost on every delivery.
-            set_delivery(item)
-            started = clock()
-            try:
-                hooks = middleware.delivery
-                if fast_ok and subscription.fast and not hooks:
-                    await subscription.receiver(event)
-                elif fast_ok and subscription.fast and (count := middleware.count) is not None:
-                    # A plain Metrics alone: its count() without a DeliveryInfo or a
-                    # before_delivery call, the cheapest way to count an attempt.
-                    try:
-                        await subscription.receiver(event)
-                    except BaseException as error:
-                        count(
-                            subscription.pattern,
-                            subscription.receiver_id,
-                            item[2],
-                            event,
-                            started,
-                            error,
-                        )
-                        raise
-                    count(
-                        subscription.pattern,
-                        subscription.receiver_id,
-                        item[2],
-                        event,
-                        started,
-                        None,
-                    )
-                elif fast_ok and subscription.fast and len(hooks) == 1:
-                    # One middleware (metrics, or tracing) around a plain async receiver,
-                    # inlined: call_with_middleware's coroutine costs 4% of throughput.
-                    hook = hooks[0]
-                    attempt = item[2]
-                    delivery = new_info(
-                        DeliveryInfo,
-                        (
-                            event,
-                            subscription.receiver_id,
-                            attempt,
-                            subscription.pattern,
-                            type(attempt) is ReplayedAttempt,
-                        ),
-                    )
-                    state = hook.before_delivery(delivery)
-                    try:
-                        await subscription.receiver(event)
-                    except BaseException as error:
-                        try:
-                            hook.after_delivery(delivery, state, error)
-                        except Exception:
-                            log_after_delivery_error(hook, "after_delivery", delivery)
-                        raise
-                    try:
-                        hook.after_delivery(delivery, state, None)
-                    except Exception:
-                        log_after_delivery_error(hook, "after_delivery", delivery)
-                else:
-                    time_limit = (
-                        subscription.timeout if subscription.timeout is not None else self.timeout
-                    )
-                    if hooks:
-                        await call_with_middleware(hooks, item, time_limit, self._threads)
-                    else:
-                        await call_receiver(subscription, event, time_limit, self._threads)
-            except BaseException as error:
-                if not fails_delivery(error):
-                    raise  # the runtime is cancelled, or KeyboardInterrupt, SystemExit
-                letter = self._on_failure(item, error, clock() - started)
-                if letter is not None:
-                    self._keep_dead_letter(letter)
-                    self._finish(epoch)
-                    if event.key is not None:
-                        self._lane_done(event, subscription, dead=True)
-            else:
-                self._delivered += 1
-                if event.key is not None:
-                    self._lane_done(event, subscription, dead=False)
-                # _finish(epoch), inlined: the call costs 3-4% on fan-out to 10 receivers.
-                epoch.unfinished -= 1
-                if not epoch.unfinished and epoch.done is not None:
-                    epoch.done.set()
-
-    def _finish(self, epoch: Epoch) -> None:
-        epoch.unfinished -= 1
-        if not epoch.unfinished and epoch.done is not None:
-            epoch.done.set()
+    def _validated(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | None,
+        metadata: Mapping[str, str] | None,
+        key: str | None,
+        idempotency_key: str | None,
+    ) -> tuple[dict[str, Any], dict[str, str] | None, str | None]:
+        """Check a publish to be made later (``publish_on_commit``) as ``publish`` would."""
+        return self._publisher.validated(name, payload, metadata, key, idempotency_key)
 
     # ------------------------------------------------------------------ draining
 
@@ -732,23 +636,149 @@ class EventRuntime(FailureHandling, Journaling, Ordering, PublishVariants, Lifec
         Raises:
             AeventsError: Awaited inside a receiver, where it would wait for itself.
         """
-        parent = delivery_var.get()
-        if parent is not None and parent[3].runtime is self:
+        if self._intake.in_delivery(delivery_var.get()):
             raise AeventsError(
                 "drain() cannot be awaited inside a receiver: it would wait for itself"
             )
         await checkpoint()
-        if self._state in (_NEW, _STOPPED):
+        if self._run.state in (NEW, STOPPED):
             return
-        closed = self._epoch
-        self._epoch = Epoch(self)
-        self._closed_epochs = [epoch for epoch in self._closed_epochs if epoch.unfinished]
-        self._closed_epochs.append(closed)
-        for epoch in list(self._closed_epochs):
-            if epoch.unfinished and self._state is not _STOPPED:
-                if epoch.done is None:
-                    epoch.done = anyio.Event()
-                await epoch.done.wait()
+        await self._epochs.wait_for_all(self._run)
+
+    # ------------------------------------------------------------------ dead letters and keys
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        """The dead letters, oldest first.
+
+        Returns:
+            With a store, every dead letter in the journal; without one, those
+                kept in memory (at most ``max_dead_letters``, the newest).
+        """
+        if self.store is not None:
+            return await self.store.dead_letters()
+        await checkpoint()
+        return self._shelf.list()
+
+    async def redeliver(
+        self, dead_letters: Iterable[DeadLetter | str] | DeadLetter | str | None = None
+    ) -> int:
+        """Queue dead letters again with a fresh set of attempts.
+
+        The receiver id is resolved through the registry as it is now; a letter
+        whose receiver is no longer subscribed stays dead and is logged. Waits
+        for room like ``publish``; if cancelled, letters not yet queued stay dead.
+
+        Args:
+            dead_letters: Dead letters, or their ids, one or many. Default
+                ``None``: all of them.
+
+        Returns:
+            How many were queued.
+        """
+        if self._run.state is not RUNNING:
+            raise self._intake.not_accepting("<redeliver>")
+        known = {letter.id: letter for letter in await self.dead_letters()}
+        if dead_letters is None:
+            chosen = list(known)
+        elif isinstance(dead_letters, DeadLetter | str):
+            chosen = [dead_letters.id if isinstance(dead_letters, DeadLetter) else dead_letters]
+        else:
+            chosen = [
+                letter.id if isinstance(letter, DeadLetter) else letter for letter in dead_letters
+            ]
+        queued = 0
+        for letter_id in chosen:
+            letter = known.get(letter_id)
+            if letter is None:
+                continue
+            subscription = self.registry.receiver(letter.receiver_id, letter.event.name)
+            if subscription is None:
+                logger.warning(
+                    "dead letter %s not redelivered: receiver %r is not subscribed",
+                    letter_id,
+                    letter.receiver_id,
+                )
+                continue
+            await self._buffer.reserve(1)
+            if self._journal is not None:
+                self._journal.not_for_replay(letter.event.id)
+                try:
+                    await self._journal.store.redeliver([letter_id])
+                except BaseException:
+                    self._buffer.release(1)  # the letter stays dead; give its room back
+                    raise
+            self._shelf.discard(letter_id)
+            self._intake.dispatch(letter.event, (subscription,), self._epochs.current)
+            queued += 1
+        await checkpoint()
+        return queued
+
+    def release_key(self, receiver_id: str, key: str) -> bool:
+        """Let a lane held by a dead letter move on past it; False if it was not held.
+
+        With ``keyed_dead_letters="hold"``, a dead letter keeps the later
+        deliveries of its receiver and key waiting. This skips past it: the
+        dead letter stays listed (and can still be redelivered, after the
+        others), and the next delivery of the key is queued now.
+        """
+        return self._lanes.release_key(receiver_id, key)
+
+    def held_keys(self) -> dict[tuple[str, str], str]:
+        """``{(receiver id, key): id of the dead event holding it}`` for held lanes."""
+        return self._lanes.held_keys()
+
+    # ------------------------------------------------------------------ middleware and stats
+
+    @property
+    def middleware(self) -> tuple[Middleware, ...]:
+        """The middleware, in the order their ``before_*`` hooks run."""
+        return tuple(self._middleware.all)
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Add a middleware after the others; it applies to publishes and attempts from now on.
+
+        Safe while the runtime runs (on the event loop's thread): an attempt
+        already under way finishes with the hooks it started with.
+        """
+        self._middleware.add(middleware)
+
+    def remove_middleware(self, middleware: Middleware) -> bool:
+        """Remove a middleware; False if it was not there."""
+        return self._middleware.remove(middleware)
+
+    @property
+    def running(self) -> bool:
+        """True between entering and leaving the ``async with``."""
+        return self._run.accepting
+
+    def _in_flight(self) -> int:
+        # Every unfinished delivery is queued, waiting to retry, or running;
+        # deriving the last keeps two counter updates off each delivery.
+        unfinished = self._epochs.unfinished()
+        journal = self._journal
+        replay = 1 if journal is not None and journal.replaying and self._run.state != NEW else 0
+        held = self._lanes.held  # counted as queued, set aside from their epochs
+        return max(0, unfinished + held - replay - self._buffer.queued - len(self._retries))
+
+    def stats(self) -> RuntimeStats:
+        """A snapshot of the runtime's counters."""
+        counters = self._counters
+        return RuntimeStats(
+            published=counters.published,
+            unrouted=counters.unrouted,
+            delivered=counters.delivered,
+            failed=counters.failed,
+            retried=counters.retried,
+            dead=counters.dead,
+            dropped=counters.dropped,
+            queued=self._buffer.queued,
+            in_flight=self._in_flight(),
+            retrying=len(self._retries),
+            active_keys=len(self._lanes),
+            held=self._lanes.held,
+            repeated=counters.repeated,
+            metrics=None if self.metrics is None else self.metrics.snapshot(),
+        )
 
     def __repr__(self) -> str:
-        return f"<EventRuntime {self._state} workers={self.workers} buffer={self.buffer}>"
+        return f"<EventRuntime {self._run.state} workers={self.workers} buffer={self.buffer}>"

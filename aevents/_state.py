@@ -1,92 +1,109 @@
-"""What the runtime's modules share: its states, ``Epoch``, ``RuntimeStats`` and
-the ``_Deferred`` signal of ``_accept``.
+"""Small records the runtime's parts share: its run state, drain epochs and counters.
 
-Apart from ``_runtime`` so that the mixins (``_publishing``, ``_lifecycle``, ...)
-import them without a cycle.
+At the bottom of the runtime's import graph: it imports nothing of aevents.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import Final
 
 import anyio
-import attrs
 
-from ._idempotency import IDEMPOTENCY_KEY
+__all__ = ["DRAINING", "NEW", "RUNNING", "STOPPED", "Counters", "Epoch", "Epochs", "RunState"]
 
-if TYPE_CHECKING:
-    from ._event import Event
-    from ._metrics import MetricsSnapshot
-    from ._registry import Subscription
-    from ._runtime import EventRuntime
-
-__all__ = ["Epoch", "RuntimeStats"]
-
-_NEW, _RUNNING, _DRAINING, _STOPPED = "new", "running", "draining", "stopped"
+NEW: Final = "new"
+RUNNING: Final = "running"
+DRAINING: Final = "draining"
+STOPPED: Final = "stopped"
 
 
-@attrs.frozen(slots=True)
-class RuntimeStats:
-    """Counters since the runtime started; ``queued``, ``in_flight`` and ``retrying`` are now."""
+class RunState:
+    """Where the runtime is in its life: ``new``, ``running``, ``draining``, ``stopped``.
 
-    published: int
-    """Events accepted by publish (routed or not)."""
-    unrouted: int
-    """Accepted events no receiver matched."""
-    delivered: int
-    """Deliveries whose receiver returned."""
-    failed: int
-    """Attempts that raised or timed out (a delivery retried twice counts up to three)."""
-    retried: int
-    """Failed attempts that were scheduled to run again."""
-    dead: int
-    """Deliveries that ran out of attempts and became dead letters."""
-    dropped: int
-    """Deliveries not run at shutdown (pending in the journal, with a store), and
-    dead letters evicted past ``max_dead_letters``."""
-    queued: int
-    """Deliveries waiting for a worker."""
-    in_flight: int
-    """Deliveries a worker is running."""
-    retrying: int
-    """Failed deliveries waiting for their next attempt."""
-    active_keys: int = 0
-    """(receiver, ordering key) pairs with a delivery under way; idle keys are not kept."""
-    held: int = 0
-    """Deliveries waiting behind a dead letter that holds their key (``keyed_dead_letters``)."""
-    repeated: int = 0
-    """Publishes answered with an earlier event by their ``idempotency_key``."""
-    metrics: MetricsSnapshot | None = None
-    """Per-subscription counters and histograms, with ``EventRuntime(metrics=True)``."""
-
-
-class _Deferred(Exception):  # an internal signal that never escapes
-    """Raised by ``_accept`` when an event needs a wait: for room, or for the journal.
-
-    ``reserved`` tells whether its room in the buffer is already taken.
+    The runtime changes it; its parts read it. ``thread`` is the event loop's
+    thread while it runs.
     """
 
-    def __init__(
-        self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch, *, reserved: bool
-    ) -> None:
-        self.event, self.routes, self.epoch, self.reserved = event, routes, epoch, reserved
+    __slots__ = ("state", "thread")
+
+    def __init__(self) -> None:
+        self.state: str = NEW
+        self.thread = 0
+
+    @property
+    def accepting(self) -> bool:
+        """Running or draining: publishes from receivers are still taken."""
+        return self.state is RUNNING or self.state is DRAINING
+
+
+class Counters:
+    """The totals ``stats()`` reports; each part adds to those it is told about."""
+
+    __slots__ = (
+        "dead",
+        "delivered",
+        "dropped",
+        "failed",
+        "published",
+        "repeated",
+        "retried",
+        "unrouted",
+    )
+
+    def __init__(self) -> None:
+        self.published = self.unrouted = self.delivered = self.failed = 0
+        self.retried = self.dead = self.dropped = self.repeated = 0
 
 
 class Epoch:
-    """Deliveries accepted between two ``drain()`` calls, and everything they publish."""
+    """Deliveries accepted between two ``drain()`` calls, and everything they publish.
 
-    __slots__ = ("done", "runtime", "unfinished")
+    ``owner`` is the runtime that accepted them: a receiver's publish counts
+    in its parent's epoch only when the parent is that runtime's own delivery.
+    """
 
-    def __init__(self, runtime: EventRuntime) -> None:
-        self.runtime = runtime
+    __slots__ = ("done", "owner", "unfinished")
+
+    def __init__(self, owner: object) -> None:
+        self.owner = owner
         self.unfinished = 0
         self.done: anyio.Event | None = None
 
+    def finish(self, count: int = 1) -> None:
+        """``count`` deliveries ended: delivered, dead-lettered or set aside."""
+        self.unfinished -= count
+        if not self.unfinished and self.done is not None:
+            self.done.set()
 
-def _claims_key(metadata: object) -> bool:
-    """Whether caller-given metadata sets the entry ``idempotency_key=`` owns.
 
-    Anything that is not a mapping is left for ``encode_metadata`` to refuse.
-    """
-    return (type(metadata) is dict or isinstance(metadata, Mapping)) and IDEMPOTENCY_KEY in metadata
+class Epochs:
+    """The current epoch and the closed ones a ``drain()`` still waits for."""
+
+    __slots__ = ("_closed", "_owner", "current")
+
+    def __init__(self, owner: object) -> None:
+        self._owner = owner
+        self.current = Epoch(owner)
+        self._closed: list[Epoch] = []
+
+    def unfinished(self) -> int:
+        """Deliveries accepted and not yet ended, in every epoch."""
+        return self.current.unfinished + sum(epoch.unfinished for epoch in self._closed)
+
+    async def wait_for_all(self, run: RunState) -> None:
+        """Close the current epoch, then wait until every closed epoch has ended."""
+        closed = self.current
+        self.current = Epoch(self._owner)
+        self._closed = [epoch for epoch in self._closed if epoch.unfinished]
+        self._closed.append(closed)
+        for epoch in list(self._closed):
+            if epoch.unfinished and run.state is not STOPPED:
+                if epoch.done is None:
+                    epoch.done = anyio.Event()
+                await epoch.done.wait()
+
+    def wake_all(self) -> None:
+        """Stopping: nobody waits for anything more."""
+        for epoch in (*self._closed, self.current):
+            if epoch.done is not None:
+                epoch.done.set()

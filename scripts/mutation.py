@@ -38,7 +38,7 @@ MODULE_TESTS: dict[str, tuple[str, ...]] = {
     "_names": ("tests/test_names.py", "tests/test_catalog.py"),
     "_payload": ("tests/test_payload.py", "tests/test_event.py"),
     "_policy": ("tests/test_policy.py", "tests/test_delivery.py"),
-    "_ordering": ("tests/test_ordering.py", "tests/test_ordering_edges.py"),
+    "_lanes": ("tests/test_ordering.py", "tests/test_ordering_edges.py"),
     "_idempotency": ("tests/test_idempotency.py", "tests/test_idempotent_publish.py"),
     "_registry": ("tests/test_registry.py", "tests/test_registry_details.py"),
 }

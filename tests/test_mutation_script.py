@@ -34,7 +34,7 @@ def test_a_module_can_be_named_several_ways(argument: str) -> None:
 
 @pytest.mark.parametrize("argument", ["runtime", "", "aevents", "_store"])
 def test_an_unknown_module_is_refused_with_the_choices(argument: str) -> None:
-    with pytest.raises(mutation.UsageError, match="choose one of: idempotency, names, ordering"):
+    with pytest.raises(mutation.UsageError, match="choose one of: idempotency, lanes, names"):
         mutation.module_name(argument)
 
 
@@ -57,7 +57,7 @@ def test_every_module_and_at_least_one_of_its_tests_exist() -> None:
         "_names",
         "_payload",
         "_policy",
-        "_ordering",
+        "_lanes",
         "_idempotency",
         "_registry",
     }

@@ -1,6 +1,6 @@
 """Per-key ordering: for each receiver, deliveries of one key run one at a time, in order.
 
-Mixed into ``EventRuntime``. A *lane* is one (receiver id, key) pair with a
+A *lane* is one (receiver id, key) pair with a
 delivery under way. The lane's first delivery is in the queue, running, or
 waiting to retry; later deliveries of the same pair wait in the lane, in
 publish order, and the next one is queued only when the one before it
@@ -25,27 +25,20 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 
-import anyio
-
-from ._delivery import Item
+from ._buffer import DeliveryBuffer
+from ._delivery import Delivery
+from ._event import Event
 from ._exceptions import PayloadError
+from ._registry import Subscription
+from ._state import Epochs
 from ._text import counted
 
-if TYPE_CHECKING:
-    from anyio.streams.memory import MemoryObjectSendStream
-
-    from ._event import Event
-    from ._registry import Subscription
-    from ._state import Epoch
-    from ._store._protocol import Store
-
-__all__ = ["KEYED_DEAD_LETTER_POLICIES", "MAX_KEY_CHARS", "Ordering", "bad_key"]
+__all__ = ["MAX_KEY_CHARS", "Lane", "Lanes", "bad_key"]
 
 logger = logging.getLogger("aevents.runtime")
 
-KEYED_DEAD_LETTER_POLICIES: Final = ("skip", "hold")
 MAX_KEY_CHARS: Final = 200
 
 
@@ -60,70 +53,77 @@ Lane = tuple[str, str]  # (receiver id, key)
 _NO_LANE: Final[Any] = object()
 
 
-class Ordering:
-    """Lanes for keyed deliveries, for ``EventRuntime``."""
+class Lanes:
+    """The lanes of keyed deliveries, feeding the buffer one delivery per lane at a time."""
 
-    store: Store | None
-    keyed_dead_letters: Literal["skip", "hold"]
-    _send: MemoryObjectSendStream[Item]
-    _epoch: Epoch
-
-    if TYPE_CHECKING:  # provided by EventRuntime; declared for the type checker only
-
-        def _finish(self, epoch: Epoch) -> None: ...
-
-    def _init_ordering(self) -> None:
+    def __init__(
+        self,
+        buffer: DeliveryBuffer,
+        epochs: Epochs,
+        dead_letters: Literal["skip", "hold"],
+        *,
+        behind_replay: bool,
+    ) -> None:
+        self._buffer = buffer
+        self._epochs = epochs
+        self._policy = dead_letters
         # A lane with nothing waiting maps to None: most keys never need a deque.
-        self._lanes: dict[Lane, deque[Item] | None] = {}
+        self._lanes: dict[Lane, deque[Delivery] | None] = {}
         # Lanes a dead letter holds (policy "hold"): lane -> the dead event's id.
         self._held_lanes: dict[Lane, str] = {}
         # Keyed deliveries of new publishes, waiting for the journal replay to finish.
-        self._behind_replay: list[Item] | None = [] if self.store is not None else None
-        self._held_deliveries = 0
+        self._behind_replay: list[Delivery] | None = [] if behind_replay else None
+        self.held = 0
+        """Deliveries waiting behind a dead letter that holds their key."""
 
-    def _admit_keyed(self, item: Item) -> None:
+    def __len__(self) -> int:
+        """Lanes with a delivery under way (``stats().active_keys``)."""
+        return len(self._lanes)
+
+    def admit(self, delivery: Delivery) -> None:
         """Queue a keyed delivery whose room is reserved, or make it wait in its lane."""
         behind = self._behind_replay
         if behind is not None:
-            behind.append(item)
+            behind.append(delivery)
             return
-        self._into_lane(item)
+        self.enter(delivery)
 
-    def _into_lane(self, item: Item) -> None:
-        event, subscription = item[0], item[1]
+    def enter(self, delivery: Delivery) -> None:
+        """Queue a keyed delivery now if its lane is free, else line it up in the lane."""
+        event, subscription = delivery.event, delivery.subscription
         lane_id = (subscription.receiver_id, event.key or "")
         lanes = self._lanes
         lane = lanes.get(lane_id, _NO_LANE)
         if lane is _NO_LANE:
             lanes[lane_id] = None
-            self._send.send_nowait(item)
+            self._buffer.put(delivery)
             return
         held = self._held_lanes.get(lane_id)
         if held == event.id:
             # The dead letter holding its lane comes back: it runs first, the rest wait.
             self._unhold(lane_id, lane)
-            self._send.send_nowait(item)
+            self._buffer.put(delivery)
             return
         if held is not None:
-            self._set_aside(item)
+            self._set_aside(delivery)
         if lane is None:
             lanes[lane_id] = lane = deque()
-        lane.append(item)
+        lane.append(delivery)
 
-    def _replay_finished(self, stopped: bool) -> None:
+    def replay_finished(self, stopped: bool) -> None:
         """Let the keyed deliveries that waited behind the replay into their lanes."""
         behind, self._behind_replay = self._behind_replay, None
         if behind and not stopped:
-            for item in behind:
-                self._into_lane(item)
+            for delivery in behind:
+                self.enter(delivery)
 
-    def _lane_done(self, event: Event, subscription: Subscription, *, dead: bool) -> None:
+    def done(self, event: Event, subscription: Subscription, *, dead: bool) -> None:
         """A keyed delivery finished: queue the next one of its lane, or hold the lane."""
         lane_id = (subscription.receiver_id, event.key or "")
         lane = self._lanes.get(lane_id, _NO_LANE)
         if lane is _NO_LANE:
             return
-        if dead and self.keyed_dead_letters == "hold":
+        if dead and self._policy == "hold":
             self._held_lanes[lane_id] = event.id
             for waiting in lane or ():
                 self._set_aside(waiting)
@@ -139,33 +139,30 @@ class Ordering:
             return
         self._advance(lane_id, lane)
 
-    def _advance(self, lane_id: Lane, lane: deque[Item] | None) -> None:
+    def _advance(self, lane_id: Lane, lane: deque[Delivery] | None) -> None:
         if not lane:
             del self._lanes[lane_id]
             return
-        try:
-            self._send.send_nowait(lane[0])
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            return  # stopping: it stays counted as queued, and is reported as dropped
-        lane.popleft()
+        # Stopping, it is queued all the same: it stays counted, and is reported as dropped.
+        self._buffer.put(lane.popleft())
 
-    def _set_aside(self, item: Item) -> None:
+    def _set_aside(self, delivery: Delivery) -> None:
         """A delivery waits behind a held key: drain() no longer waits for it."""
-        self._held_deliveries += 1
-        self._finish(item[3])
+        self.held += 1
+        delivery.epoch.finish()
 
-    def _unhold(self, lane_id: Lane, lane: deque[Item] | None) -> None:
+    def _unhold(self, lane_id: Lane, lane: deque[Delivery] | None) -> None:
         """The key is no longer held: its waiting deliveries count in the current epoch again."""
         del self._held_lanes[lane_id]
         if lane is None:
             return
-        epoch = self._epoch
-        for index, (event, subscription, attempt, _) in enumerate(lane):
-            lane[index] = (event, subscription, attempt, epoch)
+        epoch = self._epochs.current
+        for index, delivery in enumerate(lane):
+            lane[index] = delivery._replace(epoch=epoch)
         epoch.unfinished += len(lane)
-        self._held_deliveries -= len(lane)
+        self.held -= len(lane)
 
-    def _hold_lane(self, event: Event, receiver_id: str) -> None:
+    def hold(self, event: Event, receiver_id: str) -> None:
         """At start (policy "hold"): a keyed dead letter from an earlier run holds its lane."""
         lane_id = (receiver_id, event.key or "")
         self._lanes.setdefault(lane_id, None)
@@ -190,3 +187,13 @@ class Ordering:
     def held_keys(self) -> dict[tuple[str, str], str]:
         """``{(receiver id, key): id of the dead event holding it}`` for held lanes."""
         return dict(self._held_lanes)
+
+    def holder(self, receiver_id: str, key: str) -> str | None:
+        """The id of the dead event that holds the lane, if it is held."""
+        return self._held_lanes.get((receiver_id, key))
+
+    def waiting(self) -> list[Delivery]:
+        """Every delivery waiting in a lane or behind the replay (for the stop's report)."""
+        unrun = [delivery for lane in self._lanes.values() for delivery in lane or ()]
+        unrun.extend(self._behind_replay or ())
+        return unrun
