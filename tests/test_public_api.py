@@ -5,11 +5,13 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.resources
 import inspect
+import re
 import types
 
 import pytest
 
 import aevents
+from aevents import _exceptions
 
 
 def test_all_is_sorted_and_has_no_duplicates() -> None:
@@ -111,3 +113,47 @@ def test_errors_survive_pickling_with_their_data(error: aevents.AeventsError) ->
     assert type(copy) is type(error)
     assert str(copy) == str(error)
     assert copy.__dict__ == error.__dict__
+
+
+def _drawn_tree() -> dict[str, tuple[str | None, tuple[str, ...]]]:
+    """``{error: (its parent, its builtin bases)}`` as drawn in ``aevents._exceptions``."""
+    tree: dict[str, tuple[str | None, tuple[str, ...]]] = {}
+    path: list[str] = []
+    docstring = inspect.getdoc(_exceptions) or ""
+    for line in docstring.split("::", 1)[1].split("\n\n", 2)[1].splitlines():
+        drawn = re.match(r"((?:[│ ]   |[├└]── )*)([A-Z]\w+)(?: \(([\w, ]+)\))?", line[4:])
+        if drawn is None:  # a description carried over to the next line
+            continue
+        prefix, name, builtins = drawn.groups()
+        depth = len(prefix) // 4
+        del path[depth:]
+        tree[name] = (
+            path[-1] if path else None,
+            tuple(builtins.split(", ")) if builtins else (),
+        )
+        path.append(name)
+    return tree
+
+
+def test_every_exception_class_is_exported_and_drawn_in_the_tree() -> None:
+    """Each error class in ``aevents._exceptions`` is in both ``__all__`` lists and in its tree."""
+    defined = {
+        name
+        for name, value in vars(_exceptions).items()
+        if isinstance(value, type)
+        and issubclass(value, BaseException)
+        and value.__module__ == _exceptions.__name__
+    }
+    assert sorted(defined) == sorted(_exceptions.__all__)
+    assert set(defined) <= set(aevents.__all__)
+    assert sorted(_drawn_tree()) == sorted(defined)
+
+
+def test_the_drawn_tree_shows_each_error_under_its_base() -> None:
+    """The docstring's tree draws each error under the class it derives from, with its builtins."""
+    for name, (parent, builtins) in _drawn_tree().items():
+        error = getattr(_exceptions, name)
+        ours = [base.__name__ for base in error.__bases__ if issubclass(base, aevents.AeventsError)]
+        others = tuple(base.__name__ for base in error.__bases__ if base.__name__ not in ours)
+        assert (ours[0] if ours else None) == parent, name
+        assert others == (builtins if parent is not None else ("Exception",)), name
