@@ -8,6 +8,8 @@
     ├── DuplicateEventError (ValueError)     two catalogs declare one name under different keys
     ├── PayloadError (TypeError)             payload or metadata cannot be carried faithfully
     ├── QueueFullError                       publish_nowait found the buffer full
+    │   └── KeyInFlightError                 publish_nowait repeated a key whose first publish
+    │                                        is still waiting
     ├── RuntimeClosedError                   the runtime is shutting down or has stopped
     ├── RuntimeNotRunningError               module-level publish with no runtime running
     ├── WrongThreadError (RuntimeError)      a publish from a thread it is not meant for
@@ -16,7 +18,8 @@
     │                                        or EventRuntime
     ├── CausationDepthError                  a chain of receivers publishing events ran too deep
     └── StoreError                           the journal cannot be used, or could not record
-        └── JournalInUseError                another process holds the journal
+        ├── JournalInUseError                another process holds the journal
+        └── JournalLinkError                 the journal file has more than one name (a hard link)
 
 Each exception keeps its data as attributes and composes its own message, so
 callers can branch on the data and log the message as it is. Values a user
@@ -40,6 +43,7 @@ __all__ = [
     "InvalidEventNameError",
     "JournalInUseError",
     "JournalLinkError",
+    "KeyInFlightError",
     "PayloadError",
     "QueueFullError",
     "RuntimeClosedError",

@@ -48,9 +48,9 @@ from typing import Any
 
 import attrs
 
+from ._config import check_middleware
 from ._delivery import DeliveryInfo
 from ._event import Event
-from ._exceptions import ConfigurationError
 from ._policy import DeadLetter
 
 __all__ = [
@@ -146,14 +146,7 @@ class MiddlewareStack:
             self.add(each)
 
     def add(self, middleware: Middleware) -> None:
-        if not isinstance(middleware, Middleware):
-            raise ConfigurationError(
-                "EventRuntime",
-                f"middleware must subclass aevents.Middleware, got {middleware!r}",
-            )
-        if middleware in self.all:
-            raise ConfigurationError("EventRuntime", f"middleware {middleware!r} is already added")
-        self._set((*self.all, middleware))
+        self._set((*self.all, check_middleware(middleware, self.all)))
 
     def remove(self, middleware: Middleware) -> bool:
         if middleware not in self.all:

@@ -36,7 +36,7 @@ import anyio.from_thread
 from anyio.lowlevel import checkpoint
 
 from ._buffer import DeliveryBuffer
-from ._config import check_config as _check_config
+from ._config import RuntimeConfig
 from ._delivery import Delivery, SyncThreads, delivery_var
 from ._event import Event
 from ._exceptions import AeventsError, RuntimeClosedError, WrongThreadError
@@ -50,7 +50,7 @@ from ._middleware import Middleware, MiddlewareStack, notify
 from ._payload import DEFAULT_MAX_PAYLOAD_BYTES
 from ._policy import DeadLetter, RetryPolicy
 from ._publishing import Publisher
-from ._registry import Registry, default_registry
+from ._registry import Registry
 from ._retries import RetrySchedule
 from ._state import DRAINING, NEW, RUNNING, STOPPED, Counters, Epochs, RunState
 from ._stats import RuntimeStats
@@ -174,32 +174,47 @@ class EventRuntime:
         idempotency_window: float = 24 * 3600.0,
         max_idempotency_keys: int = 100_000,
     ) -> None:
-        _check_config(locals())
-        if metrics is True:
-            from ._metrics import Metrics  # loaded only when asked for
-
-            metrics = Metrics()
-        self.metrics: Metrics | None = metrics or None
-        self.registry = registry if registry is not None else default_registry
-        self.store = store
-        self.workers = workers
-        self.buffer = buffer
-        self.retry = retry if retry is not None else RetryPolicy()
-        self.timeout = timeout
-        self.shutdown_timeout = shutdown_timeout
-        self.strict = strict
-        self.max_payload_bytes = max_payload_bytes
-        self.max_causation_depth = max_causation_depth
-        self.max_dead_letters = max_dead_letters
-        self.sync_threads = sync_threads if sync_threads is not None else workers
-        self.log_payloads = log_payloads
-        self.keyed_dead_letters = keyed_dead_letters
+        config = RuntimeConfig(
+            registry=registry,
+            workers=workers,
+            buffer=buffer,
+            store=store,
+            retry=retry,
+            timeout=timeout,
+            shutdown_timeout=shutdown_timeout,
+            strict=strict,
+            max_payload_bytes=max_payload_bytes,
+            max_causation_depth=max_causation_depth,
+            max_dead_letters=max_dead_letters,
+            sync_threads=sync_threads,
+            middleware=middleware,
+            metrics=metrics,
+            log_payloads=log_payloads,
+            keyed_dead_letters=keyed_dead_letters,
+            idempotency_window=idempotency_window,
+            max_idempotency_keys=max_idempotency_keys,
+        )
+        self.metrics: Metrics | None = config.metrics
+        self.registry = config.registry
+        self.store = config.store
+        self.workers = config.workers
+        self.buffer = config.buffer
+        self.retry = config.retry
+        self.timeout = config.timeout
+        self.shutdown_timeout = config.shutdown_timeout
+        self.strict = config.strict
+        self.max_payload_bytes = config.max_payload_bytes
+        self.max_causation_depth = config.max_causation_depth
+        self.max_dead_letters = config.max_dead_letters
+        self.sync_threads = config.sync_threads
+        self.log_payloads = config.log_payloads
+        self.keyed_dead_letters = config.keyed_dead_letters
 
         # The parts, each owning its state; see the module docstring for the path.
         self._run = RunState()
         self._counters = counters = Counters()
         self._middleware = MiddlewareStack(
-            middleware if self.metrics is None else (self.metrics, *middleware)
+            config.middleware if config.metrics is None else (config.metrics, *config.middleware)
         )
         self._epochs = epochs = Epochs(self)
         self._buffer = room = DeliveryBuffer(buffer, workers)
@@ -211,16 +226,18 @@ class EventRuntime:
             retry=self.retry,
             counters=counters,
             middleware=self._middleware,
-            log_payloads=log_payloads,
+            log_payloads=config.log_payloads,
         )
         self._shelf = DeadLetterShelf(
-            max_dead_letters,
+            config.max_dead_letters,
             registry=self.registry,
             lanes=lanes,
             counters=counters,
             middleware=self._middleware,
         )
-        self._idempotency = IdempotencyWindow(idempotency_window, max_idempotency_keys)
+        self._idempotency = IdempotencyWindow(
+            config.idempotency_window, config.max_idempotency_keys
+        )
         self._journal = (
             None
             if store is None
@@ -247,9 +264,9 @@ class EventRuntime:
             epochs=epochs,
             counters=counters,
             durable=store is not None,
-            strict=strict,
-            max_payload_bytes=max_payload_bytes,
-            max_causation_depth=max_causation_depth,
+            strict=config.strict,
+            max_payload_bytes=config.max_payload_bytes,
+            max_causation_depth=config.max_causation_depth,
             on_storm=failures.storm,
         )
         self._accept = self._intake.accept
@@ -261,8 +278,8 @@ class EventRuntime:
             counters=counters,
             middleware=self._middleware,
             idempotency=self._idempotency,
-            strict=strict,
-            max_payload_bytes=max_payload_bytes,
+            strict=config.strict,
+            max_payload_bytes=config.max_payload_bytes,
         )
         self._threads: SyncThreads | None = None  # made at start: it needs the event loop
         self._portal: anyio.from_thread.BlockingPortal | None = None

@@ -25,6 +25,7 @@ gauges ``aevents_deliveries_queued``, ``aevents_deliveries_in_flight`` and
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from itertools import accumulate
 
 try:
     from prometheus_client.core import (
@@ -142,7 +143,8 @@ class RuntimeCollector(Collector):
 def _add_histogram(
     family: HistogramMetricFamily, labels: tuple[str, str], histogram: Histogram
 ) -> None:
-    cumulative = histogram.cumulative()
+    # Prometheus' buckets count every value at or below their bound.
+    cumulative = list(accumulate(histogram.counts))
     buckets = [
         (repr(bound), float(count))  # shortest round-trip form
         for bound, count in zip(histogram.bounds, cumulative, strict=False)
