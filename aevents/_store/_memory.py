@@ -4,7 +4,9 @@ It is the verified fake of both store protocols: ``aevents.testing.StoreConforma
 runs the same tests on it as on ``SQLiteStore``, and ``LeasedStoreConformance``
 the same as on every shared store, so a test that passes with it means the same
 thing with a real one. Events are kept as ``Event.to_json`` bytes and decoded
-on the way out, exactly as a persistent store would.
+on the way out, exactly as a persistent store would. Both protocols work on one
+set of events and deliveries: what ``append`` records can be claimed, and a
+leased delivery is ``pending``.
 
 One lock guards everything and is never held across an ``await``, so runtimes
 on several event loops and threads of one process can share a store.

@@ -270,19 +270,29 @@ Outcome: TypeAlias = Completed | Rescheduled | DeadLettered | Released
 class LeasedStore(Protocol):
     """A queue of (event, receiver) deliveries that many consumers share through leases.
 
-    See ``aevents._conformance_leases.LeasedStoreConformance``. A store reads the
-    time from the clock it was given (``system_clock`` by default). Claimable:
-    a delivery that is ready (published, due for a retry, redelivered) or whose
-    lease ran out, whose receiver id the claiming consumer registered, and that is
-    first of its (receiver id, key) among the deliveries not done: ready,
-    scheduled, leased, or dead holding its key. Events without a key are free.
+    See ``aevents._conformance_leases.LeasedStoreConformance``. Time is read from
+    the clock the store was given (``system_clock`` by default). A delivery is
+    claimable when it is ready (published, due for its retry, redelivered) or
+    its lease ran out, its receiver id is one the claiming consumer registered,
+    and it comes first of its (receiver id, key) among the deliveries not
+    finished: ready, scheduled, leased, or dead and holding its key. Deliveries
+    of events without a key are claimable in any order.
 
-    A claim counts the attempt, so attempts count across processes and crashes;
-    the store knows no retry policy. The claimer does: a claim whose ``attempt``
-    is past its policy's ``attempts`` was started that many times by consumers
-    that died, and is settled as ``DeadLettered`` without being run. Each
-    settlement names its claim: one that another consumer has since claimed is
-    not applied, and is returned instead.
+    A consumer holds a claim until it settles it or another consumer claims the
+    delivery again (a lease that ran out stays held until then). Settling or
+    renewing a claim not held changes nothing and returns it, so a consumer that
+    lost a lease never finishes work another one now runs.
+
+    A claim counts the attempt, so attempts add up across processes and crashes.
+    The store knows no retry policy; the claimer does: a claim whose ``attempt``
+    is past its policy's ``attempts`` follows attempts whose leases all ran out
+    (their processes died), and the claimer settles it as ``DeadLettered``
+    without running it.
+
+    Every method may be called concurrently from many tasks, threads and
+    processes, and returns once what it recorded is durable. A call cancelled
+    midway either took effect or did not; a cancelled ``claim`` may have leased
+    deliveries nobody runs, which are claimed again when their lease runs out.
     """
 
     async def open(self) -> None:
