@@ -1,14 +1,54 @@
-"""Persistence: the store protocol and the built-in stores (loaded on first use)."""
+"""Persistence: the store protocols and the built-in stores (loaded on first use)."""
 
 from typing import TYPE_CHECKING, Any
 
-from ._protocol import PendingDelivery, Store, StoreStats
+from ._protocol import (
+    Backlog,
+    Claim,
+    Clock,
+    Completed,
+    Consumer,
+    ConsumerId,
+    DeadLettered,
+    Lease,
+    LeasedStore,
+    Outcome,
+    PendingDelivery,
+    Released,
+    Rescheduled,
+    Route,
+    Store,
+    StoreStats,
+    new_consumer_id,
+    system_clock,
+)
 
 if TYPE_CHECKING:
     from ._memory import MemoryStore
     from ._sqlite import SQLiteStore
 
-__all__ = ["MemoryStore", "PendingDelivery", "SQLiteStore", "Store", "StoreStats"]
+__all__ = [
+    "Backlog",
+    "Claim",
+    "Clock",
+    "Completed",
+    "Consumer",
+    "ConsumerId",
+    "DeadLettered",
+    "Lease",
+    "LeasedStore",
+    "MemoryStore",
+    "Outcome",
+    "PendingDelivery",
+    "Released",
+    "Rescheduled",
+    "Route",
+    "SQLiteStore",
+    "Store",
+    "StoreStats",
+    "new_consumer_id",
+    "system_clock",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,8 @@
-"""The persistence hook: what the runtime asks of a journal.
+"""The persistence hooks: what the runtime asks of a journal, and of a shared queue.
+
+``Store`` is the journal one runtime owns. ``LeasedStore`` (below it) is the
+queue of (event, receiver) deliveries that any number of runtimes, in any
+number of processes, share through leases.
 
 A store makes delivery at-least-once across a crash. The runtime calls it at
 four moments: when ``publish`` accepts an event (``append``), just before a
@@ -21,16 +25,39 @@ returns only once what it recorded is as durable as the store promises.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
-from typing import Protocol, runtime_checkable
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Protocol, TypeAlias, runtime_checkable
 
 import attrs
 
 from .._event import Event
+from .._names import compile_pattern
 from .._policy import DeadLetter
 
-__all__ = ["PendingDelivery", "Store", "StoreStats"]
+__all__ = [
+    "Backlog",
+    "Claim",
+    "Clock",
+    "Completed",
+    "Consumer",
+    "ConsumerId",
+    "DeadLettered",
+    "Lease",
+    "LeasedStore",
+    "Outcome",
+    "PendingDelivery",
+    "Released",
+    "Rescheduled",
+    "Route",
+    "Store",
+    "StoreStats",
+    "new_consumer_id",
+    "system_clock",
+]
 
 
 @attrs.frozen(slots=True)
@@ -100,6 +127,238 @@ class Store(Protocol):
     async def recent_idempotency_keys(self, since: datetime, limit: int) -> list[Event]:
         """Events appended with ``metadata["idempotency_key"]`` whose ``occurred_at >= since``:
         the newest ``limit``, returned oldest first (ties in append order). One per key."""
+
+    async def forget_idempotency_keys(self, before: datetime) -> int:
+        """Delete the key records of events that occurred before ``before``; return how many."""
+
+
+# ------------------------------------------------------------ the shared, leased queue
+
+Clock: TypeAlias = Callable[[], datetime]
+"""What a ``LeasedStore`` reads the time from: a timezone-aware UTC ``datetime``."""
+
+
+def system_clock() -> datetime:
+    """The wall clock, in UTC: the clock a store uses unless it is given another."""
+    return datetime.now(UTC)
+
+
+@attrs.frozen(slots=True)
+class ConsumerId:
+    """Who claims deliveries: a host, a process id, and a random part for this start."""
+
+    host: str
+    pid: int
+    token: str
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.pid}:{self.token}"
+
+
+def new_consumer_id() -> ConsumerId:
+    """This process's identity as a consumer: a new random part on every call."""
+    return ConsumerId(socket.gethostname(), os.getpid(), secrets.token_hex(4))
+
+
+@attrs.frozen(slots=True)
+class Route:
+    """One subscription a consumer runs: its pattern, and the receiver id it delivers to."""
+
+    pattern: str
+    receiver_id: str
+
+
+@attrs.frozen(slots=True)
+class Consumer:
+    """A live consumer as the store knows it: what it runs, when it was last heard of."""
+
+    id: ConsumerId
+    routes: tuple[Route, ...]
+    registered_at: datetime
+    last_seen: datetime
+    expires_at: datetime
+    """Without a heartbeat before this time, the registration is gone."""
+    leases: int
+    """Deliveries it holds, including leases that ran out and were not taken yet."""
+
+    def receivers_of(self, name: str) -> frozenset[str]:
+        """The receiver ids this consumer's routes deliver an event called ``name`` to."""
+        return frozenset(r.receiver_id for r in self.routes if compile_pattern(r.pattern)(name))
+
+
+@attrs.frozen(slots=True)
+class Claim:
+    """A delivery leased to one consumer, for one attempt; it is also the handle to settle it."""
+
+    event: Event
+    receiver_id: str
+    attempt: int
+    """This attempt's number, from 1, counted across every consumer that claimed it."""
+    lease_expired: bool
+    """The attempt before this one ended with its lease running out: its process died,
+    hung or lost the store."""
+
+
+@attrs.frozen(slots=True)
+class Lease:
+    """A delivery held by a consumer, for listing (``LeasedStore.leases``)."""
+
+    event_id: str
+    name: str
+    receiver_id: str
+    key: str | None
+    attempt: int
+    consumer: ConsumerId
+    expires_at: datetime
+
+
+@attrs.frozen(slots=True)
+class Backlog:
+    """One receiver's deliveries that are not done, by state, and the age of the oldest."""
+
+    receiver_id: str
+    ready: int
+    """Due now and not leased; keyed ones may be waiting behind an earlier one of their key."""
+    scheduled: int
+    """Waiting for a retry time that has not come."""
+    leased: int
+    dead: int
+    oldest: datetime | None
+    """``occurred_at`` of the oldest event with a ready, scheduled or leased delivery."""
+
+
+@attrs.frozen(slots=True)
+class Completed:
+    """The receiver returned: the delivery is done."""
+
+    claim: Claim
+
+
+@attrs.frozen(slots=True)
+class Rescheduled:
+    """Try again ``delay`` seconds from the store's now; the attempt stays counted."""
+
+    claim: Claim
+    delay: float
+
+
+@attrs.frozen(slots=True)
+class DeadLettered:
+    """No attempts left: keep ``letter`` (its event and receiver id are the claim's).
+
+    ``holds_key``: a keyed letter holds its key, so the later deliveries of its
+    receiver and key wait until it is redelivered or the key is released
+    (``keyed_dead_letters="hold"``). False lets the next one go (``"skip"``).
+    """
+
+    claim: Claim
+    letter: DeadLetter
+    holds_key: bool = False
+
+
+@attrs.frozen(slots=True)
+class Released:
+    """Never started: ready again now, as if this claim had not been made."""
+
+    claim: Claim
+
+
+Outcome: TypeAlias = Completed | Rescheduled | DeadLettered | Released
+
+
+@runtime_checkable
+class LeasedStore(Protocol):
+    """A queue of (event, receiver) deliveries that many consumers share through leases.
+
+    See ``aevents._conformance_leases.LeasedStoreConformance``. Time is read from
+    the clock the store was given (``system_clock`` by default). A delivery is
+    claimable when it is ready (published, due for its retry, redelivered) or
+    its lease ran out, its receiver id is one the claiming consumer registered,
+    and it comes first of its (receiver id, key) among the deliveries not
+    finished: ready, scheduled, leased, or dead and holding its key. Deliveries
+    of events without a key are claimable in any order.
+
+    A consumer holds a claim until it settles it or another consumer claims the
+    delivery again (a lease that ran out stays held until then). Settling or
+    renewing a claim not held changes nothing and returns it, so a consumer that
+    lost a lease never finishes work another one now runs.
+
+    A claim counts the attempt, so attempts add up across processes and crashes.
+    The store knows no retry policy; the claimer does: a claim whose ``attempt``
+    is past its policy's ``attempts`` follows attempts whose leases all ran out
+    (their processes died), and the claimer settles it as ``DeadLettered``
+    without running it.
+
+    Every method may be called concurrently from many tasks, threads and
+    processes, and returns once what it recorded is durable. A call cancelled
+    midway either took effect or did not; a cancelled ``claim`` may have leased
+    deliveries nobody runs, which are claimed again when their lease runs out.
+    """
+
+    async def open(self) -> None:
+        """Create or migrate what the store needs; raise ``StoreError`` if it cannot."""
+
+    async def close(self) -> None:
+        """Release the store. Idempotent."""
+
+    async def publish(self, events: Sequence[tuple[Event, Sequence[str]]]) -> list[Event]:
+        """Durably add each event and one ready delivery per distinct receiver id, all or none.
+
+        An event whose ``metadata["idempotency_key"]`` is recorded already (or
+        earlier in ``events``) adds nothing: the key's first event stands in for
+        it in the result, which holds one event per entry of ``events``.
+        """
+
+    async def register(self, consumer: ConsumerId, routes: Sequence[Route], *, ttl: float) -> None:
+        """Record ``consumer`` as live for ``ttl`` seconds, running ``routes`` (replacing any)."""
+
+    async def heartbeat(self, consumer: ConsumerId, *, ttl: float) -> bool:
+        """Keep ``consumer`` live ``ttl`` seconds more; False if it is not live (register again)."""
+
+    async def unregister(self, consumer: ConsumerId) -> int:
+        """Forget ``consumer`` and release what it still holds, as ``Released``; return how many."""
+
+    async def claim(self, consumer: ConsumerId, limit: int, *, lease: float) -> list[Claim]:
+        """Lease at most ``limit`` claimable deliveries for ``lease`` seconds, in publish order.
+
+        Raise ``StoreError`` when ``consumer`` is not live.
+        """
+
+    async def renew(
+        self, consumer: ConsumerId, claims: Sequence[Claim], *, lease: float
+    ) -> list[Claim]:
+        """Extend these leases to ``lease`` seconds from now; return the ones no longer held."""
+
+    async def settle(self, consumer: ConsumerId, outcomes: Sequence[Outcome]) -> list[Claim]:
+        """Apply each outcome to its claim; return the claims no longer held (not applied)."""
+
+    async def consumers(self) -> list[Consumer]:
+        """Live consumers, in the order they registered."""
+
+    async def leases(self) -> list[Lease]:
+        """Deliveries held, by expiry, including leases that ran out and were not taken yet."""
+
+    async def backlog(self) -> list[Backlog]:
+        """Per receiver id with deliveries not done or dead, by receiver id."""
+
+    async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetter]:
+        """Dead letters, oldest first."""
+
+    async def redeliver(self, letter_ids: Sequence[str] | None = None) -> int:
+        """Make dead letters ready again with no attempts (all when ``None``); return how many."""
+
+    async def held_keys(self) -> dict[tuple[str, str], str]:
+        """``{(receiver id, key): id of the dead event holding it}``."""
+
+    async def release_key(self, receiver_id: str, key: str) -> bool:
+        """Let the next delivery of a held key go; the letter stays. False if it was not held."""
+
+    async def prune(self, *, older_than: datetime | None = None, limit: int | None = None) -> int:
+        """Delete at most ``limit`` done deliveries of events published before ``older_than``
+        (and events with nothing left); return how many deliveries went."""
+
+    async def stats(self) -> StoreStats:
+        """Counts of events, of deliveries by state, and of idempotency key records."""
 
     async def forget_idempotency_keys(self, before: datetime) -> int:
         """Delete the key records of events that occurred before ``before``; return how many."""

@@ -1,0 +1,899 @@
+"""The conformance suite of ``LeasedStore``, the queue that several processes share.
+
+A store runs it by subclassing and saying how to make one that reads the time
+from the clock the suite gives it, so that leases, retries and registrations
+run out on cue, never by sleeping::
+
+    class TestMyStoreLeases(LeasedStoreConformance):
+        def make_leased_store(self, directory, clock):
+            return MyStore(directory / "journal", clock=clock)
+
+A store that several processes can open inherits ``TwoProcessLeasedConformance``
+instead, and also says, as a Python expression, how a fresh interpreter makes
+the same store: its cases run a consumer in a child process, one that dies
+holding leases and one that claims while this process claims too. The memory
+store holds its data in one process and cannot run them; ``SQLiteStore`` will.
+
+Its tests are ``@pytest.mark.anyio`` tests, so they run on every backend the
+``anyio_backend`` fixture offers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import pytest
+
+from ._event import Event, make_event, new_event_id
+from ._exceptions import StoreError
+from ._policy import DeadLetter
+from ._store._protocol import (
+    Backlog,
+    Claim,
+    Clock,
+    Completed,
+    ConsumerId,
+    DeadLettered,
+    Lease,
+    LeasedStore,
+    Released,
+    Rescheduled,
+    Route,
+    StoreStats,
+    new_consumer_id,
+)
+
+__all__ = [
+    "LeasedStoreConformance",
+    "ManualClock",
+    "TwoProcessLeasedConformance",
+    "claim_in_another_process",
+]
+
+LEASE = 30.0  # seconds a claim holds its deliveries
+TTL = 60.0  # seconds a registration lasts without a heartbeat
+_T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+_LONG_AGO = datetime(2020, 1, 1, tzinfo=UTC)
+
+
+class ManualClock:
+    """A clock that moves only when told: what a store under test reads the time from."""
+
+    def __init__(self, start: datetime = _T0) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the time on by ``seconds``."""
+        self.now += timedelta(seconds=seconds)
+
+
+def _event(n: int = 0, key: str | None = None, *, at: datetime | None = None) -> Event:
+    if at is None:
+        return make_event("conformance:event", {"n": n}, {"correlation_id": "c-1"}, key)
+    return Event(new_event_id(), "conformance:event", {"n": n}, at, {}, key)
+
+
+def _keyed(n: int, idempotency_key: str) -> Event:
+    return make_event("conformance:keyed", {"n": n}, {"idempotency_key": idempotency_key})
+
+
+def _routes(*receiver_ids: str) -> list[Route]:
+    return [Route("conformance:**", receiver_id) for receiver_id in receiver_ids]
+
+
+def _seen(claims: Sequence[Claim]) -> list[tuple[str, str, int, bool]]:
+    """``(event id, receiver id, attempt, lease expired)`` of each claim."""
+    return [(c.event.id, c.receiver_id, c.attempt, c.lease_expired) for c in claims]
+
+
+async def _publish(store: LeasedStore, events: Sequence[Event], *receivers: str) -> list[Event]:
+    return await store.publish([(event, receivers) for event in events])
+
+
+async def _consumer(store: LeasedStore, *receiver_ids: str) -> ConsumerId:
+    consumer = new_consumer_id()
+    await store.register(consumer, _routes(*receiver_ids), ttl=TTL)
+    return consumer
+
+
+async def _claim(store: LeasedStore, consumer: ConsumerId, limit: int = 100) -> list[Claim]:
+    return await store.claim(consumer, limit, lease=LEASE)
+
+
+def _letter(claim: Claim, attempts: int, now: datetime) -> DeadLetter:
+    return DeadLetter(
+        id=new_event_id(),
+        event=claim.event,
+        receiver_id=claim.receiver_id,
+        attempts=attempts,
+        error_type="builtins.RuntimeError",
+        error_message="its process stopped during every attempt",
+        failed_at=now,
+    )
+
+
+class LeasedStoreConformance:
+    """The leased-delivery tests; subclass it and implement ``make_leased_store``."""
+
+    def make_leased_store(self, directory: Path, clock: Clock) -> LeasedStore:
+        """A new, unopened store under ``directory`` that reads the time from ``clock``."""
+        raise NotImplementedError
+
+    @pytest.fixture
+    def clock(self) -> ManualClock:
+        """The time every store of the test reads."""
+        return ManualClock()
+
+    @pytest.fixture
+    async def leased_store(
+        self, tmp_path: Path, clock: ManualClock, anyio_backend: object
+    ) -> AsyncIterator[LeasedStore]:
+        """An open store, closed after the test."""
+        store = self.make_leased_store(tmp_path, clock)
+        await store.open()
+        try:
+            yield store
+        finally:
+            await store.close()
+
+    # ------------------------------------------------------------------ claim and settle
+
+    @pytest.mark.anyio
+    async def test_a_claimed_delivery_is_done_once_completed(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """Claims come in receiver id order with attempt 1, and completing them finishes them."""
+        event = _event(key="k")
+        await _publish(leased_store, [event], "b", "a")
+        consumer = await _consumer(leased_store, "a", "b")
+        claims = await _claim(leased_store, consumer)
+        assert [(c.event, c.receiver_id, c.attempt, c.lease_expired) for c in claims] == [
+            (event, "a", 1, False),
+            (event, "b", 1, False),
+        ]
+        assert await leased_store.settle(consumer, [Completed(c) for c in claims]) == []
+        assert await _claim(leased_store, consumer) == []
+        assert await leased_store.stats() == StoreStats(events=1, pending=0, done=2, dead=0)
+
+    @pytest.mark.anyio
+    async def test_a_consumer_claims_only_the_receivers_it_registered(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """Deliveries to receivers a consumer does not run are left for the ones that do."""
+        event = _event()
+        await _publish(leased_store, [event], "mine", "theirs")
+        mine, theirs = await _consumer(leased_store, "mine"), await _consumer(leased_store, "x")
+        assert _seen(await _claim(leased_store, mine)) == [(event.id, "mine", 1, False)]
+        assert await _claim(leased_store, theirs) == []
+
+    @pytest.mark.anyio
+    async def test_claiming_without_registering_raises_store_error(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """A consumer the store does not know cannot claim."""
+        await _publish(leased_store, [_event()], "r")
+        with pytest.raises(StoreError):
+            await _claim(leased_store, new_consumer_id())
+
+    @pytest.mark.anyio
+    async def test_a_claim_takes_at_most_limit_deliveries_in_publish_order(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """Batches hold ``limit`` claims or fewer, oldest first, and never the same one twice."""
+        events = [_event(n) for n in range(25)]
+        await _publish(leased_store, events, "r")
+        consumer = await _consumer(leased_store, "r")
+        batches = [await _claim(leased_store, consumer, 10) for _ in range(4)]
+        assert [len(batch) for batch in batches] == [10, 10, 5, 0]
+        assert [c.event for batch in batches for c in batch] == events
+        assert await _claim(leased_store, consumer, 0) == []
+
+    @pytest.mark.anyio
+    async def test_concurrent_claims_never_hand_out_a_delivery_twice(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """Two consumers claiming from many tasks at once share the deliveries without overlap."""
+        events = [_event(n) for n in range(150)]
+        await _publish(leased_store, events, "a", "b")
+        consumers = [await _consumer(leased_store, "a", "b") for _ in range(2)]
+        taken: list[tuple[str, str]] = []
+
+        async def claim_until_empty(consumer: ConsumerId) -> None:
+            while claims := await _claim(leased_store, consumer, 7):
+                taken.extend((c.event.id, c.receiver_id) for c in claims)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as group:
+                for consumer in consumers * 3:
+                    group.start_soon(claim_until_empty, consumer)
+        assert sorted(taken) == sorted((e.id, r) for e in events for r in ("a", "b"))
+
+    @pytest.mark.anyio
+    async def test_claims_carry_the_event_as_published(self, leased_store: LeasedStore) -> None:
+        """Payload, metadata, key, id and time come back equal."""
+        event = make_event(
+            "user:account-primary-email:changed",
+            {"nested": {"list": [1, 2.5, None, True], "text": "ünïcode ✓"}, "big": 2**62},
+            {"correlation_id": "abc", "causation_id": "def"},
+            "user-7",
+        )
+        await leased_store.publish([(event, ["r"])])
+        consumer = new_consumer_id()
+        await leased_store.register(consumer, [Route("user:**", "r")], ttl=TTL)
+        (claim,) = await _claim(leased_store, consumer)
+        assert claim.event == event
+        assert (claim.event.key, claim.event.occurred_at) == (event.key, event.occurred_at)
+
+    @pytest.mark.anyio
+    async def test_settling_a_claim_not_held_returns_it(self, leased_store: LeasedStore) -> None:
+        """Settling or renewing what the consumer does not hold changes nothing and says so."""
+        event = _event()
+        await _publish(leased_store, [event], "r")
+        consumer = await _consumer(leased_store, "r")
+        stranger = Claim(_event(), "r", 1, False)
+        wrong_attempt = Claim(event, "r", 2, False)
+        (claim,) = await _claim(leased_store, consumer)
+        assert await leased_store.renew(consumer, [stranger], lease=LEASE) == [stranger]
+        outcomes = [Completed(stranger), Completed(wrong_attempt)]
+        assert await leased_store.settle(consumer, outcomes) == [stranger, wrong_attempt]
+        assert await leased_store.settle(consumer, []) == []
+        assert await leased_store.settle(consumer, [Completed(claim)]) == []
+        assert await leased_store.settle(consumer, [Completed(claim)]) == [claim]
+
+    # --------------------------------------------------------------------- leases and time
+
+    @pytest.mark.anyio
+    async def test_an_expired_lease_passes_to_another_consumer_with_its_attempt_counted(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """A lease that ran out is claimed again as attempt 2; its first holder lost it."""
+        event = _event()
+        await _publish(leased_store, [event], "r")
+        first, second = await _consumer(leased_store, "r"), await _consumer(leased_store, "r")
+        (lost,) = await _claim(leased_store, first)
+        clock.advance(LEASE - 1)
+        assert await _claim(leased_store, second) == []
+        clock.advance(2)
+        (taken,) = await _claim(leased_store, second)
+        assert _seen([taken]) == [(event.id, "r", 2, True)]
+        assert await leased_store.settle(first, [Completed(lost)]) == [lost]
+        assert await leased_store.settle(second, [Completed(taken)]) == []
+        assert (await leased_store.stats()).done == 1
+
+    @pytest.mark.anyio
+    async def test_a_renewed_lease_keeps_live_work_from_being_stolen(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """Renewal moves the expiry on; only past the renewed expiry may another claim it."""
+        await _publish(leased_store, [_event()], "r")
+        holder, other = await _consumer(leased_store, "r"), await _consumer(leased_store, "r")
+        (claim,) = await _claim(leased_store, holder)
+        clock.advance(LEASE - 10)
+        assert await leased_store.renew(holder, [claim], lease=LEASE) == []
+        clock.advance(LEASE - 1)  # past the first expiry, before the renewed one
+        assert await _claim(leased_store, other) == []
+        clock.advance(2)
+        (taken,) = await _claim(leased_store, other)
+        assert taken.attempt == 2
+        assert await leased_store.renew(holder, [claim], lease=LEASE) == [claim]
+
+    @pytest.mark.anyio
+    async def test_the_holder_of_a_lease_that_ran_out_may_settle_it_until_it_is_taken(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """An expired lease nobody claimed yet still belongs to its holder."""
+        await _publish(leased_store, [_event()], "r")
+        holder, other = await _consumer(leased_store, "r"), await _consumer(leased_store, "r")
+        (claim,) = await _claim(leased_store, holder)
+        clock.advance(LEASE + 1)
+        assert await leased_store.renew(holder, [claim], lease=LEASE) == []
+        assert await _claim(leased_store, other) == []
+        assert await leased_store.settle(holder, [Completed(claim)]) == []
+        assert (await leased_store.stats()).done == 1
+
+    @pytest.mark.anyio
+    async def test_a_rescheduled_delivery_waits_for_its_time_and_keeps_its_attempts(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """A retry is claimable from its time on, as the next attempt."""
+        event = _event()
+        await _publish(leased_store, [event], "r")
+        consumer = await _consumer(leased_store, "r")
+        (claim,) = await _claim(leased_store, consumer)
+        assert await leased_store.settle(consumer, [Rescheduled(claim, 20.0)]) == []
+        clock.advance(19)
+        assert await _claim(leased_store, consumer) == []
+        clock.advance(2)
+        assert _seen(await _claim(leased_store, consumer)) == [(event.id, "r", 2, False)]
+
+    @pytest.mark.anyio
+    async def test_a_released_claim_is_ready_again_with_its_attempt_uncounted(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """Releasing undoes the claim: the next one is attempt 1 again."""
+        event = _event()
+        await _publish(leased_store, [event], "r")
+        consumer = await _consumer(leased_store, "r")
+        (claim,) = await _claim(leased_store, consumer)
+        assert await leased_store.settle(consumer, [Released(claim)]) == []
+        assert _seen(await _claim(leased_store, consumer)) == [(event.id, "r", 1, False)]
+
+    @pytest.mark.anyio
+    async def test_a_delivery_whose_process_dies_on_every_attempt_ends_as_one_dead_letter(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """Attempts carry across consumers; the claimer of attempt attempts+1 buries it unrun."""
+        attempts = 3
+        event = _event()
+        await _publish(leased_store, [event], "poison", "fine")
+        for attempt in range(1, attempts + 1):
+            process = await _consumer(leased_store, "poison")  # a new process each time
+            assert _seen(await _claim(leased_store, process)) == [
+                (event.id, "poison", attempt, attempt > 1)
+            ]
+            clock.advance(LEASE + 1)  # it died mid-receiver: the lease runs out
+        survivor = await _consumer(leased_store, "poison")
+        (claim,) = await _claim(leased_store, survivor)
+        assert (claim.attempt, claim.lease_expired) == (attempts + 1, True)
+        letter = _letter(claim, attempts, clock())
+        assert await leased_store.settle(survivor, [DeadLettered(claim, letter)]) == []
+        assert await leased_store.dead_letters() == [letter]
+        assert await _claim(leased_store, survivor) == []
+        assert await leased_store.stats() == StoreStats(events=1, pending=1, done=0, dead=1)
+
+    # ----------------------------------------------------------------------- per-key order
+
+    @pytest.mark.anyio
+    async def test_a_key_is_claimed_one_delivery_at_a_time_in_publish_order(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """The next delivery of a key is claimable once the one before it is done."""
+        k1, j1, k2, free, k3 = (
+            _event(1, "k"),
+            _event(2, "j"),
+            _event(3, "k"),
+            _event(4),
+            _event(5, "k"),
+        )
+        await _publish(leased_store, [k1, j1, k2, free, k3], "r")
+        consumer = await _consumer(leased_store, "r")
+        first = await _claim(leased_store, consumer)
+        assert [c.event for c in first] == [k1, j1, free]
+        await leased_store.settle(consumer, [Completed(first[0])])
+        second = await _claim(leased_store, consumer)
+        assert [c.event for c in second] == [k2]
+        await leased_store.settle(consumer, [Completed(c) for c in [*first[1:], *second]])
+        assert [c.event for c in await _claim(leased_store, consumer)] == [k3]
+
+    @pytest.mark.anyio
+    async def test_each_receiver_has_its_own_order_for_a_key(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """A key that one receiver finished moves on for it while another receiver still runs it."""
+        k1, k2 = _event(1, "k"), _event(2, "k")
+        await _publish(leased_store, [k1, k2], "a", "b")
+        consumer = await _consumer(leased_store, "a", "b")
+        claims = await _claim(leased_store, consumer)
+        assert [(c.event, c.receiver_id) for c in claims] == [(k1, "a"), (k1, "b")]
+        await leased_store.settle(consumer, [Completed(claims[0])])
+        assert [(c.event, c.receiver_id) for c in await _claim(leased_store, consumer)] == [
+            (k2, "a")
+        ]
+
+    @pytest.mark.anyio
+    async def test_per_key_order_holds_across_consumers_and_a_lease_handover(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """When a key's lease passes to another consumer, it runs that one before the next."""
+        k1, k2 = _event(1, "k"), _event(2, "k")
+        await _publish(leased_store, [k1, k2], "r")
+        first, second = await _consumer(leased_store, "r"), await _consumer(leased_store, "r")
+        (lost,) = await _claim(leased_store, first)
+        assert await _claim(leased_store, second) == []
+        clock.advance(LEASE + 1)
+        (again,) = await _claim(leased_store, second)
+        assert _seen([again]) == [(k1.id, "r", 2, True)]
+        assert await _claim(leased_store, first) == []
+        assert await leased_store.settle(first, [Completed(lost)]) == [lost]
+        assert await _claim(leased_store, first) == []  # a lost settlement frees nothing
+        await leased_store.settle(second, [Completed(again)])
+        assert _seen(await _claim(leased_store, first)) == [(k2.id, "r", 1, False)]
+
+    @pytest.mark.anyio
+    async def test_a_scheduled_retry_keeps_the_later_deliveries_of_its_key_waiting(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """While a key's delivery waits for its retry, the next one of the key is not claimable."""
+        k1, k2 = _event(1, "k"), _event(2, "k")
+        await _publish(leased_store, [k1, k2], "r")
+        consumer = await _consumer(leased_store, "r")
+        (claim,) = await _claim(leased_store, consumer)
+        await leased_store.settle(consumer, [Rescheduled(claim, 10.0)])
+        assert await _claim(leased_store, consumer) == []
+        clock.advance(11)
+        assert [c.event for c in await _claim(leased_store, consumer)] == [k1]
+
+    @pytest.mark.anyio
+    async def test_a_dead_letter_that_skips_lets_the_next_delivery_of_its_key_go(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """``keyed_dead_letters="skip"``: the key moves on past its dead letter."""
+        k1, k2 = _event(1, "k"), _event(2, "k")
+        await _publish(leased_store, [k1, k2], "r")
+        consumer = await _consumer(leased_store, "r")
+        (claim,) = await _claim(leased_store, consumer)
+        await leased_store.settle(consumer, [DeadLettered(claim, _letter(claim, 1, clock()))])
+        assert [c.event for c in await _claim(leased_store, consumer)] == [k2]
+        assert await leased_store.held_keys() == {}
+
+    @pytest.mark.anyio
+    async def test_a_dead_letter_that_holds_its_key_keeps_the_later_ones_waiting(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """``keyed_dead_letters="hold"``: the key waits until it is released; others flow."""
+        k1, k2, free = _event(1, "k"), _event(2, "k"), _event(3)
+        await _publish(leased_store, [k1, k2, free], "r")
+        consumer = await _consumer(leased_store, "r")
+        claim, other = await _claim(leased_store, consumer)
+        letter = _letter(claim, 1, clock())
+        await leased_store.settle(consumer, [DeadLettered(claim, letter, holds_key=True)])
+        await leased_store.settle(consumer, [Completed(other)])
+        assert await _claim(leased_store, consumer) == []
+        assert await leased_store.held_keys() == {("r", "k"): k1.id}
+        assert await leased_store.release_key("r", "k") is True
+        assert await leased_store.release_key("r", "k") is False
+        assert [c.event for c in await _claim(leased_store, consumer)] == [k2]
+        assert await leased_store.dead_letters() == [letter]
+
+    @pytest.mark.anyio
+    async def test_a_redelivered_letter_that_held_its_key_runs_before_the_rest(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """Redelivery gives the held key's letter fresh attempts, and it goes first."""
+        k1, k2 = _event(1, "k"), _event(2, "k")
+        await _publish(leased_store, [k1, k2], "r")
+        consumer = await _consumer(leased_store, "r")
+        (claim,) = await _claim(leased_store, consumer)
+        letter = _letter(claim, 1, clock())
+        await leased_store.settle(consumer, [DeadLettered(claim, letter, holds_key=True)])
+        assert await leased_store.redeliver([letter.id]) == 1
+        assert await leased_store.held_keys() == {}
+        (again,) = await _claim(leased_store, consumer)
+        assert _seen([again]) == [(k1.id, "r", 1, False)]
+        await leased_store.settle(consumer, [Completed(again)])
+        assert [c.event for c in await _claim(leased_store, consumer)] == [k2]
+
+    # ------------------------------------------------------------ dead letters, redelivery
+
+    @pytest.mark.anyio
+    async def test_redelivery_makes_dead_letters_claimable_with_fresh_attempts(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """Chosen letters come back first, then all of them; each starts at attempt 1."""
+        events = [_event(n) for n in range(3)]
+        await _publish(leased_store, events, "r")
+        consumer = await _consumer(leased_store, "r")
+        claims = await _claim(leased_store, consumer)
+        letters = [_letter(claim, 1, clock()) for claim in claims]
+        await leased_store.settle(
+            consumer, [DeadLettered(c, x) for c, x in zip(claims, letters, strict=True)]
+        )
+        assert await leased_store.redeliver([letters[1].id, "no-such-letter"]) == 1
+        assert _seen(await _claim(leased_store, consumer)) == [(events[1].id, "r", 1, False)]
+        assert await leased_store.redeliver() == 2
+        assert await leased_store.redeliver() == 0
+        assert [c.event for c in await _claim(leased_store, consumer)] == [events[0], events[2]]
+        assert await leased_store.dead_letters() == []
+
+    # ------------------------------------------------------------------------ idempotency
+
+    @pytest.mark.anyio
+    async def test_a_repeated_idempotency_key_returns_the_first_event(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """A second event with a recorded key adds nothing; the first stands in for it."""
+        first, second = _keyed(1, "order-7-paid"), _keyed(2, "order-7-paid")
+        assert await _publish(leased_store, [first], "r") == [first]
+        assert await _publish(leased_store, [second], "r") == [first]
+        assert await _publish(leased_store, [first], "r") == [first]  # a retried publish
+        consumer = await _consumer(leased_store, "r")
+        assert [c.event for c in await _claim(leased_store, consumer)] == [first]
+        assert await leased_store.stats() == StoreStats(
+            events=1, pending=1, done=0, dead=0, idempotency_keys=1
+        )
+
+    @pytest.mark.anyio
+    async def test_one_key_published_by_many_publishers_at_once_adds_one_event(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """Concurrent publishes of one idempotency key all get the same, single event."""
+        events = [_keyed(n, "once") for n in range(20)]
+        results: list[Event] = []
+
+        async def publish(event: Event) -> None:
+            results.extend(await _publish(leased_store, [event], "r"))
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as group:
+                for event in events:
+                    group.start_soon(publish, event)
+        assert len(results) == 20
+        assert set(results) == {results[0]}
+        assert results[0] in events
+        assert (await leased_store.stats()).events == 1
+
+    @pytest.mark.anyio
+    async def test_a_batch_repeating_a_key_adds_its_first_event_once(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """Within one batch, a repeat of a key is answered with the batch's first event."""
+        first, plain, second = _keyed(1, "k"), _event(), _keyed(2, "k")
+        assert await _publish(leased_store, [first, plain, second], "r") == [first, plain, first]
+        assert (await leased_store.stats()).events == 2
+
+    @pytest.mark.anyio
+    async def test_a_batch_with_an_event_already_published_adds_nothing(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """Publishing is all or nothing: a duplicate event id refuses the whole batch."""
+        known, new = _event(1), _event(2)
+        await _publish(leased_store, [known], "r")
+        with pytest.raises(StoreError):
+            await _publish(leased_store, [new, known], "r")
+        assert (await leased_store.stats()).events == 1
+
+    @pytest.mark.anyio
+    async def test_a_forgotten_idempotency_key_publishes_anew(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """Once its record is forgotten, a key's next event is added."""
+        first, second = _keyed(1, "k"), _keyed(2, "k")
+        await _publish(leased_store, [first], "r")
+        far_future = datetime(9999, 1, 1, tzinfo=UTC)
+        assert await leased_store.forget_idempotency_keys(far_future) == 1
+        assert await _publish(leased_store, [second], "r") == [second]
+
+    # ----------------------------------------------------------------------------- pruning
+
+    @pytest.mark.anyio
+    async def test_pruning_goes_in_bounded_batches_and_keeps_what_is_not_done(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """Each call deletes at most ``limit`` done deliveries of old events, nothing else."""
+        old = [_event(n, at=_LONG_AGO) for n in range(25)]
+        waiting, dead, recent = _event(at=_LONG_AGO), _event(at=_LONG_AGO), _event()
+        await _publish(leased_store, [*old, waiting, dead, recent], "r")
+        consumer = await _consumer(leased_store, "r")
+        claims = {c.event.id: c for c in await _claim(leased_store, consumer)}
+        done = [Completed(claims[e.id]) for e in [*old, recent]]
+        letter = _letter(claims[dead.id], 1, clock())
+        await leased_store.settle(consumer, [*done, DeadLettered(claims[dead.id], letter)])
+        cut = _LONG_AGO + timedelta(days=1)
+        assert [await leased_store.prune(older_than=cut, limit=10) for _ in range(4)] == [
+            10,
+            10,
+            5,
+            0,
+        ]
+        assert await leased_store.stats() == StoreStats(events=3, pending=1, done=1, dead=1)
+        assert await leased_store.prune(limit=10) == 1
+        assert await leased_store.dead_letters() == [letter]
+
+    # ------------------------------------------------------------ consumers and what they hold
+
+    @pytest.mark.anyio
+    async def test_consumers_are_listed_with_their_routes_and_leases(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """The registry shows each live consumer, its routes, times and lease count."""
+        await _publish(leased_store, [_event(1), _event(2)], "a")
+        first = await _consumer(leased_store, "a")
+        clock.advance(5)
+        second = new_consumer_id()
+        routes = [Route("orders:*", "billing"), Route("audit:**", "audit")]
+        await leased_store.register(second, routes, ttl=TTL)
+        await _claim(leased_store, first)
+        listed = await leased_store.consumers()
+        assert [(c.id, c.routes, c.leases) for c in listed] == [
+            (first, tuple(_routes("a")), 2),
+            (second, tuple(routes), 0),
+        ]
+        assert listed[0].registered_at == _T0
+        assert (listed[1].registered_at, listed[1].last_seen) == (clock(), clock())
+        assert listed[1].expires_at == clock() + timedelta(seconds=TTL)
+
+    @pytest.mark.anyio
+    async def test_a_consumer_without_heartbeats_stops_being_live(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """Heartbeats keep a registration; one that ran out is gone until registered again."""
+        steady, silent = await _consumer(leased_store, "r"), await _consumer(leased_store, "r")
+        clock.advance(TTL / 2)
+        assert await leased_store.heartbeat(steady, ttl=TTL) is True
+        clock.advance(TTL / 2 + 1)
+        assert [c.id for c in await leased_store.consumers()] == [steady]
+        assert await leased_store.heartbeat(silent, ttl=TTL) is False
+        with pytest.raises(StoreError):
+            await _claim(leased_store, silent)
+        await leased_store.register(silent, _routes("r"), ttl=TTL)
+        listed = {c.id: c for c in await leased_store.consumers()}
+        assert listed.keys() == {steady, silent}
+        assert listed[silent].registered_at == clock()
+        assert await leased_store.heartbeat(new_consumer_id(), ttl=TTL) is False
+
+    @pytest.mark.anyio
+    async def test_registering_again_replaces_the_routes(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """A live consumer that registers again keeps its start time and runs its new routes."""
+        event = _event()
+        await _publish(leased_store, [event], "new")
+        consumer = await _consumer(leased_store, "old")
+        assert await _claim(leased_store, consumer) == []
+        clock.advance(1)
+        await leased_store.register(consumer, _routes("new"), ttl=TTL)
+        (listed,) = await leased_store.consumers()
+        assert (listed.routes, listed.registered_at) == (tuple(_routes("new")), _T0)
+        assert [c.event for c in await _claim(leased_store, consumer)] == [event]
+
+    @pytest.mark.anyio
+    async def test_unregistering_releases_what_the_consumer_holds(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """A consumer that leaves hands its claims back uncounted, at once."""
+        events = [_event(n) for n in range(3)]
+        await _publish(leased_store, events, "r")
+        leaving, staying = await _consumer(leased_store, "r"), await _consumer(leased_store, "r")
+        await _claim(leased_store, leaving)
+        assert await leased_store.unregister(leaving) == 3
+        assert [c.id for c in await leased_store.consumers()] == [staying]
+        claims = await _claim(leased_store, staying)
+        assert _seen(claims) == [(e.id, "r", 1, False) for e in events]
+
+    @pytest.mark.anyio
+    async def test_leases_are_listed_with_their_holder_and_expiry(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """Each held delivery is listed, leases that ran out too, soonest expiry first."""
+        late, early = _event(1, "k"), _event(2)
+        await _publish(leased_store, [late, early], "r")
+        consumer = await _consumer(leased_store, "r")
+        first, second = await _claim(leased_store, consumer)
+        clock.advance(LEASE + 1)
+        await leased_store.renew(consumer, [first], lease=LEASE)
+        assert await leased_store.leases() == [
+            Lease(early.id, early.name, "r", None, 1, consumer, _T0 + timedelta(seconds=LEASE)),
+            Lease(late.id, late.name, "r", "k", 1, consumer, clock() + timedelta(seconds=LEASE)),
+        ]
+        await leased_store.settle(consumer, [Completed(first), Completed(second)])
+        assert await leased_store.leases() == []
+
+    @pytest.mark.anyio
+    async def test_the_backlog_counts_each_receivers_deliveries_by_state_and_age(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """Ready, scheduled, leased and dead deliveries per receiver, with the oldest event."""
+        events = [_event(n, at=_T0 + timedelta(minutes=n)) for n in range(5)]
+        await _publish(leased_store, events, "a")
+        await _publish(leased_store, [_event(9, at=_LONG_AGO)], "b")
+        consumer = await _consumer(leased_store, "a")
+        done, retry, dead, leased = await _claim(leased_store, consumer, 4)
+        await leased_store.settle(
+            consumer,
+            [Completed(done), Rescheduled(retry, 60.0), DeadLettered(dead, _letter(dead, 1, _T0))],
+        )
+        assert await leased_store.backlog() == [
+            Backlog("a", ready=1, scheduled=1, leased=1, dead=1, oldest=events[1].occurred_at),
+            Backlog("b", ready=1, scheduled=0, leased=0, dead=0, oldest=_LONG_AGO),
+        ]
+        assert leased.event == events[3]
+
+    # --------------------------------------------------------------------------- routing
+
+    @pytest.mark.anyio
+    async def test_a_name_a_live_consumer_handles_but_this_process_routes_nowhere_shows(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """Registered routes let a publisher see which receivers its own routing leaves out."""
+        worker = new_consumer_id()
+        await leased_store.register(
+            worker, [Route("orders:*", "billing"), Route("audit:**", "audit")], ttl=TTL
+        )
+        web = new_consumer_id()  # a process that imported only the mailer's module
+        await leased_store.register(web, [Route("orders:placed", "mailer")], ttl=TTL)
+
+        async def left_out(name: str, routed_here: set[str]) -> set[str]:
+            live = await leased_store.consumers()
+            return {r for consumer in live for r in consumer.receivers_of(name)} - routed_here
+
+        assert await left_out("orders:paid", set()) == {"billing"}
+        assert await left_out("orders:placed", {"mailer"}) == {"billing"}
+        assert await left_out("orders:placed", {"mailer", "billing"}) == set()
+        assert await left_out("audit:orders:placed", set()) == {"audit"}
+        assert await left_out("users:created", set()) == set()
+        clock.advance(TTL + 1)  # neither heartbeats: they are no longer live
+        assert await left_out("orders:paid", set()) == set()
+
+    # -------------------------------------------------------------------------- lifecycle
+
+    @pytest.mark.anyio
+    async def test_a_closed_store_refuses_calls(self, leased_store: LeasedStore) -> None:
+        """After close, publishing and claiming raise StoreError; closing again is fine."""
+        consumer = await _consumer(leased_store, "r")
+        await leased_store.close()
+        await leased_store.close()
+        with pytest.raises(StoreError):
+            await _publish(leased_store, [_event()], "r")
+        with pytest.raises(StoreError):
+            await _claim(leased_store, consumer)
+        await leased_store.open()  # the fixture closes it once more
+
+
+# --------------------------------------------------------------- a consumer in another process
+
+_CHILD = "import sys; from aevents._conformance_leases import _child; _child(sys.argv[1])"
+
+
+def _child(spec_json: str) -> None:
+    """A consumer process: open the store, register, claim, print the claims, then leave or die."""
+    spec = json.loads(spec_json)
+    sys.path[:0] = spec["path"]
+    module_name, _, name = spec["factory"].partition(":")
+    factory = getattr(importlib.import_module(module_name), name)
+    now = datetime.fromisoformat(spec["now"])
+
+    async def main() -> None:
+        store: LeasedStore = factory(Path(spec["directory"]), lambda: now)
+        await store.open()
+        consumer = new_consumer_id()
+        await store.register(consumer, [Route("**", r) for r in spec["receivers"]], ttl=TTL)
+        print(json.dumps(["ready", str(consumer)]), flush=True)
+        await anyio.to_thread.run_sync(sys.stdin.readline)  # "go"
+        while claims := await store.claim(consumer, spec["limit"], lease=LEASE):
+            for claim in claims:
+                print(json.dumps(["claim", *_seen([claim])[0]]), flush=True)
+            if not spec["until_empty"]:
+                break
+        if spec["die"]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        await store.close()
+
+    anyio.run(main)
+
+
+async def _read_all(
+    stream: AsyncIterable[bytes], into: bytearray, first_line: anyio.Event | None = None
+) -> None:
+    """Append everything ``stream`` sends to ``into``; set ``first_line`` once a line is in."""
+    async for chunk in stream:
+        into += chunk
+        if first_line is not None and b"\n" in into:
+            first_line.set()
+    if first_line is not None:
+        first_line.set()  # at the end, whether or not a line came
+
+
+async def claim_in_another_process(
+    factory: str,
+    directory: Path,
+    now: datetime,
+    receivers: Sequence[str],
+    *,
+    limit: int,
+    until_empty: bool = False,
+    die: bool = False,
+    meanwhile: Callable[[], Awaitable[None]] | None = None,
+) -> tuple[str, list[tuple[str, str, int, bool]]]:
+    """Run a consumer in a fresh interpreter; return its id and what it claimed.
+
+    The child makes its store with ``factory`` (``"module:name"`` of a callable
+    taking a directory and a clock, like ``make_leased_store``) over
+    ``directory``, with a clock stopped at ``now``. It registers for
+    ``receivers`` and, once this process has seen it ready, claims batches of
+    ``limit`` under ``LEASE`` (until none are left with ``until_empty``) while
+    ``meanwhile`` runs here. Then it closes its store or, with ``die``, kills
+    itself with SIGKILL holding every lease. POSIX only (SIGKILL).
+    """
+    spec = {
+        "factory": factory,
+        "path": sys.path,
+        "directory": str(directory),
+        "now": now.isoformat(),
+        "receivers": list(receivers),
+        "limit": limit,
+        "until_empty": until_empty,
+        "die": die,
+    }
+    output, problems = bytearray(), bytearray()
+    with anyio.fail_after(60):
+        async with await anyio.open_process(
+            [sys.executable, "-c", _CHILD, json.dumps(spec)]
+        ) as process:
+            stdin, stdout, stderr = process.stdin, process.stdout, process.stderr
+            assert stdin is not None  # the three pipes open_process makes by default
+            assert stdout is not None
+            assert stderr is not None
+            first_line = anyio.Event()
+            async with anyio.create_task_group() as group:
+                group.start_soon(_read_all, stderr, problems)
+                group.start_soon(_read_all, stdout, output, first_line)
+                await first_line.wait()
+                if b"\n" in output:
+                    await stdin.send(b"go\n")
+                    if meanwhile is not None:
+                        await meanwhile()
+            code = await process.wait()
+    expected = -signal.SIGKILL if die else 0
+    assert code == expected, f"the child exited with {code}:\n{problems.decode(errors='replace')}"
+    ready, *claims = (json.loads(line) for line in output.decode().splitlines())
+    return ready[1], [(line[1], line[2], line[3], line[4]) for line in claims]
+
+
+class TwoProcessLeasedConformance(LeasedStoreConformance):
+    """``LeasedStoreConformance`` plus cases with a consumer in another process."""
+
+    def child_store_factory(self) -> str:
+        """How a fresh interpreter makes the same store as ``make_leased_store``.
+
+        ``"module:name"`` of a module-level callable taking ``(directory, clock)``
+        and returning an unopened store, such as ``"tests.test_store_sqlite:leased"``.
+        The child process imports it with this process's ``sys.path``.
+        """
+        raise NotImplementedError
+
+    @pytest.mark.anyio
+    async def test_leases_of_a_process_killed_mid_batch_pass_to_a_live_one(
+        self, leased_store: LeasedStore, clock: ManualClock, tmp_path: Path
+    ) -> None:
+        """A SIGKILLed consumer's claims are claimed here once its leases run out, in key order."""
+        f1, k1, f2, k2 = _event(1), _event(2, "k"), _event(3), _event(4, "k")
+        await _publish(leased_store, [f1, k1, f2, k2], "r")
+        dead, claimed = await claim_in_another_process(
+            self.child_store_factory(), tmp_path, clock(), ["r"], limit=10, die=True
+        )
+        assert claimed == [(e.id, "r", 1, False) for e in (f1, k1, f2)]
+        here = await _consumer(leased_store, "r")
+        assert await _claim(leased_store, here) == []
+        assert {str(c.id): c.leases for c in await leased_store.consumers()}[dead] == 3
+        clock.advance(LEASE + 1)
+        taken = await _claim(leased_store, here)
+        assert _seen(taken) == [(e.id, "r", 2, True) for e in (f1, k1, f2)]
+        await leased_store.settle(here, [Completed(c) for c in taken])
+        assert _seen(await _claim(leased_store, here)) == [(k2.id, "r", 1, False)]
+
+    @pytest.mark.anyio
+    async def test_consumers_in_two_processes_never_claim_one_delivery_twice(
+        self, leased_store: LeasedStore, clock: ManualClock, tmp_path: Path
+    ) -> None:
+        """Claiming from two processes at once shares out every delivery exactly once."""
+        events = [_event(n) for n in range(150)]
+        await _publish(leased_store, events, "a", "b")
+        here = await _consumer(leased_store, "a", "b")
+        mine: list[tuple[str, str, int, bool]] = []
+
+        async def claim_here() -> None:
+            while claims := await _claim(leased_store, here, 5):
+                mine.extend(_seen(claims))
+
+        _, theirs = await claim_in_another_process(
+            self.child_store_factory(),
+            tmp_path,
+            clock(),
+            ["a", "b"],
+            limit=7,
+            until_empty=True,
+            meanwhile=claim_here,
+        )
+        expected = sorted((e.id, r, 1, False) for e in events for r in ("a", "b"))
+        assert sorted(mine + theirs) == expected
