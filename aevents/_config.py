@@ -3,8 +3,9 @@
 ``EventRuntime(...)`` hands each of its keyword arguments to ``RuntimeConfig``
 by name, so renaming an option is a type error rather than a failure at run
 time, and a bad value raises ``ConfigurationError`` naming the option and the
-value before anything starts. The rules for each option live here and only
-here; ``check_middleware`` is also the rule for ``add_middleware()``.
+value before anything starts. The rules for each option live here, but for
+one middleware's, ``_middleware.check_middleware``, which ``add_middleware()``
+shares.
 
 This module sits at the bottom of the import graph: it imports no part of the
 runtime, and ``aevents._metrics`` and ``aevents._middleware`` only when a value
@@ -33,7 +34,6 @@ __all__ = [
     "KEYED_DEAD_LETTER_POLICIES",
     "OPTIONS",
     "RuntimeConfig",
-    "check_middleware",
 ]
 
 KEYED_DEAD_LETTER_POLICIES: Final = ("skip", "hold")
@@ -117,20 +117,11 @@ def _metrics(_: RuntimeConfig, __: attrs.Attribute[Any], metrics: object) -> Non
 def _middleware(
     config: RuntimeConfig, _: attrs.Attribute[Any], middleware: tuple[object, ...]
 ) -> None:
+    from ._middleware import check_middleware  # _middleware would be a circle at module level
+
     added: list[Middleware] = [] if config.metrics is None else [config.metrics]
     for each in middleware:
         added.append(check_middleware(each, added))
-
-
-def check_middleware(middleware: object, added: Sequence[Middleware]) -> Middleware:
-    """``middleware``, unless it is not an ``aevents.Middleware`` or is in ``added`` already."""
-    from ._middleware import Middleware
-
-    if not isinstance(middleware, Middleware):
-        raise _refuse(f"middleware must subclass aevents.Middleware, got {middleware!r}")
-    if middleware in added:
-        raise _refuse(f"middleware {middleware!r} is already added")
-    return middleware
 
 
 # ---------------------------------------------------------------------- converters

@@ -48,9 +48,9 @@ from typing import Any
 
 import attrs
 
-from ._config import check_middleware
 from ._delivery import DeliveryInfo
 from ._event import Event
+from ._exceptions import ConfigurationError
 from ._policy import DeadLetter
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "PublishHooks",
     "Publishing",
     "after_delivery",
+    "check_middleware",
     "log_after_delivery_error",
     "notify",
 ]
@@ -175,6 +176,17 @@ class MiddlewareStack:
             metrics = sys.modules.get("aevents._metrics")
             if metrics is not None and type(self.delivery[0]) is metrics.Metrics:
                 self.count = self.delivery[0].count  # type: ignore[attr-defined]
+
+
+def check_middleware(middleware: object, added: Sequence[Middleware]) -> Middleware:
+    """``middleware``, unless it is not an ``aevents.Middleware`` or is in ``added`` already."""
+    if not isinstance(middleware, Middleware):
+        raise ConfigurationError(
+            "EventRuntime", f"middleware must subclass aevents.Middleware, got {middleware!r}"
+        )
+    if middleware in added:
+        raise ConfigurationError("EventRuntime", f"middleware {middleware!r} is already added")
+    return middleware
 
 
 class PublishHooks:

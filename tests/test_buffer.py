@@ -1,0 +1,135 @@
+"""The delivery buffer on its own: its bound, its line of waiting publishers, its queue."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from anyio import wait_all_tasks_blocked
+
+from aevents import Event, Registry
+from aevents._buffer import DeliveryBuffer
+from aevents._delivery import Delivery
+from aevents._event import make_event
+from aevents._state import Epoch
+
+pytestmark = pytest.mark.anyio
+
+
+def _delivery(number: int) -> Delivery:
+    registry = Registry()
+
+    async def receiver(event: Event) -> None:
+        pass
+
+    subscription = registry.subscribe("job:run", receiver, id="receiver")
+    event = make_event("job:run", {"number": number}, {})
+    return Delivery(event, subscription, 1, Epoch(None), False)
+
+
+async def test_room_is_taken_for_a_whole_event_or_not_at_all() -> None:
+    """Room for three fits in a buffer of four once; then only an empty buffer lets one more in."""
+    buffer = DeliveryBuffer(4, workers=2)
+    assert buffer.try_reserve(3)
+    assert not buffer.try_reserve(2)
+    assert buffer.queued == 3
+    buffer.release(3)
+    assert buffer.try_reserve(9)  # larger than the buffer, but the buffer is empty
+    assert buffer.queued == 9
+
+
+async def test_waiting_publishers_get_room_in_arrival_order() -> None:
+    """A publish that waits first gets room first, even when a later one would fit sooner."""
+    buffer = DeliveryBuffer(4, workers=2)
+    assert buffer.try_reserve(4)
+    order: list[int] = []
+
+    async def publisher(needed: int) -> None:
+        await buffer.reserve(needed)
+        order.append(needed)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(publisher, 3)
+        await wait_all_tasks_blocked()
+        tasks.start_soon(publisher, 1)
+        await wait_all_tasks_blocked()
+        assert not buffer.try_reserve(1)  # someone waits: nobody jumps the line
+        buffer.release(1)  # room for the second, but the first still waits
+        await wait_all_tasks_blocked()
+        assert order == []
+        buffer.release(2)  # 1 left: room for the first (3) only, and the second waits on
+        await wait_all_tasks_blocked()
+        assert order == [3]
+        buffer.release(3)
+    assert order == [3, 1]
+    assert buffer.queued == 1 + 1
+
+
+async def test_a_cancelled_wait_for_room_takes_nothing_and_passes_granted_room_on() -> None:
+    """Cancelled while waiting, a publish leaves the bound as it found it."""
+    buffer = DeliveryBuffer(2, workers=2)
+    assert buffer.try_reserve(2)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(buffer.reserve, 2)
+        await wait_all_tasks_blocked()
+        tasks.cancel_scope.cancel()
+    assert buffer.queued == 2
+    buffer.release(2)
+    assert buffer.queued == 0
+    assert buffer.try_reserve(2)
+
+
+async def test_a_receiver_overshoots_the_bound_rather_than_deadlock_the_workers() -> None:
+    """With every other worker waiting inside a receiver, the last one does not wait too."""
+    buffer = DeliveryBuffer(1, workers=2)
+    assert buffer.try_reserve(1)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(lambda: buffer.reserve(1, in_delivery=True))
+        await wait_all_tasks_blocked()
+        with anyio.fail_after(5):
+            await buffer.reserve(1, in_delivery=True)  # would deadlock: it overshoots
+        assert buffer.queued == 2
+        buffer.release(2)
+    assert buffer.queued == 1
+
+
+async def test_taking_gives_room_back_and_wakes_a_parked_worker() -> None:
+    """A worker parked on an empty queue wakes for the next delivery; taking frees its room."""
+    buffer = DeliveryBuffer(4, workers=1)
+    taken: list[Delivery] = []
+
+    async def worker() -> None:
+        while await buffer.wait():
+            delivery = buffer.take()
+            assert delivery is not None
+            taken.append(delivery)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(worker)
+        await wait_all_tasks_blocked()
+        assert buffer.take() is None
+        assert buffer.try_reserve(2)
+        first, second = _delivery(1), _delivery(2)
+        buffer.put(first)
+        buffer.put(second)
+        await wait_all_tasks_blocked()
+        assert taken == [first, second]
+        assert buffer.queued == 0
+        buffer.close()
+    assert buffer.closed
+
+
+async def test_closing_wakes_publishers_and_leaves_queued_deliveries_counted() -> None:
+    """After close, waiting publishers return and what was queued stays for the stop's report."""
+    buffer = DeliveryBuffer(1, workers=1)
+    assert buffer.try_reserve(1)
+    left = _delivery(1)
+    buffer.put(left)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(buffer.reserve, 1)
+        await wait_all_tasks_blocked()
+        buffer.close()
+    assert list(buffer.items) == [left]
+    assert buffer.queued == 1
+    assert await buffer.wait()  # closed, with a delivery still there to take
+    assert buffer.take() is left
+    assert not await buffer.wait()  # closed and empty: the worker ends
