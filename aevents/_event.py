@@ -191,38 +191,34 @@ def _read_id(event: Any) -> str:
     return value
 
 
-def _read_occurred_at(event: Any) -> datetime:
-    value: datetime = event._occurred_at_slot
-    if value is _PENDING:
-        value = _utc_time(event._stamp_ns)
-        _set_occurred_at(event, value)
-    return value
-
-
-# The fields of the last whole second seen: datetime(...) from them costs half
-# of _EPOCH + timedelta(...), and published events come in runs within one second.
+# The fields of the last whole second an event was stamped in: datetime(...)
+# from them costs half of _EPOCH + timedelta(...), and events come in runs
+# within one second. Replaced whole, so threads never see half an update.
 _last_second: tuple[int, int, int, int, int, int, int] = (-1, 1970, 1, 1, 0, 0, 0)
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _utc_time(ns: int) -> datetime:
-    """The UTC time of ``ns`` nanoseconds since the epoch, down to its microsecond."""
+def _read_occurred_at(event: Any) -> datetime:
     global _last_second
-    seconds, microseconds = divmod(ns // 1000, 1_000_000)
-    last = _last_second
-    if last[0] != seconds:
-        moment = _EPOCH + timedelta(seconds=seconds)
-        last = _last_second = (
-            seconds,
-            moment.year,
-            moment.month,
-            moment.day,
-            moment.hour,
-            moment.minute,
-            moment.second,
-        )
-    _, year, month, day, hour, minute, second = last
-    return datetime(year, month, day, hour, minute, second, microseconds, UTC)
+    value: datetime = event._occurred_at_slot
+    if value is _PENDING:  # the UTC time of the stamp, floored to its microsecond
+        seconds, microseconds = divmod(event._stamp_ns // 1000, 1_000_000)
+        last = _last_second
+        if last[0] != seconds:
+            moment = _EPOCH + timedelta(seconds=seconds)
+            last = _last_second = (
+                seconds,
+                moment.year,
+                moment.month,
+                moment.day,
+                moment.hour,
+                moment.minute,
+                moment.second,
+            )
+        _, year, month, day, hour, minute, second = last
+        value = datetime(year, month, day, hour, minute, second, microseconds, UTC)
+        _set_occurred_at(event, value)
+    return value
 
 
 # ``id`` and ``occurred_at`` are read through properties that fill a pending
