@@ -21,7 +21,9 @@ def _delivery(number: int) -> Delivery:
     async def receiver(event: Event) -> None:
         pass
 
-    subscription = registry.subscribe("job:run", receiver, id="receiver")
+    registry.subscribe("job:run", receiver, id="receiver")
+    subscription = registry.receiver("receiver", "job:run")
+    assert subscription is not None
     event = make_event("job:run", {"number": number}, {})
     return Delivery(event, subscription, 1, Epoch(None), False)
 

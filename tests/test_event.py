@@ -5,23 +5,31 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
+import anyio
 import attrs
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import aevents
+from aevents import _event
 from aevents._event import make_event, new_event_id
 from tests.test_names import names
 from tests.test_payload import json_payloads, same_json
 
 ID_FORMAT = re.compile(r"[0-9a-f]{28}")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+NODE_BITS = 0xFFFFFF
 
 
 def sample_event(**changes: Any) -> aevents.Event:
@@ -176,30 +184,235 @@ def test_made_events_are_stamped_now_in_utc() -> None:
     assert (event.name, event.payload, event.metadata) == ("a:b", {"x": 1}, {"m": "v"})
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_mints_different_ids() -> None:
-    """A child process reseeds its node bits, so parent and child never mint the same id."""
+def _in_a_forked_child(task: Any) -> str:
+    """What ``task()`` returns in a forked child process, read back through a pipe."""
     read_end, write_end = os.pipe()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads, Python 3.12+
         pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         try:
-            os.write(write_end, ",".join(new_event_id() for _ in range(200)).encode())
+            os.write(write_end, task().encode())
         finally:
             os._exit(0)
     os.close(write_end)
-    parent_ids = [new_event_id() for _ in range(200)]
     with os.fdopen(read_end, "rb") as pipe:
-        child_ids = pipe.read().decode().split(",")
+        answer = pipe.read().decode()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+    return answer
+
+
+def _mint_both_ways() -> list[str]:
+    return [new_event_id() if n % 2 else make_event("a:b", {}, {}).id for n in range(200)]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_mints_different_ids() -> None:
+    """A child process reseeds its node bits, so parent and child never mint the same id."""
+    child_ids = _in_a_forked_child(lambda: ",".join(_mint_both_ways())).split(",")
+    parent_ids = _mint_both_ways()
     assert len(child_ids) == 200
     assert not set(parent_ids) & set(child_ids)
-    node = 0xFFFFFF
-    assert {int(ident, 16) & node for ident in child_ids} != {
-        int(ident, 16) & node for ident in parent_ids
+    assert {int(ident, 16) & NODE_BITS for ident in child_ids} != {
+        int(ident, 16) & NODE_BITS for ident in parent_ids
     }
+    assert len({int(ident, 16) & NODE_BITS for ident in child_ids}) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_an_event_made_before_a_fork_reads_the_same_in_parent_and_child() -> None:
+    """An event made before a fork and first read in the child reads as it does in the parent."""
+    made = make_event("a:b", {}, {})
+    in_child = _in_a_forked_child(lambda: f"{made.id} {made.occurred_at.isoformat()}")
+    assert in_child == f"{made.id} {made.occurred_at.isoformat()}"
+
+
+# ------------------------------------------------ published events: stamped at publish
+
+
+def stamped_at(event: aevents.Event) -> int:
+    """The nanosecond clock reading an event's id encodes."""
+    return int(event.id, 16) >> 48
+
+
+def test_a_made_event_equals_an_explicit_event_of_its_values() -> None:
+    """An event built from a made event's values equals it, hashes alike and prints alike."""
+    made = make_event("a:b", {"x": 1}, {"m": "v"}, "user:42")
+    explicit = aevents.Event(
+        made.id, made.name, made.payload, made.occurred_at, made.metadata, made.key
+    )
+    assert explicit == made
+    assert made == explicit
+    assert hash(explicit) == hash(made)
+    assert repr(explicit) == repr(made)
+    assert explicit.to_json() == made.to_json()
+
+
+def test_an_explicit_event_keeps_exactly_what_it_was_given() -> None:
+    """An event built with an ``id`` and ``occurred_at`` returns those very objects, unchecked."""
+    moment = datetime(2024, 5, 1, tzinfo=UTC)
+    event = aevents.Event("id-1", "a:b", {}, moment)
+    assert event.id == "id-1"
+    assert event.occurred_at is moment
+    odd = aevents.Event(42, "a:b", {}, "not a time")  # type: ignore[arg-type]
+    assert (odd.id, odd.occurred_at) == (42, "not a time")  # type: ignore[comparison-overlap]
+
+
+def test_the_first_read_of_id_and_occurred_at_is_kept() -> None:
+    """Reading ``id`` or ``occurred_at`` again returns the very object the first read gave."""
+    made = make_event("a:b", {}, {})
+    assert made.id is made.id
+    assert made.occurred_at is made.occurred_at
+
+
+def test_id_and_occurred_at_name_the_same_instant() -> None:
+    """An event's time is the instant its id encodes, to the microsecond, either read first."""
+    events = [make_event("a:b", {}, {}) for _ in range(2_000)]
+    for index, event in enumerate(events):
+        if index % 2:
+            assert event.occurred_at.tzinfo is UTC  # the time read before the id
+        assert event.occurred_at == EPOCH + timedelta(microseconds=stamped_at(event) // 1000)
+        assert event.occurred_at.tzinfo is UTC
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=2**64 - 1), st.booleans())
+@example(0, False)
+@example(999_999_999, True)
+@example(1_000_000_000, True)
+@example(1_714_566_615_999_999_999, False)
+@example(2**64 - 1, True)
+def test_any_clock_reading_gives_an_id_and_a_time_that_agree(ns: int, time_first: bool) -> None:
+    """For any nanosecond clock reading, the id encodes it and the time is its UTC microsecond."""
+    with patch.object(_event, "_time_ns", lambda: ns):
+        event = make_event("a:b", {}, {})
+    if time_first:
+        assert event.occurred_at == EPOCH + timedelta(microseconds=ns // 1000)
+    assert ID_FORMAT.fullmatch(event.id)
+    assert stamped_at(event) == ns
+    assert event.occurred_at == EPOCH + timedelta(microseconds=ns // 1000)
+    assert event.occurred_at.tzinfo is UTC
+
+
+def test_times_are_right_across_seconds_and_a_clock_stepped_back() -> None:
+    """Clock readings that cross second boundaries, jump and step back each get their own time."""
+    second = 1_714_566_615 * 10**9
+    readings = [second - 1, second, second + 999_999_999, second + 10**9, second - 10**9, 0, second]
+    for ns in readings:
+        with patch.object(_event, "_time_ns", lambda: ns):  # noqa: B023 - used at once
+            event = make_event("a:b", {}, {})
+        assert event.occurred_at == EPOCH + timedelta(microseconds=ns // 1000)
+
+
+def test_made_events_sort_by_creation_whatever_order_they_are_read_in() -> None:
+    """Ids and times of events made one after another never go backwards; ids never repeat."""
+    events = [make_event("a:b", {}, {}) for _ in range(20_000)]
+    ids = [event.id for event in reversed(events)][::-1]
+    assert all(earlier < later for earlier, later in itertools.pairwise(ids))
+    times = [event.occurred_at for event in events]
+    assert times == sorted(times)
+
+
+def test_an_unread_made_event_round_trips_through_json() -> None:
+    """``from_json(to_json())`` of a made event gives back its id, time and bytes exactly."""
+    made = make_event("a:b", {"x": 1}, {}, "user:42")
+    data = made.to_json()
+    back = aevents.Event.from_json(data)
+    assert (back.id, back.occurred_at) == (made.id, made.occurred_at)
+    assert back == made
+    assert hash(back) == hash(made)
+    assert back.to_json() == data
+
+
+@pytest.mark.anyio
+async def test_unread_made_events_come_back_from_a_journal_unchanged(tmp_path: Path) -> None:
+    """Events appended to a SQLite journal before any read come back with the same id and time."""
+    made = [make_event("a:b", {"n": n}, {}) for n in range(20)]
+    store = aevents.SQLiteStore(tmp_path / "journal.db")
+    await store.open()
+    try:
+        for event in made:
+            await store.append(event, ["r"])
+    finally:
+        await store.close()
+    reopened = aevents.SQLiteStore(tmp_path / "journal.db")
+    await reopened.open()
+    try:
+        with anyio.fail_after(30):
+            back = [delivery.event async for delivery in reopened.pending()]
+    finally:
+        await reopened.close()
+    assert [(event.id, event.occurred_at) for event in back] == [
+        (event.id, event.occurred_at) for event in made
+    ]
+    assert back == made
+
+
+def test_made_events_compare_and_hash_by_value() -> None:
+    """A made event equals its copies and hashes like them; another made event differs."""
+    made = make_event("a:b", {}, {})
+    other = make_event("a:b", {}, {})
+    copies = [attrs.evolve(made), aevents.Event.from_json(made.to_json())]
+    assert all(copy == made and hash(copy) == hash(made) for copy in copies)
+    assert made != other
+    assert len({made, other, *copies}) == 2
+
+
+def test_the_repr_of_a_made_event_shows_its_id_and_time() -> None:
+    """``repr`` of an event no one has read shows its id and time, not a placeholder."""
+    made = make_event("a:b", {}, {})
+    text = repr(made)
+    assert f"id={made.id!r}" in text
+    assert f"occurred_at={made.occurred_at!r}" in text
+    assert "object at" not in text
+
+
+def test_a_made_event_is_frozen_before_and_after_its_first_read() -> None:
+    """Assigning ``id`` or ``occurred_at`` raises, whether or not they were read yet."""
+    made = make_event("a:b", {}, {})
+    for _ in range(2):
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            made.id = "other"  # type: ignore[misc]
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            made.occurred_at = EPOCH  # type: ignore[misc]
+        assert ID_FORMAT.fullmatch(made.id)
+
+
+def test_threads_making_events_at_once_get_unique_ordered_ids() -> None:
+    """Events made in eight threads at once have unique ids, each thread's in creation order."""
+    barrier = threading.Barrier(8)
+
+    def make_many(_: int) -> list[aevents.Event]:
+        barrier.wait(timeout=30)
+        return [make_event("a:b", {}, {}) for _ in range(2_000)]
+
+    with ThreadPoolExecutor(8) as pool:
+        batches = list(pool.map(make_many, range(8)))
+    for batch in batches:
+        ids = [event.id for event in batch]
+        assert all(earlier < later for earlier, later in itertools.pairwise(ids))
+    everything = [event for batch in batches for event in batch]
+    assert len({event.id for event in everything}) == len(everything)
+    assert all(
+        event.occurred_at == EPOCH + timedelta(microseconds=stamped_at(event) // 1000)
+        for event in everything
+    )
+
+
+def test_threads_racing_to_read_an_event_first_all_see_the_same_values() -> None:
+    """Eight threads reading the same unread events at once all get equal ids and times."""
+    events = [make_event("a:b", {}, {}) for _ in range(500)]
+    barrier = threading.Barrier(8)
+
+    def read_all(_: int) -> list[tuple[str, datetime]]:
+        barrier.wait(timeout=30)
+        return [(event.id, event.occurred_at) for event in events]
+
+    with ThreadPoolExecutor(8) as pool:
+        seen = list(pool.map(read_all, range(8)))
+    assert all(reads == seen[0] for reads in seen)
+    assert seen[0] == [(event.id, event.occurred_at) for event in events]
 
 
 # ------------------------------------------------------------------ orjson form
