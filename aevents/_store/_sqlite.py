@@ -70,11 +70,11 @@ from .._policy import DeadLetter
 from ._protocol import PendingDelivery, StoreStats
 from ._sqlite_calls import _JournalCalls
 from ._sqlite_schema import (
-    _SYNCHRONOUS,
     APPLICATION_ID,
     SCHEMA_VERSION,
-    _to_us,
+    SYNCHRONOUS,
     request_redelivery,
+    to_us,
 )
 from ._sqlite_thread import (
     _APPEND,
@@ -136,7 +136,7 @@ class SQLiteStore(_JournalCalls):
     ) -> None:
         self.path = os.fsdecode(os.fspath(path))
         what = "SQLiteStore"
-        if not isinstance(synchronous, str) or synchronous.upper() not in _SYNCHRONOUS:
+        if not isinstance(synchronous, str) or synchronous.upper() not in SYNCHRONOUS:
             raise ConfigurationError(
                 what, f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}"
             )
@@ -332,12 +332,12 @@ class SQLiteStore(_JournalCalls):
                     letter.event.id,
                     letter.event.name,
                     letter.event.to_json(),
-                    _to_us(letter.event.occurred_at),
+                    to_us(letter.event.occurred_at),
                     letter.receiver_id,
                     letter.attempts,
                     letter.error_type,
                     letter.error_message,
-                    _to_us(letter.failed_at),
+                    to_us(letter.failed_at),
                 )
                 for letter in letters
             ]
@@ -388,7 +388,7 @@ class SQLiteStore(_JournalCalls):
         Runs in transactions of a bounded size; cancelling abandons the answer,
         not the pruning.
         """
-        cutoff = None if older_than is None else _to_us(older_than)
+        cutoff = None if older_than is None else to_us(older_than)
         removed: int = await self._call(
             functools.partial(self._prune_on_thread, cutoff), "could not prune"
         )
@@ -406,7 +406,7 @@ class SQLiteStore(_JournalCalls):
         warning. Cancelling only abandons the answer.
         """
         result: list[Event] = await self._call(
-            functools.partial(self._recent_keys_on_thread, _to_us(since), max(limit, 0)),
+            functools.partial(self._recent_keys_on_thread, to_us(since), max(limit, 0)),
             "could not read idempotency keys",
         )
         return result
@@ -418,7 +418,7 @@ class SQLiteStore(_JournalCalls):
         not the forgetting.
         """
         removed: int = await self._call(
-            functools.partial(self._forget_keys_on_thread, _to_us(before)),
+            functools.partial(self._forget_keys_on_thread, to_us(before)),
             "could not forget idempotency keys",
         )
         return removed

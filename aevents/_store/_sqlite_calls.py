@@ -23,23 +23,21 @@ from .._policy import DeadLetter, describe_error
 from .._text import counted
 from ._protocol import PendingDelivery, StoreStats
 from ._sqlite_schema import (
-    _EPOCH,
-    SCHEMA_VERSION,
-    _acquire_lock,
-    _check_header,
+    EPOCH,
+    JournalSchema,
     _check_links,
-    _check_schema,
-    _connect,
-    _create_file,
-    _from_us,
     _losses_of,
-    _migrate,
-    _parse_requests,
-    _read_record,
     _real_path,
-    _to_us,
     _wal_loss,
+    acquire_lock,
+    check_header,
+    connect,
+    create_file,
     describe_loss,
+    from_us,
+    parse_requests,
+    read_record,
+    to_us,
 )
 from ._sqlite_thread import _DEAD, _OPEN, _OPENING, _JournalThread
 
@@ -106,19 +104,19 @@ class _JournalCalls(_JournalThread):
     def _open_journal(self) -> None:
         real = self._real = _real_path(self.path)
         loss = None
-        exists = _check_header(self.path, real)
+        exists = check_header(self.path, real)
         _check_links(self.path, real)
         if not self.read_only:
-            self._lock_fd = _acquire_lock(self.path, real)
+            self._lock_fd = acquire_lock(self.path, real)
             _check_links(self.path, real)  # linked while we waited for the lock
-            record = _read_record(self._lock_fd)
+            record = read_record(self._lock_fd)
             self.losses = _losses_of(record)
             loss = _wal_loss(self.path, real, record) if exists else None
             if not exists:
-                _create_file(self.path, real)
+                create_file(self.path, real)
         elif not exists:
             raise StoreError(self.path, "does not exist")
-        conn = _connect(
+        conn = connect(
             self.path,
             real,
             busy_timeout=self.busy_timeout,
@@ -126,16 +124,14 @@ class _JournalCalls(_JournalThread):
             immutable=self.immutable,
         )
         self._conn = conn
-        version = self._schema_version = _check_schema(conn, self.path, read_only=self.read_only)
+        schema = JournalSchema(conn, self.path)
+        schema.check(read_only=self.read_only)
+        self._schema_version = schema.version
         if self.read_only:
             return
         try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreError(self.path, f"cannot use WAL mode (journal_mode is {mode!r})")
-            if version < SCHEMA_VERSION:
-                _migrate(conn, version, self.path)
-                self._schema_version = SCHEMA_VERSION
+            schema.prepare_for_writes()
+            self._schema_version = schema.version
             self._set_synchronous(self.synchronous)
             self._next_seq = conn.execute(
                 "SELECT coalesce(max(seq), 0) + 1 FROM events"
@@ -175,7 +171,7 @@ class _JournalCalls(_JournalThread):
             chunks = []
             while chunk := os.read(fd, 65536):
                 chunks.append(chunk)
-            everything, letter_ids = _parse_requests(b"".join(chunks), self.path)
+            everything, letter_ids = parse_requests(b"".join(chunks), self.path)
             try:
                 count = self._redeliver_on_thread(None if everything else letter_ids)
             except sqlite3.Error as exc:
@@ -203,7 +199,7 @@ class _JournalCalls(_JournalThread):
         for row in self._conn.execute(_DEAD_LETTERS, (limit,)).fetchall():
             letter_id, receiver_id, attempts, error_type, message, failed, *stored = row
             event, _ = self._decode(*stored)
-            failed_at = _from_us(failed)
+            failed_at = from_us(failed)
             letters.append(
                 DeadLetter(letter_id, event, receiver_id, attempts, error_type, message, failed_at)
             )
@@ -261,7 +257,7 @@ class _JournalCalls(_JournalThread):
                     attempts,
                     "aevents.journal.UnreadableEvent",
                     f"the journal row could not be read: {reason}",
-                    _to_us(datetime.now(UTC)),
+                    to_us(datetime.now(UTC)),
                 )
             )
         if unreadable:
@@ -367,6 +363,6 @@ class _JournalCalls(_JournalThread):
             label = validate_name(name)
         except InvalidEventNameError:
             label = UNREADABLE_EVENT
-        occurred_at = _from_us(published) if isinstance(published, int) else _EPOCH
+        occurred_at = from_us(published) if isinstance(published, int) else EPOCH
         payload = {"raw": raw.decode("utf-8", "replace")[:_RAW_CHARS]}
         return _make_event(str(event_id), label, payload, occurred_at, {}), reason

@@ -31,12 +31,13 @@ import anyio.lowlevel
 
 from .._exceptions import StoreError
 from ._sqlite_schema import (
-    _EPOCH,
-    _MICROSECOND,
-    _SYNCHRONOUS,
-    _rollback_transaction,
-    _to_us,
-    _write_record,
+    EPOCH,
+    MICROSECOND,
+    SYNCHRONOUS,
+    rollback_transaction,
+    sqlite_error,
+    to_us,
+    write_record,
 )
 
 logger = logging.getLogger("aevents.store")
@@ -231,27 +232,15 @@ class _JournalThread:
         self._release()
 
     def _error(self, exc: BaseException, doing: str) -> StoreError:
-        name = getattr(exc, "sqlite_errorname", "")
-        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-            problem = (
-                f"{doing}: another connection held the journal locked for longer than "
-                f"busy_timeout={self.busy_timeout:g}s"
-            )
-        elif name.startswith("SQLITE_FULL"):
-            problem = f"{doing}: the disk is full ({exc})"
-        else:
-            problem = f"{doing}: {exc}"
-        error = StoreError(self.path, problem)
-        error.__cause__ = exc
-        return error
+        return sqlite_error(self.path, exc, doing, busy_timeout=self.busy_timeout)
 
     def _rollback(self) -> None:
-        _rollback_transaction(self._conn, self.path)
+        rollback_transaction(self._conn, self.path)
 
     def _set_synchronous(self, level: str) -> None:
         if level != self._synchronous_now:
             assert self._conn is not None
-            self._conn.execute(_SYNCHRONOUS[level])
+            self._conn.execute(SYNCHRONOUS[level])
             self._synchronous_now = level
 
     def _commit(self, batch: _Batch) -> None:
@@ -285,7 +274,7 @@ class _JournalThread:
             kind = request[0]
             if kind == _APPEND:
                 _, event_id, name, body, occurred_at, receiver_ids, key = request
-                occurred = (occurred_at - _EPOCH) // _MICROSECOND
+                occurred = (occurred_at - EPOCH) // MICROSECOND
                 events.append((seq, event_id, name, body, occurred))
                 if key is not None:
                     keys.append((key, occurred, body))
@@ -383,7 +372,7 @@ class _JournalThread:
             "losses": self.losses,
         }
         try:
-            _write_record(self._lock_fd, record)
+            write_record(self._lock_fd, record)
         except OSError as exc:
             logger.warning("journal %r: cannot update its lock file (%s)", self.path, exc)
             return
@@ -394,7 +383,7 @@ class _JournalThread:
         assert self.retention is not None
         if self._retention_after is None:
             self._retention_after = 0
-        cutoff = _to_us(datetime.now(UTC) - self.retention)
+        cutoff = to_us(datetime.now(UTC) - self.retention)
         try:
             _, self._retention_after = self._prune_chunk(
                 self._retention_after, cutoff, stop_at_newer=True
