@@ -69,6 +69,7 @@ from .._idempotency import IDEMPOTENCY_KEY
 from .._policy import DeadLetter
 from ._protocol import PendingDelivery, StoreStats
 from ._sqlite_calls import _JournalCalls
+from ._sqlite_lock import JournalLock
 from ._sqlite_schema import (
     APPLICATION_ID,
     SCHEMA_VERSION,
@@ -175,12 +176,19 @@ class SQLiteStore(_JournalCalls):
         self._call_soon: Callable[[Callable[[], object]], object] = _loop_caller_unset
         # Owned by the store thread:
         self._conn: sqlite3.Connection | None = None
-        self._lock_fd: int | None = None
+        self._lock_file = JournalLock(self.path)
         self._real = self.path
-        self._wal_path = self.path + "-wal"
-        self._wal_recorded = 0
-        self._recorded = False  # the lock file says "open" for this run
-        self.losses: list[dict[str, Any]] = []
+        self._next_seq = 1
+        self._schema_version = SCHEMA_VERSION  # lower only for an old journal opened read-only
+        self._synchronous_now = ""
+        self._retention_after: int | None = 0  # resume point of the retention pass
+        self._retention_due = math.inf
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r}, synchronous={self.synchronous!r})"
+
+    @property
+    def losses(self) -> list[dict[str, Any]]:
         """Losses of data noticed after a crash, oldest first; empty when there are none.
 
         When the last run did not close cleanly and the ``-wal`` it left is missing,
@@ -193,14 +201,7 @@ class SQLiteStore(_JournalCalls):
         ``file`` (the ``-wal`` path), ``problem`` (what was wrong with it) and
         ``lost`` (what may be missing: acknowledged events, deliveries marked done,
         which run again, and dead letters)."""
-        self._next_seq = 1
-        self._schema_version = SCHEMA_VERSION  # lower only for an old journal opened read-only
-        self._synchronous_now = ""
-        self._retention_after: int | None = 0  # resume point of the retention pass
-        self._retention_due = math.inf
-
-    def __repr__(self) -> str:
-        return f"SQLiteStore({self.path!r}, synchronous={self.synchronous!r})"
+        return self._lock_file.losses
 
     # -- the async surface ---------------------------------------------------------------
 

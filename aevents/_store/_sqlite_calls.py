@@ -26,17 +26,12 @@ from ._sqlite_schema import (
     EPOCH,
     JournalSchema,
     _check_links,
-    _losses_of,
     _real_path,
-    _wal_loss,
-    acquire_lock,
     check_header,
     connect,
     create_file,
-    describe_loss,
     from_us,
     parse_requests,
-    read_record,
     to_us,
 )
 from ._sqlite_thread import _DEAD, _OPEN, _OPENING, _JournalThread
@@ -107,11 +102,9 @@ class _JournalCalls(_JournalThread):
         exists = check_header(self.path, real)
         _check_links(self.path, real)
         if not self.read_only:
-            self._lock_fd = acquire_lock(self.path, real)
+            self._lock_file.acquire(real)
             _check_links(self.path, real)  # linked while we waited for the lock
-            record = read_record(self._lock_fd)
-            self.losses = _losses_of(record)
-            loss = _wal_loss(self.path, real, record) if exists else None
+            loss = self._lock_file.read_last_run(real, exists=exists)
             if not exists:
                 create_file(self.path, real)
         elif not exists:
@@ -138,19 +131,7 @@ class _JournalCalls(_JournalThread):
             ).fetchone()[0]
         except sqlite3.Error as exc:
             raise self._error(exc, "could not be prepared") from exc
-        if self.losses:  # found by an earlier open and not acknowledged yet
-            logger.warning(
-                "journal %r: %s of data not acknowledged; "
-                "`python -m aevents journal PATH stats` shows them, `forget-losses` acknowledges",
-                self.path,
-                counted(len(self.losses), "earlier loss"),
-            )
-        if loss is not None:
-            self.losses.append(loss)
-            logger.error("%s", describe_loss(self.path, loss))
-        self._wal_path = real + "-wal"
-        self._wal_recorded = self._wal_size()
-        self._record("open")
+        self._lock_file.opened(loss)
         self._apply_requests()
         if self.retention is not None:  # the first chunk now, the rest in the background
             self._retention_after = 0
@@ -344,9 +325,7 @@ class _JournalCalls(_JournalThread):
 
     def _forget_losses_on_thread(self) -> list[dict[str, Any]]:
         self._check_writable()
-        forgotten, self.losses = self.losses, []
-        self._record("open")
-        return forgotten
+        return self._lock_file.forget()
 
     def _check_writable(self) -> None:
         if self.read_only:

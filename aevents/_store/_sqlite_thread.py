@@ -15,7 +15,6 @@ import asyncio
 import functools
 import logging
 import math
-import os
 import queue
 import sqlite3
 import threading
@@ -30,6 +29,7 @@ import anyio.from_thread
 import anyio.lowlevel
 
 from .._exceptions import StoreError
+from ._sqlite_lock import JournalLock
 from ._sqlite_schema import (
     EPOCH,
     MICROSECOND,
@@ -37,7 +37,6 @@ from ._sqlite_schema import (
     rollback_transaction,
     sqlite_error,
     to_us,
-    write_record,
 )
 
 logger = logging.getLogger("aevents.store")
@@ -159,12 +158,8 @@ class _JournalThread:
     _call_soon: Callable[[Callable[[], object]], object]
 
     _conn: sqlite3.Connection | None
-    _lock_fd: int | None
+    _lock_file: JournalLock
     _real: str
-    _wal_path: str
-    _wal_recorded: int
-    _recorded: bool
-    losses: list[dict[str, Any]]
     _next_seq: int
     _synchronous_now: str
     _retention_after: int | None
@@ -313,10 +308,7 @@ class _JournalThread:
             raise
         self._next_seq = seq
         if events or letters:
-            size = self._wal_size()
-            if size > self._wal_recorded:  # the -wal's high-water mark: rarely moves
-                self._wal_recorded = size
-                self._record("open")
+            self._lock_file.track_wal()
 
     def _insert_letter(self, conn: sqlite3.Connection, letter: tuple[Any, ...], seq: int) -> int:
         letter_id, event_id, name, body, published, receiver_id, attempts, *details = letter
@@ -333,50 +325,20 @@ class _JournalThread:
     def _release(self) -> None:
         conn = self._conn
         if conn is not None:
-            if self._recorded:  # opened read-write: leave nothing in the -wal, then say so
+            if self._lock_file.recorded:  # opened read-write: leave nothing in the -wal
                 try:
                     busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
                 except sqlite3.Error:
                     logger.debug("journal %r: checkpoint failed", self.path, exc_info=True)
                 else:
                     if not busy:
-                        self._wal_recorded = 0
-                        self._record("open")
+                        self._lock_file.checkpointed()
             try:
                 conn.close()
             except sqlite3.Error:
                 logger.debug("journal %r: close failed", self.path, exc_info=True)
             self._conn = None
-        if self._recorded:
-            self._record("closed")
-            self._recorded = False
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is not None:
-            os.close(fd)  # closing the descriptor releases the flock
-
-    def _wal_size(self) -> int:
-        try:
-            return os.stat(self._wal_path).st_size
-        except OSError:
-            return 0
-
-    def _record(self, state: str) -> None:
-        """Write the lock file's record: whether this run is open, how far its -wal grew,
-        and the losses found so far (see ``_sqlite_schema._wal_loss``)."""
-        if self._lock_fd is None:
-            return
-        record = {
-            "state": state,
-            "pid": os.getpid(),
-            "wal": self._wal_recorded,
-            "losses": self.losses,
-        }
-        try:
-            write_record(self._lock_fd, record)
-        except OSError as exc:
-            logger.warning("journal %r: cannot update its lock file (%s)", self.path, exc)
-            return
-        self._recorded = state == "open"
+        self._lock_file.release()
 
     def _retention_pass(self) -> None:
         """Prune one chunk for ``retention``; come back soon if there is more, else in a minute."""
