@@ -1,4 +1,11 @@
-"""SQLiteStore: the conformance suite, then what only a real file can show."""
+"""SQLiteStore: the conformance suite, then what only a real file can show.
+
+These test the store through its API. Each part it is made of has tests of its
+own: ``test_sqlite_thread`` (the thread, group commit, waking callers),
+``test_sqlite_journal`` (opening and closing a journal), ``test_sqlite_sql``
+(the statements and queries), ``test_sqlite_schema`` (tables, migrations, file
+checks) and ``test_sqlite_lock`` (the lock file and its record).
+"""
 
 from __future__ import annotations
 

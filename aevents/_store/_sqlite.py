@@ -2,7 +2,7 @@
 
 Why a thread: an sqlite3 connection belongs to the thread that uses it, and
 anyio's worker threads are picked at random, so the store owns one thread and
-one connection for its whole life. Async calls hand requests to that thread
+one connection from open to close. Async calls hand requests to that thread
 and sleep on an ``anyio.Event``; the thread wakes them with a non-blocking
 call into the event loop (``call_soon_threadsafe`` on asyncio,
 ``TrioToken.run_sync_soon`` on trio). No caller holds a worker thread.
