@@ -28,7 +28,7 @@ import anyio
 
 from aevents._event import make_event
 from aevents._store import SQLiteStore
-from aevents._store._sqlite_thread import _INSERT_DELIVERIES, _INSERT_EVENTS, _insert_rows
+from aevents._store._sqlite_sql import INSERT_DELIVERIES, INSERT_EVENTS, insert_rows
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INSERT_EVENT = "INSERT INTO events (seq, id, name, body, published_at) VALUES (?, ?, ?, ?, ?)"
@@ -81,8 +81,8 @@ def _bare_run(path: str, synchronous: str, events: int, batch: int, multirow: bo
                 seq += 1
             conn.execute("BEGIN IMMEDIATE")
             if multirow:  # the store's own trick: 64 rows per statement step
-                _insert_rows(conn, _INSERT_EVENT, _INSERT_EVENTS, rows)
-                _insert_rows(conn, _INSERT_DELIVERY, _INSERT_DELIVERIES, deliveries)
+                insert_rows(conn, _INSERT_EVENT, INSERT_EVENTS, rows)
+                insert_rows(conn, _INSERT_DELIVERY, INSERT_DELIVERIES, deliveries)
             else:
                 conn.executemany(_INSERT_EVENT, rows)
                 conn.executemany(_INSERT_DELIVERY, deliveries)

@@ -1,4 +1,11 @@
-"""SQLiteStore: the conformance suite, then what only a real file can show."""
+"""SQLiteStore: the conformance suite, then what only a real file can show.
+
+These test the store through its API. Each part it is made of has tests of its
+own: ``test_sqlite_thread`` (the thread, group commit, waking callers),
+``test_sqlite_journal`` (opening and closing a journal), ``test_sqlite_sql``
+(the statements and queries), ``test_sqlite_schema`` (tables, migrations, file
+checks) and ``test_sqlite_lock`` (the lock file and its record).
+"""
 
 from __future__ import annotations
 
@@ -308,14 +315,17 @@ async def test_a_lock_held_too_long_raises_and_the_store_recovers(
 async def test_a_full_disk_raises_and_the_store_recovers(store: SQLiteStore) -> None:
     """SQLite's 'database or disk is full' raises StoreError; once space returns, writes work."""
     await store.append(make_event("a.b", {}, {}), ["r"])
-    conn = store._conn
-    assert conn is not None
-    pages = await store._call(lambda: conn.execute("PRAGMA page_count").fetchone()[0], "test")
-    await store._call(lambda: conn.execute(f"PRAGMA max_page_count = {pages}"), "test")
+
+    def pragma(statement: str) -> int:
+        return int(conn.execute(statement).fetchone()[0])
+
+    conn = await store._thread.call(lambda journal: journal.connection, "test")
+    pages = await store._thread.call(lambda _: pragma("PRAGMA page_count"), "test")
+    await store._thread.call(lambda _: pragma(f"PRAGMA max_page_count = {pages}"), "test")
     big = make_event("a.b", {"blob": "x" * 200_000}, {})
     with anyio.fail_after(30), pytest.raises(StoreError, match="disk is full"):
         await store.append(big, ["r"])
-    await store._call(lambda: conn.execute("PRAGMA max_page_count = 1073741823"), "test")
+    await store._thread.call(lambda _: pragma("PRAGMA max_page_count = 1073741823"), "test")
     await store.append(big, ["r"])
     assert (await store.stats()).pending == 2
 
@@ -579,22 +589,6 @@ async def test_keys_are_written_in_the_events_transaction(store: SQLiteStore, pa
 
 
 @pytest.mark.anyio
-async def test_recent_and_forget_use_the_time_index(store: SQLiteStore) -> None:
-    """Reading the newest keys and forgetting the oldest go through the index on time."""
-    from aevents._store._sqlite_calls import _FORGET_KEYS, _RECENT_KEYS
-
-    conn = store._conn
-    assert conn is not None
-
-    def plan(query: str) -> str:
-        rows = conn.execute(f"EXPLAIN QUERY PLAN {query}", (0, 10)).fetchall()
-        return " | ".join(str(row[-1]) for row in rows)
-
-    assert "idempotency_by_time" in await store._call(lambda: plan(_RECENT_KEYS), "test")
-    assert "idempotency_by_time" in await store._call(lambda: plan(_FORGET_KEYS), "test")
-
-
-@pytest.mark.anyio
 async def test_an_unreadable_key_record_is_skipped_with_a_warning(
     store: SQLiteStore, path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -615,10 +609,10 @@ async def test_an_unreadable_key_record_is_skipped_with_a_warning(
 @pytest.mark.anyio
 async def test_forgetting_many_keys_runs_in_chunks(store: SQLiteStore) -> None:
     """More key records than one forgetting transaction takes are all forgotten and counted."""
-    from aevents._store._sqlite_calls import _FORGET_CHUNK
+    from aevents._store._sqlite_sql import FORGET_CHUNK
 
     long_ago = datetime(2020, 1, 1, tzinfo=UTC)
-    count = 2 * _FORGET_CHUNK + 7
+    count = 2 * FORGET_CHUNK + 7
     with anyio.fail_after(30):
         async with anyio.create_task_group() as group:
             for n in range(count):

@@ -2,7 +2,7 @@
 
 Why a thread: an sqlite3 connection belongs to the thread that uses it, and
 anyio's worker threads are picked at random, so the store owns one thread and
-one connection for its whole life. Async calls hand requests to that thread
+one connection from open to close. Async calls hand requests to that thread
 and sleep on an ``anyio.Event``; the thread wakes them with a non-blocking
 call into the event loop (``call_soon_threadsafe`` on asyncio,
 ``TrioToken.run_sync_soon`` on trio). No caller holds a worker thread.
@@ -42,10 +42,17 @@ another process has the journal; ``open()`` applies them, then deletes the
 file. ``<file>-wal`` and ``<file>-shm`` are SQLite's own. All are mode 0600;
 nothing is created through a symlink.
 
-This module is the async API and the hand-off to the thread. The rest lives in
-``_sqlite_thread`` (the loop, group commit, waking callers, retention),
-``_sqlite_calls`` (open, close, reads and maintenance run on the thread) and
-``_sqlite_schema`` (the file: schema, migrations, checks, lock and requests).
+This module is the façade: the options, the async API and the requests it
+builds. The parts it is made of, each in its own module:
+
+* ``StoreThread`` (``_sqlite_thread``): the thread, its queue, group commit and
+  waking callers; it owns the open journal from open to close.
+* ``OpenJournal`` (``_sqlite_journal``): the open journal the thread drives,
+  which owns the connection, its ``JournalSchema`` (``_sqlite_schema``: tables,
+  migrations, checks of the file) and its ``JournalSQL`` (``_sqlite_sql``: every
+  statement and query), and runs the retention passes.
+* ``JournalLock`` (``_sqlite_lock``): the ``.lock`` file's flock and record; the
+  store holds it for its whole life, so ``losses`` outlives a close.
 """
 
 from __future__ import annotations
@@ -53,52 +60,31 @@ from __future__ import annotations
 import functools
 import math
 import os
-import queue
-import sqlite3
-import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
-
-import anyio
-import anyio.lowlevel
+from typing import Any
 
 from .._event import Event
-from .._exceptions import ConfigurationError, StoreError
+from .._exceptions import ConfigurationError
 from .._idempotency import IDEMPOTENCY_KEY
 from .._policy import DeadLetter
 from ._protocol import PendingDelivery, StoreStats
-from ._sqlite_calls import _JournalCalls
+from ._sqlite_journal import JournalOptions, OpenJournal
+from ._sqlite_lock import JournalLock
 from ._sqlite_schema import (
-    _SYNCHRONOUS,
     APPLICATION_ID,
     SCHEMA_VERSION,
-    _to_us,
+    SYNCHRONOUS,
     request_redelivery,
+    to_us,
 )
-from ._sqlite_thread import (
-    _APPEND,
-    _BROKEN,
-    _CLOSED,
-    _CLOSING,
-    _COMPLETE_KIND,
-    _DEAD,
-    _NEW,
-    _OPEN,
-    _OPENING,
-    _START,
-    _Batch,
-    _Call,
-    _loop_caller,
-    _loop_caller_unset,
-)
+from ._sqlite_sql import APPEND, COMPLETE, DEAD, START
+from ._sqlite_thread import StoreThread
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStore", "request_redelivery"]
 
-_T = TypeVar("_T")
 
-
-class SQLiteStore(_JournalCalls):
+class SQLiteStore:
     """A journal in one SQLite file (WAL mode), for at-least-once delivery across a crash.
 
     Pass it to ``EventRuntime(store=...)``, which opens and closes it. Open,
@@ -136,7 +122,7 @@ class SQLiteStore(_JournalCalls):
     ) -> None:
         self.path = os.fsdecode(os.fspath(path))
         what = "SQLiteStore"
-        if not isinstance(synchronous, str) or synchronous.upper() not in _SYNCHRONOUS:
+        if not isinstance(synchronous, str) or synchronous.upper() not in SYNCHRONOUS:
             raise ConfigurationError(
                 what, f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}"
             )
@@ -161,26 +147,17 @@ class SQLiteStore(_JournalCalls):
         self.max_batch = max_batch
         self.retention = retention
         self.read_only = bool(read_only)
-        self.immutable = False
+        self.immutable = False  # read-only, of a closed journal with no -wal (the CLI sets it)
         self.unreadable = 0
         """Unreadable rows this object turned into dead letters."""
-        self._lock = threading.Lock()  # guards _state, _open_batch and puts on _queue
-        self._state = _NEW
-        self._writable = False  # open and not read-only: the one check on the append path
-        self._new_event: Callable[[], anyio.Event] = anyio.Event
-        self._queue: queue.SimpleQueue[_Batch | _Call] = queue.SimpleQueue()
-        self._open_batch: _Batch | None = None
-        self._closing: _Call | None = None
-        self._thread: threading.Thread | None = None
-        self._call_soon: Callable[[Callable[[], object]], object] = _loop_caller_unset
-        # Owned by the store thread:
-        self._conn: sqlite3.Connection | None = None
-        self._lock_fd: int | None = None
-        self._real = self.path
-        self._wal_path = self.path + "-wal"
-        self._wal_recorded = 0
-        self._recorded = False  # the lock file says "open" for this run
-        self.losses: list[dict[str, Any]] = []
+        self._lock_file = JournalLock(self.path)
+        self._thread: StoreThread[OpenJournal] = StoreThread(self.path)
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r}, synchronous={self.synchronous!r})"
+
+    @property
+    def losses(self) -> list[dict[str, Any]]:
         """Losses of data noticed after a crash, oldest first; empty when there are none.
 
         When the last run did not close cleanly and the ``-wal`` it left is missing,
@@ -193,14 +170,7 @@ class SQLiteStore(_JournalCalls):
         ``file`` (the ``-wal`` path), ``problem`` (what was wrong with it) and
         ``lost`` (what may be missing: acknowledged events, deliveries marked done,
         which run again, and dead letters)."""
-        self._next_seq = 1
-        self._schema_version = SCHEMA_VERSION  # lower only for an old journal opened read-only
-        self._synchronous_now = ""
-        self._retention_after: int | None = 0  # resume point of the retention pass
-        self._retention_due = math.inf
-
-    def __repr__(self) -> str:
-        return f"SQLiteStore({self.path!r}, synchronous={self.synchronous!r})"
+        return self._lock_file.losses
 
     # -- the async surface ---------------------------------------------------------------
 
@@ -212,31 +182,20 @@ class SQLiteStore(_JournalCalls):
         store has it open. Not interruptible midway: a cancellation takes effect
         once the journal is open, and closes it again.
         """
-        with self._lock:
-            if self._state not in (_NEW, _CLOSED):
-                raise StoreError(self.path, "is already open (or opening) in this store")
-            self._state = _OPENING
-        self._call_soon, self._new_event = _loop_caller()
-        self._queue = queue.SimpleQueue()
-        call = _Call(self._open_on_thread, "could not open", self._new_event())
-        self._queue.put(call)
-        self._thread = threading.Thread(
-            target=self._serve, name=f"aevents-journal:{self.path}", daemon=True
+        options = JournalOptions(
+            path=self.path,
+            synchronous=self.synchronous,
+            busy_timeout=self.busy_timeout,
+            retention=self.retention,
+            read_only=self.read_only,
+            immutable=self.immutable,
         )
-        self._thread.start()
-        with anyio.CancelScope(shield=True):
-            await call.done.wait()
-        if call.error is not None:
-            self._thread.join()
-            with self._lock:
-                self._state = _CLOSED
-            raise call.error
-        try:
-            await anyio.lowlevel.checkpoint_if_cancelled()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.close()
-            raise
+        await self._thread.start(
+            lambda: OpenJournal.open(options, self._lock_file),
+            writable=not self.read_only,
+            max_batch=self.max_batch,
+            busy_timeout=self.busy_timeout,
+        )
 
     async def close(self) -> None:
         """Commit what was queued, close the connection and release the lock. Idempotent.
@@ -244,31 +203,7 @@ class SQLiteStore(_JournalCalls):
         Shielded from cancellation: the queued writes are committed first, so a
         closed store never leaves a caller waiting.
         """
-        with self._lock:
-            if self._state in (_NEW, _CLOSED):
-                return
-            self._writable = False
-            if self._state == _BROKEN:
-                self._state = _CLOSED
-                call = None
-            elif self._closing is not None:
-                call = self._closing
-            else:
-                call = self._closing = _Call(
-                    self._close_on_thread, "could not close", self._new_event()
-                )
-                self._state = _CLOSING
-                self._open_batch = None
-                self._queue.put(call)
-        if call is not None:
-            with anyio.CancelScope(shield=True):
-                await call.done.wait()
-        thread = self._thread
-        if thread is not None:
-            thread.join()  # the thread returns right after waking us
-        with self._lock:
-            self._state = _CLOSED
-            self._closing = None
+        await self._thread.stop()
 
     async def append(self, event: Event, receiver_ids: Sequence[str]) -> None:
         """Record ``event``, one pending delivery per distinct receiver id, and its
@@ -281,7 +216,7 @@ class SQLiteStore(_JournalCalls):
         """
         # The hot path: inlined, and anything that can wait runs on the store thread.
         request = (
-            _APPEND,
+            APPEND,
             event.id,
             event.name,
             event.to_json(),
@@ -289,19 +224,10 @@ class SQLiteStore(_JournalCalls):
             receiver_ids,
             event.metadata.get(IDEMPOTENCY_KEY),
         )
-        with self._lock:
-            if not self._writable:
-                raise self._unavailable()
-            batch = self._open_batch
-            if batch is None or batch.appends >= self.max_batch:
-                batch = self._open_batch = _Batch(self._new_event())
-                self._queue.put(batch)
-            index = len(batch.requests)
-            batch.requests.append(request)
-            batch.appends += 1
+        batch, index = self._thread.submit_append(request)
         await batch.done.wait()
         if batch.failure is not None or batch.errors:
-            self._raise_for(batch, index)
+            batch.raise_for(index)
 
     async def start_attempts(self, attempts: Sequence[tuple[str, str, int]]) -> None:
         """Record attempts as started (survives a process kill; see the module docstring).
@@ -310,7 +236,7 @@ class SQLiteStore(_JournalCalls):
         """
         if attempts:
             rows = [(attempt, event_id, receiver_id) for event_id, receiver_id, attempt in attempts]
-            await self._write((_START, rows))
+            await self._write((START, rows))
 
     async def complete(self, deliveries: Sequence[tuple[str, str]]) -> None:
         """Mark pending deliveries done; unknown or finished ones are ignored.
@@ -318,7 +244,7 @@ class SQLiteStore(_JournalCalls):
         Cancelling the wait does not withdraw the request.
         """
         if deliveries:
-            await self._write((_COMPLETE_KIND, list(deliveries)))
+            await self._write((COMPLETE, list(deliveries)))
 
     async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
         """Mark deliveries dead and keep the letters (one per delivery; a newer one replaces).
@@ -332,24 +258,23 @@ class SQLiteStore(_JournalCalls):
                     letter.event.id,
                     letter.event.name,
                     letter.event.to_json(),
-                    _to_us(letter.event.occurred_at),
+                    to_us(letter.event.occurred_at),
                     letter.receiver_id,
                     letter.attempts,
                     letter.error_type,
                     letter.error_message,
-                    _to_us(letter.failed_at),
+                    to_us(letter.failed_at),
                 )
                 for letter in letters
             ]
-            await self._write((_DEAD, rows))
+            await self._write((DEAD, rows))
 
     async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetter]:
         """Dead letters ordered by ``failed_at``; cancelling only abandons the answer."""
         count = -1 if limit is None else max(limit, 0)
-        result: list[DeadLetter] = await self._call(
-            functools.partial(self._dead_letters_on_thread, count), "could not list dead letters"
+        return await self._thread.call(
+            lambda journal: journal.sql.dead_letters(count), "could not list dead letters"
         )
-        return result
 
     async def redeliver(self, letter_ids: Sequence[str] | None = None) -> int:
         """Make dead letters pending again with no attempts (all when ``None``); return how many.
@@ -357,10 +282,9 @@ class SQLiteStore(_JournalCalls):
         Cancelling the wait does not withdraw the request.
         """
         ids = None if letter_ids is None else list(letter_ids)
-        count: int = await self._call(
-            functools.partial(self._redeliver_on_thread, ids), "could not redeliver"
+        return await self._thread.call(
+            lambda journal: journal.sql.redeliver(ids), "could not redeliver", writes=True
         )
-        return count
 
     async def pending(self) -> AsyncIterator[PendingDelivery]:
         """Pending deliveries in publish order (then receiver id), fetched a page at a time.
@@ -373,9 +297,8 @@ class SQLiteStore(_JournalCalls):
         after: tuple[int, str] | None = (0, "")
         upto: int | None = None
         while after is not None:
-            page: list[PendingDelivery]
-            page, after, upto = await self._call(
-                functools.partial(self._pending_page_on_thread, after, upto),
+            page, after, upto = await self._thread.call(
+                functools.partial(self._read_page, after=after, upto=upto),
                 "could not read pending deliveries",
             )
             for delivery in page:
@@ -388,16 +311,14 @@ class SQLiteStore(_JournalCalls):
         Runs in transactions of a bounded size; cancelling abandons the answer,
         not the pruning.
         """
-        cutoff = None if older_than is None else _to_us(older_than)
-        removed: int = await self._call(
-            functools.partial(self._prune_on_thread, cutoff), "could not prune"
+        cutoff = None if older_than is None else to_us(older_than)
+        return await self._thread.call(
+            lambda journal: journal.sql.prune(cutoff), "could not prune", writes=True
         )
-        return removed
 
     async def stats(self) -> StoreStats:
         """Counts of events, of deliveries by state, and of idempotency key records."""
-        result: StoreStats = await self._call(self._stats_on_thread, "could not count")
-        return result
+        return await self._thread.call(lambda journal: journal.sql.stats(), "could not count")
 
     async def recent_idempotency_keys(self, since: datetime, limit: int) -> list[Event]:
         """The newest ``limit`` key records at or after ``since``, oldest first.
@@ -405,11 +326,11 @@ class SQLiteStore(_JournalCalls):
         A record whose copy of the event cannot be read is skipped with a
         warning. Cancelling only abandons the answer.
         """
-        result: list[Event] = await self._call(
-            functools.partial(self._recent_keys_on_thread, _to_us(since), max(limit, 0)),
+        since_us, count = to_us(since), max(limit, 0)
+        return await self._thread.call(
+            lambda journal: journal.sql.recent_keys(since_us, count),
             "could not read idempotency keys",
         )
-        return result
 
     async def forget_idempotency_keys(self, before: datetime) -> int:
         """Delete the key records of events that occurred before ``before``; return how many.
@@ -417,11 +338,12 @@ class SQLiteStore(_JournalCalls):
         Runs in transactions of a bounded size; cancelling abandons the answer,
         not the forgetting.
         """
-        removed: int = await self._call(
-            functools.partial(self._forget_keys_on_thread, _to_us(before)),
+        before_us = to_us(before)
+        return await self._thread.call(
+            lambda journal: journal.sql.forget_keys(before_us),
             "could not forget idempotency keys",
+            writes=True,
         )
-        return removed
 
     async def forget_losses(self) -> list[dict[str, Any]]:
         """Acknowledge the recorded ``losses``: forget them and return them.
@@ -437,50 +359,21 @@ class SQLiteStore(_JournalCalls):
             StoreError: The store is not open, was opened read-only, or could not
                 update its ``.lock`` file.
         """
-        result: list[dict[str, Any]] = await self._call(
-            self._forget_losses_on_thread, "could not forget losses"
+        return await self._thread.call(
+            lambda journal: journal.lock.forget(), "could not forget losses", writes=True
         )
-        return result
-
-    # -- handing requests to the thread --------------------------------------------------
-
-    def _unavailable(self) -> StoreError:
-        if self._state == _OPEN and self.read_only:
-            return StoreError(self.path, "was opened read-only")
-        if self._state == _BROKEN:
-            return StoreError(self.path, "is unusable: its thread stopped on an unexpected error")
-        return StoreError(self.path, "is not open; call `await store.open()` first")
 
     async def _write(self, request: tuple[Any, ...]) -> None:
-        with self._lock:
-            if not self._writable:
-                raise self._unavailable()
-            batch = self._open_batch
-            if batch is None or len(batch.requests) >= 4 * self.max_batch:
-                batch = self._open_batch = _Batch(self._new_event())
-                self._queue.put(batch)
-            index = len(batch.requests)
-            batch.requests.append(request)
+        batch, index = self._thread.submit(request)
         await batch.done.wait()
         if batch.failure is not None or batch.errors:
-            self._raise_for(batch, index)
+            batch.raise_for(index)
 
-    def _raise_for(self, batch: _Batch, index: int) -> None:
-        if batch.failure is not None:
-            raise StoreError(self.path, batch.failure.problem) from batch.failure.__cause__
-        error = batch.errors.get(index)
-        if error is not None:
-            raise error
-
-    async def _call(self, function: Callable[[], _T], doing: str) -> _T:
-        call = _Call(function, doing, self._new_event())
-        with self._lock:
-            if self._state != _OPEN:
-                raise self._unavailable()
-            self._open_batch = None  # writes made after this call queue behind it
-            self._queue.put(call)
-        await call.done.wait()
-        if call.error is not None:
-            raise StoreError(self.path, call.error.problem) from call.error.__cause__
-        result: _T = call.result
-        return result
+    def _read_page(
+        self, journal: OpenJournal, *, after: tuple[int, str], upto: int | None
+    ) -> tuple[list[PendingDelivery], tuple[int, str] | None, int]:
+        """On the store thread: a page of pending deliveries; count the rows it parked
+        before the caller wakes, so a cancelled caller still leaves the count right."""
+        page, after_page, upto, parked = journal.pending_page(after, upto)
+        self.unreadable += parked
+        return page, after_page, upto

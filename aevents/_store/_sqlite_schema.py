@@ -1,11 +1,13 @@
 """The SQLite journal's file: schema, migrations, identity checks and sidecars.
 
 Everything here is about the file on disk and needs no store thread: the
-tables and their migrations, how a time is stored, the header and
-``application_id``/``user_version`` checks that refuse a foreign or newer
-file before it is touched, opening the connection, the ``synchronous``
-PRAGMAs, the ``<path>.lock`` flock, and the JSON lines of ``<path>.requests``
-(written by ``request_redelivery``, read back by ``_parse_requests``).
+tables and their migrations (``JournalSchema``, one per connection), how a
+time is stored, the header and ``application_id``/``user_version`` checks
+that refuse a foreign or newer file before it is touched, opening the
+connection and naming its errors (``sqlite_error``), the ``synchronous``
+PRAGMAs, the ``<path>.lock`` flock and its JSON record, and the JSON lines of
+``<path>.requests`` (written by ``request_redelivery``, read back by
+``parse_requests``).
 """
 
 from __future__ import annotations
@@ -62,23 +64,23 @@ _TABLES_OF_VERSION: Final[tuple[frozenset[str], ...]] = (
 
 _SET_APPLICATION_ID: Final = f"PRAGMA application_id = {APPLICATION_ID}"
 _SET_USER_VERSION: Final = f"PRAGMA user_version = {SCHEMA_VERSION}"
-_SYNCHRONOUS: Final = {"FULL": "PRAGMA synchronous = FULL", "NORMAL": "PRAGMA synchronous = NORMAL"}
+SYNCHRONOUS: Final = {"FULL": "PRAGMA synchronous = FULL", "NORMAL": "PRAGMA synchronous = NORMAL"}
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND: Final = timedelta(microseconds=1)
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND: Final = timedelta(microseconds=1)
 
 
-def _to_us(moment: datetime) -> int:
+def to_us(moment: datetime) -> int:
     if moment.tzinfo is None:  # the protocol's times are aware; be lenient and read UTC
         moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // _MICROSECOND
+    return (moment - EPOCH) // MICROSECOND
 
 
-def _from_us(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=value)
+def from_us(value: int) -> datetime:
+    return EPOCH + timedelta(microseconds=value)
 
 
-def _check_header(path: str, real: str) -> bool:
+def check_header(path: str, real: str) -> bool:
     """Reject what is plainly not our journal before touching anything; say if it exists."""
     try:
         with open(real, "rb") as file:
@@ -119,42 +121,82 @@ def _check_identity(path: str, application_id: int, version: int, *, has_tables:
         )
 
 
-def _check_schema(conn: sqlite3.Connection, path: str, *, read_only: bool) -> int:
-    try:
-        application_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(
-            path, f"is corrupt or not an SQLite database ({exc}); left untouched"
-        ) from exc
-    _check_identity(path, application_id, version, has_tables=bool(tables))
-    if version == 0 and read_only:
-        if not tables:  # created, but nothing ever reached the file: an empty journal
-            return 0
-        raise StoreError(path, "has an older schema; open it once read-write to migrate it")
-    expected = _TABLES_OF_VERSION[version]
-    if not tables >= expected:
-        missing = ", ".join(sorted(expected - tables))
-        raise StoreError(path, f"is corrupt: tables missing ({missing}); left untouched")
-    return int(version)
+class JournalSchema:
+    """The tables behind one connection: checked against what this aevents reads, then
+    brought up to date.
+
+    ``version`` is the journal's schema version once ``check`` has read it;
+    ``prepare_for_writes`` raises it to ``SCHEMA_VERSION``. Only a journal opened
+    read-only keeps an older one: 0 for an empty file, which has no tables yet.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self.path = path
+        self.version = 0
+        self._conn = conn
+
+    @property
+    def has_tables(self) -> bool:
+        """Whether there is anything to read (an empty file opened read-only has nothing)."""
+        return self.version > 0
+
+    @property
+    def has_keys(self) -> bool:
+        """Whether the idempotency key records exist (schema version 2 and later)."""
+        return self.version >= 2
+
+    def check(self, *, read_only: bool) -> None:
+        """Refuse a foreign, newer, corrupt or (read-only) unmigrated journal; read its version."""
+        conn, path = self._conn, self.path
+        try:
+            application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                path, f"is corrupt or not an SQLite database ({exc}); left untouched"
+            ) from exc
+        _check_identity(path, application_id, version, has_tables=bool(tables))
+        if version == 0 and read_only:
+            if not tables:  # created, but nothing ever reached the file: an empty journal
+                self.version = 0
+                return
+            raise StoreError(path, "has an older schema; open it once read-write to migrate it")
+        expected = _TABLES_OF_VERSION[version]
+        if not tables >= expected:
+            missing = ", ".join(sorted(expected - tables))
+            raise StoreError(path, f"is corrupt: tables missing ({missing}); left untouched")
+        self.version = int(version)
+
+    def prepare_for_writes(self) -> None:
+        """Switch to WAL mode, then run the migrations the journal lacks in one transaction.
+
+        Raises ``StoreError`` if SQLite will not use WAL mode; a failed migration
+        raises its ``sqlite3.Error`` and leaves the journal at its old version.
+        """
+        mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(self.path, f"cannot use WAL mode (journal_mode is {mode!r})")
+        if self.version < SCHEMA_VERSION:
+            self._migrate()
+            self.version = SCHEMA_VERSION
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statements in _MIGRATIONS[self.version :]:
+                for statement in statements:
+                    conn.execute(statement)
+            conn.execute(_SET_APPLICATION_ID)
+            conn.execute(_SET_USER_VERSION)
+            conn.execute("COMMIT")
+        except BaseException:
+            rollback_transaction(conn, self.path)
+            raise
 
 
-def _migrate(conn: sqlite3.Connection, version: int, path: str) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for statements in _MIGRATIONS[version:]:
-            for statement in statements:
-                conn.execute(statement)
-        conn.execute(_SET_APPLICATION_ID)
-        conn.execute(_SET_USER_VERSION)
-        conn.execute("COMMIT")
-    except BaseException:
-        _rollback_transaction(conn, path)
-        raise
-
-
-def _rollback_transaction(conn: sqlite3.Connection | None, path: str) -> None:
+def rollback_transaction(conn: sqlite3.Connection | None, path: str) -> None:
     """Roll back the transaction ``conn`` has open, if any, without raising."""
     if conn is not None and conn.in_transaction:
         try:
@@ -163,7 +205,25 @@ def _rollback_transaction(conn: sqlite3.Connection | None, path: str) -> None:
             logger.debug("journal %r: rollback failed", path, exc_info=True)
 
 
-def _connect(
+def sqlite_error(path: str, exc: BaseException, doing: str, *, busy_timeout: float) -> StoreError:
+    """The ``StoreError`` for ``exc``, raised while ``doing``: a lock held past ``busy_timeout``
+    and a full disk are named as such; the sqlite3 error stays its ``__cause__``."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        problem = (
+            f"{doing}: another connection held the journal locked for longer than "
+            f"busy_timeout={busy_timeout:g}s"
+        )
+    elif name.startswith("SQLITE_FULL"):
+        problem = f"{doing}: the disk is full ({exc})"
+    else:
+        problem = f"{doing}: {exc}"
+    error = StoreError(path, problem)
+    error.__cause__ = exc
+    return error
+
+
+def connect(
     path: str, real: str, *, busy_timeout: float, read_only: bool, immutable: bool = False
 ) -> sqlite3.Connection:
     """The journal's one connection: no implicit transactions (the store BEGINs itself).
@@ -209,7 +269,7 @@ def _check_links(path: str, real: str) -> None:
         raise JournalLinkError(path, found.st_nlink)
 
 
-def _acquire_lock(path: str, real: str) -> int:
+def acquire_lock(path: str, real: str) -> int:
     """The exclusive ``flock`` on ``<real path>.lock``: one lock per file, whatever its spelling."""
     target = real + ".lock"
     try:
@@ -242,7 +302,7 @@ def _in_use(real: str) -> bool:
     return False
 
 
-def _create_file(path: str, real: str) -> None:
+def create_file(path: str, real: str) -> None:
     """Create the journal file with mode 0600, never through a symlink (``real`` is resolved)."""
     try:
         fd = os.open(
@@ -261,7 +321,7 @@ _WAL_MAGIC: Final = (0x377F0682, 0x377F0683)
 _WAL_VERSION: Final = 3007000
 
 
-def _read_record(fd: int) -> dict[str, Any]:
+def read_record(fd: int) -> dict[str, Any]:
     """The JSON record in the lock file; empty (an older aevents, or new) when unreadable."""
     chunks = []
     offset = 0
@@ -282,12 +342,12 @@ def _read_record_at(real: str) -> dict[str, Any]:
     except OSError:
         return {}
     try:
-        return _read_record(fd)
+        return read_record(fd)
     finally:
         os.close(fd)
 
 
-def _write_record(fd: int, record: dict[str, Any]) -> None:
+def write_record(fd: int, record: dict[str, Any]) -> None:
     """Replace the record with one ``pwrite``: padded with spaces over a longer old one,
     never truncated, so a kill at any moment leaves either record whole."""
     data = orjson.dumps(record) + b"\n"
@@ -366,7 +426,7 @@ def describe_loss(path: str, loss: dict[str, Any]) -> str:
     )
 
 
-def _parse_requests(data: bytes, path: str) -> tuple[bool, list[str]]:
+def parse_requests(data: bytes, path: str) -> tuple[bool, list[str]]:
     """``(redeliver everything?, letter ids)`` from the JSON lines of a requests file."""
     everything, letter_ids = False, []
     for number, line in enumerate(data.splitlines(), 1):

@@ -1,12 +1,30 @@
-"""The SQLiteStore's thread: one loop that owns the connection and group-commits writes.
+"""The store thread: one thread that owns the open journal, runs requests one at a time
+and group-commits writes.
 
-``_JournalThread`` is the half of ``SQLiteStore`` that runs on the store thread.
-``_serve`` takes requests off the queue one at a time: a ``_Batch`` of writes
-(``append``, ``start_attempts``, ``complete``, ``dead_letter``) is written in
-one ``BEGIN IMMEDIATE`` transaction and committed once, then every caller in
-it is woken; a ``_Call`` runs alone (see ``_sqlite_calls``). When idle, the
-loop runs the background retention pass. If the loop itself fails, every
-queued caller gets a ``StoreError`` rather than waiting for ever.
+An sqlite3 connection belongs to the thread that uses it, and anyio's worker
+threads are picked at random, so ``StoreThread`` starts one thread per open and
+keeps it until close. What it drives is a ``Session``: an object opened on the
+thread (the store's ``OpenJournal``, which owns the connection) and closed
+there. Async callers hand it requests and sleep on an event; the thread wakes
+them with a non-blocking call into their event loop (``call_soon_threadsafe``
+on asyncio, ``TrioToken.run_sync_soon`` on trio). No caller holds a worker
+thread.
+
+Two kinds of request go through one FIFO queue:
+
+* a ``Batch`` of writes. ``submit_append`` and ``submit`` add a request to the
+  batch that is waiting for the thread, opening a new one when it is full; the
+  thread writes a whole batch with one ``Session.write`` (one transaction) and
+  wakes every caller in it. A request that fails on its own (a duplicate event
+  id, say) is found by writing the batch one request at a time, so it fails
+  alone and the others still commit.
+* a call: a function of the session that runs alone (reads, maintenance,
+  close). Writes submitted after a call queue behind it.
+
+When the queue has been empty until ``Session.idle_at``, the thread runs
+``Session.idle`` (the store's retention pass). If the loop itself fails, every
+queued caller gets a ``StoreError`` rather than waiting for ever, and the
+thread is left broken.
 """
 
 from __future__ import annotations
@@ -15,80 +33,22 @@ import asyncio
 import functools
 import logging
 import math
-import os
 import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
-from itertools import chain
-from typing import Any, Final
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
 from .._exceptions import StoreError
-from ._sqlite_schema import (
-    _EPOCH,
-    _MICROSECOND,
-    _SYNCHRONOUS,
-    _rollback_transaction,
-    _to_us,
-    _write_record,
-)
+from ._sqlite_schema import sqlite_error
 
 logger = logging.getLogger("aevents.store")
 
-_INSERT_EVENT: Final = (
-    "INSERT INTO events (seq, id, name, body, published_at) VALUES (?, ?, ?, ?, ?)"
-)
-_INSERT_DELIVERY: Final = "INSERT INTO deliveries (event_seq, receiver_id) VALUES (?, ?)"
-# The first event appended with a key keeps it; a later one is journaled without its key.
-_INSERT_KEY: Final = (
-    "INSERT INTO idempotency (key, occurred_at, body) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING"
-)
-# Multi-row forms: sqlite3 releases and retakes the GIL around every step, so 64 rows
-# per step instead of one keeps the store thread from queueing for the GIL per row.
-_CHUNKS: Final = (64, 16, 4)
-_INSERT_EVENTS: Final = {
-    size: _INSERT_EVENT.replace("(?, ?, ?, ?, ?)", ", ".join(["(?, ?, ?, ?, ?)"] * size))
-    for size in _CHUNKS
-}
-_INSERT_DELIVERIES: Final = {
-    size: _INSERT_DELIVERY.replace("(?, ?)", ", ".join(["(?, ?)"] * size)) for size in _CHUNKS
-}
-_START_ATTEMPT: Final = (
-    "UPDATE deliveries SET attempts = max(attempts, ?) WHERE state = 0"
-    " AND event_seq = (SELECT seq FROM events WHERE id = ?) AND receiver_id = ?"
-)
-_COMPLETE: Final = (
-    "UPDATE deliveries SET state = 1 WHERE state = 0"
-    " AND event_seq = (SELECT seq FROM events WHERE id = ?) AND receiver_id = ?"
-)
-_FIND_EVENT: Final = "SELECT seq FROM events WHERE id = ?"
-_KILL_DELIVERY: Final = (
-    "INSERT INTO deliveries (event_seq, receiver_id, state, attempts) VALUES (?, ?, 2, ?)"
-    " ON CONFLICT (event_seq, receiver_id) DO UPDATE SET state = 2, attempts = excluded.attempts"
-)
-_INSERT_LETTER: Final = (
-    "INSERT OR REPLACE INTO dead_letters"
-    " (id, event_seq, receiver_id, attempts, error_type, error_message, failed_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_EVENT_TIMES: Final = "SELECT seq, published_at FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
-_DELETE_DONE: Final = "DELETE FROM deliveries WHERE event_seq = ? AND state = 1"
-_DELETE_EMPTY_EVENT: Final = (
-    "DELETE FROM events WHERE seq = ?1"
-    " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_seq = ?1)"
-)
-
-_PRUNE_CHUNK: Final = 2000  # events examined per prune transaction
-_RETENTION_EVERY: Final = 60.0  # seconds between retention passes when nothing is left over
-
-# Request kinds for the write batch: plain tuples, the cheapest thing to build per call.
-_APPEND, _START, _COMPLETE_KIND, _DEAD = 0, 1, 2, 3
 _PER_REQUEST_ERRORS: Final = (
     sqlite3.IntegrityError,
     sqlite3.InterfaceError,
@@ -98,9 +58,33 @@ _PER_REQUEST_ERRORS: Final = (
     ValueError,
 )
 _NEW, _OPENING, _OPEN, _CLOSING, _CLOSED, _BROKEN = range(6)
+_T = TypeVar("_T")
 
 
-class _Batch:
+class Session(Protocol):
+    """What a ``StoreThread`` drives between open and close. Only the thread calls it."""
+
+    @property
+    def idle_at(self) -> float:
+        """When ``idle`` is next due on the ``time.monotonic`` clock; ``math.inf``: never."""
+
+    def write(self, requests: Sequence[tuple[Any, ...]]) -> object:
+        """Write ``requests`` in one transaction: all of them, or none if it raises."""
+
+    def rollback(self) -> None:
+        """Roll back what a failed call left open; never raises."""
+
+    def idle(self) -> None:
+        """Background work, run once the queue has been empty until ``idle_at``."""
+
+    def close(self) -> None:
+        """Release everything the session holds; never raises."""
+
+
+_S = TypeVar("_S", bound=Session)
+
+
+class Batch:
     """Write requests that will share one transaction, and the event that wakes their callers."""
 
     __slots__ = ("appends", "done", "errors", "failure", "requests")
@@ -112,18 +96,304 @@ class _Batch:
         self.failure: StoreError | None = None  # the whole transaction failed
         self.errors: dict[int, StoreError] = {}  # one request failed on its own
 
+    def raise_for(self, index: int) -> None:
+        """Raise the error of request ``index``, if the batch failed or that request did."""
+        if self.failure is not None:  # a fresh exception per caller: they share the failure
+            raise StoreError(self.failure.path, self.failure.problem) from self.failure.__cause__
+        error = self.errors.get(index)
+        if error is not None:
+            raise error
 
-class _Call:
-    """A request that runs alone on the store thread (reads, maintenance, open, close)."""
 
-    __slots__ = ("doing", "done", "error", "function", "result")
+class _Call(Generic[_S]):
+    """A function of the session that runs alone on the thread."""
 
-    def __init__(self, function: Callable[[], Any], doing: str, done: anyio.Event) -> None:
+    __slots__ = ("doing", "done", "error", "function", "last", "result")
+
+    def __init__(
+        self, function: Callable[[_S], Any], doing: str, done: anyio.Event, *, last: bool = False
+    ) -> None:
         self.function = function
         self.doing = doing
         self.done = done
+        self.last = last  # the thread ends after it: the close
         self.result: Any = None
         self.error: StoreError | None = None
+
+
+class _Opening(Generic[_S]):
+    """The first request of a run: open the session on the thread."""
+
+    __slots__ = ("done", "error", "opener", "writable")
+
+    def __init__(self, opener: Callable[[], _S], writable: bool, done: anyio.Event) -> None:
+        self.opener = opener
+        self.writable = writable
+        self.done = done
+        self.error: StoreError | None = None
+
+
+class StoreThread(Generic[_S]):
+    """One thread that owns a session from open to close and serves a queue of requests.
+
+    Open, use and close it from one event loop. Every public method but
+    ``start`` and ``stop`` raises ``StoreError`` naming ``path`` when the thread
+    cannot take the request (not open, read-only, or broken).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()  # guards _state, _writable, _open_batch and puts on _queue
+        self._state = _NEW
+        self._writable = False  # open and accepting writes: the one check on the append path
+        self._max_batch = 1
+        self._busy_timeout = 0.0
+        self._queue: queue.SimpleQueue[Batch | _Call[_S]] = queue.SimpleQueue()
+        self._open_batch: Batch | None = None
+        self._closing: _Call[_S] | None = None
+        self._thread: threading.Thread | None = None
+        self._call_soon: Callable[[Callable[[], object]], object] = _loop_caller_unset
+        self._new_event: Callable[[], anyio.Event] = anyio.Event
+
+    async def start(
+        self, opener: Callable[[], _S], *, writable: bool, max_batch: int, busy_timeout: float
+    ) -> None:
+        """Start the thread and open the session there with ``opener``.
+
+        ``writable``: whether writes are accepted; ``max_batch``: the most
+        appends in one transaction; ``busy_timeout``: what an error for a
+        locked journal quotes. Raises what ``opener`` raised (an sqlite3 error
+        as a ``StoreError``). Not interruptible midway: a cancellation takes
+        effect once the session is open, and closes it again.
+        """
+        with self._lock:
+            if self._state not in (_NEW, _CLOSED):
+                raise StoreError(self.path, "is already open (or opening) in this store")
+            self._state = _OPENING
+        self._max_batch = max_batch
+        self._busy_timeout = busy_timeout
+        self._call_soon, self._new_event = _loop_caller()
+        self._queue = queue.SimpleQueue()
+        opening = _Opening(opener, writable, self._new_event())
+        self._thread = threading.Thread(
+            target=self._serve, args=(opening,), name=f"aevents-journal:{self.path}", daemon=True
+        )
+        self._thread.start()
+        with anyio.CancelScope(shield=True):
+            await opening.done.wait()
+        if opening.error is not None:
+            self._thread.join()
+            with self._lock:
+                self._state = _CLOSED
+            raise opening.error
+        try:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Commit what was queued, close the session and end the thread. Idempotent.
+
+        Shielded from cancellation: the queued writes are committed first, so a
+        stopped thread never leaves a caller waiting.
+        """
+        with self._lock:
+            if self._state in (_NEW, _CLOSED):
+                return
+            self._writable = False
+            if self._state == _BROKEN:
+                self._state = _CLOSED
+                call = None
+            elif self._closing is not None:
+                call = self._closing
+            else:
+                call = self._closing = _Call(
+                    _close_session, "could not close", self._new_event(), last=True
+                )
+                self._state = _CLOSING
+                self._open_batch = None
+                self._queue.put(call)
+        if call is not None:
+            with anyio.CancelScope(shield=True):
+                await call.done.wait()
+        thread = self._thread
+        if thread is not None:
+            thread.join()  # the thread returns right after waking us
+        with self._lock:
+            self._state = _CLOSED
+            self._closing = None
+
+    def submit_append(self, request: tuple[Any, ...]) -> tuple[Batch, int]:
+        """Add an append to the waiting batch (at most ``max_batch`` appends per batch).
+
+        Returns the batch and the request's index in it: await ``batch.done``,
+        then ``batch.raise_for(index)`` if ``batch.failure`` or ``batch.errors``.
+        """
+        with self._lock:
+            if not self._writable:
+                raise self._unavailable()
+            batch = self._open_batch
+            if batch is None or batch.appends >= self._max_batch:
+                batch = self._open_batch = Batch(self._new_event())
+                self._queue.put(batch)
+            index = len(batch.requests)
+            batch.requests.append(request)
+            batch.appends += 1
+        return batch, index
+
+    def submit(self, request: tuple[Any, ...]) -> tuple[Batch, int]:
+        """Add another write to the waiting batch (at most ``4 * max_batch`` requests),
+        as ``submit_append`` does."""
+        with self._lock:
+            if not self._writable:
+                raise self._unavailable()
+            batch = self._open_batch
+            if batch is None or len(batch.requests) >= 4 * self._max_batch:
+                batch = self._open_batch = Batch(self._new_event())
+                self._queue.put(batch)
+            index = len(batch.requests)
+            batch.requests.append(request)
+        return batch, index
+
+    async def call(self, function: Callable[[_S], _T], doing: str, *, writes: bool = False) -> _T:
+        """Run ``function(session)`` alone on the thread and return its result.
+
+        ``writes``: refuse it unless writes are accepted. An error becomes a
+        ``StoreError`` whose problem starts with ``doing``. Cancelling the wait
+        does not withdraw the call: it still runs.
+        """
+        call: _Call[_S] = _Call(function, doing, self._new_event())
+        with self._lock:
+            if self._state != _OPEN or (writes and not self._writable):
+                raise self._unavailable()
+            self._open_batch = None  # writes made after this call queue behind it
+            self._queue.put(call)
+        await call.done.wait()
+        if call.error is not None:
+            raise StoreError(self.path, call.error.problem) from call.error.__cause__
+        result: _T = call.result
+        return result
+
+    def _unavailable(self) -> StoreError:
+        if self._state == _OPEN and not self._writable:
+            return StoreError(self.path, "was opened read-only")
+        if self._state == _BROKEN:
+            return StoreError(self.path, "is unusable: its thread stopped on an unexpected error")
+        return StoreError(self.path, "is not open; call `await store.open()` first")
+
+    # -- on the thread ---------------------------------------------------------------------
+
+    def _serve(self, opening: _Opening[_S]) -> None:
+        session = None
+        try:
+            session = self._open(opening)
+            if session is not None:
+                self._run(session)
+        except BaseException as exc:  # a bug: fail every caller rather than leave one waiting
+            logger.exception("journal %r: the store thread stopped", self.path)
+            self._crash(exc, session)
+
+    def _open(self, opening: _Opening[_S]) -> _S | None:
+        session = None
+        try:
+            session = opening.opener()
+        except StoreError as exc:
+            opening.error = exc
+        except Exception as exc:  # sqlite3.Error, OSError, ...
+            opening.error = self._error(exc, "could not open")
+        else:
+            with self._lock:
+                if self._state == _OPENING:
+                    self._state = _OPEN
+                    self._writable = opening.writable
+        self._wake(opening.done)
+        return session
+
+    def _run(self, session: _S) -> None:
+        get = self._queue.get
+        while True:
+            timeout = session.idle_at - time.monotonic()
+            try:
+                item = get(timeout=max(timeout, 0.0)) if timeout < math.inf else get()
+            except queue.Empty:
+                session.idle()
+                continue
+            if type(item) is Batch:
+                with self._lock:
+                    if self._open_batch is item:
+                        self._open_batch = None
+                self._commit(session, item)
+                self._wake(item.done)
+                if time.monotonic() >= session.idle_at:
+                    session.idle()
+            else:
+                assert isinstance(item, _Call)
+                try:
+                    item.result = item.function(session)
+                except StoreError as exc:
+                    item.error = exc
+                except Exception as exc:  # sqlite3.Error, OSError, ...: the store goes on
+                    session.rollback()
+                    item.error = self._error(exc, item.doing)
+                self._wake(item.done)
+                if item.last:
+                    return
+
+    def _commit(self, session: _S, batch: Batch) -> None:
+        try:
+            session.write(batch.requests)
+        except _PER_REQUEST_ERRORS as exc:
+            if len(batch.requests) == 1:
+                batch.errors[0] = self._error(exc, "could not record")
+                return
+            for index, request in enumerate(batch.requests):  # find the culprit, save the rest
+                try:
+                    session.write([request])
+                except _PER_REQUEST_ERRORS as single:
+                    batch.errors[index] = self._error(single, "could not record")
+                except sqlite3.Error as whole:
+                    for rest in range(index, len(batch.requests)):
+                        batch.errors[rest] = self._error(whole, "could not record")
+                    return
+        except sqlite3.Error as exc:
+            batch.failure = self._error(exc, "could not record")
+
+    def _wake(self, event: anyio.Event) -> None:
+        try:
+            self._call_soon(event.set)
+        except Exception:  # the event loop is gone, and so are the callers
+            logger.debug("journal %r: could not wake a caller", self.path, exc_info=True)
+
+    def _crash(self, exc: BaseException, session: _S | None) -> None:
+        error = StoreError(self.path, f"the store thread stopped: {exc!r}")
+        with self._lock:
+            self._state = _BROKEN
+            self._writable = False
+            self._open_batch = None
+            items: list[Batch | _Call[_S]] = []
+            while True:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+        for item in items:
+            if isinstance(item, Batch):
+                item.failure = error
+            else:
+                item.error = error
+            self._wake(item.done)
+        if session is not None:
+            session.close()
+
+    def _error(self, exc: BaseException, doing: str) -> StoreError:
+        return sqlite_error(self.path, exc, doing, busy_timeout=self._busy_timeout)
+
+
+def _close_session(session: Session) -> None:
+    session.rollback()
+    session.close()
 
 
 def _loop_caller() -> tuple[Callable[[Callable[[], object]], object], Callable[[], Any]]:
@@ -137,318 +407,6 @@ def _loop_caller() -> tuple[Callable[[Callable[[], object]], object], Callable[[
     if callable(run_sync_soon):
         return run_sync_soon, anyio.Event
     return functools.partial(anyio.from_thread.run_sync, token=token), anyio.Event  # blocking
-
-
-class _JournalThread:
-    """The store thread's side of ``SQLiteStore``: the loop, group commit and waking callers.
-
-    ``SQLiteStore.__init__`` sets every attribute declared here; the first group
-    is shared with the async side under ``_lock``, the second is the thread's own.
-    """
-
-    path: str
-    synchronous: str
-    busy_timeout: float
-    retention: timedelta | None
-    _lock: threading.Lock
-    _state: int
-    _writable: bool
-    _queue: queue.SimpleQueue[_Batch | _Call]
-    _open_batch: _Batch | None
-    _call_soon: Callable[[Callable[[], object]], object]
-
-    _conn: sqlite3.Connection | None
-    _lock_fd: int | None
-    _real: str
-    _wal_path: str
-    _wal_recorded: int
-    _recorded: bool
-    losses: list[dict[str, Any]]
-    _next_seq: int
-    _synchronous_now: str
-    _retention_after: int | None
-    _retention_due: float
-
-    def _serve(self) -> None:
-        get = self._queue.get
-        try:
-            while True:
-                timeout = self._retention_due - time.monotonic()
-                try:
-                    item = get(timeout=max(timeout, 0.0)) if timeout < math.inf else get()
-                except queue.Empty:
-                    self._retention_pass()
-                    continue
-                if type(item) is _Batch:
-                    with self._lock:
-                        if self._open_batch is item:
-                            self._open_batch = None
-                    self._commit(item)
-                    self._wake(item.done)
-                    if time.monotonic() >= self._retention_due:
-                        self._retention_pass()
-                else:
-                    assert isinstance(item, _Call)
-                    try:
-                        item.result = item.function()
-                    except StoreError as exc:
-                        item.error = exc
-                    except Exception as exc:  # sqlite3.Error, OSError, ...: the store goes on
-                        self._rollback()
-                        item.error = self._error(exc, item.doing)
-                    finished = self._conn is None
-                    self._wake(item.done)
-                    if finished:
-                        return
-        except BaseException as exc:  # a bug: fail every caller rather than leave one waiting
-            logger.exception("journal %r: the store thread stopped", self.path)
-            self._crash(exc)
-
-    def _wake(self, event: anyio.Event) -> None:
-        try:
-            self._call_soon(event.set)
-        except Exception:  # the event loop is gone, and so are the callers
-            logger.debug("journal %r: could not wake a caller", self.path, exc_info=True)
-
-    def _crash(self, exc: BaseException) -> None:
-        error = StoreError(self.path, f"the store thread stopped: {exc!r}")
-        with self._lock:
-            self._state = _BROKEN
-            self._writable = False
-            self._open_batch = None
-            items: list[_Batch | _Call] = []
-            while True:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-        for item in items:
-            if isinstance(item, _Batch):
-                item.failure = error
-            else:
-                item.error = error
-            self._wake(item.done)
-        self._release()
-
-    def _error(self, exc: BaseException, doing: str) -> StoreError:
-        name = getattr(exc, "sqlite_errorname", "")
-        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-            problem = (
-                f"{doing}: another connection held the journal locked for longer than "
-                f"busy_timeout={self.busy_timeout:g}s"
-            )
-        elif name.startswith("SQLITE_FULL"):
-            problem = f"{doing}: the disk is full ({exc})"
-        else:
-            problem = f"{doing}: {exc}"
-        error = StoreError(self.path, problem)
-        error.__cause__ = exc
-        return error
-
-    def _rollback(self) -> None:
-        _rollback_transaction(self._conn, self.path)
-
-    def _set_synchronous(self, level: str) -> None:
-        if level != self._synchronous_now:
-            assert self._conn is not None
-            self._conn.execute(_SYNCHRONOUS[level])
-            self._synchronous_now = level
-
-    def _commit(self, batch: _Batch) -> None:
-        try:
-            self._write_requests(batch.requests)
-        except _PER_REQUEST_ERRORS as exc:
-            if len(batch.requests) == 1:
-                batch.errors[0] = self._error(exc, "could not record")
-                return
-            for index, request in enumerate(batch.requests):  # find the culprit, save the rest
-                try:
-                    self._write_requests([request])
-                except _PER_REQUEST_ERRORS as single:
-                    batch.errors[index] = self._error(single, "could not record")
-                except sqlite3.Error as whole:
-                    for rest in range(index, len(batch.requests)):
-                        batch.errors[rest] = self._error(whole, "could not record")
-                    return
-        except sqlite3.Error as exc:
-            batch.failure = self._error(exc, "could not record")
-
-    def _write_requests(self, requests: Sequence[tuple[Any, ...]]) -> None:
-        seq = self._next_seq
-        events: list[tuple[Any, ...]] = []
-        deliveries: list[tuple[int, str]] = []
-        keys: list[tuple[str, int, bytes]] = []
-        starts: list[tuple[int, str, str]] = []
-        completes: list[tuple[str, str]] = []
-        letters: list[tuple[Any, ...]] = []
-        for request in requests:
-            kind = request[0]
-            if kind == _APPEND:
-                _, event_id, name, body, occurred_at, receiver_ids, key = request
-                occurred = (occurred_at - _EPOCH) // _MICROSECOND
-                events.append((seq, event_id, name, body, occurred))
-                if key is not None:
-                    keys.append((key, occurred, body))
-                if len(receiver_ids) == 1:
-                    deliveries.append((seq, receiver_ids[0]))
-                else:
-                    deliveries += [(seq, receiver) for receiver in dict.fromkeys(receiver_ids)]
-                seq += 1
-            elif kind == _START:
-                starts += request[1]
-            elif kind == _COMPLETE_KIND:
-                completes += request[1]
-            else:
-                letters += request[1]
-        conn = self._conn
-        assert conn is not None
-        # Only appends and dead letters need the configured durability; see the module docstring.
-        self._set_synchronous(self.synchronous if events or letters else "NORMAL")
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            if events:
-                _insert_rows(conn, _INSERT_EVENT, _INSERT_EVENTS, events)
-            if deliveries:
-                _insert_rows(conn, _INSERT_DELIVERY, _INSERT_DELIVERIES, deliveries)
-            if keys:
-                conn.executemany(_INSERT_KEY, keys)
-            if starts:
-                conn.executemany(_START_ATTEMPT, starts)
-            if completes:
-                conn.executemany(_COMPLETE, completes)
-            for letter in letters:
-                seq = self._insert_letter(conn, letter, seq)
-            conn.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
-        self._next_seq = seq
-        if events or letters:
-            size = self._wal_size()
-            if size > self._wal_recorded:  # the -wal's high-water mark: rarely moves
-                self._wal_recorded = size
-                self._record("open")
-
-    def _insert_letter(self, conn: sqlite3.Connection, letter: tuple[Any, ...], seq: int) -> int:
-        letter_id, event_id, name, body, published, receiver_id, attempts, *details = letter
-        row = conn.execute(_FIND_EVENT, (event_id,)).fetchone()
-        if row is None:  # a letter for an event this journal never saw: keep it whole
-            conn.execute(_INSERT_EVENT, (seq, event_id, name, body, published))
-            event_seq, seq = seq, seq + 1
-        else:
-            event_seq = row[0]
-        conn.execute(_KILL_DELIVERY, (event_seq, receiver_id, attempts))
-        conn.execute(_INSERT_LETTER, (letter_id, event_seq, receiver_id, attempts, *details))
-        return seq
-
-    def _release(self) -> None:
-        conn = self._conn
-        if conn is not None:
-            if self._recorded:  # opened read-write: leave nothing in the -wal, then say so
-                try:
-                    busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-                except sqlite3.Error:
-                    logger.debug("journal %r: checkpoint failed", self.path, exc_info=True)
-                else:
-                    if not busy:
-                        self._wal_recorded = 0
-                        self._record("open")
-            try:
-                conn.close()
-            except sqlite3.Error:
-                logger.debug("journal %r: close failed", self.path, exc_info=True)
-            self._conn = None
-        if self._recorded:
-            self._record("closed")
-            self._recorded = False
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is not None:
-            os.close(fd)  # closing the descriptor releases the flock
-
-    def _wal_size(self) -> int:
-        try:
-            return os.stat(self._wal_path).st_size
-        except OSError:
-            return 0
-
-    def _record(self, state: str) -> None:
-        """Write the lock file's record: whether this run is open, how far its -wal grew,
-        and the losses found so far (see ``_sqlite_schema._wal_loss``)."""
-        if self._lock_fd is None:
-            return
-        record = {
-            "state": state,
-            "pid": os.getpid(),
-            "wal": self._wal_recorded,
-            "losses": self.losses,
-        }
-        try:
-            _write_record(self._lock_fd, record)
-        except OSError as exc:
-            logger.warning("journal %r: cannot update its lock file (%s)", self.path, exc)
-            return
-        self._recorded = state == "open"
-
-    def _retention_pass(self) -> None:
-        """Prune one chunk for ``retention``; come back soon if there is more, else in a minute."""
-        assert self.retention is not None
-        if self._retention_after is None:
-            self._retention_after = 0
-        cutoff = _to_us(datetime.now(UTC) - self.retention)
-        try:
-            _, self._retention_after = self._prune_chunk(
-                self._retention_after, cutoff, stop_at_newer=True
-            )
-        except sqlite3.Error as exc:
-            logger.warning("journal %r: retention pruning failed: %s", self.path, exc)
-            self._retention_after = None
-        more = self._retention_after is not None
-        self._retention_due = time.monotonic() + (0.0 if more else _RETENTION_EVERY)
-
-    def _prune_chunk(
-        self, after: int, cutoff: int | None, *, stop_at_newer: bool
-    ) -> tuple[int, int | None]:
-        """Prune among the next events after seq ``after``; return (removed, resume point)."""
-        conn = self._conn
-        assert conn is not None
-        rows = conn.execute(_EVENT_TIMES, (after, _PRUNE_CHUNK)).fetchall()
-        finished = len(rows) < _PRUNE_CHUNK
-        old: list[tuple[int]] = []
-        for seq, published in rows:
-            if cutoff is not None and published >= cutoff:
-                if stop_at_newer:  # retention assumes publish times grow with seq
-                    finished = True
-                    break
-            else:
-                old.append((seq,))
-            after = seq
-        removed = 0
-        if old:
-            self._set_synchronous(self.synchronous)
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                removed = conn.executemany(_DELETE_DONE, old).rowcount
-                conn.executemany(_DELETE_EMPTY_EVENT, old)
-                conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-        return removed, None if finished else after
-
-
-def _insert_rows(
-    conn: sqlite3.Connection, single: str, multi: dict[int, str], rows: list[tuple[Any, ...]]
-) -> None:
-    """Insert ``rows`` with as few statement steps as the multi-row forms allow."""
-    start = 0
-    for size in _CHUNKS:
-        end = start + (len(rows) - start) // size * size
-        if end > start:
-            flat = [tuple(chain(*rows[at : at + size])) for at in range(start, end, size)]
-            conn.executemany(multi[size], flat)
-            start = end
-    if start < len(rows):
-        conn.executemany(single, rows[start:])
 
 
 def _loop_caller_unset(callback: Callable[[], object]) -> object:  # pragma: no cover
