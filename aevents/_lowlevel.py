@@ -5,6 +5,7 @@ Public API of anyio and trio only.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable
 
@@ -17,22 +18,38 @@ _HONOUR_TRIES = 8
 
 
 def cancelled_predicate() -> Callable[[], bool] | None:
-    """ "Is the calling task in a cancelled scope?", cheaply, for this backend; None on trio.
+    """ "Has a cancellation reached the calling task?", cheaply, for this backend; None on trio.
 
     On trio, ``trio.lowlevel.checkpoint_if_cancelled`` is the cheapest correct
-    cancel point (0.3 µs): None says "await that". On asyncio, a predicate
-    built on ``anyio.current_effective_deadline``: ``-inf`` inside a cancelled
-    scope, or a deadline already past when a timeout expired but its
-    cancellation is not delivered yet. When it says yes,
-    ``honour_cancellation`` yields until anyio delivers it.
+    cancel point (0.3 µs): None says "await that".
+
+    On asyncio (and uvloop), anyio cancels a task through ``Task.cancel``, so a
+    task that a cancellation has reached has ``Task.cancelling() > 0``: it
+    yielded in a cancelled scope, or another task or an expired timer
+    cancelled it. That costs 0.1 µs, on the loop the runtime runs on. Only
+    then is the exact answer asked of ``anyio.current_effective_deadline``
+    (1 µs, as it walks the task's scopes): ``-inf`` inside a cancelled scope,
+    or a deadline already past; a shielded scope says no. When the answer is
+    yes, ``honour_cancellation`` yields until anyio delivers the cancellation.
+
+    What this does not see, by choice: a scope that the task cancelled
+    itself, or a deadline that passed, since its last yield. Such a
+    cancellation reaches the task at its next yield (``publish`` yields when
+    it waits for room or for the journal). Checking for it exactly on every
+    publish costs 1 µs, 15-25% of a publish.
     """
     if anyio.get_cancelled_exc_class().__module__.startswith("trio"):
         return None
+    loop = asyncio.get_running_loop()
+    current_task = asyncio.current_task
     effective_deadline = anyio.current_effective_deadline
     current_time = anyio.current_time
     inf = math.inf
 
     def cancelled() -> bool:
+        task = current_task(loop)
+        if task is None or not task.cancelling():
+            return False
         deadline = effective_deadline()
         return deadline != inf and deadline <= current_time()
 

@@ -10,9 +10,9 @@ publishing.
 
 Three choices keep the hot path fast without giving up cancellation:
 
-* ``publish`` is a cancel point but yields to the scheduler only when it must
-  wait for room. A naive ``await send()`` per event yields on every event and
-  runs about 15x slower.
+* ``publish`` honours a cancellation that reached its task, but yields to the
+  scheduler only when it must wait for room. A naive ``await send()`` per
+  event yields on every event and runs about 15x slower.
 * The buffer's queue is a deque of its own: putting and taking never yield.
   Its bound counts every delivery of an event at once, so an event is
   admitted whole or not at all.
@@ -455,12 +455,14 @@ class EventRuntime:
         """Validate, queue one delivery per matching receiver, and return the event.
 
         Waits while the buffer is full (backpressure); with a store, also until
-        the event and its deliveries are durable. It is a cancel point: in a
-        cancelled scope it raises before accepting anything. It yields to the
-        scheduler only when it has to wait. Cancelled while waiting for room,
-        nothing was accepted; once the journal write has begun it is finished
-        (shielded), so publish either returns the accepted event or raises
-        having accepted nothing.
+        the event and its deliveries are durable. It yields to the scheduler
+        only when it has to wait. Once a cancellation has reached the calling
+        task (in the cleanup code of a cancelled scope, say) it raises before
+        accepting anything; on trio it is a full cancel point, while on asyncio
+        a scope the task cancelled itself reaches it at its next yield.
+        Cancelled while waiting for room, nothing was accepted; once the
+        journal write has begun it is finished (shielded), so publish either
+        returns the accepted event or raises having accepted nothing.
 
         Args:
             name: The event name, such as ``"user:account:created"``
