@@ -160,15 +160,28 @@ class Journal:
             self._buffer.release(len(routes))
             raise
 
-    async def append_then_dispatch(
-        self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch, dispatch: Dispatch
+    def append_in_background(
+        self,
+        tasks: anyio.abc.TaskGroup,
+        event: Event,
+        routes: tuple[Subscription, ...],
+        epoch: Epoch,
+        dispatch: Dispatch,
     ) -> None:
         """``publish_nowait`` with a store: journal in the background, then queue.
 
         If the journal refuses the event it is still delivered, without the
         crash guarantee, and an error says so: nothing accepted is dropped.
-        ``epoch`` counts one for this write, finished here.
+        ``epoch`` counts one more for the write (``drain()`` waits for it), and
+        ``unjournaled`` its deliveries until it is done.
         """
+        self.unjournaled += len(routes)
+        epoch.unfinished += 1
+        tasks.start_soon(self._append_then_dispatch, event, routes, epoch, dispatch)
+
+    async def _append_then_dispatch(
+        self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch, dispatch: Dispatch
+    ) -> None:
         try:
             with anyio.CancelScope(shield=True):
                 await self.store.append(event, [route.receiver_id for route in routes])

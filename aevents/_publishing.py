@@ -216,14 +216,8 @@ class Publisher:
         assert self._journal is not None
         assert self._tasks is not None
         self._counters.published += 1
-        self._journal.unjournaled += len(waiting.routes)
-        waiting.epoch.unfinished += 1  # drain() waits for the background write too
-        self._tasks.start_soon(
-            self._journal.append_then_dispatch,
-            waiting.event,
-            waiting.routes,
-            waiting.epoch,
-            self._intake.dispatch,
+        self._journal.append_in_background(
+            self._tasks, waiting.event, waiting.routes, waiting.epoch, self._intake.dispatch
         )
         return waiting.event
 
