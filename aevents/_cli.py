@@ -1,9 +1,11 @@
-"""``python -m aevents``: command-line tools: ``inspect`` for an app's routes, ``journal``.
+"""``python -m aevents``: ``inspect`` an app's routes, run a ``worker``, read a ``journal``.
 
 ::
 
     python -m aevents inspect TARGET [TARGET ...] [--registry MODULE:ATTRIBUTE] [--strict]
                               [--allow PATTERN ...]
+
+    python -m aevents worker TARGET [--store PATH] [--concurrency N] [--backend NAME]
 
     python -m aevents journal PATH stats
     python -m aevents journal PATH pending [--limit N]
@@ -36,12 +38,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import os
 import shutil
 import sys
 import tempfile
-import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
@@ -64,7 +64,9 @@ from ._store._sqlite_schema import (
     _wal_loss,
     describe_loss,
 )
+from ._targets import LoadError, UsageError, check_spec, escape, load_target, use_app_dir
 from ._text import counted, with_article
+from ._worker import add_worker_parser, worker_command
 
 __all__ = ["main"]
 
@@ -72,10 +74,6 @@ EXIT_OK, EXIT_JOURNAL, EXIT_USAGE, EXIT_IN_USE, EXIT_LOSSES = 0, 1, 2, 3, 4
 _READS = frozenset({"stats", "pending", "dead-letters"})
 EXIT_ERROR = EXIT_JOURNAL  # inspect: a target failed to load, or --strict found a problem
 _CELL = 48  # widest table cell before it is cut with "…"
-
-
-class _Usage(Exception):
-    """A usage error found after parsing (argparse reports its own)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -125,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument(
         "--traceback", action="store_true", help="print the traceback of a target that fails"
     )
+    add_worker_parser(commands)
     journal = commands.add_parser(
         "journal",
         help="inspect and repair an SQLite journal",
@@ -185,11 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "inspect": _inspect,
         "journal": _journal,
+        "worker": worker_command,
     }
     command = commands[args.command]
     try:
         return command(args)
-    except _Usage as error:
+    except UsageError as error:
         parser.print_usage(sys.stderr)
         print(f"python -m aevents: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -198,31 +198,21 @@ def main(argv: list[str] | None = None) -> int:
 # -- inspect ------------------------------------------------------------------------------
 
 
-class _LoadError(Exception):
-    """A target or registry that could not be imported or looked up."""
-
-
 def _inspect(args: argparse.Namespace) -> int:
     for spec in args.targets:
-        _check_spec(spec, "TARGET", attribute_required=False)
+        check_spec(spec, "TARGET", attribute_required=False)
     if args.registry is not None:
-        _check_spec(args.registry, "--registry", attribute_required=True)
+        check_spec(args.registry, "--registry", attribute_required=True)
     for entry in args.allow:
         try:
             validate_pattern(entry)
         except InvalidEventNameError as error:
-            raise _Usage(f"--allow {_escape(repr(entry))}: {_escape(str(error))}") from None
-    app_dir = os.path.abspath(args.app_dir)
-    if not os.path.isdir(app_dir):
-        raise _Usage(f"--app-dir {args.app_dir!r} is not a directory")
-    # As uvicorn does: `python -m` puts the current directory on sys.path, but
-    # `python -P`, PYTHONSAFEPATH and console scripts do not.
-    if sys.path[:1] != [app_dir]:
-        sys.path.insert(0, app_dir)
+            raise UsageError(f"--allow {escape(repr(entry))}: {escape(str(error))}") from None
+    use_app_dir(args.app_dir)
     try:
         registry = _load_app(args)
-    except _LoadError as error:
-        return _fail(_escape(str(error)), EXIT_ERROR)
+    except LoadError as error:
+        return _fail(escape(str(error)), EXIT_ERROR)
     report = inspect_routes(registry, allow=args.allow)
     _print(args, report.to_dict(), report.to_text())
     return EXIT_ERROR if args.strict and not report.ok else EXIT_OK
@@ -233,55 +223,16 @@ def _load_app(args: argparse.Namespace) -> Registry | None:
     # Whatever the app prints while it is imported must not mix into the report.
     with contextlib.redirect_stdout(sys.stderr):
         for spec in args.targets:
-            _load(spec, show_traceback=args.traceback)
+            load_target(spec, show_traceback=args.traceback)
         if args.registry is None:
             return None
-        registry = _load(args.registry, show_traceback=args.traceback)
+        registry = load_target(args.registry, show_traceback=args.traceback)
     if not isinstance(registry, Registry):
-        raise _LoadError(
+        raise LoadError(
             f"--registry {args.registry!r} is {with_article(type(registry).__name__)}, "
             "not an aevents.Registry"
         )
     return registry
-
-
-def _check_spec(spec: str, what: str, *, attribute_required: bool) -> None:
-    module, colon, attribute = spec.partition(":")
-    parts = module.split(".") + (attribute.split(".") if colon else [])
-    if not all(part.isidentifier() for part in parts) or (attribute_required and not colon):
-        shape = "'package.module:attribute'" if attribute_required else "'package.module'"
-        hint = " (a module path, not a file)" if "/" in spec or spec.endswith(".py") else ""
-        raise _Usage(f"{what} {spec!r} is not of the form {shape}{hint}")
-
-
-def _load(spec: str, *, show_traceback: bool) -> object:
-    """Import the module ``spec`` names (what the user typed) and look its attribute up."""
-    module_name, _, attribute = spec.partition(":")
-    try:
-        target: object = importlib.import_module(module_name)
-    except Exception as error:
-        if show_traceback:
-            traceback.print_exception(error)
-        missing = error.name if isinstance(error, ModuleNotFoundError) else None
-        if missing is not None and f"{module_name}.".startswith(f"{missing}."):
-            raise _LoadError(
-                f"cannot import {module_name!r}: no module named {missing!r} "
-                f"(looked in {sys.path[0]!r} first; run from the project root or pass --app-dir)"
-            ) from None
-        hint = "" if show_traceback else " (--traceback shows where)"
-        raise _LoadError(
-            f"importing {module_name!r} raised {type(error).__name__}: {error}{hint}"
-        ) from None
-    for part in attribute.split(".") if attribute else []:
-        try:
-            target = getattr(target, part)
-        except AttributeError as error:
-            raise _LoadError(f"cannot find {spec!r}: {error}") from None
-    return target
-
-
-def _escape(text: str) -> str:
-    return text if text.isprintable() else repr(text)[1:-1]
 
 
 # -- journal ------------------------------------------------------------------------------
@@ -289,7 +240,7 @@ def _escape(text: str) -> str:
 
 def _journal(args: argparse.Namespace) -> int:
     if args.action == "redeliver" and bool(args.ids) == bool(args.all):
-        raise _Usage("redeliver takes dead letter ids or --all (one or the other)")
+        raise UsageError("redeliver takes dead letter ids or --all (one or the other)")
     path = args.path
     if not os.path.exists(path):
         return _fail(f"no journal at {path!r}")
@@ -423,7 +374,7 @@ async def _stats(store: SQLiteStore, args: argparse.Namespace) -> None:
     if not losses:
         _print(args, counts, text)
         return
-    lines = [f"- {_escape(describe_loss(args.path, loss))}" for loss in losses]
+    lines = [f"- {escape(describe_loss(args.path, loss))}" for loss in losses]
     text += "\n\nThe journal may have lost data:\n" + "\n".join(lines)
     text += f"\n(`python -m aevents journal {args.path} forget-losses` acknowledges this)"
     _print(args, {**counts, "losses": losses}, text)

@@ -46,13 +46,14 @@ _OPTIONS = frozenset(
 )
 
 
-def runtime_from_settings() -> EventRuntime:
+def runtime_from_settings(**overrides: Any) -> EventRuntime:
     """A new ``EventRuntime`` configured by ``settings.AEVENTS`` (a dict; absent means defaults).
 
     The keys are ``EventRuntime``'s keyword arguments (``workers``, ``buffer``,
     ``strict``, ``shutdown_timeout``, ...). ``store`` may be a path, which
     means ``aevents.SQLiteStore(path)``, or a ``Store``. Unknown keys raise
-    ``ConfigurationError`` naming them.
+    ``ConfigurationError`` naming them. ``overrides`` replace settings of the
+    same name (``manage.py aevents_worker --concurrency`` sets ``workers``).
     """
     from django.conf import settings
 
@@ -71,7 +72,7 @@ def runtime_from_settings() -> EventRuntime:
             f"{', '.join(map(repr, unknown))}; "
             f"the options are {', '.join(sorted(_OPTIONS))}",
         )
-    kwargs = dict(options)
+    kwargs = {**options, **overrides}
     store = kwargs.get("store")
     if isinstance(store, str | os.PathLike):
         from ..._store._sqlite import SQLiteStore
