@@ -331,6 +331,9 @@ class Fleet:
         batch, self._writes = self._writes, []
         try:
             results = await self.store.publish([(w.event, w.receiver_ids) for w in batch])
+        except StoreError as error:
+            for each in batch:  # each publisher raises an error of its own
+                each.error = error if each is write else StoreError(error.path, error.problem)
         except BaseException as error:
             for each in batch:
                 each.error = error

@@ -50,7 +50,7 @@ class Publisher:
         run: RunState,
         buffer: DeliveryBuffer,
         journal: Journal | None,
-        fleet: Fleet | None = None,
+        fleet: Fleet | None,
         counters: Counters,
         middleware: MiddlewareStack,
         idempotency: IdempotencyWindow,

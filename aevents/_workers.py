@@ -49,7 +49,7 @@ class Workers:
         failures: Failures,
         shelf: DeadLetterShelf,
         journal: Journal | None,
-        fleet: Fleet | None = None,
+        fleet: Fleet | None,
         counters: Counters,
         middleware: MiddlewareStack,
         timeout: float | None,

@@ -323,7 +323,7 @@ async def test_consume_false_publishes_durably_and_runs_nothing_of_the_store() -
     assert web.stats().delivered == 0
 
 
-def test_consume_false_needs_a_shared_store(tmp_path: object) -> None:
+def test_consume_false_needs_a_shared_store() -> None:
     """consume=False without a store, or with a journal one process owns, is refused."""
     with pytest.raises(ConfigurationError, match="consume=False needs a store"):
         EventRuntime(consume=False)
@@ -601,3 +601,110 @@ async def _scheduled(store: MemoryStore) -> bool:
 
 async def _dead(store: MemoryStore) -> bool:
     return any(backlog.dead for backlog in await store.backlog())
+
+
+async def test_drain_waits_for_the_delivery_whichever_runtime_runs_it() -> None:
+    """drain() in the publishing runtime returns once the event ran, in it or in another."""
+    store = MemoryStore()
+    gate = anyio.Event()
+    ran: list[str] = []
+    runtimes = []
+    for name in ("a", "b"):
+        registry = Registry()
+
+        async def worker(event: Event, name: str = name) -> None:
+            await gate.wait()
+            ran.append(name)
+
+        registry.subscribe(NAME, worker, id="worker")
+        runtimes.append(EventRuntime(registry, store=store))
+    drained = anyio.Event()
+
+    async def drain() -> None:
+        await runtimes[0].drain()
+        drained.set()
+
+    async with running(*runtimes):
+        await runtimes[0].publish(NAME)
+        await until(lambda: _leased(store, 1))
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(drain)
+            await anyio.wait_all_tasks_blocked()
+            assert not drained.is_set()
+            gate.set()
+            with anyio.fail_after(10):
+                await drained.wait()
+    assert len(ran) == 1
+
+
+async def test_a_receiver_subscribed_while_running_gets_its_deliveries(
+    registry: Registry,
+) -> None:
+    """A subscription made after the start is registered with the next claim."""
+    store = MemoryStore()
+    ran: list[Event] = []
+
+    async def late(event: Event) -> None:
+        ran.append(event)
+
+    async with EventRuntime(registry, store=store) as runtime:
+        registry.subscribe(NAME, late, id="late")
+        event = await runtime.publish(NAME)
+        with anyio.fail_after(10):
+            await runtime.drain()
+        (consumer,) = await store.consumers()
+        assert consumer.routes == (Route(NAME, "late"),)
+    assert ran == [event]
+
+
+class FailingPublishStore(MemoryStore):
+    """A store whose next ``publish`` call fails, as a full disk would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = False
+        self.calls: list[int] = []
+
+    async def publish(self, events: Sequence[tuple[Event, Sequence[str]]]) -> list[Event]:
+        self.calls.append(len(events))
+        await anyio.lowlevel.checkpoint()
+        if self.fail:
+            self.fail = False
+            raise aevents.StoreError("memory", "database or disk is full")
+        return await super().publish(events)
+
+
+async def test_a_refused_write_fails_each_publish_in_it_and_the_runtime_goes_on(
+    registry: Registry,
+) -> None:
+    """Every publish in a refused write raises StoreError having added nothing; later
+    publishes work, and their room in the buffer was given back."""
+    store = FailingPublishStore()
+    ran: list[Event] = []
+
+    async def worker(event: Event) -> None:
+        ran.append(event)
+
+    registry.subscribe(NAME, worker, id="worker")
+    errors: list[BaseException] = []
+
+    async def publish(runtime: EventRuntime) -> None:
+        try:
+            await runtime.publish(NAME)
+        except aevents.StoreError as error:
+            errors.append(error)
+
+    async with EventRuntime(registry, store=store, buffer=8) as runtime:
+        store.fail = True
+        async with anyio.create_task_group() as tasks:
+            for _ in range(5):
+                tasks.start_soon(publish, runtime)
+        assert len(errors) == store.calls[0]  # the first write, refused, held these
+        assert all("disk is full" in str(error) for error in errors)
+        event = await runtime.publish(NAME)
+        with anyio.fail_after(10):
+            await runtime.drain()
+        assert runtime.stats().queued == 0
+        assert runtime.stats().published == 6 - len(errors)
+    assert event in ran
+    assert len(ran) == 6 - len(errors)
