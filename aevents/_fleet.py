@@ -31,6 +31,7 @@ delivery of a (receiver, key), so keyed claims skip the in-process lanes.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
@@ -148,6 +149,7 @@ class Fleet:
         self._round_done = anyio.Event()
         self._last_round_full = False
         self._claimed = 0  # claims taken since the start, for drain()
+        self._next_due = math.inf  # when the earliest retry this process rescheduled is due
         self._held_keys: dict[tuple[str, str], str] = {}
 
     # ------------------------------------------------------------------ start and stop
@@ -397,7 +399,11 @@ class Fleet:
             if self._last_round_full or self._claim_wanted.is_set():
                 delay = POLL_MIN
                 continue
-            with anyio.move_on_after(delay):
+            due = self._next_due - anyio.current_time()
+            if due <= 0:  # a retry rescheduled here is due: claim it now
+                self._next_due = math.inf
+                continue
+            with anyio.move_on_after(min(delay, due)):
                 await self._claim_wanted.wait()
             delay = POLL_MIN if self._claim_wanted.is_set() else min(delay * 2, POLL_MAX)
 
@@ -543,16 +549,26 @@ class Fleet:
                     counted(len(lost), "delivery"),
                     extra={"deliveries": len(lost)},
                 )
+            wake = self._last_round_full  # room was what limited the last claim
+            lost_keys = {(claim.event.id, claim.receiver_id) for claim in lost}
             for outcome, epoch in batch:
                 claim = outcome.claim
                 held = (claim.event.id, claim.receiver_id)
                 self._held.pop(held, None)
                 self._running.discard(held)
-                if isinstance(outcome, DeadLettered) and outcome.holds_key:
+                epoch.finish()
+                if held in lost_keys:
+                    continue
+                if claim.event.key is not None or isinstance(outcome, Released | Rescheduled):
+                    wake = True  # the next of its key, or this one again, may be claimable
+                if isinstance(outcome, Rescheduled):
+                    due = anyio.current_time() + outcome.delay
+                    self._next_due = min(self._next_due, due)
+                elif isinstance(outcome, DeadLettered) and outcome.holds_key:
                     assert claim.event.key is not None
                     self._held_keys[claim.receiver_id, claim.event.key] = claim.event.id
-                epoch.finish()
-            self._claim_wanted.set()  # a key may move on, room was freed
+            if wake:
+                self._claim_wanted.set()
 
     async def _renewals(self) -> None:
         """Renew the leases held, every third of the lease; forget those another consumer took."""
