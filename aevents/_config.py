@@ -24,7 +24,7 @@ from ._exceptions import ConfigurationError
 from ._payload import DEFAULT_MAX_PAYLOAD_BYTES
 from ._policy import RetryPolicy
 from ._registry import Registry, default_registry
-from ._store._protocol import Store
+from ._store._protocol import LeasedStore, Store
 
 if TYPE_CHECKING:
     from ._metrics import Metrics
@@ -76,8 +76,18 @@ def _registry(_: RuntimeConfig, __: attrs.Attribute[Any], registry: object) -> N
 
 
 def _store(_: RuntimeConfig, __: attrs.Attribute[Any], store: object) -> None:
-    if store is not None and not isinstance(store, Store):
+    if store is not None and not isinstance(store, Store | LeasedStore):
         raise _refuse(f"store must implement the aevents.Store protocol, got {store!r}")
+
+
+def _consume(config: RuntimeConfig, attribute: attrs.Attribute[Any], consume: object) -> None:
+    _bool(config, attribute, consume)
+    if not consume and not isinstance(config.store, LeasedStore):
+        raise _refuse(
+            "consume=False needs a store that processes share (aevents.MemoryStore for now): "
+            "the events it publishes are run by the processes that consume from it, got "
+            f"store={config.store!r}"
+        )
 
 
 def _retry(_: RuntimeConfig, __: attrs.Attribute[Any], retry: object) -> None:
@@ -179,7 +189,7 @@ class RuntimeConfig:
     )
     workers: int = attrs.field(default=8, validator=_int_at_least_1)
     buffer: int = attrs.field(default=1024, validator=_int_at_least_1)
-    store: Store | None = attrs.field(default=None, validator=_store)
+    store: Store | LeasedStore | None = attrs.field(default=None, validator=_store)
     retry: RetryPolicy = attrs.field(default=None, converter=_retry_or_default, validator=_retry)
     timeout: float | None = attrs.field(default=None, validator=_timeout)
     shutdown_timeout: float = attrs.field(default=10.0, validator=_shutdown_timeout)
@@ -208,6 +218,7 @@ class RuntimeConfig:
     )
     idempotency_window: float = attrs.field(default=24 * 3600.0, validator=_idempotency_window)
     max_idempotency_keys: int = attrs.field(default=100_000, validator=_int_at_least_1)
+    consume: bool = attrs.field(default=True, validator=_consume)
 
     @property
     def sync_threads(self) -> int:

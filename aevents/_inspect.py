@@ -22,7 +22,7 @@ import attrs
 from . import _catalog
 from ._catalog import Catalog
 from ._names import compile_pattern, first_segment, is_pattern, validate_pattern
-from ._registry import Registry, default_registry
+from ._registry import Registry, Scope, default_registry
 
 __all__ = [
     "DeclaredName",
@@ -39,6 +39,8 @@ class ReceiverMatch:
 
     receiver_id: str
     pattern: str
+    scope: Scope = "fleet"
+    """``"process"``: it runs in the publishing process, never through a shared store."""
 
 
 @attrs.frozen(slots=True)
@@ -116,10 +118,7 @@ class RoutingReport:
                 {
                     "key": declared.key,
                     "name": declared.name,
-                    "receivers": [
-                        {"receiver_id": match.receiver_id, "pattern": match.pattern}
-                        for match in declared.receivers
-                    ],
+                    "receivers": [_match_dict(match) for match in declared.receivers],
                 }
             )
         return {
@@ -217,7 +216,7 @@ def inspect_routes(
             label,
             key,
             name,
-            tuple(ReceiverMatch(s.receiver_id, s.pattern) for s in registry.route(name)),
+            tuple(ReceiverMatch(s.receiver_id, s.pattern, s.scope) for s in registry.route(name)),
         )
         for label, key, name in declared
     )
@@ -278,6 +277,14 @@ def _closest(name: str, names: list[str], by_first: dict[str, list[str]]) -> str
     return close[0] if close else None
 
 
+def _match_dict(match: ReceiverMatch) -> dict[str, str]:
+    """A receiver in ``to_dict``: ``scope`` appears only for ``"process"``, the exception."""
+    found = {"receiver_id": match.receiver_id, "pattern": match.pattern}
+    if match.scope != "fleet":
+        found["scope"] = match.scope
+    return found
+
+
 # -- text ---------------------------------------------------------------------------------
 
 
@@ -305,6 +312,7 @@ def _render(report: RoutingReport) -> list[str]:
             receivers = [
                 _printable(match.receiver_id)
                 + ("" if match.pattern == declared.name else f"  via {match.pattern}")
+                + ("  (scope=process)" if match.scope == "process" else "")
                 for match in declared.receivers
             ] or ["(no receiver)"]
             key = _printable(declared.key).ljust(key_width)

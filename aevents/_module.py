@@ -11,7 +11,7 @@ import anyio.lowlevel
 from ._event import Event
 from ._exceptions import RuntimeNotRunningError
 from ._policy import RetryPolicy
-from ._registry import MISSING, Receiver, _Missing, default_registry
+from ._registry import MISSING, Receiver, Scope, _Missing, default_registry
 from ._runtime import EventRuntime, current_runtime
 
 __all__ = ["publish", "publish_nowait", "publish_threadsafe", "subscribe", "unsubscribe"]
@@ -170,6 +170,7 @@ def subscribe(
     retry: RetryPolicy | None = None,
     timeout: float | None = None,
     inline: bool = False,
+    scope: Scope = "fleet",
 ) -> Callable[[R], R]: ...
 
 
@@ -182,6 +183,7 @@ def subscribe(
     retry: RetryPolicy | None = None,
     timeout: float | None = None,
     inline: bool = False,
+    scope: Scope = "fleet",
 ) -> R: ...
 
 
@@ -193,6 +195,7 @@ def subscribe(
     retry: RetryPolicy | None = None,
     timeout: float | None = None,
     inline: bool = False,
+    scope: Scope = "fleet",
 ) -> R | Callable[[R], R]:
     """Subscribe a receiver on ``aevents.default_registry``, as a decorator or with ``receiver``.
 
@@ -204,10 +207,10 @@ def subscribe(
     """
     if receiver is MISSING:
         return default_registry.subscribe(
-            pattern, id=id, retry=retry, timeout=timeout, inline=inline
+            pattern, id=id, retry=retry, timeout=timeout, inline=inline, scope=scope
         )
     return default_registry.subscribe(
-        pattern, receiver, id=id, retry=retry, timeout=timeout, inline=inline
+        pattern, receiver, id=id, retry=retry, timeout=timeout, inline=inline, scope=scope
     )
 
 

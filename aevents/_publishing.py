@@ -27,6 +27,7 @@ from ._exceptions import (
     RuntimeClosedError,
     UnknownEventError,
 )
+from ._fleet import Fleet
 from ._idempotency import IDEMPOTENCY_KEY, IdempotencyWindow, claims_key, validate_idempotency_key
 from ._intake import Intake, Waiting
 from ._journal import Journal
@@ -49,6 +50,7 @@ class Publisher:
         run: RunState,
         buffer: DeliveryBuffer,
         journal: Journal | None,
+        fleet: Fleet | None,
         counters: Counters,
         middleware: MiddlewareStack,
         idempotency: IdempotencyWindow,
@@ -59,6 +61,7 @@ class Publisher:
         self._run = run
         self._buffer = buffer
         self._journal = journal
+        self._fleet = fleet
         self._counters = counters
         self._middleware = middleware
         self._idempotency = idempotency
@@ -81,6 +84,13 @@ class Publisher:
             )
             if self._run.state is STOPPED:
                 raise RuntimeClosedError(name) from None
+        if self._fleet is not None:
+            event = await self._fleet.publish(waiting, self._intake.dispatch)
+            if event is waiting.event:
+                self._counters.published += 1
+                if not waiting.routes:
+                    self._counters.unrouted += 1
+            return event
         if self._journal is not None:
             await self._journal.append(waiting.event, waiting.routes)
             if not waiting.routes:
@@ -213,9 +223,12 @@ class Publisher:
         """``publish_nowait`` when ``publish`` would wait: refuse, or journal in the background."""
         if not waiting.reserved:
             raise QueueFullError(name, self._buffer.size) from None
-        assert self._journal is not None
         assert self._tasks is not None
         self._counters.published += 1
+        if self._fleet is not None:
+            self._fleet.publish_in_background(self._tasks, waiting, self._intake.dispatch)
+            return waiting.event
+        assert self._journal is not None
         self._journal.append_in_background(
             self._tasks, waiting.event, waiting.routes, waiting.epoch, self._intake.dispatch
         )

@@ -16,7 +16,7 @@ import itertools
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any, Final, TypeVar, overload
+from typing import Any, Final, Literal, TypeVar, overload
 
 import attrs
 
@@ -25,9 +25,20 @@ from ._exceptions import ConfigurationError, DuplicateReceiverError
 from ._names import compile_pattern, first_segment, is_pattern, validate_pattern
 from ._policy import RetryPolicy
 
-__all__ = ["Receiver", "Registry", "Subscription", "default_registry", "receiver_id_of"]
+__all__ = [
+    "SCOPES",
+    "Receiver",
+    "Registry",
+    "Scope",
+    "Subscription",
+    "default_registry",
+    "receiver_id_of",
+]
 
 Receiver = Callable[[Event], Any]
+Scope = Literal["fleet", "process"]
+"""Who runs a receiver when processes share a store: one of them per event, or every one."""
+SCOPES: Final = ("fleet", "process")
 R = TypeVar("R", bound=Callable[..., Any])
 
 
@@ -77,6 +88,8 @@ class Subscription:
     inline: bool = False
     retry: RetryPolicy | None = None
     timeout: float | None = None
+    scope: Scope = "fleet"
+    """``"process"``: run in the publishing process from memory, never through a store."""
     fast: bool = attrs.field(init=False)
     """True for an async receiver without a timeout of its own: the worker calls it directly."""
 
@@ -137,6 +150,7 @@ class Registry:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         inline: bool = False,
+        scope: Scope = "fleet",
     ) -> Callable[[R], R]: ...
 
     @overload
@@ -149,6 +163,7 @@ class Registry:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         inline: bool = False,
+        scope: Scope = "fleet",
     ) -> R: ...
 
     def subscribe(
@@ -160,6 +175,7 @@ class Registry:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         inline: bool = False,
+        scope: Scope = "fleet",
     ) -> R | Callable[[R], R]:
         """Subscribe ``receiver`` to ``pattern``; with no receiver, return a decorator.
 
@@ -180,6 +196,12 @@ class Registry:
                 ``timeout``.
             inline: Run a cheap sync receiver on the event loop instead of a worker
                 thread; it must not block. Default ``False``.
+            scope: With a store that processes share, ``"fleet"`` (the default)
+                runs each event once across every process that consumes from
+                the store; ``"process"`` runs it in the process that published
+                it, from memory, never through the store (a local cache, say).
+                Without a store both run in memory; with a journal that one
+                process owns (``SQLiteStore``, for now) both are journaled.
 
         Returns:
             The receiver unchanged, or a decorator that subscribes the function it
@@ -197,7 +219,13 @@ class Registry:
 
             def decorate(function: R) -> R:
                 self.subscribe(
-                    pattern, function, id=id, retry=retry, timeout=timeout, inline=inline
+                    pattern,
+                    function,
+                    id=id,
+                    retry=retry,
+                    timeout=timeout,
+                    inline=inline,
+                    scope=scope,
                 )
                 return function
 
@@ -208,7 +236,7 @@ class Registry:
                 "receiver is None; pass a callable, or leave the receiver out to use "
                 f"@subscribe({pattern!r}) as a decorator",
             )
-        self._add(pattern, receiver, id, retry, timeout, inline)
+        self._add(pattern, receiver, id, retry, timeout, inline, scope)
         return receiver
 
     def _add(
@@ -219,6 +247,7 @@ class Registry:
         retry: RetryPolicy | None,
         timeout: float | None,
         inline: bool,
+        scope: Scope = "fleet",
     ) -> None:
         validate_pattern(pattern)
         if not callable(receiver):
@@ -242,6 +271,11 @@ class Registry:
             raise ConfigurationError(
                 f"subscribe({pattern!r})", f"timeout must be > 0 seconds, got {timeout!r}"
             )
+        if scope not in SCOPES:
+            raise ConfigurationError(
+                f"subscribe({pattern!r}, id={receiver_id!r})",
+                f"scope must be 'fleet' or 'process', got {scope!r}",
+            )
         _check_one_argument(pattern, receiver, receiver_id)
         is_async = _is_async(receiver)
         if inline and is_async:
@@ -250,7 +284,7 @@ class Registry:
                 "inline=True is for sync receivers; async ones already run on the loop",
             )
         subscription = Subscription(
-            pattern, receiver, receiver_id, is_async, inline, retry, timeout
+            pattern, receiver, receiver_id, is_async, inline, retry, timeout, scope
         )
         matcher = compile_pattern(pattern)
         with self._lock:
@@ -259,6 +293,14 @@ class Registry:
                 raise DuplicateReceiverError(receiver_id, pattern)
             if (pattern, receiver_id) in self._keys:
                 return  # the same receiver, subscribed again: a no-op
+            for other in self._subscriptions:
+                if other.receiver_id == receiver_id and other.scope != scope:
+                    raise ConfigurationError(
+                        f"subscribe({pattern!r}, id={receiver_id!r})",
+                        f"scope={scope!r}, but the receiver is already subscribed "
+                        f"to {other.pattern!r} with scope={other.scope!r}; "
+                        "a receiver id has one scope",
+                    )
             self._by_id[receiver_id] = receiver
             self._subscriptions.append(subscription)
             self._keys[pattern, receiver_id] = subscription

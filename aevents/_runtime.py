@@ -41,6 +41,7 @@ from ._delivery import Delivery, SyncThreads, delivery_var
 from ._event import Event
 from ._exceptions import AeventsError, RuntimeClosedError, WrongThreadError
 from ._failures import DeadLetterShelf, Failures
+from ._fleet import Fleet
 from ._idempotency import IdempotencyWindow, claims_key
 from ._intake import Intake, Waiting
 from ._journal import Journal
@@ -54,7 +55,7 @@ from ._registry import Registry
 from ._retries import RetrySchedule
 from ._state import DRAINING, NEW, RUNNING, STOPPED, Counters, Epochs, RunState
 from ._stats import RuntimeStats
-from ._store._protocol import Store
+from ._store._protocol import LeasedStore, Store
 from ._text import counted
 from ._workers import Workers
 
@@ -111,7 +112,9 @@ class EventRuntime:
         buffer: Deliveries that may wait for a worker; ``publish`` waits when
             the buffer is full. Default 1024.
         store: A journal (``aevents.SQLiteStore``) that makes delivery at
-            least once across a crash. Default ``None``: in memory only.
+            least once across a crash, or a store that several runtimes share
+            through leases (``aevents.MemoryStore``, for now), from which each
+            runs a share of the deliveries. Default ``None``: in memory only.
         retry: The policy of receivers subscribed without one. Default
             ``None``, meaning ``RetryPolicy()``: 3 attempts with backoff.
         timeout: Seconds an async receiver's attempt may run before it is
@@ -146,6 +149,10 @@ class EventRuntime:
             is remembered. Default 24 hours.
         max_idempotency_keys: Keys remembered at most. Default 100,000. With a
             store, keys are kept in the journal across a restart.
+        consume: With a shared store, ``False`` publishes durably but claims
+            nothing: the processes that consume from the store run the
+            deliveries (a web process when workers run the receivers).
+            ``scope="process"`` receivers still run here. Default ``True``.
 
     Raises:
         ConfigurationError: An option has a wrong type or value; the message
@@ -158,7 +165,7 @@ class EventRuntime:
         *,
         workers: int = 8,
         buffer: int = 1024,
-        store: Store | None = None,
+        store: Store | LeasedStore | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         shutdown_timeout: float = 10.0,
@@ -173,6 +180,7 @@ class EventRuntime:
         keyed_dead_letters: Literal["skip", "hold"] = "skip",
         idempotency_window: float = 24 * 3600.0,
         max_idempotency_keys: int = 100_000,
+        consume: bool = True,
     ) -> None:
         config = RuntimeConfig(
             registry=registry,
@@ -193,6 +201,7 @@ class EventRuntime:
             keyed_dead_letters=keyed_dead_letters,
             idempotency_window=idempotency_window,
             max_idempotency_keys=max_idempotency_keys,
+            consume=consume,
         )
         self.metrics: Metrics | None = config.metrics
         self.registry = config.registry
@@ -209,6 +218,8 @@ class EventRuntime:
         self.sync_threads = config.sync_threads
         self.log_payloads = config.log_payloads
         self.keyed_dead_letters = config.keyed_dead_letters
+        self.consume = config.consume
+        leased = isinstance(store, LeasedStore)
 
         # The parts, each owning its state; see the module docstring for the path.
         self._run = RunState()
@@ -219,7 +230,7 @@ class EventRuntime:
         self._epochs = epochs = Epochs(self)
         self._buffer = room = DeliveryBuffer(buffer, workers)
         self._lanes = lanes = Lanes(
-            room, epochs, keyed_dead_letters, behind_replay=store is not None
+            room, epochs, keyed_dead_letters, behind_replay=store is not None and not leased
         )
         self._retries = RetrySchedule(room)
         self._failures = failures = Failures(
@@ -238,9 +249,26 @@ class EventRuntime:
         self._idempotency = IdempotencyWindow(
             config.idempotency_window, config.max_idempotency_keys
         )
+        self._fleet = (
+            Fleet(
+                store,
+                run=self._run,
+                buffer=room,
+                epochs=epochs,
+                failures=failures,
+                counters=counters,
+                registry=self.registry,
+                middleware=self._middleware,
+                keyed_dead_letters=keyed_dead_letters,
+                consume=config.consume,
+                idempotency_window=config.idempotency_window,
+            )
+            if isinstance(store, LeasedStore)
+            else None
+        )
         self._journal = (
             None
-            if store is None
+            if store is None or isinstance(store, LeasedStore)
             else Journal(
                 store,
                 run=self._run,
@@ -275,6 +303,7 @@ class EventRuntime:
             run=self._run,
             buffer=room,
             journal=self._journal,
+            fleet=self._fleet,
             counters=counters,
             middleware=self._middleware,
             idempotency=self._idempotency,
@@ -310,8 +339,11 @@ class EventRuntime:
     @asynccontextmanager
     async def _lifecycle(self) -> AsyncIterator[EventRuntime]:
         journal = self._journal
+        fleet = self._fleet
         if journal is not None:
             await journal.open()
+        if fleet is not None:
+            await fleet.open()
         self._threads = threads = SyncThreads(self.sync_threads)
         self._run.thread = threading.get_ident()
         self._cancelled = cancelled_predicate()
@@ -326,6 +358,7 @@ class EventRuntime:
             failures=self._failures,
             shelf=self._shelf,
             journal=journal,
+            fleet=fleet,
             counters=self._counters,
             middleware=self._middleware,
             timeout=self.timeout,
@@ -347,6 +380,8 @@ class EventRuntime:
                 tasks.start_soon(self._retries.run)
                 if journal is not None:
                     await journal.start(tasks)
+                if fleet is not None:
+                    await fleet.start(tasks)
                 self._run.state = RUNNING
                 try:
                     yield self
@@ -376,6 +411,8 @@ class EventRuntime:
                 _current_runtime.set(None)
             if journal is not None:
                 await journal.close()
+            if fleet is not None:
+                await fleet.stop()
         if body_error is not None:
             raise body_error
 
@@ -405,12 +442,18 @@ class EventRuntime:
             unrun = [*self._buffer.items, *self._lanes.waiting(), *self._retries.waiting()]
             for delivery in unrun:
                 notify(self._middleware.outcomes, "on_dropped", delivery.info())
-        fate = (
-            "they stay pending in the journal for the next start"
-            if self._journal is not None
-            else "without a store they are lost"
-        )
-        unjournaled = 0 if self._journal is None else self._journal.unjournaled
+        if self._fleet is not None:
+            fate = (
+                "claims go back to the store for any consumer; "
+                'deliveries to scope="process" receivers are lost'
+            )
+            unjournaled = self._fleet.unjournaled
+        elif self._journal is not None:
+            fate = "they stay pending in the journal for the next start"
+            unjournaled = self._journal.unjournaled
+        else:
+            fate = "without a store they are lost"
+            unjournaled = 0
         if unjournaled:
             fate += (
                 f", except {unjournaled} of events accepted by publish_nowait "
@@ -662,6 +705,12 @@ class EventRuntime:
         await checkpoint()
         if self._run.state in (NEW, STOPPED):
             return
+        if self._fleet is not None:
+            await self._fleet.drain(self._wait_for_epochs)
+            return
+        await self._epochs.wait_for_all(self._run)
+
+    async def _wait_for_epochs(self) -> None:
         await self._epochs.wait_for_all(self._run)
 
     # ------------------------------------------------------------------ dead letters and keys
@@ -671,12 +720,17 @@ class EventRuntime:
 
         Returns:
             With a store, every dead letter in the journal; without one, those
-                kept in memory (at most ``max_dead_letters``, the newest).
+                kept in memory (at most ``max_dead_letters``, the newest). With
+                a shared store, those of ``scope="process"`` receivers too,
+                which are kept in memory.
         """
-        if self.store is not None:
-            return await self.store.dead_letters()
-        await checkpoint()
-        return self._shelf.list()
+        if self.store is None:
+            await checkpoint()
+            return self._shelf.list()
+        letters = await self.store.dead_letters()
+        if self._fleet is not None and (kept := self._shelf.list()):
+            letters = sorted([*letters, *kept], key=lambda letter: letter.failed_at)
+        return letters
 
     async def redeliver(
         self, dead_letters: Iterable[DeadLetter | str] | DeadLetter | str | None = None
@@ -706,6 +760,7 @@ class EventRuntime:
                 letter.id if isinstance(letter, DeadLetter) else letter for letter in dead_letters
             ]
         queued = 0
+        shared: list[DeadLetter] = []  # letters a shared store holds: redelivered there
         for letter_id in chosen:
             letter = known.get(letter_id)
             if letter is None:
@@ -718,6 +773,9 @@ class EventRuntime:
                     letter.receiver_id,
                 )
                 continue
+            if self._fleet is not None and subscription.scope == "fleet":
+                shared.append(letter)
+                continue
             await self._buffer.reserve(1)
             if self._journal is not None:
                 self._journal.not_for_replay(letter.event.id)
@@ -729,6 +787,8 @@ class EventRuntime:
             self._shelf.discard(letter_id)
             self._intake.dispatch(letter.event, (subscription,), self._epochs.current)
             queued += 1
+        if self._fleet is not None:
+            queued += await self._fleet.redeliver(shared)
         await checkpoint()
         return queued
 
@@ -739,11 +799,24 @@ class EventRuntime:
         deliveries of its receiver and key waiting. This skips past it: the
         dead letter stays listed (and can still be redelivered, after the
         others), and the next delivery of the key is queued now.
+
+        With a shared store the key is released in the store, in the
+        background, and the answer is whether this process knew it held (see
+        ``held_keys``).
         """
+        if self._fleet is not None and self._lanes.holder(receiver_id, key) is None:
+            return self._fleet.release_key(receiver_id, key)
         return self._lanes.release_key(receiver_id, key)
 
     def held_keys(self) -> dict[tuple[str, str], str]:
-        """``{(receiver id, key): id of the dead event holding it}`` for held lanes."""
+        """``{(receiver id, key): id of the dead event holding it}`` for held lanes.
+
+        With a shared store, the keys held in the store as this process last
+        read them (at start and at the end of each ``drain()``) or changed
+        them; ``await store.held_keys()`` reads them now.
+        """
+        if self._fleet is not None:
+            return {**self._fleet.held_keys(), **self._lanes.held_keys()}
         return self._lanes.held_keys()
 
     # ------------------------------------------------------------------ middleware and stats

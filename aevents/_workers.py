@@ -23,11 +23,13 @@ from ._buffer import DeliveryBuffer
 from ._delivery import Delivery, SyncThreads, delivery_var, fails_delivery
 from ._exceptions import StoreError
 from ._failures import DeadLetterShelf, Failures, Retry
+from ._fleet import Fleet
 from ._journal import Journal
 from ._lanes import Lanes
 from ._middleware import MiddlewareStack
 from ._retries import RetrySchedule
 from ._state import Counters
+from ._store._protocol import Completed, Outcome, Rescheduled
 
 __all__ = ["DURABLE_BATCH", "YIELD_EVERY", "Workers"]
 
@@ -47,6 +49,7 @@ class Workers:
         failures: Failures,
         shelf: DeadLetterShelf,
         journal: Journal | None,
+        fleet: Fleet | None,
         counters: Counters,
         middleware: MiddlewareStack,
         timeout: float | None,
@@ -58,6 +61,7 @@ class Workers:
         self._failures = failures
         self._shelf = shelf
         self._journal = journal
+        self._fleet = fleet
         self._counters = counters
         self._middleware = middleware  # its tuples are replaced by add_middleware
         self._timeout = timeout
@@ -71,6 +75,9 @@ class Workers:
         """One worker: deliver until the buffer is closed and empty (or cancelled)."""
         if self._journal is not None:
             await self._run_durably(self._journal)
+            return
+        if self._fleet is not None:
+            await self._run_leased(self._fleet)
             return
         buffer = self._buffer
         take = buffer.take
@@ -149,6 +156,79 @@ class Workers:
             epoch.unfinished -= 1
             if not epoch.unfinished and epoch.done is not None:
                 epoch.done.set()
+
+    async def _run_leased(self, fleet: Fleet) -> None:
+        """A worker with a shared store: claims run and settled through ``fleet``; the
+        deliveries of ``scope="process"`` receivers run as they would without a store."""
+        buffer = self._buffer
+        take = buffer.take
+        since_yield = 0
+        while True:
+            if since_yield >= YIELD_EVERY:
+                since_yield = 0
+                await checkpoint()
+            delivery = take()
+            if delivery is None:
+                if not await buffer.wait():
+                    return
+                since_yield = 0
+                continue
+            since_yield += 1
+            if delivery.subscription.scope == "process":
+                await self._run_in_memory(delivery)
+                continue
+            claim = fleet.start_attempt(delivery)
+            if claim is None:
+                continue
+            token = delivery_var.set(delivery)
+            started = perf_counter()
+            outcome: Outcome
+            try:
+                await attempt(
+                    delivery, self._middleware.delivery, self._time_limit(delivery), self._threads
+                )
+            except BaseException as error:
+                if not fails_delivery(error):
+                    raise  # the runtime is cancelled, or KeyboardInterrupt, SystemExit
+                failed = self._failures.on_failure(delivery, error, perf_counter() - started)
+                if isinstance(failed, Retry):
+                    outcome = Rescheduled(claim, failed.delay)
+                else:
+                    outcome = fleet.dead_lettered(claim, failed)
+            else:
+                self._counters.delivered += 1
+                outcome = Completed(claim)
+            finally:
+                delivery_var.reset(token)
+            await fleet.settle(outcome, delivery.epoch)
+
+    async def _run_in_memory(self, delivery: Delivery) -> None:
+        """One attempt of a delivery that no store holds, settled as without a store."""
+        token = delivery_var.set(delivery)
+        started = perf_counter()
+        event, subscription = delivery.event, delivery.subscription
+        try:
+            await attempt(
+                delivery, self._middleware.delivery, self._time_limit(delivery), self._threads
+            )
+        except BaseException as error:
+            if not fails_delivery(error):
+                raise
+            outcome = self._failures.on_failure(delivery, error, perf_counter() - started)
+            if isinstance(outcome, Retry):
+                self._retries.schedule(outcome.delivery, outcome.delay)
+                return
+            self._shelf.keep(outcome)
+            delivery.epoch.finish()
+            if event.key is not None:
+                self._lanes.done(event, subscription, dead=True)
+            return
+        finally:
+            delivery_var.reset(token)
+        self._counters.delivered += 1
+        delivery.epoch.finish()
+        if event.key is not None:
+            self._lanes.done(event, subscription, dead=False)
 
     async def _run_durably(self, journal: Journal) -> None:
         """A worker with a store: batches of recorded attempts, completions handed over."""

@@ -93,6 +93,11 @@ BAD_VALUES: list[tuple[str, object, str]] = [
         f"middleware must subclass aevents.Middleware, got {_NOT_MIDDLEWARE!r}",
     ),
     ("middleware", [_MIDDLEWARE, _MIDDLEWARE], f"middleware {_MIDDLEWARE!r} is already added"),
+    *[
+        ("consume", value, f"consume must be True or False, got {value!r}")
+        for value in (1, 0, "no", None)
+    ],
+    ("consume", False, "consume=False needs a store that processes share"),
 ]
 
 
@@ -143,7 +148,7 @@ def test_options_are_event_runtime_keyword_arguments_with_the_same_defaults() ->
         str(field.alias): field.default for field in attrs.fields(RuntimeConfig) if field.init
     }
     assert config_defaults == runtime_defaults
-    assert len(OPTIONS) == len(set(OPTIONS)) == 18
+    assert len(OPTIONS) == len(set(OPTIONS)) == 19
 
 
 def test_defaults_resolve_to_the_values_the_runtime_uses() -> None:

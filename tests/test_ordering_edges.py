@@ -12,8 +12,9 @@ import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
 
-from aevents import Event, EventRuntime, MemoryStore, PayloadError, Registry, RetryPolicy
+from aevents import Event, EventRuntime, PayloadError, Registry, RetryPolicy
 from aevents._store._protocol import PendingDelivery
+from tests.journal_store import JournalMemoryStore
 
 pytestmark = pytest.mark.anyio
 
@@ -200,7 +201,7 @@ async def test_stopping_while_keys_wait_in_lanes_of_a_journal_keeps_them_for_the
     registry: Registry,
 ) -> None:
     """With a store, what a stop left in a lane is replayed next time, still in key order."""
-    store = MemoryStore()
+    store = JournalMemoryStore()  # the lanes of the journal path (a shared store has none)
     stuck = True
     log: list[int] = []
     running = anyio.Event()
@@ -225,7 +226,7 @@ async def test_stopping_while_keys_wait_in_lanes_of_a_journal_keeps_them_for_the
     assert log == [0, 1, 2, 3]
 
 
-class GatedStore(MemoryStore):
+class GatedStore(JournalMemoryStore):  # a replay: the journal path
     """The reference in-memory store, whose replay stops after its first delivery until
     ``gate`` is set: a replay that is still running, for as long as a test needs."""
 

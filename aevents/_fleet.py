@@ -1,0 +1,711 @@
+"""Fleet: the runtime's use of a store that processes share through leases (``LeasedStore``).
+
+It takes the place of ``Journal`` when the store implements ``LeasedStore``.
+
+Publishing: an event and its deliveries to this process's ``scope="fleet"``
+receivers are added with one ``LeasedStore.publish``, durable before
+``publish`` returns; publishes that arrive while a write is under way go
+together in the next one. The store checks idempotency keys, so a repeat from
+any runtime sharing it returns the key's first event. Deliveries to
+``scope="process"`` receivers never reach the store: they go through the
+buffer as they would without one.
+
+Consuming (unless ``consume=False``): the runtime registers a consumer with
+the routes of its fleet receivers and keeps it live with heartbeats. One task
+claims as many deliveries as the buffer has room for, never more, and puts
+them in the buffer; it claims again when this process publishes, when a
+settle may have let a key move on, and otherwise polls with a short backoff.
+The workers run the claims; the outcomes (``Completed``, ``Rescheduled`` for a
+retry, which the store holds until it is due, ``DeadLettered``) are settled in
+batches, and a claim counts as finished for ``drain()`` once its settle is
+written. Leases are renewed while the claims are held. A claim whose lease
+was lost is not settled here: another consumer has it. A claim whose attempt
+is past its receiver's policy (the processes of its earlier attempts died) is
+dead-lettered without running. At the stop, what is running is drained and
+the rest is handed back (``Released``), so other consumers take it at once.
+
+Per-key order comes from the store, which hands out only the first unfinished
+delivery of a (receiver, key), so keyed claims skip the in-process lanes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Final, Literal
+
+import anyio
+import anyio.abc
+
+from ._buffer import DeliveryBuffer
+from ._delivery import Delivery
+from ._event import Event, new_event_id
+from ._exceptions import StoreError
+from ._failures import Failures, letter_info
+from ._idempotency import IDEMPOTENCY_KEY
+from ._intake import Dispatch, Waiting
+from ._middleware import MiddlewareStack, notify
+from ._policy import DeadLetter
+from ._registry import Registry, Subscription
+from ._state import RUNNING, STOPPED, Counters, Epoch, Epochs, RunState
+from ._store._protocol import (
+    Backlog,
+    Claim,
+    ConsumerId,
+    DeadLettered,
+    LeasedStore,
+    Outcome,
+    Released,
+    Rescheduled,
+    Route,
+    new_consumer_id,
+)
+from ._text import counted
+
+__all__ = ["LEASE", "Fleet"]
+
+logger = logging.getLogger("aevents.fleet")
+
+LEASE: Final = 30.0
+"""Seconds a claim is leased for; renewed every third of it while it is held."""
+CLAIM_BATCH: Final = 256
+"""Deliveries claimed at most in one call (fewer when the buffer has less room)."""
+POLL_MIN: Final = 0.005
+POLL_MAX: Final = 0.5
+"""The claim loop's backoff, in seconds, when nothing woke it and nothing was claimable."""
+
+Held = tuple[str, str]  # (event id, receiver id)
+
+
+class _Write:
+    """One publish waiting to be written, alone or with others, and its answer."""
+
+    __slots__ = ("error", "event", "ready", "receiver_ids", "result")
+
+    def __init__(self, event: Event, receiver_ids: list[str]) -> None:
+        self.event = event
+        self.receiver_ids = receiver_ids
+        self.ready = anyio.Event()
+        self.result: Event | None = None
+        self.error: BaseException | None = None
+
+
+class Fleet:
+    """A ``LeasedStore`` as the runtime uses it: publish, claim, run, settle, release."""
+
+    def __init__(
+        self,
+        store: LeasedStore,
+        *,
+        run: RunState,
+        buffer: DeliveryBuffer,
+        epochs: Epochs,
+        failures: Failures,
+        counters: Counters,
+        registry: Registry,
+        middleware: MiddlewareStack,
+        keyed_dead_letters: Literal["skip", "hold"],
+        consume: bool,
+        idempotency_window: float,
+        lease: float = LEASE,
+    ) -> None:
+        self.store = store
+        self._run = run
+        self._buffer = buffer
+        self._epochs = epochs
+        self._failures = failures
+        self._counters = counters
+        self._registry = registry
+        self._middleware = middleware
+        self._hold = keyed_dead_letters == "hold"
+        self.consume = consume
+        self._window = idempotency_window
+        self.lease = lease
+        self.consumer: ConsumerId | None = None
+        """This runtime's identity as a consumer, once it has registered."""
+        self._routes_version = -1
+        self._mine: frozenset[str] = frozenset()  # receiver ids this consumer registered
+        self._started_at = datetime.now(UTC)
+        self._tasks: anyio.abc.TaskGroup | None = None
+        # Publishing: writes waiting for the one under way.
+        self._writes: list[_Write] = []
+        self._writing = False
+        self.unjournaled = 0
+        """Deliveries of events publish_nowait accepted whose store write has not finished."""
+        # Claims held, by (event id, receiver id), and those whose attempt started.
+        self._held: dict[Held, Claim] = {}
+        self._running: set[Held] = set()
+        # Outcomes waiting to be settled, with the epoch each one finishes.
+        self._to_settle: list[tuple[Outcome, Epoch]] = []
+        self._settle_batch: list[tuple[Outcome, Epoch]] = []  # being written
+        self._settle_wanted: anyio.Event | None = None
+        self._settle_room: anyio.Event | None = None
+        # The claim loop: woken by publishes, settles and drain(); rounds counted for drain().
+        self._claim_wanted = anyio.Event()
+        self._rounds_started = 0
+        self._rounds_finished = 0
+        self._round_done = anyio.Event()
+        self._last_round_full = False
+        self._claimed = 0  # claims taken since the start, for drain()
+        self._next_due = math.inf  # when the earliest retry this process rescheduled is due
+        self._held_keys: dict[tuple[str, str], str] = {}
+
+    # ------------------------------------------------------------------ start and stop
+
+    async def open(self) -> None:
+        """Open the store and forget its idempotency keys older than the window."""
+        await self.store.open()
+        try:
+            before = datetime.now(UTC) - timedelta(seconds=self._window)
+            await self.store.forget_idempotency_keys(before)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.store.close()
+            raise
+
+    async def start(self, tasks: anyio.abc.TaskGroup) -> None:
+        """Register the consumer (unless ``consume=False``) and start the background tasks."""
+        self._tasks = tasks
+        self._started_at = datetime.now(UTC)
+        tasks.start_soon(self._forget_idempotency_keys)
+        if not self.consume:
+            logger.info("publishing to the store without consuming (consume=False)")
+            return
+        self.consumer = new_consumer_id()
+        await self._register()
+        if self._hold:
+            self._held_keys = await self.store.held_keys()
+        tasks.start_soon(self._heartbeats)
+        tasks.start_soon(self._claims)
+        tasks.start_soon(self._renewals)
+        tasks.start_soon(self._settles)
+        logger.info(
+            "consuming from the store as %s: %s",
+            self.consumer,
+            ", ".join(sorted(self._mine)) or "no receivers",
+            extra={"consumer": str(self.consumer), "receiver_ids": sorted(self._mine)},
+        )
+
+    def _routes(self) -> list[Route]:
+        return [
+            Route(subscription.pattern, subscription.receiver_id)
+            for subscription in self._registry.subscriptions()
+            if subscription.scope == "fleet"
+        ]
+
+    async def _register(self) -> None:
+        assert self.consumer is not None
+        self._routes_version = self._registry.version
+        routes = self._routes()
+        await self.store.register(self.consumer, routes, ttl=self.lease)
+        self._mine = frozenset(route.receiver_id for route in routes)
+
+    async def stop(self) -> None:
+        """Settle what piled up, hand back every claim still held, unregister, close.
+
+        Called once the runtime's tasks are gone. A claim whose attempt started
+        and was cut off is rescheduled at once (that attempt counts); one that
+        never started is released (it does not).
+        """
+        with anyio.CancelScope(shield=True):
+            try:
+                if self.consumer is not None:
+                    await self._hand_back(self.consumer)
+            finally:
+                await self.store.close()
+
+    async def _hand_back(self, consumer: ConsumerId) -> None:
+        # A settle the stop cancelled may or may not have been written: settle it again
+        # (what was written already comes back as not held, and changes nothing).
+        outcomes = [outcome for outcome, _ in (*self._settle_batch, *self._to_settle)]
+        self._settle_batch, self._to_settle = [], []
+        settled = {(o.claim.event.id, o.claim.receiver_id) for o in outcomes}
+        for held, claim in self._held.items():
+            if held in settled:
+                continue
+            outcomes.append(Rescheduled(claim, 0.0) if held in self._running else Released(claim))
+        self._held.clear()
+        self._running.clear()
+        try:
+            if outcomes:
+                await self.store.settle(consumer, outcomes)
+            await self.store.unregister(consumer)
+        except StoreError as error:
+            logger.warning(
+                "could not hand back %s at the stop (%s); other consumers take them "
+                "when their leases run out",
+                counted(len(outcomes), "claim"),
+                error,
+            )
+
+    async def _forget_idempotency_keys(self) -> None:
+        """Drop the store's idempotency keys older than the window, every so often."""
+        while True:
+            await anyio.sleep(min(self._window, 600.0))
+            before = datetime.now(UTC) - timedelta(seconds=self._window)
+            try:
+                await self.store.forget_idempotency_keys(before)
+            except StoreError as error:
+                logger.warning("could not forget old idempotency keys: %s", error)
+
+    # ------------------------------------------------------------------ publishing
+
+    async def publish(self, waiting: Waiting, dispatch: Dispatch) -> Event:
+        """Add an event whose room is reserved to the store, then queue its process deliveries.
+
+        Returns the event, or the first event of its idempotency key when the
+        store knows the key already (then nothing is queued). The write is
+        shielded: once under way, cancelling the publisher cannot leave it
+        unsure whether the event was accepted. On failure the room is given back.
+        """
+        fleet = [route.receiver_id for route in waiting.routes if route.scope == "fleet"]
+        try:
+            with anyio.CancelScope(shield=True):
+                standing = await self._stored(waiting.event, fleet)
+        except BaseException:
+            self._buffer.release(len(waiting.routes))
+            raise
+        return self._queue_local(waiting, standing, len(fleet), dispatch)
+
+    def publish_in_background(
+        self, tasks: anyio.abc.TaskGroup, waiting: Waiting, dispatch: Dispatch
+    ) -> None:
+        """``publish_nowait``: add to the store in the background, then queue locally.
+
+        ``waiting.epoch`` counts one more for the write (``drain()`` waits for
+        it), and ``unjournaled`` its fleet deliveries until it is done. If the
+        store refuses the event, its process deliveries still run, its fleet
+        deliveries are lost (counted as dropped), and an error says so.
+        """
+        self.unjournaled += sum(1 for route in waiting.routes if route.scope == "fleet")
+        waiting.epoch.unfinished += 1
+        tasks.start_soon(self._publish_then_dispatch, waiting, dispatch)
+
+    async def _publish_then_dispatch(self, waiting: Waiting, dispatch: Dispatch) -> None:
+        event = waiting.event
+        fleet = [route.receiver_id for route in waiting.routes if route.scope == "fleet"]
+        standing = event
+        try:
+            with anyio.CancelScope(shield=True):
+                standing = await self._stored(event, fleet)
+        except StoreError as error:
+            self._counters.dropped += len(fleet)
+            logger.error(  # noqa: TRY400 - the store error's message says it all
+                "event %s (%r) accepted by publish_nowait could not be added to the store "
+                "(%s); its %s to fleet receivers are lost",
+                event.id,
+                event.name,
+                error,
+                counted(len(fleet), "delivery"),
+                extra={"event_id": event.id, "event_name": event.name},
+            )
+        finally:
+            self.unjournaled -= len(fleet)
+        self._queue_local(waiting, standing, len(fleet), dispatch)
+        waiting.epoch.finish()
+
+    def _queue_local(
+        self, waiting: Waiting, standing: Event, fleet: int, dispatch: Dispatch
+    ) -> Event:
+        """Give back the room of the deliveries the store holds; queue the process ones."""
+        routes = waiting.routes
+        if standing.id != waiting.event.id:  # a repeat of a key another publish recorded first
+            self._buffer.release(len(routes))
+            self._counters.repeated += 1
+            return standing
+        self._buffer.release(fleet)
+        if fleet < len(routes):
+            local = tuple(route for route in routes if route.scope == "process")
+            if self._run.state is STOPPED:
+                self._buffer.release(len(local))
+            else:
+                dispatch(waiting.event, local, waiting.epoch)
+        return standing
+
+    async def _stored(self, event: Event, receiver_ids: list[str]) -> Event:
+        """Write ``event`` (with any publishes that queue up meanwhile); the event that stands."""
+        if not receiver_ids and IDEMPOTENCY_KEY not in event.metadata:
+            return event  # only process receivers: nothing for the store to keep
+        write = _Write(event, receiver_ids)
+        self._writes.append(write)
+        if self._writing:
+            await write.ready.wait()
+            if write.error is not None:
+                raise write.error
+            if write.result is not None:
+                return write.result
+            # Handed the lead: write what queued up behind the last write.
+        self._writing = True
+        batch, self._writes = self._writes, []
+        try:
+            results = await self.store.publish([(w.event, w.receiver_ids) for w in batch])
+        except StoreError as error:
+            for each in batch:  # each publisher raises an error of its own
+                each.error = error if each is write else StoreError(error.path, error.problem)
+        except BaseException as error:
+            for each in batch:
+                each.error = error
+        else:
+            for each, result in zip(batch, results, strict=True):
+                each.result = result
+            mine = self._mine
+            if any(not mine.isdisjoint(each.receiver_ids) for each in batch):
+                self._claim_wanted.set()  # this process runs some of them: claim now
+        finally:
+            for each in batch:
+                if each is not write:
+                    each.ready.set()
+            if self._writes:
+                self._writes[0].ready.set()  # it leads the next write
+            else:
+                self._writing = False
+        if write.error is not None:
+            raise write.error
+        assert write.result is not None
+        return write.result
+
+    # ------------------------------------------------------------------ claiming
+
+    async def _claims(self) -> None:
+        """Claim what the buffer has room for, whenever there may be something to claim."""
+        assert self.consumer is not None
+        try:
+            await self._claim_while_running()
+        finally:
+            self._round_done.set()  # a drain() waiting for a round waits no more
+
+    async def _claim_while_running(self) -> None:
+        assert self.consumer is not None
+        buffer = self._buffer
+        delay = POLL_MIN
+        while self._run.state is RUNNING:
+            room = buffer.size - buffer.queued
+            if room <= 0:  # wait in line with the publishers for room, then claim that much
+                await buffer.reserve(1)
+                if buffer.closed:
+                    return
+                buffer.release(1)
+                continue
+            limit = min(room, CLAIM_BATCH)
+            if self._routes_version != self._registry.version:
+                await self._register_again()  # receivers changed: claim for the new ones
+            self._claim_wanted = anyio.Event()
+            self._rounds_started += 1
+            try:
+                claims = await self.store.claim(self.consumer, limit, lease=self.lease)
+            except StoreError as error:
+                claims = []
+                await self._claim_failed(error)
+            self._accept(claims)
+            self._claimed += len(claims)
+            self._last_round_full = len(claims) == limit
+            self._rounds_finished += 1
+            self._round_done.set()
+            self._round_done = anyio.Event()
+            if self._last_round_full or self._claim_wanted.is_set():
+                delay = POLL_MIN
+                continue
+            due = self._next_due - anyio.current_time()
+            if due <= 0:  # a retry rescheduled here is due: claim it now
+                self._next_due = math.inf
+                continue
+            with anyio.move_on_after(min(delay, due)):
+                await self._claim_wanted.wait()
+            delay = POLL_MIN if self._claim_wanted.is_set() else min(delay * 2, POLL_MAX)
+
+    async def _claim_failed(self, error: StoreError) -> None:
+        """A claim the store refused: most likely the registration ran out; register again."""
+        logger.warning("could not claim deliveries (%s); registering again", error)
+        await self._register_again()
+
+    async def _register_again(self) -> None:
+        try:
+            await self._register()
+        except StoreError as error:
+            logger.warning("could not register as a consumer (%s)", error)
+            await anyio.sleep(POLL_MAX)
+
+    def _accept(self, claims: list[Claim]) -> None:
+        """Queue claims; settle at once those that cannot run here."""
+        epoch = self._epochs.current
+        for claim in claims:
+            held = (claim.event.id, claim.receiver_id)
+            subscription = self._registry.receiver(claim.receiver_id, claim.event.name)
+            self._held[held] = claim
+            if subscription is None or subscription.scope != "fleet":
+                # Unsubscribed since the consumer registered: hand it back, register again.
+                self._routes_version = -1
+                epoch.unfinished += 1
+                self._queue_outcome(Released(claim), epoch)
+                continue
+            if claim.attempt > self._failures.policy(subscription).attempts:
+                epoch.unfinished += 1
+                self._queue_outcome(self._exhausted(claim, subscription), epoch)
+                continue
+            epoch.unfinished += 1
+            replay = claim.lease_expired or claim.event.occurred_at < self._started_at
+            # Within the room the claim asked for, unless publishes took some meanwhile.
+            self._buffer.readmit(Delivery(claim.event, subscription, claim.attempt, epoch, replay))
+
+    def _exhausted(self, claim: Claim, subscription: Subscription) -> DeadLettered:
+        """A claim past its policy: each earlier attempt's lease ran out. Dead, unrun."""
+        attempts = claim.attempt - 1
+        self._counters.dead += 1
+        letter = DeadLetter(
+            id=new_event_id(),
+            event=claim.event,
+            receiver_id=claim.receiver_id,
+            attempts=attempts,
+            error_type="aevents.AttemptsExhausted",
+            error_message="the lease of each of its "
+            + counted(attempts, "attempt")
+            + " ran out: the processes running it stopped or hung",
+            failed_at=datetime.now(UTC),
+        )
+        logger.error(
+            "receiver %r: event %s (%r) dead-lettered as %s without running: %s",
+            claim.receiver_id,
+            claim.event.id,
+            claim.event.name,
+            letter.id,
+            letter.error_message,
+            extra={
+                "event_id": claim.event.id,
+                "receiver_id": claim.receiver_id,
+                "dead_letter_id": letter.id,
+                "attempt": claim.attempt,
+            },
+        )
+        if self._middleware.outcomes:
+            info = letter_info(self._registry, letter, replay=True)
+            notify(self._middleware.outcomes, "on_dead_letter", info, letter)
+        return self.dead_lettered(claim, letter)
+
+    def dead_lettered(self, claim: Claim, letter: DeadLetter) -> DeadLettered:
+        """The outcome of a claim whose attempts ran out, holding its key per the policy."""
+        return DeadLettered(claim, letter, holds_key=self._hold and claim.event.key is not None)
+
+    # ------------------------------------------------------------------ running
+
+    def start_attempt(self, delivery: Delivery) -> Claim | None:
+        """The claim a worker is about to run, marked as started; None if it must not run.
+
+        Not run: its lease was lost (another consumer has it), or the runtime
+        is stopping, and a claim not started yet is handed back instead.
+        """
+        held = (delivery.event.id, delivery.subscription.receiver_id)
+        claim = self._held.get(held)
+        if claim is None:
+            delivery.epoch.finish()
+            return None
+        if self._run.state is not RUNNING:
+            self._queue_outcome(Released(claim), delivery.epoch)
+            return None
+        self._running.add(held)
+        return claim
+
+    async def settle(self, outcome: Outcome, epoch: Epoch) -> None:
+        """Hand an attempt's outcome to the settle task; wait while too many are unwritten."""
+        claim = outcome.claim
+        held = (claim.event.id, claim.receiver_id)
+        if held not in self._held:
+            self._running.discard(held)
+            epoch.finish()  # the lease was lost meanwhile: another consumer settles it
+            return
+        self._queue_outcome(outcome, epoch)
+        while len(self._to_settle) + len(self._settle_batch) > self._buffer.size:
+            if self._settle_room is None:
+                self._settle_room = anyio.Event()
+            await self._settle_room.wait()
+
+    def _queue_outcome(self, outcome: Outcome, epoch: Epoch) -> None:
+        self._to_settle.append((outcome, epoch))
+        if self._settle_wanted is not None:
+            self._settle_wanted.set()
+
+    async def _settles(self) -> None:
+        """Settle the outcomes that piled up, all in one call; then they count as finished."""
+        assert self.consumer is not None
+        while True:
+            if not self._to_settle:
+                self._settle_wanted = anyio.Event()
+                await self._settle_wanted.wait()
+                self._settle_wanted = None
+                continue
+            batch, self._to_settle = self._to_settle, []
+            self._settle_batch = batch
+            outcomes = [outcome for outcome, _ in batch]
+            try:
+                lost = await self.store.settle(self.consumer, outcomes)
+            except StoreError as error:
+                lost = []
+                logger.warning(
+                    "%s could not be settled (%s); their leases run out and they run again",
+                    counted(len(batch), "delivery"),
+                    error,
+                    extra={"deliveries": len(batch)},
+                )
+            self._settle_batch = []
+            if self._settle_room is not None:
+                self._settle_room.set()
+                self._settle_room = None
+            if lost:
+                logger.info(
+                    "%s not settled: another consumer took the lease",
+                    counted(len(lost), "delivery"),
+                    extra={"deliveries": len(lost)},
+                )
+            wake = self._last_round_full  # room was what limited the last claim
+            lost_keys = {(claim.event.id, claim.receiver_id) for claim in lost}
+            for outcome, epoch in batch:
+                claim = outcome.claim
+                held = (claim.event.id, claim.receiver_id)
+                self._held.pop(held, None)
+                self._running.discard(held)
+                epoch.finish()
+                if held in lost_keys:
+                    continue
+                if claim.event.key is not None or isinstance(outcome, Released | Rescheduled):
+                    wake = True  # the next of its key, or this one again, may be claimable
+                if isinstance(outcome, Rescheduled):
+                    due = anyio.current_time() + outcome.delay
+                    self._next_due = min(self._next_due, due)
+                elif isinstance(outcome, DeadLettered) and outcome.holds_key:
+                    assert claim.event.key is not None
+                    self._held_keys[claim.receiver_id, claim.event.key] = claim.event.id
+            if wake:
+                self._claim_wanted.set()
+
+    async def _renewals(self) -> None:
+        """Renew the leases held, every third of the lease; forget those another consumer took."""
+        assert self.consumer is not None
+        while True:
+            await anyio.sleep(self.lease / 3)
+            claims = list(self._held.values())
+            if not claims:
+                continue
+            try:
+                lost = await self.store.renew(self.consumer, claims, lease=self.lease)
+            except StoreError as error:
+                logger.warning("could not renew %s (%s)", counted(len(claims), "lease"), error)
+                continue
+            self.lose(lost)
+
+    def lose(self, lost: Sequence[Claim]) -> None:
+        """Another consumer took these claims: they are neither run nor settled here."""
+        for claim in lost:
+            held = (claim.event.id, claim.receiver_id)
+            if self._held.get(held) != claim:
+                continue
+            del self._held[held]
+            if held in self._running:
+                logger.warning(
+                    "the lease of event %s for receiver %r ran out while it ran; another "
+                    "consumer runs it, and this attempt's outcome is not recorded",
+                    claim.event.id,
+                    claim.receiver_id,
+                    extra={"event_id": claim.event.id, "receiver_id": claim.receiver_id},
+                )
+
+    async def _heartbeats(self) -> None:
+        """Keep the registration live; register again when it lapsed or the receivers changed."""
+        assert self.consumer is not None
+        while True:
+            await anyio.sleep(self.lease / 3)
+            try:
+                if self._routes_version != self._registry.version or not (
+                    await self.store.heartbeat(self.consumer, ttl=self.lease)
+                ):
+                    await self._register()
+            except StoreError as error:
+                logger.warning("could not keep the consumer registered (%s)", error)
+
+    # ------------------------------------------------------------------ drain, keys, letters
+
+    async def drain(self, wait_local: Callable[[], Awaitable[None]]) -> None:
+        """``drain()`` with a shared store: what this process runs, then what the store holds.
+
+        Waits until this process has finished what it claimed, and the store has
+        no delivery to this consumer's receivers, of an event that occurred
+        before the call, that is leased (here or elsewhere), waiting for its
+        retry, or claimable. Deliveries behind a key held by a dead letter are
+        not waited for. Without consuming, only what this process runs itself.
+        """
+        cutoff = datetime.now(UTC)
+        delay = POLL_MIN
+        while True:
+            await wait_local()
+            if self.consumer is None or self._run.state is not RUNNING:
+                return
+            claimed = self._claimed
+            await self._fresh_round()
+            if self._claimed != claimed or self._epochs.unfinished():
+                continue  # it claimed more: wait for those too
+            mine = [each for each in await self.store.backlog() if each.receiver_id in self._mine]
+            if not all(_finished_before(each, cutoff) for each in mine):
+                await anyio.sleep(delay)
+                delay = min(delay * 2, POLL_MAX)
+                continue
+            if any(each.ready for each in mine):
+                # Ready deliveries left, nothing leased or scheduled: they can only wait
+                # behind a key a dead letter holds. A second round that claims nothing
+                # makes sure none became claimable meanwhile.
+                await self._fresh_round()
+                if self._claimed != claimed or self._epochs.unfinished():
+                    continue
+            if self._hold:
+                self._held_keys = await self.store.held_keys()
+            return
+
+    async def _fresh_round(self) -> None:
+        """Wake the claim loop and wait for a claim that began after this call."""
+        started = self._rounds_started
+        self._claim_wanted.set()
+        while self._rounds_finished <= started and self._run.state is RUNNING:
+            await self._round_done.wait()
+
+    def held_keys(self) -> dict[tuple[str, str], str]:
+        """The keys held by dead letters, as this process last read or made them."""
+        return dict(self._held_keys)
+
+    def release_key(self, receiver_id: str, key: str) -> bool:
+        """Release a held key in the store (in the background); whether it was known held."""
+        known = self._held_keys.pop((receiver_id, key), None) is not None
+        if self._tasks is not None:
+            self._tasks.start_soon(self._release_key, receiver_id, key)
+        return known
+
+    async def _release_key(self, receiver_id: str, key: str) -> None:
+        try:
+            await self.store.release_key(receiver_id, key)
+        except StoreError as error:
+            logger.warning("could not release key %r of %r (%s)", key, receiver_id, error)
+        self._claim_wanted.set()
+
+    async def redeliver(self, letters: Sequence[DeadLetter]) -> int:
+        """Make dead letters ready again in the store; a consumer claims them from there."""
+        if not letters:
+            return 0
+        count = await self.store.redeliver([letter.id for letter in letters])
+        for letter in letters:
+            key = letter.event.key
+            if (
+                key is not None
+                and self._held_keys.get((letter.receiver_id, key)) == letter.event.id
+            ):
+                del self._held_keys[letter.receiver_id, key]
+        self._claim_wanted.set()
+        return count
+
+
+def _finished_before(backlog: Backlog, cutoff: datetime) -> bool:
+    """Nothing older than ``cutoff`` is leased, scheduled or claimable for this receiver.
+
+    Ready deliveries that remain with nothing leased or scheduled could not be
+    claimed just now: they wait behind a key that a dead letter holds.
+    """
+    if backlog.oldest is None or backlog.oldest >= cutoff:
+        return True
+    return backlog.leased == 0 and backlog.scheduled == 0
