@@ -105,6 +105,11 @@ def _shutdown_timeout(_: RuntimeConfig, __: attrs.Attribute[Any], timeout: objec
         raise _refuse(f"shutdown_timeout must be >= 0, got {timeout!r}")
 
 
+def _lease(_: RuntimeConfig, __: attrs.Attribute[Any], lease: object) -> None:
+    if not (_is_number(lease) and 0.1 <= lease <= 86_400):
+        raise _refuse(f"lease must be between 0.1 and 86400 seconds, got {lease!r}")
+
+
 def _keyed_dead_letters(_: RuntimeConfig, __: attrs.Attribute[Any], policy: object) -> None:
     if policy not in KEYED_DEAD_LETTER_POLICIES:
         allowed = " or ".join(map(repr, KEYED_DEAD_LETTER_POLICIES))
@@ -219,6 +224,7 @@ class RuntimeConfig:
     idempotency_window: float = attrs.field(default=24 * 3600.0, validator=_idempotency_window)
     max_idempotency_keys: int = attrs.field(default=100_000, validator=_int_at_least_1)
     consume: bool = attrs.field(default=True, validator=_consume)
+    lease: float = attrs.field(default=30.0, validator=_lease)
 
     @property
     def sync_threads(self) -> int:

@@ -153,6 +153,10 @@ class EventRuntime:
             nothing: the processes that consume from the store run the
             deliveries (a web process when workers run the receivers).
             ``scope="process"`` receivers still run here. Default ``True``.
+        lease: With a shared store, seconds a claimed delivery stays this
+            process's without a renewal: renewed every third of it while its
+            receiver runs, and taken over by another process when this one
+            dies or stalls for longer. Default 30.
 
     Raises:
         ConfigurationError: An option has a wrong type or value; the message
@@ -181,6 +185,7 @@ class EventRuntime:
         idempotency_window: float = 24 * 3600.0,
         max_idempotency_keys: int = 100_000,
         consume: bool = True,
+        lease: float = 30.0,
     ) -> None:
         config = RuntimeConfig(
             registry=registry,
@@ -202,6 +207,7 @@ class EventRuntime:
             idempotency_window=idempotency_window,
             max_idempotency_keys=max_idempotency_keys,
             consume=consume,
+            lease=lease,
         )
         self.metrics: Metrics | None = config.metrics
         self.registry = config.registry
@@ -219,6 +225,7 @@ class EventRuntime:
         self.log_payloads = config.log_payloads
         self.keyed_dead_letters = config.keyed_dead_letters
         self.consume = config.consume
+        self.lease = config.lease
         leased = isinstance(store, LeasedStore)
 
         # The parts, each owning its state; see the module docstring for the path.
@@ -262,6 +269,7 @@ class EventRuntime:
                 keyed_dead_letters=keyed_dead_letters,
                 consume=config.consume,
                 idempotency_window=config.idempotency_window,
+                lease=config.lease,
             )
             if isinstance(store, LeasedStore)
             else None

@@ -98,6 +98,10 @@ BAD_VALUES: list[tuple[str, object, str]] = [
         for value in (1, 0, "no", None)
     ],
     ("consume", False, "consume=False needs a store that processes share"),
+    *[
+        ("lease", value, f"lease must be between 0.1 and 86400 seconds, got {value!r}")
+        for value in (0, 0.05, -1, 86_401, float("nan"), float("inf"), "30", True, None)
+    ],
 ]
 
 
@@ -148,7 +152,7 @@ def test_options_are_event_runtime_keyword_arguments_with_the_same_defaults() ->
         str(field.alias): field.default for field in attrs.fields(RuntimeConfig) if field.init
     }
     assert config_defaults == runtime_defaults
-    assert len(OPTIONS) == len(set(OPTIONS)) == 19
+    assert len(OPTIONS) == len(set(OPTIONS)) == 20
 
 
 def test_defaults_resolve_to_the_values_the_runtime_uses() -> None:

@@ -708,3 +708,30 @@ async def test_a_refused_write_fails_each_publish_in_it_and_the_runtime_goes_on(
         assert runtime.stats().published == 6 - len(errors)
     assert event in ran
     assert len(ran) == 6 - len(errors)
+
+
+async def test_the_lease_option_sets_how_long_a_claim_is_held() -> None:
+    """EventRuntime(lease=) is the length of each claim and of the consumer's registration."""
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    registry = Registry()
+    release = anyio.Event()
+
+    async def worker(event: Event) -> None:
+        await release.wait()
+
+    registry.subscribe(NAME, worker, id="worker")
+    runtime = EventRuntime(registry, store=store, lease=2.5)
+    assert runtime.lease == 2.5
+    async with running(runtime):
+        await runtime.publish(NAME)
+        await until(lambda: _leased(store))
+        (lease,) = await store.leases()
+        assert lease.expires_at - clock.now == timedelta(seconds=2.5)
+        (consumer,) = await store.consumers()
+        assert consumer.expires_at - clock.now == timedelta(seconds=2.5)
+        release.set()
+
+
+async def _leased(store: MemoryStore) -> bool:
+    return bool(await store.leases())
