@@ -725,13 +725,9 @@ async def test_the_lease_option_sets_how_long_a_claim_is_held() -> None:
     assert runtime.lease == 2.5
     async with running(runtime):
         await runtime.publish(NAME)
-        await until(lambda: _leased(store))
+        await until(lambda: _leased(store, 1))
         (lease,) = await store.leases()
         assert lease.expires_at - clock.now == timedelta(seconds=2.5)
         (consumer,) = await store.consumers()
         assert consumer.expires_at - clock.now == timedelta(seconds=2.5)
         release.set()
-
-
-async def _leased(store: MemoryStore) -> bool:
-    return bool(await store.leases())
