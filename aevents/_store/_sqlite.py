@@ -223,6 +223,7 @@ class SQLiteStore:
             event.occurred_at,
             receiver_ids,
             event.metadata.get(IDEMPOTENCY_KEY),
+            event.key,
         )
         batch, index = self._thread.submit_append(request)
         await batch.done.wait()
