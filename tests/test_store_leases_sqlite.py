@@ -296,9 +296,8 @@ anyio.run(main)
 
 
 def test_processes_publishing_one_idempotency_key_at_once_add_one_event(path: Path) -> None:
-    """Three processes repeat a key together: the UNIQUE index lets one event in, and every
-    process gets that event back."""
-    anyio.run(_create, path)
+    """Three processes create the file and repeat a key together: one of them makes the
+    schema, the UNIQUE index lets one event in, and every process gets that event back."""
     children = [
         subprocess.Popen(
             [sys.executable, "-c", _PUBLISH_ONE_KEY, str(path)],
