@@ -94,7 +94,6 @@ def _bare_worker(
     conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)
     receiver = f"bench:r{index}"
     holder = str(ConsumerId("bench", os.getpid(), f"w{index}"))
-    receivers = f'["{receiver}"]'
     try:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(SYNCHRONOUS["NORMAL"])
@@ -123,7 +122,7 @@ def _bare_worker(
             if synchronous != "NORMAL":
                 conn.execute(SYNCHRONOUS["NORMAL"])
             conn.execute("BEGIN IMMEDIATE")
-            claimed = conn.execute(CLAIM, (receivers, now, batch)).fetchall()
+            claimed = conn.execute(CLAIM, (receiver, now, batch)).fetchall()
             until = now + int(_LEASE_SECONDS * 1e6)
             conn.executemany(_LEASE, [(holder, until, row[0], row[1]) for row in claimed])
             conn.execute("COMMIT")
@@ -179,7 +178,7 @@ def _run(kind: str, synchronous: str, processes: int, events: int, batch: int) -
             left = conn.execute("SELECT count(*) FROM deliveries WHERE state != 1").fetchone()[0]
         if left:
             raise SystemExit(f"{kind}: {left} deliveries were not done")
-    elapsed = max(end for _, end in spans) - min(begin for begin, _ in spans)
+    elapsed = float(max(end for _, end in spans) - min(begin for begin, _ in spans))
     return processes * events / elapsed
 
 

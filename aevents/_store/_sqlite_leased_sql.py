@@ -21,9 +21,10 @@ is retried request by request):
   receiver_id, attempt, argument)``; ``out`` gets the indexes of the ones not held.
 
 Claims and renewals run alone (``claim``, ``renew``): a claim is one
-transaction that checks the consumer, reads up to ``limit`` claimable rows
-through the ``deliveries_pending`` and ``deliveries_lane`` indexes and leases
-them. ``CLAIM_PLAN`` pins the plan it gets.
+transaction that checks the consumer, reads up to ``limit`` claimable rows of
+each of its receivers through the ``deliveries_ready`` and ``deliveries_lane``
+indexes, keeps the first ``limit`` in publish order and leases them.
+``CLAIM_PLAN`` pins the plan it gets.
 
 Times are integer microseconds since the epoch, as in the journal.
 """
@@ -99,30 +100,29 @@ _LEASE_COUNTS: Final = (
 )
 
 # -- claims. A pending delivery is claimable when it is due, not leased (or its lease ran
-# out), for one of the consumer's receivers, and first of its (receiver, key) among the
-# deliveries not finished: pending, or dead and holding the key.
+# out), and first of its (receiver, key) among the deliveries not finished: pending, or
+# dead and holding the key. CLAIM reads one receiver's (the claim merges its receivers).
 CLAIM: Final = (
     "SELECT d.event_seq, d.receiver_id, d.attempts, d.holder IS NOT NULL,"
     " e.id, e.name, e.body, e.published_at"
     " FROM deliveries AS d JOIN events AS e ON e.seq = d.event_seq"
-    " WHERE d.state = 0 AND d.receiver_id IN (SELECT value FROM json_each(?1))"
+    " WHERE d.state = 0 AND d.receiver_id = ?1"
     " AND d.due <= ?2 AND (d.holder IS NULL OR d.lease_until <= ?2)"
     " AND (d.key IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries AS p"
     " WHERE p.receiver_id = d.receiver_id AND p.key = d.key AND p.event_seq < d.event_seq"
     " AND p.key IS NOT NULL AND (p.state = 0 OR p.holds_key = 1)))"
-    " ORDER BY d.event_seq, d.receiver_id LIMIT ?3"
+    " ORDER BY d.event_seq LIMIT ?3"
 )
 # What EXPLAIN QUERY PLAN says of CLAIM on SQLite 3.40 (tests/test_store_leases_sqlite.py
-# checks its shape): the pending deliveries are walked in publish order through their
-# partial index, a key's earlier unfinished deliveries are one search of deliveries_lane,
-# and each event is found by its primary key. Nothing is sorted and no table is scanned:
-# a claim reads the pending rows ahead of what it takes (leased, scheduled, or for other
-# receivers), no more.
+# checks it): the receiver's pending deliveries are read in publish order through
+# deliveries_ready, a key's earlier unfinished deliveries are one search of
+# deliveries_lane, and each event is found by its primary key. Nothing is sorted and
+# no table is scanned: a claim reads its receivers' pending rows up to what it takes,
+# plus those ahead of them that are leased or scheduled; another receiver's backlog
+# costs it nothing.
 CLAIM_PLAN: Final = (
-    "SCAN d USING INDEX deliveries_pending",
-    "LIST SUBQUERY 1",
-    "SCAN json_each VIRTUAL TABLE INDEX 1:",
-    "CORRELATED SCALAR SUBQUERY 2",
+    "SEARCH d USING INDEX deliveries_ready (receiver_id=?)",
+    "CORRELATED SCALAR SUBQUERY 1",
     "SEARCH p USING INDEX deliveries_lane (receiver_id=? AND key=? AND event_seq<?)",
     "SEARCH e USING INTEGER PRIMARY KEY (rowid=?)",
 )
@@ -216,8 +216,12 @@ def _routes_json(routes: Sequence[Route]) -> bytes:
     return orjson.dumps([[route.pattern, route.receiver_id] for route in routes])
 
 
-def _receivers_json(routes: bytes) -> str:
-    return orjson.dumps(sorted({receiver for _, receiver in orjson.loads(routes)})).decode()
+def _receivers(routes: bytes) -> list[str]:
+    return sorted({receiver for _, receiver in orjson.loads(routes)})
+
+
+def _publish_order(row: tuple[Any, ...]) -> tuple[int, str]:
+    return row[0], row[1]  # event seq, then receiver id
 
 
 def pid_alive(pid: int) -> bool:
@@ -386,7 +390,13 @@ class LeasedSQL:
                 return []
             if reclaim_dead_pids:
                 self._reclaim_dead_pids(consumer, now)
-            rows = conn.execute(CLAIM, (_receivers_json(row[0]), now, limit)).fetchall()
+            receivers = _receivers(row[0])
+            rows = []
+            for receiver in receivers:
+                rows += conn.execute(CLAIM, (receiver, now, limit)).fetchall()
+            if len(receivers) > 1:  # merge: the first ``limit`` of them all, in publish order
+                rows.sort(key=_publish_order)
+                del rows[limit:]
             conn.executemany(_LEASE, [(holder, until, r[0], r[1]) for r in rows])
         claims = []
         event: Event | None = None

@@ -69,6 +69,8 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "UPDATE deliveries SET key = (SELECT CASE WHEN json_valid(CAST(e.body AS TEXT))"
         " THEN json_extract(CAST(e.body AS TEXT), '$.key') END"
         " FROM events AS e WHERE e.seq = deliveries.event_seq) WHERE state != 1",
+        # a claim reads one receiver's pending deliveries in publish order
+        "CREATE INDEX deliveries_ready ON deliveries (receiver_id, event_seq) WHERE state = 0",
         # the deliveries a key's next one waits behind: pending, or dead and holding it
         "CREATE INDEX deliveries_lane ON deliveries (receiver_id, key, event_seq)"
         " WHERE key IS NOT NULL AND (state = 0 OR holds_key = 1)",
