@@ -22,8 +22,13 @@ from aevents._conformance_leases import (  # noqa: E402
     TwoProcessLeasedConformance,
     claim_in_another_process,
 )
-from aevents._event import make_event  # noqa: E402
-from aevents._exceptions import JournalInUseError, JournalLinkError, StoreError  # noqa: E402
+from aevents._event import Event, make_event  # noqa: E402
+from aevents._exceptions import (  # noqa: E402
+    ConfigurationError,
+    JournalInUseError,
+    JournalLinkError,
+    StoreError,
+)
 from aevents._policy import DeadLetter  # noqa: E402
 from aevents._store import (  # noqa: E402
     Clock,
@@ -377,3 +382,57 @@ async def test_reclaim_dead_pids_leaves_a_live_process_its_leases(
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
+
+
+def test_it_is_a_leased_store_and_checks_its_options() -> None:
+    """The protocol holds statically and at run time; bad options raise ConfigurationError."""
+    store: LeasedStore = SQLiteLeasedStore("unused.db")
+    assert isinstance(store, LeasedStore)
+    for options in ({"synchronous": "OFF"}, {"busy_timeout": -1}, {"max_batch": 0}):
+        with pytest.raises(ConfigurationError, match="SQLiteLeasedStore"):
+            SQLiteLeasedStore("unused.db", **options)
+
+
+@pytest.mark.anyio
+async def test_a_settled_batch_is_one_transaction_and_a_bad_publish_fails_alone(
+    path: Path, anyio_backend: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settling many claims writes once; a publish repeating a stored event id fails on its
+    own while the publishes committed with it go in."""
+    store = SQLiteLeasedStore(path)
+    await store.open()
+    try:
+        events = [make_event("batch:event", {"n": n}, {}) for n in range(50)]
+        await store.publish([(event, ["r"]) for event in events])
+        consumer = new_consumer_id()
+        await store.register(consumer, _routes("r"), ttl=60)
+        claims = await store.claim(consumer, 50, lease=30)
+        transactions: list[int] = []
+        write = LeasedSQL.write
+
+        def counting(self: LeasedSQL, requests: Sequence[tuple[Any, ...]]) -> None:
+            transactions.append(len(requests))
+            write(self, requests)
+
+        monkeypatch.setattr(LeasedSQL, "write", counting)
+        assert await store.settle(consumer, [Completed(claim) for claim in claims]) == []
+        assert transactions == [1]
+        fresh = [make_event("batch:event", {"n": n}, {}) for n in range(3)]
+        failed: list[BaseException] = []
+
+        async def publish(batch: list[Event]) -> None:
+            try:
+                await store.publish([(event, ["r"]) for event in batch])
+            except StoreError as error:
+                failed.append(error)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(publish, fresh[:1])
+            group.start_soon(publish, [fresh[1], events[0]])
+            group.start_soon(publish, fresh[2:])
+        assert len(failed) == 1
+        assert f"event {events[0].id!r} is already stored" in str(failed[0])
+        assert str(path) in str(failed[0])
+        assert (await store.stats()).events == 52
+    finally:
+        await store.close()

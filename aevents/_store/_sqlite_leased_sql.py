@@ -75,6 +75,7 @@ _CLAIM_KEY: Final = (
     "INSERT INTO idempotency (key, occurred_at, body) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING"
 )
 _KEY_BODY: Final = "SELECT body FROM idempotency WHERE key = ?"
+_STORED_BEFORE: Final = "SELECT 1 FROM events WHERE id = ? AND seq < ?"
 
 # -- consumers
 _FORGET_EXPIRED: Final = "DELETE FROM consumers WHERE expires_at <= ?"
@@ -224,6 +225,18 @@ def _publish_order(row: tuple[Any, ...]) -> tuple[int, str]:
     return row[0], row[1]  # event seq, then receiver id
 
 
+def _already_stored(conn: sqlite3.Connection, events: list[tuple[Any, ...]]) -> str:
+    """Which event of a failed insert was stored before it (or is repeated in it); the
+    rows the insert made before it failed are still there, with seqs from its first."""
+    seen: set[str] = set()
+    first = events[0][0]
+    for _, event_id, *_ in events:
+        if event_id in seen or conn.execute(_STORED_BEFORE, (event_id, first)).fetchone():
+            return f"event {event_id!r} is already stored; nothing of this publish was added"
+        seen.add(event_id)
+    return "an event is already stored; nothing of this publish was added"
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process ``pid`` exists on this host (one of another user's counts)."""
     try:
@@ -293,7 +306,10 @@ class LeasedSQL:
             deliveries += [(seq, receiver, key) for receiver in dict.fromkeys(receiver_ids)]
             seq += 1
         if events:  # a repeated event id raises IntegrityError: the whole request goes
-            insert_rows(conn, INSERT_EVENT, INSERT_EVENTS, events)
+            try:
+                insert_rows(conn, INSERT_EVENT, INSERT_EVENTS, events)
+            except sqlite3.IntegrityError as exc:
+                raise sqlite3.IntegrityError(_already_stored(conn, events)) from exc
         if deliveries:
             insert_rows(conn, INSERT_DELIVERY, INSERT_DELIVERIES, deliveries)
         return seq
