@@ -436,3 +436,24 @@ async def test_a_settled_batch_is_one_transaction_and_a_bad_publish_fails_alone(
         assert (await store.stats()).events == 52
     finally:
         await store.close()
+
+
+@pytest.mark.anyio
+async def test_a_write_lock_held_past_busy_timeout_raises_store_error_naming_it(
+    path: Path, anyio_backend: object
+) -> None:
+    """Another connection holding the write lock makes a write wait busy_timeout, then fail
+    with a StoreError naming the file and the timeout; the store goes on afterwards."""
+    store = SQLiteLeasedStore(path, busy_timeout=0)
+    await store.open()
+    try:
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreError, match="busy_timeout=0s") as busy:
+                await store.publish([(make_event("busy:event", {}, {}), ["r"])])
+            assert str(path) in str(busy.value)
+            other.execute("ROLLBACK")
+        await store.publish([(make_event("busy:event", {}, {}), ["r"])])
+        assert (await store.stats()).events == 1
+    finally:
+        await store.close()
