@@ -42,7 +42,7 @@ from aevents._store import (  # noqa: E402
 )
 from aevents._store._sqlite_leased import SQLiteLeasedStore  # noqa: E402
 from aevents._store._sqlite_leased_sql import CLAIM, CLAIM_PLAN, LeasedSQL  # noqa: E402
-from aevents._store._sqlite_schema import SCHEMA_VERSION  # noqa: E402
+from aevents._store._sqlite_schema import SCHEMA_VERSION, write_record  # noqa: E402
 
 
 def leased(directory: Path, clock: Clock) -> LeasedStore:
@@ -457,3 +457,27 @@ async def test_a_write_lock_held_past_busy_timeout_raises_store_error_naming_it(
         assert (await store.stats()).events == 1
     finally:
         await store.close()
+
+
+@pytest.mark.anyio
+async def test_a_journal_that_did_not_close_cleanly_is_checked_by_a_journal_first(
+    path: Path, anyio_backend: object
+) -> None:
+    """A lock record left "open" by a journal run that crashed makes the leased store refuse
+    the file until an SQLiteStore has opened it (checking the -wal) and closed it."""
+    journal = SQLiteStore(path)
+    await journal.open()
+    await journal.close()
+    lock = str(path) + ".lock"
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        write_record(fd, {"state": "open", "pid": 1, "wal": 0, "losses": []})  # as a crash
+    finally:
+        os.close(fd)
+    with pytest.raises(StoreError, match="did not close cleanly; open and close it once"):
+        await SQLiteLeasedStore(path).open()
+    await journal.open()
+    await journal.close()
+    store = SQLiteLeasedStore(path)
+    await store.open()
+    await store.close()

@@ -17,7 +17,9 @@ Sharing one file between processes of one host:
   they run side by side, and an ``SQLiteStore`` (which takes it exclusively)
   is refused beside them with ``JournalInUseError``, as they are beside it.
   Leased users keep no record in it: the journal's check for a ``-wal`` lost in
-  a crash assumes one writer, and is not made here.
+  a crash assumes one writer, and is not made here; a file whose record says a
+  journal run did not close cleanly is refused until an ``SQLiteStore`` has
+  opened (and so checked) and closed it.
 * Symlinks in ``path`` are resolved, so every spelling opens one file with one
   ``-wal``; a file with several hard links is refused with ``JournalLinkError``.
 * Idempotency keys are claimed through the UNIQUE index on the key: the process
@@ -75,6 +77,7 @@ from ._sqlite_schema import (
     check_header,
     connect,
     create_file,
+    read_record,
     sqlite_error,
     to_us,
 )
@@ -84,10 +87,21 @@ from ._sqlite_thread import StoreThread
 __all__ = ["SQLiteLeasedStore"]
 
 _US_PER_SECOND = 1_000_000
+_JOURNAL_CRASHED = (
+    "was left open by a journal-mode SQLiteStore that did not close cleanly; open and "
+    "close it once with SQLiteStore, which checks what that crash left behind (a lost "
+    "-wal), then share it with SQLiteLeasedStore"
+)
 
 
 def _seconds(value: float) -> int:
     return round(value * _US_PER_SECOND)
+
+
+def _refuse_a_crashed_journal(path: str, lock_fd: int) -> None:
+    """Raise ``StoreError`` if the lock record says a journal run did not close cleanly."""
+    if read_record(lock_fd).get("state") == "open":
+        raise StoreError(path, _JOURNAL_CRASHED)
 
 
 class OpenQueue:
@@ -114,6 +128,7 @@ class OpenQueue:
         conn = None
         try:
             _check_links(path, real)  # linked while we took the lock
+            _refuse_a_crashed_journal(path, fd)
             if not exists:
                 create_file(path, real)
             conn = connect(path, real, busy_timeout=busy_timeout, read_only=False)
