@@ -69,13 +69,14 @@ _START_ATTEMPT: Final = (
     " AND event_seq = (SELECT seq FROM events WHERE id = ?) AND receiver_id = ?"
 )
 _COMPLETE: Final = (
-    "UPDATE deliveries SET state = 1 WHERE state = 0"
+    "UPDATE deliveries SET state = 1, holder = NULL WHERE state = 0"
     " AND event_seq = (SELECT seq FROM events WHERE id = ?) AND receiver_id = ?"
 )
 _FIND_EVENT: Final = "SELECT seq FROM events WHERE id = ?"
 _KILL_DELIVERY: Final = (
     "INSERT INTO deliveries (event_seq, receiver_id, state, attempts) VALUES (?, ?, 2, ?)"
-    " ON CONFLICT (event_seq, receiver_id) DO UPDATE SET state = 2, attempts = excluded.attempts"
+    " ON CONFLICT (event_seq, receiver_id) DO UPDATE SET state = 2, attempts = excluded.attempts,"
+    " holder = NULL"
 )
 _INSERT_LETTER: Final = (
     "INSERT OR REPLACE INTO dead_letters"
@@ -181,7 +182,22 @@ class JournalSQL:
         batch of only attempts and completions commits with ``NORMAL`` (no
         fsync). Returns whether the batch held appends or dead letters.
         """
-        seq = self._next_seq
+        durable = any(request[0] == APPEND or request[0] == DEAD for request in requests)
+        conn = self._conn
+        self._set_synchronous(self.synchronous if durable else "NORMAL")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            seq = self.stage(requests, self._next_seq)
+            conn.execute("COMMIT")
+        except BaseException:
+            self.rollback()
+            raise
+        self._next_seq = seq
+        return durable
+
+    def stage(self, requests: Sequence[tuple[Any, ...]], seq: int) -> int:
+        """Run the statements of ``requests`` in the transaction the caller has open,
+        numbering new events from ``seq``; return the next free seq."""
         events: list[tuple[Any, ...]] = []
         deliveries: list[tuple[int, str, str | None]] = []
         keys: list[tuple[str, int, bytes]] = []
@@ -210,27 +226,19 @@ class JournalSQL:
             else:
                 letters += request[1]
         conn = self._conn
-        self._set_synchronous(self.synchronous if events or letters else "NORMAL")
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            if events:
-                insert_rows(conn, INSERT_EVENT, INSERT_EVENTS, events)
-            if deliveries:
-                insert_rows(conn, INSERT_DELIVERY, INSERT_DELIVERIES, deliveries)
-            if keys:
-                conn.executemany(_INSERT_KEY, keys)
-            if starts:
-                conn.executemany(_START_ATTEMPT, starts)
-            if completes:
-                conn.executemany(_COMPLETE, completes)
-            for letter in letters:
-                seq = self._insert_letter(letter, seq)
-            conn.execute("COMMIT")
-        except BaseException:
-            self.rollback()
-            raise
-        self._next_seq = seq
-        return bool(events or letters)
+        if events:
+            insert_rows(conn, INSERT_EVENT, INSERT_EVENTS, events)
+        if deliveries:
+            insert_rows(conn, INSERT_DELIVERY, INSERT_DELIVERIES, deliveries)
+        if keys:
+            conn.executemany(_INSERT_KEY, keys)
+        if starts:
+            conn.executemany(_START_ATTEMPT, starts)
+        if completes:
+            conn.executemany(_COMPLETE, completes)
+        for letter in letters:
+            seq = self._insert_letter(letter, seq)
+        return seq
 
     def _insert_letter(self, letter: tuple[Any, ...], seq: int) -> int:
         conn = self._conn
