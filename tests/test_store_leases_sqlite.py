@@ -17,6 +17,7 @@ import pytest
 
 pytest.register_assert_rewrite("aevents._conformance_leases")
 
+from aevents._conformance import PersistentStoreConformance  # noqa: E402
 from aevents._conformance_leases import (  # noqa: E402
     ManualClock,
     TwoProcessLeasedConformance,
@@ -37,6 +38,7 @@ from aevents._store import (  # noqa: E402
     LeasedStore,
     Route,
     SQLiteStore,
+    Store,
     StoreStats,
     new_consumer_id,
 )
@@ -56,6 +58,14 @@ class TestLeasedSQLiteStore(TwoProcessLeasedConformance):
 
     def child_store_factory(self) -> str:
         return f"{__name__}:leased"
+
+
+class TestLeasedSQLiteStoreAsAJournal(PersistentStoreConformance):
+    """The journal's protocol on the same file and deliveries, as MemoryStore offers both:
+    what the runtime will call until it claims through leases."""
+
+    def make_store(self, directory: Path) -> Store:
+        return SQLiteLeasedStore(directory / "queue.db", synchronous="NORMAL")
 
 
 # -- what sharing one file adds ------------------------------------------------------------
@@ -387,7 +397,9 @@ def clock() -> ManualClock:
 def test_it_is_a_leased_store_and_checks_its_options() -> None:
     """The protocol holds statically and at run time; bad options raise ConfigurationError."""
     store: LeasedStore = SQLiteLeasedStore("unused.db")
+    journal: Store = SQLiteLeasedStore("unused.db")
     assert isinstance(store, LeasedStore)
+    assert isinstance(journal, Store)
     for options in ({"synchronous": "OFF"}, {"busy_timeout": -1}, {"max_batch": 0}):
         with pytest.raises(ConfigurationError, match="SQLiteLeasedStore"):
             SQLiteLeasedStore("unused.db", **options)
@@ -481,3 +493,27 @@ async def test_a_journal_that_did_not_close_cleanly_is_checked_by_a_journal_firs
     store = SQLiteLeasedStore(path)
     await store.open()
     await store.close()
+
+
+@pytest.mark.anyio
+async def test_both_protocols_work_on_one_set_of_deliveries(
+    path: Path, anyio_backend: object
+) -> None:
+    """What ``append`` records can be claimed; a leased delivery is ``pending``; completing it
+    through the journal ends its lease."""
+    store = SQLiteLeasedStore(path)
+    await store.open()
+    try:
+        first, second = make_event("both:event", {}, {}, "k"), make_event("both:event", {}, {}, "k")
+        await store.append(first, ["r"])
+        await store.publish([(second, ["r"])])
+        consumer = new_consumer_id()
+        await store.register(consumer, _routes("r"), ttl=60)
+        (claim,) = await store.claim(consumer, 10, lease=30)
+        assert claim.event == first  # the key's order holds across both ways in
+        assert [(d.event, d.attempts) async for d in store.pending()] == [(first, 1), (second, 0)]
+        await store.complete([(first.id, "r")])
+        assert await store.leases() == []
+        assert [c.event for c in await store.claim(consumer, 10, lease=30)] == [second]
+    finally:
+        await store.close()

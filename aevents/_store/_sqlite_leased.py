@@ -26,23 +26,31 @@ Sharing one file between processes of one host:
   whose ``INSERT`` lands first owns the key; the others read its event back in
   the same transaction.
 
-Not done here yet: the journal's retention pass and ``pending()`` replay (the
-runtime does not drive this store yet), and read-only opening.
+It also implements the journal's ``Store`` protocol on the same events and
+deliveries, as ``MemoryStore`` does (and passes ``PersistentStoreConformance``):
+what ``append`` records can be claimed, and a leased delivery is ``pending``.
+That is the path for the runtime to move onto leases, and for ``SQLiteStore``
+to become this class. Not done here yet: the journal's retention pass, its
+``.requests`` file of redeliveries asked for by the CLI, its ``losses``, and
+read-only opening.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import math
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 
 from .._event import Event
 from .._exceptions import ConfigurationError, StoreError
 from .._idempotency import IDEMPOTENCY_KEY
 from .._policy import DeadLetter
+from .._text import counted
 from ._protocol import (
     Backlog,
     Claim,
@@ -53,6 +61,7 @@ from ._protocol import (
     DeadLettered,
     Lease,
     Outcome,
+    PendingDelivery,
     Released,
     Rescheduled,
     Route,
@@ -81,10 +90,12 @@ from ._sqlite_schema import (
     sqlite_error,
     to_us,
 )
-from ._sqlite_sql import JournalSQL
+from ._sqlite_sql import APPEND, COMPLETE, DEAD, START, JournalSQL, dead_rows
 from ._sqlite_thread import StoreThread
 
 __all__ = ["SQLiteLeasedStore"]
+
+logger = logging.getLogger("aevents.store")
 
 _US_PER_SECOND = 1_000_000
 _JOURNAL_CRASHED = (
@@ -291,6 +302,71 @@ class SQLiteLeasedStore:
             for (event, _), first in zip(events, out, strict=True)
         ]
 
+    # -- the journal (Store), on the same events and deliveries ---------------------------
+
+    async def append(self, event: Event, receiver_ids: Sequence[str]) -> None:
+        """Record ``event`` and one pending (ready) delivery per distinct receiver id, and its
+        idempotency key unless already recorded; joins other tasks' writes in one commit.
+        ``StoreError`` if the event id is stored already."""
+        request = (
+            APPEND,
+            event.id,
+            event.name,
+            event.to_json(),
+            event.occurred_at,
+            receiver_ids,
+            event.metadata.get(IDEMPOTENCY_KEY),
+            event.key,
+        )
+        batch, index = self._thread.submit_append(request)
+        await batch.done.wait()
+        if batch.failure is not None or batch.errors:
+            batch.raise_for(index)
+
+    async def start_attempts(self, attempts: Sequence[tuple[str, str, int]]) -> None:
+        """Raise pending deliveries' attempt counts to the attempts given."""
+        if attempts:
+            rows = [(attempt, event_id, receiver_id) for event_id, receiver_id, attempt in attempts]
+            await self._write((START, rows))
+
+    async def complete(self, deliveries: Sequence[tuple[str, str]]) -> None:
+        """Mark pending deliveries done (ending any lease on them); unknown ones are ignored."""
+        if deliveries:
+            await self._write((COMPLETE, list(deliveries)))
+
+    async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
+        """Mark deliveries dead (recording unknown events) and keep one letter per delivery."""
+        if letters:
+            await self._write((DEAD, dead_rows(letters)))
+
+    async def pending(self) -> AsyncIterator[PendingDelivery]:
+        """Pending deliveries (ready, scheduled and leased ones) in publish order, then
+        receiver id, a page at a time; a snapshot taken at the first page. A row whose
+        body cannot be read is turned into a dead letter and skipped."""
+        after: tuple[int, str] | None = (0, "")
+        upto: int | None = None
+        while after is not None:
+            page, after, upto = await self._thread.call(
+                functools.partial(_read_page, after=after, upto=upto),
+                "could not read pending deliveries",
+            )
+            for delivery in page:
+                yield delivery
+
+    async def recent_idempotency_keys(self, since: datetime, limit: int) -> list[Event]:
+        """The newest ``limit`` key records at or after ``since``, oldest first."""
+        since_us, count = to_us(since), max(limit, 0)
+        return await self._thread.call(
+            lambda queue: queue.sql.journal.recent_keys(since_us, count),
+            "could not read idempotency keys",
+        )
+
+    async def _write(self, request: tuple[object, ...]) -> None:
+        batch, index = self._thread.submit(request)
+        await batch.done.wait()
+        if batch.failure is not None or batch.errors:
+            batch.raise_for(index)
+
     # -- consumers -------------------------------------------------------------------------
 
     async def register(self, consumer: ConsumerId, routes: Sequence[Route], *, ttl: float) -> None:
@@ -418,7 +494,11 @@ class SQLiteLeasedStore:
         """Delete at most ``limit`` done deliveries of events published before ``older_than``
         (and events with nothing left), in transactions of a bounded size."""
         cutoff = None if older_than is None else to_us(older_than)
-        room = None if limit is None else max(limit, 0)
+        if limit is None:  # the journal's pass, which also drops old events without deliveries
+            return await self._thread.call(
+                lambda queue: queue.sql.journal.prune(cutoff), "could not prune", writes=True
+            )
+        room = max(limit, 0)
         return await self._thread.call(
             lambda queue: queue.sql.prune(cutoff, room), "could not prune", writes=True
         )
@@ -435,6 +515,25 @@ class SQLiteLeasedStore:
             "could not forget idempotency keys",
             writes=True,
         )
+
+
+def _read_page(
+    queue: OpenQueue, *, after: tuple[int, str], upto: int | None
+) -> tuple[list[PendingDelivery], tuple[int, str] | None, int]:
+    """On the store thread: a page of pending deliveries; unreadable rows become dead letters."""
+    page, unreadable, after_page, upto = queue.sql.journal.pending_page(after, upto)
+    if unreadable:
+        try:
+            queue.sql.write([(DEAD, unreadable)])
+        except sqlite3.Error as exc:  # they stay pending; the next reader tries again
+            logger.warning("journal %r: could not park unreadable rows: %s", queue.path, exc)
+        else:
+            logger.warning(
+                "journal %r: %s turned into dead letters",
+                queue.path,
+                counted(len(unreadable), "unreadable delivery"),
+            )
+    return page, after_page, upto
 
 
 def _outcome_row(outcome: Outcome) -> tuple[int, str, str, int, object]:

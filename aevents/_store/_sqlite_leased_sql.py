@@ -20,6 +20,9 @@ is retried request by request):
 * ``(SETTLE, holder, now_us, outcomes, out)``: ``outcomes`` are ``(kind, event_id,
   receiver_id, attempt, argument)``; ``out`` gets the indexes of the ones not held.
 
+and the journal's requests (``APPEND``, ``START``, ``COMPLETE``, ``DEAD``, see
+``_sqlite_sql``), staged by ``JournalSQL.stage`` in the same transaction.
+
 Claims and renewals run alone (``claim``, ``renew``): a claim is one
 transaction that checks the consumer, reads up to ``limit`` claimable rows of
 each of its receivers through the ``deliveries_ready`` and ``deliveries_lane``
@@ -43,6 +46,8 @@ from .._policy import DeadLetter
 from ._protocol import Backlog, Consumer, ConsumerId, Lease, Route
 from ._sqlite_schema import from_us
 from ._sqlite_sql import (
+    APPEND,
+    DEAD,
     INSERT_DELIVERIES,
     INSERT_DELIVERY,
     INSERT_EVENT,
@@ -207,6 +212,15 @@ _DELETE_EMPTY_EVENT: Final = (
 _FOREVER: Final = 2**63 - 1
 
 
+def _durable(request: tuple[Any, ...]) -> bool:
+    """Whether ``request`` commits with the configured ``synchronous``: it adds events or
+    dead letters (the rest commit with ``NORMAL``)."""
+    kind = request[0]
+    if kind == SETTLE:
+        return any(outcome[0] == DEAD_LETTERED for outcome in request[3])
+    return kind in (PUBLISH, APPEND, DEAD)
+
+
 def parse_consumer_id(text: str) -> ConsumerId:
     """The ``ConsumerId`` that ``str(consumer)`` printed: ``host:pid:token``."""
     host, pid, token = text.rsplit(":", 2)
@@ -269,20 +283,21 @@ class LeasedSQL:
     # -- group-committed writes ------------------------------------------------------------
 
     def write(self, requests: Sequence[tuple[Any, ...]]) -> None:
-        """Write ``requests`` (``PUBLISH``, ``SETTLE``) in one transaction; fill their ``out``."""
-        durable = any(
-            request[0] == PUBLISH or any(o[0] == DEAD_LETTERED for o in request[3])
-            for request in requests
-        )
+        """Write ``requests`` in one transaction; fill their ``out``. Besides ``PUBLISH`` and
+        ``SETTLE``, the journal's requests (``APPEND``, ``START``, ``COMPLETE``, ``DEAD``)."""
+        durable = any(_durable(request) for request in requests)
         conn = self._conn
         self.journal.set_synchronous(self.synchronous if durable else "NORMAL")
         conn.execute("BEGIN IMMEDIATE")
         try:
             seq = conn.execute(_NEXT_SEQ).fetchone()[0]
+            journal = [request for request in requests if request[0] < PUBLISH]
+            if journal:
+                seq = self.journal.stage(journal, seq)
             for request in requests:
                 if request[0] == PUBLISH:
                     seq = self._publish(request[1], request[2], seq)
-                else:
+                elif request[0] == SETTLE:
                     self._settle(*request[1:])
             conn.execute("COMMIT")
         except BaseException:

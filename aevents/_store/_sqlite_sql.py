@@ -438,6 +438,25 @@ class JournalSQL:
         return events
 
 
+def dead_rows(letters: Sequence[DeadLetter]) -> list[tuple[Any, ...]]:
+    """The rows of a ``DEAD`` request for ``letters``."""
+    return [
+        (
+            letter.id,
+            letter.event.id,
+            letter.event.name,
+            letter.event.to_json(),
+            to_us(letter.event.occurred_at),
+            letter.receiver_id,
+            letter.attempts,
+            letter.error_type,
+            letter.error_message,
+            to_us(letter.failed_at),
+        )
+        for letter in letters
+    ]
+
+
 def decode_event(event_id: Any, name: Any, body: Any, published: Any) -> tuple[Event, str]:
     """The stored event, or a placeholder and the reason it could not be read."""
     try:
