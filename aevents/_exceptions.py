@@ -268,10 +268,11 @@ class StoreError(AeventsError):
 class JournalInUseError(StoreError):
     """Another process (or runtime) has the journal open."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, problem: str | None = None) -> None:
         super().__init__(
             path,
-            "is in use by another process; one runtime owns a journal at a time "
+            problem
+            or "is in use by another process; one runtime owns a journal at a time "
             "(stop it first, or give each process its own file)",
         )
 

@@ -32,7 +32,7 @@ from aevents._store._sqlite_sql import INSERT_DELIVERIES, INSERT_EVENTS, insert_
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INSERT_EVENT = "INSERT INTO events (seq, id, name, body, published_at) VALUES (?, ?, ?, ?, ?)"
-_INSERT_DELIVERY = "INSERT INTO deliveries (event_seq, receiver_id) VALUES (?, ?)"
+_INSERT_DELIVERY = "INSERT INTO deliveries (event_seq, receiver_id, key) VALUES (?, ?, ?)"
 
 
 async def _store_run(path: str, synchronous: str, events: int, appenders: int) -> float:
@@ -77,7 +77,7 @@ def _bare_run(path: str, synchronous: str, events: int, batch: int, multirow: bo
                 event = make_event("bench:event", {"n": seq}, {})
                 published = (event.occurred_at - _EPOCH) // timedelta(microseconds=1)
                 rows.append((seq, event.id, event.name, event.to_json(), published))
-                deliveries.append((seq, "bench:receiver"))
+                deliveries.append((seq, "bench:receiver", None))
                 seq += 1
             conn.execute("BEGIN IMMEDIATE")
             if multirow:  # the store's own trick: 64 rows per statement step

@@ -43,7 +43,16 @@ def options(path: Path, **changes: Any) -> JournalOptions:
 
 
 def append(event: Event, receiver_id: str = "r") -> tuple[Any, ...]:
-    return (APPEND, event.id, event.name, event.to_json(), event.occurred_at, [receiver_id], None)
+    return (
+        APPEND,
+        event.id,
+        event.name,
+        event.to_json(),
+        event.occurred_at,
+        [receiver_id],
+        None,
+        None,
+    )
 
 
 def record_of(path: Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ these tests drive it directly on real files in ``tmp_path``.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from aevents._exceptions import StoreError
+from aevents._exceptions import JournalInUseError, StoreError
 from aevents._store._sqlite_schema import (
     APPLICATION_ID,
     SCHEMA_VERSION,
     JournalSchema,
+    acquire_lock,
     check_header,
     sqlite_error,
 )
@@ -199,3 +201,40 @@ def test_sqlite_error_names_a_full_disk(tmp_path: Path) -> None:
     assert sqlite_error("j", other.value, "doing", busy_timeout=1).problem == (
         "doing: no such table: nowhere"
     )
+
+
+def test_a_migration_another_process_finished_meanwhile_is_not_run_twice(tmp_path: Path) -> None:
+    """Two openers that both read an old version: the second one finds it migrated and skips."""
+    path = tmp_path / "j.db"
+    make_v1_journal(path)
+    with connection(path) as first, connection(path) as second:
+        early, late = JournalSchema(first, str(path)), JournalSchema(second, str(path))
+        early.check(read_only=False)
+        late.check(read_only=False)
+        assert (early.version, late.version) == (1, 1)
+        early.prepare_for_writes()
+        late.prepare_for_writes()  # would fail on "table idempotency already exists"
+        assert late.version == SCHEMA_VERSION
+        assert late.has_leases
+
+
+def test_shared_locks_coexist_and_exclude_the_exclusive_one_both_ways(tmp_path: Path) -> None:
+    """Leased users share the lock file; a journal is refused beside them, and they beside it,
+    each with a message saying who holds the file."""
+    real = str(tmp_path / "j.db")
+    first = acquire_lock(real, real, shared=True)
+    second = acquire_lock(real, real, shared=True)
+    try:
+        with pytest.raises(JournalInUseError, match=r"shared by processes .* SQLiteLeasedStore"):
+            acquire_lock(real, real)
+    finally:
+        os.close(first)
+        os.close(second)
+    journal = acquire_lock(real, real)
+    try:
+        with pytest.raises(JournalInUseError, match="open as a journal by an SQLiteStore"):
+            acquire_lock(real, real, shared=True)
+        with pytest.raises(JournalInUseError, match="in use by another process"):
+            acquire_lock(real, real)
+    finally:
+        os.close(journal)

@@ -63,7 +63,16 @@ def sql(conn: sqlite3.Connection, path: Path) -> JournalSQL:
 def append(event: Event, receiver_ids: list[str] | tuple[str, ...] = ("r",)) -> tuple[Any, ...]:
     """The write request the store builds for ``append``."""
     key = event.metadata.get("idempotency_key")
-    return (APPEND, event.id, event.name, event.to_json(), event.occurred_at, receiver_ids, key)
+    return (
+        APPEND,
+        event.id,
+        event.name,
+        event.to_json(),
+        event.occurred_at,
+        receiver_ids,
+        key,
+        event.key,
+    )
 
 
 def letter_row(letter: DeadLetter) -> tuple[Any, ...]:

@@ -477,9 +477,9 @@ def keyed(key: str, occurred_at: datetime | None = None) -> Event:
     return Event(new_event_id(), "order.paid", {}, occurred_at, {"idempotency_key": key})
 
 
-def test_schema_version_is_2() -> None:
-    """This aevents writes schema version 2, the one with idempotency keys."""
-    assert SCHEMA_VERSION == 2
+def test_schema_version_is_3() -> None:
+    """This aevents writes schema version 3, the one with the leased queue's columns."""
+    assert SCHEMA_VERSION == 3
 
 
 @pytest.mark.anyio

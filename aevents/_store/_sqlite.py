@@ -78,7 +78,7 @@ from ._sqlite_schema import (
     request_redelivery,
     to_us,
 )
-from ._sqlite_sql import APPEND, COMPLETE, DEAD, START
+from ._sqlite_sql import APPEND, COMPLETE, DEAD, START, dead_rows
 from ._sqlite_thread import StoreThread
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStore", "request_redelivery"]
@@ -223,6 +223,7 @@ class SQLiteStore:
             event.occurred_at,
             receiver_ids,
             event.metadata.get(IDEMPOTENCY_KEY),
+            event.key,
         )
         batch, index = self._thread.submit_append(request)
         await batch.done.wait()
@@ -252,22 +253,7 @@ class SQLiteStore:
         Cancelling the wait does not withdraw the request.
         """
         if letters:
-            rows = [
-                (
-                    letter.id,
-                    letter.event.id,
-                    letter.event.name,
-                    letter.event.to_json(),
-                    to_us(letter.event.occurred_at),
-                    letter.receiver_id,
-                    letter.attempts,
-                    letter.error_type,
-                    letter.error_message,
-                    to_us(letter.failed_at),
-                )
-                for letter in letters
-            ]
-            await self._write((DEAD, rows))
+            await self._write((DEAD, dead_rows(letters)))
 
     async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetter]:
         """Dead letters ordered by ``failed_at``; cancelling only abandons the answer."""

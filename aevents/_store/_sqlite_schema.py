@@ -54,12 +54,43 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         # start-up reads the newest keys; forgetting deletes the oldest
         "CREATE INDEX idempotency_by_time ON idempotency (occurred_at)",
     ),
+    (  # v3. The leased queue several processes share (``SQLiteLeasedStore``). A pending
+        # delivery (state 0) is ready, scheduled (``due`` in the future) or leased
+        # (``holder`` set, until ``lease_until``); the journal leaves all three at their
+        # defaults. ``key`` copies the event's ordering key so that per-(receiver, key)
+        # order is one index lookup; ``holds_key`` marks a dead letter that holds its key.
+        "ALTER TABLE deliveries ADD COLUMN key TEXT",
+        "ALTER TABLE deliveries ADD COLUMN due INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE deliveries ADD COLUMN holder TEXT",
+        "ALTER TABLE deliveries ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE deliveries ADD COLUMN holds_key INTEGER NOT NULL DEFAULT 0",
+        # Journal rows: pending ones become ready deliveries, dead letters stay dead (not
+        # holding their key: the journal kept that in memory). Done rows need no key.
+        "UPDATE deliveries SET key = (SELECT CASE WHEN json_valid(CAST(e.body AS TEXT))"
+        " THEN json_extract(CAST(e.body AS TEXT), '$.key') END"
+        " FROM events AS e WHERE e.seq = deliveries.event_seq) WHERE state != 1",
+        # a claim reads one receiver's pending deliveries in publish order
+        "CREATE INDEX deliveries_ready ON deliveries (receiver_id, event_seq) WHERE state = 0",
+        # the deliveries a key's next one waits behind: pending, or dead and holding it
+        "CREATE INDEX deliveries_lane ON deliveries (receiver_id, key, event_seq)"
+        " WHERE key IS NOT NULL AND (state = 0 OR holds_key = 1)",
+        # what a consumer holds (unregister, lease counts, leases of a dead process)
+        "CREATE INDEX deliveries_held ON deliveries (holder) WHERE holder IS NOT NULL",
+        # pruning in bounded batches reads done deliveries oldest first
+        "CREATE INDEX deliveries_done ON deliveries (event_seq) WHERE state = 1",
+        # `seq` orders registrations; `routes` is JSON [[pattern, receiver id], ...]
+        "CREATE TABLE consumers (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,"
+        " host TEXT NOT NULL, pid INTEGER NOT NULL, routes BLOB NOT NULL,"
+        " registered_at INTEGER NOT NULL, last_seen INTEGER NOT NULL,"
+        " expires_at INTEGER NOT NULL)",
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 _TABLES_OF_VERSION: Final[tuple[frozenset[str], ...]] = (
     frozenset(),
     frozenset({"events", "deliveries", "dead_letters"}),
     frozenset({"events", "deliveries", "dead_letters", "idempotency"}),
+    frozenset({"events", "deliveries", "dead_letters", "idempotency", "consumers"}),
 )
 
 _SET_APPLICATION_ID: Final = f"PRAGMA application_id = {APPLICATION_ID}"
@@ -145,6 +176,11 @@ class JournalSchema:
         """Whether the idempotency key records exist (schema version 2 and later)."""
         return self.version >= 2
 
+    @property
+    def has_leases(self) -> bool:
+        """Whether the leased queue's columns and consumers exist (schema version 3 and later)."""
+        return self.version >= 3
+
     def check(self, *, read_only: bool) -> None:
         """Refuse a foreign, newer, corrupt or (read-only) unmigrated journal; read its version."""
         conn, path = self._conn, self.path
@@ -185,7 +221,10 @@ class JournalSchema:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statements in _MIGRATIONS[self.version :]:
+            # Another process sharing the file may have migrated it since ``check``.
+            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            _check_identity(self.path, APPLICATION_ID, current, has_tables=True)
+            for statements in _MIGRATIONS[max(self.version, current) :]:
                 for statement in statements:
                     conn.execute(statement)
             conn.execute(_SET_APPLICATION_ID)
@@ -269,22 +308,49 @@ def _check_links(path: str, real: str) -> None:
         raise JournalLinkError(path, found.st_nlink)
 
 
-def acquire_lock(path: str, real: str) -> int:
-    """The exclusive ``flock`` on ``<real path>.lock``: one lock per file, whatever its spelling."""
+SHARED_BY_LEASED: Final = (
+    "is shared by processes that opened it with SQLiteLeasedStore; a journal-mode "
+    "SQLiteStore needs the file alone (stop them first, or open this one with "
+    "SQLiteLeasedStore too)"
+)
+HELD_BY_JOURNAL: Final = (
+    "is open as a journal by an SQLiteStore, which holds it alone; SQLiteLeasedStore "
+    "shares a file only with other SQLiteLeasedStore users (close that store first)"
+)
+
+
+def acquire_lock(path: str, real: str, *, shared: bool = False) -> int:
+    """The ``flock`` on ``<real path>.lock``: one lock per file, whatever its spelling.
+
+    A journal (``SQLiteStore``) takes it exclusively; the users of a leased queue
+    (``SQLiteLeasedStore``) take it shared, so they run side by side and each of
+    them excludes a journal. Raises ``JournalInUseError`` naming who holds it.
+    """
     target = real + ".lock"
     try:
         fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         raise StoreError(path, f"cannot create its lock file ({exc.strerror})") from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
+        problem = HELD_BY_JOURNAL if shared else _holder_of(fd)
         os.close(fd)
-        raise JournalInUseError(path) from None
+        raise JournalInUseError(path, problem) from None
     except OSError as exc:
         os.close(fd)
         raise StoreError(path, f"cannot lock {target!r} ({exc})") from exc
     return fd
+
+
+def _holder_of(fd: int) -> str | None:
+    """Why an exclusive lock was refused: leased users hold it shared (a shared lock is
+    granted beside them), or a journal holds it (``None``: the usual message)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return None
+    return SHARED_BY_LEASED  # the caller closes fd, which drops this probe
 
 
 def _in_use(real: str) -> bool:

@@ -9,7 +9,7 @@ knows nothing of threads: the store thread is its only caller.
 
 A write request is a plain tuple, the cheapest thing to build per call:
 
-* ``(APPEND, event_id, name, body, occurred_at, receiver_ids, idempotency_key)``
+* ``(APPEND, event_id, name, body, occurred_at, receiver_ids, idempotency_key, key)``
 * ``(START, [(attempt, event_id, receiver_id), ...])``
 * ``(COMPLETE, [(event_id, receiver_id), ...])``
 * ``(DEAD, [(letter_id, event_id, name, body, published_us, receiver_id, attempts,
@@ -49,7 +49,7 @@ UNREADABLE_EVENT: Final = "aevents.journal.unreadable"
 INSERT_EVENT: Final = (
     "INSERT INTO events (seq, id, name, body, published_at) VALUES (?, ?, ?, ?, ?)"
 )
-INSERT_DELIVERY: Final = "INSERT INTO deliveries (event_seq, receiver_id) VALUES (?, ?)"
+INSERT_DELIVERY: Final = "INSERT INTO deliveries (event_seq, receiver_id, key) VALUES (?, ?, ?)"
 # The first event appended with a key keeps it; a later one is journaled without its key.
 _INSERT_KEY: Final = (
     "INSERT INTO idempotency (key, occurred_at, body) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING"
@@ -62,20 +62,21 @@ INSERT_EVENTS: Final = {
     for size in _CHUNKS
 }
 INSERT_DELIVERIES: Final = {
-    size: INSERT_DELIVERY.replace("(?, ?)", ", ".join(["(?, ?)"] * size)) for size in _CHUNKS
+    size: INSERT_DELIVERY.replace("(?, ?, ?)", ", ".join(["(?, ?, ?)"] * size)) for size in _CHUNKS
 }
 _START_ATTEMPT: Final = (
     "UPDATE deliveries SET attempts = max(attempts, ?) WHERE state = 0"
     " AND event_seq = (SELECT seq FROM events WHERE id = ?) AND receiver_id = ?"
 )
 _COMPLETE: Final = (
-    "UPDATE deliveries SET state = 1 WHERE state = 0"
+    "UPDATE deliveries SET state = 1, holder = NULL WHERE state = 0"
     " AND event_seq = (SELECT seq FROM events WHERE id = ?) AND receiver_id = ?"
 )
 _FIND_EVENT: Final = "SELECT seq FROM events WHERE id = ?"
 _KILL_DELIVERY: Final = (
     "INSERT INTO deliveries (event_seq, receiver_id, state, attempts) VALUES (?, ?, 2, ?)"
-    " ON CONFLICT (event_seq, receiver_id) DO UPDATE SET state = 2, attempts = excluded.attempts"
+    " ON CONFLICT (event_seq, receiver_id) DO UPDATE SET state = 2, attempts = excluded.attempts,"
+    " holder = NULL"
 )
 _INSERT_LETTER: Final = (
     "INSERT OR REPLACE INTO dead_letters"
@@ -100,13 +101,17 @@ _DEAD_LETTERS: Final = (
     " FROM dead_letters AS l JOIN events AS e ON e.seq = l.event_seq"
     " ORDER BY l.failed_at, l.rowid LIMIT ?"
 )
+# A redelivered letter is ready at once, leased to nobody, and holds no key.
 _REVIVE_ALL: Final = (
-    "UPDATE deliveries SET state = 0, attempts = 0"
+    "UPDATE deliveries SET state = 0, attempts = 0, due = 0, holder = NULL, lease_until = 0,"
+    " holds_key = 0"
     " WHERE (event_seq, receiver_id) IN (SELECT event_seq, receiver_id FROM dead_letters)"
 )
 _REVIVE_ONE: Final = (
-    "UPDATE deliveries SET state = 0, attempts = 0 WHERE (event_seq, receiver_id)"
-    " IN (SELECT event_seq, receiver_id FROM dead_letters WHERE id = ?)"
+    "UPDATE deliveries SET state = 0, attempts = 0, due = 0, holder = NULL, lease_until = 0,"
+    " holds_key = 0"
+    " WHERE (event_seq, receiver_id) IN (SELECT event_seq, receiver_id FROM dead_letters"
+    " WHERE id = ?)"
 )
 RECENT_KEYS: Final = (
     "SELECT key, body FROM (SELECT id, key, occurred_at, body FROM idempotency"
@@ -177,9 +182,24 @@ class JournalSQL:
         batch of only attempts and completions commits with ``NORMAL`` (no
         fsync). Returns whether the batch held appends or dead letters.
         """
-        seq = self._next_seq
+        durable = any(request[0] == APPEND or request[0] == DEAD for request in requests)
+        conn = self._conn
+        self._set_synchronous(self.synchronous if durable else "NORMAL")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            seq = self.stage(requests, self._next_seq)
+            conn.execute("COMMIT")
+        except BaseException:
+            self.rollback()
+            raise
+        self._next_seq = seq
+        return durable
+
+    def stage(self, requests: Sequence[tuple[Any, ...]], seq: int) -> int:
+        """Run the statements of ``requests`` in the transaction the caller has open,
+        numbering new events from ``seq``; return the next free seq."""
         events: list[tuple[Any, ...]] = []
-        deliveries: list[tuple[int, str]] = []
+        deliveries: list[tuple[int, str, str | None]] = []
         keys: list[tuple[str, int, bytes]] = []
         starts: list[tuple[int, str, str]] = []
         completes: list[tuple[str, str]] = []
@@ -187,15 +207,17 @@ class JournalSQL:
         for request in requests:
             kind = request[0]
             if kind == APPEND:
-                _, event_id, name, body, occurred_at, receiver_ids, key = request
+                _, event_id, name, body, occurred_at, receiver_ids, key, lane = request
                 occurred = (occurred_at - EPOCH) // MICROSECOND
                 events.append((seq, event_id, name, body, occurred))
                 if key is not None:
                     keys.append((key, occurred, body))
                 if len(receiver_ids) == 1:
-                    deliveries.append((seq, receiver_ids[0]))
+                    deliveries.append((seq, receiver_ids[0], lane))
                 else:
-                    deliveries += [(seq, receiver) for receiver in dict.fromkeys(receiver_ids)]
+                    deliveries += [
+                        (seq, receiver, lane) for receiver in dict.fromkeys(receiver_ids)
+                    ]
                 seq += 1
             elif kind == START:
                 starts += request[1]
@@ -204,27 +226,19 @@ class JournalSQL:
             else:
                 letters += request[1]
         conn = self._conn
-        self._set_synchronous(self.synchronous if events or letters else "NORMAL")
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            if events:
-                insert_rows(conn, INSERT_EVENT, INSERT_EVENTS, events)
-            if deliveries:
-                insert_rows(conn, INSERT_DELIVERY, INSERT_DELIVERIES, deliveries)
-            if keys:
-                conn.executemany(_INSERT_KEY, keys)
-            if starts:
-                conn.executemany(_START_ATTEMPT, starts)
-            if completes:
-                conn.executemany(_COMPLETE, completes)
-            for letter in letters:
-                seq = self._insert_letter(letter, seq)
-            conn.execute("COMMIT")
-        except BaseException:
-            self.rollback()
-            raise
-        self._next_seq = seq
-        return bool(events or letters)
+        if events:
+            insert_rows(conn, INSERT_EVENT, INSERT_EVENTS, events)
+        if deliveries:
+            insert_rows(conn, INSERT_DELIVERY, INSERT_DELIVERIES, deliveries)
+        if keys:
+            conn.executemany(_INSERT_KEY, keys)
+        if starts:
+            conn.executemany(_START_ATTEMPT, starts)
+        if completes:
+            conn.executemany(_COMPLETE, completes)
+        for letter in letters:
+            seq = self._insert_letter(letter, seq)
+        return seq
 
     def _insert_letter(self, letter: tuple[Any, ...], seq: int) -> int:
         conn = self._conn
@@ -316,6 +330,10 @@ class JournalSQL:
                 self.rollback()
                 raise
         return removed, None if finished else after
+
+    def set_synchronous(self, level: str) -> None:
+        """Commit the next transactions with ``level`` (``"FULL"`` or ``"NORMAL"``)."""
+        self._set_synchronous(level)
 
     def _set_synchronous(self, level: str) -> None:
         if level != self._synchronous_now:
@@ -418,6 +436,25 @@ class JournalSQL:
                 unreadable[0],
             )
         return events
+
+
+def dead_rows(letters: Sequence[DeadLetter]) -> list[tuple[Any, ...]]:
+    """The rows of a ``DEAD`` request for ``letters``."""
+    return [
+        (
+            letter.id,
+            letter.event.id,
+            letter.event.name,
+            letter.event.to_json(),
+            to_us(letter.event.occurred_at),
+            letter.receiver_id,
+            letter.attempts,
+            letter.error_type,
+            letter.error_message,
+            to_us(letter.failed_at),
+        )
+        for letter in letters
+    ]
 
 
 def decode_event(event_id: Any, name: Any, body: Any, published: Any) -> tuple[Event, str]:

@@ -1,0 +1,559 @@
+"""The leased queue's SQL: what ``SQLiteLeasedStore`` runs on its one connection.
+
+``LeasedSQL`` is given a connection whose schema is at version 3 or later (the
+columns of schema version 3 are described in ``_sqlite_schema``). It holds a
+``JournalSQL`` for what the two stores share (dead letters, redelivery, counts,
+idempotency key records, checkpoints, the ``synchronous`` level) and adds the
+queue: publishing, consumers, claims, renewals, settlements, listings and
+pruning in bounded batches. Every write is one ``BEGIN IMMEDIATE`` transaction,
+so several processes on one file take turns through SQLite's write lock (and
+its busy timeout), and nothing is read outside the transaction that acts on it.
+
+Group commit: ``write`` takes the requests of many calls and commits them in
+one transaction. A write request is a plain tuple ending in ``out``, a list
+the transaction fills with the request's answer (it is refilled if the batch
+is retried request by request):
+
+* ``(PUBLISH, rows, out)``: ``rows`` are ``(event_id, name, body, occurred_us,
+  receiver_ids, idempotency_key, key)``; ``out`` gets, per row, ``None`` (added)
+  or the body of the key's first event (added nothing).
+* ``(SETTLE, holder, now_us, outcomes, out)``: ``outcomes`` are ``(kind, event_id,
+  receiver_id, attempt, argument)``; ``out`` gets the indexes of the ones not held.
+
+and the journal's requests (``APPEND``, ``START``, ``COMPLETE``, ``DEAD``, see
+``_sqlite_sql``), staged by ``JournalSQL.stage`` in the same transaction.
+
+Claims and renewals run alone (``claim``, ``renew``): a claim is one
+transaction that checks the consumer, reads up to ``limit`` claimable rows of
+each of its receivers through the ``deliveries_ready`` and ``deliveries_lane``
+indexes, keeps the first ``limit`` in publish order and leases them.
+``CLAIM_PLAN`` pins the plan it gets.
+
+Times are integer microseconds since the epoch, as in the journal.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Sequence
+from typing import Any, Final
+
+import orjson
+
+from .._event import Event
+from .._policy import DeadLetter
+from ._protocol import Backlog, Consumer, ConsumerId, Lease, Route
+from ._sqlite_schema import from_us
+from ._sqlite_sql import (
+    APPEND,
+    DEAD,
+    INSERT_DELIVERIES,
+    INSERT_DELIVERY,
+    INSERT_EVENT,
+    INSERT_EVENTS,
+    PRUNE_CHUNK,
+    JournalSQL,
+    decode_event,
+    insert_rows,
+)
+
+__all__ = [
+    "CLAIM",
+    "COMPLETED",
+    "DEAD_LETTERED",
+    "PUBLISH",
+    "RELEASED",
+    "RESCHEDULED",
+    "SETTLE",
+    "LeasedSQL",
+    "parse_consumer_id",
+]
+
+PUBLISH, SETTLE = 10, 11  # the kinds of write request (apart from the journal's)
+COMPLETED, RESCHEDULED, RELEASED, DEAD_LETTERED = range(4)  # the kinds of outcome
+
+_NEXT_SEQ: Final = "SELECT coalesce(max(seq), 0) + 1 FROM events"
+# The first event of a key records it; the UNIQUE index on key settles races between
+# processes: the loser's INSERT changes nothing, and it reads the winner's copy.
+_CLAIM_KEY: Final = (
+    "INSERT INTO idempotency (key, occurred_at, body) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING"
+)
+_KEY_BODY: Final = "SELECT body FROM idempotency WHERE key = ?"
+_STORED_BEFORE: Final = "SELECT 1 FROM events WHERE id = ? AND seq < ?"
+
+# -- consumers
+_FORGET_EXPIRED: Final = "DELETE FROM consumers WHERE expires_at <= ?"
+_REGISTER: Final = (
+    "INSERT INTO consumers (id, host, pid, routes, registered_at, last_seen, expires_at)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6) ON CONFLICT (id) DO UPDATE SET"
+    " routes = excluded.routes, last_seen = excluded.last_seen, expires_at = excluded.expires_at"
+)
+_HEARTBEAT: Final = (
+    "UPDATE consumers SET last_seen = ?2, expires_at = ?3 WHERE id = ?1 AND expires_at > ?2"
+)
+_UNREGISTER: Final = "DELETE FROM consumers WHERE id = ?"
+_ROUTES_OF_LIVE: Final = "SELECT routes FROM consumers WHERE id = ? AND expires_at > ?"
+_LIVE: Final = (
+    "SELECT id, routes, registered_at, last_seen, expires_at FROM consumers"
+    " WHERE expires_at > ? ORDER BY seq"
+)
+_OTHERS_ON_HOST: Final = (
+    "SELECT id, pid FROM consumers WHERE host = ? AND pid != ? AND expires_at > ?"
+)
+_LEASE_COUNTS: Final = (
+    "SELECT holder, count(*) FROM deliveries WHERE holder IS NOT NULL AND state = 0 GROUP BY holder"
+)
+
+# -- claims. A pending delivery is claimable when it is due, not leased (or its lease ran
+# out), and first of its (receiver, key) among the deliveries not finished: pending, or
+# dead and holding the key. CLAIM reads one receiver's (the claim merges its receivers).
+CLAIM: Final = (
+    "SELECT d.event_seq, d.receiver_id, d.attempts, d.holder IS NOT NULL,"
+    " e.id, e.name, e.body, e.published_at"
+    " FROM deliveries AS d JOIN events AS e ON e.seq = d.event_seq"
+    " WHERE d.state = 0 AND d.receiver_id = ?1"
+    " AND d.due <= ?2 AND (d.holder IS NULL OR d.lease_until <= ?2)"
+    " AND (d.key IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries AS p"
+    " WHERE p.receiver_id = d.receiver_id AND p.key = d.key AND p.event_seq < d.event_seq"
+    " AND p.key IS NOT NULL AND (p.state = 0 OR p.holds_key = 1)))"
+    " ORDER BY d.event_seq LIMIT ?3"
+)
+# What EXPLAIN QUERY PLAN says of CLAIM on SQLite 3.40 (tests/test_store_leases_sqlite.py
+# checks it): the receiver's pending deliveries are read in publish order through
+# deliveries_ready, a key's earlier unfinished deliveries are one search of
+# deliveries_lane, and each event is found by its primary key. Nothing is sorted and
+# no table is scanned: a claim reads its receivers' pending rows up to what it takes,
+# plus those ahead of them that are leased or scheduled; another receiver's backlog
+# costs it nothing.
+CLAIM_PLAN: Final = (
+    "SEARCH d USING INDEX deliveries_ready (receiver_id=?)",
+    "CORRELATED SCALAR SUBQUERY 1",
+    "SEARCH p USING INDEX deliveries_lane (receiver_id=? AND key=? AND event_seq<?)",
+    "SEARCH e USING INTEGER PRIMARY KEY (rowid=?)",
+)
+_LEASE: Final = (
+    "UPDATE deliveries SET holder = ?, lease_until = ?, attempts = attempts + 1"
+    " WHERE event_seq = ? AND receiver_id = ?"
+)
+# Each of these changes a delivery only while the claim is held: same holder, same attempt.
+_RENEW: Final = (
+    "UPDATE deliveries SET lease_until = ?"
+    " WHERE event_seq = (SELECT seq FROM events WHERE id = ?) AND receiver_id = ?"
+    " AND state = 0 AND holder = ? AND attempts = ?"
+)
+_SETTLE: Final = {
+    COMPLETED: (
+        "UPDATE deliveries SET state = 1, holder = NULL"
+        " WHERE event_seq = (SELECT seq FROM events WHERE id = ?) AND receiver_id = ?"
+        " AND state = 0 AND holder = ? AND attempts = ?"
+    ),
+    RESCHEDULED: (
+        "UPDATE deliveries SET holder = NULL, due = ?"
+        " WHERE event_seq = (SELECT seq FROM events WHERE id = ?) AND receiver_id = ?"
+        " AND state = 0 AND holder = ? AND attempts = ?"
+    ),
+    RELEASED: (
+        "UPDATE deliveries SET holder = NULL, attempts = attempts - 1"
+        " WHERE event_seq = (SELECT seq FROM events WHERE id = ?) AND receiver_id = ?"
+        " AND state = 0 AND holder = ? AND attempts = ?"
+    ),
+    DEAD_LETTERED: (
+        "UPDATE deliveries SET state = 2, holder = NULL, holds_key = (? AND key IS NOT NULL)"
+        " WHERE event_seq = (SELECT seq FROM events WHERE id = ?) AND receiver_id = ?"
+        " AND state = 0 AND holder = ? AND attempts = ?"
+        " RETURNING event_seq"
+    ),
+}
+_INSERT_LETTER: Final = (  # one letter per delivery: REPLACE drops an older one on either key
+    "INSERT OR REPLACE INTO dead_letters"
+    " (id, event_seq, receiver_id, attempts, error_type, error_message, failed_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_RELEASE_ALL: Final = (
+    "UPDATE deliveries SET holder = NULL, attempts = attempts - 1 WHERE holder = ? AND state = 0"
+)
+_EXPIRE_LEASES_OF: Final = (
+    "UPDATE deliveries SET lease_until = min(lease_until, ?) WHERE holder = ? AND state = 0"
+)
+
+# -- listings
+_LEASES: Final = (
+    "SELECT e.id, e.name, d.receiver_id, d.key, d.attempts, d.holder, d.lease_until"
+    " FROM deliveries AS d JOIN events AS e ON e.seq = d.event_seq"
+    " WHERE d.holder IS NOT NULL AND d.state = 0 ORDER BY d.lease_until, d.event_seq"
+)
+_BACKLOG: Final = (
+    "SELECT d.receiver_id, CASE WHEN d.state = 2 THEN 3 WHEN d.holder IS NOT NULL THEN 2"
+    " WHEN d.due > ? THEN 1 ELSE 0 END AS kind, count(*), min(e.published_at)"
+    " FROM deliveries AS d JOIN events AS e ON e.seq = d.event_seq"
+    " WHERE d.state != 1 GROUP BY d.receiver_id, kind"
+)
+_HELD_KEYS: Final = (
+    "SELECT d.receiver_id, d.key, e.id FROM deliveries AS d JOIN events AS e"
+    " ON e.seq = d.event_seq WHERE d.state = 2 AND d.holds_key = 1 ORDER BY d.event_seq"
+)
+_RELEASE_KEY: Final = (
+    "UPDATE deliveries SET holds_key = 0 WHERE receiver_id = ? AND key = ? AND holds_key = 1"
+)
+
+# -- pruning: the oldest done deliveries of old events, a bounded batch per transaction
+_PRUNE_BATCH: Final = (
+    "DELETE FROM deliveries WHERE (event_seq, receiver_id) IN"
+    " (SELECT d.event_seq, d.receiver_id FROM deliveries AS d"
+    " JOIN events AS e ON e.seq = d.event_seq"
+    " WHERE d.state = 1 AND e.published_at < ? ORDER BY d.event_seq LIMIT ?)"
+    " RETURNING event_seq"
+)
+_DELETE_EMPTY_EVENT: Final = (
+    "DELETE FROM events WHERE seq = ?1"
+    " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_seq = ?1)"
+)
+_FOREVER: Final = 2**63 - 1
+
+
+def _durable(request: tuple[Any, ...]) -> bool:
+    """Whether ``request`` commits with the configured ``synchronous``: it adds events or
+    dead letters (the rest commit with ``NORMAL``)."""
+    kind = request[0]
+    if kind == SETTLE:
+        return any(outcome[0] == DEAD_LETTERED for outcome in request[3])
+    return kind in (PUBLISH, APPEND, DEAD)
+
+
+def parse_consumer_id(text: str) -> ConsumerId:
+    """The ``ConsumerId`` that ``str(consumer)`` printed: ``host:pid:token``."""
+    host, pid, token = text.rsplit(":", 2)
+    return ConsumerId(host, int(pid), token)
+
+
+def _routes_json(routes: Sequence[Route]) -> bytes:
+    return orjson.dumps([[route.pattern, route.receiver_id] for route in routes])
+
+
+def _receivers(routes: bytes) -> list[str]:
+    return sorted({receiver for _, receiver in orjson.loads(routes)})
+
+
+def _publish_order(row: tuple[Any, ...]) -> tuple[int, str]:
+    return row[0], row[1]  # event seq, then receiver id
+
+
+def _already_stored(conn: sqlite3.Connection, events: list[tuple[Any, ...]]) -> str:
+    """Which event of a failed insert was stored before it (or is repeated in it); the
+    rows the insert made before it failed are still there, with seqs from its first."""
+    seen: set[str] = set()
+    first = events[0][0]
+    for _, event_id, *_ in events:
+        if event_id in seen or conn.execute(_STORED_BEFORE, (event_id, first)).fetchone():
+            return f"event {event_id!r} is already stored; nothing of this publish was added"
+        seen.add(event_id)
+    return "an event is already stored; nothing of this publish was added"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class LeasedSQL:
+    """The statements and queries of one leased-queue connection.
+
+    Args:
+        conn: The connection, opened with no implicit transactions; it stays its
+            opener's to close.
+        journal: The journal's SQL on the same connection, for what both share.
+        synchronous: The durability of publishing and dead-lettering; claims,
+            renewals and other settlements commit with ``NORMAL`` (no fsync: a
+            power loss may forget the last of them, which costs a delivery run
+            again or an attempt uncounted, never an event).
+    """
+
+    def __init__(self, conn: sqlite3.Connection, journal: JournalSQL, *, synchronous: str) -> None:
+        self.journal = journal
+        self.synchronous = synchronous
+        self._conn = conn
+
+    # -- group-committed writes ------------------------------------------------------------
+
+    def write(self, requests: Sequence[tuple[Any, ...]]) -> None:
+        """Write ``requests`` in one transaction; fill their ``out``. Besides ``PUBLISH`` and
+        ``SETTLE``, the journal's requests (``APPEND``, ``START``, ``COMPLETE``, ``DEAD``)."""
+        durable = any(_durable(request) for request in requests)
+        conn = self._conn
+        self.journal.set_synchronous(self.synchronous if durable else "NORMAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            seq = conn.execute(_NEXT_SEQ).fetchone()[0]
+            journal = [request for request in requests if request[0] < PUBLISH]
+            if journal:
+                seq = self.journal.stage(journal, seq)
+            for request in requests:
+                if request[0] == PUBLISH:
+                    seq = self._publish(request[1], request[2], seq)
+                elif request[0] == SETTLE:
+                    self._settle(*request[1:])
+            conn.execute("COMMIT")
+        except BaseException:
+            self.journal.rollback()
+            raise
+
+    def _publish(self, rows: Sequence[tuple[Any, ...]], out: list[bytes | None], seq: int) -> int:
+        conn = self._conn
+        out.clear()
+        events: list[tuple[Any, ...]] = []
+        deliveries: list[tuple[int, str, str | None]] = []
+        for event_id, name, body, occurred, receiver_ids, idempotency_key, key in rows:
+            if (
+                idempotency_key is not None
+                and not conn.execute(_CLAIM_KEY, (idempotency_key, occurred, body)).rowcount
+            ):
+                out.append(conn.execute(_KEY_BODY, (idempotency_key,)).fetchone()[0])
+                continue
+            out.append(None)
+            events.append((seq, event_id, name, body, occurred))
+            deliveries += [(seq, receiver, key) for receiver in dict.fromkeys(receiver_ids)]
+            seq += 1
+        if events:  # a repeated event id raises IntegrityError: the whole request goes
+            try:
+                insert_rows(conn, INSERT_EVENT, INSERT_EVENTS, events)
+            except sqlite3.IntegrityError as exc:
+                raise sqlite3.IntegrityError(_already_stored(conn, events)) from exc
+        if deliveries:
+            insert_rows(conn, INSERT_DELIVERY, INSERT_DELIVERIES, deliveries)
+        return seq
+
+    def _settle(
+        self,
+        holder: str,
+        now: int,
+        outcomes: Sequence[tuple[int, str, str, int, Any]],
+        out: list[int],
+    ) -> None:
+        conn = self._conn
+        out.clear()
+        for index, (kind, event_id, receiver_id, attempt, argument) in enumerate(outcomes):
+            held = (event_id, receiver_id, holder, attempt)
+            if kind in (COMPLETED, RELEASED):
+                changed = conn.execute(_SETTLE[kind], held).rowcount
+            elif kind == RESCHEDULED:
+                changed = conn.execute(_SETTLE[kind], (now + argument, *held)).rowcount
+            else:
+                holds_key, letter = argument
+                row = conn.execute(_SETTLE[kind], (holds_key, *held)).fetchone()
+                changed = row is not None
+                if row is not None:
+                    conn.execute(_INSERT_LETTER, (letter[0], row[0], receiver_id, *letter[1:]))
+            if not changed:
+                out.append(index)
+
+    # -- consumers -------------------------------------------------------------------------
+
+    def register(
+        self, consumer: ConsumerId, routes: Sequence[Route], now: int, expires: int
+    ) -> None:
+        """Record ``consumer`` live until ``expires``, running ``routes``; forget expired ones."""
+        with self._transaction():
+            self._conn.execute(_FORGET_EXPIRED, (now,))
+            self._conn.execute(
+                _REGISTER,
+                (str(consumer), consumer.host, consumer.pid, _routes_json(routes), now, expires),
+            )
+
+    def heartbeat(self, consumer: ConsumerId, now: int, expires: int) -> bool:
+        """Keep a live ``consumer`` live until ``expires``; False if it is not live."""
+        with self._transaction():
+            return bool(self._conn.execute(_HEARTBEAT, (str(consumer), now, expires)).rowcount)
+
+    def unregister(self, consumer: ConsumerId) -> int:
+        """Forget ``consumer``; release what it holds, uncounted; return how many."""
+        holder = str(consumer)
+        with self._transaction():
+            self._conn.execute(_UNREGISTER, (holder,))
+            return int(self._conn.execute(_RELEASE_ALL, (holder,)).rowcount)
+
+    def consumers(self, now: int) -> list[Consumer]:
+        """Live consumers in registration order, with how many deliveries each holds."""
+        conn = self._conn
+        conn.execute("BEGIN")  # one snapshot for both reads
+        try:
+            rows = conn.execute(_LIVE, (now,)).fetchall()
+            held = dict(conn.execute(_LEASE_COUNTS).fetchall())
+        finally:
+            conn.execute("COMMIT")
+        return [
+            Consumer(
+                id=parse_consumer_id(text),
+                routes=tuple(Route(pattern, receiver) for pattern, receiver in orjson.loads(table)),
+                registered_at=from_us(registered),
+                last_seen=from_us(seen),
+                expires_at=from_us(expires),
+                leases=held.get(text, 0),
+            )
+            for text, table, registered, seen, expires in rows
+        ]
+
+    # -- claims and renewals ---------------------------------------------------------------
+
+    def claim(
+        self, consumer: ConsumerId, limit: int, now: int, until: int, *, reclaim_dead_pids: bool
+    ) -> list[tuple[Event, str, int, bool]] | None:
+        """Lease up to ``limit`` claimable deliveries until ``until``, in publish order.
+
+        Returns ``(event, receiver id, attempt, lease expired)`` per claim, or
+        ``None`` when ``consumer`` is not live. ``reclaim_dead_pids``: first end
+        the leases of consumers on this host whose process is gone.
+        """
+        conn = self._conn
+        holder = str(consumer)
+        self.journal.set_synchronous("NORMAL")
+        with self._transaction():
+            row = conn.execute(_ROUTES_OF_LIVE, (holder, now)).fetchone()
+            if row is None:
+                return None
+            if limit <= 0:
+                return []
+            if reclaim_dead_pids:
+                self._reclaim_dead_pids(consumer, now)
+            receivers = _receivers(row[0])
+            rows = []
+            for receiver in receivers:
+                rows += conn.execute(CLAIM, (receiver, now, limit)).fetchall()
+            if len(receivers) > 1:  # merge: the first ``limit`` of them all, in publish order
+                rows.sort(key=_publish_order)
+                del rows[limit:]
+            conn.executemany(_LEASE, [(holder, until, r[0], r[1]) for r in rows])
+        claims = []
+        event: Event | None = None
+        last_seq = None
+        for seq, receiver_id, attempts, expired, event_id, name, body, published in rows:
+            if seq != last_seq:
+                (event, _), last_seq = decode_event(event_id, name, body, published), seq
+            assert event is not None
+            claims.append((event, receiver_id, attempts + 1, bool(expired)))
+        return claims
+
+    def _reclaim_dead_pids(self, consumer: ConsumerId, now: int) -> None:
+        """End the leases and registrations of this host's consumers whose process is gone."""
+        conn = self._conn
+        others = conn.execute(_OTHERS_ON_HOST, (consumer.host, os.getpid(), now)).fetchall()
+        for text, pid in others:
+            if not pid_alive(pid):
+                conn.execute(_EXPIRE_LEASES_OF, (now, text))
+                conn.execute(_UNREGISTER, (text,))
+
+    def renew(
+        self, consumer: ConsumerId, claims: Sequence[tuple[str, str, int]], until: int
+    ) -> list[int]:
+        """Extend the leases held of ``(event id, receiver id, attempt)``; indexes of the rest."""
+        conn = self._conn
+        holder = str(consumer)
+        self.journal.set_synchronous("NORMAL")
+        lost = []
+        with self._transaction():
+            for index, (event_id, receiver_id, attempt) in enumerate(claims):
+                held = (until, event_id, receiver_id, holder, attempt)
+                if not conn.execute(_RENEW, held).rowcount:
+                    lost.append(index)
+        return lost
+
+    # -- listings --------------------------------------------------------------------------
+
+    def leases(self) -> list[Lease]:
+        """Held deliveries by expiry, then publish order."""
+        return [
+            Lease(event_id, name, receiver_id, key, attempt, parse_consumer_id(holder), from_us(at))
+            for event_id, name, receiver_id, key, attempt, holder, at in self._conn.execute(
+                _LEASES
+            ).fetchall()
+        ]
+
+    def backlog(self, now: int) -> list[Backlog]:
+        """Per receiver: ready, scheduled, leased and dead deliveries, and the oldest event."""
+        counts: dict[str, list[int]] = {}
+        oldest: dict[str, int] = {}
+        for receiver_id, kind, count, first in self._conn.execute(_BACKLOG, (now,)).fetchall():
+            counts.setdefault(receiver_id, [0, 0, 0, 0])[kind] += count
+            if kind != 3 and (receiver_id not in oldest or first < oldest[receiver_id]):
+                oldest[receiver_id] = first
+        return [
+            Backlog(
+                receiver_id,
+                ready,
+                scheduled,
+                leased,
+                dead,
+                from_us(oldest[receiver_id]) if receiver_id in oldest else None,
+            )
+            for receiver_id, (ready, scheduled, leased, dead) in sorted(counts.items())
+        ]
+
+    def held_keys(self) -> dict[tuple[str, str], str]:
+        """``{(receiver id, key): id of the earliest dead event holding it}``."""
+        held: dict[tuple[str, str], str] = {}
+        for receiver_id, key, event_id in self._conn.execute(_HELD_KEYS).fetchall():
+            held.setdefault((receiver_id, key), event_id)
+        return held
+
+    def release_key(self, receiver_id: str, key: str) -> bool:
+        """Stop the dead letters of ``(receiver_id, key)`` from holding it."""
+        self.journal.set_synchronous(self.synchronous)
+        with self._transaction():
+            return bool(self._conn.execute(_RELEASE_KEY, (receiver_id, key)).rowcount)
+
+    def dead_letters(self, limit: int) -> list[DeadLetter]:
+        """Dead letters ordered by ``failed_at``, at most ``limit`` (-1: all)."""
+        return self.journal.dead_letters(limit)
+
+    # -- pruning ---------------------------------------------------------------------------
+
+    def prune(self, cutoff: int | None, limit: int | None) -> int:
+        """Delete at most ``limit`` (all when ``None``) done deliveries of events older than
+        ``cutoff`` (µs), oldest first, and the events left with none; a batch of at most
+        ``PRUNE_CHUNK`` per transaction."""
+        conn = self._conn
+        before = _FOREVER if cutoff is None else cutoff
+        removed = 0
+        self.journal.set_synchronous(self.synchronous)
+        while limit is None or removed < limit:
+            batch = PRUNE_CHUNK if limit is None else min(PRUNE_CHUNK, limit - removed)
+            with self._transaction():
+                gone = conn.execute(_PRUNE_BATCH, (before, batch)).fetchall()
+                seqs = sorted({row[0] for row in gone})
+                conn.executemany(_DELETE_EMPTY_EVENT, [(seq,) for seq in seqs])
+            removed += len(gone)
+            if len(gone) < batch:
+                break
+        return removed
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._conn, self.journal)
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` on entry; COMMIT on a clean exit, else roll back and re-raise."""
+
+    __slots__ = ("_conn", "_journal")
+
+    def __init__(self, conn: sqlite3.Connection, journal: JournalSQL) -> None:
+        self._conn = conn
+        self._journal = journal
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, value: object, traceback: object) -> None:
+        if kind is not None:
+            self._journal.rollback()
+            return
+        try:
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._journal.rollback()
+            raise
