@@ -57,6 +57,41 @@ class Waiting(NamedTuple):
     reserved: bool
 
 
+def _round_trip_all(
+    payloads: Sequence[Mapping[str, Any] | None], max_bytes: int
+) -> list[dict[str, Any]] | None:
+    """The orjson round trip of a batch of plain dicts in one call each way.
+
+    None if one payload is not a plain dict, or the batch needs a closer look
+    (an error, a ``null`` anywhere, or more than ``max_bytes`` in all): then
+    each payload goes through the single publish's checks, which name the culprit.
+    """
+    for payload in payloads:
+        if type(payload) is not dict:
+            return None
+    try:
+        data = _dumps(payloads)
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+    if len(data) > max_bytes or data.find(b"null") != -1:
+        return None
+    bodies: list[dict[str, Any]] = _loads(data)
+    return bodies
+
+
+def _copied(name: str, index: int, payload: Mapping[str, Any] | None, max_bytes: int) -> Any:
+    """One payload of a batch through the single publish's copy and checks; an error
+    names its index in the batch (``payloads[3]['user']['id']``)."""
+    if payload is None:
+        return {}
+    try:
+        return encode_payload(name, payload, max_bytes)
+    except PayloadError as error:
+        raise PayloadError(
+            name, f"payloads[{index}]{error.path[len('payload') :]}", error.problem
+        ) from None
+
+
 class Batch(NamedTuple):
     """The events of one ``publish_many``, built and checked, not yet admitted.
 
@@ -68,6 +103,8 @@ class Batch(NamedTuple):
     routes: list[tuple[Subscription, ...]]
     epoch: Epoch
     deliveries: int
+    keyed: bool
+    """Some event of the batch has an ordering key."""
 
 
 class Intake:
@@ -171,77 +208,119 @@ class Intake:
     def build_many(
         self,
         name: str,
-        names: Sequence[str],
         payloads: Sequence[Mapping[str, Any] | None],
-        metadatas: Sequence[Mapping[str, str] | None],
+        metadata: Mapping[str, str] | None,
         keys: Sequence[str | None],
         parent: Delivery | None,
+        hooked: tuple[Sequence[str], Sequence[Mapping[str, str] | None]] | None = None,
     ) -> Batch:
         """Check and build every event of a batch (``publish_many`` of ``name``); admit none.
 
-        The four sequences have one entry per event. Raises on the first bad
-        entry, naming its index in the batch (``payloads[3]['user']``,
-        ``keys[3]``), having built nothing the caller keeps. Taking room in the
-        buffer and dispatching are the caller's: ``accept`` stays the hot path
-        of the single publish, untouched.
+        ``payloads`` and ``keys`` have one entry per event. ``hooked``: the
+        names and metadata of each event, when publish hooks may have changed
+        them, instead of ``name`` and ``metadata`` for all. Raises on the first
+        bad entry, naming its index in the batch (``payloads[3]['user']``,
+        ``keys[3]``), having admitted nothing. Taking room in the buffer and
+        dispatching are the caller's: ``accept`` stays the single publish's
+        hot path, untouched.
         """
         state = self._run.state
         if state is not RUNNING and not (
             state is DRAINING and parent is not None and parent.epoch.owner is self._owner
         ):
             raise self.not_accepting(name)
-        if not names and name not in self._routes:
-            self._route(name)  # an empty batch: its name is still checked
-        cache = self._routes
-        max_bytes = self._max_payload_bytes
-        events: list[Event] = []
-        routes_of: list[tuple[Subscription, ...]] = []
-        count = 0
-        shared: Mapping[str, str] | None = None  # the metadata last encoded, and its encoding
-        encoded: Mapping[str, str] = NO_METADATA
-        for index, name in enumerate(names):
-            routes = cache.get(name)
-            if routes is None:
-                routes = self._route(name)
-            payload = payloads[index]
-            try:
-                if payload is None:
-                    body: Any = {}
-                elif type(payload) is dict:  # as in accept: the slow checks only if needed
-                    try:
-                        data = _dumps(payload)
-                    except (TypeError, orjson.JSONEncodeError):
-                        data = payload_json(name, payload, max_bytes)
-                    if len(data) > max_bytes or data.find(b"null") != -1:
-                        data = payload_json(name, payload, max_bytes)
-                    body = _loads(data)
-                else:
-                    body = encode_payload(name, payload, max_bytes)
-            except PayloadError as error:
-                raise PayloadError(
-                    name, f"payloads[{index}]{error.path[len('payload') :]}", error.problem
-                ) from None
-            key = keys[index]
-            if key is not None and (type(key) is not str or not 0 < len(key) <= MAX_KEY_CHARS):
-                raise PayloadError(name, f"keys[{index}]", bad_key(name, key).problem)
-            metadata = metadatas[index]
-            if metadata is not shared or index == 0:
-                shared = metadata
-                if parent is not None:
-                    encoded = self._child_metadata(name, metadata, parent)
-                elif metadata is not None:
-                    encoded = encode_metadata(name, metadata)
-                else:
-                    encoded = NO_METADATA
-            meta = encoded if encoded is NO_METADATA else dict(encoded)  # each event its own
-            events.append(make_event(name, body, meta, key))
-            routes_of.append(routes)
-            count += len(routes)
         if parent is not None and parent.epoch.owner is self._owner:
             epoch = parent.epoch
         else:
             epoch = self._epochs.current
-        return Batch(events, routes_of, epoch, count)
+        max_bytes = self._max_payload_bytes
+        bodies = _round_trip_all(payloads, max_bytes)
+        if bodies is None:
+            bodies = [
+                _copied(name if hooked is None else hooked[0][index], index, payload, max_bytes)
+                for index, payload in enumerate(payloads)
+            ]
+        keyed = False
+        for index, key in enumerate(keys):
+            if key is not None:
+                keyed = True
+                if type(key) is not str or not 0 < len(key) <= MAX_KEY_CHARS:
+                    problem = bad_key(name, key).problem
+                    raise PayloadError(name, f"keys[{index}]", problem)
+        if hooked is not None and payloads:
+            return self._build_each(hooked[0], bodies, hooked[1], keys, parent, epoch, keyed)
+        routes = self._routes.get(name)
+        if routes is None:
+            routes = self._route(name)
+        if parent is not None:
+            meta: Mapping[str, str] = self._child_metadata(name, metadata, parent)
+        elif metadata is not None:
+            meta = encode_metadata(name, metadata)
+        else:
+            meta = NO_METADATA
+        if meta is NO_METADATA:
+            events = [
+                make_event(name, body, meta, key) for body, key in zip(bodies, keys, strict=True)
+            ]
+        else:  # each event its own copy, as publish gives
+            events = [
+                make_event(name, body, dict(meta), key)
+                for body, key in zip(bodies, keys, strict=True)
+            ]
+        count = len(events)
+        return Batch(events, [routes] * count, epoch, len(routes) * count, keyed)
+
+    def _build_each(
+        self,
+        names: Sequence[str],
+        bodies: list[Any],
+        metadatas: Sequence[Mapping[str, str] | None],
+        keys: Sequence[str | None],
+        parent: Delivery | None,
+        epoch: Epoch,
+        keyed: bool,
+    ) -> Batch:
+        """``build_many`` for a batch whose events may differ in name and metadata."""
+        events: list[Event] = []
+        routes_of: list[tuple[Subscription, ...]] = []
+        count = 0
+        for index, name in enumerate(names):
+            routes = self._routes.get(name)
+            if routes is None:
+                routes = self._route(name)
+            metadata = metadatas[index]
+            if parent is not None:
+                meta: Mapping[str, str] = self._child_metadata(name, metadata, parent)
+            elif metadata is not None:
+                meta = encode_metadata(name, metadata)
+            else:
+                meta = NO_METADATA
+            events.append(make_event(name, bodies[index], meta, keys[index]))
+            routes_of.append(routes)
+            count += len(routes)
+        return Batch(events, routes_of, epoch, count, keyed)
+
+    def dispatch_many(self, batch: Batch) -> None:
+        """Hand over the deliveries of an admitted batch, in order (see ``dispatch``).
+
+        A batch without ordering keys going to the buffer takes one epoch
+        update and one ``put_many``; otherwise each event goes to ``dispatch``.
+        """
+        events, routes, epoch, deliveries, keyed = batch
+        if not keyed and self.dispatch == self.enqueue:
+            epoch.unfinished += deliveries
+            queued = [
+                _new(Delivery, (event, subscription, 1, epoch, False))
+                for index, event in enumerate(events)
+                for subscription in routes[index]
+            ]
+            self._buffer.put_many(queued)
+            return
+        dispatch = self.dispatch
+        for index, event in enumerate(events):
+            receivers = routes[index]
+            if receivers:
+                dispatch(event, receivers, epoch)
 
     def enqueue(self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch) -> None:
         """Queue first attempts of deliveries whose room is already reserved."""

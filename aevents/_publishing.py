@@ -241,13 +241,10 @@ class Publisher:
         payloads, keys = _batch_input(name, payloads, keys, metadata, "publish_many")
         parent = delivery_var.get()
         if not self._middleware.publish:
-            count = len(payloads)
-            batch = self._intake.build_many(
-                name, [name] * count, payloads, [metadata] * count, keys, parent
-            )
+            batch = self._intake.build_many(name, payloads, metadata, keys, parent)
             return await self._admit_many(name, batch, parent)
         with _BatchHooks(self._middleware.publish, name, payloads, metadata, keys) as hooks:
-            batch = self._intake.build_many(name, *hooks.columns(), parent)
+            batch = self._build_hooked(name, hooks, parent)
             hooks.accepted(await self._admit_many(name, batch, parent))
         return batch.events
 
@@ -262,15 +259,16 @@ class Publisher:
         payloads, keys = _batch_input(name, payloads, keys, metadata, "publish_many_nowait")
         parent = delivery_var.get()
         if not self._middleware.publish:
-            count = len(payloads)
-            batch = self._intake.build_many(
-                name, [name] * count, payloads, [metadata] * count, keys, parent
-            )
+            batch = self._intake.build_many(name, payloads, metadata, keys, parent)
             return self._admit_many_nowait(name, batch)
         with _BatchHooks(self._middleware.publish, name, payloads, metadata, keys) as hooks:
-            batch = self._intake.build_many(name, *hooks.columns(), parent)
+            batch = self._build_hooked(name, hooks, parent)
             hooks.accepted(self._admit_many_nowait(name, batch))
         return batch.events
+
+    def _build_hooked(self, name: str, hooks: _BatchHooks, parent: Delivery | None) -> Batch:
+        names, payloads, metadatas, keys = hooks.columns()
+        return self._intake.build_many(name, payloads, None, keys, parent, (names, metadatas))
 
     async def _admit_many(self, name: str, batch: Batch, parent: Delivery | None) -> list[Event]:
         """Take room for a built batch, journal it and dispatch it; or raise having taken none."""
@@ -318,11 +316,7 @@ class Publisher:
     def _dispatch_many(self, batch: Batch) -> None:
         """Count an admitted batch and hand its deliveries over, in batch order."""
         self._count(batch)
-        dispatch, epoch, routes = self._intake.dispatch, batch.epoch, batch.routes
-        for index, event in enumerate(batch.events):
-            receivers = routes[index]
-            if receivers:
-                dispatch(event, receivers, epoch)
+        self._intake.dispatch_many(batch)
 
     # ------------------------------------------------------------------ checks
 
