@@ -105,6 +105,8 @@ class Batch(NamedTuple):
     deliveries: int
     keyed: bool
     """Some event of the batch has an ordering key."""
+    shared: tuple[Subscription, ...] | None = None
+    """The receivers of every event, when they all have the same (one name)."""
 
 
 class Intake:
@@ -268,7 +270,7 @@ class Intake:
                 for body, key in zip(bodies, keys, strict=True)
             ]
         count = len(events)
-        return Batch(events, [routes] * count, epoch, len(routes) * count, keyed)
+        return Batch(events, [routes] * count, epoch, len(routes) * count, keyed, routes)
 
     def _build_each(
         self,
@@ -306,14 +308,18 @@ class Intake:
         A batch without ordering keys going to the buffer takes one epoch
         update and one ``put_many``; otherwise each event goes to ``dispatch``.
         """
-        events, routes, epoch, deliveries, keyed = batch
+        events, routes, epoch, deliveries, keyed, shared = batch
         if not keyed and self.dispatch == self.enqueue:
             epoch.unfinished += deliveries
-            queued = [
-                _new(Delivery, (event, subscription, 1, epoch, False))
-                for index, event in enumerate(events)
-                for subscription in routes[index]
-            ]
+            if shared is not None and len(shared) == 1:
+                receiver = shared[0]
+                queued = [_new(Delivery, (event, receiver, 1, epoch, False)) for event in events]
+            else:
+                queued = [
+                    _new(Delivery, (event, subscription, 1, epoch, False))
+                    for index, event in enumerate(events)
+                    for subscription in routes[index]
+                ]
             self._buffer.put_many(queued)
             return
         dispatch = self.dispatch

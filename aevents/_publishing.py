@@ -310,8 +310,12 @@ class Publisher:
         return batch.events
 
     def _count(self, batch: Batch) -> None:
-        self._counters.published += len(batch.events)
-        self._counters.unrouted += batch.routes.count(())
+        counters, shared = self._counters, batch.shared
+        counters.published += len(batch.events)
+        if shared is None:
+            counters.unrouted += batch.routes.count(())
+        elif not shared:
+            counters.unrouted += len(batch.events)
 
     def _dispatch_many(self, batch: Batch) -> None:
         """Count an admitted batch and hand its deliveries over, in batch order."""

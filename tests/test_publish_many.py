@@ -660,3 +660,14 @@ async def test_eager_receiver_publishing_a_batch(registry: Registry) -> None:
     async with EagerRuntime(registry) as runtime:
         root = await runtime.publish("order:placed")
         assert [event.causation_id for event in recorder.events] == [root.id, root.id]
+
+
+async def test_the_concepts_guide_example(
+    registry: Registry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The batch example of docs/concepts.md, as it stands there."""
+    async with EventRuntime(registry) as runtime:
+        lines = [{"order": 7, "sku": sku} for sku in ("A-1", "B-2", "C-3")]
+        events = await runtime.publish_many("order:line:added", lines, keys=["order-7"] * 3)
+        print([event.payload["sku"] for event in events])  # ['A-1', 'B-2', 'C-3']
+    assert capsys.readouterr().out == "['A-1', 'B-2', 'C-3']\n"
