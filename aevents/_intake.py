@@ -57,25 +57,43 @@ class Waiting(NamedTuple):
     reserved: bool
 
 
-def _round_trip_all(
-    payloads: Sequence[Mapping[str, Any] | None], max_bytes: int
-) -> list[dict[str, Any]] | None:
-    """The orjson round trip of a batch of plain dicts in one call each way.
+_CHUNK = 256  # payloads copied by one orjson call each way
 
-    None if one payload is not a plain dict, or the batch needs a closer look
-    (an error, a ``null`` anywhere, or more than ``max_bytes`` in all): then
-    each payload goes through the single publish's checks, which name the culprit.
+
+def _round_trip_all(
+    name: str,
+    names: Sequence[str] | None,
+    payloads: Sequence[Mapping[str, Any] | None],
+    max_bytes: int,
+) -> list[Any]:
+    """The orjson round trip of every payload of a batch: one call each way per chunk.
+
+    A chunk of plain dicts whose JSON is clean (no error, no ``null``, within
+    ``max_bytes`` in all, so each one is too) is copied whole; any other goes
+    payload by payload through the single publish's checks, which name the
+    culprit (``payloads[3]['user']``). ``names``: each event's name, if they differ.
     """
-    for payload in payloads:
-        if type(payload) is not dict:
-            return None
-    try:
-        data = _dumps(payloads)
-    except (TypeError, orjson.JSONEncodeError):
-        return None
-    if len(data) > max_bytes or data.find(b"null") != -1:
-        return None
-    bodies: list[dict[str, Any]] = _loads(data)
+    bodies: list[Any] = []
+    for start in range(0, len(payloads), _CHUNK):
+        chunk = payloads if len(payloads) <= _CHUNK else payloads[start : start + _CHUNK]
+        data = None
+        for payload in chunk:
+            if type(payload) is not dict:
+                break
+        else:
+            try:
+                data = _dumps(chunk)
+            except (TypeError, orjson.JSONEncodeError):
+                data = None
+            if data is not None and (len(data) > max_bytes or data.find(b"null") != -1):
+                data = None
+        if data is not None:
+            bodies += _loads(data)
+            continue
+        for index, payload in enumerate(chunk, start):
+            bodies.append(
+                _copied(name if names is None else names[index], index, payload, max_bytes)
+            )
     return bodies
 
 
@@ -236,12 +254,7 @@ class Intake:
         else:
             epoch = self._epochs.current
         max_bytes = self._max_payload_bytes
-        bodies = _round_trip_all(payloads, max_bytes)
-        if bodies is None:
-            bodies = [
-                _copied(name if hooked is None else hooked[0][index], index, payload, max_bytes)
-                for index, payload in enumerate(payloads)
-            ]
+        bodies = _round_trip_all(name, None if hooked is None else hooked[0], payloads, max_bytes)
         keyed = False
         for index, key in enumerate(keys):
             if key is not None:

@@ -671,3 +671,23 @@ async def test_the_concepts_guide_example(
         events = await runtime.publish_many("order:line:added", lines, keys=["order-7"] * 3)
         print([event.payload["sku"] for event in events])  # ['A-1', 'B-2', 'C-3']
     assert capsys.readouterr().out == "['A-1', 'B-2', 'C-3']\n"
+
+
+async def test_a_batch_larger_in_all_than_max_payload_bytes(registry: Registry) -> None:
+    """The limit is per payload: a big batch of small payloads goes in, and a bad one
+    far into it is still named by its index."""
+    recorder = Recorder()
+    registry.subscribe("order:placed", recorder, id="recorder")
+    async with EventRuntime(registry, max_payload_bytes=200, buffer=10_000) as runtime:
+        batch: list[Any] = [{"n": index, "pad": "x" * 100} for index in range(1000)]
+        events = await runtime.publish_many("order:placed", batch)
+        batch[700] = {"n": 700, "pad": "x" * 300}
+        with pytest.raises(PayloadError) as caught:
+            await runtime.publish_many("order:placed", batch)
+        batch[700] = {"n": 700, "pad": None}  # a null sends its chunk through the slow checks
+        with_null = await runtime.publish_many("order:placed", batch)
+        await runtime.drain()
+    assert caught.value.path == "payloads[700]"
+    assert [event.payload["n"] for event in events] == list(range(1000))
+    assert with_null[700].payload == {"n": 700, "pad": None}
+    assert len(recorder.events) == 2000
