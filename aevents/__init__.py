@@ -38,7 +38,15 @@ from ._exceptions import (
     WrongThreadError,
 )
 from ._middleware import Middleware, Publishing
-from ._module import publish, publish_nowait, publish_threadsafe, subscribe, unsubscribe
+from ._module import (
+    publish,
+    publish_many,
+    publish_many_nowait,
+    publish_nowait,
+    publish_threadsafe,
+    subscribe,
+    unsubscribe,
+)
 from ._names import validate_name, validate_pattern
 from ._policy import DeadLetter, RetryPolicy
 from ._registry import Registry, Subscription, default_registry
@@ -143,6 +151,8 @@ __all__ = [
     "default_registry",
     "inspect_routes",
     "publish",
+    "publish_many",
+    "publish_many_nowait",
     "publish_nowait",
     "publish_threadsafe",
     "subscribe",

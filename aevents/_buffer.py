@@ -126,6 +126,13 @@ class DeliveryBuffer:
         if self._idle_workers:
             self._idle_workers.popleft().set()
 
+    def put_many(self, deliveries: list[Delivery]) -> None:
+        """Queue deliveries whose room is reserved, in order, waking an idle worker for each."""
+        self.items.extend(deliveries)
+        idle = self._idle_workers
+        for _ in range(min(len(deliveries), len(idle))):
+            idle.popleft().set()
+
     def readmit(self, delivery: Delivery) -> None:
         """Queue a delivery accepted once already (a retry): past the bound if need be."""
         self.queued += 1

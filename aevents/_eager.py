@@ -10,7 +10,7 @@ being queued for them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from time import perf_counter
 from typing import Any
@@ -119,25 +119,59 @@ class EagerRuntime(EventRuntime):
             )
         finally:
             _accepting.reset(token)
+        await self._deliver_accepted([event], parent, batches)
+        return event
+
+    async def publish_many(
+        self,
+        name: str,
+        /,
+        payloads: Iterable[Mapping[str, Any] | None],
+        *,
+        keys: Iterable[str | None] | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> list[Event]:
+        """Publish a batch, then run every matching receiver, event by event, before returning.
+
+        All of the batch is accepted before any receiver runs. A failing
+        receiver is raised as for ``publish``, once every event's receivers ran.
+        """
+        parent = delivery_var.get()
+        batches: list[_Batch] = []
+        token = _accepting.set((self, batches))
+        try:
+            events = await super().publish_many(name, payloads, keys=keys, metadata=metadata)
+        finally:
+            _accepting.reset(token)
+        await self._deliver_accepted(events, parent, batches)
+        return events
+
+    async def _deliver_accepted(
+        self, events: list[Event], parent: Delivery | None, batches: list[_Batch]
+    ) -> None:
+        """Run what a publish accepted; the outermost publish of a chain raises its failures."""
         if not batches:
-            return event
-        chain_id = event.correlation_id
-        chain = self._chains.get(chain_id)
+            return
+        chain_ids = list(dict.fromkeys(event.correlation_id for event in events))
+        chain = self._chains.get(chain_ids[0])
         if chain is not None and self._intake.in_delivery(parent):
             await self._deliver_batches(batches)  # nested: the outermost publish reports
-            return event
+            return
         if chain is None:
-            chain = self._chains[chain_id] = _Chain()
+            chain = _Chain()
+        for chain_id in chain_ids:  # a batch's events may each start a chain: they share one
+            self._chains[chain_id] = chain
         chain.owners += 1
         try:
             await self._deliver_batches(batches)
         finally:
             chain.owners -= 1
             if not chain.owners:
-                del self._chains[chain_id]
+                for chain_id in chain_ids:
+                    self._chains.pop(chain_id, None)
         failures, chain.failures = chain.failures, []
         if not failures:
-            return event
+            return
         error = failures[0][0]
         if len(failures) > 1:
             error.add_note(

@@ -10,7 +10,7 @@ instead, and the caller does the waiting.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import orjson
@@ -22,6 +22,7 @@ from ._event import NO_METADATA, Event, make_event
 from ._exceptions import (
     AeventsError,
     CausationDepthError,
+    PayloadError,
     RuntimeClosedError,
     RuntimeNotRunningError,
     UnknownEventError,
@@ -34,7 +35,7 @@ from ._payload import encode_metadata, encode_payload, payload_json
 from ._registry import Registry, Subscription
 from ._state import DRAINING, NEW, RUNNING, Counters, Epoch, Epochs, RunState
 
-__all__ = ["Dispatch", "Intake", "Waiting"]
+__all__ = ["Batch", "Dispatch", "Intake", "Waiting"]
 
 _dumps, _loads = orjson.dumps, orjson.loads
 _new = tuple.__new__
@@ -54,6 +55,76 @@ class Waiting(NamedTuple):
     routes: tuple[Subscription, ...]
     epoch: Epoch
     reserved: bool
+
+
+_CHUNK = 256  # payloads copied by one orjson call each way
+
+
+def _round_trip_all(
+    name: str,
+    names: Sequence[str] | None,
+    payloads: Sequence[Mapping[str, Any] | None],
+    max_bytes: int,
+) -> list[Any]:
+    """The orjson round trip of every payload of a batch: one call each way per chunk.
+
+    A chunk of plain dicts whose JSON is clean (no error, no ``null``, within
+    ``max_bytes`` in all, so each one is too) is copied whole; any other goes
+    payload by payload through the single publish's checks, which name the
+    culprit (``payloads[3]['user']``). ``names``: each event's name, if they differ.
+    """
+    bodies: list[Any] = []
+    for start in range(0, len(payloads), _CHUNK):
+        chunk = payloads if len(payloads) <= _CHUNK else payloads[start : start + _CHUNK]
+        data = None
+        for payload in chunk:
+            if type(payload) is not dict:
+                break
+        else:
+            try:
+                data = _dumps(chunk)
+            except (TypeError, orjson.JSONEncodeError):
+                data = None
+            if data is not None and (len(data) > max_bytes or data.find(b"null") != -1):
+                data = None
+        if data is not None:
+            bodies += _loads(data)
+            continue
+        for index, payload in enumerate(chunk, start):
+            bodies.append(
+                _copied(name if names is None else names[index], index, payload, max_bytes)
+            )
+    return bodies
+
+
+def _copied(name: str, index: int, payload: Mapping[str, Any] | None, max_bytes: int) -> Any:
+    """One payload of a batch through the single publish's copy and checks; an error
+    names its index in the batch (``payloads[3]['user']['id']``)."""
+    if payload is None:
+        return {}
+    try:
+        return encode_payload(name, payload, max_bytes)
+    except PayloadError as error:
+        raise PayloadError(
+            name, f"payloads[{index}]{error.path[len('payload') :]}", error.problem
+        ) from None
+
+
+class Batch(NamedTuple):
+    """The events of one ``publish_many``, built and checked, not yet admitted.
+
+    ``routes[i]`` are the receivers of ``events[i]``; ``deliveries`` is the number
+    of deliveries they make together, the room the batch needs in the buffer.
+    """
+
+    events: list[Event]
+    routes: list[tuple[Subscription, ...]]
+    epoch: Epoch
+    deliveries: int
+    keyed: bool
+    """Some event of the batch has an ordering key."""
+    shared: tuple[Subscription, ...] | None = None
+    """The receivers of every event, when they all have the same (one name)."""
 
 
 class Intake:
@@ -153,6 +224,122 @@ class Intake:
         self._counters.published += 1
         self.dispatch(event, routes, epoch)
         return event
+
+    def build_many(
+        self,
+        name: str,
+        payloads: Sequence[Mapping[str, Any] | None],
+        metadata: Mapping[str, str] | None,
+        keys: Sequence[str | None],
+        parent: Delivery | None,
+        hooked: tuple[Sequence[str], Sequence[Mapping[str, str] | None]] | None = None,
+    ) -> Batch:
+        """Check and build every event of a batch (``publish_many`` of ``name``); admit none.
+
+        ``payloads`` and ``keys`` have one entry per event. ``hooked``: the
+        names and metadata of each event, when publish hooks may have changed
+        them, instead of ``name`` and ``metadata`` for all. Raises on the first
+        bad entry, naming its index in the batch (``payloads[3]['user']``,
+        ``keys[3]``), having admitted nothing. Taking room in the buffer and
+        dispatching are the caller's: ``accept`` stays the single publish's
+        hot path, untouched.
+        """
+        state = self._run.state
+        if state is not RUNNING and not (
+            state is DRAINING and parent is not None and parent.epoch.owner is self._owner
+        ):
+            raise self.not_accepting(name)
+        if parent is not None and parent.epoch.owner is self._owner:
+            epoch = parent.epoch
+        else:
+            epoch = self._epochs.current
+        max_bytes = self._max_payload_bytes
+        bodies = _round_trip_all(name, None if hooked is None else hooked[0], payloads, max_bytes)
+        keyed = False
+        for index, key in enumerate(keys):
+            if key is not None:
+                keyed = True
+                if type(key) is not str or not 0 < len(key) <= MAX_KEY_CHARS:
+                    problem = bad_key(name, key).problem
+                    raise PayloadError(name, f"keys[{index}]", problem)
+        if hooked is not None and payloads:
+            return self._build_each(hooked[0], bodies, hooked[1], keys, parent, epoch, keyed)
+        routes = self._routes.get(name)
+        if routes is None:
+            routes = self._route(name)
+        if parent is not None:
+            meta: Mapping[str, str] = self._child_metadata(name, metadata, parent)
+        elif metadata is not None:
+            meta = encode_metadata(name, metadata)
+        else:
+            meta = NO_METADATA
+        if meta is NO_METADATA:
+            events = [
+                make_event(name, body, meta, key) for body, key in zip(bodies, keys, strict=True)
+            ]
+        else:  # each event its own copy, as publish gives
+            events = [
+                make_event(name, body, dict(meta), key)
+                for body, key in zip(bodies, keys, strict=True)
+            ]
+        count = len(events)
+        return Batch(events, [routes] * count, epoch, len(routes) * count, keyed, routes)
+
+    def _build_each(
+        self,
+        names: Sequence[str],
+        bodies: list[Any],
+        metadatas: Sequence[Mapping[str, str] | None],
+        keys: Sequence[str | None],
+        parent: Delivery | None,
+        epoch: Epoch,
+        keyed: bool,
+    ) -> Batch:
+        """``build_many`` for a batch whose events may differ in name and metadata."""
+        events: list[Event] = []
+        routes_of: list[tuple[Subscription, ...]] = []
+        count = 0
+        for index, name in enumerate(names):
+            routes = self._routes.get(name)
+            if routes is None:
+                routes = self._route(name)
+            metadata = metadatas[index]
+            if parent is not None:
+                meta: Mapping[str, str] = self._child_metadata(name, metadata, parent)
+            elif metadata is not None:
+                meta = encode_metadata(name, metadata)
+            else:
+                meta = NO_METADATA
+            events.append(make_event(name, bodies[index], meta, keys[index]))
+            routes_of.append(routes)
+            count += len(routes)
+        return Batch(events, routes_of, epoch, count, keyed)
+
+    def dispatch_many(self, batch: Batch) -> None:
+        """Hand over the deliveries of an admitted batch, in order (see ``dispatch``).
+
+        A batch without ordering keys going to the buffer takes one epoch
+        update and one ``put_many``; otherwise each event goes to ``dispatch``.
+        """
+        events, routes, epoch, deliveries, keyed, shared = batch
+        if not keyed and self.dispatch == self.enqueue:
+            epoch.unfinished += deliveries
+            if shared is not None and len(shared) == 1:
+                receiver = shared[0]
+                queued = [_new(Delivery, (event, receiver, 1, epoch, False)) for event in events]
+            else:
+                queued = [
+                    _new(Delivery, (event, subscription, 1, epoch, False))
+                    for index, event in enumerate(events)
+                    for subscription in routes[index]
+                ]
+            self._buffer.put_many(queued)
+            return
+        dispatch = self.dispatch
+        for index, event in enumerate(events):
+            receivers = routes[index]
+            if receivers:
+                dispatch(event, receivers, epoch)
 
     def enqueue(self, event: Event, routes: tuple[Subscription, ...], epoch: Epoch) -> None:
         """Queue first attempts of deliveries whose room is already reserved."""

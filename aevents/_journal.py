@@ -51,6 +51,27 @@ async def _chain(
         yield pending
 
 
+def _waves(entries: list[tuple[Event, list[str]]]) -> list[list[tuple[Event, list[str]]]]:
+    """Split a batch so that each wave holds at most one event per ordering key.
+
+    Appends within a wave may commit in any order; waves commit one after
+    another, so the events of one key reach the journal in batch order.
+    """
+    waves: list[list[tuple[Event, list[str]]]] = [[]]
+    seen: dict[str, int] = {}
+    for entry in entries:
+        key = entry[0].key
+        if key is None:
+            waves[0].append(entry)
+            continue
+        wave = seen.get(key, -1) + 1
+        seen[key] = wave
+        if wave == len(waves):
+            waves.append([])
+        waves[wave].append(entry)
+    return [wave for wave in waves if wave]
+
+
 class Journal:
     """A store, as the runtime uses it: append, record, complete, dead-letter, replay."""
 
@@ -200,6 +221,125 @@ class Journal:
             dispatch(event, routes, epoch)
         # else shutdown closed the buffer while the write ran: the deliveries stay
         # counted as left pending, and the journal replays them on the next start.
+        epoch.finish()
+
+    async def append_many(
+        self, events: Sequence[Event], routes: Sequence[tuple[Subscription, ...]], count: int
+    ) -> None:
+        """Journal a batch whose room (``count`` deliveries) is reserved: all of it or none.
+
+        ``routes[i]`` are the receivers of ``events[i]``; events without any
+        are not journaled (as for ``append``). On failure the room is given
+        back and the error raised, with none of the batch left pending. The
+        wait is shielded, as for ``append``.
+
+        A store with an ``append_many(entries)`` method (``entries``: a list of
+        ``(event, receiver ids)``) writes the batch in that one call, which
+        must record all of it or none, in one transaction. Other stores get
+        one ``append`` per event, made concurrently so that a group-committing
+        store writes them in few transactions, in waves that keep the events
+        of each ordering key in journal order. If one fails, the events already
+        written are marked done, so that no replay delivers them.
+        """
+        entries = [
+            (event, [route.receiver_id for route in receivers])
+            for event, receivers in zip(events, routes, strict=True)
+            if receivers
+        ]
+        try:
+            with anyio.CancelScope(shield=True):
+                if not entries:
+                    return
+                append_many = getattr(self.store, "append_many", None)
+                if append_many is not None:
+                    await append_many(entries)
+                else:
+                    await self._append_each(entries)
+        except BaseException:
+            self._buffer.release(count)
+            raise
+
+    async def _append_each(
+        self, entries: list[tuple[Event, list[str]]], *, undo: bool = True
+    ) -> None:
+        """``append_many`` on a store without it: concurrent appends, undone on failure
+        (with ``undo``: marked done, so that no replay delivers them)."""
+        written: list[tuple[Event, list[str]]] = []
+        failures: list[BaseException] = []
+
+        async def one(entry: tuple[Event, list[str]]) -> None:
+            try:
+                await self.store.append(*entry)
+            except Exception as error:
+                failures.append(error)
+            else:
+                written.append(entry)
+
+        for wave in _waves(entries):
+            if failures:
+                break
+            if len(wave) == 1:
+                await one(wave[0])
+                continue
+            async with anyio.create_task_group() as tasks:
+                for entry in wave:
+                    tasks.start_soon(one, entry)
+        if not failures:
+            return
+        if written and undo:
+            try:
+                await self.store.complete(
+                    [(event.id, receiver) for event, receivers in written for receiver in receivers]
+                )
+            except StoreError as error:
+                logger.error(  # noqa: TRY400 - the store error's message says it all
+                    "publish_many failed, and %s of the batch already journaled could not be "
+                    "withdrawn (%s): they stay pending and run on the next start",
+                    counted(len(written), "event"),
+                    error,
+                    extra={"events": len(written)},
+                )
+        raise failures[0]
+
+    async def append_many_then_dispatch(
+        self,
+        events: Sequence[Event],
+        routes: Sequence[tuple[Subscription, ...]],
+        count: int,
+        epoch: Epoch,
+        dispatch: Dispatch,
+    ) -> None:
+        """``publish_many_nowait`` with a store: journal the batch in the background, then queue.
+
+        As ``append_then_dispatch``: if the journal refuses the batch it is
+        still delivered, without the crash guarantee, and an error says so.
+        """
+        entries = [
+            (event, [route.receiver_id for route in receivers])
+            for event, receivers in zip(events, routes, strict=True)
+            if receivers
+        ]
+        try:
+            with anyio.CancelScope(shield=True):
+                append_many = getattr(self.store, "append_many", None)
+                if append_many is not None:
+                    await append_many(entries)
+                else:
+                    await self._append_each(entries, undo=False)
+        except StoreError as error:
+            logger.error(  # noqa: TRY400 - the store error's message says it all
+                "%s accepted by publish_many_nowait could not be journaled (%s); "
+                "delivering them without the crash guarantee",
+                counted(len(entries), "event"),
+                error,
+                extra={"events": len(entries)},
+            )
+        finally:
+            self.unjournaled -= count
+        if self._run.state is not STOPPED:
+            for event, receivers in zip(events, routes, strict=True):
+                if receivers:
+                    dispatch(event, receivers, epoch)
         epoch.finish()
 
     def not_for_replay(self, event_id: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, overload
 
 import anyio.lowlevel
@@ -14,7 +14,15 @@ from ._policy import RetryPolicy
 from ._registry import MISSING, Receiver, Scope, _Missing, default_registry
 from ._runtime import EventRuntime, current_runtime
 
-__all__ = ["publish", "publish_nowait", "publish_threadsafe", "subscribe", "unsubscribe"]
+__all__ = [
+    "publish",
+    "publish_many",
+    "publish_many_nowait",
+    "publish_nowait",
+    "publish_threadsafe",
+    "subscribe",
+    "unsubscribe",
+]
 
 R = TypeVar("R", bound=Callable[..., Any])
 
@@ -126,6 +134,65 @@ def publish_nowait(
     return _runtime_for(name).publish_nowait(
         name, payload=payload, metadata=metadata, key=key, idempotency_key=idempotency_key
     )
+
+
+async def publish_many(
+    name: str,
+    /,
+    payloads: Iterable[Mapping[str, Any] | None],
+    *,
+    keys: Iterable[str | None] | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> list[Event]:
+    """``await runtime.publish_many(...)`` on the running runtime: a batch, all or none.
+
+    ``EventRuntime.publish_many`` documents every argument, the waits and
+    cancellation.
+
+    Args:
+        name: The event name of every event in the batch (positional only).
+        payloads: One JSON-serialisable mapping per event, in order.
+        keys: ``None``, or one ordering key (``str`` or ``None``) per payload.
+        metadata: String entries carried by every event of the batch.
+
+    Returns:
+        The accepted events, in order.
+
+    Raises:
+        RuntimeNotRunningError: No runtime is running here; the message says how
+            to start one.
+        AeventsError: Any error of ``EventRuntime.publish_many``; none of the
+            batch was accepted.
+    """
+    return await _runtime_for(name).publish_many(name, payloads, keys=keys, metadata=metadata)
+
+
+def publish_many_nowait(
+    name: str,
+    /,
+    payloads: Iterable[Mapping[str, Any] | None],
+    *,
+    keys: Iterable[str | None] | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> list[Event]:
+    """``runtime.publish_many_nowait(...)`` on the running runtime: never waits.
+
+    Args:
+        name: The event name of every event in the batch (positional only).
+        payloads: One JSON-serialisable mapping per event, in order.
+        keys: ``None``, or one ordering key (``str`` or ``None``) per payload.
+        metadata: String entries carried by every event of the batch.
+
+    Returns:
+        The accepted events, in order.
+
+    Raises:
+        RuntimeNotRunningError: No runtime is running here.
+        QueueFullError: The buffer has no room for the whole batch; none of it
+            was accepted.
+        AeventsError: Any other error of ``EventRuntime.publish_many_nowait``.
+    """
+    return _runtime_for(name).publish_many_nowait(name, payloads, keys=keys, metadata=metadata)
 
 
 def publish_threadsafe(

@@ -9,8 +9,9 @@ journals in the background.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
 import anyio
@@ -29,10 +30,10 @@ from ._exceptions import (
 )
 from ._fleet import Fleet
 from ._idempotency import IDEMPOTENCY_KEY, IdempotencyWindow, claims_key, validate_idempotency_key
-from ._intake import Intake, Waiting
+from ._intake import Batch, Intake, Waiting
 from ._journal import Journal
 from ._lanes import MAX_KEY_CHARS, bad_key
-from ._middleware import MiddlewareStack, PublishHooks, Publishing
+from ._middleware import Middleware, MiddlewareStack, PublishHooks, Publishing
 from ._names import validate_name
 from ._payload import encode_metadata, encode_payload
 from ._state import STOPPED, Counters, RunState
@@ -234,6 +235,100 @@ class Publisher:
         )
         return waiting.event
 
+    # ------------------------------------------------------------------ batches
+
+    async def publish_many(
+        self,
+        name: str,
+        payloads: Iterable[Mapping[str, Any] | None],
+        keys: Iterable[str | None] | None,
+        metadata: Mapping[str, str] | None,
+    ) -> list[Event]:
+        """``publish_many`` once the thread and cancellation are checked: all or none."""
+        payloads, keys = _batch_input(name, payloads, keys, metadata, "publish_many")
+        parent = delivery_var.get()
+        if not self._middleware.publish:
+            batch = self._intake.build_many(name, payloads, metadata, keys, parent)
+            return await self._admit_many(name, batch, parent)
+        with _BatchHooks(self._middleware.publish, name, payloads, metadata, keys) as hooks:
+            batch = self._build_hooked(name, hooks, parent)
+            hooks.accepted(await self._admit_many(name, batch, parent))
+        return batch.events
+
+    def publish_many_nowait(
+        self,
+        name: str,
+        payloads: Iterable[Mapping[str, Any] | None],
+        keys: Iterable[str | None] | None,
+        metadata: Mapping[str, str] | None,
+    ) -> list[Event]:
+        """``publish_many_nowait`` once the thread is checked: all, or ``QueueFullError``."""
+        payloads, keys = _batch_input(name, payloads, keys, metadata, "publish_many_nowait")
+        parent = delivery_var.get()
+        if not self._middleware.publish:
+            batch = self._intake.build_many(name, payloads, metadata, keys, parent)
+            return self._admit_many_nowait(name, batch)
+        with _BatchHooks(self._middleware.publish, name, payloads, metadata, keys) as hooks:
+            batch = self._build_hooked(name, hooks, parent)
+            hooks.accepted(self._admit_many_nowait(name, batch))
+        return batch.events
+
+    def _build_hooked(self, name: str, hooks: _BatchHooks, parent: Delivery | None) -> Batch:
+        names, payloads, metadatas, keys = hooks.columns()
+        return self._intake.build_many(name, payloads, None, keys, parent, (names, metadatas))
+
+    async def _admit_many(self, name: str, batch: Batch, parent: Delivery | None) -> list[Event]:
+        """Take room for a built batch, journal it and dispatch it; or raise having taken none."""
+        count = batch.deliveries
+        if count and not self._buffer.try_reserve(count):  # one accounting update for the batch
+            await self._buffer.reserve(count, in_delivery=self._intake.in_delivery(parent))
+            if self._run.state is STOPPED:
+                raise RuntimeClosedError(name) from None
+        if self._journal is not None and count:
+            await self._journal.append_many(batch.events, batch.routes, count)
+            if self._run.state is STOPPED:
+                # Shutdown closed the buffer during the (shielded) write: the batch is
+                # journaled, counted as left pending, and the next start delivers it.
+                self._count(batch)
+                return batch.events
+        self._dispatch_many(batch)
+        return batch.events
+
+    def _admit_many_nowait(self, name: str, batch: Batch) -> list[Event]:
+        """``_admit_many`` without waiting: refuse when full, journal in the background."""
+        count = batch.deliveries
+        if count and not self._buffer.try_reserve(count):
+            raise QueueFullError(name, self._buffer.size) from None
+        if self._journal is None or not count:
+            self._dispatch_many(batch)
+            return batch.events
+        assert self._tasks is not None
+        self._count(batch)
+        self._journal.unjournaled += count
+        batch.epoch.unfinished += 1  # drain() waits for the background write too
+        self._tasks.start_soon(
+            self._journal.append_many_then_dispatch,
+            batch.events,
+            batch.routes,
+            count,
+            batch.epoch,
+            self._intake.dispatch,
+        )
+        return batch.events
+
+    def _count(self, batch: Batch) -> None:
+        counters, shared = self._counters, batch.shared
+        counters.published += len(batch.events)
+        if shared is None:
+            counters.unrouted += batch.routes.count(())
+        elif not shared:
+            counters.unrouted += len(batch.events)
+
+    def _dispatch_many(self, batch: Batch) -> None:
+        """Count an admitted batch and hand its deliveries over, in batch order."""
+        self._count(batch)
+        self._intake.dispatch_many(batch)
+
     # ------------------------------------------------------------------ checks
 
     def _repeat_of(self, idempotency_key: str) -> Event | None:
@@ -273,6 +368,111 @@ class Publisher:
         if idempotency_key is not None:
             idempotency_key = validate_idempotency_key(name, idempotency_key)
         return body, meta, idempotency_key
+
+
+class _BatchHooks:
+    """The publish hooks of a batch: one ``PublishHooks`` per event, entered in order.
+
+    If a ``before_publish`` raises, the events entered so far see that error in
+    their ``after_publish``, and nothing is accepted. Leaving runs every
+    ``after_publish`` with the error that ended the batch, or with its event.
+    """
+
+    __slots__ = ("entered", "hooks", "input")
+
+    def __init__(
+        self,
+        hooks: tuple[Middleware, ...],
+        name: str,
+        payloads: list[Mapping[str, Any] | None],
+        metadata: Mapping[str, str] | None,
+        keys: list[str | None],
+    ) -> None:
+        self.hooks = hooks
+        self.input = (name, payloads, metadata, keys)
+        self.entered: list[PublishHooks] = []
+
+    def __enter__(self) -> _BatchHooks:
+        name, payloads, metadata, keys = self.input
+        try:
+            for index, payload in enumerate(payloads):
+                publish_hooks = PublishHooks(self.hooks, name, payload, metadata, keys[index])
+                publish_hooks.__enter__()  # if a hook raises, it ran the afters of this event
+                self.entered.append(publish_hooks)
+        except BaseException as error:
+            self.__exit__(type(error), error, error.__traceback__)
+            raise
+        return self
+
+    def columns(
+        self,
+    ) -> tuple[
+        list[str], list[Mapping[str, Any] | None], list[Mapping[str, str] | None], list[str | None]
+    ]:
+        """The names, payloads, metadata and keys the hooks left, one entry per event."""
+        publishings = [publish_hooks.publishing for publish_hooks in self.entered]
+        return (
+            [publishing.name for publishing in publishings],
+            [publishing.payload for publishing in publishings],
+            [publishing.metadata or None for publishing in publishings],
+            [publishing.key for publishing in publishings],
+        )
+
+    def accepted(self, events: list[Event]) -> None:
+        for publish_hooks, event in zip(self.entered, events, strict=True):
+            publish_hooks.publishing.event = event
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        for publish_hooks in self.entered:
+            publish_hooks.__exit__(exc_type, error, traceback)
+
+
+def _batch_input(
+    name: str,
+    payloads: Iterable[Mapping[str, Any] | None],
+    keys: Iterable[str | None] | None,
+    metadata: Mapping[str, str] | None,
+    call: str,
+) -> tuple[list[Mapping[str, Any] | None], list[str | None]]:
+    """The payloads and keys of a batch as lists of one length, or ``PayloadError``."""
+    if isinstance(payloads, Mapping | str | bytes) or not isinstance(payloads, Iterable):
+        raise PayloadError(
+            name,
+            "payloads",
+            f"expected a sequence of payload mappings, got {type(payloads).__name__}: "
+            f"pass [payload] for one event, or use publish()",
+        )
+    payloads = list(payloads)
+    if keys is None:
+        key_list: list[str | None] = [None] * len(payloads)
+    elif isinstance(keys, Mapping | str | bytes) or not isinstance(keys, Iterable):
+        raise PayloadError(
+            name,
+            "keys",
+            f"expected a sequence of one key (str or None) per payload, got {type(keys).__name__}",
+        )
+    else:
+        key_list = list(keys)
+        if len(key_list) != len(payloads):
+            raise PayloadError(
+                name,
+                "keys",
+                f"has {len(key_list)} entries for {len(payloads)} payloads; "
+                "give one key (str or None) per payload",
+            )
+    if metadata is not None and claims_key(metadata):
+        raise PayloadError(
+            name,
+            f"metadata[{IDEMPOTENCY_KEY!r}]",
+            f"{call}() takes no idempotency keys: publish each event with "
+            "publish(..., idempotency_key=...) instead",
+        )
+    return payloads, key_list
 
 
 def _checked_key(name: str, idempotency_key: str | None, call: str) -> str:

@@ -610,6 +610,106 @@ class EventRuntime:
             raise self._intake.wrong_thread(name, "publish_nowait")
         return self._publisher.publish_nowait(name, payload, metadata, key, idempotency_key)
 
+    async def publish_many(
+        self,
+        name: str,
+        /,
+        payloads: Iterable[Mapping[str, Any] | None],
+        *,
+        keys: Iterable[str | None] | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> list[Event]:
+        """Publish a batch of events of one name: all of them, or none.
+
+        Every payload, key and the metadata are checked, and every event
+        built, before anything is accepted; then room for all of the batch's
+        deliveries is taken at once, waiting while the buffer is full (in line
+        with the other publishes). A batch larger than the whole buffer waits
+        until the buffer is empty, then goes in whole, as one oversize event
+        does. With a store, the batch is journaled before any of it is queued,
+        and this returns once it is durable. It is a cancel point, as
+        ``publish`` is: cancelled while waiting for room, nothing was
+        accepted; once the journal write has begun it is finished (shielded).
+        Publish middleware sees one ``before_publish`` and ``after_publish``
+        per event, as if each had been published alone.
+
+        Args:
+            name: The event name of every event in the batch (positional only).
+            payloads: One JSON-serialisable mapping (or ``None``, for an empty
+                one) per event, in order. Each is copied as for ``publish``.
+            keys: ``None``, or one ordering key (a ``str``, or ``None`` for
+                none) per payload, in the same order. The events of one key
+                run in batch order for each receiver, as for ``publish``.
+            metadata: String entries carried by every event of the batch (each
+                event gets its own copy). ``"idempotency_key"`` is refused:
+                publish events that need one with ``publish(...,
+                idempotency_key=...)``.
+
+        Returns:
+            The accepted events, in the order of ``payloads``; empty for an
+                empty batch.
+
+        Raises:
+            PayloadError: A payload, a key or the metadata cannot be accepted;
+                the message names the event and the index in the batch
+                (``payloads[3]['user']['id']``, ``keys[3]``). Nothing was accepted.
+            InvalidEventNameError: As for ``publish``.
+            UnknownEventError: As for ``publish``.
+            CausationDepthError: As for ``publish``.
+            RuntimeNotRunningError: The runtime has not started.
+            RuntimeClosedError: The runtime is shutting down or has stopped.
+            StoreError: The journal could not record the batch; none of it
+                was accepted.
+            WrongThreadError: Called from a thread other than the event loop's.
+        """
+        if _get_ident() != self._run.thread:
+            raise self._intake.wrong_thread(name, "publish_many")
+        cancelled = self._cancelled
+        if cancelled is None:
+            await self._checkpoint_if_cancelled()
+        elif cancelled():
+            await honour_cancellation(cancelled)
+        return await self._publisher.publish_many(name, payloads, keys, metadata)
+
+    def publish_many_nowait(
+        self,
+        name: str,
+        /,
+        payloads: Iterable[Mapping[str, Any] | None],
+        *,
+        keys: Iterable[str | None] | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> list[Event]:
+        """Like ``publish_many`` but never waits: all of the batch, or ``QueueFullError``.
+
+        The batch goes in only if the buffer has room for all of its
+        deliveries now (or is empty, for a batch larger than the buffer).
+        With a store it is journaled in the background before it is
+        delivered, as for ``publish_nowait``: not yet durable when this returns.
+
+        Args:
+            name: The event name (positional only).
+            payloads: One payload per event, as for ``publish_many``.
+            keys: ``None``, or one ordering key per payload, as for ``publish_many``.
+            metadata: String entries carried by every event, as for ``publish_many``.
+
+        Returns:
+            The accepted events, in order.
+
+        Raises:
+            QueueFullError: The buffer has no room for the batch's deliveries;
+                none of it was accepted.
+            PayloadError: As for ``publish_many``.
+            WrongThreadError: Called from a thread other than the event loop's.
+            InvalidEventNameError: As for ``publish``.
+            UnknownEventError: As for ``publish``.
+            RuntimeNotRunningError: The runtime has not started.
+            RuntimeClosedError: The runtime is shutting down or has stopped.
+        """
+        if _get_ident() != self._run.thread:
+            raise self._intake.wrong_thread(name, "publish_many_nowait")
+        return self._publisher.publish_many_nowait(name, payloads, keys, metadata)
+
     def publish_threadsafe(
         self,
         name: str,

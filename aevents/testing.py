@@ -157,7 +157,8 @@ class Captured:
 
     def __init__(self) -> None:
         self.events: list[Event] = []
-        """Every event accepted by publish, publish_nowait or publish_threadsafe."""
+        """Every event accepted by publish, publish_nowait, publish_threadsafe or
+        publish_many (each event of a batch), in order."""
 
     @property
     def names(self) -> list[str]:
@@ -291,9 +292,10 @@ def capture(runtime: EventRuntime | None = None) -> Iterator[Captured]:
         captured.assert_published("user:account:created", payload={"user_id": 1})
 
     It is a middleware added for the block's duration: it sees every publish,
-    publish_nowait and publish_threadsafe call, receivers' publishes included,
-    and records each accepted event when its publish returns. Refused
-    publishes (bad names or payloads) are not recorded. Use it on the event
+    publish_nowait and publish_threadsafe call, and each event of a
+    publish_many batch, receivers' publishes included, and records each
+    accepted event when its publish returns. Refused publishes (bad names or
+    payloads, a refused batch) are not recorded. Use it on the event
     loop's thread.
 
     Args:

@@ -150,6 +150,15 @@ GOALS: tuple[Goal, ...] = (
         versus="asyncio-queue",
     ),
     Goal(
+        "issue 14",
+        "1c publish_many, batches of 100 ≥ 0.7x asyncio-queue one put per event (goal 1.0x)",
+        "throughput-batch",
+        "rate",
+        0.7,
+        True,
+        versus="asyncio-queue",
+    ),
+    Goal(
         "(context)",
         "1 name/1 receiver vs the queue doing the contract's work",
         "throughput",

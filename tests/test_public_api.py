@@ -23,6 +23,8 @@ PUBLIC_NAMES = [
     "current_runtime",
     "DeliveryInfo",
     "publish",
+    "publish_many",
+    "publish_many_nowait",
     "publish_nowait",
     "publish_threadsafe",
     # names, catalogs, events and receivers

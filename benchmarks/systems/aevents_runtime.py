@@ -66,6 +66,9 @@ class AeventsBus:
     async def publish(self, name: str, payload: Payload) -> None:
         await self.runtime.publish(name, payload=payload)
 
+    async def publish_many(self, name: str, payloads: list[Payload]) -> None:
+        await self.runtime.publish_many(name, payloads)
+
     async def drain(self) -> None:
         await self.runtime.drain()
         stats = self.runtime.stats()
@@ -166,6 +169,7 @@ def _system(name: str, backend: str, options: dict[str, Any], imports: str, note
         startup_code=STARTUP_CODE.replace("{backend_import}", imports),
         backend=backend,
         backend_options=options,
+        batches=True,
     )
 
 

@@ -25,6 +25,9 @@ Kind = Literal["async", "sync-inline", "sync-thread"]
 WORKERS = 8
 BUFFER = 1024
 
+#: Workloads that publish in batches: run only by systems with ``batches=True``.
+BATCH_WORKLOADS = ("throughput-batch",)
+
 
 class BenchmarkError(RuntimeError):
     """An adapter did not do what the workload asked; its timing must not count."""
@@ -58,6 +61,9 @@ class Bus(Protocol):
 
     async def publish(self, name: str, payload: Payload) -> None: ...
 
+    # A bus may also have ``async def publish_many(name, payloads)``: the batch workloads
+    # use it when it exists, and call ``publish`` once per payload otherwise.
+
     async def drain(self) -> None:
         """Return once every delivery of every accepted publish has finished."""
 
@@ -78,9 +84,14 @@ class System(ABC):
     #: Python code run in a fresh interpreter by the start-up workload; `{n}` is the number of
     #: subscriptions; it must leave the number of live subscriptions in `count`.
     startup_code: str = ""
+    #: runs the batch workloads (`BATCH_WORKLOADS`): with its bus's `publish_many` if it has
+    #: one, else one `publish` per event (the comparison a batch is measured against)
+    batches: bool = False
 
     def supports(self, workload: str) -> str | None:
         """None if this system runs `workload`, else the reason it does not."""
+        if workload in BATCH_WORKLOADS and not self.batches:
+            return "batch workloads run on aevents and asyncio-queue only"
         return self.unsupported.get(workload)
 
     def size(self, workload: str, n: int) -> int:

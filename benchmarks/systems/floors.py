@@ -293,6 +293,7 @@ SYSTEMS: list[System] = [
         unsupported=dict(_NOT_DURABLE),
         startup_code=STARTUP_CODE.replace("{module}", "asyncio"),
         queued=True,
+        batches=True,  # one put per event: what a batch publish is measured against
     ),
     AsyncioFloor(
         name="asyncio-queue-contract",
