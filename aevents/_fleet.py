@@ -45,7 +45,7 @@ from ._event import Event, new_event_id
 from ._exceptions import StoreError
 from ._failures import Failures, letter_info
 from ._idempotency import IDEMPOTENCY_KEY
-from ._intake import Dispatch, Waiting
+from ._intake import Batch, Dispatch, Waiting
 from ._middleware import MiddlewareStack, notify
 from ._policy import DeadLetter
 from ._registry import Registry, Subscription
@@ -323,6 +323,69 @@ class Fleet:
             else:
                 dispatch(waiting.event, local, waiting.epoch)
         return standing
+
+    async def publish_many(self, batch: Batch, dispatch: Dispatch) -> None:
+        """Add a batch whose room is reserved to the store in one write, all of it or none,
+        then queue its process deliveries. The write is shielded; on failure the
+        room is given back and the error raised, with nothing accepted."""
+        entries = _fleet_entries(batch)
+        try:
+            with anyio.CancelScope(shield=True):
+                if entries:
+                    await self.store.publish(entries)
+        except BaseException:
+            self._buffer.release(batch.deliveries)
+            raise
+        self._queue_batch_locally(batch, entries, dispatch)
+
+    def publish_many_in_background(
+        self, tasks: anyio.abc.TaskGroup, batch: Batch, dispatch: Dispatch
+    ) -> None:
+        """``publish_many_nowait``: add the batch to the store in the background, then queue
+        its process deliveries (as ``publish_in_background`` does for one event)."""
+        self.unjournaled += sum(len(ids) for _, ids in _fleet_entries(batch))
+        batch.epoch.unfinished += 1
+        tasks.start_soon(self._publish_many_then_dispatch, batch, dispatch)
+
+    async def _publish_many_then_dispatch(self, batch: Batch, dispatch: Dispatch) -> None:
+        entries = _fleet_entries(batch)
+        fleet = sum(len(ids) for _, ids in entries)
+        try:
+            with anyio.CancelScope(shield=True):
+                if entries:
+                    await self.store.publish(entries)
+        except StoreError as error:
+            self._counters.dropped += fleet
+            logger.error(  # noqa: TRY400 - the store error's message says it all
+                "%s accepted by publish_many_nowait could not be added to the store (%s); "
+                "their %s to fleet receivers are lost",
+                counted(len(entries), "event"),
+                error,
+                counted(fleet, "delivery"),
+                extra={"events": len(entries)},
+            )
+        finally:
+            self.unjournaled -= fleet
+        self._queue_batch_locally(batch, entries, dispatch)
+        batch.epoch.finish()
+
+    def _queue_batch_locally(
+        self, batch: Batch, entries: list[tuple[Event, list[str]]], dispatch: Dispatch
+    ) -> None:
+        """Give back the room of what the store holds; queue the process deliveries."""
+        fleet = sum(len(ids) for _, ids in entries)
+        self._buffer.release(fleet)
+        if any(not self._mine.isdisjoint(ids) for _, ids in entries):
+            self._claim_wanted.set()  # this process runs some of them: claim now
+        if fleet == batch.deliveries:
+            return
+        if self._run.state is STOPPED:
+            self._buffer.release(batch.deliveries - fleet)
+            return
+        for event, routes in zip(batch.events, batch.routes, strict=True):
+            local = tuple(route for route in routes if route.scope == "process")
+            if local:
+                dispatch(event, local, batch.epoch)
 
     async def _stored(self, event: Event, receiver_ids: list[str]) -> Event:
         """Write ``event`` (with any publishes that queue up meanwhile); the event that stands."""
@@ -709,3 +772,13 @@ def _finished_before(backlog: Backlog, cutoff: datetime) -> bool:
     if backlog.oldest is None or backlog.oldest >= cutoff:
         return True
     return backlog.leased == 0 and backlog.scheduled == 0
+
+
+def _fleet_entries(batch: Batch) -> list[tuple[Event, list[str]]]:
+    """The store's part of a batch: each event with deliveries to fleet receivers, and their ids."""
+    entries = []
+    for event, routes in zip(batch.events, batch.routes, strict=True):
+        ids = [route.receiver_id for route in routes if route.scope == "fleet"]
+        if ids:
+            entries.append((event, ids))
+    return entries

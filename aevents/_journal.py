@@ -301,8 +301,9 @@ class Journal:
                 )
         raise failures[0]
 
-    async def append_many_then_dispatch(
+    def append_many_in_background(
         self,
+        tasks: anyio.abc.TaskGroup,
         events: Sequence[Event],
         routes: Sequence[tuple[Subscription, ...]],
         count: int,
@@ -311,9 +312,21 @@ class Journal:
     ) -> None:
         """``publish_many_nowait`` with a store: journal the batch in the background, then queue.
 
-        As ``append_then_dispatch``: if the journal refuses the batch it is
+        As ``append_in_background``: if the journal refuses the batch it is
         still delivered, without the crash guarantee, and an error says so.
         """
+        self.unjournaled += count
+        epoch.unfinished += 1  # drain() waits for the background write too
+        tasks.start_soon(self._append_many_then_dispatch, events, routes, count, epoch, dispatch)
+
+    async def _append_many_then_dispatch(
+        self,
+        events: Sequence[Event],
+        routes: Sequence[tuple[Subscription, ...]],
+        count: int,
+        epoch: Epoch,
+        dispatch: Dispatch,
+    ) -> None:
         entries = [
             (event, [route.receiver_id for route in receivers])
             for event, receivers in zip(events, routes, strict=True)

@@ -284,6 +284,10 @@ class Publisher:
             await self._buffer.reserve(count, in_delivery=self._intake.in_delivery(parent))
             if self._run.state is STOPPED:
                 raise RuntimeClosedError(name) from None
+        if self._fleet is not None and count:
+            await self._fleet.publish_many(batch, self._intake.dispatch)
+            self._count(batch)
+            return batch.events
         if self._journal is not None and count:
             await self._journal.append_many(batch.events, batch.routes, count)
             if self._run.state is STOPPED:
@@ -299,20 +303,17 @@ class Publisher:
         count = batch.deliveries
         if count and not self._buffer.try_reserve(count):
             raise QueueFullError(name, self._buffer.size) from None
-        if self._journal is None or not count:
+        if (self._journal is None and self._fleet is None) or not count:
             self._dispatch_many(batch)
             return batch.events
         assert self._tasks is not None
         self._count(batch)
-        self._journal.unjournaled += count
-        batch.epoch.unfinished += 1  # drain() waits for the background write too
-        self._tasks.start_soon(
-            self._journal.append_many_then_dispatch,
-            batch.events,
-            batch.routes,
-            count,
-            batch.epoch,
-            self._intake.dispatch,
+        if self._fleet is not None:
+            self._fleet.publish_many_in_background(self._tasks, batch, self._intake.dispatch)
+            return batch.events
+        assert self._journal is not None
+        self._journal.append_many_in_background(
+            self._tasks, batch.events, batch.routes, count, batch.epoch, self._intake.dispatch
         )
         return batch.events
 
