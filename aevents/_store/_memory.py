@@ -374,10 +374,8 @@ class MemoryStore:
             positions = self._positions
             start = bisect_right(positions, position)
             taken = positions[start : start + max(limit, 0)]
-            if len(taken) < limit:  # read to the newest: skip pruned positions up to it too
-                end = max(self._head, position)
-            else:
-                end = taken[-1]
+            # Read to the newest: the pruned positions up to it are skipped too.
+            end = max(self._head, position) if len(taken) < limit else taken[-1]
             events = tuple(Event.from_json(self._log[each].body) for each in taken)
             return EventPage(events, end, end - position - len(taken))
 
