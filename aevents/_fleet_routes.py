@@ -106,7 +106,8 @@ class FleetRoutes:
             routes = "; ".join(_route_text(each) for each in self.missing_here)
             parts.append(
                 f"{counted(len(self.missing_here), 'route')} of the live consumers "
-                f"({compared}) not subscribed here, so events published here do not reach them: {routes}"
+                f"({compared}) not subscribed here, so events published here do not "
+                f"reach them: {routes}"
             )
         if self.unconsumed:
             routes = "; ".join(_route_text(each) for each in self.unconsumed)
@@ -205,8 +206,9 @@ Accept = TypeVar("Accept", bound=Callable[..., Any])
 class RouteCheck:
     """A publishing runtime's check of its routes against a snapshot of the live consumers."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._registry = registry
+        self._clock = clock
         self._consumers: tuple[Consumer, ...] = ()
         self._left_out: dict[str, tuple[LeftOut, ...]] = {}  # by name, for this snapshot
         self._version = registry.version
@@ -270,16 +272,17 @@ class RouteCheck:
         receivers = frozenset(each.receiver_id for each in missing)
         if (name, receivers) in self._warned:
             return
-        now = time.monotonic()
+        now = self._clock()
         if now - self._last_warning < WARN_EVERY:
             return  # held back: a later publish of the name logs it
         self._last_warning = now
         self._warned.add((name, receivers))
         self.warnings += 1
         logger.warning(
-            "event %r published here reaches no %s that live consumers route it to: %s; "
-            "import the modules that subscribe them in this process (during a rolling "
-            "deploy this passes once every process runs the same code)",
+            "event %r is published here without the %s that live consumers route it to: "
+            "%s; events published here do not reach them: import the modules that "
+            "subscribe them in this process (during a rolling deploy, processes disagree "
+            "until they all run the same code)",
             name,
             "receiver" if len(missing) == 1 else "receivers",
             "; ".join(
