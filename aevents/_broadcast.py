@@ -9,8 +9,12 @@ this runtime's ``scope="process"`` receivers and queued in the buffer, taking
 room like a publish. Nothing of it is journaled: a process that stops or
 crashes forgets what it had read and not run.
 
-The tail also teaches the runtime's idempotency window the keys other
-processes recorded, so that ``publish_nowait`` can answer a repeat of them.
+A runtime without process receivers only follows the newest position (one
+cheap call each poll) and reads no event: reading costs each process a decode
+per event published anywhere. A receiver subscribed while it runs gets the
+events published from about then on. While it reads, the tail also teaches the
+runtime's idempotency window the keys other processes recorded, so that
+``publish_nowait`` answers a repeat of them.
 
 The tail polls with a backoff (nothing local tells it another process
 published); ``drain()`` wakes it and waits for a read that began after the
@@ -85,10 +89,13 @@ class Broadcast:
         self._read_done = anyio.Event()
         self._routes: dict[str, tuple[Subscription, ...]] = {}
         self._routes_version = -1
+        self._any = False  # whether the registry has a scope="process" receiver
+        self._reading = False  # whether the tail reads events (it had one when it looked)
 
     async def open(self) -> None:
         """Read where the tail starts, the newest event: earlier ones are not this runtime's."""
         self.position = await self._store.event_position()
+        self._reading = self._any_process_receiver()
 
     def start(self, tasks: anyio.abc.TaskGroup, dispatch: Dispatch) -> None:
         """Start the tail (it reads while the runtime runs)."""
@@ -98,15 +105,32 @@ class Broadcast:
     # ------------------------------------------------------------------ own events
 
     def writing(self, event: Event) -> None:
-        """This process is about to add ``event``: the tail must not run it again."""
-        self._own[event.id] = _WRITING
+        """This process is about to add ``event``: the tail must not run it again.
 
-    def written(self, event: Event, *, added: bool) -> None:
-        """The write of ``event`` finished: ``added``, or not (a repeated key, an error)."""
-        if added:
-            self._own[event.id] = self._reads
-        else:
-            self._own.pop(event.id, None)
+        Not needed while the tail reads nothing (no process receiver here): when
+        it starts reading, it starts from the newest event.
+        """
+        if self._reading:
+            self._own[event.id] = _WRITING
+
+    def written(self, events: list[Event], standing: list[Event]) -> None:
+        """The write of ``events`` finished; ``standing`` is what the store returned (the
+        first event of a repeated key in place of the repeat, which was not added)."""
+        own = self._own
+        if not own:
+            return
+        for event, result in zip(events, standing, strict=True):
+            if (event_id := event.id) in own:
+                if result.id == event_id:
+                    own[event_id] = self._reads
+                else:
+                    del own[event_id]
+
+    def not_added(self, events: list[Event]) -> None:
+        """The write of ``events`` failed: none of them was added."""
+        if self._own:
+            for event in events:
+                self._own.pop(event.id, None)
 
     # ------------------------------------------------------------------ the tail
 
@@ -123,6 +147,22 @@ class Broadcast:
             self._wanted = anyio.Event()
             self._reads += 1
             read = self._reads
+            reading = self._any_process_receiver()
+            if not reading or not self._reading:
+                # Nothing here to run them: follow the newest position without reading.
+                # Or a first process receiver: read from the newest event on.
+                try:
+                    self.position = max(self.position, await self._store.event_position())
+                except StoreError as error:
+                    logger.warning("could not read the store's position (%s)", error)
+                    await anyio.sleep(POLL_MAX)
+                    continue
+                self._reading = reading
+                self._read_to_the_newest(read)
+                if not reading:
+                    with anyio.move_on_after(POLL_MAX):
+                        await self._wanted.wait()
+                continue
             try:
                 page = await self._store.events_after(self.position, TAIL_BATCH)
             except StoreError as error:
@@ -156,22 +196,31 @@ class Broadcast:
             if len(page.events) == TAIL_BATCH:
                 delay = POLL_MIN
                 continue  # more to read at once
-            self._caught_up = read
-            self._forget_own_before(read)
-            self._read_done.set()
-            self._read_done = anyio.Event()
+            self._read_to_the_newest(read)
             if page.events:
                 delay = POLL_MIN
             with anyio.move_on_after(delay):
                 await self._wanted.wait()
             delay = POLL_MIN if self._wanted.is_set() else min(delay * 2, POLL_MAX)
 
-    def _forget_own_before(self, read: int) -> None:
-        """Forget writes finished before ``read`` began: read already, or pruned unread."""
+    def _read_to_the_newest(self, read: int) -> None:
+        """Read number ``read`` reached the newest event: tell ``catch_up``, and forget the
+        writes finished before it began (read already, skipped, or pruned unread)."""
+        self._caught_up = read
         if self._own:
             old = [id_ for id_, after in self._own.items() if 0 <= after < read]
             for event_id in old:
                 del self._own[event_id]
+        self._read_done.set()
+        self._read_done = anyio.Event()
+
+    def _any_process_receiver(self) -> bool:
+        registry = self._registry
+        if self._routes_version != registry.version:
+            self._routes = {}
+            self._routes_version = registry.version
+            self._any = any(s.scope == "process" for s in registry.subscriptions())
+        return self._any
 
     def _learn_key(self, event: Event) -> None:
         """Remember another process's idempotency key, so a repeat here returns its event."""
@@ -182,13 +231,10 @@ class Broadcast:
         window.add(key, event)
 
     def _process_routes(self, name: str) -> tuple[Subscription, ...]:
-        registry = self._registry
-        if self._routes_version != registry.version:
-            self._routes = {}
-            self._routes_version = registry.version
+        self._any_process_receiver()  # empties the cache when the registry changed
         routes = self._routes.get(name)
         if routes is None:
-            routes = tuple(s for s in registry.route(name) if s.scope == "process")
+            routes = tuple(s for s in self._registry.route(name) if s.scope == "process")
             if len(self._routes) >= 10_000:
                 self._routes = {}
             self._routes[name] = routes

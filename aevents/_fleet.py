@@ -409,15 +409,15 @@ class Fleet:
         except StoreError as error:
             for each in batch:  # each publisher raises an error of its own
                 each.error = error if each is write else StoreError(error.path, error.problem)
-                self.broadcast.written(each.event, added=False)
+            self.broadcast.not_added([each.event for each in batch])
         except BaseException as error:
             for each in batch:
                 each.error = error
-                self.broadcast.written(each.event, added=False)
+            self.broadcast.not_added([each.event for each in batch])
         else:
             for each, result in zip(batch, results, strict=True):
                 each.result = result
-                self.broadcast.written(each.event, added=result.id == each.event.id)
+            self.broadcast.written([each.event for each in batch], results)
             mine = self._mine
             if any(not mine.isdisjoint(each.receiver_ids) for each in batch):
                 self._claim_wanted.set()  # this process runs some of them: claim now

@@ -202,6 +202,9 @@ def compare_routes(registry: Registry, consumers: Sequence[Consumer]) -> FleetRo
 
 Accept = TypeVar("Accept", bound=Callable[..., Any])
 
+_AGREES: Final[tuple[LeftOut, ...]] = ()
+"""What ``RouteCheck`` caches for a name no live consumer routes elsewhere."""
+
 
 class RouteCheck:
     """A publishing runtime's check of its routes against a snapshot of the live consumers."""
@@ -220,7 +223,7 @@ class RouteCheck:
     def refresh(self, consumers: Sequence[Consumer]) -> None:
         """Take a new snapshot of the live consumers (read with the heartbeat)."""
         self._consumers = tuple(consumers)
-        self._left_out = {}
+        self._left_out.clear()  # in place: ``watch`` holds its ``get``
         self._version = self._registry.version
 
     def summary(self, consumers: Sequence[Consumer]) -> FleetRoutes:
@@ -236,7 +239,8 @@ class RouteCheck:
 
     def watch(self, accept: Accept) -> Accept:
         """``accept`` followed by the check of the name it accepted (publish's first step)."""
-        cache = self
+        known = self._left_out.get
+        check = self.check
 
         def accept_and_check(
             name: str,
@@ -246,8 +250,8 @@ class RouteCheck:
             key: str | None = None,
         ) -> Any:
             accepted = accept(name, payload, metadata, parent, key)
-            if cache._left_out.get(name) != ():  # not checked yet, or receivers left out
-                cache.check(name)
+            if known(name) is not _AGREES:  # not checked yet, or receivers left out
+                check(name)
             return accepted
 
         return accept_and_check  # type: ignore[return-value]
@@ -255,14 +259,14 @@ class RouteCheck:
     def check(self, name: str) -> tuple[LeftOut, ...]:
         """What live consumers route ``name`` to that this process does not; warn about it."""
         if self._version != self._registry.version:
-            self._left_out = {}
+            self._left_out.clear()
             self._version = self._registry.version
         missing = self._left_out.get(name)
         if missing is None:
             here = {s.receiver_id for s in self._registry.route(name) if s.scope == "fleet"}
-            missing = left_out(name, here, self._consumers)
+            missing = left_out(name, here, self._consumers) or _AGREES
             if len(self._left_out) >= MAX_NAMES:
-                self._left_out = {}
+                self._left_out.clear()
             self._left_out[name] = missing
         if missing:
             self._warn(name, missing)
