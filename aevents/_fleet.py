@@ -56,6 +56,7 @@ from ._state import RUNNING, STOPPED, Counters, Epoch, Epochs, RunState
 from ._store._protocol import (
     Backlog,
     Claim,
+    Consumer,
     ConsumerId,
     DeadLettered,
     LeasedStore,
@@ -215,12 +216,19 @@ class Fleet:
     async def _compare_routes(self) -> None:
         """Log, at start, how this process's routes compare with the live consumers'."""
         try:
-            self.routes.summary(await self.store.consumers())
+            consumers = await self.store.consumers()
+            self.routes.summary(consumers)
+            self.routes.refresh(self._others(consumers))
         except StoreError as error:
             logger.warning("could not read the live consumers (%s)", error)
 
     def _routes(self) -> list[Route]:
         return fleet_routes(self._registry)
+
+    def _others(self, consumers: list[Consumer]) -> list[Consumer]:
+        """The live consumers but this one, for the checks at publish: its routes are this
+        registry's (or will be at the next heartbeat, when it changed)."""
+        return [consumer for consumer in consumers if consumer.id != self.consumer]
 
     async def _register(self) -> None:
         assert self.consumer is not None
@@ -691,7 +699,7 @@ class Fleet:
                 except StoreError as error:
                     logger.warning("could not keep the consumer registered (%s)", error)
             try:
-                self.routes.refresh(await self.store.consumers())
+                self.routes.refresh(self._others(await self.store.consumers()))
             except StoreError as error:
                 logger.warning("could not read the live consumers (%s)", error)
 

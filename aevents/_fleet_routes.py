@@ -99,6 +99,8 @@ class FleetRoutes:
     def summary(self) -> str:
         """One line for a log: what differs, or that nothing does."""
         compared = counted(self.consumers, "live consumer")
+        if not self.consumers and not self.unconsumed:
+            return "no live consumer to compare routes with"
         if self.agree:
             return f"this process routes as they do ({compared})"
         parts = []
@@ -227,8 +229,7 @@ class RouteCheck:
         self._version = self._registry.version
 
     def summary(self, consumers: Sequence[Consumer]) -> FleetRoutes:
-        """Refresh with ``consumers`` and log how this process's routes compare with theirs."""
-        self.refresh(consumers)
+        """Log how this process's routes compare with those of ``consumers``."""
         routes = compare_routes(self._registry, consumers)
         extra: Mapping[str, object] = {"fleet_routes": routes.to_dict()}
         if routes.missing_here:

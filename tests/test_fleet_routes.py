@@ -198,3 +198,26 @@ def test_a_consumer_id_prints_in_the_reports(registry: Registry) -> None:
     """Consumers are named as host:pid:token, as the worker command logs them."""
     worker = Consumer(ConsumerId("h", 1, "t"), (Route("a:*", "r"),), NOW, NOW, NOW, 0)
     assert "a:* -> r (h:1:t)" in compare_routes(registry, [worker]).summary()
+
+
+@pytest.mark.anyio
+async def test_a_lone_runtime_agrees_with_itself_and_warns_about_nothing(
+    registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A consuming runtime counts itself at start-up and is never left out by its own routes;
+    a publisher alone is told its routes wait for a consumer."""
+    registry.subscribe("orders:*", nothing, id="billing")
+    store = MemoryStore()
+    with caplog.at_level(logging.INFO, "aevents.fleet"):
+        async with EventRuntime(registry, store=store) as runtime:
+            await runtime.publish("orders:paid")
+        async with EventRuntime(registry, store=store, consume=False) as web:
+            await web.publish("orders:paid")
+    routes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("routes:")]
+    assert routes == [
+        "routes: this process routes as they do (1 live consumer)",
+        "routes: 1 route here that no live consumer runs, so their deliveries wait in the "
+        "store: orders:* -> billing",
+    ]
+    assert all(r.levelno == logging.INFO for r in caplog.records)
+    assert compare_routes(Registry(), []).summary() == "no live consumer to compare routes with"

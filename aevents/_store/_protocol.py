@@ -316,6 +316,8 @@ class LeasedStore(Protocol):
     async def publish(self, events: Sequence[tuple[Event, Sequence[str]]]) -> list[Event]:
         """Durably add each event and one ready delivery per distinct receiver id, all or none.
 
+        An event with no receiver id is added too (``events_after`` reads it).
+
         An event whose ``metadata["idempotency_key"]`` is recorded already (or
         earlier in ``events``) adds nothing: the key's first event stands in for
         it in the result, which holds one event per entry of ``events``.
