@@ -107,10 +107,10 @@ class Broadcast:
     def writing(self, event: Event) -> None:
         """This process is about to add ``event``: the tail must not run it again.
 
-        Not needed while the tail reads nothing (no process receiver here): when
-        it starts reading, it starts from the newest event.
+        Not needed while there is no process receiver here: the tail reads
+        nothing then, and when it starts reading it starts from the newest event.
         """
-        if self._reading:
+        if self._reading or self._any_process_receiver():
             self._own[event.id] = _WRITING
 
     def written(self, events: list[Event], standing: list[Event]) -> None:

@@ -57,6 +57,7 @@ async def test_each_live_runtime_runs_each_event_once_whoever_published_it(count
             for n in range(5)
             for runtime in runtimes
         ]
+        published += [runtime.publish_nowait(NAME).id for runtime in runtimes]
         await drain_all(runtimes)
         for name in names:
             assert sorted(ran[name]) == sorted(published), name
@@ -77,6 +78,31 @@ async def test_a_runtime_started_later_runs_only_the_events_published_after_it_s
             await drain_all([first, late_runtime])
             assert ran["late"] == [late.id]
             assert ran["first"] == [early.id, late.id]
+
+
+async def test_a_process_receiver_subscribed_while_running_gets_the_later_events_once() -> None:
+    """A runtime that had no process receiver reads from the newest event once it has one:
+    its own events run once (at publish), the others' from then on."""
+    store = MemoryStore()
+    ran: dict[str, list[str]] = {}
+    plain_registry = Registry()
+    plain = EventRuntime(plain_registry, store=store)
+    other = runtime_logging_to(ran, "other", store)
+    async with running(plain, other):
+        first = await other.publish(NAME)
+        await drain_all([plain, other])
+        ran["plain"] = []
+
+        async def local(event: Event) -> None:
+            ran["plain"].append(event.id)
+
+        plain_registry.subscribe(NAME, local, id="local", scope="process")
+        own = await plain.publish(NAME)
+        await drain_all([plain, other])
+        later = await other.publish(NAME)
+        await drain_all([plain, other])
+        assert ran["plain"] == [own.id, later.id]
+        assert ran["other"] == [first.id, own.id, later.id]
 
 
 async def test_a_repeated_idempotency_key_is_not_broadcast_again() -> None:
