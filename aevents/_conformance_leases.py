@@ -739,6 +739,70 @@ class LeasedStoreConformance:
             await _claim(leased_store, consumer)
         await leased_store.open()  # the fixture closes it once more
 
+    # ------------------------------------------------- reading every event in publish order
+
+    @pytest.mark.anyio
+    async def test_events_are_read_in_publish_order_after_a_position(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """Every added event, with receivers or none, is read once, in order, page by page."""
+        start = await leased_store.event_position()
+        first, bare, third = _event(1), _event(2), _event(3, "k")
+        await _publish(leased_store, [first], "r")
+        await leased_store.publish([(bare, []), (third, ["r", "s"])])
+        assert await leased_store.event_position() == start + 3
+        page = await leased_store.events_after(start, 2)
+        assert (page.events, page.position, page.missed) == ((first, bare), start + 2, 0)
+        page = await leased_store.events_after(page.position, 2)
+        assert (page.events, page.position, page.missed) == ((third,), start + 3, 0)
+        page = await leased_store.events_after(page.position, 2)
+        assert (page.events, page.position, page.missed) == ((), start + 3, 0)
+
+    @pytest.mark.anyio
+    async def test_a_tail_started_at_the_newest_position_reads_only_later_events(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """``event_position`` marks where a new tail starts: earlier events are not read."""
+        await _publish(leased_store, [_event(1), _event(2)], "r")
+        start = await leased_store.event_position()
+        later = _event(3)
+        await leased_store.publish([(later, [])])
+        assert (await leased_store.events_after(start, 10)).events == (later,)
+
+    @pytest.mark.anyio
+    async def test_a_repeated_idempotency_key_adds_nothing_to_read(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """A repeat returns the first event and takes no position: tails never see it twice."""
+        start = await leased_store.event_position()
+        first = _keyed(1, "k")
+        await leased_store.publish([(first, [])])
+        assert await leased_store.publish([(_keyed(2, "k"), ["r"])]) == [first]
+        page = await leased_store.events_after(start, 10)
+        assert (page.events, page.position) == ((first,), start + 1)
+
+    @pytest.mark.anyio
+    async def test_a_tail_behind_pruning_skips_what_went_and_counts_it(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """Pruned events are skipped and counted as missed; the position moves past them."""
+        start = await leased_store.event_position()
+        gone = [_event(n, at=_LONG_AGO) for n in range(3)]
+        waiting, last_gone = _event(7, at=_LONG_AGO), _event(8, at=_LONG_AGO)
+        await leased_store.publish([(event, []) for event in gone])
+        await leased_store.publish([(waiting, ["r"]), (last_gone, [])])
+        recent = _event(9)
+        await leased_store.publish([(recent, [])])
+        assert await leased_store.prune(older_than=_LONG_AGO + timedelta(days=1)) == 0
+        page = await leased_store.events_after(start, 1)
+        assert (page.events, page.position, page.missed) == ((waiting,), start + 4, 3)
+        page = await leased_store.events_after(page.position, 10)
+        assert (page.events, page.position, page.missed) == ((recent,), start + 6, 1)
+        await leased_store.prune()  # every event with nothing left: ``recent`` too
+        assert await leased_store.event_position() == start + 6  # positions are not reused
+        page = await leased_store.events_after(start + 4, 10)
+        assert (page.events, page.position, page.missed) == ((), start + 6, 2)
+
 
 # --------------------------------------------------------------- a consumer in another process
 

@@ -38,13 +38,16 @@ from typing import Final, Literal
 
 import anyio
 import anyio.abc
+import attrs
 
+from ._broadcast import Broadcast
 from ._buffer import DeliveryBuffer
 from ._delivery import Delivery
 from ._event import Event, new_event_id
 from ._exceptions import StoreError
 from ._failures import Failures, letter_info
-from ._idempotency import IDEMPOTENCY_KEY
+from ._fleet_routes import RouteCheck, fleet_routes
+from ._idempotency import IDEMPOTENCY_KEY, IdempotencyWindow
 from ._intake import Batch, Dispatch, Waiting
 from ._middleware import MiddlewareStack, notify
 from ._policy import DeadLetter
@@ -53,6 +56,7 @@ from ._state import RUNNING, STOPPED, Counters, Epoch, Epochs, RunState
 from ._store._protocol import (
     Backlog,
     Claim,
+    Consumer,
     ConsumerId,
     DeadLettered,
     LeasedStore,
@@ -108,7 +112,7 @@ class Fleet:
         middleware: MiddlewareStack,
         keyed_dead_letters: Literal["skip", "hold"],
         consume: bool,
-        idempotency_window: float,
+        idempotency: IdempotencyWindow,
         lease: float = LEASE,
     ) -> None:
         self.store = store
@@ -121,7 +125,8 @@ class Fleet:
         self._middleware = middleware
         self._hold = keyed_dead_letters == "hold"
         self.consume = consume
-        self._window = idempotency_window
+        self._idempotency = idempotency
+        self._window = idempotency.window
         self.lease = lease
         self.consumer: ConsumerId | None = None
         """This runtime's identity as a consumer, once it has registered."""
@@ -151,6 +156,17 @@ class Fleet:
         self._claimed = 0  # claims taken since the start, for drain()
         self._next_due = math.inf  # when the earliest retry this process rescheduled is due
         self._held_keys: dict[tuple[str, str], str] = {}
+        self.routes = RouteCheck(registry)
+        """This process's routes against the live consumers' (warnings at publish)."""
+        self.broadcast = Broadcast(
+            store,
+            run=run,
+            buffer=buffer,
+            epochs=epochs,
+            registry=registry,
+            idempotency=idempotency,
+        )
+        """The tail of the store's events, for the process receivers of every process."""
 
     # ------------------------------------------------------------------ start and stop
 
@@ -165,35 +181,54 @@ class Fleet:
                 await self.store.close()
             raise
 
-    async def start(self, tasks: anyio.abc.TaskGroup) -> None:
-        """Register the consumer (unless ``consume=False``) and start the background tasks."""
+    async def start(self, tasks: anyio.abc.TaskGroup, dispatch: Dispatch) -> None:
+        """Register the consumer (unless ``consume=False``), log how this process's routes
+        compare with the live consumers', and start the background tasks, the tail of the
+        store's events among them (``dispatch`` queues their process deliveries).
+
+        Every task starts after the last await here: they run once the runtime runs.
+        """
         self._tasks = tasks
         self._started_at = datetime.now(UTC)
-        tasks.start_soon(self._forget_idempotency_keys)
-        if not self.consume:
+        await self.broadcast.open()
+        if self.consume:
+            self.consumer = new_consumer_id()
+            await self._register()
+            if self._hold:
+                self._held_keys = await self.store.held_keys()
+            logger.info(
+                "consuming from the store as %s: %s",
+                self.consumer,
+                ", ".join(sorted(self._mine)) or "no receivers",
+                extra={"consumer": str(self.consumer), "receiver_ids": sorted(self._mine)},
+            )
+        else:
             logger.info("publishing to the store without consuming (consume=False)")
-            return
-        self.consumer = new_consumer_id()
-        await self._register()
-        if self._hold:
-            self._held_keys = await self.store.held_keys()
+        await self._compare_routes()
+        tasks.start_soon(self._forget_idempotency_keys)
+        self.broadcast.start(tasks, dispatch)
         tasks.start_soon(self._heartbeats)
-        tasks.start_soon(self._claims)
-        tasks.start_soon(self._renewals)
-        tasks.start_soon(self._settles)
-        logger.info(
-            "consuming from the store as %s: %s",
-            self.consumer,
-            ", ".join(sorted(self._mine)) or "no receivers",
-            extra={"consumer": str(self.consumer), "receiver_ids": sorted(self._mine)},
-        )
+        if self.consume:
+            tasks.start_soon(self._claims)
+            tasks.start_soon(self._renewals)
+            tasks.start_soon(self._settles)
+
+    async def _compare_routes(self) -> None:
+        """Log, at start, how this process's routes compare with the live consumers'."""
+        try:
+            consumers = await self.store.consumers()
+            self.routes.summary(consumers)
+            self.routes.refresh(self._others(consumers))
+        except StoreError as error:
+            logger.warning("could not read the live consumers (%s)", error)
 
     def _routes(self) -> list[Route]:
-        return [
-            Route(subscription.pattern, subscription.receiver_id)
-            for subscription in self._registry.subscriptions()
-            if subscription.scope == "fleet"
-        ]
+        return fleet_routes(self._registry)
+
+    def _others(self, consumers: list[Consumer]) -> list[Consumer]:
+        """The live consumers but this one, for the checks at publish: its routes are this
+        registry's (or will be at the next heartbeat, when it changed)."""
+        return [consumer for consumer in consumers if consumer.id != self.consumer]
 
     async def _register(self) -> None:
         assert self.consumer is not None
@@ -263,7 +298,9 @@ class Fleet:
         fleet = [route.receiver_id for route in waiting.routes if route.scope == "fleet"]
         try:
             with anyio.CancelScope(shield=True):
-                standing = await self._stored(waiting.event, fleet)
+                standing = await self._stored(
+                    waiting.event, fleet, len(fleet) < len(waiting.routes)
+                )
         except BaseException:
             self._buffer.release(len(waiting.routes))
             raise
@@ -275,9 +312,12 @@ class Fleet:
         """``publish_nowait``: add to the store in the background, then queue locally.
 
         ``waiting.epoch`` counts one more for the write (``drain()`` waits for
-        it), and ``unjournaled`` its fleet deliveries until it is done. If the
-        store refuses the event, its process deliveries still run, its fleet
-        deliveries are lost (counted as dropped), and an error says so.
+        it), and ``unjournaled`` its fleet deliveries until it is done. When the
+        store already knows the event's idempotency key, nothing runs and later
+        repeats here return the key's first event. When the store refuses the
+        event, its process deliveries still run; its fleet deliveries run here,
+        from memory and without the store's guarantee, if this process consumes,
+        and are lost (counted as dropped) if it does not; an error says which.
         """
         self.unjournaled += sum(1 for route in waiting.routes if route.scope == "fleet")
         waiting.epoch.unfinished += 1
@@ -286,24 +326,48 @@ class Fleet:
     async def _publish_then_dispatch(self, waiting: Waiting, dispatch: Dispatch) -> None:
         event = waiting.event
         fleet = [route.receiver_id for route in waiting.routes if route.scope == "fleet"]
-        standing = event
         try:
             with anyio.CancelScope(shield=True):
-                standing = await self._stored(event, fleet)
+                standing = await self._stored(event, fleet, len(fleet) < len(waiting.routes))
         except StoreError as error:
-            self._counters.dropped += len(fleet)
-            logger.error(  # noqa: TRY400 - the store error's message says it all
-                "event %s (%r) accepted by publish_nowait could not be added to the store "
-                "(%s); its %s to fleet receivers are lost",
-                event.id,
-                event.name,
-                error,
-                counted(len(fleet), "delivery"),
-                extra={"event_id": event.id, "event_name": event.name},
-            )
+            self._refused_in_background(waiting, dispatch, fleet, error)
+            return
         finally:
             self.unjournaled -= len(fleet)
+        if standing.id != event.id:
+            self._counters.published -= 1  # counted when accepted: it is a repeat instead
         self._queue_local(waiting, standing, len(fleet), dispatch)
+        waiting.epoch.finish()
+
+    def _refused_in_background(
+        self, waiting: Waiting, dispatch: Dispatch, fleet: list[str], error: StoreError
+    ) -> None:
+        """A ``publish_nowait`` the store refused: run what can run here, from memory."""
+        event = waiting.event
+        here = self.consume and bool(fleet) and self._run.state is not STOPPED
+        if here:
+            fate = "delivering it here without the store's guarantee"
+            routes = tuple(
+                attrs.evolve(route, scope="process") if route.scope == "fleet" else route
+                for route in waiting.routes
+            )
+        else:
+            fate = "its " + counted(len(fleet), "delivery") + " to fleet receivers are lost"
+            self._counters.dropped += len(fleet)
+            routes = tuple(route for route in waiting.routes if route.scope == "process")
+            self._buffer.release(len(fleet))
+        logger.error(
+            "event %s (%r) accepted by publish_nowait could not be added to the store (%s); %s",
+            event.id,
+            event.name,
+            error,
+            fate,
+            extra={"event_id": event.id, "event_name": event.name},
+        )
+        if routes and self._run.state is not STOPPED:
+            dispatch(event, routes, waiting.epoch)
+        else:
+            self._buffer.release(len(routes))
         waiting.epoch.finish()
 
     def _queue_local(
@@ -314,6 +378,9 @@ class Fleet:
         if standing.id != waiting.event.id:  # a repeat of a key another publish recorded first
             self._buffer.release(len(routes))
             self._counters.repeated += 1
+            key = waiting.event.metadata.get(IDEMPOTENCY_KEY)
+            if key is not None:  # later repeats here answer with the key's first event
+                self._idempotency.add(key, standing)
             return standing
         self._buffer.release(fleet)
         if fleet < len(routes):
@@ -331,12 +398,26 @@ class Fleet:
         entries = _fleet_entries(batch)
         try:
             with anyio.CancelScope(shield=True):
-                if entries:
-                    await self.store.publish(entries)
+                await self._write_batch(entries)
         except BaseException:
             self._buffer.release(batch.deliveries)
             raise
         self._queue_batch_locally(batch, entries, dispatch)
+
+    async def _write_batch(self, entries: list[tuple[Event, list[str]]]) -> None:
+        """One all-or-none ``LeasedStore.publish`` of a batch (batches refuse idempotency
+        keys, so each event stands for itself); the tail is told which are this process's."""
+        if not entries:
+            return
+        events = [event for event, _ in entries]
+        for event in events:
+            self.broadcast.writing(event)
+        try:
+            standing = await self.store.publish(entries)
+        except BaseException:
+            self.broadcast.not_added(events)
+            raise
+        self.broadcast.written(events, standing)
 
     def publish_many_in_background(
         self, tasks: anyio.abc.TaskGroup, batch: Batch, dispatch: Dispatch
@@ -352,8 +433,7 @@ class Fleet:
         fleet = sum(len(ids) for _, ids in entries)
         try:
             with anyio.CancelScope(shield=True):
-                if entries:
-                    await self.store.publish(entries)
+                await self._write_batch(entries)
         except StoreError as error:
             self._counters.dropped += fleet
             logger.error(  # noqa: TRY400 - the store error's message says it all
@@ -387,11 +467,17 @@ class Fleet:
             if local:
                 dispatch(event, local, batch.epoch)
 
-    async def _stored(self, event: Event, receiver_ids: list[str]) -> Event:
-        """Write ``event`` (with any publishes that queue up meanwhile); the event that stands."""
-        if not receiver_ids and IDEMPOTENCY_KEY not in event.metadata:
-            return event  # only process receivers: nothing for the store to keep
+    async def _stored(self, event: Event, receiver_ids: list[str], local: bool) -> Event:
+        """Write ``event`` (with any publishes that queue up meanwhile); the event that stands.
+
+        An event is added with its fleet deliveries, or with none when it has
+        process receivers here (``local``: the other processes' tails run theirs)
+        or an idempotency key; an event routed to nothing here is not added.
+        """
+        if not receiver_ids and not local and IDEMPOTENCY_KEY not in event.metadata:
+            return event
         write = _Write(event, receiver_ids)
+        self.broadcast.writing(event)
         self._writes.append(write)
         if self._writing:
             await write.ready.wait()
@@ -407,12 +493,15 @@ class Fleet:
         except StoreError as error:
             for each in batch:  # each publisher raises an error of its own
                 each.error = error if each is write else StoreError(error.path, error.problem)
+            self.broadcast.not_added([each.event for each in batch])
         except BaseException as error:
             for each in batch:
                 each.error = error
+            self.broadcast.not_added([each.event for each in batch])
         else:
             for each, result in zip(batch, results, strict=True):
                 each.result = result
+            self.broadcast.written([each.event for each in batch], results)
             mine = self._mine
             if any(not mine.isdisjoint(each.receiver_ids) for each in batch):
                 self._claim_wanted.set()  # this process runs some of them: claim now
@@ -673,17 +762,22 @@ class Fleet:
                 )
 
     async def _heartbeats(self) -> None:
-        """Keep the registration live; register again when it lapsed or the receivers changed."""
-        assert self.consumer is not None
+        """Keep the registration live (register again when it lapsed or the receivers
+        changed), then read the live consumers for the checks of ``routes``."""
         while True:
             await anyio.sleep(self.lease / 3)
+            if self.consumer is not None:
+                try:
+                    if self._routes_version != self._registry.version or not (
+                        await self.store.heartbeat(self.consumer, ttl=self.lease)
+                    ):
+                        await self._register()
+                except StoreError as error:
+                    logger.warning("could not keep the consumer registered (%s)", error)
             try:
-                if self._routes_version != self._registry.version or not (
-                    await self.store.heartbeat(self.consumer, ttl=self.lease)
-                ):
-                    await self._register()
+                self.routes.refresh(self._others(await self.store.consumers()))
             except StoreError as error:
-                logger.warning("could not keep the consumer registered (%s)", error)
+                logger.warning("could not read the live consumers (%s)", error)
 
     # ------------------------------------------------------------------ drain, keys, letters
 
@@ -697,6 +791,7 @@ class Fleet:
         not waited for. Without consuming, only what this process runs itself.
         """
         cutoff = datetime.now(UTC)
+        await self.broadcast.catch_up()
         delay = POLL_MIN
         while True:
             await wait_local()
@@ -775,10 +870,13 @@ def _finished_before(backlog: Backlog, cutoff: datetime) -> bool:
 
 
 def _fleet_entries(batch: Batch) -> list[tuple[Event, list[str]]]:
-    """The store's part of a batch: each event with deliveries to fleet receivers, and their ids."""
+    """The store's part of a batch: each event routed to receivers here, with the ids of its
+    fleet receivers (none when it has only process receivers, which the store keeps for the
+    other processes' tails)."""
     entries = []
     for event, routes in zip(batch.events, batch.routes, strict=True):
-        ids = [route.receiver_id for route in routes if route.scope == "fleet"]
-        if ids:
-            entries.append((event, ids))
+        if routes:
+            entries.append(
+                (event, [route.receiver_id for route in routes if route.scope == "fleet"])
+            )
     return entries

@@ -9,23 +9,31 @@ declared name nobody receives (often a receivers module nobody imported).
 
     report = aevents.inspect_routes()
     assert report.ok, report.to_text()
+
+With a store that processes share, ``consumers=await store.consumers()`` adds
+how this process's routes compare with those of the live consumers (see
+``aevents._fleet_routes``): receivers they route a declared name to that this
+process does not, and routes on one side only.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
 
 from . import _catalog
 from ._catalog import Catalog
+from ._fleet_routes import FleetRoutes, LeftOut, compare_routes, left_out
 from ._names import compile_pattern, first_segment, is_pattern, validate_pattern
 from ._registry import Registry, Scope, default_registry
+from ._store._protocol import Consumer
 
 __all__ = [
     "DeclaredName",
+    "NameLeftOut",
     "ReceiverMatch",
     "RoutingReport",
     "UnmatchedPattern",
@@ -67,6 +75,14 @@ class UnmatchedPattern:
 
 
 @attrs.frozen(slots=True)
+class NameLeftOut:
+    """A declared name that live consumers route to receivers this process does not."""
+
+    name: str
+    receivers: tuple[LeftOut, ...]
+
+
+@attrs.frozen(slots=True)
 class RoutingReport:
     """The routing table of declared names, and the three kinds of problem it can show.
 
@@ -87,6 +103,11 @@ class RoutingReport:
     undeclared_names: tuple[UnmatchedPattern, ...]
     allowed: tuple[str, ...] = ()
     """Names and patterns whose problem was excused by ``allow``, sorted."""
+    fleet: FleetRoutes | None = None
+    """With ``consumers=``: the routes on one side only (each counts as a problem)."""
+    left_out: tuple[NameLeftOut, ...] = ()
+    """With ``consumers=``: declared names live consumers route to receivers not routed
+    here, in the order of ``names`` (the detail of ``fleet.missing_here``)."""
 
     @property
     def unrouted_names(self) -> tuple[DeclaredName, ...]:
@@ -100,8 +121,15 @@ class RoutingReport:
 
     @property
     def problem_count(self) -> int:
-        """Unmatched patterns, undeclared names and unrouted names, together."""
-        return len(self.unmatched_patterns) + len(self.undeclared_names) + len(self.unrouted_names)
+        """Unmatched patterns, undeclared names, unrouted names, and routes that differ from
+        the live consumers' (with ``consumers=``), together."""
+        fleet = 0 if self.fleet is None else len(self.fleet.missing_here + self.fleet.unconsumed)
+        return (
+            len(self.unmatched_patterns)
+            + len(self.undeclared_names)
+            + len(self.unrouted_names)
+            + fleet
+        )
 
     @property
     def ok(self) -> bool:
@@ -140,8 +168,28 @@ class RoutingReport:
                 for declared in self.unrouted_names
             ],
             "allowed": list(self.allowed),
+            **({} if self.fleet is None else {"fleet": self._fleet_dict(self.fleet)}),
             "problems": self.problem_count,
             "ok": self.ok,
+        }
+
+    def _fleet_dict(self, fleet: FleetRoutes) -> dict[str, Any]:
+        return {
+            **fleet.to_dict(),
+            "left_out": [
+                {
+                    "name": each.name,
+                    "receivers": [
+                        {
+                            "receiver_id": receiver.receiver_id,
+                            "patterns": list(receiver.patterns),
+                            "consumers": [str(consumer) for consumer in receiver.consumers],
+                        }
+                        for receiver in each.receivers
+                    ],
+                }
+                for each in self.left_out
+            ],
         }
 
     def to_text(self) -> str:
@@ -154,6 +202,7 @@ def inspect_routes(
     *,
     catalogs: Iterable[Catalog] | None = None,
     allow: Iterable[str] = (),
+    consumers: Sequence[Consumer] | None = None,
 ) -> RoutingReport:
     """Compare the declared names with the subscriptions of ``registry``.
 
@@ -172,6 +221,13 @@ def inspect_routes(
             (``"audit:**"`` excuses every such name under ``audit``); a wildcard
             subscription that matches no declared name, when an entry is that
             same pattern. Default: none.
+        consumers: The live consumers of a store that processes share
+            (``await store.consumers()``). The report then also compares this
+            registry's ``scope="fleet"`` routes with theirs: a route they run
+            and this registry lacks (events published here miss that
+            receiver), or the reverse (deliveries wait in the store), counts
+            as a problem, and ``left_out`` names the declared names affected.
+            ``allow`` does not excuse these. Default ``None``: no comparison.
 
     Returns:
         A frozen report; ``report.ok`` is false when a problem is not excused,
@@ -225,7 +281,22 @@ def inspect_routes(
         for each in table
         if not each.receivers and any(matches(each.name) for matches in matchers)
     )
-    return RoutingReport(table, tuple(unmatched), tuple(undeclared), tuple(sorted(excused)))
+    if consumers is None:
+        return RoutingReport(table, tuple(unmatched), tuple(undeclared), tuple(sorted(excused)))
+    fleet = compare_routes(registry, consumers)
+    missing = []
+    for each in table:
+        here = {match.receiver_id for match in each.receivers if match.scope == "fleet"}
+        if receivers := left_out(each.name, here, consumers):
+            missing.append(NameLeftOut(each.name, receivers))
+    return RoutingReport(
+        table,
+        tuple(unmatched),
+        tuple(undeclared),
+        tuple(sorted(excused)),
+        fleet,
+        tuple(missing),
+    )
 
 
 def _declarations(catalogs: Iterable[Catalog] | None) -> list[tuple[str, str, str]]:
@@ -340,6 +411,8 @@ def _render(report: RoutingReport) -> list[str]:
     for title, rows in sections:
         if rows:
             lines += ["", f"{title} ({len(rows)})", *_columns(rows)]
+    if report.fleet is not None:
+        lines += _render_fleet(report.fleet, report.left_out)
     if report.allowed:
         lines += ["", f"Allowed, not counted ({len(report.allowed)})"]
         lines += [f"  {_printable(entry)}" for entry in report.allowed]
@@ -348,6 +421,40 @@ def _render(report: RoutingReport) -> list[str]:
         lines.append("No problems found.")
     else:
         lines.append(f"{_plural(report.problem_count, 'problem', 'problems')} found.")
+    return lines
+
+
+def _render_fleet(fleet: FleetRoutes, missing: tuple[NameLeftOut, ...]) -> list[str]:
+    lines = ["", f"Compared with {_plural(fleet.consumers, 'live consumer', 'live consumers')}"]
+    if fleet.agree:
+        lines.append("  every route agrees")
+    sections = [
+        (
+            "Routes live consumers run that are not subscribed here; events published here "
+            "do not reach them",
+            [
+                [d.pattern, _printable(d.receiver_id), _ids(str(c) for c in d.consumers)]
+                for d in fleet.missing_here
+            ],
+        ),
+        (
+            "Declared names those receivers would get",
+            [
+                [
+                    each.name,
+                    _ids(receiver.receiver_id for receiver in each.receivers),
+                ]
+                for each in missing
+            ],
+        ),
+        (
+            "Routes here that no live consumer runs; their deliveries wait in the store",
+            [[d.pattern, _printable(d.receiver_id)] for d in fleet.unconsumed],
+        ),
+    ]
+    for title, rows in sections:
+        if rows:
+            lines += ["", f"{title} ({len(rows)})", *_columns(rows)]
     return lines
 
 

@@ -9,7 +9,7 @@ journals in the background.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -38,7 +38,13 @@ from ._names import validate_name
 from ._payload import encode_metadata, encode_payload
 from ._state import STOPPED, Counters, RunState
 
-__all__ = ["Publisher"]
+__all__ = ["Accept", "Publisher"]
+
+Accept = Callable[
+    [str, Mapping[str, Any] | None, Mapping[str, str] | None, Delivery | None, str | None],
+    Event | Waiting,
+]
+"""``Intake.accept``, or the runtime's wrapper of it (see ``RouteCheck.watch``)."""
 
 
 class Publisher:
@@ -48,6 +54,7 @@ class Publisher:
         self,
         *,
         intake: Intake,
+        accept: Accept,
         run: RunState,
         buffer: DeliveryBuffer,
         journal: Journal | None,
@@ -59,6 +66,7 @@ class Publisher:
         max_payload_bytes: int,
     ) -> None:
         self._intake = intake
+        self._accept = accept
         self._run = run
         self._buffer = buffer
         self._journal = journal
@@ -129,7 +137,7 @@ class Publisher:
                 event = await self.publish_with_middleware(name, payload, tagged, key)
             else:
                 parent = delivery_var.get()
-                accepted = self._intake.accept(name, payload, tagged, parent, key)
+                accepted = self._accept(name, payload, tagged, parent, key)
                 if isinstance(accepted, Waiting):
                     accepted = await self.finish(name, accepted, parent)
                 event = accepted
@@ -158,7 +166,7 @@ class Publisher:
         self, publishing: Publishing, parent: Delivery | None
     ) -> Event | Waiting:
         """``accept`` what the publish hooks left of a publish (they may change it)."""
-        return self._intake.accept(
+        return self._accept(
             publishing.name,
             publishing.payload,
             publishing.metadata or None,
@@ -196,7 +204,7 @@ class Publisher:
                     accepted = self._without_waiting(publishing.name, accepted)
                 publishing.event = accepted
             return accepted
-        accepted = self._intake.accept(name, payload, metadata, parent, key)
+        accepted = self._accept(name, payload, metadata, parent, key)
         if isinstance(accepted, Waiting):
             return self._without_waiting(name, accepted)
         return accepted

@@ -268,7 +268,7 @@ class EventRuntime:
                 middleware=self._middleware,
                 keyed_dead_letters=keyed_dead_letters,
                 consume=config.consume,
-                idempotency_window=config.idempotency_window,
+                idempotency=self._idempotency,
                 lease=config.lease,
             )
             if isinstance(store, LeasedStore)
@@ -305,9 +305,16 @@ class EventRuntime:
             max_causation_depth=config.max_causation_depth,
             on_storm=failures.storm,
         )
-        self._accept = self._intake.accept
+        # With a shared store, each name published is checked against the routes of the
+        # live consumers (a dict lookup once the name is known).
+        self._accept = (
+            self._intake.accept
+            if self._fleet is None
+            else self._fleet.routes.watch(self._intake.accept)
+        )
         self._publisher = Publisher(
             intake=self._intake,
+            accept=self._accept,
             run=self._run,
             buffer=room,
             journal=self._journal,
@@ -389,7 +396,7 @@ class EventRuntime:
                 if journal is not None:
                     await journal.start(tasks)
                 if fleet is not None:
-                    await fleet.start(tasks)
+                    await fleet.start(tasks, self._intake.dispatch)
                 self._run.state = RUNNING
                 try:
                     yield self

@@ -184,6 +184,8 @@ async def test_a_journal_is_migrated_into_a_queue(path: Path, anyio_backend: obj
     with contextlib.closing(sqlite3.connect(path)) as conn:  # as the journal wrote version 2
         for statement in (
             "DROP TABLE consumers",
+            "DROP TRIGGER event_head_moves",
+            "DROP TABLE event_head",
             "DROP INDEX deliveries_ready",
             "DROP INDEX deliveries_lane",
             "DROP INDEX deliveries_held",

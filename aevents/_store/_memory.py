@@ -15,6 +15,7 @@ on several event loops and threads of one process can share a store.
 from __future__ import annotations
 
 import threading
+from bisect import bisect_right
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -34,6 +35,7 @@ from ._protocol import (
     Consumer,
     ConsumerId,
     DeadLettered,
+    EventPage,
     Lease,
     Outcome,
     PendingDelivery,
@@ -67,6 +69,7 @@ class _Entry:
     name: str
     key: str | None
     occurred_at: datetime
+    position: int  # in publish order, from 1 (``LeasedStore.events_after``)
     deliveries: dict[str, _Delivery] = attrs.Factory(dict)
 
 
@@ -83,10 +86,6 @@ class _Registration:
     registered_at: datetime
     last_seen: datetime
     expires_at: datetime
-
-
-def _entry(event: Event) -> _Entry:
-    return _Entry(event.to_json(), event.name, event.key, event.occurred_at)
 
 
 class MemoryStore:
@@ -112,6 +111,9 @@ class MemoryStore:
         self._letters: dict[str, DeadLetter] = {}  # insertion order breaks failed_at ties
         self._keys: dict[str, _KeyRecord] = {}  # insertion order breaks occurred_at ties
         self._consumers: dict[ConsumerId, _Registration] = {}  # in registration order
+        self._head = 0  # the position of the newest event added
+        self._log: dict[int, _Entry] = {}  # the events held, by position
+        self._positions: list[int] = []  # the keys of _log, ascending (for events_after)
         self._opened = 0
 
     def __repr__(self) -> str:
@@ -143,8 +145,16 @@ class MemoryStore:
             for receiver_id, delivery in entry.deliveries.items():
                 yield event_id, entry, receiver_id, delivery
 
+    def _entry(self, event: Event) -> _Entry:
+        """A new event's record, at the next position."""
+        self._head += 1
+        self._positions.append(self._head)
+        entry = _Entry(event.to_json(), event.name, event.key, event.occurred_at, self._head)
+        self._log[self._head] = entry
+        return entry
+
     def _add(self, event: Event, receiver_ids: Sequence[str]) -> _Entry:
-        entry = _entry(event)
+        entry = self._entry(event)
         for receiver_id in receiver_ids:
             entry.deliveries.setdefault(receiver_id, _Delivery())
         self._events[event.id] = entry
@@ -200,7 +210,7 @@ class MemoryStore:
             for letter in letters:
                 entry = self._events.get(letter.event.id)
                 if entry is None:
-                    entry = self._events[letter.event.id] = _entry(letter.event)
+                    entry = self._events[letter.event.id] = self._entry(letter.event)
                 delivery = entry.deliveries.setdefault(letter.receiver_id, _Delivery())
                 delivery.state, delivery.attempts = _DEAD, letter.attempts
                 delivery.holder, delivery.holds_key = None, False
@@ -278,6 +288,9 @@ class MemoryStore:
                         removed += 1
                 if not entry.deliveries:
                     del self._events[event_id]
+                    del self._log[entry.position]
+            if len(self._positions) != len(self._log):
+                self._positions = list(self._log)
             return removed
 
     async def stats(self) -> StoreStats:
@@ -345,6 +358,26 @@ class MemoryStore:
                 event if first is None else first
                 for (event, _), first in zip(events, standing, strict=True)
             ]
+
+    async def event_position(self) -> int:
+        """The position of the newest event added (0 before any)."""
+        await checkpoint()
+        with self._using():
+            return self._head
+
+    async def events_after(self, position: int, limit: int) -> EventPage:
+        """At most ``limit`` events after ``position``; the pruned ones skipped, counted."""
+        await checkpoint()
+        with self._using():
+            if limit <= 0:
+                return EventPage((), position, 0)
+            positions = self._positions
+            start = bisect_right(positions, position)
+            taken = positions[start : start + max(limit, 0)]
+            # Read to the newest: the pruned positions up to it are skipped too.
+            end = max(self._head, position) if len(taken) < limit else taken[-1]
+            events = tuple(Event.from_json(self._log[each].body) for each in taken)
+            return EventPage(events, end, end - position - len(taken))
 
     def _live(self, consumer: ConsumerId, now: datetime) -> _Registration | None:
         registration = self._consumers.get(consumer)

@@ -46,6 +46,7 @@ __all__ = [
     "Consumer",
     "ConsumerId",
     "DeadLettered",
+    "EventPage",
     "Lease",
     "LeasedStore",
     "Outcome",
@@ -266,6 +267,17 @@ class Released:
 Outcome: TypeAlias = Completed | Rescheduled | DeadLettered | Released
 
 
+@attrs.frozen(slots=True)
+class EventPage:
+    """Events read in publish order after a position (``LeasedStore.events_after``)."""
+
+    events: tuple[Event, ...]
+    position: int
+    """Where the next read starts: past the last event read and the pruned ones before it."""
+    missed: int
+    """Events published after the position read from that were pruned before this read."""
+
+
 @runtime_checkable
 class LeasedStore(Protocol):
     """A queue of (event, receiver) deliveries that many consumers share through leases.
@@ -304,9 +316,26 @@ class LeasedStore(Protocol):
     async def publish(self, events: Sequence[tuple[Event, Sequence[str]]]) -> list[Event]:
         """Durably add each event and one ready delivery per distinct receiver id, all or none.
 
+        An event with no receiver id is added too (``events_after`` reads it).
+
         An event whose ``metadata["idempotency_key"]`` is recorded already (or
         earlier in ``events``) adds nothing: the key's first event stands in for
         it in the result, which holds one event per entry of ``events``.
+        """
+
+    async def event_position(self) -> int:
+        """The position of the newest event added (0 before any): where a tail starts that
+        must see only the events added after it started."""
+
+    async def events_after(self, position: int, limit: int) -> EventPage:
+        """At most ``limit`` events added after ``position``, in publish order.
+
+        Each event ``publish`` adds (also one with no receiver id) takes the next
+        position, 1, 2, ..., in the order the adds take effect, and keeps it; a
+        repeated idempotency key adds nothing and takes none. Positions of pruned
+        events are not reused: the page skips them, counts them as ``missed``,
+        and its ``position`` moves past them, so a tail that fell behind pruning
+        goes on from what is left.
         """
 
     async def register(self, consumer: ConsumerId, routes: Sequence[Route], *, ttl: float) -> None:

@@ -59,6 +59,7 @@ from ._protocol import (
     Consumer,
     ConsumerId,
     DeadLettered,
+    EventPage,
     Lease,
     Outcome,
     PendingDelivery,
@@ -475,6 +476,21 @@ class SQLiteLeasedStore:
         return await self._thread.call(
             lambda queue: queue.sql.journal.redeliver(ids), "could not redeliver", writes=True
         )
+
+    async def event_position(self) -> int:
+        """The position of the newest event added (0 before any)."""
+        return await self._thread.call(
+            lambda queue: queue.sql.event_position(), "could not read the newest event"
+        )
+
+    async def events_after(self, position: int, limit: int) -> EventPage:
+        """At most ``limit`` events after ``position``; the pruned ones skipped, counted."""
+        if limit <= 0:
+            return EventPage((), position, 0)
+        events, end, missed = await self._thread.call(
+            lambda queue: queue.sql.events_after(position, limit), "could not read events"
+        )
+        return EventPage(tuple(events), end, missed)
 
     async def held_keys(self) -> dict[tuple[str, str], str]:
         """``{(receiver id, key): id of the dead event holding it}``."""

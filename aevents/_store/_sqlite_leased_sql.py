@@ -73,7 +73,9 @@ __all__ = [
 PUBLISH, SETTLE = 10, 11  # the kinds of write request (apart from the journal's)
 COMPLETED, RESCHEDULED, RELEASED, DEAD_LETTERED = range(4)  # the kinds of outcome
 
-_NEXT_SEQ: Final = "SELECT coalesce(max(seq), 0) + 1 FROM events"
+_NEXT_SEQ: Final = (  # never a seq given before, even to an event pruned since
+    "SELECT max(coalesce((SELECT max(seq) FROM events), 0), (SELECT head FROM event_head)) + 1"
+)
 # The first event of a key records it; the UNIQUE index on key settles races between
 # processes: the loser's INSERT changes nothing, and it reads the winner's copy.
 _CLAIM_KEY: Final = (
@@ -209,6 +211,15 @@ _DELETE_EMPTY_EVENT: Final = (
     "DELETE FROM events WHERE seq = ?1"
     " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_seq = ?1)"
 )
+_PRUNE_BARE_EVENTS: Final = (  # events kept with no deliveries (for other processes' tails)
+    "DELETE FROM events WHERE seq IN (SELECT e.seq FROM events AS e"
+    " WHERE e.published_at < ?1"
+    " AND NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.event_seq = e.seq)"
+    " AND NOT EXISTS (SELECT 1 FROM dead_letters AS l WHERE l.event_seq = e.seq)"
+    " ORDER BY e.seq LIMIT ?2)"
+)
+_EVENT_POSITION: Final = "SELECT head FROM event_head"
+_EVENTS_AFTER: Final = "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
 _FOREVER: Final = 2**63 - 1
 
 
@@ -530,7 +541,31 @@ class LeasedSQL:
             removed += len(gone)
             if len(gone) < batch:
                 break
+        while True:  # events with no deliveries: not counted, in bounded batches too
+            with self._transaction():
+                bare = conn.execute(_PRUNE_BARE_EVENTS, (before, PRUNE_CHUNK)).rowcount
+            if bare < PRUNE_CHUNK:
+                break
         return removed
+
+    # -- the tail of events ----------------------------------------------------------------
+
+    def event_position(self) -> int:
+        """The seq of the newest event ever added (0 before any): seqs are never reused."""
+        return int(self._conn.execute(_EVENT_POSITION).fetchone()[0])
+
+    def events_after(self, position: int, limit: int) -> tuple[list[Event], int, int]:
+        """At most ``limit`` events after ``position``, the position after them, and how
+        many after ``position`` were pruned before this read; in one read transaction."""
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            rows = conn.execute(_EVENTS_AFTER, (position, limit)).fetchall()
+            head = int(conn.execute(_EVENT_POSITION).fetchone()[0])
+        finally:
+            conn.execute("COMMIT")
+        end = max(head, position) if len(rows) < limit else int(rows[-1][0])
+        return [Event.from_json(body) for _, body in rows], end, end - position - len(rows)
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._conn, self.journal)

@@ -83,6 +83,12 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         " host TEXT NOT NULL, pid INTEGER NOT NULL, routes BLOB NOT NULL,"
         " registered_at INTEGER NOT NULL, last_seen INTEGER NOT NULL,"
         " expires_at INTEGER NOT NULL)",
+        # The newest seq ever given to an event, kept when events are pruned, so that no
+        # seq is given twice: seq is the position other processes tail events from.
+        "CREATE TABLE event_head (head INTEGER NOT NULL)",
+        "INSERT INTO event_head SELECT coalesce(max(seq), 0) FROM events",
+        "CREATE TRIGGER event_head_moves AFTER INSERT ON events"
+        " BEGIN UPDATE event_head SET head = NEW.seq WHERE head < NEW.seq; END",
     ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -90,7 +96,7 @@ _TABLES_OF_VERSION: Final[tuple[frozenset[str], ...]] = (
     frozenset(),
     frozenset({"events", "deliveries", "dead_letters"}),
     frozenset({"events", "deliveries", "dead_letters", "idempotency"}),
-    frozenset({"events", "deliveries", "dead_letters", "idempotency", "consumers"}),
+    frozenset({"events", "deliveries", "dead_letters", "idempotency", "consumers", "event_head"}),
 )
 
 _SET_APPLICATION_ID: Final = f"PRAGMA application_id = {APPLICATION_ID}"
