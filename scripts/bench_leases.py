@@ -1,6 +1,12 @@
 """Publish → claim → settle through SQLiteLeasedStore, by 1, 2 and 4 processes on one file,
 against a bare sqlite3 loop that runs the same SQL with the same batching.
 
+Three kinds per row: ``runtime``, whole EventRuntimes on the store (each
+process publishes with ``publish_many`` in batches, and the runtimes' workers
+claim, run one receiver that every process shares, and settle, until
+``drain()``); ``store``, the store's calls made directly; ``bare``, plain
+sqlite3.
+
 Each process registers a consumer for its own receiver id and then, ``--events``
 times over in batches of ``--batch``: publishes a batch (one ``publish`` call,
 one transaction), claims up to a batch (one transaction) and settles what it
@@ -55,6 +61,7 @@ from aevents._store._sqlite_sql import (
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _LEASE_SECONDS = 60.0
+KINDS = ("fleet", "store", "bare")
 
 
 async def _store_worker(
@@ -137,9 +144,38 @@ def _bare_worker(
     return started, finished
 
 
+async def _fleet_worker(
+    path: str, synchronous: str, index: int, events: int, batch: int, start: Barrier
+) -> tuple[float, float]:
+    """The whole runtime: ``publish_many`` batches, claimed and run by any process's
+    workers (one receiver id that every process runs), then ``drain()``."""
+    import aevents
+
+    registry = aevents.Registry()
+    seen = 0
+
+    async def receiver(event: aevents.Event) -> None:
+        nonlocal seen
+        seen += 1
+
+    registry.subscribe("bench:event", receiver, id="bench:fleet")
+    store = SQLiteLeasedStore(path, synchronous=synchronous)
+    async with aevents.EventRuntime(registry, store=store, workers=64, buffer=4096) as runtime:
+        await anyio.to_thread.run_sync(start.wait)
+        started = time.perf_counter()
+        for offset in range(0, events, batch):
+            size = min(batch, events - offset)
+            await runtime.publish_many("bench:event", [{"n": offset + n} for n in range(size)])
+        await runtime.drain()
+        finished = time.perf_counter()
+    return started, finished
+
+
 def _child(kind: str, args: tuple[Any, ...], results: Any) -> None:
     if kind == "store":
         results.put(anyio.run(_store_worker, *args))
+    elif kind == "fleet":
+        results.put(anyio.run(_fleet_worker, *args))
     else:
         results.put(_bare_worker(*args))
 
@@ -199,16 +235,21 @@ def main() -> None:
     for _ in range(args.rounds):
         for synchronous in args.synchronous:
             for processes in args.processes:
-                for kind in ("store", "bare"):
+                for kind in KINDS:
                     rate = _run(kind, synchronous, processes, args.events, args.batch)
                     rates.setdefault((kind, synchronous, processes), []).append(rate)
-    print(f"{'synchronous':<12}{'processes':>10}{'store ev/s':>14}{'bare ev/s':>14}{'ratio':>8}")
+    print(
+        f"{'synchronous':<12}{'processes':>10}{'runtime ev/s':>14}{'store ev/s':>12}"
+        f"{'bare ev/s':>12}{'runtime/bare':>14}{'store/bare':>12}"
+    )
     for synchronous in args.synchronous:
         for processes in args.processes:
-            store = statistics.median(rates["store", synchronous, processes])
-            bare = statistics.median(rates["bare", synchronous, processes])
+            fleet, store, bare = (
+                statistics.median(rates[kind, synchronous, processes]) for kind in KINDS
+            )
             print(
-                f"{synchronous:<12}{processes:>10}{store:>14,.0f}{bare:>14,.0f}{store / bare:>8.2f}"
+                f"{synchronous:<12}{processes:>10}{fleet:>14,.0f}{store:>12,.0f}{bare:>12,.0f}"
+                f"{fleet / bare:>14.2f}{store / bare:>12.2f}"
             )
 
 
