@@ -45,6 +45,7 @@ class DeliveryBuffer:
         "_blocked_in_delivery",
         "_idle_workers",
         "_room_waiters",
+        "_waking",
         "closed",
         "items",
         "queued",
@@ -61,6 +62,7 @@ class DeliveryBuffer:
         self._idle_workers: deque[anyio.Event] = deque()
         self._room_waiters: deque[_RoomWaiter] = deque()
         self._blocked_in_delivery = 0
+        self._waking = False  # an idle worker was woken and has not run yet
 
     # ------------------------------------------------------------------ room
 
@@ -123,15 +125,21 @@ class DeliveryBuffer:
     def put(self, delivery: Delivery) -> None:
         """Queue a delivery whose room is reserved."""
         self.items.append(delivery)
-        if self._idle_workers:
-            self._idle_workers.popleft().set()
+        if self._idle_workers and not self._waking:
+            self._wake()
 
     def put_many(self, deliveries: list[Delivery]) -> None:
-        """Queue deliveries whose room is reserved, in order, waking an idle worker for each."""
+        """Queue deliveries whose room is reserved, in order."""
         self.items.extend(deliveries)
-        idle = self._idle_workers
-        for _ in range(min(len(deliveries), len(idle))):
-            idle.popleft().set()
+        if self._idle_workers and not self._waking:
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wake one idle worker. One at a time: once it runs, it wakes the next if there is
+        more than it can take, so a burst of trivial deliveries does not wake every idle
+        worker only for most of them to find the queue empty."""
+        self._waking = True
+        self._idle_workers.popleft().set()
 
     def readmit(self, delivery: Delivery) -> None:
         """Queue a delivery accepted once already (a retry): past the bound if need be."""
@@ -161,11 +169,15 @@ class DeliveryBuffer:
                 await ready.wait()
             except BaseException:
                 if ready.is_set():
+                    self._waking = False
                     if self.items and self._idle_workers:
-                        self._idle_workers.popleft().set()
+                        self._wake()
                 else:
                     self._idle_workers.remove(ready)
                 raise
+            self._waking = False
+            if len(self.items) > 1 and self._idle_workers:
+                self._wake()  # more than this worker takes at once: the next one helps
         return True
 
     def close(self) -> None:

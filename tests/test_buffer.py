@@ -120,6 +120,38 @@ async def test_taking_gives_room_back_and_wakes_a_parked_worker() -> None:
     assert buffer.closed
 
 
+async def test_idle_workers_are_woken_one_at_a_time_and_each_wakes_the_next() -> None:
+    """A burst wakes one parked worker; once it runs it wakes another while more wait.
+
+    Trivial deliveries are all taken by the first workers to run, so waking every
+    parked worker per burst would only have most of them find the queue empty.
+    Slow ones still get every worker: each woken worker wakes the next.
+    """
+    buffer = DeliveryBuffer(16, workers=4)
+    started: list[int] = []
+    release = anyio.Event()
+
+    async def worker(index: int) -> None:
+        while await buffer.wait():
+            if buffer.take() is not None:
+                started.append(index)
+                await release.wait()  # a slow receiver
+
+    async with anyio.create_task_group() as tasks:
+        for index in range(4):
+            tasks.start_soon(worker, index)
+        await wait_all_tasks_blocked()
+        assert buffer.try_reserve(3)
+        buffer.put_many([_delivery(n) for n in range(3)])
+        await wait_all_tasks_blocked()
+        assert len(started) == 3  # three slow deliveries: three workers, woken in a chain
+        assert len(buffer._idle_workers) == 1
+        release.set()
+        await wait_all_tasks_blocked()
+        buffer.close()
+    assert buffer.queued == 0
+
+
 async def test_closing_wakes_publishers_and_leaves_queued_deliveries_counted() -> None:
     """After close, waiting publishers return and what was queued stays for the stop's report."""
     buffer = DeliveryBuffer(1, workers=1)
