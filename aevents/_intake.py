@@ -349,9 +349,12 @@ class Intake:
             for subscription in routes:
                 admit(_new(Delivery, (event, subscription, 1, epoch, False)))
             return
-        put = self._buffer.put
-        for subscription in routes:
-            put(_new(Delivery, (event, subscription, 1, epoch, False)))
+        if len(routes) == 1:
+            self._buffer.put(_new(Delivery, (event, routes[0], 1, epoch, False)))
+        else:  # fan-out: one call for all of them
+            self._buffer.put_many(
+                [_new(Delivery, (event, subscription, 1, epoch, False)) for subscription in routes]
+            )
 
     def _route(self, name: str) -> tuple[Subscription, ...]:
         validate_name(name)
