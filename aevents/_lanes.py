@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final, Literal
 
 from ._buffer import DeliveryBuffer
@@ -75,22 +76,23 @@ class Lanes:
         self._behind_replay: list[Delivery] | None = [] if behind_replay else None
         self.held = 0
         """Deliveries waiting behind a dead letter that holds their key."""
+        self.admit: Callable[[Delivery], None] = (
+            self._admit_behind_replay if behind_replay else self.enter
+        )
+        """Queue a keyed delivery whose room is reserved, or make it wait in its lane (or,
+        while a replay runs, behind it)."""
 
     def __len__(self) -> int:
         """Lanes with a delivery under way (``stats().active_keys``)."""
         return len(self._lanes)
 
-    def admit(self, delivery: Delivery) -> None:
-        """Queue a keyed delivery whose room is reserved, or make it wait in its lane."""
-        behind = self._behind_replay
-        if behind is not None:
-            behind.append(delivery)
-            return
-        self.enter(delivery)
+    def _admit_behind_replay(self, delivery: Delivery) -> None:
+        assert self._behind_replay is not None
+        self._behind_replay.append(delivery)
 
     def enter(self, delivery: Delivery) -> None:
         """Queue a keyed delivery now if its lane is free, else line it up in the lane."""
-        event, subscription = delivery.event, delivery.subscription
+        event, subscription = delivery[0], delivery[1]  # by index: the hot path of keys
         lane_id = (subscription.receiver_id, event.key or "")
         lanes = self._lanes
         lane = lanes.get(lane_id, _NO_LANE)
@@ -113,6 +115,7 @@ class Lanes:
     def replay_finished(self, stopped: bool) -> None:
         """Let the keyed deliveries that waited behind the replay into their lanes."""
         behind, self._behind_replay = self._behind_replay, None
+        self.admit = self.enter
         if behind and not stopped:
             for delivery in behind:
                 self.enter(delivery)
@@ -137,7 +140,10 @@ class Lanes:
                 extra={"receiver_id": subscription.receiver_id, "key": event.key},
             )
             return
-        self._advance(lane_id, lane)
+        if lane:  # _advance, inlined: every keyed delivery ends here
+            self._buffer.put(lane.popleft())
+        else:
+            del self._lanes[lane_id]
 
     def _advance(self, lane_id: Lane, lane: deque[Delivery] | None) -> None:
         if not lane:
