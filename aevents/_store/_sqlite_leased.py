@@ -198,11 +198,11 @@ class SQLiteLeasedStore:
             call raises ``StoreError``. Default 5.
         max_batch: The most publish calls committed in one transaction. Default 256.
         reclaim_dead_pids: Before each claim, end the leases of the consumers
-            registered from this host whose process id no longer exists (checked
-            with ``kill(pid, 0)``), so a restarted process takes its predecessor's
-            work at once instead of after the lease. Only for processes that share
-            one pid namespace and host name: a container with its own pids and the
-            same host name would look dead. Default ``False``.
+            whose process is dead, so a restarted process takes its predecessor's
+            work at once instead of after the lease. A consumer counts as dead only
+            on Linux, registered from this host and this pid namespace, when its pid
+            is gone or now belongs to a process started later (a reused pid); any
+            other consumer's leases pass when they expire. Default ``True``.
 
     Raises:
         ConfigurationError: An option has a wrong type or value.
@@ -216,7 +216,7 @@ class SQLiteLeasedStore:
         synchronous: str = "FULL",
         busy_timeout: float = 5.0,
         max_batch: int = 256,
-        reclaim_dead_pids: bool = False,
+        reclaim_dead_pids: bool = True,
     ) -> None:
         self.path = os.fsdecode(os.fspath(path))
         what = "SQLiteLeasedStore"

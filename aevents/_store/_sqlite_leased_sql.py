@@ -43,6 +43,7 @@ import orjson
 
 from .._event import Event
 from .._policy import DeadLetter
+from ._procs import identity_of, is_gone
 from ._protocol import Backlog, Consumer, ConsumerId, Lease, Route
 from ._sqlite_schema import from_us
 from ._sqlite_sql import (
@@ -85,8 +86,9 @@ _STORED_BEFORE: Final = "SELECT 1 FROM events WHERE id = ? AND seq < ?"
 # -- consumers
 _FORGET_EXPIRED: Final = "DELETE FROM consumers WHERE expires_at <= ?"
 _REGISTER: Final = (
-    "INSERT INTO consumers (id, host, pid, routes, registered_at, last_seen, expires_at)"
-    " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6) ON CONFLICT (id) DO UPDATE SET"
+    "INSERT INTO consumers"
+    " (id, host, pid, routes, registered_at, last_seen, expires_at, pid_ns, started)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO UPDATE SET"
     " routes = excluded.routes, last_seen = excluded.last_seen, expires_at = excluded.expires_at"
 )
 _HEARTBEAT: Final = (
@@ -99,7 +101,8 @@ _LIVE: Final = (
     " WHERE expires_at > ? ORDER BY seq"
 )
 _OTHERS_ON_HOST: Final = (
-    "SELECT id, pid FROM consumers WHERE host = ? AND pid != ? AND expires_at > ?"
+    "SELECT id, pid, pid_ns, started FROM consumers"
+    " WHERE host = ? AND pid != ? AND expires_at > ? AND pid_ns IS NOT NULL"
 )
 _LEASE_COUNTS: Final = (
     "SELECT holder, count(*) FROM deliveries WHERE holder IS NOT NULL AND state = 0 GROUP BY holder"
@@ -251,17 +254,6 @@ def _already_stored(conn: sqlite3.Connection, events: list[tuple[Any, ...]]) -> 
     return "an event is already stored; nothing of this publish was added"
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this host (one of another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class LeasedSQL:
     """The statements and queries of one leased-queue connection.
 
@@ -358,12 +350,25 @@ class LeasedSQL:
     def register(
         self, consumer: ConsumerId, routes: Sequence[Route], now: int, expires: int
     ) -> None:
-        """Record ``consumer`` live until ``expires``, running ``routes``; forget expired ones."""
+        """Record ``consumer`` live until ``expires``, running ``routes``; forget expired ones.
+
+        Records, when it can tell (``_procs``), the pid namespace and start time of
+        the consumer's process, so that another process of this host can see it die."""
         with self._transaction():
             self._conn.execute(_FORGET_EXPIRED, (now,))
+            pid_ns, started = identity_of(consumer.pid) or (None, None)
             self._conn.execute(
                 _REGISTER,
-                (str(consumer), consumer.host, consumer.pid, _routes_json(routes), now, expires),
+                (
+                    str(consumer),
+                    consumer.host,
+                    consumer.pid,
+                    _routes_json(routes),
+                    now,
+                    expires,
+                    pid_ns,
+                    started,
+                ),
             )
 
     def heartbeat(self, consumer: ConsumerId, now: int, expires: int) -> bool:
@@ -443,8 +448,8 @@ class LeasedSQL:
         """End the leases and registrations of this host's consumers whose process is gone."""
         conn = self._conn
         others = conn.execute(_OTHERS_ON_HOST, (consumer.host, os.getpid(), now)).fetchall()
-        for text, pid in others:
-            if not pid_alive(pid):
+        for text, pid, pid_ns, started in others:
+            if is_gone(pid, pid_ns, started):
                 conn.execute(_EXPIRE_LEASES_OF, (now, text))
                 conn.execute(_UNREGISTER, (text,))
 

@@ -78,11 +78,13 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX deliveries_held ON deliveries (holder) WHERE holder IS NOT NULL",
         # pruning in bounded batches reads done deliveries oldest first
         "CREATE INDEX deliveries_done ON deliveries (event_seq) WHERE state = 1",
-        # `seq` orders registrations; `routes` is JSON [[pattern, receiver id], ...]
+        # `seq` orders registrations; `routes` is JSON [[pattern, receiver id], ...];
+        # `pid_ns` and `started` (Linux: the registering process's pid namespace inode and
+        # the start time of `pid`) tell a dead process from a live one or a reused pid
         "CREATE TABLE consumers (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,"
         " host TEXT NOT NULL, pid INTEGER NOT NULL, routes BLOB NOT NULL,"
         " registered_at INTEGER NOT NULL, last_seen INTEGER NOT NULL,"
-        " expires_at INTEGER NOT NULL)",
+        " expires_at INTEGER NOT NULL, pid_ns INTEGER, started INTEGER)",
     ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
