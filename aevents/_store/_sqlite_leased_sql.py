@@ -1,4 +1,4 @@
-"""The leased queue's SQL: what ``SQLiteLeasedStore`` runs on its one connection.
+"""The leased queue's SQL: what ``SQLiteStore`` runs on its one connection.
 
 ``LeasedSQL`` is given a connection whose schema is at version 3 or later (the
 columns of schema version 3 are described in ``_sqlite_schema``). It holds a
@@ -274,9 +274,11 @@ class LeasedSQL:
 
     # -- group-committed writes ------------------------------------------------------------
 
-    def write(self, requests: Sequence[tuple[Any, ...]]) -> None:
+    def write(self, requests: Sequence[tuple[Any, ...]]) -> bool:
         """Write ``requests`` in one transaction; fill their ``out``. Besides ``PUBLISH`` and
-        ``SETTLE``, the journal's requests (``APPEND``, ``START``, ``COMPLETE``, ``DEAD``)."""
+        ``SETTLE``, the journal's requests (``APPEND``, ``START``, ``COMPLETE``, ``DEAD``).
+        Returns whether it committed with the configured ``synchronous`` (it held events
+        or dead letters)."""
         durable = any(_durable(request) for request in requests)
         conn = self._conn
         self.journal.set_synchronous(self.synchronous if durable else "NORMAL")
@@ -295,6 +297,7 @@ class LeasedSQL:
         except BaseException:
             self.journal.rollback()
             raise
+        return durable
 
     def _publish(self, rows: Sequence[tuple[Any, ...]], out: list[bytes | None], seq: int) -> int:
         conn = self._conn
