@@ -122,6 +122,7 @@ __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStore", "request_redeliver
 logger = logging.getLogger("aevents.store")
 
 _US_PER_SECOND = 1_000_000
+_KEEP_PUBLISHED = 8192  # events kept for claims of this process (a few claims' worth)
 
 
 def _seconds(value: float) -> int:
@@ -207,6 +208,9 @@ class SQLiteStore:
         self.unreadable = 0
         """Unreadable rows this object turned into dead letters."""
         self._clock = clock
+        # Events this object published, newest last (bounded): a claim of one of them uses
+        # it as it is instead of decoding the stored copy.
+        self._published: dict[str, Event] = {}
         self._lock_file = JournalLock(self.path)
         self._thread: StoreThread[OpenJournal] = StoreThread(self.path)
 
@@ -296,6 +300,12 @@ class SQLiteStore:
         await batch.done.wait()
         if batch.failure is not None or batch.errors:
             batch.raise_for(index)
+        published = self._published
+        for (event, _), first in zip(events, out, strict=True):
+            if first is None:
+                published[event.id] = event
+        while len(published) > _KEEP_PUBLISHED:
+            del published[next(iter(published))]
         return [
             event if first is None else Event.from_json(first)
             for (event, _), first in zip(events, out, strict=True)
@@ -408,10 +418,10 @@ class SQLiteStore:
         order, in one transaction. Raises ``StoreError`` if ``consumer`` is not live."""
         now = self._now()
         until = now + _seconds(lease)
-        reclaim = self.reclaim_dead_pids
+        reclaim, known = self.reclaim_dead_pids, self._published
         found = await self._thread.call(
             lambda journal: journal.queue.claim(
-                consumer, limit, now, until, reclaim_dead_pids=reclaim
+                consumer, limit, now, until, reclaim_dead_pids=reclaim, known=known
             ),
             "could not claim",
             writes=True,

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import orjson
@@ -410,13 +410,22 @@ class LeasedSQL:
     # -- claims and renewals ---------------------------------------------------------------
 
     def claim(
-        self, consumer: ConsumerId, limit: int, now: int, until: int, *, reclaim_dead_pids: bool
+        self,
+        consumer: ConsumerId,
+        limit: int,
+        now: int,
+        until: int,
+        *,
+        reclaim_dead_pids: bool,
+        known: Mapping[str, Event] | None = None,
     ) -> list[tuple[Event, str, int, bool]] | None:
         """Lease up to ``limit`` claimable deliveries until ``until``, in publish order.
 
         Returns ``(event, receiver id, attempt, lease expired)`` per claim, or
         ``None`` when ``consumer`` is not live. ``reclaim_dead_pids``: first end
-        the leases of consumers on this host whose process is gone.
+        the leases of consumers on this host whose process is gone. ``known``: events
+        by id that this process published, used as they are instead of decoding their
+        stored copy (equal to it, and a third of a claim's cost).
         """
         conn = self._conn
         holder = str(consumer)
@@ -442,7 +451,10 @@ class LeasedSQL:
         last_seq = None
         for seq, receiver_id, attempts, expired, event_id, name, body, published in rows:
             if seq != last_seq:
-                (event, _), last_seq = decode_event(event_id, name, body, published), seq
+                last_seq = seq
+                event = known.get(event_id) if known is not None else None
+                if event is None:
+                    event, _ = decode_event(event_id, name, body, published)
             assert event is not None
             claims.append((event, receiver_id, attempts + 1, bool(expired)))
         return claims
