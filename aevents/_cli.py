@@ -21,17 +21,19 @@ which receivers each declared name routes to and what reaches nothing (see
 ``--strict`` when the report shows a problem that no ``--allow`` excuses.
 
 Every command takes ``--json`` for scripts. Exit codes: 0 done, 1 the
-journal is missing or unusable, 2 bad usage, 3 the journal is in use by another
-process and the command needs it to itself (``prune``, ``forget-losses``), 4
-``stats`` found that the journal may have lost data (a missing or damaged -wal
-after a crash; ``forget-losses`` acknowledges it).
+journal is missing or unusable, 2 bad usage, 3 a process of an older aevents
+holds the journal alone (it does not share it) and the command writes
+(``prune``, ``forget-losses``), 4 ``stats`` found that the journal may have lost
+data (a missing or damaged -wal after a crash; ``forget-losses`` acknowledges it).
 
 ``stats``, ``pending`` and ``dead-letters`` change no byte of any file. A
 closed journal (no -wal) is read in place as immutable; one left with a -wal
 by a crash is read from a private copy of the file and its -wal (so nothing is
-checkpointed, migrated or consumed); while a process has it open, they read it
-read-only. ``redeliver`` on a journal in use leaves a request that the
-owning process applies on its next start.
+checkpointed, migrated or consumed); while processes have it open, they read it
+read-only. ``stats`` also lists the live consumers and the leases they hold.
+``redeliver``, ``prune`` and ``forget-losses`` open the journal beside the
+processes that have it and write at once; only a journal an older aevents holds
+alone gets a redelivery request, applied when it next opens.
 """
 
 from __future__ import annotations
@@ -56,13 +58,13 @@ from ._registry import Registry
 from ._store._protocol import PendingDelivery
 from ._store._sqlite import SQLiteStore, request_redelivery
 from ._store._sqlite_schema import (
-    _check_links,
-    _in_use,
-    _losses_of,
-    _read_record_at,
-    _real_path,
-    _wal_loss,
+    check_links,
     describe_loss,
+    in_use,
+    losses_of,
+    read_record_at,
+    real_path,
+    wal_loss,
 )
 from ._targets import LoadError, UsageError, check_spec, escape, load_target, use_app_dir
 from ._text import counted, with_article
@@ -142,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     redeliver = actions.add_parser(
         "redeliver",
         parents=[output],
-        help="make dead letters pending again (applied on the next start if the journal is in use)",
+        help="make dead letters pending again (at once, also while processes run)",
     )
     redeliver.add_argument("ids", nargs="*", metavar="ID", help="dead letter ids")
     redeliver.add_argument("--all", action="store_true", help="every dead letter")
@@ -287,14 +289,14 @@ async def _journal_async(args: argparse.Namespace) -> int:
 async def _read(args: argparse.Namespace) -> int:
     """Run a reading command without changing a byte of the journal or its side files."""
     path = args.path
-    real = _real_path(path)
-    _check_links(path, real)
-    record = _read_record_at(real)
-    losses = args.losses = _losses_of(record)
-    if _in_use(real):  # the owner keeps its files consistent; read them as they are
+    real = real_path(path)
+    check_links(path, real)
+    record = read_record_at(real)
+    losses = args.losses = losses_of(record)
+    if in_use(real):  # the processes that have it keep its files consistent: read them as they are
         await _read_store(SQLiteStore(path, read_only=True), args)
     else:
-        loss = _wal_loss(path, real, record)  # noticed now, recorded by the next open
+        loss = wal_loss(path, real, record)  # noticed now, recorded by the next open
         if loss is not None:
             losses.append(loss)
         if not _has_wal(real):
@@ -344,7 +346,7 @@ def _copy_journal(real: str, copy: str) -> bool:
         return False
     except OSError as exc:
         raise StoreError(real, f"cannot be read ({exc.strerror})") from exc
-    return state() == before and not _in_use(real)
+    return state() == before and not in_use(real)
 
 
 async def _read_store(store: SQLiteStore, args: argparse.Namespace, shown: str = "") -> None:
@@ -369,15 +371,70 @@ async def _stats(store: SQLiteStore, args: argparse.Namespace) -> None:
         "dead": stats.dead,
         "idempotency_keys": stats.idempotency_keys,
     }
+    consumers = await store.consumers()
+    leases = await store.leases()
     text = _table(["", "count"], [[name, str(n)] for name, n in counts.items()])
+    text += "\n\nLive consumers:\n" + _table(
+        ["consumer", "receivers", "leases", "last seen", "expires at"],
+        [
+            [
+                str(consumer.id),
+                ", ".join(sorted({route.receiver_id for route in consumer.routes})),
+                str(consumer.leases),
+                _time(consumer.last_seen),
+                _time(consumer.expires_at),
+            ]
+            for consumer in consumers
+        ],
+    )
+    text += "\n\nLeases:\n" + _table(
+        ["event id", "name", "receiver", "attempt", "consumer", "expires at"],
+        [
+            [
+                lease.event_id,
+                lease.name,
+                lease.receiver_id,
+                str(lease.attempt),
+                str(lease.consumer),
+                _time(lease.expires_at),
+            ]
+            for lease in leases
+        ],
+    )
+    data: dict[str, Any] = {
+        **counts,
+        "consumers": [
+            {
+                "id": str(consumer.id),
+                "routes": [[route.pattern, route.receiver_id] for route in consumer.routes],
+                "registered_at": consumer.registered_at,
+                "last_seen": consumer.last_seen,
+                "expires_at": consumer.expires_at,
+                "leases": consumer.leases,
+            }
+            for consumer in consumers
+        ],
+        "leases": [
+            {
+                "event_id": lease.event_id,
+                "name": lease.name,
+                "receiver_id": lease.receiver_id,
+                "key": lease.key,
+                "attempt": lease.attempt,
+                "consumer": str(lease.consumer),
+                "expires_at": lease.expires_at,
+            }
+            for lease in leases
+        ],
+    }
     losses = getattr(args, "losses", [])
     if not losses:
-        _print(args, counts, text)
+        _print(args, data, text)
         return
     lines = [f"- {escape(describe_loss(args.path, loss))}" for loss in losses]
     text += "\n\nThe journal may have lost data:\n" + "\n".join(lines)
     text += f"\n(`python -m aevents journal {args.path} forget-losses` acknowledges this)"
-    _print(args, {**counts, "losses": losses}, text)
+    _print(args, {**data, "losses": losses}, text)
 
 
 async def _pending(store: SQLiteStore, args: argparse.Namespace) -> None:

@@ -266,7 +266,7 @@ class StoreError(AeventsError):
 
 
 class JournalInUseError(StoreError):
-    """Another process (or runtime) has the journal open."""
+    """A process of an older aevents holds the journal alone (``SQLiteStore`` shares it)."""
 
     def __init__(self, path: str, problem: str | None = None) -> None:
         super().__init__(

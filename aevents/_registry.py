@@ -201,7 +201,7 @@ class Registry:
                 the store; ``"process"`` runs it in the process that published
                 it, from memory, never through the store (a local cache, say).
                 Without a store both run in memory; with a journal that one
-                process owns (``SQLiteStore``, for now) both are journaled.
+                process owns (a third-party ``Store``) both are journaled.
 
         Returns:
             The receiver unchanged, or a decorator that subscribes the function it

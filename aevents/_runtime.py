@@ -27,6 +27,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -351,6 +352,21 @@ class EventRuntime:
         assert self._threads is not None, "the runtime has started"
         return self._threads
 
+    async def _seed_idempotency_window(self, store: LeasedStore) -> None:
+        """A shared store that can list its recent keys (``SQLiteStore``, ``MemoryStore``)
+        seeds the window, as a journal does: a ``publish_nowait`` repeated after a restart
+        answers with the first event. Closes the store on failure."""
+        if not isinstance(store, Store):
+            return
+        window = self._idempotency
+        since = datetime.now(UTC) - timedelta(seconds=window.window)
+        try:
+            window.seed(await store.recent_idempotency_keys(since, window.max_keys))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await store.close()
+            raise
+
     @asynccontextmanager
     async def _lifecycle(self) -> AsyncIterator[EventRuntime]:
         journal = self._journal
@@ -359,6 +375,7 @@ class EventRuntime:
             await journal.open()
         if fleet is not None:
             await fleet.open()
+            await self._seed_idempotency_window(fleet.store)
         self._threads = threads = SyncThreads(self.sync_threads)
         self._run.thread = threading.get_ident()
         self._cancelled = cancelled_predicate()

@@ -1,4 +1,4 @@
-"""Publish → claim → settle through SQLiteLeasedStore, by 1, 2 and 4 processes on one file,
+"""Publish → claim → settle through SQLiteStore, by 1, 2 and 4 processes on one file,
 against a bare sqlite3 loop that runs the same SQL with the same batching.
 
 Three kinds per row: ``runtime``, whole EventRuntimes on the store (each
@@ -47,7 +47,7 @@ import anyio
 
 from aevents._event import make_event
 from aevents._store import Completed, ConsumerId, Route
-from aevents._store._sqlite_leased import SQLiteLeasedStore
+from aevents._store._sqlite import SQLiteStore
 from aevents._store._sqlite_leased_sql import _LEASE, _NEXT_SEQ, _SETTLE, CLAIM, COMPLETED
 from aevents._store._sqlite_schema import SYNCHRONOUS
 from aevents._store._sqlite_sql import (
@@ -67,7 +67,7 @@ KINDS = ("fleet", "store", "bare")
 async def _store_worker(
     path: str, synchronous: str, index: int, events: int, batch: int, start: Barrier
 ) -> tuple[float, float]:
-    store = SQLiteLeasedStore(path, synchronous=synchronous)
+    store = SQLiteStore(path, synchronous=synchronous)
     await store.open()
     receiver = f"bench:r{index}"
     consumer = ConsumerId("bench", os.getpid(), f"w{index}")
@@ -159,7 +159,7 @@ async def _fleet_worker(
         seen += 1
 
     registry.subscribe("bench:event", receiver, id="bench:fleet")
-    store = SQLiteLeasedStore(path, synchronous=synchronous)
+    store = SQLiteStore(path, synchronous=synchronous)
     async with aevents.EventRuntime(registry, store=store, workers=64, buffer=4096) as runtime:
         await anyio.to_thread.run_sync(start.wait)
         started = time.perf_counter()
@@ -182,7 +182,7 @@ def _child(kind: str, args: tuple[Any, ...], results: Any) -> None:
 
 def _create(path: str) -> None:
     async def create() -> None:  # the schema, made by the store itself, for both kinds
-        store = SQLiteLeasedStore(path)
+        store = SQLiteStore(path)
         await store.open()
         await store.close()
 

@@ -18,7 +18,7 @@ import pytest
 from aevents._cli import main
 from aevents._event import Event, make_event
 from aevents._policy import DeadLetter
-from aevents._store import SQLiteStore, StoreStats
+from aevents._store import Route, SQLiteStore, StoreStats, new_consumer_id
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def stats(path: Path) -> StoreStats:
 
 @contextmanager
 def held(path: Path) -> Iterator[None]:
-    """Hold the journal's lock as a running process would."""
+    """Hold the journal's lock as a process of an older aevents would: alone."""
     fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -87,7 +87,7 @@ def test_stats_table_and_json(
     """``stats`` prints counts as a table, or as JSON with --json."""
     code, out, _ = run(capsys, "journal", str(path), "stats")
     assert code == 0
-    assert [line.split() for line in out.splitlines()[2:]] == [
+    assert [line.split() for line in out.splitlines()[2:7]] == [
         ["events", "3"],
         ["pending", "3"],
         ["done", "2"],
@@ -97,8 +97,56 @@ def test_stats_table_and_json(
     code, out, _ = run(capsys, "journal", str(path), "stats", "--json")
     assert (code, orjson.loads(out)) == (
         0,
-        {"events": 3, "pending": 3, "done": 2, "dead": 1, "idempotency_keys": 1},
+        {
+            "events": 3,
+            "pending": 3,
+            "done": 2,
+            "dead": 1,
+            "idempotency_keys": 1,
+            "consumers": [],
+            "leases": [],
+        },
     )
+
+
+def test_stats_lists_live_consumers_and_their_leases_while_they_run(
+    events: list[Event], path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While a process consumes from the journal, ``stats`` shows it and what it holds, and
+    ``redeliver`` writes at once beside it."""
+
+    async def consume_then_ask() -> tuple[int, str, int, str]:
+        store = SQLiteStore(path)
+        await store.open()
+        try:
+            consumer = new_consumer_id()
+            await store.register(consumer, [Route("**", "audit")], ttl=60)
+            (claim,) = await store.claim(consumer, 1, lease=30)
+            code, out, _ = await anyio.to_thread.run_sync(
+                run, capsys, "journal", str(path), "stats", "--json"
+            )
+            data = orjson.loads(out)
+            assert [c["id"] for c in data["consumers"]] == [str(consumer)]
+            assert data["consumers"][0]["leases"] == 1
+            assert [(lease["event_id"], lease["consumer"]) for lease in data["leases"]] == [
+                (claim.event.id, str(consumer))
+            ]
+            table_code, table, _ = await anyio.to_thread.run_sync(
+                run, capsys, "journal", str(path), "stats"
+            )
+            assert str(consumer) in table
+            redeliver_code, redelivered, _ = await anyio.to_thread.run_sync(
+                run, capsys, "journal", str(path), "redeliver", "--all", "--json"
+            )
+            assert redeliver_code == 0
+            assert orjson.loads(redelivered) == {"redelivered": 1}
+            assert (await store.stats()).dead == 0
+            return code, table, table_code, str(consumer)
+        finally:
+            await store.close()
+
+    code, _, table_code, _ = anyio.run(consume_then_ask)
+    assert (code, table_code) == (0, 0)
 
 
 def test_pending_lists_deliveries_and_escapes_control_characters(
@@ -142,7 +190,8 @@ def test_redeliver_applies_directly_when_the_journal_is_free(
 def test_redeliver_while_in_use_is_applied_on_the_next_start(
     events: list[Event], path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """While another process holds the journal, ``redeliver --all`` leaves a request."""
+    """While an older aevents holds the journal alone, ``redeliver --all`` leaves a request
+    (which the older aevents applies when it next opens the journal)."""
     with held(path):
         code, out, _ = run(capsys, "journal", str(path), "redeliver", "--all")
         assert code == 0
@@ -166,7 +215,7 @@ def stats_read_only(path: Path) -> StoreStats:
 def test_reading_commands_work_while_in_use(
     events: list[Event], path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``stats`` reads a journal in use read-only instead of failing."""
+    """``stats`` reads a journal an older aevents holds alone read-only instead of failing."""
     with held(path):
         code, out, _ = run(capsys, "journal", str(path), "stats", "--json")
     assert (code, orjson.loads(out)["pending"]) == (0, 3)
@@ -175,7 +224,8 @@ def test_reading_commands_work_while_in_use(
 def test_prune_while_in_use_exits_3(
     events: list[Event], path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``prune`` needs the journal to itself: in use, it exits 3 with a message."""
+    """``prune`` cannot open a journal an older aevents holds alone: it exits 3 with a
+    message."""
     with held(path):
         code, out, err = run(capsys, "journal", str(path), "prune")
     assert (code, out) == (3, "")

@@ -19,6 +19,7 @@ import pytest
 import aevents
 from aevents import ConfigurationError, Event, EventRuntime, MemoryStore, Registry, RetryPolicy
 from aevents._store import Claim, ConsumerId, Route, SQLiteStore, new_consumer_id
+from tests.journal_store import JournalMemoryStore
 
 pytestmark = pytest.mark.anyio
 
@@ -328,8 +329,9 @@ def test_consume_false_needs_a_shared_store() -> None:
     with pytest.raises(ConfigurationError, match="consume=False needs a store"):
         EventRuntime(consume=False)
     with pytest.raises(ConfigurationError, match="consume=False needs a store"):
-        EventRuntime(store=SQLiteStore(":memory:"), consume=False)
+        EventRuntime(store=JournalMemoryStore(), consume=False)
     assert EventRuntime(store=MemoryStore(), consume=False).consume is False
+    assert EventRuntime(store=SQLiteStore(":memory:"), consume=False).consume is False
 
 
 async def test_a_process_scoped_receiver_runs_in_every_runtime_and_never_as_a_delivery() -> None:

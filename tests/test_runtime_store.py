@@ -88,14 +88,15 @@ async def test_unknown_receiver_ids_are_parked_never_imported(
         await runtime.publish("order:placed")
     registry.clear()
     caplog.set_level(logging.WARNING, logger="aevents.journal")
-    async with EventRuntime(registry, store=make_store()) as runtime:
+    again = make_store()
+    async with EventRuntime(registry, store=again) as runtime:
         with anyio.fail_after(10):
             await runtime.drain()
-        if isinstance(store, LeasedStore):
+        if isinstance(again, LeasedStore):
             # A shared store hands a delivery only to a consumer that registered its
             # receiver id: it waits, ready, for one that has it; nothing is imported.
             assert await runtime.dead_letters() == []
-            (backlog,) = await store.backlog()
+            (backlog,) = await again.backlog()
             assert (backlog.receiver_id, backlog.ready) == (f"{module}:receiver", 1)
             assert module not in sys.modules
             return
@@ -229,11 +230,12 @@ async def test_a_journal_locked_past_busy_timeout_fails_publish_not_the_runtime(
     assert sorted(event.id for event in recorder.events) == sorted([first.id, second.id])
 
 
-async def test_a_completion_the_journal_refuses_is_logged_and_runs_again_next_start(
+async def test_a_settlement_the_store_refuses_is_logged_and_runs_again_when_its_lease_ends(
     registry: Registry, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Marking deliveries done happens after the worker moved on; if that write fails, the
-    runtime says so, drain() still returns, and the next start runs them again."""
+    """Settling deliveries happens after the worker moved on; if that write fails, the
+    runtime says so, the delivery stays leased, and it runs again once its lease ends
+    (drain() waits for that)."""
     import sqlite3
 
     path = tmp_path / "events.db"
@@ -247,27 +249,32 @@ async def test_a_completion_the_journal_refuses_is_logged_and_runs_again_next_st
             blocker.execute("BEGIN EXCLUSIVE")
             blockers.append(blocker)
 
+    class UnblockOnRefusal(logging.Handler):
+        """Let the store write again once the settlement was refused."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if "could not be settled" in record.getMessage() and blockers:
+                blockers[0].execute("ROLLBACK")
+
     registry.subscribe("order:placed", locks_the_journal, id="locker")
-    caplog.set_level("WARNING", logger="aevents.journal")
+    caplog.set_level("WARNING", logger="aevents.fleet")
+    unblock = UnblockOnRefusal()
+    logging.getLogger("aevents.fleet").addHandler(unblock)
     try:
         async with EventRuntime(
-            registry, store=SQLiteStore(str(path), busy_timeout=0.2)
+            registry, store=(store := SQLiteStore(str(path), busy_timeout=0.2)), lease=1
         ) as runtime:
             event = await runtime.publish("order:placed")
             with anyio.fail_after(30):
                 await runtime.drain()
-            assert runtime.stats().delivered == 1
-            blockers[0].execute("ROLLBACK")
+            assert runtime.stats().delivered == 2
+            stats = await store.stats()
     finally:
+        logging.getLogger("aevents.fleet").removeHandler(unblock)
         for blocker in blockers:
             blocker.close()
-    warnings = [r.getMessage() for r in caplog.records if r.name == "aevents.journal"]
-    assert any("1 delivery ran but could not be marked done" in w for w in warnings), warnings
-    store = SQLiteStore(str(path))
-    async with EventRuntime(registry, store=store) as runtime:
-        with anyio.fail_after(10):
-            await runtime.drain()
-        stats = await store.stats()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "aevents.fleet"]
+    assert any("1 delivery could not be settled" in w for w in warnings), warnings
     assert seen == [event.id, event.id]
     assert (stats.pending, stats.done) == (0, 1)
 

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from aevents._event import Event, make_event, new_event_id
-from aevents._exceptions import JournalInUseError, StoreError
+from aevents._exceptions import StoreError
 from aevents._store import StoreStats
 from aevents._store._sqlite import request_redelivery
 from aevents._store._sqlite_journal import JournalOptions, OpenJournal
@@ -99,13 +99,19 @@ def test_closing_empties_the_wal_records_a_clean_close_and_frees_the_lock(
     again.close()
 
 
-def test_a_second_read_write_open_is_refused_but_read_only_is_not(
+def test_a_second_read_write_open_shares_it_and_read_only_takes_no_lock(
     journal: OpenJournal, path: Path
 ) -> None:
-    """The lock keeps a second writer out; a reader takes no lock and reads what is committed."""
+    """Another process's store opens the same journal beside this one and sees its
+    writes; a reader takes no lock and reads what is committed."""
     journal.write([append(make_event("a.b", {}, {}))])
-    with pytest.raises(JournalInUseError):
-        OpenJournal.open(options(path), JournalLock(str(path)))
+    second = OpenJournal.open(options(path), JournalLock(str(path)))
+    try:
+        assert second.sql.stats() == StoreStats(events=1, pending=1, done=0, dead=0)
+        assert not second.lock.alone
+    finally:
+        second.close()
+    assert record_of(path)["state"] == "open"  # the first one still has it
     reader = OpenJournal.open(options(path, read_only=True), JournalLock(str(path)))
     try:
         assert reader.sql.stats() == StoreStats(events=1, pending=1, done=0, dead=0)

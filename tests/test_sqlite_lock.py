@@ -6,6 +6,7 @@ files in ``tmp_path``, as the store thread would between open and close.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 from pathlib import Path
@@ -14,7 +15,6 @@ from typing import Any
 import orjson
 import pytest
 
-from aevents._exceptions import JournalInUseError
 from aevents._store._sqlite_lock import JournalLock
 
 
@@ -36,16 +36,47 @@ def journal(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_second_lock_on_the_journal_is_refused_until_release(journal: Path) -> None:
-    """Only one JournalLock holds a journal; the next one can take it once it is released."""
+def test_processes_share_the_lock_and_the_last_one_records_the_close(journal: Path) -> None:
+    """The first user has the journal alone while it opens, then shares it; a second user
+    shares it; the first to leave leaves the record open, the last records a clean close."""
     first, second = JournalLock(str(journal)), JournalLock(str(journal))
     first.acquire(str(journal))
-    with pytest.raises(JournalInUseError):
-        second.acquire(str(journal))
-    first.release()
+    assert first.alone
+    first.read_last_run(str(journal), exists=True)
+    first.opened(None)
     second.acquire(str(journal))
-    second.release()
+    assert not second.alone
+    second.read_last_run(str(journal), exists=True)
+    second.opened(None)
+    assert not first.last_user()
+    first.release()
+    assert record_of(journal)["state"] == "open"
+    assert second.last_user()
+    second.release(checkpointed=True)
+    assert record_of(journal)["state"] == "closed"
     assert oct(os.stat(f"{journal}.lock").st_mode & 0o777) == "0o600"
+
+
+def test_only_an_opener_alone_checks_what_a_crash_left(journal: Path) -> None:
+    """A crashed run's missing -wal is a loss to the opener that has the journal alone; a
+    process that opens it beside another one (whose -wal is in use) checks nothing."""
+    crashed_run(journal, wal_bytes=8192)  # and its -wal is gone
+    holder = os.open(f"{journal}.lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_SH)  # another process has the journal open
+    try:
+        beside = JournalLock(str(journal))
+        beside.acquire(str(journal))
+        assert beside.read_last_run(str(journal), exists=True) is None
+        beside.opened(None)
+        beside.release()
+    finally:
+        os.close(holder)
+    alone = JournalLock(str(journal))
+    alone.acquire(str(journal))
+    loss = alone.read_last_run(str(journal), exists=True)
+    assert loss is not None
+    assert "is missing" in loss["problem"]
+    alone.release()
 
 
 def test_the_record_says_open_while_held_and_closed_after(journal: Path) -> None:
@@ -63,7 +94,8 @@ def test_the_record_says_open_while_held_and_closed_after(journal: Path) -> None
 
 
 def test_the_wal_mark_moves_only_when_the_wal_grows(journal: Path) -> None:
-    """track_wal records a larger -wal, ignores a smaller one; a checkpoint resets the mark."""
+    """track_wal records a larger -wal, ignores a smaller one; the last user's checkpoint
+    at close resets the mark."""
     wal = Path(f"{journal}-wal")
     lock = JournalLock(str(journal))
     lock.acquire(str(journal))
@@ -75,9 +107,9 @@ def test_the_wal_mark_moves_only_when_the_wal_grows(journal: Path) -> None:
     wal.write_bytes(b"\0" * 100)
     lock.track_wal()
     assert record_of(journal)["wal"] == 4096
-    lock.checkpointed()
+    assert lock.last_user()
+    lock.release(checkpointed=True)
     assert record_of(journal)["wal"] == 0
-    lock.release()
 
 
 def test_a_lost_wal_is_reported_kept_and_forgotten_on_request(

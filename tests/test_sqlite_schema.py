@@ -6,6 +6,7 @@ these tests drive it directly on real files in ``tmp_path``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -19,8 +20,9 @@ from aevents._store._sqlite_schema import (
     APPLICATION_ID,
     SCHEMA_VERSION,
     JournalSchema,
-    acquire_lock,
     check_header,
+    lock_journal,
+    open_lock_file,
     sqlite_error,
 )
 from tests.test_store_sqlite import make_v1_journal
@@ -218,23 +220,27 @@ def test_a_migration_another_process_finished_meanwhile_is_not_run_twice(tmp_pat
         assert late.has_leases
 
 
-def test_shared_locks_coexist_and_exclude_the_exclusive_one_both_ways(tmp_path: Path) -> None:
-    """Leased users share the lock file; a journal is refused beside them, and they beside it,
-    each with a message saying who holds the file."""
+def test_stores_share_the_lock_and_an_older_aevents_holding_it_alone_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The first opener takes the lock alone (so it may check what a crash left), and
+    keeps it shared; later ones take it shared beside it. An older aevents holds it
+    exclusively for its whole run: refused with a message saying so."""
     real = str(tmp_path / "j.db")
-    first = acquire_lock(real, real, shared=True)
-    second = acquire_lock(real, real, shared=True)
+    first, second = open_lock_file(real, real), open_lock_file(real, real)
     try:
-        with pytest.raises(JournalInUseError, match=r"shared by processes .* SQLiteLeasedStore"):
-            acquire_lock(real, real)
+        assert lock_journal(real, first) is True
+        fcntl.flock(first, fcntl.LOCK_SH)  # what an opener does once it has checked
+        assert lock_journal(real, second) is False
     finally:
         os.close(first)
         os.close(second)
-    journal = acquire_lock(real, real)
+    older = os.open(real + ".lock", os.O_RDWR)
+    fcntl.flock(older, fcntl.LOCK_EX)
+    third = open_lock_file(real, real)
     try:
-        with pytest.raises(JournalInUseError, match="open as a journal by an SQLiteStore"):
-            acquire_lock(real, real, shared=True)
-        with pytest.raises(JournalInUseError, match="in use by another process"):
-            acquire_lock(real, real)
+        with pytest.raises(JournalInUseError, match="older aevents"):
+            lock_journal(real, third)
     finally:
-        os.close(journal)
+        os.close(older)
+        os.close(third)

@@ -1,4 +1,4 @@
-"""SQLiteLeasedStore: the leased-store conformance suite, with consumers in other processes,
+"""SQLiteStore: the leased-store conformance suite, with consumers in other processes,
 and what sharing one file between processes adds: the lock, links, migration, plans."""
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from aevents._conformance_leases import (  # noqa: E402
 from aevents._event import Event, make_event  # noqa: E402
 from aevents._exceptions import (  # noqa: E402
     ConfigurationError,
-    JournalInUseError,
     JournalLinkError,
     StoreError,
 )
@@ -42,14 +41,18 @@ from aevents._store import (  # noqa: E402
     StoreStats,
     new_consumer_id,
 )
-from aevents._store._sqlite_leased import SQLiteLeasedStore  # noqa: E402
 from aevents._store._sqlite_leased_sql import CLAIM, CLAIM_PLAN, LeasedSQL  # noqa: E402
-from aevents._store._sqlite_schema import SCHEMA_VERSION, write_record  # noqa: E402
+from aevents._store._sqlite_schema import SCHEMA_VERSION  # noqa: E402
 
 
 def leased(directory: Path, clock: Clock) -> LeasedStore:
-    """The store the suite and its child processes open: one file in ``directory``."""
-    return SQLiteLeasedStore(directory / "queue.db", clock=clock, synchronous="NORMAL")
+    """The store the suite and its child processes open: one file in ``directory``.
+
+    Without ``reclaim_dead_pids``: the suite checks what every store promises, that a
+    dead consumer's leases pass when they run out (this file checks the shortcut)."""
+    return SQLiteStore(
+        directory / "queue.db", clock=clock, synchronous="NORMAL", reclaim_dead_pids=False
+    )
 
 
 class TestLeasedSQLiteStore(TwoProcessLeasedConformance):
@@ -65,7 +68,7 @@ class TestLeasedSQLiteStoreAsAJournal(PersistentStoreConformance):
     what the runtime will call until it claims through leases."""
 
     def make_store(self, directory: Path) -> Store:
-        return SQLiteLeasedStore(directory / "queue.db", synchronous="NORMAL")
+        return SQLiteStore(directory / "queue.db", synchronous="NORMAL")
 
 
 # -- what sharing one file adds ------------------------------------------------------------
@@ -81,33 +84,6 @@ def path(tmp_path: Path) -> Path:
 
 
 @pytest.mark.anyio
-async def test_a_leased_store_and_a_journal_exclude_each_other(
-    path: Path, anyio_backend: object
-) -> None:
-    """Leased users share the file; a journal is refused beside them, and they beside it."""
-    first, second = SQLiteLeasedStore(path), SQLiteLeasedStore(path)
-    await first.open()
-    await second.open()
-    try:
-        with pytest.raises(JournalInUseError, match="SQLiteLeasedStore") as refused:
-            await SQLiteStore(path).open()
-        assert str(path) in str(refused.value)
-    finally:
-        await first.close()
-        await second.close()
-    journal = SQLiteStore(path)
-    await journal.open()
-    try:
-        with pytest.raises(JournalInUseError, match="open as a journal by an SQLiteStore"):
-            await SQLiteLeasedStore(path).open()
-    finally:
-        await journal.close()
-    again = SQLiteLeasedStore(path)
-    await again.open()  # both closed: the file is free again
-    await again.close()
-
-
-@pytest.mark.anyio
 async def test_a_symlink_opens_the_same_queue_and_a_hard_link_is_refused(
     tmp_path: Path, anyio_backend: object
 ) -> None:
@@ -115,7 +91,7 @@ async def test_a_symlink_opens_the_same_queue_and_a_hard_link_is_refused(
     path = tmp_path / "queue.db"
     alias = tmp_path / "alias.db"
     alias.symlink_to("queue.db")
-    real, linked = SQLiteLeasedStore(path), SQLiteLeasedStore(alias)
+    real, linked = SQLiteStore(path), SQLiteStore(alias)
     await real.open()
     await linked.open()
     try:
@@ -130,7 +106,7 @@ async def test_a_symlink_opens_the_same_queue_and_a_hard_link_is_refused(
     assert not (tmp_path / "alias.db-wal").exists()
     os.link(path, tmp_path / "second-name.db")
     with pytest.raises(JournalLinkError):
-        await SQLiteLeasedStore(path).open()
+        await SQLiteStore(path).open()
 
 
 @pytest.mark.anyio
@@ -141,17 +117,17 @@ async def test_a_file_that_is_not_a_queue_is_refused_naming_it(
     foreign = tmp_path / "notes.txt"
     foreign.write_bytes(b"not a database at all, but long enough to have a header" * 4)
     with pytest.raises(StoreError, match="not an aevents journal") as refused:
-        await SQLiteLeasedStore(foreign).open()
+        await SQLiteStore(foreign).open()
     assert str(foreign) in str(refused.value)
     newer = tmp_path / "newer.db"
-    store = SQLiteLeasedStore(newer)
+    store = SQLiteStore(newer)
     await store.open()
     await store.close()
     with contextlib.closing(sqlite3.connect(newer)) as conn:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(StoreError, match="newer aevents"):
-        await SQLiteLeasedStore(newer).open()
-    ours = SQLiteLeasedStore(tmp_path / "ours.db")
+        await SQLiteStore(newer).open()
+    ours = SQLiteStore(tmp_path / "ours.db")
     await ours.open()
     try:
         with pytest.raises(StoreError, match="register it again") as unknown:
@@ -197,7 +173,7 @@ async def test_a_journal_is_migrated_into_a_queue(path: Path, anyio_backend: obj
             "PRAGMA user_version = 2",
         ):
             conn.execute(statement)
-    store = SQLiteLeasedStore(path)
+    store = SQLiteStore(path)
     await store.open()
     try:
         assert await store.dead_letters() == [letter]
@@ -221,7 +197,7 @@ async def test_a_journal_can_open_a_queue_file_once_its_users_are_gone(
 ) -> None:
     """The journal reads what the queue left (pending includes leased) and writes keys the
     queue then orders by."""
-    store = SQLiteLeasedStore(path)
+    store = SQLiteStore(path)
     await store.open()
     k1 = make_event("queue:event", {}, {}, "k")
     await store.publish([(k1, ["r"])])
@@ -253,7 +229,7 @@ def test_a_claim_reads_its_receivers_rows_through_indexes_and_sorts_nothing(path
 
 
 async def _create(path: Path) -> None:
-    store = SQLiteLeasedStore(path)
+    store = SQLiteStore(path)
     await store.open()
     await store.close()
 
@@ -271,7 +247,7 @@ async def test_concurrent_publishes_share_transactions(
         write(self, requests)
 
     monkeypatch.setattr(LeasedSQL, "write", counting)
-    store = SQLiteLeasedStore(path)
+    store = SQLiteStore(path)
     await store.open()
     try:
         events = [make_event("group:event", {"n": n}, {}) for n in range(200)]
@@ -289,10 +265,10 @@ async def test_concurrent_publishes_share_transactions(
 _PUBLISH_ONE_KEY = """
 import sys, anyio
 from aevents._event import make_event
-from aevents._store._sqlite_leased import SQLiteLeasedStore
+from aevents._store._sqlite import SQLiteStore
 
 async def main():
-    store = SQLiteLeasedStore(sys.argv[1])
+    store = SQLiteStore(sys.argv[1])
     await store.open()
     sys.stdin.readline()
     firsts = set()
@@ -324,7 +300,7 @@ def test_processes_publishing_one_idempotency_key_at_once_add_one_event(path: Pa
     assert len({first for output in outputs for first in output}) == 1
 
     async def count() -> StoreStats:
-        store = SQLiteLeasedStore(path)
+        store = SQLiteStore(path)
         await store.open()
         try:
             return await store.stats()
@@ -341,7 +317,7 @@ async def test_a_killed_process_leases_pass_at_once_with_reclaim_dead_pids(
     """With ``reclaim_dead_pids``, the leases of a consumer on this host whose process is
     gone are claimable at once, as expired; a live one's are not."""
     events = [make_event("crash:event", {"n": n}, {}) for n in range(3)]
-    store = SQLiteLeasedStore(tmp_path / "queue.db", clock=clock, reclaim_dead_pids=True)
+    store = SQLiteStore(tmp_path / "queue.db", clock=clock, reclaim_dead_pids=True)
     await store.open()
     try:
         await store.publish([(event, ["r"]) for event in events])
@@ -369,7 +345,7 @@ async def test_reclaim_dead_pids_leaves_a_live_process_its_leases(
 ) -> None:
     """A consumer whose process is alive keeps its leases until it is killed."""
     event = make_event("crash:event", {}, {})
-    store = SQLiteLeasedStore(tmp_path / "queue.db", clock=clock, reclaim_dead_pids=True)
+    store = SQLiteStore(tmp_path / "queue.db", clock=clock, reclaim_dead_pids=True)
     await store.open()
     sleeper = await anyio.open_process([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
@@ -398,13 +374,13 @@ def clock() -> ManualClock:
 
 def test_it_is_a_leased_store_and_checks_its_options() -> None:
     """The protocol holds statically and at run time; bad options raise ConfigurationError."""
-    store: LeasedStore = SQLiteLeasedStore("unused.db")
-    journal: Store = SQLiteLeasedStore("unused.db")
+    store: LeasedStore = SQLiteStore("unused.db")
+    journal: Store = SQLiteStore("unused.db")
     assert isinstance(store, LeasedStore)
     assert isinstance(journal, Store)
     for options in ({"synchronous": "OFF"}, {"busy_timeout": -1}, {"max_batch": 0}):
-        with pytest.raises(ConfigurationError, match="SQLiteLeasedStore"):
-            SQLiteLeasedStore("unused.db", **options)
+        with pytest.raises(ConfigurationError, match="SQLiteStore"):
+            SQLiteStore("unused.db", **options)
 
 
 @pytest.mark.anyio
@@ -413,7 +389,7 @@ async def test_a_settled_batch_is_one_transaction_and_a_bad_publish_fails_alone(
 ) -> None:
     """Settling many claims writes once; a publish repeating a stored event id fails on its
     own while the publishes committed with it go in."""
-    store = SQLiteLeasedStore(path)
+    store = SQLiteStore(path)
     await store.open()
     try:
         events = [make_event("batch:event", {"n": n}, {}) for n in range(50)]
@@ -458,7 +434,7 @@ async def test_a_write_lock_held_past_busy_timeout_raises_store_error_naming_it(
 ) -> None:
     """Another connection holding the write lock makes a write wait busy_timeout, then fail
     with a StoreError naming the file and the timeout; the store goes on afterwards."""
-    store = SQLiteLeasedStore(path, busy_timeout=0)
+    store = SQLiteStore(path, busy_timeout=0)
     await store.open()
     try:
         with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other:
@@ -474,36 +450,12 @@ async def test_a_write_lock_held_past_busy_timeout_raises_store_error_naming_it(
 
 
 @pytest.mark.anyio
-async def test_a_journal_that_did_not_close_cleanly_is_checked_by_a_journal_first(
-    path: Path, anyio_backend: object
-) -> None:
-    """A lock record left "open" by a journal run that crashed makes the leased store refuse
-    the file until an SQLiteStore has opened it (checking the -wal) and closed it."""
-    journal = SQLiteStore(path)
-    await journal.open()
-    await journal.close()
-    lock = str(path) + ".lock"
-    fd = os.open(lock, os.O_RDWR)
-    try:
-        write_record(fd, {"state": "open", "pid": 1, "wal": 0, "losses": []})  # as a crash
-    finally:
-        os.close(fd)
-    with pytest.raises(StoreError, match="did not close cleanly; open and close it once"):
-        await SQLiteLeasedStore(path).open()
-    await journal.open()
-    await journal.close()
-    store = SQLiteLeasedStore(path)
-    await store.open()
-    await store.close()
-
-
-@pytest.mark.anyio
 async def test_both_protocols_work_on_one_set_of_deliveries(
     path: Path, anyio_backend: object
 ) -> None:
     """What ``append`` records can be claimed; a leased delivery is ``pending``; completing it
     through the journal ends its lease."""
-    store = SQLiteLeasedStore(path)
+    store = SQLiteStore(path)
     await store.open()
     try:
         first, second = make_event("both:event", {}, {}, "k"), make_event("both:event", {}, {}, "k")

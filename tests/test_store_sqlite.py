@@ -29,7 +29,7 @@ pytest.register_assert_rewrite("aevents.testing")
 
 from aevents import ConfigurationError  # noqa: E402
 from aevents._event import Event, make_event, new_event_id  # noqa: E402
-from aevents._exceptions import JournalInUseError, StoreError  # noqa: E402
+from aevents._exceptions import StoreError  # noqa: E402
 from aevents._policy import DeadLetter  # noqa: E402
 from aevents._store import SQLiteStore, Store, StoreStats  # noqa: E402
 from aevents._store._sqlite import APPLICATION_ID, SCHEMA_VERSION, request_redelivery  # noqa: E402
@@ -249,33 +249,40 @@ async def test_an_unreadable_row_becomes_a_dead_letter(
 
 
 @pytest.mark.anyio
-async def test_a_second_store_in_this_process_gets_journal_in_use(
+async def test_a_second_store_in_this_process_shares_the_journal(
     store: SQLiteStore, path: Path
 ) -> None:
-    """Only one store at a time holds a journal; the next one can open once it closes."""
+    """Two stores on one file see each other's writes; either may close first."""
     second = SQLiteStore(path)
-    with pytest.raises(JournalInUseError, match="in use"):
-        await second.open()
-    await store.close()
     await second.open()
-    await second.close()
+    try:
+        event = make_event("a.b", {}, {})
+        await store.append(event, ["r"])
+        assert [d.event async for d in second.pending()] == [event]
+        await store.close()
+        await second.complete([(event.id, "r")])
+    finally:
+        await second.close()
 
 
 @pytest.mark.anyio
-async def test_a_second_process_gets_journal_in_use(store: SQLiteStore, path: Path) -> None:
-    """Another process opening the journal gets JournalInUseError."""
+async def test_a_second_process_shares_the_journal(store: SQLiteStore, path: Path) -> None:
+    """Another process opens the journal while this one has it, and writes to it."""
     script = (
         "import sys, anyio\n"
+        "from aevents._event import make_event\n"
         "from aevents._store import SQLiteStore\n"
-        "from aevents._exceptions import JournalInUseError\n"
-        "try:\n"
-        "    anyio.run(SQLiteStore(sys.argv[1]).open)\n"
-        "except JournalInUseError:\n"
-        "    sys.exit(3)\n"
+        "async def main():\n"
+        "    store = SQLiteStore(sys.argv[1])\n"
+        "    await store.open()\n"
+        "    await store.append(make_event('a.b', {}, {}), ['r'])\n"
+        "    await store.close()\n"
+        "anyio.run(main)\n"
     )
     with anyio.fail_after(30):
         result = await anyio.run_process([sys.executable, "-c", script, str(path)], check=False)
-    assert result.returncode == 3, result.stderr
+    assert result.returncode == 0, result.stderr
+    assert await store.stats() == StoreStats(events=1, pending=1, done=0, dead=0)
 
 
 @pytest.mark.anyio
@@ -571,6 +578,8 @@ def test_the_journal_cli_reads_a_version_1_journal(
         "done": 1,
         "dead": 1,
         "idempotency_keys": 0,
+        "consumers": [],
+        "leases": [],
     }
     assert schema_of(path)[0] == 1  # a reading command never migrates
 

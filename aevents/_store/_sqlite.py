@@ -1,46 +1,56 @@
-"""SQLiteStore: the default journal, one SQLite file driven by one dedicated thread.
+"""SQLiteStore: the durable store, one SQLite file shared by the processes of a host.
+
+It implements both store protocols on the same events and deliveries: the
+``LeasedStore`` the runtime uses (publish, consumers, claims with leases,
+renewals, settlements; see ``_protocol`` and docs/processes.md), and the
+journal's ``Store`` for whoever calls it directly. Several processes of one
+host open the same file at once (``uvicorn --workers 4`` on one journal):
+
+* WAL mode, a busy timeout, and ``BEGIN IMMEDIATE`` for every write, so writers
+  take turns through SQLite's write lock, and a claim reads and leases its rows
+  in one transaction: no delivery is handed out twice.
+* Idempotency keys are claimed through the UNIQUE index on the key: the process
+  whose ``INSERT`` lands first owns the key; the others read its event back in
+  the same transaction.
+* A consumer's leases pass to another when they run out, and at once when its
+  process is surely dead (``reclaim_dead_pids``, see ``_procs``).
 
 Why a thread: an sqlite3 connection belongs to the thread that uses it, and
 anyio's worker threads are picked at random, so the store owns one thread and
 one connection from open to close. Async calls hand requests to that thread
 and sleep on an ``anyio.Event``; the thread wakes them with a non-blocking
-call into the event loop (``call_soon_threadsafe`` on asyncio,
-``TrioToken.run_sync_soon`` on trio). No caller holds a worker thread.
+call into the event loop. No caller holds a worker thread.
 
-Group commit: writes (``append``, ``start_attempts``, ``complete``,
-``dead_letter``) join the batch that is waiting for the thread; the thread
-writes a whole batch (up to ``max_batch`` appends) in one ``BEGIN IMMEDIATE``
-transaction, commits once and wakes every caller in it. A call returns only
-after the commit that holds it.
+Group commit: publishes, settlements and the journal's writes join the batch
+that is waiting for the thread; the thread writes a whole batch (up to
+``max_batch`` publishes) in one transaction, commits once and wakes every caller
+in it. A call returns only after the commit that holds it.
 
 What survives what (WAL mode):
 
-* ``synchronous="FULL"`` (default): an ``append`` that returned, and a dead
-  letter, survive a process kill and a power loss. ``start_attempts`` and
-  ``complete`` batches with nothing else in them commit without an fsync: they
-  survive a process kill (the write has reached the OS), and a power loss can
-  forget the last of them, which costs a delivery run again or an extra attempt
-  — at-least-once still holds, nothing published is lost.
+* ``synchronous="FULL"`` (default): a publish that returned, and a dead letter,
+  survive a process kill and a power loss. Claims, renewals and other
+  settlements commit without an fsync: they survive a process kill, and a power
+  loss can forget the last of them, which costs a delivery run again or an
+  extra attempt; nothing published is lost.
 * ``synchronous="NORMAL"`` (opt-in, faster): everything survives a process
-  kill; a power loss can lose the last commits, appends included.
+  kill; a power loss can lose the last commits, publishes included.
 * A torn WAL tail (power loss mid-write) loses exactly the commits in it;
   SQLite checksums every WAL frame and stops replay at the first bad one.
 
 Side files next to the journal file (symlinks in ``path`` resolved first, so
 every spelling of one file shares them; a file with several hard links is
 refused with ``JournalLinkError``, because SQLite keeps one ``-wal`` per name):
-``<file>.lock`` holds an exclusive ``flock`` while the store is open (a second
-opener gets ``JournalInUseError``) and a small JSON record: whether the last
-run closed cleanly, how far its ``-wal`` grew, and the losses noticed so far.
-An open after a run that did not close cleanly checks that the ``-wal`` it left
-is still there, no shorter and with a valid header; if not, the commits it
-held may be gone, and the store logs an error and keeps the loss in
-``losses`` (and in the record) until ``forget_losses()``. ``<file>.requests``
-holds JSON lines such as ``{"redeliver": ["<letter id>"]}`` or
-``{"redeliver": "all"}`` written by ``request_redelivery`` (the CLI) while
-another process has the journal; ``open()`` applies them, then deletes the
-file. ``<file>-wal`` and ``<file>-shm`` are SQLite's own. All are mode 0600;
-nothing is created through a symlink.
+``<file>.lock`` holds a shared ``flock`` of every process that has the file
+open and a small JSON record: whether a run is open, how far the ``-wal`` grew,
+and the losses noticed so far (``_sqlite_lock``). When every process that had
+the file open died, the next open checks that the ``-wal`` they left is still
+there, no shorter and with a valid header; if not, the commits it held may be
+gone, and the store logs an error and keeps the loss in ``losses`` (and in the
+record) until ``forget_losses()``. ``<file>.requests`` holds redelivery requests
+that an older aevents's CLI left for the owner of the file; ``open()`` applies
+them, then deletes the file. ``<file>-wal`` and ``<file>-shm`` are SQLite's own.
+All are mode 0600; nothing is created through a symlink.
 
 This module is the façade: the options, the async API and the requests it
 builds. The parts it is made of, each in its own module:
@@ -49,8 +59,9 @@ builds. The parts it is made of, each in its own module:
   waking callers; it owns the open journal from open to close.
 * ``OpenJournal`` (``_sqlite_journal``): the open journal the thread drives,
   which owns the connection, its ``JournalSchema`` (``_sqlite_schema``: tables,
-  migrations, checks of the file) and its ``JournalSQL`` (``_sqlite_sql``: every
-  statement and query), and runs the retention passes.
+  migrations, checks of the file), its ``JournalSQL`` (``_sqlite_sql``: the
+  journal's statements and queries) and ``LeasedSQL`` (``_sqlite_leased_sql``:
+  the queue's), and runs the retention passes.
 * ``JournalLock`` (``_sqlite_lock``): the ``.lock`` file's flock and record; the
   store holds it for its whole life, so ``losses`` outlives a close.
 """
@@ -58,6 +69,7 @@ builds. The parts it is made of, each in its own module:
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -65,11 +77,36 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .._event import Event
-from .._exceptions import ConfigurationError
+from .._exceptions import ConfigurationError, StoreError
 from .._idempotency import IDEMPOTENCY_KEY
 from .._policy import DeadLetter
-from ._protocol import PendingDelivery, StoreStats
+from ._protocol import (
+    Backlog,
+    Claim,
+    Clock,
+    Completed,
+    Consumer,
+    ConsumerId,
+    DeadLettered,
+    EventPage,
+    Lease,
+    Outcome,
+    PendingDelivery,
+    Released,
+    Rescheduled,
+    Route,
+    StoreStats,
+    system_clock,
+)
 from ._sqlite_journal import JournalOptions, OpenJournal
+from ._sqlite_leased_sql import (
+    COMPLETED,
+    DEAD_LETTERED,
+    PUBLISH,
+    RELEASED,
+    RESCHEDULED,
+    SETTLE,
+)
 from ._sqlite_lock import JournalLock
 from ._sqlite_schema import (
     APPLICATION_ID,
@@ -83,28 +120,46 @@ from ._sqlite_thread import StoreThread
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStore", "request_redelivery"]
 
+logger = logging.getLogger("aevents.store")
+
+_US_PER_SECOND = 1_000_000
+_KEEP_PUBLISHED = 8192  # events kept for claims of this process (a few claims' worth)
+
+
+def _seconds(value: float) -> int:
+    return round(value * _US_PER_SECOND)
+
 
 class SQLiteStore:
-    """A journal in one SQLite file (WAL mode), for at-least-once delivery across a crash.
+    """A durable store in one SQLite file (WAL mode) that the processes of a host share.
 
-    Pass it to ``EventRuntime(store=...)``, which opens and closes it. Open,
-    use and close a store from one event loop. A new file is created with mode
-    0600, and so are its side files (``.lock``, ``.requests``).
+    Pass it to ``EventRuntime(store=...)``, which opens and closes it; every
+    process (each ``uvicorn`` worker, each ``python -m aevents worker``) opens its
+    own store on the same path. Open, use and close a store from one event loop.
+    A new file is created with mode 0600, and so are its side files.
 
     Args:
-        path: The journal file; created if missing.
-        synchronous: ``"FULL"`` (the default): an acknowledged append survives a
+        path: The journal file; created if missing, migrated if an older aevents
+            wrote it.
+        synchronous: ``"FULL"`` (the default): a publish that returned survives a
             power loss. ``"NORMAL"``: it survives a process kill, and is faster.
-        busy_timeout: Seconds a write waits for a lock held by another
-            connection before the call raises ``StoreError``. Default 5.
-        max_batch: The most appends written in one transaction. Default 256.
+            Claims, renewals and other settlements never wait for an fsync.
+        busy_timeout: Seconds a write waits for another process's write before the
+            call raises ``StoreError``. Default 5.
+        max_batch: The most publish calls committed in one transaction. Default 256.
         retention: Prune done deliveries of events older than this, on open and
             then about once a minute, a bounded chunk at a time; idempotency key
             records are left alone (``forget_idempotency_keys`` removes them).
             Default ``None``: keep everything.
-        read_only: Open without the lock, for inspecting a journal another
-            process has open, including one an older aevents wrote. Default
-            ``False``.
+        read_only: Open for inspection only: no lock, no write, no migration, so
+            it also reads a file an older aevents wrote. Default ``False``.
+        clock: Where leases, retries and registrations read the time.
+        reclaim_dead_pids: Before a claim, end the leases of the consumers whose
+            process is dead, so a restarted process takes its predecessor's work
+            at once instead of after the lease. A consumer counts as dead only on
+            Linux, registered from this host and this pid namespace, when its pid
+            is gone or now belongs to a process started later (a reused pid); any
+            other consumer's leases pass when they expire. Default ``True``.
 
     Raises:
         ConfigurationError: An option has a wrong type or value.
@@ -119,6 +174,8 @@ class SQLiteStore:
         max_batch: int = 256,
         retention: timedelta | None = None,
         read_only: bool = False,
+        clock: Clock = system_clock,
+        reclaim_dead_pids: bool = True,
     ) -> None:
         self.path = os.fsdecode(os.fspath(path))
         what = "SQLiteStore"
@@ -147,24 +204,33 @@ class SQLiteStore:
         self.max_batch = max_batch
         self.retention = retention
         self.read_only = bool(read_only)
+        self.reclaim_dead_pids = bool(reclaim_dead_pids)
         self.immutable = False  # read-only, of a closed journal with no -wal (the CLI sets it)
         self.unreadable = 0
         """Unreadable rows this object turned into dead letters."""
+        self._clock = clock
+        # Events this object published, newest last (bounded): a claim of one of them uses
+        # it as it is instead of decoding the stored copy.
+        self._published: dict[str, Event] = {}
         self._lock_file = JournalLock(self.path)
         self._thread: StoreThread[OpenJournal] = StoreThread(self.path)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r}, synchronous={self.synchronous!r})"
 
+    def _now(self) -> int:
+        return to_us(self._clock())
+
     @property
     def losses(self) -> list[dict[str, Any]]:
         """Losses of data noticed after a crash, oldest first; empty when there are none.
 
-        When the last run did not close cleanly and the ``-wal`` it left is missing,
-        shorter than it had grown, or not a valid write-ahead log, the commits it held
-        may be gone. ``open()`` then logs an ERROR on the ``aevents.store`` logger and
-        records the loss in the journal's ``.lock`` file; every later open logs a
-        warning until ``forget_losses()`` acknowledges it. Filled by ``open()``.
+        When every process that had the journal open died and the ``-wal`` they left
+        is missing, shorter than it had grown, or not a valid write-ahead log, the
+        commits it held may be gone. ``open()`` then logs an ERROR on the
+        ``aevents.store`` logger and records the loss in the journal's ``.lock``
+        file; every later open logs a warning until ``forget_losses()``
+        acknowledges it. Filled by ``open()``.
 
         Each loss is a dict with ``detected_at`` (an ISO 8601 UTC timestamp),
         ``file`` (the ``-wal`` path), ``problem`` (what was wrong with it) and
@@ -172,15 +238,16 @@ class SQLiteStore:
         which run again, and dead letters)."""
         return self._lock_file.losses
 
-    # -- the async surface ---------------------------------------------------------------
+    # -- open and close --------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Create, check and migrate the journal, then start its thread.
+        """Create, check and migrate the journal, take the shared lock, start the thread.
 
-        Raises ``StoreError`` naming the path if the file is not a usable
-        journal (left byte for byte as it was), ``JournalInUseError`` if another
-        store has it open. Not interruptible midway: a cancellation takes effect
-        once the journal is open, and closes it again.
+        Raises ``StoreError`` naming the path if the file is not a usable journal
+        (left byte for byte as it was), ``JournalLinkError`` if it has several
+        names, ``JournalInUseError`` if an older aevents holds it alone. Not
+        interruptible midway: a cancellation takes effect once the journal is
+        open, and closes it again.
         """
         options = JournalOptions(
             path=self.path,
@@ -198,23 +265,59 @@ class SQLiteStore:
         )
 
     async def close(self) -> None:
-        """Commit what was queued, close the connection and release the lock. Idempotent.
+        """Commit what was queued, close the connection, release the lock. Idempotent.
 
         Shielded from cancellation: the queued writes are committed first, so a
         closed store never leaves a caller waiting.
         """
         await self._thread.stop()
 
-    async def append(self, event: Event, receiver_ids: Sequence[str]) -> None:
-        """Record ``event``, one pending delivery per distinct receiver id, and its
-        idempotency key unless already recorded, durably and in one transaction.
+    # -- publishing ------------------------------------------------------------------------
 
-        Returns after the commit that holds it; ``StoreError`` if that commit
-        failed (disk full, lock held past ``busy_timeout``) or the event id is
-        already in the journal. Cancelling the wait does not withdraw the
-        request: the event may still be committed.
+    async def publish(self, events: Sequence[tuple[Event, Sequence[str]]]) -> list[Event]:
+        """Add each event and a ready delivery per distinct receiver id, all or none; a
+        repeated idempotency key adds nothing and returns the key's first event.
+
+        Joins the publishes of other tasks in one transaction. Raises ``StoreError`` if
+        an event id is already stored (the whole call adds nothing). Cancelling the
+        wait does not withdraw the request.
         """
-        # The hot path: inlined, and anything that can wait runs on the store thread.
+        rows = [
+            (
+                event.id,
+                event.name,
+                event.to_json(),
+                to_us(event.occurred_at),
+                receiver_ids,
+                event.metadata.get(IDEMPOTENCY_KEY),
+                event.key,
+            )
+            for event, receiver_ids in events
+        ]
+        if not rows:  # nothing to write, but a closed store still refuses
+            return await self._thread.call(lambda journal: [], "could not publish")
+        out: list[bytes | None] = []
+        batch, index = self._thread.submit_append((PUBLISH, rows, out))
+        await batch.done.wait()
+        if batch.failure is not None or batch.errors:
+            batch.raise_for(index)
+        published = self._published
+        for (event, _), first in zip(events, out, strict=True):
+            if first is None:
+                published[event.id] = event
+        while len(published) > _KEEP_PUBLISHED:
+            del published[next(iter(published))]
+        return [
+            event if first is None else Event.from_json(first)
+            for (event, _), first in zip(events, out, strict=True)
+        ]
+
+    # -- the journal (Store), on the same events and deliveries ---------------------------
+
+    async def append(self, event: Event, receiver_ids: Sequence[str]) -> None:
+        """Record ``event`` and one pending (ready) delivery per distinct receiver id, and its
+        idempotency key unless already recorded; joins other tasks' writes in one commit.
+        ``StoreError`` if the event id is stored already."""
         request = (
             APPEND,
             event.id,
@@ -231,55 +334,25 @@ class SQLiteStore:
             batch.raise_for(index)
 
     async def start_attempts(self, attempts: Sequence[tuple[str, str, int]]) -> None:
-        """Record attempts as started (survives a process kill; see the module docstring).
-
-        Cancelling the wait does not withdraw the request.
-        """
+        """Raise pending deliveries' attempt counts to the attempts given."""
         if attempts:
             rows = [(attempt, event_id, receiver_id) for event_id, receiver_id, attempt in attempts]
             await self._write((START, rows))
 
     async def complete(self, deliveries: Sequence[tuple[str, str]]) -> None:
-        """Mark pending deliveries done; unknown or finished ones are ignored.
-
-        Cancelling the wait does not withdraw the request.
-        """
+        """Mark pending deliveries done (ending any lease on them); unknown ones are ignored."""
         if deliveries:
             await self._write((COMPLETE, list(deliveries)))
 
     async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
-        """Mark deliveries dead and keep the letters (one per delivery; a newer one replaces).
-
-        Cancelling the wait does not withdraw the request.
-        """
+        """Mark deliveries dead (recording unknown events) and keep one letter per delivery."""
         if letters:
             await self._write((DEAD, dead_rows(letters)))
 
-    async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetter]:
-        """Dead letters ordered by ``failed_at``; cancelling only abandons the answer."""
-        count = -1 if limit is None else max(limit, 0)
-        return await self._thread.call(
-            lambda journal: journal.sql.dead_letters(count), "could not list dead letters"
-        )
-
-    async def redeliver(self, letter_ids: Sequence[str] | None = None) -> int:
-        """Make dead letters pending again with no attempts (all when ``None``); return how many.
-
-        Cancelling the wait does not withdraw the request.
-        """
-        ids = None if letter_ids is None else list(letter_ids)
-        return await self._thread.call(
-            lambda journal: journal.sql.redeliver(ids), "could not redeliver", writes=True
-        )
-
     async def pending(self) -> AsyncIterator[PendingDelivery]:
-        """Pending deliveries in publish order (then receiver id), fetched a page at a time.
-
-        A snapshot: events appended after the first page was read are not
-        yielded. A row whose body cannot be read is turned into a dead letter with the
-        reason (its event a placeholder named ``aevents.journal.unreadable``
-        unless the stored name is valid), counted in ``unreadable`` and skipped.
-        """
+        """Pending deliveries (ready, scheduled and leased ones) in publish order, then
+        receiver id, a page at a time; a snapshot taken at the first page. A row whose
+        body cannot be read is turned into a dead letter and skipped."""
         after: tuple[int, str] | None = (0, "")
         upto: int | None = None
         while after is not None:
@@ -290,40 +363,185 @@ class SQLiteStore:
             for delivery in page:
                 yield delivery
 
-    async def prune(self, *, older_than: datetime | None = None) -> int:
-        """Delete done deliveries of events that occurred before ``older_than`` (all when
-        ``None``) and events left with no delivery; return how many deliveries went.
-
-        Runs in transactions of a bounded size; cancelling abandons the answer,
-        not the pruning.
-        """
-        cutoff = None if older_than is None else to_us(older_than)
-        return await self._thread.call(
-            lambda journal: journal.sql.prune(cutoff), "could not prune", writes=True
-        )
-
-    async def stats(self) -> StoreStats:
-        """Counts of events, of deliveries by state, and of idempotency key records."""
-        return await self._thread.call(lambda journal: journal.sql.stats(), "could not count")
-
     async def recent_idempotency_keys(self, since: datetime, limit: int) -> list[Event]:
-        """The newest ``limit`` key records at or after ``since``, oldest first.
-
-        A record whose copy of the event cannot be read is skipped with a
-        warning. Cancelling only abandons the answer.
-        """
+        """The newest ``limit`` key records at or after ``since``, oldest first."""
         since_us, count = to_us(since), max(limit, 0)
         return await self._thread.call(
             lambda journal: journal.sql.recent_keys(since_us, count),
             "could not read idempotency keys",
         )
 
-    async def forget_idempotency_keys(self, before: datetime) -> int:
-        """Delete the key records of events that occurred before ``before``; return how many.
+    async def _write(self, request: tuple[object, ...]) -> None:
+        batch, index = self._thread.submit(request)
+        await batch.done.wait()
+        if batch.failure is not None or batch.errors:
+            batch.raise_for(index)
 
-        Runs in transactions of a bounded size; cancelling abandons the answer,
-        not the forgetting.
-        """
+    # -- consumers -------------------------------------------------------------------------
+
+    async def register(self, consumer: ConsumerId, routes: Sequence[Route], *, ttl: float) -> None:
+        """Record ``consumer`` as live for ``ttl`` seconds, running ``routes`` (replacing any)."""
+        now = self._now()
+        routes = list(routes)
+        await self._thread.call(
+            lambda journal: journal.queue.register(consumer, routes, now, now + _seconds(ttl)),
+            "could not register a consumer",
+            writes=True,
+        )
+
+    async def heartbeat(self, consumer: ConsumerId, *, ttl: float) -> bool:
+        """Keep ``consumer`` live ``ttl`` seconds more; False if it is not live."""
+        now = self._now()
+        return await self._thread.call(
+            lambda journal: journal.queue.heartbeat(consumer, now, now + _seconds(ttl)),
+            "could not record a heartbeat",
+            writes=True,
+        )
+
+    async def unregister(self, consumer: ConsumerId) -> int:
+        """Forget ``consumer`` and release what it holds, uncounted; return how many."""
+        return await self._thread.call(
+            lambda journal: journal.queue.unregister(consumer), "could not unregister", writes=True
+        )
+
+    async def consumers(self) -> list[Consumer]:
+        """Live consumers in registration order, with how many deliveries each holds."""
+        now = self._now()
+        return await self._thread.call(
+            lambda journal: journal.queue.consumers(now) if journal.schema.has_leases else [],
+            "could not list consumers",
+        )
+
+    # -- claims ----------------------------------------------------------------------------
+
+    async def claim(self, consumer: ConsumerId, limit: int, *, lease: float) -> list[Claim]:
+        """Lease at most ``limit`` claimable deliveries for ``lease`` seconds, in publish
+        order, in one transaction. Raises ``StoreError`` if ``consumer`` is not live."""
+        now = self._now()
+        until = now + _seconds(lease)
+        reclaim, known = self.reclaim_dead_pids, self._published
+        found = await self._thread.call(
+            lambda journal: journal.queue.claim(
+                consumer, limit, now, until, reclaim_dead_pids=reclaim, known=known
+            ),
+            "could not claim",
+            writes=True,
+        )
+        if found is None:
+            raise StoreError(
+                self.path,
+                f"consumer {str(consumer)!r} is not registered, or its registration "
+                "expired; register it again before claiming",
+            )
+        return [Claim(*claim) for claim in found]
+
+    async def renew(
+        self, consumer: ConsumerId, claims: Sequence[Claim], *, lease: float
+    ) -> list[Claim]:
+        """Extend these leases to ``lease`` seconds from now; return the ones not held."""
+        claims = list(claims)
+        until = self._now() + _seconds(lease)
+        wanted = [(c.event.id, c.receiver_id, c.attempt) for c in claims]
+        lost = await self._thread.call(
+            lambda journal: journal.queue.renew(consumer, wanted, until),
+            "could not renew",
+            writes=True,
+        )
+        return [claims[index] for index in lost]
+
+    async def settle(self, consumer: ConsumerId, outcomes: Sequence[Outcome]) -> list[Claim]:
+        """Apply each outcome to its claim in one transaction (shared with other tasks'
+        settlements and publishes); return the claims not held. Cancelling the wait does
+        not withdraw the request."""
+        outcomes = list(outcomes)
+        if not outcomes:
+            return []
+        rows = [_outcome_row(outcome) for outcome in outcomes]
+        out: list[int] = []
+        batch, index = self._thread.submit((SETTLE, str(consumer), self._now(), rows, out))
+        await batch.done.wait()
+        if batch.failure is not None or batch.errors:
+            batch.raise_for(index)
+        return [outcomes[lost].claim for lost in out]
+
+    # -- listings --------------------------------------------------------------------------
+
+    async def leases(self) -> list[Lease]:
+        """Deliveries held, by expiry, including leases that ran out and were not taken yet."""
+        return await self._thread.call(
+            lambda journal: journal.queue.leases() if journal.schema.has_leases else [],
+            "could not list leases",
+        )
+
+    async def backlog(self) -> list[Backlog]:
+        """Per receiver id with deliveries not done: counts by state, and the oldest event."""
+        now = self._now()
+        return await self._thread.call(
+            lambda journal: journal.queue.backlog(now), "could not read the backlog"
+        )
+
+    async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetter]:
+        """Dead letters, oldest first."""
+        count = -1 if limit is None else max(limit, 0)
+        return await self._thread.call(
+            lambda journal: journal.queue.dead_letters(count), "could not list dead letters"
+        )
+
+    async def redeliver(self, letter_ids: Sequence[str] | None = None) -> int:
+        """Make dead letters ready again with no attempts (all when ``None``); return how many."""
+        ids = None if letter_ids is None else list(letter_ids)
+        return await self._thread.call(
+            lambda journal: journal.sql.redeliver(ids), "could not redeliver", writes=True
+        )
+
+    async def event_position(self) -> int:
+        """The position of the newest event added (0 before any)."""
+        return await self._thread.call(
+            lambda journal: journal.queue.event_position(), "could not read the newest event"
+        )
+
+    async def events_after(self, position: int, limit: int) -> EventPage:
+        """At most ``limit`` events after ``position``; the pruned ones skipped, counted."""
+        if limit <= 0:
+            return EventPage((), position, 0)
+        events, end, missed = await self._thread.call(
+            lambda journal: journal.queue.events_after(position, limit), "could not read events"
+        )
+        return EventPage(tuple(events), end, missed)
+
+    async def held_keys(self) -> dict[tuple[str, str], str]:
+        """``{(receiver id, key): id of the dead event holding it}``."""
+        return await self._thread.call(
+            lambda journal: journal.queue.held_keys(), "could not list held keys"
+        )
+
+    async def release_key(self, receiver_id: str, key: str) -> bool:
+        """Let the next delivery of a held key go; the letter stays. False if it was not held."""
+        return await self._thread.call(
+            lambda journal: journal.queue.release_key(receiver_id, key),
+            "could not release a key",
+            writes=True,
+        )
+
+    async def prune(self, *, older_than: datetime | None = None, limit: int | None = None) -> int:
+        """Delete at most ``limit`` done deliveries of events published before ``older_than``
+        (and events with nothing left), in transactions of a bounded size."""
+        cutoff = None if older_than is None else to_us(older_than)
+        if limit is None:  # the journal's pass, which also drops old events without deliveries
+            return await self._thread.call(
+                lambda journal: journal.sql.prune(cutoff), "could not prune", writes=True
+            )
+        room = max(limit, 0)
+        return await self._thread.call(
+            lambda journal: journal.queue.prune(cutoff, room), "could not prune", writes=True
+        )
+
+    async def stats(self) -> StoreStats:
+        """Counts of events, of deliveries by state, and of idempotency key records."""
+        return await self._thread.call(lambda journal: journal.sql.stats(), "could not count")
+
+    async def forget_idempotency_keys(self, before: datetime) -> int:
+        """Delete the key records of events that occurred before ``before``; return how many."""
         before_us = to_us(before)
         return await self._thread.call(
             lambda journal: journal.sql.forget_keys(before_us),
@@ -336,7 +554,8 @@ class SQLiteStore:
 
         Call it once you have dealt with a loss (restored a backup, published
         again what was missing, or accepted it); later opens stop warning about
-        it. ``python -m aevents journal PATH forget-losses`` does the same.
+        it. ``python -m aevents journal PATH forget-losses`` does the same, also
+        while other processes have the journal open.
 
         Returns:
             The losses that were recorded, as ``losses`` listed them.
@@ -349,12 +568,6 @@ class SQLiteStore:
             lambda journal: journal.lock.forget(), "could not forget losses", writes=True
         )
 
-    async def _write(self, request: tuple[Any, ...]) -> None:
-        batch, index = self._thread.submit(request)
-        await batch.done.wait()
-        if batch.failure is not None or batch.errors:
-            batch.raise_for(index)
-
     def _read_page(
         self, journal: OpenJournal, *, after: tuple[int, str], upto: int | None
     ) -> tuple[list[PendingDelivery], tuple[int, str] | None, int]:
@@ -363,3 +576,24 @@ class SQLiteStore:
         page, after_page, upto, parked = journal.pending_page(after, upto)
         self.unreadable += parked
         return page, after_page, upto
+
+
+def _outcome_row(outcome: Outcome) -> tuple[int, str, str, int, object]:
+    claim = outcome.claim
+    head = (claim.event.id, claim.receiver_id, claim.attempt)
+    if isinstance(outcome, Completed):
+        return (COMPLETED, *head, None)
+    if isinstance(outcome, Rescheduled):
+        return (RESCHEDULED, *head, _seconds(outcome.delay))
+    if isinstance(outcome, Released):
+        return (RELEASED, *head, None)
+    assert isinstance(outcome, DeadLettered)
+    letter = outcome.letter
+    details = (
+        letter.id,
+        letter.attempts,
+        letter.error_type,
+        letter.error_message,
+        to_us(letter.failed_at),
+    )
+    return (DEAD_LETTERED, *head, (outcome.holds_key, details))

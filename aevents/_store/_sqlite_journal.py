@@ -2,20 +2,23 @@
 
 ``OpenJournal.open`` runs on the store thread and puts the parts together in
 order: it checks the file (header, links), takes the ``.lock`` (read-write
-only), connects, checks and migrates the schema, prepares the SQL, records
-the run as open, applies the redelivery requests left in ``<file>.requests``
+only; shared with the other processes that have the journal), connects,
+checks and migrates the schema, prepares the SQL, records the run as open,
+applies the redelivery requests an older aevents left in ``<file>.requests``
 and runs the first retention pass. Whatever fails on the way is undone, and
 the file is left as it was.
 
-The open journal owns the connection, its ``JournalSchema`` and its
-``JournalSQL``, and drives the store's ``JournalLock``. It is the thread's
-``Session``: ``write`` commits a batch and moves the lock record's ``-wal``
-mark, ``idle`` prunes a chunk for ``retention``, ``close`` checkpoints, closes
+The open journal owns the connection, its ``JournalSchema``, its
+``JournalSQL`` and the ``LeasedSQL`` over it (``queue``), and drives the
+store's ``JournalLock``. It is the thread's ``Session``: ``write`` commits a
+batch and moves the lock record's ``-wal`` mark, ``idle`` prunes a chunk for
+``retention``, ``close`` checkpoints if it is the journal's last user, closes
 the connection and releases the lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import math
@@ -31,15 +34,16 @@ import attrs
 from .._exceptions import StoreError
 from .._text import counted
 from ._protocol import PendingDelivery
+from ._sqlite_leased_sql import LeasedSQL
 from ._sqlite_lock import JournalLock
 from ._sqlite_schema import (
     JournalSchema,
-    _check_links,
-    _real_path,
     check_header,
+    check_links,
     connect,
     create_file,
     parse_requests,
+    real_path,
     sqlite_error,
     to_us,
 )
@@ -77,6 +81,7 @@ class OpenJournal:
         self.lock = lock
         self.schema = JournalSchema(conn, options.path)
         self.sql = JournalSQL(conn, self.schema, path=options.path, synchronous=options.synchronous)
+        self.queue = LeasedSQL(conn, self.sql, synchronous=options.synchronous)
         self.idle_at = math.inf  # when the next retention pass is due
         self._retention_after: int | None = 0  # where it resumes
 
@@ -89,9 +94,9 @@ class OpenJournal:
         on the way is released.
         """
         path = options.path
-        real = _real_path(path)
+        real = real_path(path)
         exists = check_header(path, real)
-        _check_links(path, real)
+        check_links(path, real)
         loss = None
         if options.read_only:
             if not exists:
@@ -99,7 +104,7 @@ class OpenJournal:
         else:
             lock.acquire(real)
             try:
-                _check_links(path, real)  # linked while we waited for the lock
+                check_links(path, real)  # linked while we waited for the lock
                 loss = lock.read_last_run(real, exists=exists)
                 if not exists:
                     create_file(path, real)
@@ -174,8 +179,8 @@ class OpenJournal:
     # -- the thread's Session ----------------------------------------------------------------
 
     def write(self, requests: Sequence[tuple[Any, ...]]) -> None:
-        """Write ``requests`` in one transaction (see ``JournalSQL.write``)."""
-        if self.sql.write(requests):
+        """Write ``requests`` in one transaction (see ``LeasedSQL.write``)."""
+        if self.queue.write(requests):
             self.lock.track_wal()
 
     def rollback(self) -> None:
@@ -201,14 +206,21 @@ class OpenJournal:
         self.idle_at = time.monotonic() + (0.0 if more else _RETENTION_EVERY)
 
     def close(self) -> None:
-        """Leave nothing in the -wal (read-write), close the connection, release the lock."""
-        if self.lock.recorded and self.sql.checkpoint():
-            self.lock.checkpointed()
+        """The journal's last user leaves nothing in the -wal; the others checkpoint what
+        no reader needs, never waiting. Close the connection, release the lock."""
+        checkpointed = False
         try:
-            self.connection.close()
-        except sqlite3.Error:
-            logger.debug("journal %r: close failed", self.options.path, exc_info=True)
-        self.lock.release()
+            if self.lock.last_user():
+                checkpointed = self.sql.checkpoint()
+            elif not self.options.read_only:
+                with contextlib.suppress(sqlite3.Error):
+                    self.connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            try:
+                self.connection.close()
+            except sqlite3.Error:
+                logger.debug("journal %r: close failed", self.options.path, exc_info=True)
+        finally:
+            self.lock.release(checkpointed=checkpointed)
 
     # -- what a store call needs beyond JournalSQL -------------------------------------------
 

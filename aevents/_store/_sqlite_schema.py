@@ -54,7 +54,7 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         # start-up reads the newest keys; forgetting deletes the oldest
         "CREATE INDEX idempotency_by_time ON idempotency (occurred_at)",
     ),
-    (  # v3. The leased queue several processes share (``SQLiteLeasedStore``). A pending
+    (  # v3. The leased queue several processes share (``SQLiteStore``). A pending
         # delivery (state 0) is ready, scheduled (``due`` in the future) or leased
         # (``holder`` set, until ``lease_until``); the journal leaves all three at their
         # defaults. ``key`` copies the event's ordering key so that per-(receiver, key)
@@ -78,11 +78,13 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX deliveries_held ON deliveries (holder) WHERE holder IS NOT NULL",
         # pruning in bounded batches reads done deliveries oldest first
         "CREATE INDEX deliveries_done ON deliveries (event_seq) WHERE state = 1",
-        # `seq` orders registrations; `routes` is JSON [[pattern, receiver id], ...]
+        # `seq` orders registrations; `routes` is JSON [[pattern, receiver id], ...];
+        # `pid_ns` and `started` (Linux: the registering process's pid namespace inode and
+        # the start time of `pid`) tell a dead process from a live one or a reused pid
         "CREATE TABLE consumers (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,"
         " host TEXT NOT NULL, pid INTEGER NOT NULL, routes BLOB NOT NULL,"
         " registered_at INTEGER NOT NULL, last_seen INTEGER NOT NULL,"
-        " expires_at INTEGER NOT NULL)",
+        " expires_at INTEGER NOT NULL, pid_ns INTEGER, started INTEGER)",
         # The newest seq ever given to an event, kept when events are pruned, so that no
         # seq is given twice: seq is the position other processes tail events from.
         "CREATE TABLE event_head (head INTEGER NOT NULL)",
@@ -295,12 +297,12 @@ def connect(
         raise StoreError(path, f"cannot be opened ({exc})") from exc
 
 
-def _real_path(path: str) -> str:
+def real_path(path: str) -> str:
     """The file ``path`` names, symlinks resolved (a dangling one to where it points)."""
     return os.path.realpath(path)
 
 
-def _check_links(path: str, real: str) -> None:
+def check_links(path: str, real: str) -> None:
     """Refuse a journal file with several names: SQLite gives each name its own -wal."""
     try:
         found = os.stat(real)
@@ -314,63 +316,56 @@ def _check_links(path: str, real: str) -> None:
         raise JournalLinkError(path, found.st_nlink)
 
 
-SHARED_BY_LEASED: Final = (
-    "is shared by processes that opened it with SQLiteLeasedStore; a journal-mode "
-    "SQLiteStore needs the file alone (stop them first, or open this one with "
-    "SQLiteLeasedStore too)"
-)
-HELD_BY_JOURNAL: Final = (
-    "is open as a journal by an SQLiteStore, which holds it alone; SQLiteLeasedStore "
-    "shares a file only with other SQLiteLeasedStore users (close that store first)"
+OLDER_OWNER: Final = (
+    "is in use by a process of an older aevents, which holds it alone (its SQLiteStore "
+    "does not share a journal); stop it, or upgrade it"
 )
 
 
-def acquire_lock(path: str, real: str, *, shared: bool = False) -> int:
-    """The ``flock`` on ``<real path>.lock``: one lock per file, whatever its spelling.
-
-    A journal (``SQLiteStore``) takes it exclusively; the users of a leased queue
-    (``SQLiteLeasedStore``) take it shared, so they run side by side and each of
-    them excludes a journal. Raises ``JournalInUseError`` naming who holds it.
-    """
+def open_lock_file(path: str, real: str) -> int:
+    """Open (or create, mode 0600) ``<real path>.lock``: one lock per file, whatever its
+    spelling. Raises ``StoreError`` if it cannot."""
     target = real + ".lock"
     try:
-        fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        return os.open(target, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         raise StoreError(path, f"cannot create its lock file ({exc.strerror})") from exc
+
+
+def lock_journal(path: str, fd: int) -> bool:
+    """Take the ``flock`` on the open lock file ``fd``: exclusively when no other process
+    has the journal (return True), else shared (return False). Every store takes it
+    shared while open; only an older aevents holds it exclusively for its whole run:
+    then ``JournalInUseError``."""
     try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        problem = HELD_BY_JOURNAL if shared else _holder_of(fd)
-        os.close(fd)
-        raise JournalInUseError(path, problem) from None
+        pass
     except OSError as exc:
-        os.close(fd)
-        raise StoreError(path, f"cannot lock {target!r} ({exc})") from exc
-    return fd
-
-
-def _holder_of(fd: int) -> str | None:
-    """Why an exclusive lock was refused: leased users hold it shared (a shared lock is
-    granted beside them), or a journal holds it (``None``: the usual message)."""
+        raise StoreError(path, f"cannot lock its lock file ({exc})") from exc
+    else:
+        return True
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return None
-    return SHARED_BY_LEASED  # the caller closes fd, which drops this probe
+    except BlockingIOError:
+        raise JournalInUseError(path, OLDER_OWNER) from None
+    except OSError as exc:
+        raise StoreError(path, f"cannot lock its lock file ({exc})") from exc
+    return False
 
 
-def _in_use(real: str) -> bool:
+def in_use(real: str) -> bool:
     """Whether a store holds the lock of the journal at ``real``; creates and changes nothing."""
     try:
         fd = os.open(real + ".lock", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return False  # no lock file: no store has ever held it (or it cannot be ours)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         return True
     finally:
-        os.close(fd)  # also releases the shared lock just taken
+        os.close(fd)  # also releases the lock just taken
     return False
 
 
@@ -407,7 +402,7 @@ def read_record(fd: int) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def _read_record_at(real: str) -> dict[str, Any]:
+def read_record_at(real: str) -> dict[str, Any]:
     """The lock file's record, read without a lock and without creating anything."""
     try:
         fd = os.open(real + ".lock", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -426,14 +421,14 @@ def write_record(fd: int, record: dict[str, Any]) -> None:
     os.pwrite(fd, data.ljust(os.fstat(fd).st_size), 0)
 
 
-def _losses_of(record: dict[str, Any]) -> list[dict[str, Any]]:
+def losses_of(record: dict[str, Any]) -> list[dict[str, Any]]:
     losses = record.get("losses")
     if not isinstance(losses, list):
         return []
     return [loss for loss in losses if isinstance(loss, dict)]
 
 
-def _wal_loss(path: str, real: str, record: dict[str, Any]) -> dict[str, Any] | None:
+def wal_loss(path: str, real: str, record: dict[str, Any]) -> dict[str, Any] | None:
     """What the last run may have lost, if it did not close cleanly and its -wal is gone or bad.
 
     The record says how many bytes the -wal had grown to at the last run's
@@ -525,7 +520,7 @@ def request_redelivery(path: str | os.PathLike[str], letter_ids: Sequence[str] |
     Appends one JSON line to ``<path>.requests`` (mode 0600) under an ``flock``,
     so it is safe while the owning process starts up and consumes the file.
     """
-    target = _real_path(os.fsdecode(os.fspath(path))) + ".requests"
+    target = real_path(os.fsdecode(os.fspath(path))) + ".requests"
     wanted: str | list[str] = "all" if letter_ids is None else list(letter_ids)
     line = orjson.dumps({"redeliver": wanted}) + b"\n"
     while True:

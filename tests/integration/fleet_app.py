@@ -74,6 +74,7 @@ def make_runtime() -> aevents.EventRuntime:
         lease=float(os.environ.get("FLEET_LEASE", "30")),
         consume=os.environ.get("FLEET_CONSUME", "1") == "1",
         workers=int(os.environ.get("FLEET_WORKERS", "8")),
+        buffer=int(os.environ.get("FLEET_BUFFER", "1024")),
         shutdown_timeout=30,
     )
 
