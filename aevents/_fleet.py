@@ -488,9 +488,6 @@ class Fleet:
                 return write.result
             # Handed the lead: write what queued up behind the last write.
         self._writing = True
-        # The publishers the last write woke are about to publish again: let them queue
-        # up behind this one first, or it is written alone and they wait a commit.
-        await anyio.lowlevel.checkpoint()
         batch, self._writes = self._writes, []
         try:
             results = await self.store.publish([(w.event, w.receiver_ids) for w in batch])
