@@ -169,9 +169,16 @@ class Fleet:
         self._settle_batch: list[tuple[Outcome, Epoch]] = []  # being written
         self._settle_wanted: anyio.Event | None = None
         self._settle_room: anyio.Event | None = None
-        # Starts: the batch the next ``start`` call writes, and what wakes its task.
+        # Starts: the batch the next ``start`` call writes, and what wakes its task; the
+        # write that counts each claim being started; and the look-ahead: claims waiting
+        # in the buffer that are started ahead of a worker taking them (``_started``
+        # once written, ``_starting_ahead`` while in a write), up to ``_ahead`` of them.
         self._starts: _Starts | None = None
         self._start_wanted: anyio.Event | None = None
+        self._starting: dict[Held, _Starts] = {}
+        self._started: set[Held] = set()
+        self._starting_ahead: set[Held] = set()
+        self._ahead = buffer.workers
         # The claim loop: woken by publishes, settles and drain(); rounds counted for drain().
         self._claim_wanted = anyio.Event()
         self._rounds_started = 0
@@ -289,6 +296,8 @@ class Fleet:
             outcomes.append(Rescheduled(claim, 0.0) if held in self._running else Released(claim))
         self._held.clear()
         self._running.clear()
+        self._started.clear()
+        self._starting_ahead.clear()
         try:
             if outcomes:
                 await self.store.settle(consumer, outcomes)
@@ -577,6 +586,8 @@ class Fleet:
                 claims = []
                 await self._claim_failed(error)
             self._accept(claims)
+            if claims:
+                self._start_ahead()
             self._claimed += len(claims)
             self._last_round_full = len(claims) == limit
             self._rounds_finished += 1
@@ -689,18 +700,72 @@ class Fleet:
         # Running from here on: a stop hands it back as Rescheduled, which keeps the
         # attempt counted if the start was written and counts nothing if it was not.
         self._running.add(held)
+        if held in self._started:
+            self._started.discard(held)  # started ahead: its start is written already
+        else:
+            self._starting_ahead.discard(held)
+            starts = self._starting.get(held) or self._start(claim)
+            if len(self._started) + len(self._starting_ahead) < self._ahead // 2:
+                self._start_ahead()  # in the same write
+            await starts.done.wait()
+            self._started.discard(held)
+            if starts.failed or self._held.get(held) is not claim:
+                self._ended(held)
+                delivery.epoch.finish()
+                return None
+        if len(self._started) + len(self._starting_ahead) < self._ahead // 2:
+            self._start_ahead()
+        return claim
+
+    def _start(self, claim: Claim) -> _Starts:
+        """Add ``claim`` to the next ``start`` write (waking its task); the write."""
         starts = self._starts
         if starts is None:
             starts = self._starts = _Starts()
             if self._start_wanted is not None:
                 self._start_wanted.set()
         starts.claims.append(claim)
-        await starts.done.wait()
-        if starts.failed or self._held.get(held) is not claim:
-            self._ended(held)
-            delivery.epoch.finish()
-            return None
-        return claim
+        self._starting[claim.event.id, claim.receiver_id] = starts
+        return starts
+
+    def _start_ahead(self) -> None:
+        """Start the claims next in the buffer, up to ``_ahead`` of them, so that workers
+        that take them need not wait for a write of their own.
+
+        A process that dies counts these attempts though they never ran, as it counts
+        the ones running beside a crash: at most ``_ahead`` more. Not while a delivery
+        waits to run alone, nor for deliveries that may have to (their last attempt
+        followed a process that died), whose starts are their own.
+        """
+        if self._alone is not None or self._alone_waiting or self._run.state is not RUNNING:
+            return
+        wanted = self._ahead - len(self._started) - len(self._starting_ahead)
+        scanned = 0
+        for delivery in self._buffer.items:
+            scanned += 1
+            if wanted <= 0 or scanned > 4 * self._ahead:
+                break
+            if delivery.subscription.scope != "fleet":
+                continue
+            held = (delivery.event.id, delivery.subscription.receiver_id)
+            claim = self._held.get(held)
+            if (
+                claim is None
+                or claim.lease_expired
+                or held in self._started
+                or held in self._starting
+                or held in self._running
+            ):
+                continue
+            self._start(claim)
+            self._starting_ahead.add(held)
+            wanted -= 1
+
+    def _unheld(self, held: Held) -> None:
+        """Forget a claim this process no longer holds (settled, lost or handed back)."""
+        self._held.pop(held, None)
+        self._started.discard(held)
+        self._starting_ahead.discard(held)
 
     async def _through_gate(self, delivery: Delivery, claim: Claim) -> bool:
         """Wait until this attempt may run; whether it still may (its claim is held).
@@ -717,10 +782,16 @@ class Fleet:
         if alone:
             self._alone_waiting += 1
         try:
-            while self._alone is not None or (self._running if alone else self._alone_waiting):
+            while self._alone is not None or (
+                (self._running or self._starting) if alone else self._alone_waiting
+            ):
                 if self._gate_moved is None:
                     self._gate_moved = anyio.Event()
                 await self._gate_moved.wait()
+            if alone:
+                self._alone = held  # the gate is this one's from here on
+                if self._started:
+                    await self._release_started_ahead()
         finally:
             if alone:
                 self._alone_waiting -= 1
@@ -729,10 +800,11 @@ class Fleet:
                 self._queue_outcome(Released(claim), delivery.epoch)
             else:
                 delivery.epoch.finish()
+            if self._alone == held:
+                self._alone = None
             self._move_gate()
             return False
         if alone:
-            self._alone = held
             logger.info(
                 "event %s for receiver %r runs alone: its last attempt (%d) follows attempts "
                 "whose process stopped",
@@ -742,6 +814,24 @@ class Fleet:
                 extra={"event_id": claim.event.id, "receiver_id": claim.receiver_id},
             )
         return True
+
+    async def _release_started_ahead(self) -> None:
+        """Hand back, uncounted, the claims started ahead that no worker took yet, so
+        that a crash while a delivery runs alone counts that one attempt only."""
+        assert self.consumer is not None
+        claims = [self._held[held] for held in self._started if held in self._held]
+        for claim in claims:
+            self._unheld((claim.event.id, claim.receiver_id))  # its worker skips it
+        self._started.clear()
+        try:
+            await self.store.settle(self.consumer, [Released(claim) for claim in claims])
+        except StoreError as error:
+            logger.warning(
+                "could not hand back %s started ahead (%s); their leases run out",
+                counted(len(claims), "claim"),
+                error,
+            )
+        self._claim_wanted.set()
 
     def _ended(self, held: Held) -> None:
         """An attempt that ran (or was to run) here is over: its outcome is written, or it
@@ -772,11 +862,16 @@ class Fleet:
                 for claim in lost:  # another consumer took it meanwhile: not run here
                     held = (claim.event.id, claim.receiver_id)
                     if self._held.get(held) == claim:
-                        del self._held[held]
+                        self._unheld(held)
+                for claim in starts.claims:
+                    held = (claim.event.id, claim.receiver_id)
+                    if held in self._starting_ahead and self._held.get(held) is claim:
+                        self._starting_ahead.discard(held)
+                        self._started.add(held)  # written ahead of its worker
             except StoreError as error:
                 starts.failed = True
                 for claim in starts.claims:  # not run here: its lease runs out, uncounted
-                    self._held.pop((claim.event.id, claim.receiver_id), None)
+                    self._unheld((claim.event.id, claim.receiver_id))
                 logger.warning(
                     "could not record %s as started (%s); their leases run out and they run again",
                     counted(len(starts.claims), "attempt"),
@@ -784,7 +879,13 @@ class Fleet:
                     extra={"deliveries": len(starts.claims)},
                 )
             finally:
+                for claim in starts.claims:
+                    held = (claim.event.id, claim.receiver_id)
+                    if self._starting.get(held) is starts:
+                        del self._starting[held]
+                    self._starting_ahead.discard(held)
                 starts.done.set()
+                self._move_gate()
 
     async def settle(self, outcome: Outcome, epoch: Epoch) -> None:
         """Hand an attempt's outcome to the settle task; wait while too many are unwritten."""
@@ -842,7 +943,7 @@ class Fleet:
             for outcome, epoch in batch:
                 claim = outcome.claim
                 held = (claim.event.id, claim.receiver_id)
-                self._held.pop(held, None)
+                self._unheld(held)
                 self._ended(held)
                 epoch.finish()
                 if held in lost_keys:
@@ -879,7 +980,7 @@ class Fleet:
             held = (claim.event.id, claim.receiver_id)
             if self._held.get(held) != claim:
                 continue
-            del self._held[held]
+            self._unheld(held)
             if held in self._running:
                 logger.warning(
                     "the lease of event %s for receiver %r ran out while it ran; another "
