@@ -11,6 +11,8 @@ from typing import Literal
 
 import attrs
 
+from ..._text import counted
+
 __all__ = ["Action", "ActionLog", "logger"]
 
 logger = logging.getLogger("aevents.dashboard")
@@ -49,10 +51,10 @@ class ActionLog:
         self._kept.append(action)
         shown = ", ".join(action.letter_ids[:10]) + (" ..." if len(letter_ids) > 10 else "")
         logger.info(
-            "dashboard: %s chose to %s %d dead letters, %d done: %s",
+            "dashboard: %s chose to %s %s, %d done: %s",
             actor,
             verb,
-            len(letter_ids),
+            counted(len(letter_ids), "dead letter"),
             done,
             shown,
             extra={"actor": actor, "action": verb, "dead_letter_ids": action.letter_ids},
