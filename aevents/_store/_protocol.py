@@ -194,10 +194,11 @@ class Claim:
     event: Event
     receiver_id: str
     attempt: int
-    """This attempt's number, from 1, counted across every consumer that claimed it."""
+    """This attempt's number, from 1: one more than the attempts started before it, by
+    every consumer that claimed it (``LeasedStore.start``)."""
     lease_expired: bool
-    """The attempt before this one ended with its lease running out: its process died,
-    hung or lost the store."""
+    """The last attempt started ended with its lease running out: its process died, hung
+    or lost the store while the receiver ran."""
 
 
 @attrs.frozen(slots=True)
@@ -237,7 +238,8 @@ class Completed:
 
 @attrs.frozen(slots=True)
 class Rescheduled:
-    """Try again ``delay`` seconds from the store's now; the attempt stays counted."""
+    """Try again ``delay`` seconds from the store's now; the attempt stays counted if it
+    was started."""
 
     claim: Claim
     delay: float
@@ -259,7 +261,8 @@ class DeadLettered:
 
 @attrs.frozen(slots=True)
 class Released:
-    """Never started: ready again now, as if this claim had not been made."""
+    """Never run: ready again now, as if this claim had not been made (uncounted even if
+    it was started)."""
 
     claim: Claim
 
@@ -295,11 +298,15 @@ class LeasedStore(Protocol):
     renewing a claim not held changes nothing and returns it, so a consumer that
     lost a lease never finishes work another one now runs.
 
-    A claim counts the attempt, so attempts add up across processes and crashes.
-    The store knows no retry policy; the claimer does: a claim whose ``attempt``
-    is past its policy's ``attempts`` follows attempts whose leases all ran out
-    (their processes died), and the claimer settles it as ``DeadLettered``
-    without running it.
+    An attempt counts once it is started: the claimer calls ``start`` with a
+    claim, and waits for it, just before the receiver runs. A claim alone counts
+    nothing, so a process that dies holding claims it never started (prefetched
+    into its buffer) costs them no attempt, while a receiver that kills its
+    process on every attempt uses one each time. Attempts add up across
+    processes and crashes. The store knows no retry policy; the claimer does: a
+    claim whose ``attempt`` is past its policy's ``attempts`` follows started
+    attempts whose leases all ran out (their processes died), and the claimer
+    settles it as ``DeadLettered`` without starting it.
 
     Every method may be called concurrently from many tasks, threads and
     processes, and returns once what it recorded is durable. A call cancelled
@@ -351,6 +358,14 @@ class LeasedStore(Protocol):
         """Lease at most ``limit`` claimable deliveries for ``lease`` seconds, in publish order.
 
         Raise ``StoreError`` when ``consumer`` is not live.
+        """
+
+    async def start(self, consumer: ConsumerId, claims: Sequence[Claim]) -> list[Claim]:
+        """Count these claims' attempts as started, durably; return the ones no longer held.
+
+        Called just before the receivers run. Starting a claim twice counts it once. Once
+        started, the attempt stays counted however the claim ends, except ``Released``
+        (which a claimer uses only for claims it never ran).
         """
 
     async def renew(
