@@ -87,7 +87,11 @@ def make_runtime() -> aevents.EventRuntime:
     return aevents.EventRuntime(metrics=True, store=store)
 
 
-dashboard = Dashboard(authorize=authorize, secret=os.environ.get("AEVENTS_DASHBOARD_SECRET"))
+dashboard = Dashboard(
+    authorize=authorize,
+    secret=os.environ.get("AEVENTS_DASHBOARD_SECRET"),
+    refresh=float(os.environ.get("AEVENTS_DASHBOARD_REFRESH", "5")),
+)
 app = Starlette(
     routes=[
         Route("/orders", place_order, methods=["POST"]),
