@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ... import AeventsError, ConfigurationError, EventRuntime, current_runtime
 from ..._store._protocol import LeasedStore
+from .._operations import redact
 from . import _views as views
 from ._actions import ActionLog, Verb
 from ._samples import Samples, chart
@@ -33,7 +34,6 @@ from ._security import (
     CsrfTokens,
     default_actor,
     is_authorized,
-    redact,
     same_origin,
 )
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import inspect
-import re
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeAlias
@@ -31,7 +30,6 @@ __all__ = [
     "CsrfTokens",
     "default_actor",
     "is_authorized",
-    "redact",
     "same_origin",
 ]
 
@@ -43,14 +41,6 @@ Authorize: TypeAlias = Callable[[Request], bool | Awaitable[bool]]
 """``request -> bool`` (or an awaitable of it): True lets the request through."""
 Actor: TypeAlias = Callable[[Request], str | Awaitable[str]]
 """``request -> str``: who made a request, as the action log records it."""
-
-# scheme://user:password@host: the password part, wherever a URL appears in a text.
-_URL_PASSWORD: Final = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@/]*@")
-
-
-def redact(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@`` URL replaced by ``***``."""
-    return _URL_PASSWORD.sub(r"\g<head>***@", text)
 
 
 class CsrfTokens:

@@ -5,16 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 import attrs
-import orjson
 
-from ... import AeventsError, DeadLetter, EventRuntime, Histogram, InvalidEventNameError
+from ... import AeventsError, EventRuntime, Histogram
 from ..._inspect import RoutingReport, inspect_routes
-from ..._names import compile_pattern, validate_pattern
 from ..._store._protocol import Backlog, Consumer, Lease, LeasedStore, StoreStats
-from ._security import redact
+from .._operations import Filters, filter_letters, pretty_json, redact
 
 __all__ = [
     "Filters",
@@ -145,68 +142,6 @@ async def routes_report(runtime: EventRuntime) -> RoutingReport:
         except AeventsError:
             consumers = None
     return inspect_routes(runtime.registry, consumers=consumers)
-
-
-@attrs.frozen(slots=True)
-class Filters:
-    """The dead-letter filters of a page or a form: exact receiver and error type, and a
-    name that is a pattern (with ``*`` or ``**``) or else a part of the name."""
-
-    receiver: str = ""
-    name: str = ""
-    error: str = ""
-
-    @classmethod
-    def read(cls, values: Any) -> Filters:
-        """From a query string or a form (anything with ``get``)."""
-        return cls(
-            str(values.get("receiver", "") or "").strip(),
-            str(values.get("name", "") or "").strip(),
-            str(values.get("error", "") or "").strip(),
-        )
-
-    @property
-    def active(self) -> bool:
-        return bool(self.receiver or self.name or self.error)
-
-    def problem(self) -> str | None:
-        """Why the name filter cannot be used, if it cannot."""
-        if "*" not in self.name:
-            return None
-        try:
-            validate_pattern(self.name)
-        except InvalidEventNameError as error:
-            return str(error)
-        return None
-
-
-def filter_letters(letters: Sequence[DeadLetter], filters: Filters) -> list[DeadLetter]:
-    """The letters that match every filter given (none match a broken pattern)."""
-    if filters.problem() is not None:
-        return []
-    if "*" in filters.name:
-        matches = compile_pattern(filters.name)
-    else:
-        part = filters.name
-
-        def matches(name: str) -> bool:
-            return part in name
-
-    return [
-        letter
-        for letter in letters
-        if (not filters.receiver or letter.receiver_id == filters.receiver)
-        and (not filters.error or letter.error_type == filters.error)
-        and matches(letter.event.name)
-    ]
-
-
-def pretty_json(value: Any) -> str:
-    """``value`` as indented JSON (payloads and metadata round-trip through orjson)."""
-    try:
-        return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
-    except TypeError:
-        return repr(value)
 
 
 def now() -> datetime:
