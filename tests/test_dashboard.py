@@ -29,6 +29,7 @@ from tests.test_contrib_starlette import serving
 
 pytestmark = pytest.mark.anyio
 
+SESSION_SECRET = "x" * 32
 HOSTILE = "<script>alert('owned')</script>"
 ONCE = RetryPolicy(attempts=1)
 WAIT = 10
@@ -221,7 +222,7 @@ async def test_the_session_hook_of_the_guide_lets_operators_in(harness: Harness)
             Route("/login", login, methods=["POST"]),
             Mount("/_events", app=Dashboard(authorize=staff_only)),
         ],
-        middleware=[Middleware(SessionMiddleware, secret_key="x" * 32)],
+        middleware=[Middleware(SessionMiddleware, secret_key=SESSION_SECRET)],
         lifespan=events_lifespan(runtime_factory=make),
     )
     async with serving(app) as client:
@@ -570,3 +571,19 @@ async def test_mount_serves_the_dashboard_under_its_path_and_the_app_elsewhere(
 def test_ids_helper_finds_checkboxes() -> None:
     """The tests' own reader of a listing finds each letter's checkbox."""
     assert listed_ids('<input name="ids" value="a"><input name="ids" value="b">') == ["a", "b"]
+
+
+async def test_the_dashboard_mounts_in_fastapi(harness: Harness) -> None:
+    """FastAPI's app.mount, with the runtime from the app's lifespan."""
+    from fastapi import FastAPI
+
+    def make() -> EventRuntime:
+        runtime = EventRuntime(harness.registry)
+        harness.runtimes.append(runtime)
+        return runtime
+
+    app = FastAPI(lifespan=events_lifespan(runtime_factory=make))
+    app.add_middleware(SessionMiddleware, secret_key=SESSION_SECRET)
+    app.mount("/_events", Dashboard(authorize=staff_only))
+    async with serving(app) as client:
+        assert (await client.get("/_events/")).status_code == 403

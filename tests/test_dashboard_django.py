@@ -8,7 +8,9 @@ whichever runs first); this module adds the admin's apps and URLs with override_
 from __future__ import annotations
 
 import logging
+import os
 import re
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from django.core.management import call_command
 from django.db import connections
 from django.test import Client
 from django.test.utils import override_settings
+from starlette.requests import Request
 
 import aevents
 from aevents import ConfigurationError, Event, EventRuntime, RetryPolicy, SQLiteStore
@@ -235,3 +238,36 @@ def test_a_missing_store_setting_is_a_configuration_error(journal: Path) -> None
         store_factory()
     with override_settings(AEVENTS_ADMIN_STORE=None, AEVENTS={"store": str(journal)}):
         assert store_factory()().path == str(journal)
+
+
+def bearer(request: Request) -> bool:
+    """A bearer token, for scripts, probes and operators' tools."""
+    sent = request.headers.get("authorization", "").encode()
+    return secrets.compare_digest(sent, f"Bearer {os.environ['OPS_TOKEN']}".encode())
+
+
+def test_the_dashboard_mounts_in_front_of_djangos_asgi_app(
+    journal: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dashboard.mount routes /_events to the dashboard and the rest, lifespan too, to Django."""
+    from aevents.contrib.dashboard import Dashboard
+    from aevents.contrib.django import get_asgi_application
+    from tests.test_contrib_starlette import serving
+
+    monkeypatch.setenv("OPS_TOKEN", "t0ken")
+    with override_settings(AEVENTS={"store": str(journal)}, ALLOWED_HOSTS=["app"]):
+        # asgi.py
+        application = Dashboard(authorize=bearer).mount(get_asgi_application(), "/_events")
+
+        async def visit() -> tuple[int, int, str]:
+            async with serving(application) as http:
+                stranger = await http.get("/_events/dead-letters")
+                operator = await http.get(
+                    "/_events/dead-letters", headers={"authorization": "Bearer t0ken"}
+                )
+                login = await http.get("/admin/login/")
+            return stranger.status_code, login.status_code, operator.text
+
+        refused, django_page, page = anyio.run(visit)
+    assert (refused, django_page) == (403, 200)
+    assert 'Dead letters <span class="count">' in page
