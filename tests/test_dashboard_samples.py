@@ -34,12 +34,22 @@ def test_a_rate_is_the_change_over_the_window_per_second() -> None:
     assert samples.rate("delivered", 300) == pytest.approx(5.0)
 
 
-def test_samples_closer_than_the_interval_are_skipped_and_the_ring_is_bounded() -> None:
-    """At most one sample per interval, and the ring keeps the newest ``size``."""
+def test_samples_are_an_interval_apart_but_the_newest_is_the_latest_reading() -> None:
+    """A reading too soon after the one before replaces it; the ring keeps the newest ``size``."""
     samples = Samples(size=3, interval=5.0)
-    for at in (0.0, 1.0, 5.0, 10.0, 15.0, 16.0):
+    seen = []
+    for at in (0.0, 1.0, 5.0, 10.0, 15.0, 16.0, 17.0):
         samples.take(stats(int(at)), owner=1, now=at)
-    assert [sample.at for sample in samples.samples()] == [5.0, 10.0, 15.0]
+        seen.append([sample.at for sample in samples.samples()])
+    assert seen == [
+        [0.0],
+        [0.0, 1.0],
+        [0.0, 5.0],
+        [0.0, 5.0, 10.0],
+        [5.0, 10.0, 15.0],
+        [10.0, 15.0, 16.0],
+        [10.0, 15.0, 17.0],
+    ]
 
 
 def test_another_or_a_restarted_runtime_starts_the_ring_over() -> None:

@@ -44,16 +44,19 @@ class Samples:
         self._owner: int | None = None
 
     def take(self, stats: RuntimeStats, owner: int, *, now: float | None = None) -> None:
-        """Add a sample of ``stats`` unless the last one is less than ``interval`` old."""
+        """Add a sample of ``stats``: the newest sample is always the latest reading, and
+        the ones before it are at least ``interval`` apart (a newer reading replaces a
+        newest one that came less than ``interval`` after the one before it)."""
         at = time.monotonic() if now is None else now
         sample = Sample(at, time.time(), stats.published, stats.delivered, stats.failed, stats.dead)
-        last = self._ring[-1] if self._ring else None
-        if owner != self._owner or (last is not None and sample.published < last.published):
-            self._ring.clear()
+        ring = self._ring
+        if owner != self._owner or (ring and sample.published < ring[-1].published):
+            ring.clear()
             self._owner = owner
-        elif last is not None and at - last.at < self.interval:
+        elif len(ring) >= 2 and ring[-1].at - ring[-2].at < self.interval:
+            ring[-1] = sample
             return
-        self._ring.append(sample)
+        ring.append(sample)
 
     def rate(self, field: str, window: float) -> float | None:
         """Per second over about the last ``window`` seconds; None with fewer than two samples."""
