@@ -573,6 +573,30 @@ class LeasedStoreConformance:
         assert [c.event for c in await _claim(leased_store, consumer)] == [events[0], events[2]]
         assert await leased_store.dead_letters() == []
 
+    @pytest.mark.anyio
+    async def test_discarded_letters_are_gone_and_their_deliveries_never_run(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """A discarded letter leaves the list and the counts of dead; a key it held goes on."""
+        k1, k2, free = _event(1, "k"), _event(2, "k"), _event(3)
+        await _publish(leased_store, [k1, k2, free], "r")
+        consumer = await _consumer(leased_store, "r")
+        held, other = await _claim(leased_store, consumer)
+        held_letter, other_letter = _letter(held, 1, clock()), _letter(other, 1, clock())
+        await leased_store.settle(
+            consumer,
+            [DeadLettered(held, held_letter, holds_key=True), DeadLettered(other, other_letter)],
+        )
+        assert await leased_store.held_keys() == {("r", "k"): k1.id}
+        assert await leased_store.discard([held_letter.id, held_letter.id, "no-such-letter"]) == 1
+        assert await leased_store.discard([held_letter.id]) == 0
+        assert await leased_store.dead_letters() == [other_letter]
+        assert await leased_store.held_keys() == {}
+        assert [c.event for c in await _claim(leased_store, consumer)] == [k2]
+        assert await leased_store.redeliver([held_letter.id]) == 0
+        stats = await leased_store.stats()
+        assert (stats.pending, stats.done, stats.dead) == (1, 1, 1)
+
     # ------------------------------------------------------------------------ idempotency
 
     @pytest.mark.anyio

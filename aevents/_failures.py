@@ -184,9 +184,9 @@ class DeadLetterShelf:
         """The letters kept, oldest first."""
         return list(self._letters.values())
 
-    def discard(self, letter_id: str) -> None:
-        """Forget a letter (it is being redelivered)."""
-        self._letters.pop(letter_id, None)
+    def discard(self, letter_id: str) -> DeadLetter | None:
+        """Forget a letter (it is being redelivered or discarded); the letter, if it was kept."""
+        return self._letters.pop(letter_id, None)
 
     def keep(self, letter: DeadLetter) -> None:
         """Keep a dead letter, evicting the oldest past the limit."""

@@ -40,7 +40,7 @@ from ._buffer import DeliveryBuffer
 from ._config import RuntimeConfig
 from ._delivery import Delivery, SyncThreads, delivery_var
 from ._event import Event
-from ._exceptions import AeventsError, RuntimeClosedError, WrongThreadError
+from ._exceptions import AeventsError, RuntimeClosedError, StoreError, WrongThreadError
 from ._failures import DeadLetterShelf, Failures
 from ._fleet import Fleet
 from ._idempotency import IdempotencyWindow, claims_key
@@ -923,6 +923,53 @@ class EventRuntime:
             queued += await self._fleet.redeliver(shared)
         await checkpoint()
         return queued
+
+    async def discard(self, dead_letters: Iterable[DeadLetter | str] | DeadLetter | str) -> int:
+        """Delete dead letters for good, without running them.
+
+        A discarded letter is gone from ``dead_letters()``; with a store its
+        delivery counts as done. A keyed letter that held its key
+        (``keyed_dead_letters="hold"``) lets the deliveries behind it go. Ids
+        of letters that do not exist (any more) are skipped. There is no
+        "all" default: pass the letters. If cancelled, the letters the store
+        had not deleted yet stay dead.
+
+        Args:
+            dead_letters: Dead letters, or their ids, one or many.
+
+        Returns:
+            How many were discarded.
+
+        Raises:
+            StoreError: The runtime's store is a journal (``Store``) only,
+                which cannot discard; or the store could not record it.
+        """
+        if self._run.state is not RUNNING:
+            raise self._intake.not_accepting("<discard>")
+        if isinstance(dead_letters, DeadLetter | str):
+            dead_letters = [dead_letters]
+        chosen = [item.id if isinstance(item, DeadLetter) else item for item in dead_letters]
+        discarded = 0
+        stored: list[str] = []
+        for letter_id in dict.fromkeys(chosen):
+            letter = self._shelf.discard(letter_id)
+            if letter is None:
+                stored.append(letter_id)
+                continue
+            discarded += 1
+            key = letter.event.key
+            if key is not None and self._lanes.holder(letter.receiver_id, key) == letter.event.id:
+                self._lanes.release_key(letter.receiver_id, key)
+        if stored and isinstance(self.store, LeasedStore):
+            discarded += await self.store.discard(stored)
+        elif stored and self.store is not None:
+            raise StoreError(
+                repr(self.store),
+                "cannot discard dead letters: a journal (Store) has no discard(); "
+                "redeliver them instead, or use a store that shares deliveries (SQLiteStore)",
+            )
+        await checkpoint()
+        return discarded
 
     def release_key(self, receiver_id: str, key: str) -> bool:
         """Let a lane held by a dead letter move on past it; False if it was not held.

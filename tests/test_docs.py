@@ -43,6 +43,7 @@ PUBLIC_MODULES = (
     "aevents.contrib.django.apps",
     "aevents.contrib.otel",
     "aevents.contrib.prometheus",
+    "aevents.contrib.dashboard",
 )
 
 

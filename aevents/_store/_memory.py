@@ -244,6 +244,20 @@ class MemoryStore:
                 count += 1
             return count
 
+    async def discard(self, letter_ids: Sequence[str]) -> int:
+        """Delete dead letters; their deliveries count as done and hold no key."""
+        await checkpoint()
+        with self._using():
+            count = 0
+            for letter_id in dict.fromkeys(letter_ids):
+                letter = self._letters.pop(letter_id, None)
+                if letter is None:
+                    continue
+                delivery = self._events[letter.event.id].deliveries[letter.receiver_id]
+                delivery.state, delivery.holds_key = _DONE, False
+                count += 1
+            return count
+
     async def pending(self) -> AsyncIterator[PendingDelivery]:
         """Pending deliveries (leased ones too) in publish order, then receiver id order.
 

@@ -391,6 +391,10 @@ class LeasedStore(Protocol):
     async def redeliver(self, letter_ids: Sequence[str] | None = None) -> int:
         """Make dead letters ready again with no attempts (all when ``None``); return how many."""
 
+    async def discard(self, letter_ids: Sequence[str]) -> int:
+        """Delete these dead letters for good, their deliveries counted done and never run;
+        a key one held goes on. Ids of no letter are skipped; return how many went."""
+
     async def held_keys(self) -> dict[tuple[str, str], str]:
         """``{(receiver id, key): id of the dead event holding it}``."""
 

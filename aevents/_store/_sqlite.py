@@ -509,6 +509,13 @@ class SQLiteStore:
             lambda journal: journal.sql.redeliver(ids), "could not redeliver", writes=True
         )
 
+    async def discard(self, letter_ids: Sequence[str]) -> int:
+        """Delete dead letters for good, their deliveries done and never run; return how many."""
+        ids = list(letter_ids)
+        return await self._thread.call(
+            lambda journal: journal.sql.discard(ids), "could not discard", writes=True
+        )
+
     async def event_position(self) -> int:
         """The position of the newest event added (0 before any)."""
         return await self._thread.call(

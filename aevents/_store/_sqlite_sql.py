@@ -113,6 +113,11 @@ _REVIVE_ONE: Final = (
     " WHERE (event_seq, receiver_id) IN (SELECT event_seq, receiver_id FROM dead_letters"
     " WHERE id = ?)"
 )
+_FINISH_ONE: Final = (  # a discarded letter's delivery: done, holding no key, never run
+    "UPDATE deliveries SET state = 1, due = 0, holder = NULL, lease_until = 0, holds_key = 0"
+    " WHERE (event_seq, receiver_id) IN (SELECT event_seq, receiver_id FROM dead_letters"
+    " WHERE id = ?)"
+)
 RECENT_KEYS: Final = (
     "SELECT key, body FROM (SELECT id, key, occurred_at, body FROM idempotency"
     " WHERE occurred_at >= ? ORDER BY occurred_at DESC, id DESC LIMIT ?)"
@@ -267,6 +272,22 @@ class JournalSQL:
                 for letter_id in dict.fromkeys(letter_ids):
                     conn.execute(_REVIVE_ONE, (letter_id,))
                     count += conn.execute(_DELETE_LETTER, (letter_id,)).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            self.rollback()
+            raise
+        return count
+
+    def discard(self, letter_ids: list[str]) -> int:
+        """Delete dead letters, marking their deliveries done; return how many went."""
+        conn = self._conn
+        self._set_synchronous(self.synchronous)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            count = 0
+            for letter_id in dict.fromkeys(letter_ids):
+                conn.execute(_FINISH_ONE, (letter_id,))
+                count += conn.execute(_DELETE_LETTER, (letter_id,)).rowcount
             conn.execute("COMMIT")
         except BaseException:
             self.rollback()

@@ -1,0 +1,60 @@
+"""Which store the admin pages read, and running a call on it from a sync view."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+from django.conf import settings
+
+from .... import ConfigurationError
+from ...._store._protocol import LeasedStore
+from ...._store._sqlite import SQLiteStore
+
+__all__ = ["store_factory", "with_store"]
+
+T = TypeVar("T")
+
+
+def store_factory() -> Callable[[], Any]:
+    """A callable that makes a new, unopened store, from the settings.
+
+    ``AEVENTS_ADMIN_STORE``: a path (an ``SQLiteStore``) or a callable; else
+    ``AEVENTS["store"]``: a path, or an ``SQLiteStore`` whose path is opened anew
+    (a store object belongs to the event loop of the runtime that opened it).
+    """
+    configured = getattr(settings, "AEVENTS_ADMIN_STORE", None)
+    source: Any = configured
+    if source is None:
+        source = (getattr(settings, "AEVENTS", None) or {}).get("store")
+    if callable(source) and not isinstance(source, LeasedStore):
+        return source  # type: ignore[no-any-return]
+    if isinstance(source, str | os.PathLike) and "://" not in os.fspath(source):
+        path = os.fspath(source)
+        return lambda: SQLiteStore(path)
+    if isinstance(source, SQLiteStore):
+        path = source.path
+        return lambda: SQLiteStore(path)
+    raise ConfigurationError(
+        "AEVENTS_ADMIN_STORE",
+        f"cannot make a store for the admin pages from {type(source).__name__}: set "
+        "AEVENTS_ADMIN_STORE to a journal path or to a callable that returns a new store",
+    )
+
+
+def with_store(work: Callable[[Any], Awaitable[T]]) -> T:
+    """Open a store, run ``work`` on it, close it; in a sync view (Django runs one on a
+    thread without an event loop)."""
+    factory = store_factory()
+
+    async def run() -> T:
+        store = factory()
+        await store.open()
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return anyio.run(run)
