@@ -30,6 +30,7 @@ The parts it is made of:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -252,7 +253,11 @@ class PostgresStore:
                     pending = False
 
             self._listener = Listener(
-                self._conninfo, self._statements.channel, name=self.path, wake=from_listener
+                self._conninfo,
+                self.schema,
+                self._statements.channel,
+                name=self.path,
+                wake=from_listener,
             )
             self._listener.start()
         return self.poll_interval
@@ -578,9 +583,8 @@ class PostgresStore:
         upto = await self.event_position()
         after = (0, "")
         while True:
-            where = after
             rows = await self._read(
-                lambda s, c: s.queries.pending_page(c, where, upto),
+                functools.partial(_pending_page, after=after, upto=upto),
                 "could not read pending deliveries",
             )
             for delivery in decode_pending(rows):
@@ -621,12 +625,18 @@ class PostgresStore:
         )
 
 
+def _pending_page(
+    session: PostgresSession, cursor: Any, *, after: tuple[int, str], upto: int
+) -> list[tuple[int, str, int, bytes]]:
+    return session.queries.pending_page(cursor, after, upto)
+
+
 def _prune(session: PostgresSession, before: datetime, limit: int | None) -> int:
     removed = 0
     while limit is None or removed < limit:
         batch = _PRUNE_CHUNK if limit is None else min(_PRUNE_CHUNK, limit - removed)
         gone = session.transact(
-            lambda cursor, size=batch: session.queries.prune_done(cursor, before, size)
+            functools.partial(session.queries.prune_done, before=before, batch=batch)
         )
         removed += gone
         if gone < batch:

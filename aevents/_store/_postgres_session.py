@@ -34,16 +34,21 @@ from psycopg import sql
 
 from .._exceptions import StoreError
 from ._postgres_queries import Queries
-from ._postgres_schema import Statements, check_and_migrate, scrub
+from ._postgres_schema import SCHEMA_VERSION, Statements, check_and_migrate, postgres_error, scrub
 from ._postgres_sql import QueueWrites
 
-__all__ = ["Listener", "PostgresSession"]
+__all__ = ["Listener", "PostgresSession", "application_name"]
 
 logger = logging.getLogger("aevents.store")
 
 _T = TypeVar("_T")
 _TRIES: Final = 2  # a transaction that committed nothing runs again once after a failure
 _LISTEN_WAIT: Final = 0.25  # seconds the listener waits for notifications between checks
+
+
+def application_name(schema: str, role: str = "store") -> str:
+    """What ``pg_stat_activity`` shows for the store's connections (63 bytes at most)."""
+    return f"aevents-{role}:{schema}"[:63]
 
 
 class PostgresSession:
@@ -95,23 +100,25 @@ class PostgresSession:
         conn = session.connection()
         try:
             if read_only:
-                from ._postgres_schema import SCHEMA_VERSION
-
-                version = session.version(conn)
-                if version > SCHEMA_VERSION:
-                    raise StoreError(
-                        name,
-                        f"was written by a newer aevents (schema version {version}, this one "
-                        f"reads up to {SCHEMA_VERSION}); upgrade aevents; left untouched",
-                    )
-                if version < SCHEMA_VERSION:
-                    raise StoreError(name, "holds no aevents store of this version to read")
+                session.check_readable(conn)
             else:
                 check_and_migrate(conn, statements, name)
         except BaseException:
             session.close()
             raise
         return session
+
+    def check_readable(self, conn: psycopg.Connection[Any]) -> None:
+        """Refuse to read a schema of another version (read-only: nothing is migrated)."""
+        version = self.version(conn)
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                self.name,
+                f"was written by a newer aevents (schema version {version}, this one "
+                f"reads up to {SCHEMA_VERSION}); upgrade aevents; left untouched",
+            )
+        if version < SCHEMA_VERSION:
+            raise StoreError(self.name, "holds no aevents store to read (no such schema)")
 
     def version(self, conn: psycopg.Connection[Any]) -> int:
         table = f"{self.statements.render('{s}')}.aevents_schema"
@@ -134,7 +141,7 @@ class PostgresSession:
                 self._conninfo,
                 autocommit=True,
                 connect_timeout=max(1, math.ceil(self._connect_timeout)),
-                application_name="aevents",
+                application_name=application_name(self.statements.schema),
             )
         except psycopg.Error as exc:
             raise self.error(exc, "could not connect") from exc
@@ -142,8 +149,6 @@ class PostgresSession:
         return conn
 
     def error(self, exc: BaseException, doing: str) -> StoreError:
-        from ._postgres_schema import postgres_error
-
         return postgres_error(self.name, exc, doing, self._secret)
 
     def _drop(self) -> None:
@@ -168,7 +173,6 @@ class PostgresSession:
                     result = work(cursor)
                     committing = True
                     cursor.execute("COMMIT")
-                return result
             except psycopg.OperationalError as exc:
                 lost = conn.closed or conn.broken
                 if lost:
@@ -181,7 +185,7 @@ class PostgresSession:
                         "the connection to PostgreSQL was lost while committing; whether "
                         f"this write was recorded is unknown ({scrub(str(exc), self._secret)})",
                     ) from exc
-                retry = lost or isinstance(exc, psycopg.errors.TransactionRollbackError)
+                retry = lost or isinstance(exc, psycopg.errors.TransactionRollback)
                 if retry and attempt < _TRIES:
                     self.reconnects += lost
                     logger.info(
@@ -195,6 +199,8 @@ class PostgresSession:
             except BaseException:
                 self.rollback()
                 raise
+            else:
+                return result
         raise AssertionError("unreachable")  # pragma: no cover
 
     def write(self, requests: Sequence[tuple[Any, ...]]) -> object:
@@ -235,7 +241,10 @@ class Listener:
     Stops within ``_LISTEN_WAIT`` seconds of ``stop()``; not joined.
     """
 
-    def __init__(self, conninfo: str, channel: str, *, name: str, wake: Callable[[], None]) -> None:
+    def __init__(
+        self, conninfo: str, schema: str, channel: str, *, name: str, wake: Callable[[], None]
+    ) -> None:
+        self._schema = schema
         self._conninfo = conninfo
         self._channel = channel
         self._name = name
@@ -257,7 +266,9 @@ class Listener:
         while not self._stopped.is_set():
             try:
                 with psycopg.connect(
-                    self._conninfo, autocommit=True, application_name="aevents-listen"
+                    self._conninfo,
+                    autocommit=True,
+                    application_name=application_name(self._schema, "listen"),
                 ) as conn:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
                     self.listening.set()

@@ -208,11 +208,12 @@ _CLAIMS_OF: Final = (
 )
 _QUEUE: Final = {
     "routes_of_live": "SELECT routes FROM {s}.consumers WHERE id = %s AND expires_at > %s",
+    # (constants only are joined here: the values are all parameters)
     "start": (
-        "UPDATE {s}.deliveries AS d SET attempts = d.attempts + (NOT d.started)::int,"
+        "UPDATE {s}.deliveries AS d SET attempts = d.attempts + (NOT d.started)::int,"  # noqa: S608
         " started = true" + _CLAIMS_OF + _HELD + " RETURNING c.i"
     ),
-    "renew": "UPDATE {s}.deliveries AS d SET lease_until = %s"
+    "renew": "UPDATE {s}.deliveries AS d SET lease_until = %s"  # noqa: S608
     + _CLAIMS_OF
     + _HELD
     + " RETURNING c.i",
