@@ -81,8 +81,7 @@ async def test_two_runtimes_in_two_processes_share_one_flow(postgres_dsn: str, s
                 group.start_soon(child.read)
                 theirs = [line[1] for line in await child.wait_for("published", 20)]
                 await child.wait_for("ready")
-                while (await store.stats()).pending:  # another process's work: poll
-                    await anyio.sleep(0.05)  # noqa: ASYNC110
+                await _until_none_pending(store)
                 await child.send("stop")
                 assert await process.wait() == 0
     ran_there = [line[1] for line in child.lines if line[0] == "seen"]
@@ -92,8 +91,8 @@ async def test_two_runtimes_in_two_processes_share_one_flow(postgres_dsn: str, s
 
 async def _until_none_pending(store: PostgresStore) -> None:
     """Wait until no delivery is pending (the other process's work: nothing to wait on)."""
-    while (await store.stats()).pending:
-        await anyio.sleep(0.05)  # noqa: ASYNC110
+    while (await store.stats()).pending:  # noqa: ASYNC110
+        await anyio.sleep(0.05)
 
 
 async def _stats(dsn: str, schema: str) -> aevents.StoreStats:
