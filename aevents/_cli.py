@@ -132,9 +132,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Inspect and repair an aevents SQLite journal, or a PostgresStore given "
         "by URL (postgresql://...).",
     )
-    journal.add_argument(
-        "path", metavar="PATH", help="the journal file, or a postgresql:// URL"
-    )
+    journal.add_argument("path", metavar="PATH", help="the journal file, or a postgresql:// URL")
     journal.add_argument(
         "--schema",
         default="aevents",
