@@ -63,6 +63,7 @@ if _TYPE_CHECKING:
     )
     from ._metrics import DeliveryMetrics, Histogram, Metrics, MetricsSnapshot
     from ._store._memory import MemoryStore
+    from ._store._postgres import PostgresStore
     from ._store._sqlite import SQLiteStore
 
     __version__: str
@@ -93,6 +94,10 @@ def __getattr__(name: str) -> _Any:
         from ._store._memory import MemoryStore
 
         return MemoryStore
+    if name == "PostgresStore":
+        from ._store import PostgresStore
+
+        return PostgresStore
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
 
@@ -127,6 +132,7 @@ __all__ = [
     "Middleware",
     "PayloadError",
     "PendingDelivery",
+    "PostgresStore",
     "Publishing",
     "QueueFullError",
     "ReceiverMatch",

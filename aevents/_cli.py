@@ -128,10 +128,16 @@ def _parser() -> argparse.ArgumentParser:
     add_worker_parser(commands)
     journal = commands.add_parser(
         "journal",
-        help="inspect and repair an SQLite journal",
-        description="Inspect and repair an aevents SQLite journal.",
+        help="inspect and repair an SQLite journal or a PostgreSQL store",
+        description="Inspect and repair an aevents SQLite journal, or a PostgresStore given "
+        "by URL (postgresql://...).",
     )
-    journal.add_argument("path", metavar="PATH", help="the journal file")
+    journal.add_argument("path", metavar="PATH", help="the journal file, or a postgresql:// URL")
+    journal.add_argument(
+        "--schema",
+        default="aevents",
+        help="with a postgresql:// URL: the schema of the store (default: aevents)",
+    )
     actions = journal.add_subparsers(dest="action", metavar="ACTION", required=True)
     actions.add_parser(
         "stats", parents=[output], help="count events, deliveries by state, and idempotency keys"
@@ -244,6 +250,11 @@ def _journal(args: argparse.Namespace) -> int:
     if args.action == "redeliver" and bool(args.ids) == bool(args.all):
         raise UsageError("redeliver takes dead letter ids or --all (one or the other)")
     path = args.path
+    if path.startswith(_POSTGRES_URLS):
+        try:
+            return anyio.run(_postgres_journal, args)
+        except StoreError as error:
+            return _fail(str(error))
     if not os.path.exists(path):
         return _fail(f"no journal at {path!r}")
     if os.path.isfile(path) and os.path.getsize(path) == 0:
@@ -254,6 +265,26 @@ def _journal(args: argparse.Namespace) -> int:
         return _fail(str(error), EXIT_IN_USE)
     except StoreError as error:
         return _fail(str(error))
+
+
+_POSTGRES_URLS = ("postgresql://", "postgres://")
+
+
+async def _postgres_journal(args: argparse.Namespace) -> int:
+    """A command on a ``PostgresStore``: the reading ones in read-only transactions."""
+    from ._store._postgres import PostgresStore
+
+    if args.action == "forget-losses":
+        raise UsageError("forget-losses is for SQLite journals; a PostgreSQL store has none")
+    reads = args.action in _READS
+    store = PostgresStore(args.path, schema=args.schema, read_only=reads)
+    args.path = store.path  # what the output names: the URL without its password
+    await store.open()
+    try:
+        await _ACTIONS[args.action](store, args)  # type: ignore[arg-type]
+    finally:
+        await store.close()
+    return EXIT_OK
 
 
 def _fail(message: str, code: int = EXIT_JOURNAL) -> int:

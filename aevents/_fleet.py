@@ -187,6 +187,7 @@ class Fleet:
         self._last_round_full = False
         self._claimed = 0  # claims taken since the start, for drain()
         self._next_due = math.inf  # when the earliest retry this process rescheduled is due
+        self._poll_max = POLL_MAX  # longer when the store wakes the claims (wake_on_work)
         self._held_keys: dict[tuple[str, str], str] = {}
         self.routes = RouteCheck(registry)
         """This process's routes against the live consumers' (warnings at publish)."""
@@ -228,6 +229,11 @@ class Fleet:
             await self._register()
             if self._hold:
                 self._held_keys = await self.store.held_keys()
+            # A store that can tell when other processes left work (PostgresStore's
+            # LISTEN) wakes the claim loop, which then polls only as a fallback.
+            wake_on_work = getattr(self.store, "wake_on_work", None)
+            if wake_on_work is not None:
+                self._poll_max = max(POLL_MAX, float(wake_on_work(self._work_arrived)))
             logger.info(
                 "consuming from the store as %s: %s",
                 self.consumer,
@@ -602,7 +608,11 @@ class Fleet:
                 continue
             with anyio.move_on_after(min(delay, due)):
                 await self._claim_wanted.wait()
-            delay = POLL_MIN if self._claim_wanted.is_set() else min(delay * 2, POLL_MAX)
+            delay = POLL_MIN if self._claim_wanted.is_set() else min(delay * 2, self._poll_max)
+
+    def _work_arrived(self) -> None:
+        """The store says another process may have left work to claim."""
+        self._claim_wanted.set()
 
     async def _claim_failed(self, error: StoreError) -> None:
         """A claim the store refused: most likely the registration ran out; register again."""

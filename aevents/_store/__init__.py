@@ -26,6 +26,7 @@ from ._protocol import (
 
 if TYPE_CHECKING:
     from ._memory import MemoryStore
+    from ._postgres import PostgresStore
     from ._sqlite import SQLiteStore
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "MemoryStore",
     "Outcome",
     "PendingDelivery",
+    "PostgresStore",
     "Released",
     "Rescheduled",
     "Route",
@@ -62,4 +64,14 @@ def __getattr__(name: str) -> Any:
         from ._memory import MemoryStore
 
         return MemoryStore
+    if name == "PostgresStore":
+        try:
+            import psycopg  # noqa: F401
+        except ImportError as exc:
+            raise ImportError(
+                "PostgresStore needs psycopg 3: pip install 'aevents[postgres]'"
+            ) from exc
+        from ._postgres import PostgresStore
+
+        return PostgresStore
     raise AttributeError(f"module 'aevents._store' has no attribute {name!r}")

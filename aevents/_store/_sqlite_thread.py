@@ -25,6 +25,10 @@ When the queue has been empty until ``Session.idle_at``, the thread runs
 ``Session.idle`` (the store's retention pass). If the loop itself fails, every
 queued caller gets a ``StoreError`` rather than waiting for ever, and the
 thread is left broken.
+
+The thread knows SQLite's errors by default; another engine's store
+(``PostgresStore``) gives it its own ``ThreadErrors``: which errors fail one
+request alone, which fail the whole batch, and how each becomes a ``StoreError``.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
+import attrs
 
 from .._exceptions import StoreError
 from ._sqlite_schema import sqlite_error
@@ -59,6 +64,32 @@ _PER_REQUEST_ERRORS: Final = (
 )
 _NEW, _OPENING, _OPEN, _CLOSING, _CLOSED, _BROKEN = range(6)
 _T = TypeVar("_T")
+
+
+def _sqlite_store_error(
+    path: str, exc: BaseException, doing: str, busy_timeout: float
+) -> StoreError:
+    return sqlite_error(path, exc, doing, busy_timeout=busy_timeout)
+
+
+@attrs.frozen
+class ThreadErrors:
+    """How a ``StoreThread`` tells errors apart and names them.
+
+    ``per_request``: a batch that raises one of these is written again one request
+    at a time, so that the request at fault fails alone. ``whole``: an engine error
+    that fails the whole batch. ``convert(path, exc, doing, busy_timeout)``: the
+    ``StoreError`` a caller gets for ``exc``.
+    """
+
+    per_request: tuple[type[BaseException], ...]
+    whole: tuple[type[BaseException], ...]
+    convert: Callable[[str, BaseException, str, float], StoreError]
+
+
+SQLITE_ERRORS: Final = ThreadErrors(
+    per_request=_PER_REQUEST_ERRORS, whole=(sqlite3.Error,), convert=_sqlite_store_error
+)
 
 
 class Session(Protocol):
@@ -141,8 +172,9 @@ class StoreThread(Generic[_S]):
     cannot take the request (not open, read-only, or broken).
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, errors: ThreadErrors = SQLITE_ERRORS) -> None:
         self.path = path
+        self._errors = errors
         self._lock = threading.Lock()  # guards _state, _writable, _open_batch and puts on _queue
         self._state = _NEW
         self._writable = False  # open and accepting writes: the one check on the append path
@@ -301,7 +333,7 @@ class StoreThread(Generic[_S]):
             session = opening.opener()
         except StoreError as exc:
             opening.error = exc
-        except Exception as exc:  # sqlite3.Error, OSError, ...
+        except Exception as exc:  # the engine's errors, OSError, ...
             opening.error = self._error(exc, "could not open")
         else:
             with self._lock:
@@ -342,23 +374,26 @@ class StoreThread(Generic[_S]):
                     return
 
     def _commit(self, session: _S, batch: Batch) -> None:
+        per_request, whole_errors = self._errors.per_request, self._errors.whole
         try:
             session.write(batch.requests)
-        except _PER_REQUEST_ERRORS as exc:
+        except per_request as exc:
             if len(batch.requests) == 1:
                 batch.errors[0] = self._error(exc, "could not record")
                 return
             for index, request in enumerate(batch.requests):  # find the culprit, save the rest
                 try:
                     session.write([request])
-                except _PER_REQUEST_ERRORS as single:
+                except per_request as single:
                     batch.errors[index] = self._error(single, "could not record")
-                except sqlite3.Error as whole:
+                except whole_errors as whole:
                     for rest in range(index, len(batch.requests)):
                         batch.errors[rest] = self._error(whole, "could not record")
                     return
-        except sqlite3.Error as exc:
+        except whole_errors as exc:
             batch.failure = self._error(exc, "could not record")
+        except StoreError as exc:  # the session named the problem itself
+            batch.failure = exc
 
     def _wake(self, event: anyio.Event) -> None:
         try:
@@ -388,7 +423,7 @@ class StoreThread(Generic[_S]):
             session.close()
 
     def _error(self, exc: BaseException, doing: str) -> StoreError:
-        return sqlite_error(self.path, exc, doing, busy_timeout=self._busy_timeout)
+        return self._errors.convert(self.path, exc, doing, self._busy_timeout)
 
 
 def _close_session(session: Session) -> None:

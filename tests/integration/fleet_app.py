@@ -56,6 +56,12 @@ async def keyed(event: Event) -> None:
     _write("done", "keyed", event)
 
 
+def local(event: Event) -> None:
+    """A ``scope="process"`` receiver: every live process runs it once per event."""
+    _write("start", "local", event)
+    _write("done", "local", event)
+
+
 def poison(event: Event) -> None:
     _write("start", "poison", event)
     os._exit(17)  # the process dies on every attempt
@@ -64,6 +70,7 @@ def poison(event: Event) -> None:
 registry.subscribe("fleet:item", first, id="fleet:first")
 registry.subscribe("fleet:item", second, id="fleet:second")
 registry.subscribe("fleet:keyed", keyed, id="fleet:keyed")
+registry.subscribe("fleet:item", local, id="fleet:local", scope="process")
 registry.subscribe("fleet:poison", poison, id="fleet:poison", retry=RetryPolicy(attempts=3))
 
 

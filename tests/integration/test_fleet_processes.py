@@ -153,29 +153,46 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_four_uvicorn_workers_share_one_journal(tmp_path: Path, loop: str) -> None:
-    port = _free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "tests.integration.fleet_app:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "4",
-        "--loop",
-        loop,
+def _server_command(server: str, port: int) -> list[str]:
+    """Four worker processes of one server on ``port``: uvicorn on asyncio or uvloop,
+    Hypercorn on trio."""
+    if server == "hypercorn-trio":
+        return [
+            *(sys.executable, "-m", "hypercorn", "tests.integration.fleet_app:app"),
+            *("--bind", f"127.0.0.1:{port}", "--workers", "4", "--worker-class", "trio"),
+        ]
+    loop = server.removeprefix("uvicorn-")
+    return [
+        *(sys.executable, "-m", "uvicorn", "tests.integration.fleet_app:app"),
+        *("--host", "127.0.0.1", "--port", str(port), "--workers", "4", "--loop", loop),
     ]
+
+
+def _consumers(tmp_path: Path) -> int:
+    async def count() -> int:
+        store = aevents.SQLiteStore(str(tmp_path / "events.db"), read_only=True)
+        await store.open()
+        try:
+            return len(await store.consumers())
+        finally:
+            await store.close()
+
+    return anyio.run(count)
+
+
+@pytest.mark.parametrize("server", ["uvicorn-asyncio", "uvicorn-uvloop", "hypercorn-trio"])
+def test_four_server_workers_share_one_journal(tmp_path: Path, server: str) -> None:
+    """4,000 requests to four worker processes of one server, each publishing one event to
+    two fleet receivers and one process receiver: each fleet delivery ran exactly once,
+    spread over the four, and each process ran the process receiver once per event."""
+    port = _free_port()
     log = Log(tmp_path / "log.txt")
-    with serve(command, "Application startup complete", _env(tmp_path)) as server:
+    with serve(_server_command(server, port), "", _env(tmp_path)) as running:
         deadline = time.monotonic() + WAIT
-        while server.output.count("Application startup complete") < 4:
-            assert time.monotonic() < deadline, server.output
-            time.sleep(0.05)
+        while (tmp_path / "events.db").exists() is False or _consumers(tmp_path) < 4:
+            assert time.monotonic() < deadline, running.output
+            assert running.process.poll() is None, running.output
+            time.sleep(0.1)
 
         def publish(chunk: range) -> None:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=WAIT) as client:
@@ -184,18 +201,37 @@ def test_four_uvicorn_workers_share_one_journal(tmp_path: Path, loop: str) -> No
 
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(publish, [range(start, 4000, 16) for start in range(16)]))
+
+        def local_runs() -> collections.Counter[int]:
+            return collections.Counter(
+                pid for what, who, *_, pid, _ in log.lines() if what == "done" and who == "local"
+            )
+
         log.wait_until(
-            lambda: len(log.done("first")) == 4000 and len(log.done("second")) == 4000,
+            lambda: (
+                len(log.done("first")) == 4000
+                and len(log.done("second")) == 4000
+                and sorted(local_runs().values()) == [4000] * 4
+            ),
             "every delivery",
         )
-        server.terminate()
-        assert "Finished server process" in server.output
+        assert running.terminate() == 0, running.output
     for receiver in ("first", "second"):
         done = log.done(receiver)
         assert set(done) == set(range(4000))
         assert set(done.values()) == {1}, "a delivery ran twice with no process killed"
-    pids = collections.Counter(pid for what, *_, pid, _ in log.lines() if what == "done")
-    assert len(pids) == 4, f"each worker ran a share: {pids}"
+    fleet_pids = collections.Counter(
+        pid for what, who, *_, pid, _ in log.lines() if what == "done" and who != "local"
+    )
+    assert len(fleet_pids) == 4, f"each worker ran a share: {fleet_pids}"
+    for pid in fleet_pids:
+        runs = collections.Counter(
+            n
+            for what, who, n, _, p, _ in log.lines()
+            if what == "done" and who == "local" and p == pid
+        )
+        assert set(runs) == set(range(4000)), f"process {pid} ran every event"
+        assert set(runs.values()) == {1}, f"process {pid} ran each event once"
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])

@@ -1,0 +1,428 @@
+"""PostgresStore's writes: publishing (also through a caller's connection), claims,
+starts, renewals and settlements.
+
+``write_events`` is the one piece of SQL that adds events and their deliveries.
+It takes any DB-API cursor whose driver adapts Python lists to arrays (psycopg
+3, and Django's cursor on it) and never commits: the store runs it in its own
+transactions, and ``PostgresStore.publish_in`` runs it in the caller's, so the
+events commit (or roll back) with the caller's data: the outbox.
+
+How positions stay in commit order: an event's ``seq`` (its position for
+``events_after``, and the publish order claims follow) is taken from the one
+row of ``event_head``, updated by the publishing transaction just before it
+inserts its events. The row lock it holds until it commits makes the
+transactions that publish take turns from there to their commit, so a larger
+seq always commits later: a reader that saw seq 12 can never later see a seq
+11 appear. A sequence would let two publishers commit out of order, and a tail
+(or a key's next delivery) would skip the one that committed last. The turn is
+short for the store's own transactions (the inserts and the commit, with the
+publishes of many tasks grouped in one); an outbox publish holds it until the
+caller's transaction ends, which is why ``publish_in`` is best called late in
+it. Idempotency keys are claimed before the turn, through the UNIQUE index
+(``INSERT ... ON CONFLICT DO NOTHING``), in key order, so concurrent publishers
+of the same keys never deadlock.
+
+A claim is held by ``(holder, attempt)``: ``attempts`` counts the attempts
+started, and ``started`` says whether the holder started its own, so the held
+claim's attempt is ``attempts + 1`` until it starts and ``attempts`` after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final, Protocol
+
+import orjson
+
+from .._event import Event
+from ._postgres_schema import Statements
+from ._protocol import ConsumerId, Route
+
+__all__ = [
+    "APPEND",
+    "COMPLETED",
+    "DEAD_LETTERED",
+    "PUBLISH",
+    "RELEASED",
+    "RESCHEDULED",
+    "SETTLE",
+    "START",
+    "Cursor",
+    "EventRow",
+    "QueueWrites",
+    "publish_steps",
+    "write_events",
+    "write_events_async",
+]
+
+PUBLISH, APPEND, SETTLE, START = range(4)  # the kinds of write request
+COMPLETED, RESCHEDULED, RELEASED, DEAD_LETTERED = range(4)  # the kinds of outcome
+
+EventRow = tuple[str, str, bytes, datetime, Sequence[str], str | None, str | None]
+"""``(event id, name, body, occurred_at, receiver ids, idempotency key, ordering key)``."""
+
+
+class Cursor(Protocol):
+    """What ``write_events`` needs of a cursor: DB-API ``execute`` and ``fetchall``."""
+
+    def execute(self, query: Any, params: Any = ..., /) -> Any: ...
+
+    def fetchall(self) -> Sequence[Any]: ...
+
+
+def event_row(event: Event, receiver_ids: Sequence[str], idempotency_key: str | None) -> EventRow:
+    return (
+        event.id,
+        event.name,
+        event.to_json(),
+        event.occurred_at,
+        receiver_ids,
+        idempotency_key,
+        event.key,
+    )
+
+
+Step = tuple[str, Sequence[Any]]
+"""A statement and its parameters; the answer sent back is its rows (a list)."""
+
+
+def publish_steps(
+    statements: Statements, rows: Sequence[EventRow], *, always: bool = False
+) -> Generator[Step, list[Any], list[bytes | None]]:
+    """The statements that add ``rows``, as a generator (no I/O of its own): each step
+    is sent the rows its statement returned. ``write_events`` and
+    ``write_events_async`` drive it on a sync or an async cursor."""
+    out: list[bytes | None] = [None] * len(rows)
+    first: dict[str, int] = {}  # idempotency key -> index of its first row
+    for index, row in enumerate(rows):
+        key = row[5]
+        if key is not None and key not in first:
+            first[key] = index
+    won: set[str] = set()
+    bodies: dict[str, bytes] = {}
+    if first:
+        keys = sorted(first)
+        found = yield (
+            statements.claim_keys,
+            (keys, [rows[first[k]][3] for k in keys], [rows[first[k]][2] for k in keys]),
+        )
+        won = {each[0] for each in found}
+        lost = [key for key in keys if key not in won]
+        if lost and not always:
+            found = yield (statements.key_bodies, (lost,))
+            bodies = {key: bytes(body) for key, body in found}
+    adding: list[EventRow] = []
+    for index, row in enumerate(rows):
+        key = row[5]
+        if always or key is None or (key in won and first[key] == index):
+            adding.append(row)
+        elif key in bodies:
+            out[index] = bodies[key]
+        else:  # repeated within ``rows`` after its first, which this call added
+            out[index] = rows[first[key]][2]
+    if not adding:
+        return out
+    found = yield (statements.take_seqs, (len(adding),))
+    head = int(found[0][0])
+    seqs = range(head - len(adding) + 1, head + 1)
+    yield (
+        statements.insert_events,
+        (
+            list(seqs),
+            [row[0] for row in adding],
+            [row[1] for row in adding],
+            [row[2] for row in adding],
+            [row[3] for row in adding],
+            [row[6] for row in adding],
+        ),
+    )
+    event_seqs: list[int] = []
+    receivers: list[str] = []
+    keys_of: list[str | None] = []
+    for seq, row in zip(seqs, adding, strict=True):
+        for receiver_id in dict.fromkeys(row[4]):
+            event_seqs.append(seq)
+            receivers.append(receiver_id)
+            keys_of.append(row[6])
+    if receivers:
+        yield (statements.insert_deliveries, (event_seqs, receivers, keys_of))
+        yield (statements.notify, (statements.channel,))
+    return out
+
+
+def write_events(
+    cursor: Cursor, statements: Statements, rows: Sequence[EventRow], *, always: bool = False
+) -> list[bytes | None]:
+    """Add each event of ``rows`` with one ready delivery per distinct receiver id.
+
+    Returns, per row, ``None`` when it was added, or the body of its idempotency
+    key's first event (recorded before, or earlier in ``rows``) when it was not.
+    ``always`` (the journal's ``append``): add every event, recording a key only
+    if it is new. Raises the driver's error on a duplicate event id; the
+    transaction is then the caller's to roll back. Notifies the schema's channel
+    when deliveries were added (delivered at commit, and not at all on rollback).
+    """
+    steps = publish_steps(statements, rows, always=always)
+    try:
+        query, params = next(steps)
+        while True:
+            cursor.execute(query, params)
+            answer = cursor.fetchall() if _returns_rows(cursor) else []
+            query, params = steps.send(list(answer))
+    except StopIteration as done:
+        result: list[bytes | None] = done.value
+        return result
+
+
+async def write_events_async(
+    cursor: Any, statements: Statements, rows: Sequence[EventRow]
+) -> list[bytes | None]:
+    """``write_events`` on an async cursor (psycopg's ``AsyncCursor``)."""
+    steps = publish_steps(statements, rows)
+    try:
+        query, params = next(steps)
+        while True:
+            await cursor.execute(query, params)
+            answer = await cursor.fetchall() if _returns_rows(cursor) else []
+            query, params = steps.send(list(answer))
+    except StopIteration as done:
+        result: list[bytes | None] = done.value
+        return result
+
+
+def _returns_rows(cursor: Any) -> bool:
+    return getattr(cursor, "description", None) is not None
+
+
+# -- claims, starts, renewals, settlements --------------------------------------------------
+
+# The claim held: this holder, this attempt (``attempts + 1`` until it is started).
+_HELD: Final = (
+    " WHERE d.event_seq = e.seq AND d.receiver_id = c.receiver_id AND d.state = 0"
+    " AND d.holder = %s AND d.attempts + (NOT d.started)::int = c.attempt"
+)
+_CLAIMS_OF: Final = (
+    " FROM unnest(%s::text[], %s::text[], %s::int[]) WITH ORDINALITY"
+    " AS c(event_id, receiver_id, attempt, i) JOIN {s}.events AS e ON e.id = c.event_id"
+)
+_QUEUE: Final = {
+    "routes_of_live": "SELECT routes FROM {s}.consumers WHERE id = %s AND expires_at > %s",
+    # (constants only are joined here: the values are all parameters)
+    "start": (
+        "UPDATE {s}.deliveries AS d SET attempts = d.attempts + (NOT d.started)::int,"  # noqa: S608
+        " started = true" + _CLAIMS_OF + _HELD + " RETURNING c.i"
+    ),
+    "renew": "UPDATE {s}.deliveries AS d SET lease_until = %s"  # noqa: S608
+    + _CLAIMS_OF
+    + _HELD
+    + " RETURNING c.i",
+    # One statement settles every outcome of a request: kinds 0 completed, 1
+    # rescheduled (to ``due``), 2 released (uncounted if started), 3 dead-lettered.
+    "settle": (
+        "UPDATE {s}.deliveries AS d SET"
+        " state = CASE c.kind WHEN 0 THEN 1 WHEN 3 THEN 2 ELSE 0 END, holder = NULL,"
+        " due = CASE WHEN c.kind = 1 THEN c.due ELSE d.due END,"
+        " attempts = CASE WHEN c.kind = 2 THEN d.attempts - d.started::int ELSE d.attempts END,"
+        " started = false,"
+        " holds_key = CASE WHEN c.kind = 3 THEN c.holds AND d.key IS NOT NULL"
+        " ELSE d.holds_key END"
+        " FROM unnest(%s::text[], %s::text[], %s::int[], %s::smallint[], %s::timestamptz[],"
+        " %s::boolean[]) WITH ORDINALITY AS c(event_id, receiver_id, attempt, kind, due, holds, i)"
+        " JOIN {s}.events AS e ON e.id = c.event_id"
+        + _HELD
+        + " RETURNING c.i, d.event_seq, d.key IS NOT NULL"
+    ),
+    "drop_letters_of": (
+        "DELETE FROM {s}.dead_letters AS l USING unnest(%s::bigint[], %s::text[])"
+        " AS g(event_seq, receiver_id)"
+        " WHERE (l.event_seq = g.event_seq AND l.receiver_id = g.receiver_id)"
+        " OR l.id = ANY(%s::text[])"
+    ),
+    "insert_letters": (
+        "INSERT INTO {s}.dead_letters"
+        " (id, event_seq, receiver_id, attempts, error_type, error_message, failed_at)"
+        " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::int[], %s::text[],"
+        " %s::text[], %s::timestamptz[])"
+    ),
+}
+
+
+def _claims_params(claims: Sequence[tuple[str, str, int]]) -> list[list[Any]]:
+    return [[c[0] for c in claims], [c[1] for c in claims], [c[2] for c in claims]]
+
+
+def receivers_of(routes: bytes) -> list[str]:
+    return sorted({receiver for _, receiver in orjson.loads(routes)})
+
+
+def routes_json(routes: Sequence[Route]) -> bytes:
+    return orjson.dumps([[route.pattern, route.receiver_id] for route in routes])
+
+
+class QueueWrites:
+    """The statements that change deliveries, run on a cursor inside a transaction that
+    the caller opens and commits (``PostgresSession``)."""
+
+    def __init__(self, statements: Statements) -> None:
+        self.statements = statements
+        self._sql = {name: statements.render(text) for name, text in _QUEUE.items()}
+        self._sql["claim"] = statements.render(_CLAIM)
+
+    def write(self, cursor: Cursor, requests: Sequence[tuple[Any, ...]]) -> bool:
+        """Run write ``requests`` on ``cursor`` (in one transaction); fill their ``out``.
+        Returns whether anything became claimable for others (worth a notification)."""
+        wake = False
+        publishes = [r for r in requests if r[0] in (PUBLISH, APPEND)]
+        for request in requests:
+            kind = request[0]
+            if kind == SETTLE:
+                wake |= self._settle(cursor, *request[1:])
+            elif kind == START:
+                self._start(cursor, *request[1:])
+        # Publishes last: the turn on ``event_head`` they take lasts until the commit.
+        for kind, rows, out in publishes:
+            out[:] = write_events(cursor, self.statements, rows, always=kind == APPEND)
+        return wake
+
+    def _start(
+        self, cursor: Cursor, holder: str, claims: Sequence[tuple[str, str, int]], out: list[int]
+    ) -> None:
+        cursor.execute(self._sql["start"], (*_claims_params(claims), holder))
+        held = {row[0] for row in cursor.fetchall()}
+        out[:] = [index for index in range(len(claims)) if index + 1 not in held]
+
+    def _settle(
+        self,
+        cursor: Cursor,
+        holder: str,
+        now: datetime,
+        outcomes: Sequence[tuple[int, str, str, int, Any]],
+        out: list[int],
+    ) -> bool:
+        dues: list[datetime | None] = []
+        holds: list[bool] = []
+        for kind, _, _, _, argument in outcomes:
+            dues.append(now + argument if kind == RESCHEDULED else None)
+            holds.append(bool(argument[0]) if kind == DEAD_LETTERED else False)
+        cursor.execute(
+            self._sql["settle"],
+            (
+                [o[1] for o in outcomes],
+                [o[2] for o in outcomes],
+                [o[3] for o in outcomes],
+                [o[0] for o in outcomes],
+                dues,
+                holds,
+                holder,
+            ),
+        )
+        found = cursor.fetchall()
+        applied = {row[0]: row[1] for row in found}
+        keyed = {row[0] for row in found if row[2]}
+        out[:] = [index for index in range(len(outcomes)) if index + 1 not in applied]
+        dead = [
+            (index, applied[index + 1])
+            for index, outcome in enumerate(outcomes)
+            if outcome[0] == DEAD_LETTERED and index + 1 in applied
+        ]
+        if dead:
+            letters = [outcomes[index][4][1] for index, _ in dead]
+            seqs = [seq for _, seq in dead]
+            receivers = [outcomes[index][2] for index, _ in dead]
+            cursor.execute(self._sql["drop_letters_of"], (seqs, receivers, [x[0] for x in letters]))
+            cursor.execute(
+                self._sql["insert_letters"],
+                (
+                    [x[0] for x in letters],
+                    seqs,
+                    receivers,
+                    [x[1] for x in letters],
+                    [x[2] for x in letters],
+                    [x[3] for x in letters],
+                    [x[4] for x in letters],
+                ),
+            )
+        # Another consumer may claim now: what was released, or a key's next delivery.
+        return any(
+            outcome[0] == RELEASED or (index + 1 in keyed and outcome[0] != RESCHEDULED)
+            for index, outcome in enumerate(outcomes)
+            if index + 1 in applied
+        )
+
+    def routes_of_live(self, cursor: Cursor, consumer: ConsumerId, now: datetime) -> bytes | None:
+        cursor.execute(self._sql["routes_of_live"], (str(consumer), now))
+        rows = cursor.fetchall()
+        return None if not rows else bytes(rows[0][0])
+
+    def claim(
+        self,
+        cursor: Cursor,
+        consumer: ConsumerId,
+        receivers: list[str],
+        limit: int,
+        now: datetime,
+        until: datetime,
+        known: Mapping[str, Event],
+    ) -> list[tuple[Event, str, int, bool]]:
+        """Lease up to ``limit`` claimable deliveries of ``receivers`` until ``until``."""
+        cursor.execute(
+            self._sql["claim"],
+            {
+                "receivers": receivers,
+                "now": now,
+                "limit": limit,
+                "holder": str(consumer),
+                "until": until,
+            },
+        )
+        rows = sorted(cursor.fetchall(), key=lambda row: (row[0], row[1]))
+        claims = []
+        event: Event | None = None
+        last = None
+        for seq, receiver_id, attempts, expired, event_id, body in rows:
+            if seq != last:
+                last = seq
+                event = known.get(event_id)
+                if event is None:
+                    event = Event.from_json(bytes(body))
+            assert event is not None
+            claims.append((event, receiver_id, attempts + 1, bool(expired)))
+        return claims
+
+    def renew(
+        self,
+        cursor: Cursor,
+        holder: str,
+        claims: Sequence[tuple[str, str, int]],
+        until: datetime,
+    ) -> list[int]:
+        """Extend the leases held; the indexes of the claims not held."""
+        cursor.execute(self._sql["renew"], (until, *_claims_params(claims), holder))
+        held = {row[0] for row in cursor.fetchall()}
+        return [index for index in range(len(claims)) if index + 1 not in held]
+
+
+# Per receiver, the first ``limit`` claimable deliveries in publish order, locked (skipping
+# those another transaction holds locked), then the first ``limit`` of them all. A keyed
+# delivery is claimable only when no earlier one of its (receiver, key) is unfinished:
+# pending (ready, scheduled or leased), or dead and holding the key. ``expired`` is read
+# from the row before the update: a started attempt whose lease ran out.
+_CLAIM: Final = (
+    "WITH picked AS (SELECT x.event_seq, x.receiver_id, x.holder IS NOT NULL AND x.started"
+    " AS expired FROM unnest(%(receivers)s::text[]) AS r(receiver_id) CROSS JOIN LATERAL"
+    " (SELECT d.event_seq, d.receiver_id, d.holder, d.started FROM {s}.deliveries AS d"
+    " WHERE d.receiver_id = r.receiver_id AND d.state = 0 AND d.due <= %(now)s"
+    " AND (d.holder IS NULL OR d.lease_until <= %(now)s)"
+    " AND (d.key IS NULL OR NOT EXISTS (SELECT 1 FROM {s}.deliveries AS p"
+    " WHERE p.receiver_id = d.receiver_id AND p.key = d.key"
+    " AND p.event_seq < d.event_seq AND p.key IS NOT NULL"
+    " AND (p.state = 0 OR p.holds_key)))"
+    " ORDER BY d.event_seq LIMIT %(limit)s FOR UPDATE OF d SKIP LOCKED) AS x"
+    " ORDER BY x.event_seq, x.receiver_id LIMIT %(limit)s)"
+    " UPDATE {s}.deliveries AS d SET holder = %(holder)s, lease_until = %(until)s,"
+    " started = false FROM picked, {s}.events AS e"
+    " WHERE d.event_seq = picked.event_seq AND d.receiver_id = picked.receiver_id"
+    " AND e.seq = d.event_seq"
+    " RETURNING d.event_seq, d.receiver_id, d.attempts, picked.expired, e.id, e.body"
+)
