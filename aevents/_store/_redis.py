@@ -27,7 +27,6 @@ claim is held while its entry is pending for its consumer with that counter.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -59,6 +58,7 @@ from ._protocol import (
     StoreStats,
     system_clock,
 )
+from ._redis_connection import RedisConnection
 from ._redis_keys import RedisKeys, redact
 
 __all__ = ["RedisStore"]
@@ -172,8 +172,7 @@ class RedisStore:
         self._idempotency_ms = max(int(idempotency_ttl.total_seconds() * 1000), 1)
         self._connect_timeout = float(connect_timeout)
         self._clock = clock
-        self._client: Any = None
-        self._stack: contextlib.AsyncExitStack | None = None
+        self._connection = RedisConnection()
         self._scripts: dict[str, Any] = {}
         self._published: dict[int, Event] = {}  # position -> event this object published
         self._retention_at = 0.0
@@ -194,41 +193,43 @@ class RedisStore:
         warning when the server runs with ``appendonly no``: an acknowledged publish
         is then lost if Redis restarts. Cancelling it leaves nothing open.
         """
-        if self._client is not None:
+        if self._connection.is_open:
             return
         coredis = _import_coredis()
         from coredis.retry import NoRetryPolicy
 
-        client = coredis.Redis.from_url(
-            self._url,
-            decode_responses=False,
-            connect_timeout=self._connect_timeout,
-            retry_policy=NoRetryPolicy(),
-            verify_version=False,
-        )
-        stack = contextlib.AsyncExitStack()
+        def make() -> Any:
+            return coredis.Redis.from_url(
+                self._url,
+                decode_responses=False,
+                connect_timeout=self._connect_timeout,
+                retry_policy=NoRetryPolicy(),
+                verify_version=False,
+            )
+
+        connection = self._connection
         try:
-            await stack.enter_async_context(client)
-            info = await client.info("server")
+            await connection.open(make)
+            info = await connection.call(lambda client: client.info("server"))
             version = _text(info.get("redis_version", "0"))
             if int(version.split(".")[0]) < 7:
                 raise StoreError(self.path, f"needs Redis 7 or later, the server runs {version}")
-            await self._check_persistence(client)
+            await self._check_persistence()
+            client = connection.client
             self._scripts = {
                 name: client.register_script(getattr(scripts, name)) for name in scripts.__all__
             }
         except BaseException as error:
-            await stack.aclose()
+            await connection.close()
             if isinstance(error, StoreError):
                 raise
-            if isinstance(error, coredis.exceptions.RedisError | OSError):
+            if _is_redis_error(error):
                 raise StoreError(self.path, f"cannot be opened: {_describe(error)}") from None
             raise
-        self._client, self._stack = client, stack
 
-    async def _check_persistence(self, client: Any) -> None:
+    async def _check_persistence(self) -> None:
         try:
-            config = await client.config_get(["appendonly"])
+            config = await self._connection.call(lambda client: client.config_get(["appendonly"]))
         except Exception:  # CONFIG may be renamed or refused by an ACL: nothing to say
             return
         value = _text(config.get(b"appendonly", config.get("appendonly", b"")))
@@ -242,15 +243,16 @@ class RedisStore:
 
     async def close(self) -> None:
         """Disconnect. Idempotent."""
-        stack, self._client, self._stack = self._stack, None, None
-        if stack is not None:
-            await stack.aclose()
+        await self._connection.close()
 
     async def _run(self, name: str, args: Sequence[Any], doing: str) -> Any:
-        if self._client is None:
+        if not self._connection.is_open:
             raise StoreError(self.path, "is not open; call `await store.open()` first")
+        script = self._scripts[name]
         try:
-            return await self._scripts[name](keys=[self.keys.base], args=list(args))
+            return await self._connection.call(
+                lambda _: script(keys=[self.keys.base], args=list(args))
+            )
         except Exception as error:
             if isinstance(error, StoreError):
                 raise
@@ -325,10 +327,10 @@ class RedisStore:
         return EventPage(events, end, end - position - len(events))
 
     async def _call(self, call: Any, doing: str) -> Any:
-        if self._client is None:
+        if not self._connection.is_open:
             raise StoreError(self.path, "is not open; call `await store.open()` first")
         try:
-            return await call(self._client)
+            return await self._connection.call(call)
         except Exception as error:
             if _is_redis_error(error):
                 raise StoreError(self.path, f"{doing}: {_describe(error)}") from None
@@ -522,7 +524,8 @@ class RedisStore:
 
         async def read(client: Any) -> list[DeadLetter]:
             letters = []
-            for _, fields in await client.xrange(self.keys.dead):
+            for entry in await client.xrange(self.keys.dead):
+                fields = entry.field_values
                 raw = orjson.loads(fields[b"l"])
                 position = _text(fields[b"p"])
                 found = await client.xrange(
@@ -530,7 +533,7 @@ class RedisStore:
                 )
                 if not found:
                     continue
-                event = Event.from_json(found[0][1][b"b"])
+                event = Event.from_json(found[0].field_values[b"b"])
                 letters.append(
                     DeadLetter(
                         id=_text(fields[b"id"]),
@@ -614,6 +617,20 @@ class RedisStore:
             if went < 1000:
                 return total
 
+
+    async def delete_all(self) -> int:
+        """Delete every key of this store's prefix: its events, deliveries, dead letters,
+        consumers and idempotency keys. Return how many keys went. For tests and for
+        retiring a prefix; the processes using it must be stopped first."""
+
+        async def drop(client: Any) -> int:
+            keys = [key async for key in client.scan_iter(match=self.keys.pattern, count=1000)]
+            for start in range(0, len(keys), 500):
+                await client.delete(keys[start : start + 500])
+            return len(keys)
+
+        removed: int = await self._call(drop, "could not delete its keys")
+        return removed
 
 def _is_redis_error(error: BaseException) -> bool:
     coredis = _import_coredis()
