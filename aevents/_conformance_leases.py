@@ -257,19 +257,66 @@ class LeasedStoreConformance:
     async def test_an_expired_lease_passes_to_another_consumer_with_its_attempt_counted(
         self, leased_store: LeasedStore, clock: ManualClock
     ) -> None:
-        """A lease that ran out is claimed again as attempt 2; its first holder lost it."""
+        """A started attempt whose lease ran out is claimed again as attempt 2, marked as
+        expired; its first holder lost it."""
         event = _event()
         await _publish(leased_store, [event], "r")
         first, second = await _consumer(leased_store, "r"), await _consumer(leased_store, "r")
         (lost,) = await _claim(leased_store, first)
+        assert await leased_store.start(first, [lost]) == []
         clock.advance(LEASE - 1)
         assert await _claim(leased_store, second) == []
         clock.advance(2)
         (taken,) = await _claim(leased_store, second)
         assert _seen([taken]) == [(event.id, "r", 2, True)]
+        assert await leased_store.start(first, [lost]) == [lost]
         assert await leased_store.settle(first, [Completed(lost)]) == [lost]
         assert await leased_store.settle(second, [Completed(taken)]) == []
         assert (await leased_store.stats()).done == 1
+
+    @pytest.mark.anyio
+    async def test_a_claim_never_started_costs_no_attempt_when_its_lease_runs_out(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """Only a started attempt counts: a claim whose holder died before starting it
+        (prefetched, say) is claimed again as attempt 1, not marked as expired."""
+        event = _event()
+        await _publish(leased_store, [event], "r")
+        first, second = await _consumer(leased_store, "r"), await _consumer(leased_store, "r")
+        (lost,) = await _claim(leased_store, first)
+        clock.advance(LEASE + 1)
+        (taken,) = await _claim(leased_store, second)
+        assert _seen([taken]) == [(event.id, "r", 1, False)]
+        assert await leased_store.start(first, [lost]) == [lost]  # not held any more
+        assert await leased_store.start(second, [taken]) == []
+        assert await leased_store.settle(second, [Completed(taken)]) == []
+        assert (await leased_store.stats()).done == 1
+
+    @pytest.mark.anyio
+    async def test_starting_counts_an_attempt_once_and_only_for_its_holder(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """``start`` is idempotent, refuses claims not held, and the attempt stays counted."""
+        event = _event()
+        await _publish(leased_store, [event], "r")
+        holder, other = await _consumer(leased_store, "r"), await _consumer(leased_store, "r")
+        (claim,) = await _claim(leased_store, holder)
+        stranger = Claim(_event(), "r", 1, False)
+        wrong_attempt = Claim(event, "r", 2, False)
+        assert await leased_store.start(holder, []) == []
+        assert await leased_store.start(other, [claim]) == [claim]
+        assert await leased_store.start(holder, [stranger, wrong_attempt]) == [
+            stranger,
+            wrong_attempt,
+        ]
+        assert await leased_store.start(holder, [claim]) == []
+        assert await leased_store.start(holder, [claim]) == []  # twice: counted once
+        assert await leased_store.renew(holder, [claim], lease=LEASE) == []
+        assert [lease.attempt for lease in await leased_store.leases()] == [1]
+        assert await leased_store.settle(holder, [Rescheduled(claim, 0.0)]) == []
+        (again,) = await _claim(leased_store, other)
+        assert _seen([again]) == [(event.id, "r", 2, False)]
+        assert [lease.attempt for lease in await leased_store.leases()] == [2]
 
     @pytest.mark.anyio
     async def test_a_renewed_lease_keeps_live_work_from_being_stolen(
@@ -279,6 +326,7 @@ class LeasedStoreConformance:
         await _publish(leased_store, [_event()], "r")
         holder, other = await _consumer(leased_store, "r"), await _consumer(leased_store, "r")
         (claim,) = await _claim(leased_store, holder)
+        assert await leased_store.start(holder, [claim]) == []
         clock.advance(LEASE - 10)
         assert await leased_store.renew(holder, [claim], lease=LEASE) == []
         clock.advance(LEASE - 1)  # past the first expiry, before the renewed one
@@ -311,6 +359,7 @@ class LeasedStoreConformance:
         await _publish(leased_store, [event], "r")
         consumer = await _consumer(leased_store, "r")
         (claim,) = await _claim(leased_store, consumer)
+        assert await leased_store.start(consumer, [claim]) == []
         assert await leased_store.settle(consumer, [Rescheduled(claim, 20.0)]) == []
         clock.advance(19)
         assert await _claim(leased_store, consumer) == []
@@ -321,11 +370,15 @@ class LeasedStoreConformance:
     async def test_a_released_claim_is_ready_again_with_its_attempt_uncounted(
         self, leased_store: LeasedStore
     ) -> None:
-        """Releasing undoes the claim: the next one is attempt 1 again."""
+        """Releasing undoes the claim, started or not: the next one is attempt 1 again."""
         event = _event()
         await _publish(leased_store, [event], "r")
         consumer = await _consumer(leased_store, "r")
         (claim,) = await _claim(leased_store, consumer)
+        assert await leased_store.settle(consumer, [Released(claim)]) == []
+        (claim,) = await _claim(leased_store, consumer)
+        assert _seen([claim]) == [(event.id, "r", 1, False)]
+        assert await leased_store.start(consumer, [claim]) == []
         assert await leased_store.settle(consumer, [Released(claim)]) == []
         assert _seen(await _claim(leased_store, consumer)) == [(event.id, "r", 1, False)]
 
@@ -339,9 +392,9 @@ class LeasedStoreConformance:
         await _publish(leased_store, [event], "poison", "fine")
         for attempt in range(1, attempts + 1):
             process = await _consumer(leased_store, "poison")  # a new process each time
-            assert _seen(await _claim(leased_store, process)) == [
-                (event.id, "poison", attempt, attempt > 1)
-            ]
+            claims = await _claim(leased_store, process)
+            assert _seen(claims) == [(event.id, "poison", attempt, attempt > 1)]
+            assert await leased_store.start(process, claims) == []
             clock.advance(LEASE + 1)  # it died mid-receiver: the lease runs out
         survivor = await _consumer(leased_store, "poison")
         (claim,) = await _claim(leased_store, survivor)
@@ -351,6 +404,29 @@ class LeasedStoreConformance:
         assert await leased_store.dead_letters() == [letter]
         assert await _claim(leased_store, survivor) == []
         assert await leased_store.stats() == StoreStats(events=1, pending=1, done=0, dead=1)
+
+    @pytest.mark.anyio
+    async def test_a_poison_delivery_costs_the_claims_prefetched_beside_it_nothing(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """Each process claims the poison delivery and others, starts only the poison one,
+        and dies: the others come back at attempt 1 every time, the poison one runs out."""
+        attempts = 3
+        poison, *others = [_event(n) for n in range(5)]
+        await _publish(leased_store, [poison, *others], "r")
+        for attempt in range(1, attempts + 1):
+            process = await _consumer(leased_store, "r")
+            claims = await _claim(leased_store, process)
+            assert _seen(claims) == [(poison.id, "r", attempt, attempt > 1)] + [
+                (e.id, "r", 1, False) for e in others
+            ]
+            assert await leased_store.start(process, claims[:1]) == []
+            clock.advance(LEASE + 1)  # it died in the poison receiver
+        survivor = await _consumer(leased_store, "r")
+        claims = await _claim(leased_store, survivor)
+        assert _seen(claims) == [(poison.id, "r", attempts + 1, True)] + [
+            (e.id, "r", 1, False) for e in others
+        ]
 
     # ----------------------------------------------------------------------- per-key order
 
@@ -400,6 +476,7 @@ class LeasedStoreConformance:
         await _publish(leased_store, [k1, k2], "r")
         first, second = await _consumer(leased_store, "r"), await _consumer(leased_store, "r")
         (lost,) = await _claim(leased_store, first)
+        assert await leased_store.start(first, [lost]) == []
         assert await _claim(leased_store, second) == []
         clock.advance(LEASE + 1)
         (again,) = await _claim(leased_store, second)
@@ -651,11 +728,12 @@ class LeasedStoreConformance:
     async def test_unregistering_releases_what_the_consumer_holds(
         self, leased_store: LeasedStore
     ) -> None:
-        """A consumer that leaves hands its claims back uncounted, at once."""
+        """A consumer that leaves hands its claims back uncounted, at once, started or not."""
         events = [_event(n) for n in range(3)]
         await _publish(leased_store, events, "r")
         leaving, staying = await _consumer(leased_store, "r"), await _consumer(leased_store, "r")
-        await _claim(leased_store, leaving)
+        held = await _claim(leased_store, leaving)
+        assert await leased_store.start(leaving, held[:2]) == []
         assert await leased_store.unregister(leaving) == 3
         assert [c.id for c in await leased_store.consumers()] == [staying]
         claims = await _claim(leased_store, staying)
@@ -824,9 +902,12 @@ def _child(spec_json: str) -> None:
         await store.register(consumer, [Route("**", r) for r in spec["receivers"]], ttl=TTL)
         print(json.dumps(["ready", str(consumer)]), flush=True)
         await anyio.to_thread.run_sync(sys.stdin.readline)  # "go"
+        to_start = spec["start"]
         while claims := await store.claim(consumer, spec["limit"], lease=LEASE):
             for claim in claims:
                 print(json.dumps(["claim", *_seen([claim])[0]]), flush=True)
+            assert await store.start(consumer, claims[:to_start]) == []
+            to_start = max(0, to_start - len(claims))
             if not spec["until_empty"]:
                 break
         if spec["die"]:
@@ -857,6 +938,7 @@ async def claim_in_another_process(
     limit: int,
     until_empty: bool = False,
     die: bool = False,
+    start: int = 0,
     meanwhile: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[str, list[tuple[str, str, int, bool]]]:
     """Run a consumer in a fresh interpreter; return its id and what it claimed.
@@ -866,8 +948,9 @@ async def claim_in_another_process(
     ``directory``, with a clock stopped at ``now``. It registers for
     ``receivers`` and, once this process has seen it ready, claims batches of
     ``limit`` under ``LEASE`` (until none are left with ``until_empty``) while
-    ``meanwhile`` runs here. Then it closes its store or, with ``die``, kills
-    itself with SIGKILL holding every lease. POSIX only (SIGKILL).
+    ``meanwhile`` runs here. It starts the first ``start`` deliveries it claims.
+    Then it closes its store or, with ``die``, kills itself with SIGKILL holding
+    every lease. POSIX only (SIGKILL).
     """
     spec = {
         "factory": factory,
@@ -878,6 +961,7 @@ async def claim_in_another_process(
         "limit": limit,
         "until_empty": until_empty,
         "die": die,
+        "start": start,
     }
     output, problems = bytearray(), bytearray()
     with anyio.fail_after(60):
@@ -920,11 +1004,12 @@ class TwoProcessLeasedConformance(LeasedStoreConformance):
     async def test_leases_of_a_process_killed_mid_batch_pass_to_a_live_one(
         self, leased_store: LeasedStore, clock: ManualClock, tmp_path: Path
     ) -> None:
-        """A SIGKILLed consumer's claims are claimed here once its leases run out, in key order."""
+        """A SIGKILLed consumer's claims are claimed here once its leases run out, in key
+        order; the two it started count as attempts, the one it never started does not."""
         f1, k1, f2, k2 = _event(1), _event(2, "k"), _event(3), _event(4, "k")
         await _publish(leased_store, [f1, k1, f2, k2], "r")
         dead, claimed = await claim_in_another_process(
-            self.child_store_factory(), tmp_path, clock(), ["r"], limit=10, die=True
+            self.child_store_factory(), tmp_path, clock(), ["r"], limit=10, die=True, start=2
         )
         assert claimed == [(e.id, "r", 1, False) for e in (f1, k1, f2)]
         here = await _consumer(leased_store, "r")
@@ -932,7 +1017,11 @@ class TwoProcessLeasedConformance(LeasedStoreConformance):
         assert {str(c.id): c.leases for c in await leased_store.consumers()}[dead] == 3
         clock.advance(LEASE + 1)
         taken = await _claim(leased_store, here)
-        assert _seen(taken) == [(e.id, "r", 2, True) for e in (f1, k1, f2)]
+        assert _seen(taken) == [
+            (f1.id, "r", 2, True),
+            (k1.id, "r", 2, True),
+            (f2.id, "r", 1, False),
+        ]
         await leased_store.settle(here, [Completed(c) for c in taken])
         assert _seen(await _claim(leased_store, here)) == [(k2.id, "r", 1, False)]
 

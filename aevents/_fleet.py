@@ -13,16 +13,20 @@ buffer as they would without one.
 Consuming (unless ``consume=False``): the runtime registers a consumer with
 the routes of its fleet receivers and keeps it live with heartbeats. One task
 claims as many deliveries as the buffer has room for, never more, and puts
-them in the buffer; it claims again when this process publishes, when a
-settle may have let a key move on, and otherwise polls with a short backoff.
-The workers run the claims; the outcomes (``Completed``, ``Rescheduled`` for a
-retry, which the store holds until it is due, ``DeadLettered``) are settled in
-batches, and a claim counts as finished for ``drain()`` once its settle is
-written. Leases are renewed while the claims are held. A claim whose lease
-was lost is not settled here: another consumer has it. A claim whose attempt
-is past its receiver's policy (the processes of its earlier attempts died) is
-dead-lettered without running. At the stop, what is running is drained and
-the rest is handed back (``Released``), so other consumers take it at once.
+them in the buffer; it claims again when this process publishes, when a settle
+may have let a key move on, and otherwise polls with a short backoff. The
+workers run the claims, each once its attempt is recorded as started
+(``LeasedStore.start``, written for all the workers that start at once in one
+call): a claim counts as an attempt only then, so the claims a process had
+taken into its buffer cost nothing when a receiver kills it. The outcomes
+(``Completed``, ``Rescheduled`` for a retry, which the store holds until it is
+due, ``DeadLettered``) are settled in batches, and a claim counts as finished
+for ``drain()`` once its settle is written. Leases are renewed while the
+claims are held. A claim whose lease was lost is not settled here: another
+consumer has it. A claim whose attempt is past its receiver's policy (the
+processes of its earlier attempts died) is dead-lettered without running. At
+the stop, what is running is drained and the rest is handed back
+(``Released``), so other consumers take it at once.
 
 Per-key order comes from the store, which hands out only the first unfinished
 delivery of a (receiver, key), so keyed claims skip the in-process lanes.
@@ -97,6 +101,18 @@ class _Write:
         self.error: BaseException | None = None
 
 
+class _Starts:
+    """Claims whose attempts workers are about to run, recorded in one ``start`` call."""
+
+    __slots__ = ("claims", "done", "failed", "lost")
+
+    def __init__(self) -> None:
+        self.claims: list[Claim] = []
+        self.done = anyio.Event()
+        self.lost: list[Claim] = []
+        self.failed = False
+
+
 class Fleet:
     """A ``LeasedStore`` as the runtime uses it: publish, claim, run, settle, release."""
 
@@ -143,11 +159,19 @@ class Fleet:
         # Claims held, by (event id, receiver id), and those whose attempt started.
         self._held: dict[Held, Claim] = {}
         self._running: set[Held] = set()
+        # The gate: the last attempt of a delivery whose earlier attempts ended with their
+        # process (``Claim.lease_expired``) runs alone here, the one it holds.
+        self._alone: Held | None = None
+        self._alone_waiting = 0
+        self._gate_moved: anyio.Event | None = None
         # Outcomes waiting to be settled, with the epoch each one finishes.
         self._to_settle: list[tuple[Outcome, Epoch]] = []
         self._settle_batch: list[tuple[Outcome, Epoch]] = []  # being written
         self._settle_wanted: anyio.Event | None = None
         self._settle_room: anyio.Event | None = None
+        # Starts: the batch the next ``start`` call writes, and what wakes its task.
+        self._starts: _Starts | None = None
+        self._start_wanted: anyio.Event | None = None
         # The claim loop: woken by publishes, settles and drain(); rounds counted for drain().
         self._claim_wanted = anyio.Event()
         self._rounds_started = 0
@@ -213,6 +237,7 @@ class Fleet:
             tasks.start_soon(self._claims)
             tasks.start_soon(self._renewals)
             tasks.start_soon(self._settles)
+            tasks.start_soon(self._write_starts)
 
     async def _compare_routes(self) -> None:
         """Log, at start, how this process's routes compare with the live consumers'."""
@@ -642,11 +667,13 @@ class Fleet:
 
     # ------------------------------------------------------------------ running
 
-    def start_attempt(self, delivery: Delivery) -> Claim | None:
-        """The claim a worker is about to run, marked as started; None if it must not run.
+    async def start_attempt(self, delivery: Delivery) -> Claim | None:
+        """The claim a worker is about to run, once the store counts its attempt as
+        started; None if it must not run.
 
-        Not run: its lease was lost (another consumer has it), or the runtime
-        is stopping, and a claim not started yet is handed back instead.
+        Not run: its lease was lost (another consumer has it), the store could not
+        record the start (the lease runs out and it runs again, uncounted), or the
+        runtime is stopping, and a claim not started yet is handed back instead.
         """
         held = (delivery.event.id, delivery.subscription.receiver_id)
         claim = self._held.get(held)
@@ -656,15 +683,115 @@ class Fleet:
         if self._run.state is not RUNNING:
             self._queue_outcome(Released(claim), delivery.epoch)
             return None
+        gated = self._alone is not None or self._alone_waiting or claim.lease_expired
+        if gated and not await self._through_gate(delivery, claim):
+            return None
+        # Running from here on: a stop hands it back as Rescheduled, which keeps the
+        # attempt counted if the start was written and counts nothing if it was not.
         self._running.add(held)
+        starts = self._starts
+        if starts is None:
+            starts = self._starts = _Starts()
+            if self._start_wanted is not None:
+                self._start_wanted.set()
+        starts.claims.append(claim)
+        await starts.done.wait()
+        if starts.failed or self._held.get(held) is not claim:
+            self._ended(held)
+            delivery.epoch.finish()
+            return None
         return claim
+
+    async def _through_gate(self, delivery: Delivery, claim: Claim) -> bool:
+        """Wait until this attempt may run; whether it still may (its claim is held).
+
+        A delivery whose earlier attempts ended with their processes, now on its last
+        attempt, runs alone: it waits until nothing else runs, and nothing else starts
+        until its outcome is written. So when a receiver kills its process, the attempts
+        that ran beside it count once, run again alone if that was their last, and only
+        the receiver that kills its process on its own ends as a dead letter.
+        """
+        held = (claim.event.id, claim.receiver_id)
+        policy = self._failures.policy(delivery.subscription)
+        alone = claim.lease_expired and claim.attempt >= policy.attempts
+        if alone:
+            self._alone_waiting += 1
+        try:
+            while self._alone is not None or (self._running if alone else self._alone_waiting):
+                if self._gate_moved is None:
+                    self._gate_moved = anyio.Event()
+                await self._gate_moved.wait()
+        finally:
+            if alone:
+                self._alone_waiting -= 1
+        if self._held.get(held) is not claim or self._run.state is not RUNNING:
+            if self._held.get(held) is claim:
+                self._queue_outcome(Released(claim), delivery.epoch)
+            else:
+                delivery.epoch.finish()
+            self._move_gate()
+            return False
+        if alone:
+            self._alone = held
+            logger.info(
+                "event %s for receiver %r runs alone: its last attempt (%d) follows attempts "
+                "whose process stopped",
+                claim.event.id,
+                claim.receiver_id,
+                claim.attempt,
+                extra={"event_id": claim.event.id, "receiver_id": claim.receiver_id},
+            )
+        return True
+
+    def _ended(self, held: Held) -> None:
+        """An attempt that ran (or was to run) here is over: its outcome is written, or it
+        was lost or never started."""
+        self._running.discard(held)
+        if self._alone == held:
+            self._alone = None
+        self._move_gate()
+
+    def _move_gate(self) -> None:
+        if self._gate_moved is not None:
+            self._gate_moved.set()
+            self._gate_moved = None
+
+    async def _write_starts(self) -> None:
+        """Record the attempts workers are about to run, all that piled up in one call."""
+        assert self.consumer is not None
+        while True:
+            starts = self._starts
+            if starts is None:
+                self._start_wanted = anyio.Event()
+                await self._start_wanted.wait()
+                self._start_wanted = None
+                continue
+            self._starts = None
+            try:
+                lost = await self.store.start(self.consumer, starts.claims)
+                for claim in lost:  # another consumer took it meanwhile: not run here
+                    held = (claim.event.id, claim.receiver_id)
+                    if self._held.get(held) == claim:
+                        del self._held[held]
+            except StoreError as error:
+                starts.failed = True
+                for claim in starts.claims:  # not run here: its lease runs out, uncounted
+                    self._held.pop((claim.event.id, claim.receiver_id), None)
+                logger.warning(
+                    "could not record %s as started (%s); their leases run out and they run again",
+                    counted(len(starts.claims), "attempt"),
+                    error,
+                    extra={"deliveries": len(starts.claims)},
+                )
+            finally:
+                starts.done.set()
 
     async def settle(self, outcome: Outcome, epoch: Epoch) -> None:
         """Hand an attempt's outcome to the settle task; wait while too many are unwritten."""
         claim = outcome.claim
         held = (claim.event.id, claim.receiver_id)
         if held not in self._held:
-            self._running.discard(held)
+            self._ended(held)
             epoch.finish()  # the lease was lost meanwhile: another consumer settles it
             return
         self._queue_outcome(outcome, epoch)
@@ -716,7 +843,7 @@ class Fleet:
                 claim = outcome.claim
                 held = (claim.event.id, claim.receiver_id)
                 self._held.pop(held, None)
-                self._running.discard(held)
+                self._ended(held)
                 epoch.finish()
                 if held in lost_keys:
                     continue

@@ -177,7 +177,7 @@ class Workers:
             if delivery.subscription.scope == "process":
                 await self._run_in_memory(delivery)
                 continue
-            claim = fleet.start_attempt(delivery)
+            claim = await fleet.start_attempt(delivery)
             if claim is None:
                 continue
             token = delivery_var.set(delivery)

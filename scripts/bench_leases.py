@@ -9,14 +9,15 @@ sqlite3.
 
 Each process registers a consumer for its own receiver id and then, ``--events``
 times over in batches of ``--batch``: publishes a batch (one ``publish`` call,
-one transaction), claims up to a batch (one transaction) and settles what it
-claimed as ``Completed`` (one transaction), until everything it published is
+one transaction), claims up to a batch (one transaction), records them as
+started (one transaction) and settles what it claimed as ``Completed`` (one
+transaction), until everything it published is
 done. All processes start together on one fresh file; the rate is every
 process's events over the time from the first start to the last finish.
 
 The bare loop does exactly that in plain sqlite3, with no event loop, no store
 thread and no ``Claim`` objects: the same statements (imported from the
-store's SQL module), the same three transactions per batch, the same
+store's SQL module), the same four transactions per batch, the same
 ``synchronous`` per transaction (publishing at the chosen level, claims and
 settlements at ``NORMAL``), events made and serialised the same way. The ratio
 store/bare is what the store's machinery costs on top of the SQL.
@@ -48,7 +49,14 @@ import anyio
 from aevents._event import make_event
 from aevents._store import Completed, ConsumerId, Route
 from aevents._store._sqlite import SQLiteStore
-from aevents._store._sqlite_leased_sql import _LEASE, _NEXT_SEQ, _SETTLE, CLAIM, COMPLETED
+from aevents._store._sqlite_leased_sql import (
+    _LEASE,
+    _NEXT_SEQ,
+    _SETTLE,
+    _START,
+    CLAIM,
+    COMPLETED,
+)
 from aevents._store._sqlite_schema import SYNCHRONOUS
 from aevents._store._sqlite_sql import (
     INSERT_DELIVERIES,
@@ -87,6 +95,7 @@ async def _store_worker(
                 )
                 published += size
             claims = await store.claim(consumer, batch, lease=_LEASE_SECONDS)
+            await store.start(consumer, claims)
             await store.settle(consumer, [Completed(claim) for claim in claims])
             done += len(claims)
         finished = time.perf_counter()
@@ -132,6 +141,10 @@ def _bare_worker(
             claimed = conn.execute(CLAIM, (receiver, now, batch)).fetchall()
             until = now + int(_LEASE_SECONDS * 1e6)
             conn.executemany(_LEASE, [(holder, until, row[0], row[1]) for row in claimed])
+            conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            for row in claimed:
+                conn.execute(_START, (row[4], row[1], holder, row[2] + 1))
             conn.execute("COMMIT")
             conn.execute("BEGIN IMMEDIATE")
             for row in claimed:

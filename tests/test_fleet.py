@@ -73,11 +73,17 @@ async def until(condition: Callable[[], bool | Awaitable[bool]], *, seconds: flo
             await anyio.sleep(0.005)
 
 
-async def dead_consumer(store: MemoryStore, limit: int, *, lease: float = 5.0) -> list[Claim]:
-    """Claims made by a consumer that then dies: nobody renews or settles them."""
+async def dead_consumer(
+    store: MemoryStore, limit: int, *, lease: float = 5.0, started: bool = True
+) -> list[Claim]:
+    """Claims made by a consumer that then dies, running them (``started``) or before it
+    ran them: nobody renews or settles them."""
     consumer = new_consumer_id()
     await store.register(consumer, [Route(NAME, "worker")], ttl=lease)
-    return await store.claim(consumer, limit, lease=lease)
+    claims = await store.claim(consumer, limit, lease=lease)
+    if started:
+        assert await store.start(consumer, claims) == []
+    return claims
 
 
 # ---------------------------------------------------------------------- sharing
@@ -181,6 +187,36 @@ async def test_a_lease_that_runs_out_is_taken_over_by_the_live_runtime() -> None
             await until(lambda: _no_leases(store))
     stats = await _stats(store)
     assert (stats.pending, stats.done) == (0, 4)
+
+
+async def test_claims_a_dead_consumer_never_started_run_as_first_attempts() -> None:
+    """What a consumer had claimed but not started when it died costs no attempt: the live
+    runtime runs it as attempt 1, once the lease runs out."""
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    seen: list[tuple[int, int]] = []
+
+    def registry() -> Registry:
+        registry = Registry()
+
+        async def worker(event: Event) -> None:
+            info = aevents.current_delivery()
+            assert info is not None
+            seen.append((event.payload["n"], info.attempt))
+
+        registry.subscribe(NAME, worker, id="worker")
+        return registry
+
+    publisher = EventRuntime(registry(), store=store, consume=False)
+    async with running(publisher):
+        for n in range(2):
+            await publisher.publish(NAME, payload={"n": n})
+        await dead_consumer(store, 2, started=False)
+        async with running(EventRuntime(registry(), store=store)):
+            clock.advance(6)
+            await until(lambda: len(seen) == 2)
+            assert sorted(seen) == [(0, 1), (1, 1)]
+            await until(lambda: _no_leases(store))
 
 
 async def test_a_poison_delivery_ends_as_one_dead_letter_without_running_again() -> None:

@@ -168,7 +168,7 @@ async def test_a_journal_is_migrated_into_a_queue(path: Path, anyio_backend: obj
             "DROP INDEX deliveries_done",
             *(
                 f"ALTER TABLE deliveries DROP COLUMN {column}"
-                for column in ("key", "due", "holder", "lease_until", "holds_key")
+                for column in ("key", "due", "holder", "lease_until", "holds_key", "started")
             ),
             "PRAGMA user_version = 2",
         ):
@@ -189,6 +189,42 @@ async def test_a_journal_is_migrated_into_a_queue(path: Path, anyio_backend: obj
         await store.close()
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+@pytest.mark.anyio
+async def test_a_version_3_queue_keeps_its_leased_attempts_counted(
+    path: Path, anyio_backend: object
+) -> None:
+    """Version 3 counted an attempt when it was claimed: after the migration to 4, what
+    it had leased counts as started, so a crash then still costs that attempt."""
+    store = SQLiteStore(path, synchronous="NORMAL", reclaim_dead_pids=False)
+    await store.open()
+    events = [make_event("queue:event", {"n": n}, {}) for n in range(2)]
+    await store.publish([(event, ["r"]) for event in events])
+    consumer = new_consumer_id()
+    await store.register(consumer, _routes("r"), ttl=60)
+    held = await store.claim(consumer, 1, lease=0.5)
+    await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # as version 3 wrote it
+        conn.execute("UPDATE deliveries SET attempts = attempts + 1 WHERE holder IS NOT NULL")
+        conn.execute("ALTER TABLE deliveries DROP COLUMN started")
+        conn.execute("PRAGMA user_version = 3")
+        conn.commit()
+    store = SQLiteStore(path, synchronous="NORMAL", reclaim_dead_pids=False)
+    await store.open()
+    try:
+        (lease,) = await store.leases()
+        assert (lease.event_id, lease.attempt) == (held[0].event.id, 1)
+        await anyio.sleep(1.0)  # the lease runs out: its process died mid-attempt
+        other = new_consumer_id()
+        await store.register(other, _routes("r"), ttl=60)
+        claims = await store.claim(other, 10, lease=30)
+        assert [(c.event, c.attempt, c.lease_expired) for c in claims] == [
+            (events[0], 2, True),
+            (events[1], 1, False),
+        ]
+    finally:
+        await store.close()
 
 
 @pytest.mark.anyio
@@ -315,14 +351,15 @@ async def test_a_killed_process_leases_pass_at_once_with_reclaim_dead_pids(
     tmp_path: Path, clock: ManualClock, anyio_backend: object
 ) -> None:
     """With ``reclaim_dead_pids``, the leases of a consumer on this host whose process is
-    gone are claimable at once, as expired; a live one's are not."""
+    gone are claimable at once: the one it started as expired, the one it only claimed
+    at its old attempt; a live one's are not."""
     events = [make_event("crash:event", {"n": n}, {}) for n in range(3)]
     store = SQLiteStore(tmp_path / "queue.db", clock=clock, reclaim_dead_pids=True)
     await store.open()
     try:
         await store.publish([(event, ["r"]) for event in events])
         dead, claimed = await claim_in_another_process(
-            f"{__name__}:leased", tmp_path, clock(), ["r"], limit=2, die=True
+            f"{__name__}:leased", tmp_path, clock(), ["r"], limit=2, die=True, start=1
         )
         assert [c[0] for c in claimed] == [e.id for e in events[:2]]
         here = new_consumer_id()
@@ -330,7 +367,7 @@ async def test_a_killed_process_leases_pass_at_once_with_reclaim_dead_pids(
         taken = await store.claim(here, 10, lease=30)  # no time has passed
         assert [(c.event, c.attempt, c.lease_expired) for c in taken] == [
             (events[0], 2, True),
-            (events[1], 2, True),
+            (events[1], 1, False),
             (events[2], 1, False),
         ]
         assert [c.id for c in await store.consumers()] == [here]
@@ -353,7 +390,9 @@ async def test_reclaim_dead_pids_leaves_a_live_process_its_leases(
         mine = new_consumer_id()
         other = ConsumerId(mine.host, sleeper.pid, "sleeper1")  # a consumer in that process
         await store.register(other, _routes("r"), ttl=60)
-        assert [c.event for c in await store.claim(other, 1, lease=30)] == [event]
+        claims = await store.claim(other, 1, lease=30)
+        assert [c.event for c in claims] == [event]
+        assert await store.start(other, claims) == []
         await store.register(mine, _routes("r"), ttl=60)
         assert await store.claim(mine, 1, lease=30) == []
         sleeper.kill()
@@ -453,8 +492,8 @@ async def test_a_write_lock_held_past_busy_timeout_raises_store_error_naming_it(
 async def test_both_protocols_work_on_one_set_of_deliveries(
     path: Path, anyio_backend: object
 ) -> None:
-    """What ``append`` records can be claimed; a leased delivery is ``pending``; completing it
-    through the journal ends its lease."""
+    """What ``append`` records can be claimed; a leased delivery is ``pending``, with its
+    attempt counted once started; completing it through the journal ends its lease."""
     store = SQLiteStore(path)
     await store.open()
     try:
@@ -465,6 +504,8 @@ async def test_both_protocols_work_on_one_set_of_deliveries(
         await store.register(consumer, _routes("r"), ttl=60)
         (claim,) = await store.claim(consumer, 10, lease=30)
         assert claim.event == first  # the key's order holds across both ways in
+        assert [(d.event, d.attempts) async for d in store.pending()] == [(first, 0), (second, 0)]
+        assert await store.start(consumer, [claim]) == []
         assert [(d.event, d.attempts) async for d in store.pending()] == [(first, 1), (second, 0)]
         await store.complete([(first.id, "r")])
         assert await store.leases() == []

@@ -484,9 +484,10 @@ def keyed(key: str, occurred_at: datetime | None = None) -> Event:
     return Event(new_event_id(), "order.paid", {}, occurred_at, {"idempotency_key": key})
 
 
-def test_schema_version_is_3() -> None:
-    """This aevents writes schema version 3, the one with the leased queue's columns."""
-    assert SCHEMA_VERSION == 3
+def test_schema_version_is_4() -> None:
+    """This aevents writes schema version 4: the leased queue's columns, with attempts
+    counted when they start."""
+    assert SCHEMA_VERSION == 4
 
 
 @pytest.mark.anyio

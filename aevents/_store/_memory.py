@@ -61,6 +61,12 @@ class _Delivery:
     holder: ConsumerId | None = None  # the consumer leasing it, until lease_until
     lease_until: datetime = _ALWAYS
     holds_key: bool = False  # dead, and the later deliveries of its key wait for it
+    started: bool = False  # the holder started its attempt: it counts in ``attempts``
+
+    @property
+    def attempt(self) -> int:
+        """The number of the held claim's attempt (started or not)."""
+        return self.attempts if self.started else self.attempts + 1
 
 
 @attrs.define(slots=True, eq=False)
@@ -419,7 +425,7 @@ class MemoryStore:
             released = 0
             for _, _, _, delivery in self._each():
                 if delivery.state == _PENDING and delivery.holder == consumer:
-                    delivery.holder, delivery.attempts = None, delivery.attempts - 1
+                    _uncount(delivery)
                     released += 1
             return released
 
@@ -461,12 +467,12 @@ class MemoryStore:
                         or (delivery.holder is not None and delivery.lease_until > now)
                     ):
                         continue
-                    expired = delivery.holder is not None
+                    expired = delivery.holder is not None and delivery.started
                     delivery.holder, delivery.lease_until = consumer, until
-                    delivery.attempts += 1
+                    delivery.started = False
                     if event is None:
                         event = Event.from_json(entry.body)
-                    claims.append(Claim(event, receiver_id, delivery.attempts, expired))
+                    claims.append(Claim(event, receiver_id, delivery.attempts + 1, expired))
                     if len(claims) == limit:
                         return claims
             return claims
@@ -477,10 +483,24 @@ class MemoryStore:
             delivery is None
             or delivery.state != _PENDING
             or delivery.holder != consumer
-            or delivery.attempts != claim.attempt
+            or delivery.attempt != claim.attempt
         ):
             return None
         return delivery
+
+    async def start(self, consumer: ConsumerId, claims: Sequence[Claim]) -> list[Claim]:
+        """Count the attempts of the claims ``consumer`` still holds; return the others."""
+        await checkpoint()
+        with self._using():
+            lost = []
+            for claim in claims:
+                delivery = self._held(consumer, claim)
+                if delivery is None:
+                    lost.append(claim)
+                elif not delivery.started:
+                    delivery.started = True
+                    delivery.attempts += 1
+            return lost
 
     async def renew(
         self, consumer: ConsumerId, claims: Sequence[Claim], *, lease: float
@@ -510,13 +530,14 @@ class MemoryStore:
                 if delivery is None:
                     lost.append(claim)
                     continue
-                delivery.holder = None
+                if isinstance(outcome, Released):
+                    _uncount(delivery)
+                    continue
+                delivery.holder, delivery.started = None, False
                 if isinstance(outcome, Completed):
                     delivery.state = _DONE
                 elif isinstance(outcome, Rescheduled):
                     delivery.due = now + timedelta(seconds=outcome.delay)
-                elif isinstance(outcome, Released):
-                    delivery.attempts -= 1
                 else:
                     self._bury(claim, delivery, outcome)
             return lost
@@ -563,7 +584,7 @@ class MemoryStore:
                             entry.name,
                             receiver_id,
                             entry.key,
-                            delivery.attempts,
+                            delivery.attempt,
                             delivery.holder,
                             delivery.lease_until,
                         )
@@ -612,3 +633,10 @@ class MemoryStore:
                 if receiver == receiver_id and entry.key == key and delivery.holds_key:
                     delivery.holds_key, released = False, True
             return released
+
+
+def _uncount(delivery: _Delivery) -> None:
+    """Ready again, as if its holder had never claimed it (its attempt uncounted)."""
+    if delivery.started:
+        delivery.attempts -= 1
+    delivery.holder, delivery.started = None, False

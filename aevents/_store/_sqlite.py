@@ -106,6 +106,7 @@ from ._sqlite_leased_sql import (
     RELEASED,
     RESCHEDULED,
     SETTLE,
+    STARTED,
 )
 from ._sqlite_lock import JournalLock
 from ._sqlite_schema import (
@@ -434,6 +435,20 @@ class SQLiteStore:
                 "expired; register it again before claiming",
             )
         return [Claim(*claim) for claim in found]
+
+    async def start(self, consumer: ConsumerId, claims: Sequence[Claim]) -> list[Claim]:
+        """Count these claims' attempts as started, in one transaction shared with other
+        tasks' starts, settlements and publishes; return the claims not held."""
+        claims = list(claims)
+        if not claims:
+            return []
+        rows = [(c.event.id, c.receiver_id, c.attempt) for c in claims]
+        out: list[int] = []
+        batch, index = self._thread.submit((STARTED, str(consumer), rows, out))
+        await batch.done.wait()
+        if batch.failure is not None or batch.errors:
+            batch.raise_for(index)
+        return [claims[lost] for lost in out]
 
     async def renew(
         self, consumer: ConsumerId, claims: Sequence[Claim], *, lease: float

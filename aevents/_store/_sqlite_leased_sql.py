@@ -1,7 +1,7 @@
 """The leased queue's SQL: what ``SQLiteStore`` runs on its one connection.
 
-``LeasedSQL`` is given a connection whose schema is at version 3 or later (the
-columns of schema version 3 are described in ``_sqlite_schema``). It holds a
+``LeasedSQL`` is given a connection whose schema is at version 4 or later (the
+columns of schema versions 3 and 4 are described in ``_sqlite_schema``). It holds a
 ``JournalSQL`` for what the two stores share (dead letters, redelivery, counts,
 idempotency key records, checkpoints, the ``synchronous`` level) and adds the
 queue: publishing, consumers, claims, renewals, settlements, listings and
@@ -19,6 +19,8 @@ is retried request by request):
   or the body of the key's first event (added nothing).
 * ``(SETTLE, holder, now_us, outcomes, out)``: ``outcomes`` are ``(kind, event_id,
   receiver_id, attempt, argument)``; ``out`` gets the indexes of the ones not held.
+* ``(STARTED, holder, claims, out)``: ``claims`` are ``(event_id, receiver_id,
+  attempt)`` whose attempts count from now; ``out`` gets the indexes of the ones not held.
 
 and the journal's requests (``APPEND``, ``START``, ``COMPLETE``, ``DEAD``, see
 ``_sqlite_sql``), staged by ``JournalSQL.stage`` in the same transaction.
@@ -67,11 +69,12 @@ __all__ = [
     "RELEASED",
     "RESCHEDULED",
     "SETTLE",
+    "STARTED",
     "LeasedSQL",
     "parse_consumer_id",
 ]
 
-PUBLISH, SETTLE = 10, 11  # the kinds of write request (apart from the journal's)
+PUBLISH, SETTLE, STARTED = 10, 11, 12  # the kinds of write request (besides the journal's)
 COMPLETED, RESCHEDULED, RELEASED, DEAD_LETTERED = range(4)  # the kinds of outcome
 
 _NEXT_SEQ: Final = (  # never a seq given before, even to an event pruned since
@@ -114,7 +117,7 @@ _LEASE_COUNTS: Final = (
 # out), and first of its (receiver, key) among the deliveries not finished: pending, or
 # dead and holding the key. CLAIM reads one receiver's (the claim merges its receivers).
 CLAIM: Final = (
-    "SELECT d.event_seq, d.receiver_id, d.attempts, d.holder IS NOT NULL,"
+    "SELECT d.event_seq, d.receiver_id, d.attempts, d.holder IS NOT NULL AND d.started,"
     " e.id, e.name, e.body, e.published_at"
     " FROM deliveries AS d JOIN events AS e ON e.seq = d.event_seq"
     " WHERE d.state = 0 AND d.receiver_id = ?1"
@@ -138,35 +141,42 @@ CLAIM_PLAN: Final = (
     "SEARCH e USING INTEGER PRIMARY KEY (rowid=?)",
 )
 _LEASE: Final = (
-    "UPDATE deliveries SET holder = ?, lease_until = ?, attempts = attempts + 1"
+    "UPDATE deliveries SET holder = ?, lease_until = ?, started = 0"
     " WHERE event_seq = ? AND receiver_id = ?"
 )
-# Each of these changes a delivery only while the claim is held: same holder, same attempt.
+# Each of these changes a delivery only while the claim is held: same holder, same attempt
+# (the claim's attempt is the started ones, plus one if it is not started yet).
 _RENEW: Final = (
     "UPDATE deliveries SET lease_until = ?"
     " WHERE event_seq = (SELECT seq FROM events WHERE id = ?) AND receiver_id = ?"
-    " AND state = 0 AND holder = ? AND attempts = ?"
+    " AND state = 0 AND holder = ? AND attempts + 1 - started = ?"
+)
+_START: Final = (
+    "UPDATE deliveries SET attempts = attempts + 1 - started, started = 1"
+    " WHERE event_seq = (SELECT seq FROM events WHERE id = ?) AND receiver_id = ?"
+    " AND state = 0 AND holder = ? AND attempts + 1 - started = ?"
 )
 _SETTLE: Final = {
     COMPLETED: (
-        "UPDATE deliveries SET state = 1, holder = NULL"
+        "UPDATE deliveries SET state = 1, holder = NULL, started = 0"
         " WHERE event_seq = (SELECT seq FROM events WHERE id = ?) AND receiver_id = ?"
-        " AND state = 0 AND holder = ? AND attempts = ?"
+        " AND state = 0 AND holder = ? AND attempts + 1 - started = ?"
     ),
     RESCHEDULED: (
-        "UPDATE deliveries SET holder = NULL, due = ?"
+        "UPDATE deliveries SET holder = NULL, due = ?, started = 0"
         " WHERE event_seq = (SELECT seq FROM events WHERE id = ?) AND receiver_id = ?"
-        " AND state = 0 AND holder = ? AND attempts = ?"
+        " AND state = 0 AND holder = ? AND attempts + 1 - started = ?"
     ),
     RELEASED: (
-        "UPDATE deliveries SET holder = NULL, attempts = attempts - 1"
+        "UPDATE deliveries SET holder = NULL, attempts = attempts - started, started = 0"
         " WHERE event_seq = (SELECT seq FROM events WHERE id = ?) AND receiver_id = ?"
-        " AND state = 0 AND holder = ? AND attempts = ?"
+        " AND state = 0 AND holder = ? AND attempts + 1 - started = ?"
     ),
     DEAD_LETTERED: (
-        "UPDATE deliveries SET state = 2, holder = NULL, holds_key = (? AND key IS NOT NULL)"
+        "UPDATE deliveries SET state = 2, holder = NULL, started = 0,"
+        " holds_key = (? AND key IS NOT NULL)"
         " WHERE event_seq = (SELECT seq FROM events WHERE id = ?) AND receiver_id = ?"
-        " AND state = 0 AND holder = ? AND attempts = ?"
+        " AND state = 0 AND holder = ? AND attempts + 1 - started = ?"
         " RETURNING event_seq"
     ),
 }
@@ -176,7 +186,8 @@ _INSERT_LETTER: Final = (  # one letter per delivery: REPLACE drops an older one
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _RELEASE_ALL: Final = (
-    "UPDATE deliveries SET holder = NULL, attempts = attempts - 1 WHERE holder = ? AND state = 0"
+    "UPDATE deliveries SET holder = NULL, attempts = attempts - started, started = 0"
+    " WHERE holder = ? AND state = 0"
 )
 _EXPIRE_LEASES_OF: Final = (
     "UPDATE deliveries SET lease_until = min(lease_until, ?) WHERE holder = ? AND state = 0"
@@ -184,7 +195,8 @@ _EXPIRE_LEASES_OF: Final = (
 
 # -- listings
 _LEASES: Final = (
-    "SELECT e.id, e.name, d.receiver_id, d.key, d.attempts, d.holder, d.lease_until"
+    "SELECT e.id, e.name, d.receiver_id, d.key, d.attempts + 1 - d.started, d.holder,"
+    " d.lease_until"
     " FROM deliveries AS d JOIN events AS e ON e.seq = d.event_seq"
     " WHERE d.holder IS NOT NULL AND d.state = 0 ORDER BY d.lease_until, d.event_seq"
 )
@@ -304,6 +316,8 @@ class LeasedSQL:
                     seq = self._publish(request[1], request[2], seq)
                 elif request[0] == SETTLE:
                     self._settle(*request[1:])
+                elif request[0] == STARTED:
+                    self._start(*request[1:])
             conn.execute("COMMIT")
         except BaseException:
             self.journal.rollback()
@@ -357,6 +371,13 @@ class LeasedSQL:
                 if row is not None:
                     conn.execute(_INSERT_LETTER, (letter[0], row[0], receiver_id, *letter[1:]))
             if not changed:
+                out.append(index)
+
+    def _start(self, holder: str, claims: Sequence[tuple[str, str, int]], out: list[int]) -> None:
+        conn = self._conn
+        out.clear()
+        for index, (event_id, receiver_id, attempt) in enumerate(claims):
+            if not conn.execute(_START, (event_id, receiver_id, holder, attempt)).rowcount:
                 out.append(index)
 
     # -- consumers -------------------------------------------------------------------------

@@ -92,12 +92,19 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE TRIGGER event_head_moves AFTER INSERT ON events"
         " BEGIN UPDATE event_head SET head = NEW.seq WHERE head < NEW.seq; END",
     ),
+    (  # v4. An attempt counts when its holder starts it, not when it is claimed:
+        # ``attempts`` counts started attempts, and ``started`` says whether the holder's
+        # claim is one of them. Version 3 counted claims: what it leased counts as started.
+        "ALTER TABLE deliveries ADD COLUMN started INTEGER NOT NULL DEFAULT 0",
+        "UPDATE deliveries SET started = 1 WHERE holder IS NOT NULL AND state = 0",
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 _TABLES_OF_VERSION: Final[tuple[frozenset[str], ...]] = (
     frozenset(),
     frozenset({"events", "deliveries", "dead_letters"}),
     frozenset({"events", "deliveries", "dead_letters", "idempotency"}),
+    frozenset({"events", "deliveries", "dead_letters", "idempotency", "consumers", "event_head"}),
     frozenset({"events", "deliveries", "dead_letters", "idempotency", "consumers", "event_head"}),
 )
 

@@ -104,12 +104,12 @@ _DEAD_LETTERS: Final = (
 # A redelivered letter is ready at once, leased to nobody, and holds no key.
 _REVIVE_ALL: Final = (
     "UPDATE deliveries SET state = 0, attempts = 0, due = 0, holder = NULL, lease_until = 0,"
-    " holds_key = 0"
+    " holds_key = 0, started = 0"
     " WHERE (event_seq, receiver_id) IN (SELECT event_seq, receiver_id FROM dead_letters)"
 )
 _REVIVE_ONE: Final = (
     "UPDATE deliveries SET state = 0, attempts = 0, due = 0, holder = NULL, lease_until = 0,"
-    " holds_key = 0"
+    " holds_key = 0, started = 0"
     " WHERE (event_seq, receiver_id) IN (SELECT event_seq, receiver_id FROM dead_letters"
     " WHERE id = ?)"
 )

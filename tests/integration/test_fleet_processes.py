@@ -95,27 +95,37 @@ class Fleet:
     def __init__(self, tmp_path: Path, backend: str, **env: str) -> None:
         self.tmp_path, self.backend, self.env = tmp_path, backend, env
         self.started: list[subprocess.Popen[str]] = []
+        self.logs: dict[int, Path] = {}
 
     def start(self) -> subprocess.Popen[str]:
-        process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "aevents", "worker"),
-                *("tests.integration.fleet_app:make_runtime", "--backend", self.backend),
-            ],
-            cwd=ROOT,
-            env=_env(self.tmp_path, **self.env),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+        log = self.tmp_path / f"worker-{len(self.started)}.log"
+        with log.open("w") as stderr:
+            process = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "aevents", "worker"),
+                    *("tests.integration.fleet_app:make_runtime", "--backend", self.backend),
+                ],
+                cwd=ROOT,
+                env=_env(self.tmp_path, **self.env),
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                text=True,
+            )
         self.started.append(process)
+        self.logs[process.pid] = log
         return process
 
     def alive(self) -> list[subprocess.Popen[str]]:
         return [process for process in self.started if process.poll() is None]
 
     def stop(self) -> None:
-        """SIGTERM every live worker; each must drain and exit 0."""
+        """SIGTERM every live worker once it is consuming; each must drain and exit 0."""
+        deadline = time.monotonic() + WAIT
+        for process in self.alive():
+            while "consuming from the store" not in self.logs[process.pid].read_text():
+                assert process.poll() is None, self.logs[process.pid].read_text()
+                assert time.monotonic() < deadline, "a worker never started consuming"
+                time.sleep(0.02)
         for process in self.alive():
             process.send_signal(signal.SIGTERM)
         for process in self.started:
@@ -252,13 +262,6 @@ def test_per_key_order_survives_kills_and_handovers(tmp_path: Path, backend: str
             done_so_far.add(n)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a claim counts its attempt when it is leased, not when its receiver starts: the "
-    "deliveries a process had claimed beside the poison burn an attempt at each of its "
-    "deaths and end as dead letters too (aevents.AttemptsExhausted). Needs attempts "
-    "counted at start (a start mark per batch, as the journal's start_attempts)",
-)
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_poison_delivery_ends_as_one_dead_letter(tmp_path: Path, backend: str) -> None:
     """A receiver that kills its process on every attempt: three attempts, then one dead letter."""
