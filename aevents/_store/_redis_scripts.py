@@ -15,7 +15,7 @@ The key layout (``_redis_keys`` names it for Python; ``KEYS[1]`` is the base,
   retry time) or by ``~parked`` (a keyed delivery waiting behind an earlier one of
   its key). ``B:dl:<r>`` entry id -> the exact time (microseconds, the store's
   clock) when a held or waiting delivery becomes claimable; ``B:st:<r>`` position ->
-  attempts started * 2 + 1 if the last started attempt is not settled;
+  attempts started * 2 + 1 while the attempt of the claim that holds it was started;
   ``B:mv:<r>`` position -> entry id of a redelivered delivery.
 * ``B:k:<len(r)>:<r>:<key>`` a sorted set per (receiver, key) of the deliveries not
   finished (score position, member entry id): only its first may be claimed.
@@ -396,6 +396,7 @@ for _, cand in ipairs(candidates) do
   if taken < limit and head then
     taken = taken + 1
     local s, o = started(cand.r, cand.pos)
+    if o == 1 then set_started(cand.r, cand.pos, s, 0) end
     redis.call('XCLAIM', rkey(cand.r), GROUP, c, 0, cand.id, 'TIME', lease_time,
                'RETRYCOUNT', s + 1, 'JUSTID')
     redis.call('HSET', dlkey(cand.r), cand.id, string.format('%d', until_us))
