@@ -63,6 +63,7 @@ if _TYPE_CHECKING:
     )
     from ._metrics import DeliveryMetrics, Histogram, Metrics, MetricsSnapshot
     from ._store._memory import MemoryStore
+    from ._store._redis import RedisStore
     from ._store._sqlite import SQLiteStore
 
     __version__: str
@@ -93,6 +94,10 @@ def __getattr__(name: str) -> _Any:
         from ._store._memory import MemoryStore
 
         return MemoryStore
+    if name == "RedisStore":  # needs the redis extra only when it is opened
+        from ._store._redis import RedisStore
+
+        return RedisStore
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
 
@@ -130,6 +135,7 @@ __all__ = [
     "Publishing",
     "QueueFullError",
     "ReceiverMatch",
+    "RedisStore",
     "Registry",
     "RetryPolicy",
     "RoutingReport",

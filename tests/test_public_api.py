@@ -47,6 +47,7 @@ PUBLIC_NAMES = [
     "PendingDelivery",
     "MemoryStore",
     "SQLiteStore",
+    "RedisStore",
     # middleware, and the metrics a snapshot returns (the types of values a user reads)
     "Middleware",
     "Publishing",

@@ -26,6 +26,7 @@ from ._protocol import (
 
 if TYPE_CHECKING:
     from ._memory import MemoryStore
+    from ._redis import RedisStore
     from ._sqlite import SQLiteStore
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "LeasedStore",
     "MemoryStore",
     "Outcome",
+    "RedisStore",
     "PendingDelivery",
     "Released",
     "Rescheduled",
@@ -58,6 +60,10 @@ def __getattr__(name: str) -> Any:
         from ._sqlite import SQLiteStore
 
         return SQLiteStore
+    if name == "RedisStore":
+        from ._redis import RedisStore
+
+        return RedisStore
     if name == "MemoryStore":
         from ._memory import MemoryStore
 

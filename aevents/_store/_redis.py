@@ -40,7 +40,6 @@ from .._event import Event
 from .._exceptions import ConfigurationError, StoreError
 from .._idempotency import IDEMPOTENCY_KEY
 from .._policy import DeadLetter
-from . import _redis_scripts as scripts
 from ._protocol import (
     Backlog,
     Claim,
@@ -60,6 +59,7 @@ from ._protocol import (
 )
 from ._redis_connection import RedisConnection
 from ._redis_keys import RedisKeys, redact
+from ._redis_scripts import SCRIPTS
 
 __all__ = ["RedisStore"]
 
@@ -217,7 +217,7 @@ class RedisStore:
             await self._check_persistence()
             client = connection.client
             self._scripts = {
-                name: client.register_script(getattr(scripts, name)) for name in scripts.__all__
+                name: client.register_script(source) for name, source in SCRIPTS.items()
             }
         except BaseException as error:
             await connection.close()

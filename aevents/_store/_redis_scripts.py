@@ -792,3 +792,6 @@ end
 return #keys
 """
 )
+
+SCRIPTS = {name: globals()[name] for name in __all__}
+"""Every script by name, as the store loads them."""
