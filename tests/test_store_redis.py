@@ -376,3 +376,21 @@ async def test_a_redis_restart_loses_nothing_acknowledged_and_the_store_reconnec
         await store.close()
         process.terminate()
         await process.wait()
+
+
+@pytest.mark.anyio
+async def test_a_password_in_the_url_never_shows(
+    redis_url: str, anyio_backend: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """repr, the error of a refused login and the log lines show *** for the password."""
+    secret = "s3cret-" + os.urandom(4).hex()
+    url = redis_url.replace("redis://", f"redis://someone:{secret}@", 1)
+    store = RedisStore(url, prefix="never-opened")
+    assert secret not in repr(store) and "***" in repr(store)
+    with pytest.raises(StoreError) as raised:
+        await store.open()
+    error: BaseException | None = raised.value
+    while error is not None:
+        assert secret not in str(error)
+        error = error.__cause__ or error.__context__
+    assert secret not in caplog.text
