@@ -6,19 +6,19 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
+import pytest
 
 import aevents
-import pytest
 
 pytest.register_assert_rewrite("aevents._conformance_leases")
 
@@ -92,7 +92,9 @@ async def test_a_runtime_on_redis_delivers_each_event_once_per_receiver(
     def registry_of(tag: str) -> aevents.Registry:
         registry = aevents.Registry()
 
-        @registry.subscribe("orders:*", id="audit", retry=aevents.RetryPolicy(attempts=2, initial_delay=0.01))
+        @registry.subscribe(
+            "orders:*", id="audit", retry=aevents.RetryPolicy(attempts=2, initial_delay=0.01)
+        )
         async def audit(event: aevents.Event) -> None:
             delivery = aevents.current_delivery()
             assert delivery is not None
@@ -113,7 +115,7 @@ async def test_a_runtime_on_redis_delivers_each_event_once_per_receiver(
                 await (a if n % 2 else b).publish("orders:placed", payload={"n": n})
             await a.drain()
             await b.drain()
-            while len(seen) < 10:
+            while len(seen) < 10:  # noqa: ASYNC110 (polls another process through Redis)
                 await anyio.sleep(0.01)
     assert sorted(n for _, n, _ in seen) == list(range(10))
     assert [attempt for _, n, attempt in seen if n == 3] == [2]
@@ -191,11 +193,11 @@ async def test_a_consumer_killed_mid_batch_leaves_its_deliveries_to_the_other_tw
         events = [(make_event("crash:job", {"n": n}, {}), ["slow"]) for n in range(24)]
         await store.publish(events)
         with anyio.fail_after(60):
-            while not any(pid == victim.pid for _, _, pid in await _log(store)):
+            while not any(pid == victim.pid for _, _, pid in await _log(store)):  # noqa: ASYNC110 (polls another process through Redis)
                 await anyio.sleep(0.02)
             victim.kill()
             await victim.wait()
-            while (await store.stats()).done < 24:
+            while (await store.stats()).done < 24:  # noqa: ASYNC110 (polls another process through Redis)
                 await anyio.sleep(0.05)
     finally:
         await workers.stop()
@@ -246,7 +248,9 @@ async def test_a_receiver_that_raises_ends_as_one_dead_letter_with_nothing_pendi
     """A poison receiver that raises every time is dead-lettered once, its entry acknowledged."""
     registry = aevents.Registry()
 
-    @registry.subscribe("poison:*", id="raises", retry=aevents.RetryPolicy(attempts=3, initial_delay=0.01))
+    @registry.subscribe(
+        "poison:*", id="raises", retry=aevents.RetryPolicy(attempts=3, initial_delay=0.01)
+    )
     async def raises(event: aevents.Event) -> None:
         raise ValueError("poison")
 
@@ -304,7 +308,9 @@ async def test_streams_stay_bounded_while_events_flow_through(store: RedisStore)
     await store.register(consumer, [Route("**", "r")], ttl=60)
     longest = 0
     for start in range(0, 20_000, 1000):
-        batch = [(make_event("flow:event", {"n": n}, {}), ["r"]) for n in range(start, start + 1000)]
+        batch = [
+            (make_event("flow:event", {"n": n}, {}), ["r"]) for n in range(start, start + 1000)
+        ]
         await store.publish(batch)
         claims = await store.claim(consumer, 1000, lease=30)
         await store.start(consumer, claims)
@@ -337,11 +343,26 @@ async def test_a_redis_restart_loses_nothing_acknowledged_and_the_store_reconnec
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [server, "--port", str(port), "--dir", str(tmp_path), "--appendonly", "yes",
-               "--appendfsync", "always", "--save", "", "--bind", "127.0.0.1"]
+    command = [
+        server,
+        "--port",
+        str(port),
+        "--dir",
+        str(tmp_path),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--save",
+        "",
+        "--bind",
+        "127.0.0.1",
+    ]
 
     async def start_server() -> anyio.abc.Process:
-        process = await anyio.open_process(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = await anyio.open_process(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         with anyio.fail_after(10):
             while True:
                 try:
@@ -386,7 +407,8 @@ async def test_a_password_in_the_url_never_shows(
     secret = "s3cret-" + os.urandom(4).hex()
     url = redis_url.replace("redis://", f"redis://someone:{secret}@", 1)
     store = RedisStore(url, prefix="never-opened")
-    assert secret not in repr(store) and "***" in repr(store)
+    assert secret not in repr(store)
+    assert "***" in repr(store)
     with pytest.raises(StoreError) as raised:
         await store.open()
     error: BaseException | None = raised.value

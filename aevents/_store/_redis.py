@@ -213,7 +213,7 @@ class RedisStore:
             info = await connection.call(lambda client: client.info("server"))
             version = _text(info.get("redis_version", "0"))
             if int(version.split(".")[0]) < 7:
-                raise StoreError(self.path, f"needs Redis 7 or later, the server runs {version}")
+                raise StoreError(self.path, f"needs Redis 7 or later, the server runs {version}")  # noqa: TRY301
             await self._check_persistence()
             client = connection.client
             self._scripts = {
@@ -547,7 +547,7 @@ class RedisStore:
                 )
             return letters
 
-        letters = await self._call(read, "could not read dead letters")
+        letters: list[DeadLetter] = await self._call(read, "could not read dead letters")
         letters.sort(key=lambda letter: letter.failed_at)
         return letters if limit is None else letters[: max(limit, 0)]
 
@@ -617,7 +617,6 @@ class RedisStore:
             if went < 1000:
                 return total
 
-
     async def delete_all(self) -> int:
         """Delete every key of this store's prefix: its events, deliveries, dead letters,
         consumers and idempotency keys. Return how many keys went. For tests and for
@@ -631,6 +630,7 @@ class RedisStore:
 
         removed: int = await self._call(drop, "could not delete its keys")
         return removed
+
 
 def _is_redis_error(error: BaseException) -> bool:
     coredis = _import_coredis()
