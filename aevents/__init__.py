@@ -64,6 +64,7 @@ if _TYPE_CHECKING:
     from ._metrics import DeliveryMetrics, Histogram, Metrics, MetricsSnapshot
     from ._store._memory import MemoryStore
     from ._store._postgres import PostgresStore
+    from ._store._redis import RedisStore
     from ._store._sqlite import SQLiteStore
 
     __version__: str
@@ -98,6 +99,10 @@ def __getattr__(name: str) -> _Any:
         from ._store import PostgresStore
 
         return PostgresStore
+    if name == "RedisStore":  # needs the redis extra only when it is opened
+        from ._store._redis import RedisStore
+
+        return RedisStore
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
 
@@ -136,6 +141,7 @@ __all__ = [
     "Publishing",
     "QueueFullError",
     "ReceiverMatch",
+    "RedisStore",
     "Registry",
     "RetryPolicy",
     "RoutingReport",

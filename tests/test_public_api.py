@@ -48,6 +48,7 @@ PUBLIC_NAMES = [
     "MemoryStore",
     "SQLiteStore",
     "PostgresStore",
+    "RedisStore",
     # middleware, and the metrics a snapshot returns (the types of values a user reads)
     "Middleware",
     "Publishing",

@@ -27,6 +27,7 @@ from ._protocol import (
 if TYPE_CHECKING:
     from ._memory import MemoryStore
     from ._postgres import PostgresStore
+    from ._redis import RedisStore
     from ._sqlite import SQLiteStore
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "Outcome",
     "PendingDelivery",
     "PostgresStore",
+    "RedisStore",
     "Released",
     "Rescheduled",
     "Route",
@@ -60,6 +62,10 @@ def __getattr__(name: str) -> Any:
         from ._sqlite import SQLiteStore
 
         return SQLiteStore
+    if name == "RedisStore":
+        from ._redis import RedisStore
+
+        return RedisStore
     if name == "MemoryStore":
         from ._memory import MemoryStore
 

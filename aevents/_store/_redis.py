@@ -1,0 +1,650 @@
+"""RedisStore: the shared queue on Redis 7 streams, for the processes of many hosts.
+
+Each change is one Lua script (``_redis_scripts``), atomic on the server:
+
+* An event is one entry of the ``events`` stream at ID ``<position>-0``; each of its
+  (event, receiver) deliveries is one entry of that receiver's stream, read by the
+  consumer group ``aevents``, so each delivery has its own pending entry,
+  acknowledgement (``XACK`` once the receiver returned) and dead letter.
+* A claim reads new entries with ``XREADGROUP`` and takes over due ones (a lease
+  that ran out, a retry whose time came) with ``XPENDING ... IDLE`` and ``XCLAIM``;
+  renewing is ``XCLAIM ... JUSTID``. The store's clock sets every lease (see the
+  module docstring of ``_redis_scripts`` for how the PEL's idle time encodes it).
+* A key's deliveries wait in a sorted set per (receiver, key): only the first may
+  be claimed, so a key has one owner at a time, through a lease that runs out on
+  its own; the next owner takes the first one left, which is the old owner's.
+* Dead-lettering acknowledges the entry and moves it to the ``dead`` stream in
+  one script. Acknowledged entries are trimmed with ``XTRIM MINID`` below the
+  oldest entry the group still has pending or unread, never with ``MAXLEN``.
+* An idempotency key is ``SET NX PX`` in the same script as the ``XADD``.
+
+Attempts: a claim counts nothing; ``start`` records the attempt as started (a
+per-delivery count in ``B:st:<receiver>``), and a claim's attempt is that count
+plus one. The PEL's delivery counter is set to the claim's attempt with
+``XCLAIM ... RETRYCOUNT``, so ``XPENDING`` shows the attempt that runs, and a
+claim is held while its entry is pending for its consumer with that counter.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from .._event import Event
+from .._exceptions import ConfigurationError, StoreError
+from .._idempotency import IDEMPOTENCY_KEY
+from .._policy import DeadLetter
+from ._protocol import (
+    Backlog,
+    Claim,
+    Clock,
+    Completed,
+    Consumer,
+    ConsumerId,
+    DeadLettered,
+    EventPage,
+    Lease,
+    Outcome,
+    Released,
+    Rescheduled,
+    Route,
+    StoreStats,
+    system_clock,
+)
+from ._redis_connection import RedisConnection
+from ._redis_keys import RedisKeys, redact
+from ._redis_scripts import SCRIPTS
+
+__all__ = ["RedisStore"]
+
+logger = logging.getLogger("aevents.store")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_KEEP_PUBLISHED = 8192  # events kept for claims of this process
+_PRUNE_SCAN = 512  # events a prune script reads at a time
+_RETENTION_EVERY = 60.0  # seconds between retention passes
+
+
+def _us(moment: datetime) -> int:
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _from_us(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _seconds_us(seconds: float) -> int:
+    return max(round(seconds * 1_000_000), 0)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _consumer_id(text: str) -> ConsumerId:
+    host, pid, token = text.rsplit(":", 2)
+    return ConsumerId(host, int(pid), token)
+
+
+def _import_coredis() -> Any:
+    try:
+        import coredis
+    except ImportError:  # pragma: no cover - the extra is installed in tests
+        raise ConfigurationError(
+            "RedisStore", "needs coredis: pip install 'aevents[redis]'"
+        ) from None
+    return coredis
+
+
+class RedisStore:
+    """A shared store on Redis 7 (streams and Lua scripts), through coredis.
+
+    Pass it to ``EventRuntime(store=...)``; every process of the deployment opens
+    its own ``RedisStore`` on the same server and prefix. It runs on asyncio,
+    uvloop and trio alike. Open, use and close a store from one task.
+
+    Args:
+        url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS,
+            or ``unix://``, as coredis reads it. The password is never shown:
+            ``repr``, logs and errors print ``***`` in its place.
+        prefix: Every key starts with ``{prefix}`` (a hash tag: one cluster slot).
+            Stores on one server with different prefixes never see each other.
+        clock: Where leases, retries and registrations read the time.
+        retention: Prune done deliveries of events older than this, about once a
+            minute, in bounded chunks, so the server's memory stays bounded. ``None``
+            keeps them (``prune`` removes them). Default one hour.
+        idempotency_ttl: How long Redis keeps an idempotency key record at most (its
+            ``PX``), even if nobody calls ``forget_idempotency_keys``. Default 7 days.
+        connect_timeout: Seconds to wait for a connection. Default 5.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "aevents",
+        clock: Clock = system_clock,
+        retention: timedelta | None = timedelta(hours=1),
+        idempotency_ttl: timedelta = timedelta(days=7),
+        connect_timeout: float = 5.0,
+    ) -> None:
+        what = "RedisStore"
+        if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+            shown = redact(url) if isinstance(url, str) else repr(url)
+            raise ConfigurationError(
+                what, f"url must be a redis://, rediss:// or unix:// URL, got {shown!r}"
+            )
+        if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
+            raise ConfigurationError(
+                what, f"prefix must be a non-empty str without braces, got {prefix!r}"
+            )
+        if retention is not None and (
+            not isinstance(retention, timedelta) or retention < timedelta(0)
+        ):
+            raise ConfigurationError(
+                what, f"retention must be None or a timedelta >= 0, got {retention!r}"
+            )
+        if not isinstance(idempotency_ttl, timedelta) or idempotency_ttl <= timedelta(0):
+            raise ConfigurationError(
+                what, f"idempotency_ttl must be a timedelta > 0, got {idempotency_ttl!r}"
+            )
+        if (
+            isinstance(connect_timeout, bool)
+            or not isinstance(connect_timeout, int | float)
+            or not 0 < connect_timeout < math.inf
+        ):
+            raise ConfigurationError(
+                what, f"connect_timeout must be a finite number > 0, got {connect_timeout!r}"
+            )
+        self._url = url
+        self.path = redact(url)
+        """The URL with its password hidden: what messages and the CLI show."""
+        self.prefix = prefix
+        self.keys = RedisKeys(prefix)
+        self.retention = retention
+        self._idempotency_ms = max(int(idempotency_ttl.total_seconds() * 1000), 1)
+        self._connect_timeout = float(connect_timeout)
+        self._clock = clock
+        self._connection = RedisConnection()
+        self._scripts: dict[str, Any] = {}
+        self._published: dict[int, Event] = {}  # position -> event this object published
+        self._retention_at = 0.0
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.path!r}, prefix={self.prefix!r})"
+
+    def _now(self) -> int:
+        return _us(self._clock())
+
+    # -- open and close --------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, check the server, and load the scripts.
+
+        Raises ``StoreError`` (naming the URL without its password) when the server
+        cannot be reached, refuses the credentials or is older than Redis 7. Logs a
+        warning when the server runs with ``appendonly no``: an acknowledged publish
+        is then lost if Redis restarts. Cancelling it leaves nothing open.
+        """
+        if self._connection.is_open:
+            return
+        coredis = _import_coredis()
+        from coredis.retry import NoRetryPolicy
+
+        def make() -> Any:
+            return coredis.Redis.from_url(
+                self._url,
+                decode_responses=False,
+                connect_timeout=self._connect_timeout,
+                retry_policy=NoRetryPolicy(),
+                verify_version=False,
+            )
+
+        connection = self._connection
+        try:
+            await connection.open(make)
+            info = await connection.call(lambda client: client.info("server"))
+            version = _text(info.get("redis_version", "0"))
+            if int(version.split(".")[0]) < 7:
+                raise StoreError(self.path, f"needs Redis 7 or later, the server runs {version}")  # noqa: TRY301
+            await self._check_persistence()
+            client = connection.client
+            self._scripts = {
+                name: client.register_script(source) for name, source in SCRIPTS.items()
+            }
+        except BaseException as error:
+            await connection.close()
+            if isinstance(error, StoreError):
+                raise
+            if _is_redis_error(error):
+                raise StoreError(self.path, f"cannot be opened: {_describe(error)}") from None
+            raise
+
+    async def _check_persistence(self) -> None:
+        try:
+            config = await self._connection.call(lambda client: client.config_get(["appendonly"]))
+        except Exception:  # CONFIG may be renamed or refused by an ACL: nothing to say
+            return
+        value = _text(config.get(b"appendonly", config.get("appendonly", b"")))
+        if value == "no":
+            logger.warning(
+                "Redis at %s runs with appendonly no: an acknowledged publish is lost if "
+                "Redis restarts before its next snapshot; set appendonly yes (and "
+                "appendfsync everysec or always) to keep it",
+                self.path,
+            )
+
+    async def close(self) -> None:
+        """Disconnect. Idempotent."""
+        await self._connection.close()
+
+    async def _run(self, name: str, args: Sequence[Any], doing: str) -> Any:
+        if not self._connection.is_open:
+            raise StoreError(self.path, "is not open; call `await store.open()` first")
+        script = self._scripts[name]
+        try:
+            return await self._connection.call(
+                lambda _: script(keys=[self.keys.base], args=list(args))
+            )
+        except Exception as error:
+            if isinstance(error, StoreError):
+                raise
+            if _is_redis_error(error):
+                raise StoreError(self.path, f"{doing}: {_describe(error)}") from None
+            raise
+
+    # -- publishing and reading events -----------------------------------------------------
+
+    async def publish(self, events: Sequence[tuple[Event, Sequence[str]]]) -> list[Event]:
+        """Add each event with one delivery per distinct receiver id, all in one script.
+
+        A repeated idempotency key adds nothing and answers with the key's first
+        event. A cancellation may leave the whole batch added or none of it.
+        """
+        if not events:
+            return []
+        args: list[Any] = [self._idempotency_ms, len(events)]
+        for event, receiver_ids in events:
+            idempotency = event.metadata.get(IDEMPOTENCY_KEY)
+            args += [
+                event.id,
+                event.to_json(),
+                event.name,
+                "0" if event.key is None else "1",
+                event.key or "",
+                _us(event.occurred_at),
+                "0" if idempotency is None else "1",
+                idempotency or "",
+                len(receiver_ids),
+                *receiver_ids,
+            ]
+        try:
+            result = await self._run("PUBLISH", args, "could not publish")
+        except StoreError as error:
+            if "duplicate event" in error.problem:
+                raise StoreError(
+                    self.path,
+                    "could not publish: an event of the batch is already in the store "
+                    "(nothing of the batch was added)",
+                ) from None
+            raise
+        standing: list[Event] = []
+        for (event, _), (kind, value) in zip(events, result, strict=True):
+            if kind == 1:
+                standing.append(event)
+                self._remember(int(value), event)
+            elif kind == 2:
+                standing.append(Event.from_json(value))
+            else:
+                standing.append(standing[int(value) - 1])
+        return standing
+
+    def _remember(self, position: int, event: Event) -> None:
+        published = self._published
+        published[position] = event
+        if len(published) > _KEEP_PUBLISHED:
+            del published[next(iter(published))]
+
+    async def event_position(self) -> int:
+        """The position of the newest event added (0 before any)."""
+        value = await self._call(lambda c: c.get(self.keys.seq), "could not read")
+        return int(value or 0)
+
+    async def events_after(self, position: int, limit: int) -> EventPage:
+        """At most ``limit`` events after ``position``; the pruned ones skipped, counted."""
+        if limit <= 0:
+            return EventPage((), position, 0)
+        end, *bodies = await self._run("EVENTS_AFTER", [position, limit], "could not read")
+        events = tuple(Event.from_json(body) for body in bodies)
+        end = int(end)
+        return EventPage(events, end, end - position - len(events))
+
+    async def _call(self, call: Any, doing: str) -> Any:
+        if not self._connection.is_open:
+            raise StoreError(self.path, "is not open; call `await store.open()` first")
+        try:
+            return await self._connection.call(call)
+        except Exception as error:
+            if _is_redis_error(error):
+                raise StoreError(self.path, f"{doing}: {_describe(error)}") from None
+            raise
+
+    # -- consumers -------------------------------------------------------------------------
+
+    async def register(self, consumer: ConsumerId, routes: Sequence[Route], *, ttl: float) -> None:
+        """Record ``consumer`` and its routes, live for ``ttl`` seconds from now."""
+        registration = {
+            "routes": [[route.pattern, route.receiver_id] for route in routes],
+            "receivers": sorted({route.receiver_id for route in routes}),
+        }
+        await self._run(
+            "REGISTER",
+            [str(consumer), orjson.dumps(registration), self._now(), _seconds_us(ttl)],
+            "could not register",
+        )
+
+    async def heartbeat(self, consumer: ConsumerId, *, ttl: float) -> bool:
+        """Keep a live ``consumer`` live ``ttl`` seconds from now; False if it is not live."""
+        alive = await self._run(
+            "HEARTBEAT", [str(consumer), self._now(), _seconds_us(ttl)], "could not heartbeat"
+        )
+        return bool(alive)
+
+    async def unregister(self, consumer: ConsumerId) -> int:
+        """Forget ``consumer``; what it holds is ready again, uncounted."""
+        released = await self._run(
+            "UNREGISTER", [str(consumer), self._now()], "could not unregister"
+        )
+        return int(released)
+
+    async def consumers(self) -> list[Consumer]:
+        """Live consumers in registration order, with how many deliveries each holds."""
+        flat = await self._run("CONSUMERS", [self._now()], "could not list consumers")
+        found = []
+        for index in range(0, len(flat), 3):
+            raw = orjson.loads(flat[index + 1])
+            found.append(
+                Consumer(
+                    id=_consumer_id(_text(flat[index])),
+                    routes=tuple(Route(pattern, receiver) for pattern, receiver in raw["routes"]),
+                    registered_at=_from_us(int(raw["registered"])),
+                    last_seen=_from_us(int(raw["seen"])),
+                    expires_at=_from_us(int(raw["expires"])),
+                    leases=int(flat[index + 2]),
+                )
+            )
+        return found
+
+    # -- claims ----------------------------------------------------------------------------
+
+    async def claim(self, consumer: ConsumerId, limit: int, *, lease: float) -> list[Claim]:
+        """Lease up to ``limit`` claimable deliveries of ``consumer``'s receivers, oldest first.
+
+        Raises ``StoreError`` when ``consumer`` is not live. A cancellation may leave
+        deliveries leased that nobody runs; they are claimed again once the lease ends.
+        """
+        if self.retention is not None and time.monotonic() >= self._retention_at:
+            self._retention_at = time.monotonic() + _RETENTION_EVERY
+            await self.prune(older_than=self._clock() - self.retention, limit=_PRUNE_SCAN * 4)
+        try:
+            flat = await self._run(
+                "CLAIM", [str(consumer), limit, self._now(), _seconds_us(lease)], "could not claim"
+            )
+        except StoreError as error:
+            if "not live" in error.problem:
+                raise StoreError(
+                    self.path,
+                    f"consumer {str(consumer)!r} is not registered, or its registration "
+                    "expired; register it again before claiming",
+                ) from None
+            raise
+        claims: list[Claim] = []
+        event: Event | None = None
+        for index in range(0, len(flat), 5):
+            receiver, attempt, expired, position, body = flat[index : index + 5]
+            if body:
+                known = self._published.get(int(position))
+                event = known if known is not None else Event.from_json(body)
+            assert event is not None, "a claim's first delivery of an event carries its body"
+            claims.append(Claim(event, _text(receiver), int(attempt), bool(expired)))
+        return claims
+
+    @staticmethod
+    def _claim_args(claims: Sequence[Claim]) -> list[Any]:
+        args: list[Any] = []
+        for claim in claims:
+            args += [claim.receiver_id, claim.event.id, claim.attempt]
+        return args
+
+    async def start(self, consumer: ConsumerId, claims: Sequence[Claim]) -> list[Claim]:
+        """Count these claims' attempts as started; return the ones no longer held."""
+        if not claims:
+            return []
+        lost = await self._run(
+            "START", [str(consumer), *self._claim_args(claims)], "could not start attempts"
+        )
+        return [claims[int(index) - 1] for index in lost]
+
+    async def renew(
+        self, consumer: ConsumerId, claims: Sequence[Claim], *, lease: float
+    ) -> list[Claim]:
+        """Extend the leases ``consumer`` still holds; return the others."""
+        if not claims:
+            return []
+        args = [str(consumer), self._now(), _seconds_us(lease), *self._claim_args(claims)]
+        lost = await self._run("RENEW", args, "could not renew leases")
+        return [claims[int(index) - 1] for index in lost]
+
+    async def settle(self, consumer: ConsumerId, outcomes: Sequence[Outcome]) -> list[Claim]:
+        """Complete, reschedule, dead-letter or release what ``consumer`` still holds."""
+        if not outcomes:
+            return []
+        args: list[Any] = [str(consumer), self._now()]
+        for outcome in outcomes:
+            claim = outcome.claim
+            head = [claim.receiver_id, claim.event.id, claim.attempt]
+            if isinstance(outcome, Completed):
+                args += ["C", *head, "", "", "0"]
+            elif isinstance(outcome, Rescheduled):
+                args += ["S", *head, _seconds_us(outcome.delay), "", "0"]
+            elif isinstance(outcome, Released):
+                args += ["R", *head, "", "", "0"]
+            elif isinstance(outcome, DeadLettered):
+                letter = outcome.letter
+                body = orjson.dumps(
+                    {
+                        "attempts": letter.attempts,
+                        "error_type": letter.error_type,
+                        "error_message": letter.error_message,
+                        "failed_at": _us(letter.failed_at),
+                    }
+                )
+                args += ["D", *head, letter.id, body, "1" if outcome.holds_key else "0"]
+            else:  # pragma: no cover - Outcome is a closed union
+                raise TypeError(f"not an outcome: {outcome!r}")
+        lost = await self._run("SETTLE", args, "could not settle")
+        return [outcomes[int(index) - 1].claim for index in lost]
+
+    # -- what the store holds --------------------------------------------------------------
+
+    async def leases(self) -> list[Lease]:
+        """Held deliveries by expiry (then publish order), expired ones not yet taken too."""
+        flat = await self._run("LEASES", [], "could not list leases")
+        found = []
+        for index in range(0, len(flat), 8):
+            receiver, event_id, holder, attempt, expires, position, name, key = flat[
+                index : index + 8
+            ]
+            lease = Lease(
+                _text(event_id),
+                _text(name),
+                _text(receiver),
+                None if not key else _text(key),
+                int(attempt),
+                _consumer_id(_text(holder)),
+                _from_us(int(expires)),
+            )
+            found.append((lease.expires_at, int(position), lease))
+        found.sort(key=lambda row: (row[0], row[1]))
+        return [row[2] for row in found]
+
+    async def backlog(self) -> list[Backlog]:
+        """Per receiver id: ready, scheduled, leased and dead deliveries, and the oldest.
+
+        ``oldest`` is the time of the first-published event among its deliveries
+        not done: publish order stands in for time.
+        """
+        flat = await self._run("BACKLOG", [self._now()], "could not read the backlog")
+        rows = []
+        for index in range(0, len(flat), 6):
+            receiver, pending, scheduled, leased, dead, oldest = flat[index : index + 6]
+            pending, scheduled, leased = int(pending), int(scheduled), int(leased)
+            rows.append(
+                Backlog(
+                    _text(receiver),
+                    ready=pending - scheduled - leased,
+                    scheduled=scheduled,
+                    leased=leased,
+                    dead=int(dead),
+                    oldest=_from_us(int(oldest)) if oldest else None,
+                )
+            )
+        rows.sort(key=lambda row: row.receiver_id)
+        return rows
+
+    async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetter]:
+        """Dead letters ordered by ``failed_at``, then by when they were recorded."""
+
+        async def read(client: Any) -> list[DeadLetter]:
+            letters = []
+            for entry in await client.xrange(self.keys.dead):
+                fields = entry.field_values
+                raw = orjson.loads(fields[b"l"])
+                position = _text(fields[b"p"])
+                found = await client.xrange(
+                    self.keys.events, f"{position}-0", f"{position}-0", count=1
+                )
+                if not found:
+                    continue
+                event = Event.from_json(found[0].field_values[b"b"])
+                letters.append(
+                    DeadLetter(
+                        id=_text(fields[b"id"]),
+                        event=event,
+                        receiver_id=_text(fields[b"r"]),
+                        attempts=int(raw["attempts"]),
+                        error_type=raw["error_type"],
+                        error_message=raw["error_message"],
+                        failed_at=_from_us(int(raw["failed_at"])),
+                    )
+                )
+            return letters
+
+        letters: list[DeadLetter] = await self._call(read, "could not read dead letters")
+        letters.sort(key=lambda letter: letter.failed_at)
+        return letters if limit is None else letters[: max(limit, 0)]
+
+    async def redeliver(self, letter_ids: Sequence[str] | None = None) -> int:
+        """Make dead letters ready again with no attempts (all when ``None``)."""
+        if letter_ids is not None and not letter_ids:
+            return 0
+        args = ["1"] if letter_ids is None else ["0", *dict.fromkeys(letter_ids)]
+        return int(await self._run("REDELIVER", args, "could not redeliver"))
+
+    async def discard(self, letter_ids: Sequence[str]) -> int:
+        """Delete dead letters for good, their deliveries done and never run; return how many."""
+        ids = list(dict.fromkeys(letter_ids))
+        if not ids:
+            return 0
+        return int(await self._run("DISCARD", [self._now(), *ids], "could not discard"))
+
+    async def held_keys(self) -> dict[tuple[str, str], str]:
+        """``{(receiver id, key): id of the dead event holding it}``."""
+        raw = await self._call(lambda c: c.hgetall(self.keys.base + ":held"), "could not read")
+        held = {}
+        for field, value in raw.items():
+            receiver, key = orjson.loads(field)
+            held[(receiver, key)] = _text(value).partition(" ")[0]
+        return held
+
+    async def release_key(self, receiver_id: str, key: str) -> bool:
+        """Let the next delivery of a held key go; the letter stays."""
+        released = await self._run(
+            "RELEASE_KEY", [receiver_id, key, self._now()], "could not release the key"
+        )
+        return bool(released)
+
+    async def prune(self, *, older_than: datetime | None = None, limit: int | None = None) -> int:
+        """Delete at most ``limit`` done deliveries of events published before ``older_than``
+        (and events with nothing left), oldest first, a chunk per script."""
+        cutoff = "" if older_than is None else _us(older_than)
+        room = math.inf if limit is None else max(limit, 0)
+        removed = 0
+        cursor: Any = "-"
+        while removed < room:
+            chunk = int(min(room - removed, 10_000))
+            went, cursor = await self._run(
+                "PRUNE", [cutoff, chunk, cursor, _PRUNE_SCAN], "could not prune"
+            )
+            removed += int(went)
+            if not cursor:
+                break
+        return removed
+
+    async def stats(self) -> StoreStats:
+        """Counts of events, of deliveries by state, and of idempotency key records."""
+
+        async def read(client: Any) -> StoreStats:
+            counts = await client.hgetall(self.keys.counts)
+            keys = await client.zcard(self.keys.idempotency_times)
+            return StoreStats(
+                events=int(counts.get(b"events", 0)),
+                pending=int(counts.get(b"pending", 0)),
+                done=int(counts.get(b"done", 0)),
+                dead=int(counts.get(b"dead", 0)),
+                idempotency_keys=int(keys),
+            )
+
+        stats: StoreStats = await self._call(read, "could not read stats")
+        return stats
+
+    async def forget_idempotency_keys(self, before: datetime) -> int:
+        """Delete the key records of events that occurred before ``before``."""
+        total = 0
+        while True:
+            went = int(await self._run("FORGET", [_us(before), 1000], "could not forget keys"))
+            total += went
+            if went < 1000:
+                return total
+
+    async def delete_all(self) -> int:
+        """Delete every key of this store's prefix: its events, deliveries, dead letters,
+        consumers and idempotency keys. Return how many keys went. For tests and for
+        retiring a prefix; the processes using it must be stopped first."""
+
+        async def drop(client: Any) -> int:
+            keys = [key async for key in client.scan_iter(match=self.keys.pattern, count=1000)]
+            for start in range(0, len(keys), 500):
+                await client.delete(keys[start : start + 500])
+            return len(keys)
+
+        removed: int = await self._call(drop, "could not delete its keys")
+        return removed
+
+
+def _is_redis_error(error: BaseException) -> bool:
+    coredis = _import_coredis()
+    return isinstance(error, coredis.exceptions.RedisError | OSError | TimeoutError)
+
+
+def _describe(error: BaseException) -> str:
+    """What went wrong, from the error's type and message (which never hold the URL)."""
+    text = str(error).split(" script: ")[0]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

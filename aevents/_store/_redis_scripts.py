@@ -1,0 +1,834 @@
+"""RedisStore's Lua scripts: every change of the queue is one script, so it is atomic.
+
+The key layout (``_redis_keys`` names it for Python; ``KEYS[1]`` is the base,
+``{prefix}``, a hash tag that keeps every key of a store in one cluster slot):
+
+* ``B:seq`` the newest event position; ``B:events`` the stream of events, one entry
+  per event at ID ``<position>-0``, fields ``i`` id, ``b`` JSON, ``n`` name, ``k`` key,
+  ``t`` occurred_at (microseconds); ``B:ids`` event id -> position; ``B:left``
+  position -> deliveries not pruned; ``B:done`` position -> done, not pruned.
+* Per receiver id ``r``: the stream ``B:r:<r>`` with one entry per delivery (at the
+  event's position, ``<position>-0``; a redelivered one at ``<newest position>-<n>``),
+  fields ``p`` position and ``k`` key, read by the consumer group ``aevents``. Its
+  pending entries list (PEL) is the table of deliveries read and not finished,
+  owned by the consumer holding them, by ``~ready`` (ready, or waiting for its
+  retry time) or by ``~parked`` (a keyed delivery waiting behind an earlier one of
+  its key). ``B:dl:<r>`` entry id -> the exact time (microseconds, the store's
+  clock) when a held or waiting delivery becomes claimable; ``B:st:<r>`` position ->
+  attempts started * 2 + 1 while the attempt of the claim that holds it was started;
+  ``B:mv:<r>`` position -> entry id of a redelivered delivery.
+* ``B:k:<len(r)>:<r>:<key>`` a sorted set per (receiver, key) of the deliveries not
+  finished (score position, member entry id): only its first may be claimed.
+  ``B:held`` JSON [receiver, key] -> "<event id> <entry id>" of a dead letter
+  holding its key.
+* ``B:dead`` the dead-letter stream; ``B:letters`` letter id -> its entry there.
+* ``B:consumers`` consumer id -> JSON registration; ``B:corder`` registration order.
+* ``B:idem:<key>`` the first event of an idempotency key (``SET NX PX``);
+  ``B:idemt`` key -> occurred_at, for ``forget_idempotency_keys`` and stats.
+* ``B:counts`` events, pending, done, dead; ``B:pend`` / ``B:deadc`` per receiver.
+
+Lease times and the server's idle time: a PEL entry's delivery time is set with
+``XCLAIM ... TIME`` to the moment its delivery becomes claimable (on the store's
+clock) less ``SHIFT`` (30 years), so ``XPENDING ... IDLE`` with a minimum idle time
+of ``server time - store time + SHIFT`` lists exactly the deliveries due on the
+store's clock, whatever that clock says (the conformance suite's stopped clock,
+or the wall clock, where it is the usual "idle for longer than the lease").
+Because the server's millisecond and the store's can differ by one inside a
+script, the listing takes 2 s of slack and ``B:dl:<r>`` decides exactly.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BACKLOG",
+    "CLAIM",
+    "CONSUMERS",
+    "DISCARD",
+    "EVENTS_AFTER",
+    "FORGET",
+    "HEARTBEAT",
+    "LEASES",
+    "PRUNE",
+    "PUBLISH",
+    "REDELIVER",
+    "REGISTER",
+    "RELEASE_KEY",
+    "RENEW",
+    "SETTLE",
+    "START",
+    "UNREGISTER",
+]
+
+_PRELUDE = r"""
+local B = KEYS[1]
+local GROUP = 'aevents'
+local SHIFT = 946080000000
+local function rkey(r) return B .. ':r:' .. r end
+local function dlkey(r) return B .. ':dl:' .. r end
+local function stkey(r) return B .. ':st:' .. r end
+local function mvkey(r) return B .. ':mv:' .. r end
+local function kkey(r, k) return B .. ':k:' .. #r .. ':' .. r .. ':' .. k end
+local function heldfield(r, k) return cjson.encode({r, k}) end
+
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local T = server_ms()
+
+-- the PEL delivery time that encodes "claimable at us" (microseconds, store clock)
+local function pel_time(us)
+  local d = math.floor(us / 1000) - SHIFT
+  if d < 0 then d = 0 end
+  if d > T then d = T end
+  return string.format('%d', d)
+end
+
+local function fields(list)
+  local out = {}
+  for i = 1, #list, 2 do out[list[i]] = list[i + 1] end
+  return out
+end
+
+local function entry(r, id)
+  local found = redis.call('XRANGE', rkey(r), id, id)
+  if #found == 0 then return nil end
+  return fields(found[1][2])
+end
+
+local function entry_id(r, pos)
+  return redis.call('HGET', mvkey(r), pos) or (pos .. '-0')
+end
+
+local function started(r, pos)
+  local v = tonumber(redis.call('HGET', stkey(r), pos) or '0')
+  return math.floor(v / 2), v % 2
+end
+
+local function set_started(r, pos, s, o)
+  if s == 0 and o == 0 then
+    redis.call('HDEL', stkey(r), pos)
+  else
+    redis.call('HSET', stkey(r), pos, string.format('%d', s * 2 + o))
+  end
+end
+
+-- the owner and attempt of a pending entry, or nil
+local function pending(r, id)
+  if redis.call('EXISTS', rkey(r)) == 0 then return nil end
+  local p = redis.call('XPENDING', rkey(r), GROUP, id, id, 1)
+  if #p == 0 then return nil end
+  return p[1][2], tonumber(p[1][4])
+end
+
+local function to_ready(r, id, at)
+  redis.call('XCLAIM', rkey(r), GROUP, '~ready', 0, id, 'TIME', pel_time(at), 'JUSTID')
+  redis.call('HSET', dlkey(r), id, string.format('%d', at))
+end
+
+-- the first unfinished delivery of (r, k) may go: unpark it if it waits parked
+local function unpark_head(r, k, now)
+  local head = redis.call('ZRANGE', kkey(r, k), 0, 0)
+  if #head == 0 then return end
+  local owner = pending(r, head[1])
+  if owner == '~parked' then to_ready(r, head[1], now) end
+end
+
+local function is_head(r, k, id)
+  local head = redis.call('ZRANGE', kkey(r, k), 0, 0)
+  return #head > 0 and head[1] == id
+end
+
+-- keep the stream to what the group has not acknowledged
+local function trim(r)
+  local key = rkey(r)
+  if redis.call('EXISTS', key) == 0 then return end
+  local summary = redis.call('XPENDING', key, GROUP)
+  local minid
+  if tonumber(summary[1]) > 0 then
+    minid = summary[2]
+  else
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+      local info = fields(g)
+      if info['name'] == GROUP then
+        local ms, seq = string.match(info['last-delivered-id'], '(%d+)-(%d+)')
+        minid = ms .. '-' .. (tonumber(seq) + 1)
+      end
+    end
+  end
+  if minid then redis.call('XTRIM', key, 'MINID', '~', minid) end
+end
+
+local function live(c, now)
+  local raw = redis.call('HGET', B .. ':consumers', c)
+  if not raw then return nil end
+  local reg = cjson.decode(raw)
+  if reg['expires'] <= now then
+    redis.call('HDEL', B .. ':consumers', c)
+    redis.call('ZREM', B .. ':corder', c)
+    return nil
+  end
+  return reg
+end
+
+local function event_body(pos)
+  local found = redis.call('XRANGE', B .. ':events', pos .. '-0', pos .. '-0')
+  if #found == 0 then return false end
+  return fields(found[1][2])
+end
+"""
+
+PUBLISH = (
+    _PRELUDE
+    + r"""
+-- ARGV: ttl_ms, count, then per event: id, body, name, haskey, key, occurred_us,
+-- hasidem, idem, nreceivers, receivers...
+local ttl = ARGV[1]
+local n = tonumber(ARGV[2])
+local events = {}
+local i = 3
+for e = 1, n do
+  local ev = {id = ARGV[i], body = ARGV[i + 1], name = ARGV[i + 2], haskey = ARGV[i + 3] == '1',
+              key = ARGV[i + 4], t = ARGV[i + 5], hasidem = ARGV[i + 6] == '1', idem = ARGV[i + 7]}
+  local nr = tonumber(ARGV[i + 8])
+  ev.receivers = {}
+  local seen = {}
+  for j = 1, nr do
+    local r = ARGV[i + 8 + j]
+    if not seen[r] then seen[r] = true; table.insert(ev.receivers, r) end
+  end
+  i = i + 9 + nr
+  events[e] = ev
+end
+-- check everything before writing anything: all or none
+local first_of = {}
+local adding = {}
+local result = {}
+for e, ev in ipairs(events) do
+  local standing = nil
+  if ev.hasidem then
+    local body = redis.call('GET', B .. ':idem:' .. ev.idem)
+    if body then
+      standing = {2, body}
+    elseif first_of[ev.idem] then
+      standing = {3, first_of[ev.idem]}
+    end
+  end
+  if not standing then
+    if adding[ev.id] or redis.call('HEXISTS', B .. ':ids', ev.id) == 1 then
+      return redis.error_reply('AEVENTS duplicate event ' .. ev.id)
+    end
+    adding[ev.id] = true
+    if ev.hasidem then first_of[ev.idem] = e end
+  end
+  result[e] = standing
+end
+for e, ev in ipairs(events) do
+  if not result[e] then
+    local pos = redis.call('INCR', B .. ':seq')
+    local id = pos .. '-0'
+    if ev.hasidem then
+      redis.call('SET', B .. ':idem:' .. ev.idem, ev.body, 'NX', 'PX', ttl)
+      redis.call('ZADD', B .. ':idemt', ev.t, ev.idem)
+    end
+    if ev.haskey then
+      redis.call('XADD', B .. ':events', id, 'i', ev.id, 'b', ev.body, 'n', ev.name, 't', ev.t,
+                 'k', ev.key)
+    else
+      redis.call('XADD', B .. ':events', id, 'i', ev.id, 'b', ev.body, 'n', ev.name, 't', ev.t)
+    end
+    redis.call('HSET', B .. ':ids', ev.id, pos)
+    redis.call('HSET', B .. ':left', pos, #ev.receivers)
+    for _, r in ipairs(ev.receivers) do
+      if redis.call('SADD', B .. ':receivers', r) == 1 then
+        redis.call('XGROUP', 'CREATE', rkey(r), GROUP, '0', 'MKSTREAM')
+      end
+      if ev.haskey then
+        redis.call('XADD', rkey(r), id, 'p', pos, 'k', ev.key)
+        redis.call('ZADD', kkey(r, ev.key), pos, id)
+      else
+        redis.call('XADD', rkey(r), id, 'p', pos)
+      end
+      redis.call('HINCRBY', B .. ':pend', r, 1)
+    end
+    redis.call('HINCRBY', B .. ':counts', 'events', 1)
+    redis.call('HINCRBY', B .. ':counts', 'pending', #ev.receivers)
+    result[e] = {1, pos}
+  end
+end
+return result
+"""
+)
+
+EVENTS_AFTER = (
+    _PRELUDE
+    + r"""
+-- ARGV: position, limit -> {end, n_taken, bodies...}
+local position = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local head = tonumber(redis.call('GET', B .. ':seq') or '0')
+local found = redis.call('XRANGE', B .. ':events', '(' .. position .. '-0', '+', 'COUNT', limit)
+local out = {0}
+local last = position
+for _, e in ipairs(found) do
+  table.insert(out, fields(e[2])['b'])
+  last = tonumber(string.match(e[1], '^(%d+)'))
+end
+if #found < limit then
+  out[1] = math.max(head, position)
+else
+  out[1] = last
+end
+return out
+"""
+)
+
+REGISTER = (
+    _PRELUDE
+    + r"""
+-- ARGV: consumer, registration JSON (routes, receivers), now_us, ttl_us
+local c, now = ARGV[1], tonumber(ARGV[3])
+local reg = cjson.decode(ARGV[2])
+local known = live(c, now)
+if known then
+  reg['registered'] = known['registered']
+else
+  reg['registered'] = now
+  redis.call('ZADD', B .. ':corder', redis.call('INCR', B .. ':cseq'), c)
+end
+reg['seen'] = now
+reg['expires'] = now + tonumber(ARGV[4])
+redis.call('HSET', B .. ':consumers', c, cjson.encode(reg))
+return 1
+"""
+)
+
+HEARTBEAT = (
+    _PRELUDE
+    + r"""
+-- ARGV: consumer, now_us, ttl_us
+local c, now = ARGV[1], tonumber(ARGV[2])
+local reg = live(c, now)
+if not reg then return 0 end
+reg['seen'] = now
+reg['expires'] = now + tonumber(ARGV[3])
+redis.call('HSET', B .. ':consumers', c, cjson.encode(reg))
+return 1
+"""
+)
+
+CONSUMERS = (
+    _PRELUDE
+    + r"""
+-- ARGV: now_us -> {consumer, JSON, leases, ...} in registration order
+local now = tonumber(ARGV[1])
+local held = {}
+for _, r in ipairs(redis.call('SMEMBERS', B .. ':receivers')) do
+  if redis.call('EXISTS', rkey(r)) == 1 then
+    local summary = redis.call('XPENDING', rkey(r), GROUP)
+    if summary[4] then
+      for _, pair in ipairs(summary[4]) do
+        held[pair[1]] = (held[pair[1]] or 0) + tonumber(pair[2])
+      end
+    end
+  end
+end
+local out = {}
+for _, c in ipairs(redis.call('ZRANGE', B .. ':corder', 0, -1)) do
+  local reg = live(c, now)
+  if reg then
+    table.insert(out, c)
+    table.insert(out, cjson.encode(reg))
+    table.insert(out, held[c] or 0)
+  else
+    redis.call('ZREM', B .. ':corder', c)
+  end
+end
+return out
+"""
+)
+
+CLAIM = (
+    _PRELUDE
+    + r"""
+-- ARGV: consumer, limit, now_us, lease_us
+-- -> {receiver, attempt, lease expired (0/1), position, event body or false, ...}
+local c, limit, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local reg = live(c, now)
+if not reg then return redis.error_reply('AEVENTS not live') end
+if limit <= 0 then return {} end
+local until_us = now + tonumber(ARGV[4])
+local lease_time = pel_time(until_us)
+local min_idle = T - math.floor(now / 1000) + SHIFT - 2000
+if min_idle < 0 then min_idle = 0 end
+local candidates = {}
+for _, r in ipairs(reg['receivers']) do
+  local key = rkey(r)
+  if redis.call('EXISTS', key) == 1 then
+    local due = redis.call('XPENDING', key, GROUP, 'IDLE', min_idle, '-', '+', limit)
+    for _, p in ipairs(due) do
+      local at = tonumber(redis.call('HGET', dlkey(r), p[1]) or '')
+      if at and at <= now then
+        local f = entry(r, p[1])
+        if f then
+          table.insert(candidates, {r = r, id = p[1], pos = tonumber(f['p']), key = f['k']})
+        end
+      end
+    end
+    local fresh = redis.call('XREADGROUP', 'GROUP', GROUP, c, 'COUNT', limit, 'STREAMS', key, '>')
+    if fresh then
+      for _, e in ipairs(fresh[1][2]) do
+        local f = fields(e[2])
+        table.insert(candidates,
+                     {r = r, id = e[1], pos = tonumber(f['p']), key = f['k'], fresh = true})
+      end
+    end
+  end
+end
+table.sort(candidates, function(a, b)
+  if a.pos ~= b.pos then return a.pos < b.pos end
+  return a.r < b.r
+end)
+local out = {}
+local taken = 0
+local bodies = {}
+for _, cand in ipairs(candidates) do
+  local head = (not cand.key) or is_head(cand.r, cand.key, cand.id)
+  if taken < limit and head then
+    taken = taken + 1
+    local s, o = started(cand.r, cand.pos)
+    if o == 1 then set_started(cand.r, cand.pos, s, 0) end
+    redis.call('XCLAIM', rkey(cand.r), GROUP, c, 0, cand.id, 'TIME', lease_time,
+               'RETRYCOUNT', s + 1, 'JUSTID')
+    redis.call('HSET', dlkey(cand.r), cand.id, string.format('%d', until_us))
+    local body = false
+    if not bodies[cand.pos] then
+      bodies[cand.pos] = true
+      body = event_body(cand.pos)
+      if body then body = body['b'] end
+    end
+    table.insert(out, cand.r)
+    table.insert(out, s + 1)
+    table.insert(out, o)
+    table.insert(out, cand.pos)
+    table.insert(out, body)
+  elseif cand.fresh then
+    if head then
+      to_ready(cand.r, cand.id, now)
+    else
+      redis.call('XCLAIM', rkey(cand.r), GROUP, '~parked', 0, cand.id, 'IDLE', 0, 'JUSTID')
+    end
+  end
+end
+return out
+"""
+)
+
+_HELD = r"""
+-- ARGV from index i: receiver, event id, attempt -> r, pos, entry id, or nil if not held
+local function held_claim(c, r, event_id, attempt)
+  local pos = redis.call('HGET', B .. ':ids', event_id)
+  if not pos then return nil end
+  local id = entry_id(r, pos)
+  local owner, count = pending(r, id)
+  if owner ~= c or count ~= attempt then return nil end
+  return pos, id
+end
+"""
+
+START = (
+    _PRELUDE
+    + _HELD
+    + r"""
+-- ARGV: consumer, then per claim: receiver, event id, attempt -> indexes not held
+local c = ARGV[1]
+local lost = {}
+local n = 0
+for i = 2, #ARGV, 3 do
+  n = n + 1
+  local r, attempt = ARGV[i], tonumber(ARGV[i + 2])
+  local pos = held_claim(c, r, ARGV[i + 1], attempt)
+  if pos then
+    local s, o = started(r, pos)
+    if s < attempt then set_started(r, pos, attempt, 1) end
+  else
+    table.insert(lost, n)
+  end
+end
+return lost
+"""
+)
+
+RENEW = (
+    _PRELUDE
+    + _HELD
+    + r"""
+-- ARGV: consumer, now_us, lease_us, then per claim: receiver, event id, attempt
+local c = ARGV[1]
+local until_us = tonumber(ARGV[2]) + tonumber(ARGV[3])
+local lost = {}
+local n = 0
+for i = 4, #ARGV, 3 do
+  n = n + 1
+  local r = ARGV[i]
+  local pos, id = held_claim(c, r, ARGV[i + 1], tonumber(ARGV[i + 2]))
+  if pos then
+    redis.call('XCLAIM', rkey(r), GROUP, c, 0, id, 'TIME', pel_time(until_us), 'JUSTID')
+    redis.call('HSET', dlkey(r), id, string.format('%d', until_us))
+  else
+    table.insert(lost, n)
+  end
+end
+return lost
+"""
+)
+
+SETTLE = (
+    _PRELUDE
+    + _HELD
+    + r"""
+-- ARGV: consumer, now_us, then per outcome: kind (C, S, R, D), receiver, event id,
+-- attempt, detail (S: delay in us; D: letter id), letter JSON (D), holds key (1/0)
+local c, now = ARGV[1], tonumber(ARGV[2])
+local lost = {}
+local touched = {}
+local n = 0
+local function finish(r, pos, id, key)
+  redis.call('XACK', rkey(r), GROUP, id)
+  redis.call('HDEL', dlkey(r), id)
+  redis.call('HDEL', stkey(r), pos)
+  redis.call('HDEL', mvkey(r), pos)
+  redis.call('HINCRBY', B .. ':counts', 'pending', -1)
+  redis.call('HINCRBY', B .. ':pend', r, -1)
+end
+for i = 3, #ARGV, 7 do
+  n = n + 1
+  local kind, r, event_id, attempt = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local pos, id = held_claim(c, r, event_id, attempt)
+  if not pos then
+    table.insert(lost, n)
+  else
+    touched[r] = true
+    local key = entry(r, id)
+    key = key and key['k']
+    local s, o = started(r, pos)
+    if kind == 'C' then
+      finish(r, pos, id, key)
+      redis.call('HINCRBY', B .. ':done', pos, 1)
+      redis.call('HINCRBY', B .. ':counts', 'done', 1)
+      if key then
+        redis.call('ZREM', kkey(r, key), id)
+        unpark_head(r, key, now)
+      end
+    elseif kind == 'S' then
+      to_ready(r, id, now + tonumber(ARGV[i + 4]))
+      set_started(r, pos, s, 0)
+    elseif kind == 'R' then
+      to_ready(r, id, now)
+      if s >= attempt then set_started(r, pos, attempt - 1, 0) end
+    else
+      finish(r, pos, id, key)
+      redis.call('XDEL', rkey(r), id)
+      local holds = ARGV[i + 6] == '1' and key
+      local fieldlist = {'id', ARGV[i + 4], 'r', r, 'p', pos, 'e', id, 'l', ARGV[i + 5]}
+      if key then
+        table.insert(fieldlist, 'k')
+        table.insert(fieldlist, key)
+      end
+      local dead_id = redis.call('XADD', B .. ':dead', '*', unpack(fieldlist))
+      redis.call('HSET', B .. ':letters', ARGV[i + 4], dead_id)
+      redis.call('HINCRBY', B .. ':counts', 'dead', 1)
+      redis.call('HINCRBY', B .. ':deadc', r, 1)
+      if holds then
+        redis.call('HSETNX', B .. ':held', heldfield(r, key), event_id .. ' ' .. id)
+      elseif key then
+        redis.call('ZREM', kkey(r, key), id)
+        unpark_head(r, key, now)
+      end
+    end
+  end
+end
+for r, _ in pairs(touched) do trim(r) end
+return lost
+"""
+)
+
+UNREGISTER = (
+    _PRELUDE
+    + r"""
+-- ARGV: consumer, now_us -> how many deliveries it held, now ready again
+local c, now = ARGV[1], tonumber(ARGV[2])
+local raw = redis.call('HGET', B .. ':consumers', c)
+redis.call('HDEL', B .. ':consumers', c)
+redis.call('ZREM', B .. ':corder', c)
+local released = 0
+for _, r in ipairs(redis.call('SMEMBERS', B .. ':receivers')) do
+  local key = rkey(r)
+  if redis.call('EXISTS', key) == 1 then
+    local mine = redis.call('XPENDING', key, GROUP, '-', '+', 100000, c)
+    for _, p in ipairs(mine) do
+      local f = entry(r, p[1])
+      to_ready(r, p[1], now)
+      if f then
+        local attempt = tonumber(p[4])
+        local s, o = started(r, f['p'])
+        if s >= attempt then set_started(r, f['p'], attempt - 1, 0) end
+      end
+      released = released + 1
+    end
+    redis.call('XGROUP', 'DELCONSUMER', key, GROUP, c)
+  end
+end
+return released
+"""
+)
+
+LEASES = (
+    _PRELUDE
+    + r"""
+-- -> {receiver, entry id, consumer, attempt, expires us, position, name, key or false, ...}
+local out = {}
+for _, r in ipairs(redis.call('SMEMBERS', B .. ':receivers')) do
+  local key = rkey(r)
+  if redis.call('EXISTS', key) == 1 then
+    for _, p in ipairs(redis.call('XPENDING', key, GROUP, '-', '+', 1000000)) do
+      if string.sub(p[2], 1, 1) ~= '~' then
+        local f = entry(r, p[1])
+        if f then
+          local ev = event_body(f['p'])
+          table.insert(out, r)
+          table.insert(out, ev and ev['i'] or '')
+          table.insert(out, p[2])
+          table.insert(out, p[4])
+          table.insert(out, redis.call('HGET', dlkey(r), p[1]) or '0')
+          table.insert(out, tonumber(f['p']))
+          table.insert(out, ev and ev['n'] or '')
+          table.insert(out, f['k'] or false)
+        end
+      end
+    end
+  end
+end
+return out
+"""
+)
+
+BACKLOG = (
+    _PRELUDE
+    + r"""
+-- ARGV: now_us -> {receiver, pending, scheduled, leased, dead, oldest us or false, ...}
+local now = tonumber(ARGV[1])
+local out = {}
+local pend = fields(redis.call('HGETALL', B .. ':pend'))
+local dead = fields(redis.call('HGETALL', B .. ':deadc'))
+local names = {}
+for r, _ in pairs(pend) do names[r] = true end
+for r, _ in pairs(dead) do names[r] = true end
+for r, _ in pairs(names) do
+  local pending_n = tonumber(pend[r] or '0')
+  local dead_n = tonumber(dead[r] or '0')
+  local leased, scheduled = 0, 0
+  local oldest = false
+  local key = rkey(r)
+  if pending_n > 0 and redis.call('EXISTS', key) == 1 then
+    local summary = redis.call('XPENDING', key, GROUP)
+    for _, pair in ipairs(summary[4] or {}) do
+      if string.sub(pair[1], 1, 1) ~= '~' then leased = leased + tonumber(pair[2]) end
+    end
+    for _, p in ipairs(redis.call('XPENDING', key, GROUP, '-', '+', 1000000, '~ready')) do
+      if tonumber(redis.call('HGET', dlkey(r), p[1]) or '0') > now then
+        scheduled = scheduled + 1
+      end
+    end
+    local firsts = {}
+    if tonumber(summary[1]) > 0 then table.insert(firsts, summary[2]) end
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+      local info = fields(g)
+      if info['name'] == GROUP then
+        local unread = redis.call('XRANGE', key, '(' .. info['last-delivered-id'], '+', 'COUNT', 1)
+        if #unread > 0 then table.insert(firsts, unread[1][1]) end
+      end
+    end
+    for _, id in ipairs(firsts) do
+      local f = entry(r, id)
+      local ev = f and event_body(f['p'])
+      if ev and (not oldest or tonumber(ev['t']) < oldest) then oldest = tonumber(ev['t']) end
+    end
+  end
+  if pending_n > 0 or dead_n > 0 then
+    table.insert(out, r)
+    table.insert(out, pending_n)
+    table.insert(out, scheduled)
+    table.insert(out, leased)
+    table.insert(out, dead_n)
+    table.insert(out, oldest and string.format('%d', oldest) or false)
+  end
+end
+return out
+"""
+)
+
+REDELIVER = (
+    _PRELUDE
+    + r"""
+-- ARGV: all (1/0), letter ids... -> how many
+local chosen = {}
+if ARGV[1] == '1' then
+  for _, e in ipairs(redis.call('XRANGE', B .. ':dead', '-', '+')) do
+    table.insert(chosen, e[1])
+  end
+else
+  for i = 2, #ARGV do
+    local id = redis.call('HGET', B .. ':letters', ARGV[i])
+    if id then table.insert(chosen, id) end
+  end
+end
+local head = redis.call('GET', B .. ':seq') or '0'
+local count = 0
+for _, dead_id in ipairs(chosen) do
+  local found = redis.call('XRANGE', B .. ':dead', dead_id, dead_id)
+  if #found > 0 then
+    local f = fields(found[1][2])
+    local r, pos, key = f['r'], f['p'], f['k']
+    redis.call('XDEL', B .. ':dead', dead_id)
+    redis.call('HDEL', B .. ':letters', f['id'])
+    local id
+    if key then
+      id = redis.call('XADD', rkey(r), head .. '-*', 'p', pos, 'k', key)
+      local field = heldfield(r, key)
+      local holder = redis.call('HGET', B .. ':held', field)
+      if holder and string.match(holder, ' (.*)$') == f['e'] then
+        redis.call('HDEL', B .. ':held', field)
+      end
+      redis.call('ZREM', kkey(r, key), f['e'])
+      redis.call('ZADD', kkey(r, key), pos, id)
+    else
+      id = redis.call('XADD', rkey(r), head .. '-*', 'p', pos)
+    end
+    redis.call('HSET', mvkey(r), pos, id)
+    redis.call('HDEL', stkey(r), pos)
+    redis.call('HINCRBY', B .. ':counts', 'dead', -1)
+    redis.call('HINCRBY', B .. ':counts', 'pending', 1)
+    redis.call('HINCRBY', B .. ':deadc', r, -1)
+    redis.call('HINCRBY', B .. ':pend', r, 1)
+    count = count + 1
+  end
+end
+return count
+"""
+)
+
+DISCARD = (
+    _PRELUDE
+    + r"""
+-- ARGV: now_us, letter ids... -> how many were discarded
+-- A discarded letter is gone for good: its delivery counts as done (never run), and a
+-- key it held lets the next delivery of its key go.
+local now = tonumber(ARGV[1])
+local count = 0
+for i = 2, #ARGV do
+  local dead_id = redis.call('HGET', B .. ':letters', ARGV[i])
+  local found = dead_id and redis.call('XRANGE', B .. ':dead', dead_id, dead_id) or {}
+  if #found > 0 then
+    local f = fields(found[1][2])
+    local r, pos, key = f['r'], f['p'], f['k']
+    redis.call('XDEL', B .. ':dead', dead_id)
+    redis.call('HDEL', B .. ':letters', ARGV[i])
+    redis.call('HINCRBY', B .. ':counts', 'dead', -1)
+    redis.call('HINCRBY', B .. ':deadc', r, -1)
+    redis.call('HINCRBY', B .. ':counts', 'done', 1)
+    redis.call('HINCRBY', B .. ':done', pos, 1)
+    if key then
+      local field = heldfield(r, key)
+      local holder = redis.call('HGET', B .. ':held', field)
+      if holder and string.match(holder, ' (.*)$') == f['e'] then
+        redis.call('HDEL', B .. ':held', field)
+      end
+      redis.call('ZREM', kkey(r, key), f['e'])
+      unpark_head(r, key, now)
+    end
+    count = count + 1
+  end
+end
+return count
+"""
+)
+
+RELEASE_KEY = (
+    _PRELUDE
+    + r"""
+-- ARGV: receiver, key, now_us -> 1 if it was held
+local r, key = ARGV[1], ARGV[2]
+local field = heldfield(r, key)
+local holder = redis.call('HGET', B .. ':held', field)
+if not holder then return 0 end
+redis.call('HDEL', B .. ':held', field)
+redis.call('ZREM', kkey(r, key), string.match(holder, ' (.*)$'))
+unpark_head(r, key, tonumber(ARGV[3]))
+return 1
+"""
+)
+
+PRUNE = (
+    _PRELUDE
+    + r"""
+-- ARGV: cutoff us ('' for none), room, cursor ('-' to start), scan budget
+-- -> {removed, next cursor or false}
+local cutoff = ARGV[1] ~= '' and tonumber(ARGV[1]) or nil
+local room = tonumber(ARGV[2])
+local cursor = ARGV[3]
+local budget = tonumber(ARGV[4])
+local removed = 0
+local events = B .. ':events'
+local batch = redis.call('XRANGE', events, cursor, '+', 'COUNT', budget)
+local next_cursor = false
+for _, e in ipairs(batch) do
+  if removed >= room then
+    next_cursor = e[1]
+    break
+  end
+  local f = fields(e[2])
+  if not cutoff or tonumber(f['t']) < cutoff then
+    local pos = string.match(e[1], '^(%d+)')
+    local done = tonumber(redis.call('HGET', B .. ':done', pos) or '0')
+    local take = math.min(done, room - removed)
+    local left = tonumber(redis.call('HGET', B .. ':left', pos) or '0')
+    if take > 0 then
+      redis.call('HINCRBY', B .. ':done', pos, -take)
+      redis.call('HINCRBY', B .. ':counts', 'done', -take)
+      left = left - take
+      redis.call('HSET', B .. ':left', pos, left)
+      removed = removed + take
+    end
+    if left <= 0 then
+      redis.call('XDEL', events, e[1])
+      redis.call('HDEL', B .. ':ids', f['i'])
+      redis.call('HDEL', B .. ':left', pos)
+      redis.call('HDEL', B .. ':done', pos)
+      redis.call('HINCRBY', B .. ':counts', 'events', -1)
+    end
+  end
+end
+if not next_cursor and #batch == budget then
+  next_cursor = '(' .. batch[#batch][1]
+end
+return {removed, next_cursor}
+"""
+)
+
+FORGET = (
+    _PRELUDE
+    + r"""
+-- ARGV: before us, max -> how many forgotten
+local keys = redis.call('ZRANGEBYSCORE', B .. ':idemt', '-inf', '(' .. ARGV[1], 'LIMIT', 0,
+                        tonumber(ARGV[2]))
+for _, k in ipairs(keys) do
+  redis.call('DEL', B .. ':idem:' .. k)
+  redis.call('ZREM', B .. ':idemt', k)
+end
+return #keys
+"""
+)
+
+SCRIPTS = {name: globals()[name] for name in __all__}
+"""Every script by name, as the store loads them."""

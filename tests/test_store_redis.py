@@ -1,0 +1,418 @@
+"""RedisStore: the leased-store conformance suite on a real Redis 7, with consumers in
+other processes; each test under its own key prefix, deleted afterwards."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+
+import aevents
+
+pytest.register_assert_rewrite("aevents._conformance_leases")
+
+from aevents._conformance_leases import TwoProcessLeasedConformance  # noqa: E402
+from aevents._event import make_event  # noqa: E402
+from aevents._exceptions import StoreError  # noqa: E402
+from aevents._store import (  # noqa: E402
+    Clock,
+    Completed,
+    LeasedStore,
+    Route,
+    StoreStats,
+    new_consumer_id,
+)
+from aevents._store._redis import RedisStore  # noqa: E402
+
+from .services import REDIS  # noqa: E402
+
+
+def prefix_of(directory: Path) -> str:
+    """A key prefix of its own for each test directory (the child process derives it too)."""
+    return "aevents-test-" + hashlib.sha1(str(directory).encode()).hexdigest()[:12]
+
+
+def leased(directory: Path, clock: Clock) -> LeasedStore:
+    """The store the suite and its child processes open, with no retention pass."""
+    return RedisStore(REDIS.url, prefix=prefix_of(directory), clock=clock, retention=None)
+
+
+async def delete_prefix(url: str, prefix: str) -> None:
+    """Delete every key of a store's prefix."""
+    store = RedisStore(url, prefix=prefix)
+    await store.open()
+    try:
+        await store.delete_all()
+    finally:
+        await store.close()
+
+
+class TestLeasedRedisStore(TwoProcessLeasedConformance):
+    @pytest.fixture(autouse=True)
+    def _clean(self, redis_url: str, tmp_path: Path) -> Iterator[None]:
+        yield
+        anyio.run(delete_prefix, redis_url, prefix_of(tmp_path))
+
+    def make_leased_store(self, directory: Path, clock: Clock) -> LeasedStore:
+        return leased(directory, clock)
+
+    def child_store_factory(self) -> str:
+        return f"{__name__}:leased"
+
+
+# -- the runtime on Redis, and what Redis adds ----------------------------------------------
+
+
+@pytest.fixture
+async def redis_prefix(redis_url: str, anyio_backend: object) -> AsyncIterator[str]:
+    """A key prefix of this test's own, deleted afterwards."""
+    prefix = "aevents-test-" + os.urandom(6).hex()
+    yield prefix
+    await delete_prefix(redis_url, prefix)
+
+
+@pytest.mark.anyio
+async def test_a_runtime_on_redis_delivers_each_event_once_per_receiver(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Two runtimes share one Redis store: every delivery runs once, a failure is retried."""
+    seen: list[tuple[str, int, int]] = []
+
+    def registry_of(tag: str) -> aevents.Registry:
+        registry = aevents.Registry()
+
+        @registry.subscribe(
+            "orders:*", id="audit", retry=aevents.RetryPolicy(attempts=2, initial_delay=0.01)
+        )
+        async def audit(event: aevents.Event) -> None:
+            delivery = aevents.current_delivery()
+            assert delivery is not None
+            if event.payload["n"] == 3 and delivery.attempt == 1:
+                raise RuntimeError("first attempt fails")
+            seen.append((tag, event.payload["n"], delivery.attempt))
+
+        return registry
+
+    one = RedisStore(redis_url, prefix=redis_prefix)
+    two = RedisStore(redis_url, prefix=redis_prefix)
+    with anyio.fail_after(30):
+        async with (
+            aevents.EventRuntime(registry_of("a"), store=one, workers=2, buffer=8) as a,
+            aevents.EventRuntime(registry_of("b"), store=two, workers=2, buffer=8) as b,
+        ):
+            for n in range(10):
+                await (a if n % 2 else b).publish("orders:placed", payload={"n": n})
+            await a.drain()
+            await b.drain()
+            while len(seen) < 10:  # noqa: ASYNC110 (polls another process through Redis)
+                await anyio.sleep(0.01)
+    assert sorted(n for _, n, _ in seen) == list(range(10))
+    assert [attempt for _, n, attempt in seen if n == 3] == [2]
+    check = RedisStore(redis_url, prefix=redis_prefix, retention=None)
+    await check.open()
+    try:
+        stats = await check.stats()
+    finally:
+        await check.close()
+    assert (stats.events, stats.pending, stats.done, stats.dead) == (10, 0, 10, 0)
+
+
+# -- processes: crashes, poison, idempotency -----------------------------------------------
+
+
+class Workers:
+    """Consumer processes of ``tests.redis_worker``, each started and then ready."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url, self.prefix = url, prefix
+        self.processes: list[anyio.abc.Process] = []
+
+    async def start(self, mode: str) -> anyio.abc.Process:
+        process = await anyio.open_process(
+            [sys.executable, "-m", "tests.redis_worker", self.url, self.prefix, mode],
+            cwd=Path(__file__).parent.parent,
+            stderr=subprocess.DEVNULL,
+        )
+        assert process.stdout is not None
+        if mode != "poison":
+            line = await process.stdout.receive()
+            assert line.startswith(b"ready")
+        self.processes.append(process)
+        return process
+
+    async def stop(self) -> None:
+        for process in self.processes:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(20):
+            for process in self.processes:
+                await process.wait()
+        for process in self.processes:
+            if process.returncode is None:
+                process.kill()
+            await process.aclose()
+
+
+async def _log(store: RedisStore) -> list[tuple[str, int, int]]:
+    raw = await store._call(lambda c: c.lrange(store.keys.base + ":log", 0, -1), "read")
+    return [(what, int(n), int(pid)) for what, n, pid in (line.decode().split() for line in raw)]
+
+
+@pytest.fixture
+async def store(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisStore]:
+    """An open store on this test's prefix, for publishing and checking."""
+    opened = RedisStore(redis_url, prefix=redis_prefix, retention=None)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.mark.anyio
+async def test_a_consumer_killed_mid_batch_leaves_its_deliveries_to_the_other_two(
+    redis_url: str, redis_prefix: str, store: RedisStore
+) -> None:
+    """kill -9 of one of three consumers: the others run what it held once its lease ends."""
+    workers = Workers(redis_url, redis_prefix)
+    try:
+        victim = await workers.start("slow")
+        await workers.start("slow")
+        await workers.start("slow")
+        events = [(make_event("crash:job", {"n": n}, {}), ["slow"]) for n in range(24)]
+        await store.publish(events)
+        with anyio.fail_after(60):
+            while not any(pid == victim.pid for _, _, pid in await _log(store)):  # noqa: ASYNC110 (polls another process through Redis)
+                await anyio.sleep(0.02)
+            victim.kill()
+            await victim.wait()
+            while (await store.stats()).done < 24:  # noqa: ASYNC110 (polls another process through Redis)
+                await anyio.sleep(0.05)
+    finally:
+        await workers.stop()
+    log = await _log(store)
+    assert {n for what, n, _ in log if what == "done"} == set(range(24))
+    killed = {n for what, n, pid in log if what == "start" and pid == victim.pid}
+    unfinished = killed - {n for what, n, pid in log if what == "done" and pid == victim.pid}
+    assert unfinished  # it died holding work, which the others did
+    assert all(
+        any(what == "done" and m == n and pid != victim.pid for what, m, pid in log)
+        for n in unfinished
+    )
+    assert await store.leases() == []
+
+
+@pytest.mark.anyio
+async def test_a_receiver_that_kills_its_process_ends_as_one_dead_letter(
+    redis_url: str, redis_prefix: str, store: RedisStore
+) -> None:
+    """Processes die on each attempt (os._exit); after its attempts, one dead letter, no PEL."""
+    (event,) = await store.publish([(make_event("poison:pill", {"n": 1}, {}), ["poison"])])
+    workers = Workers(redis_url, redis_prefix)
+    try:
+        with anyio.fail_after(60):
+            while not await store.dead_letters():
+                process = await workers.start("poison")
+                with anyio.move_on_after(5):
+                    await process.wait()
+                if process.returncode is None:  # alive: nothing left to kill it
+                    break
+    finally:
+        await workers.stop()
+    (letter,) = await store.dead_letters()
+    assert (letter.event.id, letter.receiver_id, letter.attempts) == (event.id, "poison", 2)
+    starts = [n for what, n, _ in await _log(store) if what == "start"]
+    assert starts == [1, 1]
+    pending = await store._call(
+        lambda c: c.xpending(store.keys.receiver("poison"), "aevents"), "read"
+    )
+    assert pending.pending == 0
+    assert (await store.stats()).pending == 0
+
+
+@pytest.mark.anyio
+async def test_a_receiver_that_raises_ends_as_one_dead_letter_with_nothing_pending(
+    redis_url: str, redis_prefix: str, store: RedisStore
+) -> None:
+    """A poison receiver that raises every time is dead-lettered once, its entry acknowledged."""
+    registry = aevents.Registry()
+
+    @registry.subscribe(
+        "poison:*", id="raises", retry=aevents.RetryPolicy(attempts=3, initial_delay=0.01)
+    )
+    async def raises(event: aevents.Event) -> None:
+        raise ValueError("poison")
+
+    with anyio.fail_after(30):
+        async with aevents.EventRuntime(
+            registry, store=RedisStore(redis_url, prefix=redis_prefix)
+        ) as runtime:
+            await runtime.publish("poison:pill", payload={})
+            await runtime.drain()
+    (letter,) = await store.dead_letters()
+    assert (letter.receiver_id, letter.attempts, letter.error_type) == ("raises", 3, "ValueError")
+    pending = await store._call(
+        lambda c: c.xpending(store.keys.receiver("raises"), "aevents"), "read"
+    )
+    assert pending.pending == 0
+
+
+def test_eight_processes_repeating_an_idempotency_key_add_one_event(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Eight processes publish the same key at once: one event, and all return it."""
+    prefix = "aevents-test-" + os.urandom(6).hex()
+    try:
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.redis_worker", redis_url, prefix, "publish"],
+                cwd=Path(__file__).parent.parent,
+                stdout=subprocess.PIPE,
+            )
+            for _ in range(8)
+        ]
+        ids = {process.communicate(timeout=60)[0].decode().strip() for process in processes}
+        assert all(process.returncode == 0 for process in processes)
+        assert len(ids) == 1
+
+        async def count() -> StoreStats:
+            store = RedisStore(redis_url, prefix=prefix, retention=None)
+            await store.open()
+            try:
+                return await store.stats()
+            finally:
+                await store.close()
+
+        stats = anyio.run(count)
+        assert (stats.events, stats.idempotency_keys) == (1, 1)
+    finally:
+        anyio.run(delete_prefix, redis_url, prefix)
+
+
+@pytest.mark.anyio
+async def test_streams_stay_bounded_while_events_flow_through(store: RedisStore) -> None:
+    """20k events published, claimed and done: acknowledged entries are trimmed, and pruning
+    deletes done events, so no stream holds more than a few batches."""
+    consumer = new_consumer_id()
+    await store.register(consumer, [Route("**", "r")], ttl=60)
+    longest = 0
+    for start in range(0, 20_000, 1000):
+        batch = [
+            (make_event("flow:event", {"n": n}, {}), ["r"]) for n in range(start, start + 1000)
+        ]
+        await store.publish(batch)
+        claims = await store.claim(consumer, 1000, lease=30)
+        await store.start(consumer, claims)
+        assert await store.settle(consumer, [Completed(claim) for claim in claims]) == []
+        await store.prune()
+        lengths = await store._call(
+            lambda c: _lengths(c, [store.keys.events, store.keys.receiver("r")]), "read"
+        )
+        longest = max(longest, *lengths)
+    assert longest <= 1200
+    assert await store.stats() == StoreStats(events=0, pending=0, done=0, dead=0)
+
+
+async def _lengths(client: Any, keys: list[str]) -> list[int]:
+    return [await client.xlen(key) for key in keys]
+
+
+# coredis (6.9) leaves the memory streams of a connection the server dropped to the
+# garbage collector, which warns about them; nothing of aevents is left open.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.anyio
+async def test_a_redis_restart_loses_nothing_acknowledged_and_the_store_reconnects(
+    tmp_path: Path, anyio_backend: object
+) -> None:
+    """A throwaway redis-server with AOF (appendfsync always) stops without saving and starts
+    again: calls meanwhile raise StoreError; afterwards the same store sees every event."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed: the restart test needs its own server")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        server,
+        "--port",
+        str(port),
+        "--dir",
+        str(tmp_path),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--save",
+        "",
+        "--bind",
+        "127.0.0.1",
+    ]
+
+    async def start_server() -> anyio.abc.Process:
+        process = await anyio.open_process(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                        return process
+                except OSError:
+                    await anyio.sleep(0.05)
+
+    process = await start_server()
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", prefix="restart", retention=None)
+    try:
+        await store.open()
+        events = [(make_event("restart:event", {"n": n}, {}), ["r"]) for n in range(100)]
+        await store.publish(events)
+        await anyio.run_process(["redis-cli", "-p", str(port), "shutdown", "nosave"], check=False)
+        await process.wait()
+        with anyio.fail_after(10), pytest.raises(StoreError):
+            await store.stats()
+        process = await start_server()
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    stats = await store.stats()
+                    break
+                except StoreError:
+                    await anyio.sleep(0.1)
+        assert (stats.events, stats.pending) == (100, 100)
+        consumer = new_consumer_id()
+        await store.register(consumer, [Route("**", "r")], ttl=60)
+        assert len(await store.claim(consumer, 200, lease=30)) == 100
+    finally:
+        await store.close()
+        process.terminate()
+        await process.wait()
+
+
+@pytest.mark.anyio
+async def test_a_password_in_the_url_never_shows(
+    redis_url: str, anyio_backend: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """repr, the error of a refused login and the log lines show *** for the password."""
+    secret = "s3cret-" + os.urandom(4).hex()
+    url = redis_url.replace("redis://", f"redis://someone:{secret}@", 1)
+    store = RedisStore(url, prefix="never-opened")
+    assert secret not in repr(store)
+    assert "***" in repr(store)
+    with pytest.raises(StoreError) as raised:
+        await store.open()
+    error: BaseException | None = raised.value
+    while error is not None:
+        assert secret not in str(error)
+        error = error.__cause__ or error.__context__
+    assert secret not in caplog.text
