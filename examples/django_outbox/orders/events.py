@@ -9,9 +9,7 @@ from aevents.contrib.django import atomic_receiver, mirror_signal
 
 from .models import Order, Shipment
 
-SHOP = aevents.Catalog(
-    {"ORDER_PLACED": "shop:order:placed", "ORDER_SAVED": "shop:order:saved"}
-)
+SHOP = aevents.Catalog({"ORDER_PLACED": "shop:order:placed", "ORDER_SAVED": "shop:order:saved"})
 
 
 def order_saved(instance: Order, created: bool, **signal: Any) -> dict[str, Any]:
