@@ -380,3 +380,18 @@ def test_on_a_shared_store_actions_follow_permissions_and_change_it(shared: Shar
     else:
         assert "does not list pending deliveries one by one" in page
         assert 'id="pending"' not in page
+
+
+def test_a_store_the_admin_cannot_remake_asks_for_a_callable(journal: Path) -> None:
+    """A RedisStore object or URL in the settings: the error says to give a callable, and
+    shows no password."""
+    from aevents.contrib.django.events_admin._stores import store_factory
+
+    url = f"redis://:{SECRET}@127.0.0.1:6379/0"
+    for setting in (aevents.RedisStore(url), url):
+        with (
+            override_settings(AEVENTS_ADMIN_STORE=None, AEVENTS={"store": setting}),
+            pytest.raises(ConfigurationError, match="a callable that returns") as raised,
+        ):
+            store_factory()
+        assert SECRET not in str(raised.value)
