@@ -59,6 +59,8 @@ def store_from_setting(value: Any) -> Any:
     * ``{"postgres": "default", **options}``: a ``PostgresStore`` on the database
       of that ``DATABASES`` alias (its name, user, password, host, port and libpq
       ``OPTIONS``), with ``options`` (``schema``, ``poll_interval``, ...) passed on;
+    * a ``redis://`` (or ``rediss://``) URL: ``aevents.RedisStore(url)``;
+    * another URL (``scheme://...``): a ``ConfigurationError``;
     * another ``str`` or path: ``aevents.SQLiteStore(path)``;
     * anything else is taken as a store already made.
     """
@@ -66,6 +68,17 @@ def store_from_setting(value: Any) -> Any:
         from ..._store._postgres import PostgresStore
 
         return PostgresStore(value)
+    if isinstance(value, str) and value.startswith(("redis://", "rediss://")):
+        from ..._store._redis import RedisStore
+
+        return RedisStore(value)
+    if isinstance(value, str) and "://" in value:
+        scheme = value.partition("://")[0]
+        raise ConfigurationError(
+            "settings.AEVENTS['store']",
+            f"no store for URLs of scheme {scheme!r}: give a journal path, a "
+            "postgresql:// or redis:// URL, {'postgres': '<DATABASES alias>'} or a store",
+        )
     if isinstance(value, str | os.PathLike):
         from ..._store._sqlite import SQLiteStore
 

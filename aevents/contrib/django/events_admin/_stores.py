@@ -26,10 +26,12 @@ def store_factory() -> Callable[[], Any]:
     ``AEVENTS_ADMIN_STORE``, else ``AEVENTS["store"]``: a callable, or what
     ``aevents.contrib.django`` reads in ``AEVENTS["store"]``, made anew for each
     page: a path (an ``SQLiteStore``), a ``postgresql://`` URL or
-    ``{"postgres": "<DATABASES alias>", **options}`` (a ``PostgresStore``), or an
+    ``{"postgres": "<DATABASES alias>", **options}`` (a ``PostgresStore``), a
+    ``redis://`` URL (a ``RedisStore``), or an
     ``SQLiteStore`` whose path is opened anew (a store object belongs to the event
     loop of the runtime that opened it). For a ``RedisStore``, or a store object
-    of another kind, set ``AEVENTS_ADMIN_STORE`` to a callable that returns a new one.
+    object of another kind, set ``AEVENTS_ADMIN_STORE`` to a callable that returns a
+    new one.
     """
     configured = getattr(settings, "AEVENTS_ADMIN_STORE", None)
     source: Any = configured
@@ -41,7 +43,8 @@ def store_factory() -> Callable[[], Any]:
         path = os.fspath(source)
         return lambda: SQLiteStore(path)
     if isinstance(source, Mapping) or (
-        isinstance(source, str) and source.startswith(("postgresql://", "postgres://"))
+        isinstance(source, str)
+        and source.startswith(("postgresql://", "postgres://", "redis://", "rediss://"))
     ):
         setting = source
         store_from_setting(setting)  # a mistake in the setting shows on the first page
@@ -55,7 +58,7 @@ def store_factory() -> Callable[[], Any]:
         f"cannot make a store for the admin pages from {shown}: set AEVENTS_ADMIN_STORE "
         "to a journal path or to a callable that returns a new store (for example "
         "lambda: aevents.RedisStore(url, prefix=...)), or AEVENTS['store'] to a path, "
-        "a postgresql:// URL or {'postgres': '<DATABASES alias>'}",
+        "a postgresql:// or redis:// URL or {'postgres': '<DATABASES alias>'}",
     )
 
 
