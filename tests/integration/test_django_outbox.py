@@ -236,9 +236,13 @@ def test_an_inbox_receiver_killed_anywhere_leaves_exactly_one_row_per_event(shop
             assert worker.process.returncode == -signal.SIGKILL, worker.output()
             killed += 1
 
-    crashed = sorted(path.name.split("-")[1] for path in crash.iterdir())
-    assert crashed == sorted(point for point in points if point), f"seed {seed}"
-    assert killed >= len(plan)
+    crashed = {path.name for path in crash.iterdir()}
+    planned = {f"{order}-{point}" for order, point in plan.items()}
+    assert crashed <= planned, f"seed {seed}"
+    # A crash after the commit runs in an on_commit callback: a kill from outside between
+    # the commit and the callback finishes the delivery with no crash, and rightly so.
+    assert {m for m in planned if not m.endswith("-after")} <= crashed, f"seed {seed}"
+    assert killed >= len(crashed)
     effects = shop.query(
         "SELECT order_id, count(*) FROM {s}.outbox_crash_effect GROUP BY order_id ORDER BY 1"
     )
