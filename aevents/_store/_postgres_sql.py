@@ -233,7 +233,7 @@ def _returns_rows(cursor: Any) -> bool:
 
 # The claim held: this holder, this attempt (``attempts + 1`` until it is started).
 _HELD: Final = (
-    " WHERE d.event_seq = e.seq AND d.receiver_id = c.receiver_id AND d.state = 0"
+    " WHERE d.event_seq = c.seq AND d.receiver_id = c.receiver_id AND d.state = 0"
     " AND d.holder = %s AND d.attempts + (NOT d.started)::int = c.attempt"
 )
 # The same, or done by this holder's attempt in the receiver's own transaction
@@ -241,19 +241,28 @@ _HELD: Final = (
 # that matters, and settling it only lets go of it, whatever the outcome, as the
 # receiver's transaction committed its effects and the completion together.
 _HELD_OR_DONE_HERE: Final = _HELD.replace("d.state = 0", "d.state IN (0, 1)")
-_CLAIMS_OF: Final = (
-    " FROM unnest(%s::text[], %s::text[], %s::int[]) WITH ORDINALITY"
-    " AS c(event_id, receiver_id, attempt, i) JOIN {s}.events AS e ON e.id = c.event_id"
+# The claims, each with its event's seq, looked up first in a materialized CTE: joined to
+# the deliveries by their key, the work grows with the batch. Written as one join, the
+# planner hash-joined every claim with every held delivery of the same receiver and
+# attempt and then looked up an event per pair: quadratic (64 claims: 4,096 lookups,
+# about 6 ms a statement, most of a fleet's time on PostgreSQL).
+_CLAIMS: Final = (
+    "WITH c AS MATERIALIZED (SELECT c.*, e.seq FROM unnest(%s::text[], %s::text[], %s::int[])"
+    " WITH ORDINALITY AS c(event_id, receiver_id, attempt, i)"
+    " JOIN {s}.events AS e ON e.id = c.event_id) "
 )
 _QUEUE: Final = {
     "routes_of_live": "SELECT routes FROM {s}.consumers WHERE id = %s AND expires_at > %s",
     # (constants only are joined here: the values are all parameters)
     "start": (
-        "UPDATE {s}.deliveries AS d SET attempts = d.attempts + (NOT d.started)::int,"  # noqa: S608
-        " started = true" + _CLAIMS_OF + _HELD + " RETURNING c.i"
+        _CLAIMS  # noqa: S608
+        + "UPDATE {s}.deliveries AS d SET attempts = d.attempts + (NOT d.started)::int,"
+        + " started = true FROM c"
+        + _HELD
+        + " RETURNING c.i"
     ),
-    "renew": "UPDATE {s}.deliveries AS d SET lease_until = %s"  # noqa: S608
-    + _CLAIMS_OF
+    "renew": _CLAIMS  # noqa: S608
+    + "UPDATE {s}.deliveries AS d SET lease_until = %s FROM c"
     + _HELD_OR_DONE_HERE
     + " RETURNING c.i",
     # One statement settles every outcome of a request: kinds 0 completed, 1
@@ -261,6 +270,10 @@ _QUEUE: Final = {
     # A delivery done in the receiver's transaction (state 1) stays done: its holder
     # is let go of, nothing else changes. ``d.state`` in SET is the value before.
     "settle": (
+        "WITH c AS MATERIALIZED (SELECT c.*, e.seq FROM unnest(%s::text[], %s::text[],"  # noqa: S608
+        " %s::int[], %s::smallint[], %s::timestamptz[], %s::boolean[]) WITH ORDINALITY"
+        " AS c(event_id, receiver_id, attempt, kind, due, holds, i)"
+        " JOIN {s}.events AS e ON e.id = c.event_id) "
         "UPDATE {s}.deliveries AS d SET"
         " state = CASE WHEN d.state = 1 THEN 1 WHEN c.kind = 0 THEN 1 WHEN c.kind = 3 THEN 2"
         " ELSE 0 END, holder = NULL,"
@@ -269,10 +282,7 @@ _QUEUE: Final = {
         " ELSE d.attempts END,"
         " started = false,"
         " holds_key = CASE WHEN c.kind = 3 AND d.state = 0 THEN c.holds AND d.key IS NOT NULL"
-        " ELSE d.holds_key END"
-        " FROM unnest(%s::text[], %s::text[], %s::int[], %s::smallint[], %s::timestamptz[],"
-        " %s::boolean[]) WITH ORDINALITY AS c(event_id, receiver_id, attempt, kind, due, holds, i)"
-        " JOIN {s}.events AS e ON e.id = c.event_id"
+        " ELSE d.holds_key END FROM c"
         + _HELD_OR_DONE_HERE
         + " RETURNING c.i, d.event_seq, d.key IS NOT NULL, d.state"
     ),
@@ -442,7 +452,7 @@ class QueueWrites:
         until: datetime,
     ) -> list[int]:
         """Extend the leases held; the indexes of the claims not held."""
-        cursor.execute(self._sql["renew"], (until, *_claims_params(claims), holder))
+        cursor.execute(self._sql["renew"], (*_claims_params(claims), until, holder))
         held = {row[0] for row in cursor.fetchall()}
         return [index for index in range(len(claims)) if index + 1 not in held]
 
