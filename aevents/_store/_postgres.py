@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -191,7 +192,7 @@ class PostgresStore:
         self._secret = password_of(conninfo)
         self._clock = clock
         self._statements = Statements(self.schema)
-        self._published: dict[str, Event] = {}
+        self._published: OrderedDict[str, Event] = OrderedDict()
         self._thread: StoreThread[PostgresSession] = StoreThread(self.path, errors=_ERRORS)
         self._listener: Listener | None = None
 
@@ -448,7 +449,7 @@ class PostgresStore:
             if first is None:
                 published[event.id] = event
         while len(published) > _KEEP_PUBLISHED:
-            del published[next(iter(published))]
+            published.popitem(last=False)  # O(1): a dict's first key is not, after deletes
         return [
             event if first is None else Event.from_json(first)
             for (event, _), first in zip(events, out, strict=True)
