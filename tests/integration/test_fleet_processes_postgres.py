@@ -45,6 +45,25 @@ def _publish(
     anyio.run(main)
 
 
+def _live_consumers(env: dict[str, str]) -> int:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(env["FLEET_POSTGRES"]) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = %s"
+            " AND table_name = 'consumers'",
+            (env["FLEET_SCHEMA"],),
+        ).fetchone()
+        if exists is None:
+            return 0
+        query = sql.SQL("SELECT count(*) FROM {}.consumers WHERE expires_at > now()").format(
+            sql.Identifier(env["FLEET_SCHEMA"])
+        )
+        row = conn.execute(query).fetchone()
+        return int(row[0]) if row else 0
+
+
 def test_a_killed_workers_leases_go_to_the_survivor(
     tmp_path: Path, postgres_env: dict[str, str]
 ) -> None:
@@ -88,8 +107,10 @@ def test_per_key_order_holds_across_two_processes(
     time, in publish order, whichever process runs them."""
     log = Log(tmp_path / "log.txt")
     events = [("fleet:keyed", n, f"k{n % 8}") for n in range(200)]
-    _publish(tmp_path, postgres_env, events)
     with _fleet(tmp_path, "asyncio", 2, FLEET_LEASE="5", **postgres_env) as fleet:
+        # Both consume before anything is published, or the first could run it all.
+        log.wait_until(lambda: _live_consumers(postgres_env) == 2, "two consumers")
+        _publish(tmp_path, postgres_env, events)
         log.wait_until(lambda: set(log.done("keyed")) >= set(range(200)), "every delivery")
         fleet.stop()
     pids = {pid for what, _, _, _, pid, _ in log.lines() if what == "done"}
