@@ -275,6 +275,24 @@ class LeasedStoreConformance:
         assert (await leased_store.stats()).done == 1
 
     @pytest.mark.anyio
+    async def test_a_lease_that_ran_out_is_found_behind_live_leases_of_earlier_deliveries(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """A claim of one takes the delivery whose short lease ran out, even when earlier
+        deliveries are held under live leases that end a moment later."""
+        events = [_event(n) for n in range(3)]
+        await _publish(leased_store, events, "r")
+        live, dead, third = [await _consumer(leased_store, "r") for _ in range(3)]
+        held = await leased_store.claim(live, 2, lease=1.5)
+        assert [claim.event for claim in held] == events[:2]
+        (lost,) = await leased_store.claim(dead, 1, lease=1.0)
+        clock.advance(1.0)
+        (taken,) = await leased_store.claim(third, 1, lease=LEASE)
+        assert _seen([taken]) == [(events[2].id, "r", 1, False)]
+        assert await leased_store.renew(live, held, lease=LEASE) == []
+        assert await leased_store.renew(dead, [lost], lease=LEASE) == [lost]
+
+    @pytest.mark.anyio
     async def test_a_claim_never_started_costs_no_attempt_when_its_lease_runs_out(
         self, leased_store: LeasedStore, clock: ManualClock
     ) -> None:

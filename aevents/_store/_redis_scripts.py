@@ -13,8 +13,11 @@ The key layout (``_redis_keys`` names it for Python; ``KEYS[1]`` is the base,
   pending entries list (PEL) is the table of deliveries read and not finished,
   owned by the consumer holding them, by ``~ready`` (ready, or waiting for its
   retry time) or by ``~parked`` (a keyed delivery waiting behind an earlier one of
-  its key). ``B:dl:<r>`` entry id -> the exact time (microseconds, the store's
-  clock) when a held or waiting delivery becomes claimable; ``B:st:<r>`` position ->
+  its key). ``B:due:<r>`` a sorted set of the held and waiting deliveries (member
+  entry id, score the exact time, in microseconds on the store's clock, when it
+  becomes claimable): a claim lists the due ones with ``ZRANGEBYSCORE``, so a
+  delivery whose lease ran out is found however many live leases come before
+  it in the stream; ``B:st:<r>`` position ->
   attempts started * 2 + 1 while the attempt of the claim that holds it was started;
   ``B:mv:<r>`` position -> entry id of a redelivered delivery.
 * ``B:k:<len(r)>:<r>:<key>`` a sorted set per (receiver, key) of the deliveries not
@@ -27,14 +30,10 @@ The key layout (``_redis_keys`` names it for Python; ``KEYS[1]`` is the base,
   ``B:idemt`` key -> occurred_at, for ``forget_idempotency_keys`` and stats.
 * ``B:counts`` events, pending, done, dead; ``B:pend`` / ``B:deadc`` per receiver.
 
-Lease times and the server's idle time: a PEL entry's delivery time is set with
-``XCLAIM ... TIME`` to the moment its delivery becomes claimable (on the store's
-clock) less ``SHIFT`` (30 years), so ``XPENDING ... IDLE`` with a minimum idle time
-of ``server time - store time + SHIFT`` lists exactly the deliveries due on the
-store's clock, whatever that clock says (the conformance suite's stopped clock,
-or the wall clock, where it is the usual "idle for longer than the lease").
-Because the server's millisecond and the store's can differ by one inside a
-script, the listing takes 2 s of slack and ``B:dl:<r>`` decides exactly.
+Lease times in the PEL: a PEL entry's delivery time is set with ``XCLAIM ... TIME``
+to the moment its delivery becomes claimable (on the store's clock) less ``SHIFT``
+(30 years), so that ``XPENDING`` shows when each lease ends; ``B:due:<r>`` holds
+the exact time and is the one a claim reads.
 """
 
 from __future__ import annotations
@@ -64,7 +63,7 @@ local B = KEYS[1]
 local GROUP = 'aevents'
 local SHIFT = 946080000000
 local function rkey(r) return B .. ':r:' .. r end
-local function dlkey(r) return B .. ':dl:' .. r end
+local function duekey(r) return B .. ':due:' .. r end
 local function stkey(r) return B .. ':st:' .. r end
 local function mvkey(r) return B .. ':mv:' .. r end
 local function kkey(r, k) return B .. ':k:' .. #r .. ':' .. r .. ':' .. k end
@@ -123,7 +122,7 @@ end
 
 local function to_ready(r, id, at)
   redis.call('XCLAIM', rkey(r), GROUP, '~ready', 0, id, 'TIME', pel_time(at), 'JUSTID')
-  redis.call('HSET', dlkey(r), id, string.format('%d', at))
+  redis.call('ZADD', duekey(r), string.format('%d', at), id)
 end
 
 -- the first unfinished delivery of (r, k) may go: unpark it if it waits parked
@@ -359,20 +358,22 @@ if not reg then return redis.error_reply('AEVENTS not live') end
 if limit <= 0 then return {} end
 local until_us = now + tonumber(ARGV[4])
 local lease_time = pel_time(until_us)
-local min_idle = T - math.floor(now / 1000) + SHIFT - 2000
-if min_idle < 0 then min_idle = 0 end
 local candidates = {}
 for _, r in ipairs(reg['receivers']) do
   local key = rkey(r)
   if redis.call('EXISTS', key) == 1 then
-    local due = redis.call('XPENDING', key, GROUP, 'IDLE', min_idle, '-', '+', limit)
-    for _, p in ipairs(due) do
-      local at = tonumber(redis.call('HGET', dlkey(r), p[1]) or '')
-      if at and at <= now then
-        local f = entry(r, p[1])
-        if f then
-          table.insert(candidates, {r = r, id = p[1], pos = tonumber(f['p']), key = f['k']})
-        end
+    local due = redis.call('ZRANGEBYSCORE', duekey(r), '-inf', ARGV[3], 'LIMIT', 0, limit)
+    for _, id in ipairs(due) do
+      local f = entry(r, id)
+      if not f then
+        redis.call('ZREM', duekey(r), id)
+      elseif f['k'] and not is_head(r, f['k'], id) then
+        -- behind an earlier delivery of its key (a redelivered one): parked until the
+        -- head is finished, so that it never stands in the way of the due ones after it
+        redis.call('XCLAIM', key, GROUP, '~parked', 0, id, 'IDLE', 0, 'JUSTID')
+        redis.call('ZREM', duekey(r), id)
+      else
+        table.insert(candidates, {r = r, id = id, pos = tonumber(f['p']), key = f['k']})
       end
     end
     local fresh = redis.call('XREADGROUP', 'GROUP', GROUP, c, 'COUNT', limit, 'STREAMS', key, '>')
@@ -400,7 +401,7 @@ for _, cand in ipairs(candidates) do
     if o == 1 then set_started(cand.r, cand.pos, s, 0) end
     redis.call('XCLAIM', rkey(cand.r), GROUP, c, 0, cand.id, 'TIME', lease_time,
                'RETRYCOUNT', s + 1, 'JUSTID')
-    redis.call('HSET', dlkey(cand.r), cand.id, string.format('%d', until_us))
+    redis.call('ZADD', duekey(cand.r), string.format('%d', until_us), cand.id)
     local body = false
     if not bodies[cand.pos] then
       bodies[cand.pos] = true
@@ -474,7 +475,7 @@ for i = 4, #ARGV, 3 do
   local pos, id = held_claim(c, r, ARGV[i + 1], tonumber(ARGV[i + 2]))
   if pos then
     redis.call('XCLAIM', rkey(r), GROUP, c, 0, id, 'TIME', pel_time(until_us), 'JUSTID')
-    redis.call('HSET', dlkey(r), id, string.format('%d', until_us))
+    redis.call('ZADD', duekey(r), string.format('%d', until_us), id)
   else
     table.insert(lost, n)
   end
@@ -495,7 +496,7 @@ local touched = {}
 local n = 0
 local function finish(r, pos, id, key)
   redis.call('XACK', rkey(r), GROUP, id)
-  redis.call('HDEL', dlkey(r), id)
+  redis.call('ZREM', duekey(r), id)
   redis.call('HDEL', stkey(r), pos)
   redis.call('HDEL', mvkey(r), pos)
   redis.call('HINCRBY', B .. ':counts', 'pending', -1)
@@ -600,7 +601,7 @@ for _, r in ipairs(redis.call('SMEMBERS', B .. ':receivers')) do
           table.insert(out, ev and ev['i'] or '')
           table.insert(out, p[2])
           table.insert(out, p[4])
-          table.insert(out, redis.call('HGET', dlkey(r), p[1]) or '0')
+          table.insert(out, redis.call('ZSCORE', duekey(r), p[1]) or '0')
           table.insert(out, tonumber(f['p']))
           table.insert(out, ev and ev['n'] or '')
           table.insert(out, f['k'] or false)
@@ -636,7 +637,7 @@ for r, _ in pairs(names) do
       if string.sub(pair[1], 1, 1) ~= '~' then leased = leased + tonumber(pair[2]) end
     end
     for _, p in ipairs(redis.call('XPENDING', key, GROUP, '-', '+', 1000000, '~ready')) do
-      if tonumber(redis.call('HGET', dlkey(r), p[1]) or '0') > now then
+      if tonumber(redis.call('ZSCORE', duekey(r), p[1]) or '0') > now then
         scheduled = scheduled + 1
       end
     end
