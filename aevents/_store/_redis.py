@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -51,6 +51,7 @@ from ._protocol import (
     EventPage,
     Lease,
     Outcome,
+    PendingDelivery,
     Released,
     Rescheduled,
     Route,
@@ -68,6 +69,7 @@ logger = logging.getLogger("aevents.store")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _KEEP_PUBLISHED = 8192  # events kept for claims of this process
 _PRUNE_SCAN = 512  # events a prune script reads at a time
+_PAGE = 512  # stream entries a script reads at a time, for pending()
 _RETENTION_EVERY = 60.0  # seconds between retention passes
 
 
@@ -550,6 +552,40 @@ class RedisStore:
         letters: list[DeadLetter] = await self._call(read, "could not read dead letters")
         letters.sort(key=lambda letter: letter.failed_at)
         return letters if limit is None else letters[: max(limit, 0)]
+
+    async def pending(self) -> AsyncIterator[PendingDelivery]:
+        """Deliveries not finished (ready, scheduled, leased, parked behind their key) in
+        publish order, then receiver id, with the attempts started; a snapshot of the
+        events added when iteration begins. Their list is read first, a page per script;
+        the events are read a page at a time as they are yielded."""
+        upto = await self.event_position()
+        receivers = await self._call(
+            lambda c: c.smembers(self.keys.base + ":receivers"), "could not read receivers"
+        )
+        rows: list[tuple[int, str, int]] = []
+        for receiver in sorted(_text(name) for name in receivers):
+            after = "-"
+            while True:
+                found = await self._run(
+                    "PENDING",
+                    [receiver, after, _PAGE, upto],
+                    "could not read pending deliveries",
+                )
+                rows += [
+                    (int(found[i]), receiver, int(found[i + 1])) for i in range(1, len(found), 2)
+                ]
+                if not found[0]:
+                    break
+                after = _text(found[0])
+        rows.sort()
+        for start in range(0, len(rows), _PAGE):
+            page = rows[start : start + _PAGE]
+            bodies = await self._run(
+                "EVENTS_AT", [position for position, _, _ in page], "could not read events"
+            )
+            for (_, receiver, attempts), body in zip(page, bodies, strict=True):
+                if body:
+                    yield PendingDelivery(Event.from_json(body), receiver, attempts)
 
     async def redeliver(self, letter_ids: Sequence[str] | None = None) -> int:
         """Make dead letters ready again with no attempts (all when ``None``)."""

@@ -44,9 +44,11 @@ __all__ = [
     "CONSUMERS",
     "DISCARD",
     "EVENTS_AFTER",
+    "EVENTS_AT",
     "FORGET",
     "HEARTBEAT",
     "LEASES",
+    "PENDING",
     "PRUNE",
     "PUBLISH",
     "REDELIVER",
@@ -664,6 +666,55 @@ for r, _ in pairs(names) do
     table.insert(out, dead_n)
     table.insert(out, oldest and string.format('%d', oldest) or false)
   end
+end
+return out
+"""
+)
+
+PENDING = (
+    _PRELUDE
+    + r"""
+-- ARGV: receiver, after (an entry id, exclusive; '-' to start), count, upto position
+-- -> {next after or false, then per pending delivery: position, attempts started}
+-- Entries acknowledged are trimmed only approximately, so each entry read is checked:
+-- pending if unread by the group or in its PEL.
+local r, after, count, upto = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local key = rkey(r)
+if redis.call('EXISTS', key) == 0 then return {false} end
+local last = '0-0'
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+  local info = fields(g)
+  if info['name'] == GROUP then last = info['last-delivered-id'] end
+end
+local function after_last(id)
+  local ms, seq = string.match(id, '(%d+)-(%d+)')
+  local lms, lseq = string.match(last, '(%d+)-(%d+)')
+  ms, seq, lms, lseq = tonumber(ms), tonumber(seq), tonumber(lms), tonumber(lseq)
+  return ms > lms or (ms == lms and seq > lseq)
+end
+local start = after == '-' and '-' or '(' .. after
+local found = redis.call('XRANGE', key, start, '+', 'COUNT', count)
+local out = {false}
+for _, e in ipairs(found) do
+  local pos = tonumber(fields(e[2])['p'])
+  if pos <= upto and (after_last(e[1]) or pending(r, e[1])) then
+    table.insert(out, pos)
+    table.insert(out, (started(r, pos)))
+  end
+end
+if #found == count then out[1] = found[#found][1] end
+return out
+"""
+)
+
+EVENTS_AT = (
+    _PRELUDE
+    + r"""
+-- ARGV: positions -> the body of each event, or false when it was pruned
+local out = {}
+for i = 1, #ARGV do
+  local ev = event_body(ARGV[i])
+  table.insert(out, ev and ev['b'] or false)
 end
 return out
 """
