@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -176,7 +177,7 @@ class RedisStore:
         self._clock = clock
         self._connection = RedisConnection()
         self._scripts: dict[str, Any] = {}
-        self._published: dict[int, Event] = {}  # position -> event this object published
+        self._published: OrderedDict[int, Event] = OrderedDict()  # position -> event published here
         self._retention_at = 0.0
 
     def __repr__(self) -> str:
@@ -312,7 +313,7 @@ class RedisStore:
         published = self._published
         published[position] = event
         if len(published) > _KEEP_PUBLISHED:
-            del published[next(iter(published))]
+            published.popitem(last=False)  # O(1), where del of next(iter(dict)) scans
 
     async def event_position(self) -> int:
         """The position of the newest event added (0 before any)."""
@@ -452,12 +453,13 @@ class RedisStore:
         for outcome in outcomes:
             claim = outcome.claim
             head = [claim.receiver_id, claim.event.id, claim.attempt]
+            key = "" if claim.event.key is None else "=" + claim.event.key
             if isinstance(outcome, Completed):
-                args += ["C", *head, "", "", "0"]
+                args += ["C", *head, "", "", "0", key]
             elif isinstance(outcome, Rescheduled):
-                args += ["S", *head, _seconds_us(outcome.delay), "", "0"]
+                args += ["S", *head, _seconds_us(outcome.delay), "", "0", key]
             elif isinstance(outcome, Released):
-                args += ["R", *head, "", "", "0"]
+                args += ["R", *head, "", "", "0", key]
             elif isinstance(outcome, DeadLettered):
                 letter = outcome.letter
                 body = orjson.dumps(
@@ -468,7 +470,7 @@ class RedisStore:
                         "failed_at": _us(letter.failed_at),
                     }
                 )
-                args += ["D", *head, letter.id, body, "1" if outcome.holds_key else "0"]
+                args += ["D", *head, letter.id, body, "1" if outcome.holds_key else "0", key]
             else:  # pragma: no cover - Outcome is a closed union
                 raise TypeError(f"not an outcome: {outcome!r}")
         lost = await self._run("SETTLE", args, "could not settle")

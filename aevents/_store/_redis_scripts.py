@@ -115,8 +115,14 @@ local function set_started(r, pos, s, o)
 end
 
 -- the owner and attempt of a pending entry, or nil
+local streams = {}
 local function pending(r, id)
-  if redis.call('EXISTS', rkey(r)) == 0 then return nil end
+  local exists = streams[r]
+  if exists == nil then
+    exists = redis.call('EXISTS', rkey(r)) == 1
+    streams[r] = exists
+  end
+  if not exists then return nil end
   local p = redis.call('XPENDING', rkey(r), GROUP, id, id, 1)
   if #p == 0 then return nil end
   return p[1][2], tonumber(p[1][4])
@@ -224,9 +230,21 @@ for e, ev in ipairs(events) do
   end
   result[e] = standing
 end
+local new = 0
+for e, _ in ipairs(events) do
+  if not result[e] then new = new + 1 end
+end
+if new == 0 then return result end
+-- the positions of the new events, then a few calls for the whole batch
+local pos = redis.call('INCRBY', B .. ':seq', new) - new
+local ids, left, per, known = {}, {}, {}, {}
+local deliveries = 0
+local function flush(key, list)
+  if #list > 0 then redis.call('HSET', key, unpack(list)) end
+end
 for e, ev in ipairs(events) do
   if not result[e] then
-    local pos = redis.call('INCR', B .. ':seq')
+    pos = pos + 1
     local id = pos .. '-0'
     if ev.hasidem then
       redis.call('SET', B .. ':idem:' .. ev.idem, ev.body, 'NX', 'PX', ttl)
@@ -238,11 +256,21 @@ for e, ev in ipairs(events) do
     else
       redis.call('XADD', B .. ':events', id, 'i', ev.id, 'b', ev.body, 'n', ev.name, 't', ev.t)
     end
-    redis.call('HSET', B .. ':ids', ev.id, pos)
-    redis.call('HSET', B .. ':left', pos, #ev.receivers)
+    table.insert(ids, ev.id)
+    table.insert(ids, pos)
+    table.insert(left, pos)
+    table.insert(left, #ev.receivers)
+    if #ids >= 4000 then
+      flush(B .. ':ids', ids)
+      flush(B .. ':left', left)
+      ids, left = {}, {}
+    end
     for _, r in ipairs(ev.receivers) do
-      if redis.call('SADD', B .. ':receivers', r) == 1 then
-        redis.call('XGROUP', 'CREATE', rkey(r), GROUP, '0', 'MKSTREAM')
+      if not known[r] then
+        known[r] = true
+        if redis.call('SADD', B .. ':receivers', r) == 1 then
+          redis.call('XGROUP', 'CREATE', rkey(r), GROUP, '0', 'MKSTREAM')
+        end
       end
       if ev.haskey then
         redis.call('XADD', rkey(r), id, 'p', pos, 'k', ev.key)
@@ -250,13 +278,17 @@ for e, ev in ipairs(events) do
       else
         redis.call('XADD', rkey(r), id, 'p', pos)
       end
-      redis.call('HINCRBY', B .. ':pend', r, 1)
+      per[r] = (per[r] or 0) + 1
     end
-    redis.call('HINCRBY', B .. ':counts', 'events', 1)
-    redis.call('HINCRBY', B .. ':counts', 'pending', #ev.receivers)
+    deliveries = deliveries + #ev.receivers
     result[e] = {1, pos}
   end
 end
+flush(B .. ':ids', ids)
+flush(B .. ':left', left)
+for r, count in pairs(per) do redis.call('HINCRBY', B .. ':pend', r, count) end
+redis.call('HINCRBY', B .. ':counts', 'events', new)
+if deliveries > 0 then redis.call('HINCRBY', B .. ':counts', 'pending', deliveries) end
 return result
 """
 )
@@ -392,29 +424,11 @@ table.sort(candidates, function(a, b)
   if a.pos ~= b.pos then return a.pos < b.pos end
   return a.r < b.r
 end)
-local out = {}
-local taken = 0
-local bodies = {}
+local taken = {}
 for _, cand in ipairs(candidates) do
   local head = (not cand.key) or is_head(cand.r, cand.key, cand.id)
-  if taken < limit and head then
-    taken = taken + 1
-    local s, o = started(cand.r, cand.pos)
-    if o == 1 then set_started(cand.r, cand.pos, s, 0) end
-    redis.call('XCLAIM', rkey(cand.r), GROUP, c, 0, cand.id, 'TIME', lease_time,
-               'RETRYCOUNT', s + 1, 'JUSTID')
-    redis.call('ZADD', duekey(cand.r), string.format('%d', until_us), cand.id)
-    local body = false
-    if not bodies[cand.pos] then
-      bodies[cand.pos] = true
-      body = event_body(cand.pos)
-      if body then body = body['b'] end
-    end
-    table.insert(out, cand.r)
-    table.insert(out, s + 1)
-    table.insert(out, o)
-    table.insert(out, cand.pos)
-    table.insert(out, body)
+  if #taken < limit and head then
+    table.insert(taken, cand)
   elseif cand.fresh then
     if head then
       to_ready(cand.r, cand.id, now)
@@ -422,6 +436,79 @@ for _, cand in ipairs(candidates) do
       redis.call('XCLAIM', rkey(cand.r), GROUP, '~parked', 0, cand.id, 'IDLE', 0, 'JUSTID')
     end
   end
+end
+if #taken == 0 then return {} end
+-- per receiver, in a few calls: the started counts, the takeovers, the deadlines
+local per = {}
+for _, cand in ipairs(taken) do
+  per[cand.r] = per[cand.r] or {}
+  table.insert(per[cand.r], cand)
+end
+local deadline = string.format('%d', until_us)
+for r, cands in pairs(per) do
+  local positions = {}
+  for i, cand in ipairs(cands) do positions[i] = cand.pos end
+  local counts = {}
+  for first = 1, #positions, 4000 do
+    local part = redis.call('HMGET', stkey(r), unpack(positions, first,
+                                                      math.min(first + 3999, #positions)))
+    for _, v in ipairs(part) do table.insert(counts, v or false) end
+  end
+  local due = {}
+  for i, cand in ipairs(cands) do
+    local v = tonumber(counts[i] or '0')
+    local s, o = math.floor(v / 2), v % 2
+    if o == 1 then set_started(r, cand.pos, s, 0) end
+    cand.s, cand.o = s, o
+    -- a fresh entry read just now is this consumer's, delivery count 1: nothing to change
+    if not (cand.fresh and s == 0) then
+      redis.call('XCLAIM', rkey(r), GROUP, c, 0, cand.id, 'TIME', lease_time,
+                 'RETRYCOUNT', s + 1, 'JUSTID')
+    end
+    table.insert(due, deadline)
+    table.insert(due, cand.id)
+    if #due >= 4000 then
+      redis.call('ZADD', duekey(r), unpack(due))
+      due = {}
+    end
+  end
+  if #due > 0 then redis.call('ZADD', duekey(r), unpack(due)) end
+end
+-- the bodies: one XRANGE over the positions when they lie close together
+local bodies = {}
+local low, high, distinct = math.huge, 0, 0
+for _, cand in ipairs(taken) do
+  if bodies[cand.pos] == nil then
+    bodies[cand.pos] = false
+    distinct = distinct + 1
+    if cand.pos < low then low = cand.pos end
+    if cand.pos > high then high = cand.pos end
+  end
+end
+if high - low + 1 <= distinct * 2 + 16 then
+  for _, e in ipairs(redis.call('XRANGE', B .. ':events', low .. '-0', high .. '-0')) do
+    local pos = tonumber(string.match(e[1], '^(%d+)'))
+    if bodies[pos] == false then bodies[pos] = fields(e[2])['b'] end
+  end
+else
+  for pos, _ in pairs(bodies) do
+    local ev = event_body(pos)
+    if ev then bodies[pos] = ev['b'] end
+  end
+end
+local out = {}
+local sent = {}
+for _, cand in ipairs(taken) do
+  local body = false
+  if not sent[cand.pos] then
+    sent[cand.pos] = true
+    body = bodies[cand.pos]
+  end
+  table.insert(out, cand.r)
+  table.insert(out, cand.s + 1)
+  table.insert(out, cand.o)
+  table.insert(out, cand.pos)
+  table.insert(out, body)
 end
 return out
 """
@@ -491,12 +578,16 @@ SETTLE = (
     + _HELD
     + r"""
 -- ARGV: consumer, now_us, then per outcome: kind (C, S, R, D), receiver, event id,
--- attempt, detail (S: delay in us; D: letter id), letter JSON (D), holds key (1/0)
+-- attempt, detail (S: delay in us; D: letter id), letter JSON (D), holds key (1/0),
+-- key ('' for none, else '=' .. key)
+-- Completions are written per receiver at the end, a few calls for them all.
 local c, now = ARGV[1], tonumber(ARGV[2])
 local lost = {}
 local touched = {}
+local settled = {}
+local completed = {}
 local n = 0
-local function finish(r, pos, id, key)
+local function finish(r, pos, id)
   redis.call('XACK', rkey(r), GROUP, id)
   redis.call('ZREM', duekey(r), id)
   redis.call('HDEL', stkey(r), pos)
@@ -504,33 +595,36 @@ local function finish(r, pos, id, key)
   redis.call('HINCRBY', B .. ':counts', 'pending', -1)
   redis.call('HINCRBY', B .. ':pend', r, -1)
 end
-for i = 3, #ARGV, 7 do
+for i = 3, #ARGV, 8 do
   n = n + 1
   local kind, r, event_id, attempt = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local key = ARGV[i + 7] ~= '' and string.sub(ARGV[i + 7], 2) or nil
   local pos, id = held_claim(c, r, event_id, attempt)
-  if not pos then
+  local once = pos and (r .. ' ' .. id)
+  if not pos or settled[once] then
     table.insert(lost, n)
   else
+    settled[once] = true
     touched[r] = true
-    local key = entry(r, id)
-    key = key and key['k']
-    local s, o = started(r, pos)
     if kind == 'C' then
-      finish(r, pos, id, key)
+      completed[r] = completed[r] or {ids = {}, positions = {}}
+      table.insert(completed[r].ids, id)
+      table.insert(completed[r].positions, pos)
       redis.call('HINCRBY', B .. ':done', pos, 1)
-      redis.call('HINCRBY', B .. ':counts', 'done', 1)
       if key then
         redis.call('ZREM', kkey(r, key), id)
         unpark_head(r, key, now)
       end
     elseif kind == 'S' then
+      local s, o = started(r, pos)
       to_ready(r, id, now + tonumber(ARGV[i + 4]))
       set_started(r, pos, s, 0)
     elseif kind == 'R' then
+      local s, o = started(r, pos)
       to_ready(r, id, now)
       if s >= attempt then set_started(r, pos, attempt - 1, 0) end
     else
-      finish(r, pos, id, key)
+      finish(r, pos, id)
       redis.call('XDEL', rkey(r), id)
       local holds = ARGV[i + 6] == '1' and key
       local fieldlist = {'id', ARGV[i + 4], 'r', r, 'p', pos, 'e', id, 'l', ARGV[i + 5]}
@@ -550,6 +644,25 @@ for i = 3, #ARGV, 7 do
       end
     end
   end
+end
+local done = 0
+for r, batch in pairs(completed) do
+  local count = #batch.ids
+  for first = 1, count, 4000 do
+    local last = math.min(first + 3999, count)
+    local ids = {unpack(batch.ids, first, last)}
+    local positions = {unpack(batch.positions, first, last)}
+    redis.call('XACK', rkey(r), GROUP, unpack(ids))
+    redis.call('ZREM', duekey(r), unpack(ids))
+    redis.call('HDEL', stkey(r), unpack(positions))
+    redis.call('HDEL', mvkey(r), unpack(positions))
+  end
+  redis.call('HINCRBY', B .. ':pend', r, -count)
+  done = done + count
+end
+if done > 0 then
+  redis.call('HINCRBY', B .. ':counts', 'pending', -done)
+  redis.call('HINCRBY', B .. ':counts', 'done', done)
 end
 for r, _ in pairs(touched) do trim(r) end
 return lost
