@@ -819,6 +819,25 @@ class LeasedStoreConformance:
         ]
         assert leased.event == events[3]
 
+    @pytest.mark.anyio
+    async def test_the_oldest_in_the_backlog_is_the_earliest_occurred_at_not_done(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """``oldest`` is the earliest ``occurred_at`` among the deliveries not done, whatever
+        the order they were published in; a dead one does not count."""
+        late = _event(0, at=_T0 + timedelta(minutes=5))
+        early = _event(1, at=_T0)
+        earliest = _event(2, at=_T0 - timedelta(minutes=5))
+        await _publish(leased_store, [late, early, earliest], "a")
+        consumer = await _consumer(leased_store, "a")
+        first, second, third = await _claim(leased_store, consumer)
+        assert [claim.event for claim in (first, second, third)] == [late, early, earliest]
+        assert [row.oldest for row in await leased_store.backlog()] == [earliest.occurred_at]
+        await leased_store.settle(consumer, [DeadLettered(third, _letter(third, 1, _T0))])
+        assert [row.oldest for row in await leased_store.backlog()] == [early.occurred_at]
+        await leased_store.settle(consumer, [Completed(second)])
+        assert [row.oldest for row in await leased_store.backlog()] == [late.occurred_at]
+
     # --------------------------------------------------------------------------- routing
 
     @pytest.mark.anyio

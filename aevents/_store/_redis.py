@@ -502,8 +502,8 @@ class RedisStore:
     async def backlog(self) -> list[Backlog]:
         """Per receiver id: ready, scheduled, leased and dead deliveries, and the oldest.
 
-        ``oldest`` is the time of the first-published event among its deliveries
-        not done: publish order stands in for time.
+        ``oldest`` is the earliest ``occurred_at`` among its deliveries not done and
+        not dead (kept in a sorted set per receiver).
         """
         flat = await self._run("BACKLOG", [self._now()], "could not read the backlog")
         rows = []

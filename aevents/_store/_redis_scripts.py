@@ -19,7 +19,9 @@ The key layout (``_redis_keys`` names it for Python; ``KEYS[1]`` is the base,
   delivery whose lease ran out is found however many live leases come before
   it in the stream; ``B:st:<r>`` position ->
   attempts started * 2 + 1 while the attempt of the claim that holds it was started;
-  ``B:mv:<r>`` position -> entry id of a redelivered delivery.
+  ``B:mv:<r>`` position -> entry id of a redelivered delivery; ``B:age:<r>`` a sorted
+  set of its deliveries not done and not dead (member entry id, score occurred_at
+  in microseconds), whose first is the backlog's ``oldest``.
 * ``B:k:<len(r)>:<r>:<key>`` a sorted set per (receiver, key) of the deliveries not
   finished (score position, member entry id): only its first may be claimed.
   ``B:held`` JSON [receiver, key] -> "<event id> <entry id>" of a dead letter
@@ -66,6 +68,7 @@ local GROUP = 'aevents'
 local SHIFT = 946080000000
 local function rkey(r) return B .. ':r:' .. r end
 local function duekey(r) return B .. ':due:' .. r end
+local function agekey(r) return B .. ':age:' .. r end
 local function stkey(r) return B .. ':st:' .. r end
 local function mvkey(r) return B .. ':mv:' .. r end
 local function kkey(r, k) return B .. ':k:' .. #r .. ':' .. r .. ':' .. k end
@@ -237,7 +240,7 @@ end
 if new == 0 then return result end
 -- the positions of the new events, then a few calls for the whole batch
 local pos = redis.call('INCRBY', B .. ':seq', new) - new
-local ids, left, per, known = {}, {}, {}, {}
+local ids, left, per, known, ages = {}, {}, {}, {}, {}
 local deliveries = 0
 local function flush(key, list)
   if #list > 0 then redis.call('HSET', key, unpack(list)) end
@@ -279,6 +282,13 @@ for e, ev in ipairs(events) do
         redis.call('XADD', rkey(r), id, 'p', pos)
       end
       per[r] = (per[r] or 0) + 1
+      ages[r] = ages[r] or {}
+      table.insert(ages[r], ev.t)
+      table.insert(ages[r], id)
+      if #ages[r] >= 4000 then
+        redis.call('ZADD', agekey(r), unpack(ages[r]))
+        ages[r] = {}
+      end
     end
     deliveries = deliveries + #ev.receivers
     result[e] = {1, pos}
@@ -287,6 +297,9 @@ end
 flush(B .. ':ids', ids)
 flush(B .. ':left', left)
 for r, count in pairs(per) do redis.call('HINCRBY', B .. ':pend', r, count) end
+for r, list in pairs(ages) do
+  if #list > 0 then redis.call('ZADD', agekey(r), unpack(list)) end
+end
 redis.call('HINCRBY', B .. ':counts', 'events', new)
 if deliveries > 0 then redis.call('HINCRBY', B .. ':counts', 'pending', deliveries) end
 return result
@@ -515,14 +528,55 @@ return out
 )
 
 _HELD = r"""
--- ARGV from index i: receiver, event id, attempt -> r, pos, entry id, or nil if not held
-local function held_claim(c, r, event_id, attempt)
-  local pos = redis.call('HGET', B .. ':ids', event_id)
-  if not pos then return nil end
-  local id = entry_id(r, pos)
-  local owner, count = pending(r, id)
-  if owner ~= c or count ~= attempt then return nil end
-  return pos, id
+-- the values of many fields of one hash, a few thousand per call
+local function hmget(key, names)
+  local values = {}
+  for first = 1, #names, 4000 do
+    local part = redis.call('HMGET', key, unpack(names, first, math.min(first + 3999, #names)))
+    for _, v in ipairs(part) do table.insert(values, v) end
+  end
+  return values
+end
+
+-- ARGV from index first, width apart: receiver, event id, attempt, ... -> a list of
+-- claims {r, event_id, attempt, pos, id}; pos and id are set (strings) when the
+-- claim is held: its entry is pending for consumer c with that delivery count.
+-- A few calls per receiver, whatever the number of claims.
+local function held_claims(c, first, width)
+  local claims, event_ids = {}, {}
+  for i = first, #ARGV, width do
+    local claim = {r = ARGV[i], event_id = ARGV[i + 1], attempt = tonumber(ARGV[i + 2]), at = i}
+    table.insert(claims, claim)
+    table.insert(event_ids, claim.event_id)
+  end
+  if #claims == 0 then return claims end
+  local positions = hmget(B .. ':ids', event_ids)
+  local per = {}
+  for i, claim in ipairs(claims) do
+    if positions[i] then
+      claim.known = positions[i]
+      per[claim.r] = per[claim.r] or {}
+      table.insert(per[claim.r], claim)
+    end
+  end
+  for r, list in pairs(per) do
+    if redis.call('EXISTS', rkey(r)) == 1 then
+      local wanted = {}
+      for i, claim in ipairs(list) do wanted[i] = claim.known end
+      local moved = hmget(mvkey(r), wanted)
+      local owned = {}
+      for _, p in ipairs(redis.call('XPENDING', rkey(r), GROUP, '-', '+', 1000000000, c)) do
+        owned[p[1]] = tonumber(p[4])
+      end
+      for i, claim in ipairs(list) do
+        local id = moved[i] or (claim.known .. '-0')
+        if owned[id] == claim.attempt then
+          claim.pos, claim.id = claim.known, id
+        end
+      end
+    end
+  end
+  return claims
 end
 """
 
@@ -533,17 +587,31 @@ START = (
 -- ARGV: consumer, then per claim: receiver, event id, attempt -> indexes not held
 local c = ARGV[1]
 local lost = {}
-local n = 0
-for i = 2, #ARGV, 3 do
-  n = n + 1
-  local r, attempt = ARGV[i], tonumber(ARGV[i + 2])
-  local pos = held_claim(c, r, ARGV[i + 1], attempt)
-  if pos then
-    local s, o = started(r, pos)
-    if s < attempt then set_started(r, pos, attempt, 1) end
+local per = {}
+for n, claim in ipairs(held_claims(c, 2, 3)) do
+  if claim.pos then
+    per[claim.r] = per[claim.r] or {}
+    table.insert(per[claim.r], claim)
   else
     table.insert(lost, n)
   end
+end
+for r, list in pairs(per) do
+  local positions = {}
+  for i, claim in ipairs(list) do positions[i] = claim.pos end
+  local counts = hmget(stkey(r), positions)
+  local updates = {}
+  for i, claim in ipairs(list) do
+    if math.floor(tonumber(counts[i] or '0') / 2) < claim.attempt then
+      table.insert(updates, claim.pos)
+      table.insert(updates, string.format('%d', claim.attempt * 2 + 1))
+    end
+    if #updates >= 4000 then
+      redis.call('HSET', stkey(r), unpack(updates))
+      updates = {}
+    end
+  end
+  if #updates > 0 then redis.call('HSET', stkey(r), unpack(updates)) end
 end
 return lost
 """
@@ -556,17 +624,32 @@ RENEW = (
 -- ARGV: consumer, now_us, lease_us, then per claim: receiver, event id, attempt
 local c = ARGV[1]
 local until_us = tonumber(ARGV[2]) + tonumber(ARGV[3])
+local deadline = string.format('%d', until_us)
 local lost = {}
-local n = 0
-for i = 4, #ARGV, 3 do
-  n = n + 1
-  local r = ARGV[i]
-  local pos, id = held_claim(c, r, ARGV[i + 1], tonumber(ARGV[i + 2]))
-  if pos then
-    redis.call('XCLAIM', rkey(r), GROUP, c, 0, id, 'TIME', pel_time(until_us), 'JUSTID')
-    redis.call('ZADD', duekey(r), string.format('%d', until_us), id)
+local per = {}
+for n, claim in ipairs(held_claims(c, 4, 3)) do
+  if claim.pos then
+    per[claim.r] = per[claim.r] or {}
+    table.insert(per[claim.r], claim.id)
   else
     table.insert(lost, n)
+  end
+end
+for r, ids in pairs(per) do
+  for first = 1, #ids, 4000 do
+    local part = {unpack(ids, first, math.min(first + 3999, #ids))}
+    local command = {rkey(r), GROUP, c, 0}
+    for _, id in ipairs(part) do table.insert(command, id) end
+    table.insert(command, 'TIME')
+    table.insert(command, pel_time(until_us))
+    table.insert(command, 'JUSTID')
+    redis.call('XCLAIM', unpack(command))
+    local due = {}
+    for _, id in ipairs(part) do
+      table.insert(due, deadline)
+      table.insert(due, id)
+    end
+    redis.call('ZADD', duekey(r), unpack(due))
   end
 end
 return lost
@@ -586,20 +669,20 @@ local lost = {}
 local touched = {}
 local settled = {}
 local completed = {}
-local n = 0
 local function finish(r, pos, id)
   redis.call('XACK', rkey(r), GROUP, id)
   redis.call('ZREM', duekey(r), id)
+  redis.call('ZREM', agekey(r), id)
   redis.call('HDEL', stkey(r), pos)
   redis.call('HDEL', mvkey(r), pos)
   redis.call('HINCRBY', B .. ':counts', 'pending', -1)
   redis.call('HINCRBY', B .. ':pend', r, -1)
 end
-for i = 3, #ARGV, 8 do
-  n = n + 1
-  local kind, r, event_id, attempt = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+for n, claim in ipairs(held_claims(c, 4, 8)) do
+  local i = claim.at - 1
+  local kind, r, event_id, attempt = ARGV[i], claim.r, claim.event_id, claim.attempt
   local key = ARGV[i + 7] ~= '' and string.sub(ARGV[i + 7], 2) or nil
-  local pos, id = held_claim(c, r, event_id, attempt)
+  local pos, id = claim.pos, claim.id
   local once = pos and (r .. ' ' .. id)
   if not pos or settled[once] then
     table.insert(lost, n)
@@ -654,6 +737,7 @@ for r, batch in pairs(completed) do
     local positions = {unpack(batch.positions, first, last)}
     redis.call('XACK', rkey(r), GROUP, unpack(ids))
     redis.call('ZREM', duekey(r), unpack(ids))
+    redis.call('ZREM', agekey(r), unpack(ids))
     redis.call('HDEL', stkey(r), unpack(positions))
     redis.call('HDEL', mvkey(r), unpack(positions))
   end
@@ -756,20 +840,8 @@ for r, _ in pairs(names) do
         scheduled = scheduled + 1
       end
     end
-    local firsts = {}
-    if tonumber(summary[1]) > 0 then table.insert(firsts, summary[2]) end
-    for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
-      local info = fields(g)
-      if info['name'] == GROUP then
-        local unread = redis.call('XRANGE', key, '(' .. info['last-delivered-id'], '+', 'COUNT', 1)
-        if #unread > 0 then table.insert(firsts, unread[1][1]) end
-      end
-    end
-    for _, id in ipairs(firsts) do
-      local f = entry(r, id)
-      local ev = f and event_body(f['p'])
-      if ev and (not oldest or tonumber(ev['t']) < oldest) then oldest = tonumber(ev['t']) end
-    end
+    local first = redis.call('ZRANGE', agekey(r), 0, 0, 'WITHSCORES')
+    if #first > 0 then oldest = tonumber(first[2]) end
   end
   if pending_n > 0 or dead_n > 0 then
     table.insert(out, r)
@@ -872,6 +944,8 @@ for _, dead_id in ipairs(chosen) do
     end
     redis.call('HSET', mvkey(r), pos, id)
     redis.call('HDEL', stkey(r), pos)
+    local ev = event_body(pos)
+    if ev then redis.call('ZADD', agekey(r), ev['t'], id) end
     redis.call('HINCRBY', B .. ':counts', 'dead', -1)
     redis.call('HINCRBY', B .. ':counts', 'pending', 1)
     redis.call('HINCRBY', B .. ':deadc', r, -1)
