@@ -32,10 +32,11 @@ The key layout (``_redis_keys`` names it for Python; ``KEYS[1]`` is the base,
   ``B:idemt`` key -> occurred_at, for ``forget_idempotency_keys`` and stats.
 * ``B:counts`` events, pending, done, dead; ``B:pend`` / ``B:deadc`` per receiver.
 
-Lease times in the PEL: a PEL entry's delivery time is set with ``XCLAIM ... TIME``
-to the moment its delivery becomes claimable (on the store's clock) less ``SHIFT``
-(30 years), so that ``XPENDING`` shows when each lease ends; ``B:due:<r>`` holds
-the exact time and is the one a claim reads.
+Lease times in the PEL: when a claim takes over an entry, or a renewal or a retry
+moves it, its delivery time is set with ``XCLAIM ... TIME`` to the moment it becomes
+claimable (on the store's clock) less ``SHIFT`` (30 years); an entry claimed fresh
+keeps the time ``XREADGROUP`` gave it (no XCLAIM: one call less per delivery).
+``B:due:<r>`` holds the exact time and is the only one read.
 """
 
 from __future__ import annotations
