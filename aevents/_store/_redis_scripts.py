@@ -182,6 +182,16 @@ local function live(c, now)
   return reg
 end
 
+-- the values of many fields of one hash, a few thousand per call
+local function hmget(key, names)
+  local values = {}
+  for first = 1, #names, 4000 do
+    local part = redis.call('HMGET', key, unpack(names, first, math.min(first + 3999, #names)))
+    for _, v in ipairs(part) do table.insert(values, v) end
+  end
+  return values
+end
+
 local function event_body(pos)
   local found = redis.call('XRANGE', B .. ':events', pos .. '-0', pos .. '-0')
   if #found == 0 then return false end
@@ -215,6 +225,9 @@ end
 local first_of = {}
 local adding = {}
 local result = {}
+local event_ids = {}
+for e, ev in ipairs(events) do event_ids[e] = ev.id end
+local existing = hmget(B .. ':ids', event_ids)
 for e, ev in ipairs(events) do
   local standing = nil
   if ev.hasidem then
@@ -226,7 +239,7 @@ for e, ev in ipairs(events) do
     end
   end
   if not standing then
-    if adding[ev.id] or redis.call('HEXISTS', B .. ':ids', ev.id) == 1 then
+    if adding[ev.id] or existing[e] then
       return redis.error_reply('AEVENTS duplicate event ' .. ev.id)
     end
     adding[ev.id] = true
@@ -529,15 +542,6 @@ return out
 )
 
 _HELD = r"""
--- the values of many fields of one hash, a few thousand per call
-local function hmget(key, names)
-  local values = {}
-  for first = 1, #names, 4000 do
-    local part = redis.call('HMGET', key, unpack(names, first, math.min(first + 3999, #names)))
-    for _, v in ipairs(part) do table.insert(values, v) end
-  end
-  return values
-end
 
 -- ARGV from index first, width apart: receiver, event id, attempt, ... -> a list of
 -- claims {r, event_id, attempt, pos, id}; pos and id are set (strings) when the
