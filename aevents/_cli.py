@@ -60,7 +60,7 @@ from ._exceptions import InvalidEventNameError, JournalInUseError, StoreError
 from ._inspect import inspect_routes
 from ._names import validate_pattern
 from ._registry import Registry
-from ._store._protocol import PendingDelivery
+from ._store._protocol import Consumer, LeasedStore, PendingDelivery
 from ._store._sqlite import SQLiteStore, request_redelivery
 from ._store._sqlite_schema import (
     check_links,
@@ -117,6 +117,12 @@ def _parser() -> argparse.ArgumentParser:
         default=".",
         metavar="DIR",
         help="import targets from DIR before sys.path (default: the current directory)",
+    )
+    inspect.add_argument(
+        "--store",
+        metavar="PATH_OR_URL",
+        help="also compare with the live consumers of this shared store: a journal path, "
+        "a postgresql:// or a redis:// URL (read only)",
     )
     inspect.add_argument("--strict", action="store_true", help="exit 1 if any problem is found")
     inspect.add_argument(
@@ -235,9 +241,37 @@ def _inspect(args: argparse.Namespace) -> int:
         registry = _load_app(args)
     except LoadError as error:
         return _fail(escape(str(error)), EXIT_ERROR)
-    report = inspect_routes(registry, allow=args.allow)
+    consumers = None
+    if args.store is not None:
+        if "://" not in args.store and not os.path.isfile(args.store):
+            return _fail(f"--store {escape(repr(args.store))}: no such journal file")
+        try:
+            consumers = anyio.run(_live_consumers, args.store)
+        except StoreError as error:
+            return _fail(escape(str(error)))
+    report = inspect_routes(registry, allow=args.allow, consumers=consumers)
     _print(args, report.to_dict(), report.to_text())
     return EXIT_ERROR if args.strict and not report.ok else EXIT_OK
+
+
+async def _live_consumers(spec: str) -> list[Consumer]:
+    """The live consumers of the store ``spec`` names, read without changing it."""
+    store: LeasedStore
+    if spec.startswith(_POSTGRES_URLS):
+        from ._store._postgres import PostgresStore
+
+        store = PostgresStore(spec, read_only=True)
+    elif spec.startswith(("redis://", "rediss://")):
+        from ._store._redis import RedisStore
+
+        store = RedisStore(spec)
+    else:
+        store = SQLiteStore(spec, read_only=True)
+    await store.open()
+    try:
+        return await store.consumers()
+    finally:
+        await store.close()
 
 
 def _load_app(args: argparse.Namespace) -> Registry | None:

@@ -8,6 +8,7 @@ workers, the durable workers, eager delivery); the caller acts on the answer.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -178,7 +179,7 @@ class DeadLetterShelf:
         self._lanes = lanes
         self._counters = counters
         self._middleware = middleware
-        self._letters: dict[str, DeadLetter] = {}
+        self._letters: OrderedDict[str, DeadLetter] = OrderedDict()
 
     def list(self) -> list[DeadLetter]:
         """The letters kept, oldest first."""
@@ -193,8 +194,7 @@ class DeadLetterShelf:
         self._letters[letter.id] = letter
         if len(self._letters) <= self._limit:
             return
-        oldest = next(iter(self._letters))
-        evicted = self._letters.pop(oldest)
+        oldest, evicted = self._letters.popitem(last=False)
         self._counters.dropped += 1
         logger.warning(
             "dead letter %s evicted: more than max_dead_letters=%d are kept",

@@ -9,7 +9,10 @@ Run it from the repository root (``pip install -e '.[dashboard]' uvicorn``)::
 Orders paid with the card ``"declined"`` fail to charge until the card service
 is repaired (``curl -X POST localhost:8000/card-service/repair``): they end as
 dead letters, which the dashboard redelivers. With ``EVENTS_JOURNAL=events.db``
-the events go through a SQLite store, and the dashboard shows the fleet.
+the events go through a SQLite store, and with
+``EVENTS_POSTGRES=postgresql://user:password@host/db`` (and optionally
+``EVENTS_POSTGRES_SCHEMA``, default ``aevents``) through a PostgreSQL store; the
+dashboard then shows the fleet.
 ``tests/integration/test_dashboard_browser.py`` drives it with a real browser.
 """
 
@@ -81,10 +84,17 @@ async def charged(request: Request) -> JSONResponse:
     return JSONResponse({"charged": cards.charged})
 
 
-def make_runtime() -> aevents.EventRuntime:
+def make_store() -> aevents.SQLiteStore | aevents.PostgresStore | None:
+    postgres = os.environ.get("EVENTS_POSTGRES")
+    if postgres:
+        schema = os.environ.get("EVENTS_POSTGRES_SCHEMA", "aevents")
+        return aevents.PostgresStore(postgres, schema=schema)
     journal = os.environ.get("EVENTS_JOURNAL")
-    store = aevents.SQLiteStore(journal) if journal else None
-    return aevents.EventRuntime(metrics=True, store=store)
+    return aevents.SQLiteStore(journal) if journal else None
+
+
+def make_runtime() -> aevents.EventRuntime:
+    return aevents.EventRuntime(metrics=True, store=make_store())
 
 
 dashboard = Dashboard(

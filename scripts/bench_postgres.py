@@ -200,12 +200,128 @@ def _run(kind: str, processes: int, events: int, batch: int) -> float:
     return processes * events / elapsed
 
 
+# -- outbox latency inside a Django transaction ---------------------------------------------
+
+
+def _django_outbox_latency(samples: int) -> tuple[list[float], list[float]]:
+    """Seconds per Django transaction that inserts one row, without and with
+    ``publish_in_transaction`` (interleaved, so both see the same server and load)."""
+    import django
+    from django.conf import settings
+    from django.db import connection, transaction
+    from psycopg.conninfo import conninfo_to_dict
+
+    from aevents.contrib.django import publish_in_transaction
+
+    schema = f"bench_outbox_{secrets.token_hex(4)}"
+    parts = conninfo_to_dict(DSN)
+    settings.configure(
+        DATABASES={
+            "default": {
+                "ENGINE": "django.db.backends.postgresql",
+                "NAME": parts.get("dbname", ""),
+                "USER": parts.get("user", ""),
+                "PASSWORD": parts.get("password", ""),
+                "HOST": parts.get("host", ""),
+                "PORT": parts.get("port", ""),
+            }
+        },
+        INSTALLED_APPS=["aevents.contrib.django"],
+        AEVENTS={"store": {"postgres": "default", "schema": f"{schema}_events"}},
+    )
+    django.setup()
+    registry_receivers = ["bench:r"]
+    import aevents
+
+    aevents.subscribe("bench:outbox", receiver=lambda event: None, id=registry_receivers[0])
+    table = sql.Identifier(schema, "rows").as_string(None)
+    with connection.cursor() as cursor:
+        cursor.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)).as_string(None))
+        cursor.execute(f"CREATE TABLE {table} (n int)")
+    plain: list[float] = []
+    outbox: list[float] = []
+    try:
+        publish_in_transaction("bench:outbox", payload={"n": -1})  # tables, first checks
+        for n in range(samples):
+            for times, publish in ((plain, False), (outbox, True)):
+                began = time.perf_counter()
+                with transaction.atomic():
+                    with connection.cursor() as cursor:
+                        cursor.execute(f"INSERT INTO {table} VALUES (%s)", [n])  # noqa: S608
+                    if publish:
+                        publish_in_transaction("bench:outbox", payload={"n": n})
+                times.append(time.perf_counter() - began)
+    finally:
+        with connection.cursor() as cursor:
+            for name in (schema, f"{schema}_events"):
+                cursor.execute(
+                    sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)).as_string(None)
+                )
+    return plain, outbox
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+# -- procrastinate, as a peer ------------------------------------------------------------------
+
+
+def _procrastinate_rate(events: int, batch: int) -> float | None:
+    """Events per second through procrastinate: defer ``events`` jobs in batches, then a
+    worker (concurrency 8) runs a no-op task until the queue is empty. None if it is not
+    installed."""
+    try:
+        import procrastinate
+    except ImportError:
+        return None
+    schema = f"bench_procrastinate_{secrets.token_hex(4)}"
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    connector = procrastinate.PsycopgConnector(
+        conninfo=DSN, kwargs={"options": f"-c search_path={schema}"}
+    )
+    app = procrastinate.App(connector=connector)
+    done = 0
+
+    @app.task(name="bench_noop", queue="bench")
+    async def noop(n: int) -> None:
+        nonlocal done
+        done += 1
+
+    async def run() -> float:
+        async with app.open_async():
+            await app.schema_manager.apply_schema_async()
+            began = time.perf_counter()
+            for first in range(0, events, batch):
+                chunk: list[Any] = [{"n": n} for n in range(first, min(events, first + batch))]
+                await noop.batch_defer_async(*chunk)
+            await app.run_worker_async(queues=["bench"], wait=False, concurrency=8)
+            return time.perf_counter() - began
+
+    try:
+        elapsed = anyio.run(run)
+    finally:
+        with psycopg.connect(DSN, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+    if done != events:
+        raise SystemExit(f"procrastinate: {done} of {events} jobs ran")
+    return events / elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=4096, help="events per process")
     parser.add_argument("--batch", type=int, default=64, help="events per publish, claim, settle")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 4])
+    parser.add_argument(
+        "--outbox-samples",
+        type=int,
+        default=500,
+        help="Django transactions timed with and without an outbox publish (0: skip)",
+    )
     args = parser.parse_args()
     with psycopg.connect(DSN) as conn:
         version = conn.info.server_version
@@ -229,6 +345,31 @@ def main() -> None:
         print(
             f"{processes:>10}{runtime:>14,.0f}{store:>12,.0f}{bare:>12,.0f}"
             f"{runtime / bare:>14.2f}{store / bare:>12.2f}"
+        )
+    peer = [_procrastinate_rate(args.events, args.batch) for _ in range(args.rounds)]
+    if None in peer:
+        print("procrastinate: not installed (pip install procrastinate), not measured")
+    else:
+        print(
+            f"procrastinate, 1 process (defer in batches, then a worker of concurrency 8; "
+            f"at least once per job, no per-key order, one task per job rather than one "
+            f"delivery per receiver): {statistics.median(peer):,.0f} jobs/s"  # type: ignore[type-var]
+        )
+    if args.outbox_samples:
+        plain, outbox = _django_outbox_latency(args.outbox_samples)
+        print(
+            f"Django transaction inserting one row, {args.outbox_samples} each, interleaved "
+            "(ms): p50 / p99"
+        )
+        for label, times in (("without publish", plain), ("with publish_in_transaction", outbox)):
+            print(
+                f"  {label:<30}{_percentile(times, 0.5) * 1e3:>8.3f}"
+                f"{_percentile(times, 0.99) * 1e3:>9.3f}"
+            )
+        print(
+            f"  {'added by the outbox':<30}"
+            f"{(_percentile(outbox, 0.5) - _percentile(plain, 0.5)) * 1e3:>8.3f}"
+            f"{(_percentile(outbox, 0.99) - _percentile(plain, 0.99)) * 1e3:>9.3f}"
         )
 
 

@@ -1,13 +1,22 @@
 """aevents.contrib.dashboard through its HTTP interface: who may see it, what it shows, and
-what its actions change, in-process on every anyio backend (see ``serving``)."""
+what its actions change, in-process on every anyio backend (see ``serving``).
+
+What the pages read from a store (counts, the fleet, dead letters) and what the actions
+change in it is tested on each store (``harness``): none, SQLite, PostgreSQL and Redis.
+What does not touch the store (options, the hooks, mounting) is tested without one
+(``bare_harness``).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -24,6 +33,13 @@ import aevents
 from aevents import ConfigurationError, Event, EventRuntime, MemoryStore, RetryPolicy, StoreError
 from aevents.contrib.dashboard import Dashboard
 from aevents.contrib.starlette import events_lifespan
+from tests.dashboard_stores import (
+    STORE_KINDS,
+    StoreFactory,
+    delete_keys,
+    make_store,
+    remove_store,
+)
 from tests.journal_store import JournalMemoryStore
 from tests.test_contrib_starlette import serving
 
@@ -38,8 +54,10 @@ WAIT = 10
 class Harness:
     """An app with the dashboard at /_events, its runtime, and receivers to break and repair."""
 
-    def __init__(self, registry: aevents.Registry) -> None:
+    def __init__(self, registry: aevents.Registry, kind: str, stores: StoreFactory) -> None:
         self.registry = registry
+        self.kind = kind
+        self.stores = stores
         self.runtimes: list[EventRuntime] = []
         self.broken = True
         self.charged: list[int] = []
@@ -61,8 +79,10 @@ class Harness:
         return self.runtimes[-1]
 
     def app(self, dashboard: Dashboard, **runtime_options: Any) -> Starlette:
+        options = {"store": self.stores(), **runtime_options}
+
         def make() -> EventRuntime:
-            runtime = EventRuntime(self.registry, metrics=True, **runtime_options)
+            runtime = EventRuntime(self.registry, metrics=True, **options)
             self.runtimes.append(runtime)
             return runtime
 
@@ -83,9 +103,28 @@ class Harness:
         return events
 
 
+@pytest.fixture(params=STORE_KINDS)
+def harness(
+    request: pytest.FixtureRequest, registry: aevents.Registry, tmp_path: Path
+) -> Iterator[Harness]:
+    """The app on each store in turn, on this test's own file, schema or key prefix."""
+    kind: str = request.param
+    server = {"postgres": "postgres_dsn", "redis": "redis_url"}.get(kind)
+    url = None if server is None else str(request.getfixturevalue(server))
+    stores = make_store(kind, tmp_path, url)
+    yield Harness(registry, kind, stores)
+    remove_store(kind, tmp_path, url, stores)
+
+
 @pytest.fixture
-def harness(registry: aevents.Registry) -> Harness:
-    return Harness(registry)
+def bare_harness(registry: aevents.Registry) -> Harness:
+    """The app without a store, for what never reads one."""
+    return Harness(registry, "none", lambda: None)
+
+
+def leased_options(harness: Harness) -> dict[str, Any]:
+    """Without a store of the harness's own, the reference fake stands in for a shared one."""
+    return {"store": MemoryStore()} if harness.kind == "none" else {}
 
 
 def escaped(text: str) -> str:
@@ -175,11 +214,11 @@ def test_bad_options_raise_configuration_errors_naming_them(
 
 @pytest.mark.parametrize("answer", [False, None, "yes", 1])
 async def test_every_request_the_hook_does_not_allow_is_refused(
-    harness: Harness, answer: object
+    bare_harness: Harness, answer: object
 ) -> None:
     """Pages, static files and actions alike get a 403 unless the hook answers True."""
     dashboard = Dashboard(authorize=lambda request: answer)  # type: ignore[arg-type,return-value]
-    async with dashboard_client(harness, dashboard) as client:
+    async with dashboard_client(bare_harness, dashboard) as client:
         for path in ("/_events/", "/_events/dead-letters", "/_events/static/dashboard.css"):
             response = await client.get(path)
             assert response.status_code == 403, path
@@ -205,7 +244,7 @@ def staff_only(request: Request) -> bool:
     return request.session.get("role") == "operator"
 
 
-async def test_the_session_hook_of_the_guide_lets_operators_in(harness: Harness) -> None:
+async def test_the_session_hook_of_the_guide_lets_operators_in(bare_harness: Harness) -> None:
     """With SessionMiddleware on the outer app, the hook reads request.session."""
 
     async def login(request: Request) -> Response:
@@ -213,8 +252,8 @@ async def test_the_session_hook_of_the_guide_lets_operators_in(harness: Harness)
         return PlainTextResponse("signed in")
 
     def make() -> EventRuntime:
-        runtime = EventRuntime(harness.registry)
-        harness.runtimes.append(runtime)
+        runtime = EventRuntime(bare_harness.registry)
+        bare_harness.runtimes.append(runtime)
         return runtime
 
     app = Starlette(
@@ -251,15 +290,18 @@ async def test_the_overview_shows_counts_rates_latencies_and_a_chart(harness: Ha
             page.text,
         )
         assert "<polyline" in page.text
+        store = harness.runtime.store
+        assert (store is None) is (harness.kind == "none")
+        assert ("in memory" if store is None else f"{type(store).__name__}(") in page.text
         assert "<code>charge</code>" in page.text  # the latency table
         assert "last minute " in page.text
         assert page.headers["content-security-policy"].startswith("default-src 'none'")
         assert page.headers["x-frame-options"] == "DENY"
 
 
-async def test_a_partial_request_gets_the_page_content_only(harness: Harness) -> None:
+async def test_a_partial_request_gets_the_page_content_only(bare_harness: Harness) -> None:
     """The refresh script asks for the content alone, which it swaps in place."""
-    async with dashboard_client(harness) as client:
+    async with dashboard_client(bare_harness) as client:
         partial = await client.get("/_events/", headers={"X-Dashboard-Partial": "1"})
     assert "<h1>Overview</h1>" in partial.text
     assert "<html" not in partial.text
@@ -280,7 +322,7 @@ async def test_the_receivers_page_shows_routes_policies_and_counters(harness: Ha
 
 async def test_the_fleet_page_lists_consumers_backlog_and_leases(harness: Harness) -> None:
     """With a shared store: this process as a consumer, its receivers, the dead backlog."""
-    async with dashboard_client(harness, store=MemoryStore()) as client:
+    async with dashboard_client(harness, **leased_options(harness)) as client:
         await harness.orders(2)
         page = (await client.get("/_events/fleet")).text
     assert 'Consumers <span class="count">1</span>' in page
@@ -289,12 +331,12 @@ async def test_the_fleet_page_lists_consumers_backlog_and_leases(harness: Harnes
 
 
 async def test_the_fleet_page_says_what_is_missing_without_a_shared_store(
-    harness: Harness,
+    bare_harness: Harness,
 ) -> None:
     """No store, or a journal: the page says there is no fleet to show, and why."""
-    async with dashboard_client(harness) as client:
+    async with dashboard_client(bare_harness) as client:
         assert "has no store" in (await client.get("/_events/fleet")).text
-    async with dashboard_client(harness, store=JournalMemoryStore()) as client:
+    async with dashboard_client(bare_harness, store=JournalMemoryStore()) as client:
         assert "is a journal" in (await client.get("/_events/fleet")).text
 
 
@@ -346,22 +388,82 @@ async def test_payloads_metadata_and_errors_are_rendered_escaped(harness: Harnes
     assert event.id in detail
 
 
-async def test_a_url_password_never_reaches_a_page(harness: Harness) -> None:
-    """A store whose repr or error shows a URL with a password is shown with *** instead."""
+@pytest.mark.parametrize(
+    ("shown", "expected"),
+    [
+        ("postgresql://app:hunter2@db.internal/events", "postgresql://app:***@db.internal/events"),
+        ("redis://cache:6379/0?db=1&password=hunter2", "redis://cache:6379/0?db=1&password=***"),
+        ("host=db password='hunter2 x' dbname=events", "host=db password=*** dbname=events"),
+    ],
+)
+async def test_a_url_password_never_reaches_a_page(
+    bare_harness: Harness, shown: str, expected: str
+) -> None:
+    """A store whose repr or error shows a password (in a URL, its query, or a libpq
+    string) is shown with *** instead."""
 
     class LeakyStore(MemoryStore):
         def __repr__(self) -> str:
-            return "LeakyStore('postgresql://app:hunter2@db.internal/events')"
+            return f"LeakyStore({shown!r})"
 
         async def backlog(self) -> list[Any]:
-            raise StoreError("redis://:hunter2@cache:6379/0", "connection refused")
+            raise StoreError(shown, "connection refused")
 
-    async with dashboard_client(harness, store=LeakyStore()) as client:
+    async with dashboard_client(bare_harness, store=LeakyStore()) as client:
         pages = [(await client.get(f"/_events/{path}")).text for path in ("", "fleet")]
     for page in pages:
         assert "hunter2" not in page
-    assert "postgresql://app:***@db.internal/events" in pages[0]
-    assert "redis://:***@cache:6379/0" in pages[1]
+        assert escaped(expected) in page
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` as its user's password."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username or ''}:{password}@{host}").geturl()
+
+
+@pytest.mark.parametrize("kind", ["postgres", "redis"])
+async def test_a_real_stores_password_never_reaches_a_page_or_a_log(
+    registry: aevents.Registry,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+) -> None:
+    """PostgresStore and RedisStore opened with a password in the URL (the servers of the
+    tests take any): no page, action, error or log line of the run shows it."""
+    secret = "hunter2-" + os.urandom(4).hex()
+    server = str(request.getfixturevalue("postgres_dsn" if kind == "postgres" else "redis_url"))
+    stores = make_store(kind, tmp_path, with_password(server, secret))
+    harness = Harness(registry, kind, stores)
+    pages: list[str] = []
+    try:
+        with caplog.at_level(logging.DEBUG):
+            async with dashboard_client(harness) as client:
+                await harness.orders(1)
+                for path in ("", "receivers", "fleet", "dead-letters"):
+                    pages.append((await client.get(f"/_events/{path}")).text)
+                letter_id = listed_ids(pages[-1])[0]
+                pages.append((await client.get(f"/_events/dead-letters/{letter_id}")).text)
+                pages.append((await act(client, "redeliver", [letter_id])).text)
+            runtime = harness.runtime  # stopped: its store is closed, reading it fails
+            app = Starlette(routes=[Mount("/_events", app=Dashboard(runtime, allow_everyone=True))])
+            async with serving(app) as client:
+                for path in ("", "fleet", "dead-letters", f"dead-letters/{letter_id}"):
+                    pages.append((await client.get(f"/_events/{path}")).text)
+    finally:
+        if kind == "redis":
+            await delete_keys(stores)
+        else:
+            remove_store(kind, tmp_path, server, stores)
+    assert "is not open" in pages[-1]  # the closed store's error is shown, redacted
+    assert ("Store" if kind == "redis" else "PostgresStore(") in pages[0]
+    for page in pages:
+        assert secret not in page
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "dashboard: " in logged
+    assert secret not in logged
 
 
 # -- CSRF ----------------------------------------------------------------------------------
@@ -397,11 +499,13 @@ async def test_an_action_without_a_valid_csrf_token_is_refused(harness: Harness)
         assert len(await harness.runtime.dead_letters()) == 2
 
 
-async def test_tokens_hold_across_processes_that_share_the_secret(harness: Harness) -> None:
+async def test_tokens_hold_across_processes_that_share_the_secret(bare_harness: Harness) -> None:
     """A form served by one dashboard is accepted by another with the same secret only."""
     secret = "s" * 32
-    async with dashboard_client(harness, Dashboard(allow_everyone=True, secret=secret)) as client:
-        await harness.orders(1)
+    async with dashboard_client(
+        bare_harness, Dashboard(allow_everyone=True, secret=secret)
+    ) as client:
+        await bare_harness.orders(1)
         listing = (await client.get("/_events/dead-letters")).text
         cookie = client.cookies["aevents_dashboard_csrf"]
         form = {
@@ -413,7 +517,7 @@ async def test_tokens_hold_across_processes_that_share_the_secret(harness: Harne
         (Dashboard(allow_everyone=True, secret=secret), 200),
         (everyone(), 403),
     ):
-        async with dashboard_client(harness, other) as client:
+        async with dashboard_client(bare_harness, other) as client:
             client.cookies.set("aevents_dashboard_csrf", cookie, path="/_events")
             response = await client.post("/_events/dead-letters/confirm", data=form)
             assert response.status_code == expected
@@ -448,7 +552,7 @@ async def test_redelivering_one_letter_runs_its_receiver_and_logs_who(
 
 async def test_discarding_a_selection_deletes_those_letters_only(harness: Harness) -> None:
     """Two chosen of four: those two are gone, the others stay."""
-    async with dashboard_client(harness, store=MemoryStore()) as client:
+    async with dashboard_client(harness, **leased_options(harness)) as client:
         await harness.orders(2, mail="fail")
         letters = await harness.runtime.dead_letters()
         chosen = [letter.id for letter in letters[:2]]
@@ -489,10 +593,10 @@ async def test_an_action_is_applied_only_once_confirmed(harness: Harness) -> Non
         assert len(await harness.runtime.dead_letters()) == 2
 
 
-async def test_a_journal_store_offers_no_discard_and_refuses_one(harness: Harness) -> None:
+async def test_a_journal_store_offers_no_discard_and_refuses_one(bare_harness: Harness) -> None:
     """With a journal-only store the discard buttons are gone, and a forged discard is a 409."""
-    async with dashboard_client(harness, store=JournalMemoryStore()) as client:
-        await harness.orders(1, mail="fail")
+    async with dashboard_client(bare_harness, store=JournalMemoryStore()) as client:
+        await bare_harness.orders(1, mail="fail")
         listing = (await client.get("/_events/dead-letters")).text
         assert 'value="discard"' not in listing
         assert "cannot discard dead letters" in listing
@@ -506,38 +610,40 @@ async def test_a_journal_store_offers_no_discard_and_refuses_one(harness: Harnes
             },
         )
         assert applied.status_code == 409
-        assert len(await harness.runtime.dead_letters()) == 2
+        assert len(await bare_harness.runtime.dead_letters()) == 2
 
 
 # -- filters -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("query", "receivers"),
-    [
-        ({"receiver": "charge"}, {"charge"}),
-        ({"error": "TimeoutError"}, {"mail"}),
-        ({"name": "order:pla"}, {"charge", "mail"}),
-        ({"name": "shop:*:placed"}, {"charge", "mail"}),
-        ({"name": "shop:*"}, set()),
-        ({"name": "billing"}, set()),
-    ],
-)
+FILTERS = [
+    ({"receiver": "charge"}, {"charge"}),
+    ({"error": "TimeoutError"}, {"mail"}),
+    ({"name": "order:pla"}, {"charge", "mail"}),
+    ({"name": "shop:*:placed"}, {"charge", "mail"}),
+    ({"name": "shop:*"}, set()),
+    ({"name": "billing"}, set()),
+    ({"receiver": "mail", "error": "ConnectionRefusedError"}, set()),
+]
+
+
 async def test_filters_pick_dead_letters_by_receiver_name_and_error_type(
-    harness: Harness, query: dict[str, str], receivers: set[str]
+    harness: Harness,
 ) -> None:
     """Receiver and error type exactly; the name as a part of it, or as a pattern."""
     async with dashboard_client(harness) as client:
         await harness.orders(1, mail="fail")
         letters = {letter.id: letter for letter in await harness.runtime.dead_letters()}
-        page = (await client.get("/_events/dead-letters", params=query)).text
-    assert {letters[letter_id].receiver_id for letter_id in listed_ids(page)} == receivers
+        for query, receivers in FILTERS:
+            page = (await client.get("/_events/dead-letters", params=query)).text
+            found = {letters[letter_id].receiver_id for letter_id in listed_ids(page)}
+            assert found == receivers, query
 
 
-async def test_a_broken_name_pattern_is_explained_not_applied(harness: Harness) -> None:
+async def test_a_broken_name_pattern_is_explained_not_applied(bare_harness: Harness) -> None:
     """A name filter that is not a valid pattern matches nothing and says why."""
-    async with dashboard_client(harness) as client:
-        await harness.orders(1)
+    async with dashboard_client(bare_harness) as client:
+        await bare_harness.orders(1)
         page = (await client.get("/_events/dead-letters", params={"name": "shop:*x"})).text
     assert listed_ids(page) == []
     assert 'class="warning"' in page
@@ -547,10 +653,12 @@ async def test_a_broken_name_pattern_is_explained_not_applied(harness: Harness) 
 
 
 async def test_mount_serves_the_dashboard_under_its_path_and_the_app_elsewhere(
-    harness: Harness,
+    bare_harness: Harness,
 ) -> None:
     """Dashboard.mount wraps a non-Starlette app: lifespan and other paths go to the app."""
-    started = harness.app(everyone())  # stands in for Django's ASGI app, which runs the runtime
+    started = bare_harness.app(
+        everyone()
+    )  # stands in for Django's ASGI app, which runs the runtime
 
     async def other(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -575,13 +683,13 @@ def test_ids_helper_finds_checkboxes() -> None:
     assert listed_ids('<input name="ids" value="a"><input name="ids" value="b">') == ["a", "b"]
 
 
-async def test_the_dashboard_mounts_in_fastapi(harness: Harness) -> None:
+async def test_the_dashboard_mounts_in_fastapi(bare_harness: Harness) -> None:
     """FastAPI's app.mount, with the runtime from the app's lifespan."""
     from fastapi import FastAPI
 
     def make() -> EventRuntime:
-        runtime = EventRuntime(harness.registry)
-        harness.runtimes.append(runtime)
+        runtime = EventRuntime(bare_harness.registry)
+        bare_harness.runtimes.append(runtime)
         return runtime
 
     app = FastAPI(lifespan=events_lifespan(runtime_factory=make))

@@ -11,11 +11,14 @@ import logging
 import os
 import re
 import secrets
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
+import attrs
 import django
 import pytest
 from django.conf import settings
@@ -28,13 +31,15 @@ from starlette.requests import Request
 
 import aevents
 from aevents import ConfigurationError, Event, EventRuntime, RetryPolicy, SQLiteStore
+from tests.dashboard_stores import StoreFactory, make_store, remove_store
+from tests.pg import schema_for
 
 HOSTILE = "<script>alert('owned')</script>"
 ADMIN = "/admin/aevents_admin/deadletter/"
 DELIVERIES = "/admin/aevents_admin/delivery/"
 
 
-def _fill(journal: Path) -> None:
+def _fill(journal: Path | StoreFactory) -> None:
     """Three dead letters for two receivers, with a hostile payload and error."""
     registry = aevents.Registry()
 
@@ -49,7 +54,8 @@ def _fill(journal: Path) -> None:
     registry.subscribe("shop:order:placed", mail, id="mail", retry=RetryPolicy(attempts=1))
 
     async def publish() -> None:
-        async with EventRuntime(registry, store=SQLiteStore(journal)) as runtime:
+        store = SQLiteStore(journal) if isinstance(journal, Path) else journal()
+        async with EventRuntime(registry, store=store) as runtime:
             for order in range(2):
                 await runtime.publish(
                     "shop:order:placed", payload={"order": order, "note": HOSTILE}
@@ -142,9 +148,9 @@ def ids(page: str) -> list[str]:
     return re.findall(r'name="ids" value="([^"]+)"', page)
 
 
-def letters(journal: Path) -> list[aevents.DeadLetter]:
+def letters(journal: Path | StoreFactory) -> list[aevents.DeadLetter]:
     async def read() -> list[aevents.DeadLetter]:
-        store = SQLiteStore(journal)
+        store = SQLiteStore(journal) if isinstance(journal, Path) else journal()
         await store.open()
         try:
             return await store.dead_letters()
@@ -271,3 +277,133 @@ def test_the_dashboard_mounts_in_front_of_djangos_asgi_app(
         refused, django_page, page = anyio.run(visit)
     assert (refused, django_page) == (403, 200)
     assert 'Dead letters <span class="count">' in page
+
+
+# -- on PostgreSQL and Redis ---------------------------------------------------------------
+
+SECRET = "hunter2-admin"
+
+
+@attrs.frozen
+class Shared:
+    """A shared store holding the three dead letters, and what the admin is set to read."""
+
+    kind: str
+    stores: StoreFactory
+
+
+def postgres_database(dsn: str) -> dict[str, str]:
+    """A Django ``DATABASES`` entry for the test server (which takes any password)."""
+    parts = urlsplit(dsn)
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": parts.path.lstrip("/"),
+        "USER": parts.username or "",
+        "PASSWORD": SECRET,
+        "HOST": parts.hostname or "",
+        "PORT": str(parts.port or ""),
+    }
+
+
+@pytest.fixture(params=["postgres", "redis"])
+def shared(request: pytest.FixtureRequest, journal: Path, tmp_path: Path) -> Iterator[Shared]:
+    """The admin on a PostgresStore, set as ``AEVENTS["store"] = {"postgres": alias}``, or
+    on a RedisStore, set as a callable in ``AEVENTS_ADMIN_STORE``; with a password."""
+    kind: str = request.param
+    if kind == "postgres":
+        server = str(request.getfixturevalue("postgres_dsn"))
+        database = postgres_database(server)
+        stores = make_store(kind, tmp_path, server)
+        values: dict[str, Any] = {
+            "DATABASES": {**settings.DATABASES, "events": database},
+            "AEVENTS_ADMIN_STORE": None,
+            "AEVENTS": {"store": {"postgres": "events", "schema": schema_for(tmp_path)}},
+        }
+    else:
+        server = str(request.getfixturevalue("redis_url"))
+        stores = make_store(kind, tmp_path, server.replace("://", f"://:{SECRET}@", 1))
+        values = {"AEVENTS_ADMIN_STORE": stores}
+    _fill(stores)
+    overridden = override_settings(**values)
+    with warnings.catch_warnings():
+        # Django warns that overriding DATABASES may surprise: only an alias is added,
+        # which no Django connection uses; the admin reads its settings to connect.
+        warnings.filterwarnings("ignore", "Overriding setting DATABASES", UserWarning)
+        overridden.enable()
+    try:
+        yield Shared(kind, stores)
+    finally:
+        overridden.disable()
+        remove_store(kind, tmp_path, server, stores)
+
+
+def test_on_a_shared_store_dead_letters_are_listed_filtered_and_shown(shared: Shared) -> None:
+    """PostgreSQL and Redis: the list, a filter, the escaped detail; no password shown."""
+    viewer = client("viewer")
+    listing = viewer.get(ADMIN).content.decode()
+    assert "3 of 3 dead letters" in listing
+    assert "1 of 3 dead letters" in viewer.get(ADMIN, {"receiver": "mail"}).content.decode()
+    letter = next(letter for letter in letters(shared.stores) if letter.receiver_id == "charge")
+    detail = viewer.get(f"{ADMIN}{letter.id}/").content.decode()
+    assert "<script>" not in listing + detail
+    assert "&lt;script&gt;" in detail
+    deliveries = viewer.get(DELIVERIES).content.decode()
+    assert ("PostgresStore(" if shared.kind == "postgres" else "RedisStore(") in deliveries
+    for page in (listing, detail, deliveries):
+        assert SECRET not in page
+
+
+def test_on_a_shared_store_actions_follow_permissions_and_change_it(shared: Shared) -> None:
+    """PostgreSQL and Redis: a fixer redelivers but may not discard, root discards; the
+    redelivered delivery is pending again, listed one by one where the store can."""
+    mail_letter, charge_letter, kept = sorted(
+        letters(shared.stores), key=lambda letter: letter.receiver_id != "mail"
+    )
+    fixer = client("fixer")
+    form = {"action": "discard", "confirmed": "yes", "ids": [charge_letter.id]}
+    assert fixer.post(f"{ADMIN}act/", form).status_code == 403
+    confirm = fixer.post(f"{ADMIN}act/", {"action": "redeliver:matching", "receiver": "mail"})
+    assert ids(confirm.content.decode()) == [mail_letter.id]
+    done = fixer.post(
+        f"{ADMIN}act/",
+        {"action": "redeliver", "confirmed": "yes", "ids": [mail_letter.id]},
+        follow=True,
+    )
+    assert "1 of 1 dead letters redelivered." in done.content.decode()
+    discarded = client("root").post(f"{ADMIN}act/", form, follow=True)
+    assert "1 of 1 dead letters discarded." in discarded.content.decode()
+    assert [letter.id for letter in letters(shared.stores)] == [kept.id]
+    page = client("viewer").get(DELIVERIES).content.decode()
+    assert re.search(r"<tr><td>mail</td><td>1</td>", page)  # the backlog: 1 ready
+    if shared.kind == "postgres":
+        assert re.search(r"<td>shop:order:placed</td><td>[^<]+</td><td>mail</td><td>0</td>", page)
+    else:
+        assert "does not list pending deliveries one by one" in page
+        assert 'id="pending"' not in page
+
+
+def test_a_store_the_admin_cannot_remake_asks_for_a_callable(journal: Path) -> None:
+    """A RedisStore object in the settings: the error says to give a callable, and shows
+    no password; a redis:// URL is remade for each page; another scheme is refused."""
+    from aevents.contrib.django.events_admin._stores import store_factory
+
+    url = f"redis://:{SECRET}@127.0.0.1:6379/0"
+    with (
+        override_settings(AEVENTS_ADMIN_STORE=None, AEVENTS={"store": aevents.RedisStore(url)}),
+        pytest.raises(ConfigurationError, match="a callable that returns") as raised,
+    ):
+        store_factory()
+    assert SECRET not in str(raised.value)
+    with override_settings(AEVENTS_ADMIN_STORE=None, AEVENTS={"store": url}):
+        made = store_factory()()
+    assert isinstance(made, aevents.RedisStore)
+    assert SECRET not in repr(made)
+    with (
+        override_settings(AEVENTS_ADMIN_STORE=None, AEVENTS={"store": "mongodb://x"}),
+        pytest.raises(ConfigurationError, match="cannot make a store"),
+    ):
+        store_factory()
+    from aevents.contrib.django._outbox import store_from_setting
+
+    with pytest.raises(ConfigurationError, match="scheme 'mongodb'"):
+        store_from_setting("mongodb://x")  # never an SQLite file of that name

@@ -15,6 +15,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import anyio
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -560,3 +561,30 @@ def test_bad_usage_exits_2_before_importing_anything(
     assert main(argv) == 2
     assert "usage:" in capsys.readouterr().err
     assert set(sys.modules) == modules
+
+
+def test_inspect_compares_with_the_live_consumers_of_a_store(tmp_path: Path) -> None:
+    """``--store``: the routes of the live consumers against the app's, disagreements as
+    problems; a missing journal is an error, not an empty fleet."""
+    from aevents._store import Route, new_consumer_id
+
+    journal = str(tmp_path / "events.db")
+
+    async def register() -> None:
+        store = aevents.SQLiteStore(journal)
+        await store.open()
+        try:
+            routes = [Route("billing:*", "tidy_app:ledger"), Route("billing:paid", "other:audit")]
+            await store.register(new_consumer_id(), routes, ttl=600)
+        finally:
+            await store.close()
+
+    anyio.run(register)
+    result = inspect_cli("tidy_app", "--store", journal, "--strict")
+    assert result.returncode == 1, result.stderr
+    assert "Compared with 1 live consumer" in result.stdout
+    assert "billing:paid  other:audit" in result.stdout
+    assert "billing:invoiced  tidy_app:send_invoice" in result.stdout  # nobody consumes it
+    missing = inspect_cli("tidy_app", "--store", str(tmp_path / "nowhere.db"))
+    assert missing.returncode != 0
+    assert "no such journal file" in missing.stderr

@@ -17,6 +17,7 @@ from psycopg import sql
 
 import aevents
 from aevents._conformance_leases import ManualClock
+from aevents._event import make_event
 from aevents._store import PostgresStore, Route, new_consumer_id
 
 from .pg import drop_schema, schema_for
@@ -160,3 +161,47 @@ async def test_a_password_never_reaches_a_message_a_log_line_or_a_repr(
         ]
         assert "postgresql://app@127.0.0.1:9/shop" in str(raised.value)
         assert not [text for text in shown if secret in text]
+
+
+async def test_a_tail_never_skips_an_event_whose_transaction_commits_late(
+    postgres_dsn: str, schema: str
+) -> None:
+    """An outbox transaction takes the next position and stays open; a publish after it
+    waits for it rather than commit a later position first, so ``events_after`` sees
+    nothing, then both, in position order: never the later one alone."""
+    store = PostgresStore(postgres_dsn, schema=schema)
+    reader = PostgresStore(postgres_dsn, schema=schema)  # its own thread and connection
+    await store.open()
+    await reader.open()
+    try:
+        start = await reader.event_position()
+        with psycopg.connect(postgres_dsn) as late:
+            first = store.publish_in(late, "late:first", {"n": 1}, registry=aevents.Registry())
+            second: list[aevents.Event] = []
+
+            async def publish_second() -> None:
+                second.extend(await store.publish([(make_event("late:second", {}, {}), [])]))
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(publish_second)
+                await _until_waiting_for_a_lock(postgres_dsn, schema)
+                page = await reader.events_after(start, 10)
+                assert page.events == ()
+                late.commit()
+        page = await reader.events_after(start, 10)
+        assert [event.id for event in page.events] == [first.id, second[0].id]
+        assert page.position == start + 2
+    finally:
+        await reader.close()
+        await store.close()
+
+
+async def _until_waiting_for_a_lock(dsn: str, schema: str) -> None:
+    """Wait until a connection of the store waits for a lock (another transaction's)."""
+    query = (
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE application_name LIKE %s AND wait_event_type = 'Lock'"
+    )
+    with anyio.fail_after(20), psycopg.connect(dsn, autocommit=True) as conn:
+        while not conn.execute(query, (f"aevents-%:{schema}",)).fetchone()[0]:  # type: ignore[index]  # noqa: ASYNC110 - another connection's state
+            await anyio.sleep(0.02)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -50,6 +51,7 @@ from ._postgres_queries import decode_pending
 from ._postgres_schema import (
     Statements,
     check_schema_name,
+    database_of,
     display_name,
     password_of,
     postgres_error,
@@ -65,6 +67,9 @@ from ._postgres_sql import (
     SETTLE,
     START,
     EventRow,
+    HeldDelivery,
+    complete_in,
+    complete_in_async,
     event_row,
     receivers_of,
     write_events,
@@ -187,7 +192,7 @@ class PostgresStore:
         self._secret = password_of(conninfo)
         self._clock = clock
         self._statements = Statements(self.schema)
-        self._published: dict[str, Event] = {}
+        self._published: OrderedDict[str, Event] = OrderedDict()
         self._thread: StoreThread[PostgresSession] = StoreThread(self.path, errors=_ERRORS)
         self._listener: Listener | None = None
 
@@ -218,6 +223,30 @@ class PostgresStore:
             max_batch=self.max_batch,
             busy_timeout=0.0,
         )
+
+    def prepare(self) -> None:
+        """Create or migrate the schema now, from the calling thread, without opening the
+        store: for a process that only publishes through its own connections
+        (``publish_in``) before any runtime opened the store. Safe to call from many
+        processes at once. Blocks for one connection's round trips.
+
+        Raises:
+            StoreError: The server cannot be reached, or a newer aevents wrote the schema.
+        """
+        try:
+            session = PostgresSession.open(
+                self._conninfo,
+                self._statements,
+                name=self.path,
+                secret=self._secret,
+                connect_timeout=self.connect_timeout,
+                read_only=self.read_only,
+            )
+        except psycopg.Error as error:
+            raise postgres_error(
+                self.path, error, "could not prepare the schema", self._secret
+            ) from error
+        session.close()
 
     async def close(self) -> None:
         """Commit what was queued, close the connections. Idempotent; shielded."""
@@ -295,7 +324,7 @@ class PostgresStore:
             psycopg.Error: From the caller's connection, which the caller rolls back.
         """
         event, row = self._outbox_row(name, payload, key, metadata, registry)
-        if hasattr(connection, "cursor"):
+        if _has_cursors(connection):
             with connection.cursor() as cursor:
                 first = write_events(cursor, self._statements, [row])[0]
         else:
@@ -318,12 +347,64 @@ class PostgresStore:
         writes; roll it back.
         """
         event, row = self._outbox_row(name, payload, key, metadata, registry)
-        if hasattr(connection, "cursor"):
+        if _has_cursors(connection):
             async with connection.cursor() as cursor:
                 first = (await write_events_async(cursor, self._statements, [row]))[0]
         else:
             first = (await write_events_async(connection, self._statements, [row]))[0]
         return event if first is None else Event.from_json(first)
+
+    # -- the inbox -------------------------------------------------------------------------
+
+    def complete_in(self, connection: Any, delivery: HeldDelivery) -> None:
+        """Mark ``delivery`` done through ``connection``, inside its open transaction.
+
+        Call it from a receiver, with ``aevents.current_delivery()``, as the last
+        statement of the transaction that holds the receiver's writes: the writes
+        and the completion then commit together, or neither does and the delivery
+        runs again. The runtime's own settle of that attempt afterwards only lets
+        go of it. ``connection`` is what ``publish_in`` takes, on the store's
+        database (see docs/postgres.md).
+
+        Raises:
+            StoreError: The attempt no longer holds the delivery (its lease passed to
+                another consumer, which runs it): roll the transaction back.
+            psycopg.Error: From the caller's connection, which the caller rolls back.
+        """
+        if _has_cursors(connection):
+            with connection.cursor() as cursor:
+                held = complete_in(cursor, self._statements, delivery)
+        else:
+            held = complete_in(connection, self._statements, delivery)
+        if not held:
+            raise self._not_held(delivery)
+
+    async def complete_in_async(self, connection: Any, delivery: HeldDelivery) -> None:
+        """``complete_in`` through a psycopg ``AsyncConnection`` or ``AsyncCursor`` (asyncio).
+
+        Cancelling it midway leaves the caller's transaction open; roll it back.
+        """
+        if _has_cursors(connection):
+            async with connection.cursor() as cursor:
+                held = await complete_in_async(cursor, self._statements, delivery)
+        else:
+            held = await complete_in_async(connection, self._statements, delivery)
+        if not held:
+            raise self._not_held(delivery)
+
+    def _not_held(self, delivery: HeldDelivery) -> StoreError:
+        return StoreError(
+            self.path,
+            f"event {delivery.event.id} ({delivery.event.name!r}) for receiver "
+            f"{delivery.receiver_id!r}, attempt {delivery.attempt}, is no longer held by "
+            "this attempt (its lease passed to another consumer, or it is done); roll the "
+            "transaction back: the delivery runs elsewhere",
+        )
+
+    @property
+    def database(self) -> tuple[str, str, str]:
+        """``(host, port, dbname)`` the store connects to, libpq's defaults filled in."""
+        return database_of(self._conninfo)
 
     def _outbox_row(
         self,
@@ -368,7 +449,7 @@ class PostgresStore:
             if first is None:
                 published[event.id] = event
         while len(published) > _KEEP_PUBLISHED:
-            del published[next(iter(published))]
+            published.popitem(last=False)  # O(1): a dict's first key is not, after deletes
         return [
             event if first is None else Event.from_json(first)
             for (event, _), first in zip(events, out, strict=True)
@@ -630,6 +711,12 @@ class PostgresStore:
             doing,
             writes=True,
         )
+
+
+def _has_cursors(connection: object) -> bool:
+    """A connection (it makes cursors), not a cursor: Django's cursor wrapper has a
+    ``cursor`` attribute too, which is its driver's cursor and not callable."""
+    return callable(getattr(connection, "cursor", None))
 
 
 def _pending_page(

@@ -29,6 +29,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Statements",
     "check_and_migrate",
+    "database_of",
     "display_name",
     "postgres_error",
 ]
@@ -101,6 +102,13 @@ _STATEMENTS: Final = {
         " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[])"
     ),
     "notify": "SELECT pg_notify(%s, '')",
+    # -- the inbox (``PostgresStore.complete_in``): done in the receiver's transaction, by
+    # the attempt that runs (started, still held); the holder stays for the settle
+    "complete_in": (
+        "UPDATE {s}.deliveries AS d SET state = 1 FROM {s}.events AS e"
+        " WHERE e.id = %s AND d.event_seq = e.seq AND d.receiver_id = %s AND d.state = 0"
+        " AND d.holder IS NOT NULL AND d.started AND d.attempts = %s RETURNING d.event_seq"
+    ),
 }
 
 
@@ -209,6 +217,22 @@ def display_name(conninfo: str, schema: str) -> str:
     where = f"{user}@" if user else ""
     where += str(host) + (f":{port}" if port else "")
     return f"postgresql://{where}/{dbname}#{schema}"
+
+
+def database_of(conninfo: str) -> tuple[str, str, str]:
+    """``(host, port, dbname)`` of a connection string, with libpq's defaults filled in
+    (local socket, 5432, the user's name), for checks that two connections reach one
+    database; empty strings for an unparsable one."""
+    try:
+        parts = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return ("", "", "")
+    host = str(parts.get("host") or parts.get("hostaddr") or "localhost")
+    if host.startswith("/"):
+        host = "localhost"
+    port = str(parts.get("port") or "5432")
+    dbname = str(parts.get("dbname") or parts.get("user") or "")
+    return (host, port, dbname)
 
 
 def password_of(conninfo: str) -> str | None:

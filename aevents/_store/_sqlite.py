@@ -72,6 +72,7 @@ import functools
 import logging
 import math
 import os
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -212,7 +213,7 @@ class SQLiteStore:
         self._clock = clock
         # Events this object published, newest last (bounded): a claim of one of them uses
         # it as it is instead of decoding the stored copy.
-        self._published: dict[str, Event] = {}
+        self._published: OrderedDict[str, Event] = OrderedDict()
         self._lock_file = JournalLock(self.path)
         self._thread: StoreThread[OpenJournal] = StoreThread(self.path)
 
@@ -307,7 +308,7 @@ class SQLiteStore:
             if first is None:
                 published[event.id] = event
         while len(published) > _KEEP_PUBLISHED:
-            del published[next(iter(published))]
+            published.popitem(last=False)  # O(1): a dict's first key is not, after deletes
         return [
             event if first is None else Event.from_json(first)
             for (event, _), first in zip(events, out, strict=True)

@@ -20,11 +20,18 @@ __all__ = ["Filters", "filter_letters", "pretty_json", "redact"]
 
 # scheme://user:password@host: the password part, wherever a URL appears in a text.
 _URL_PASSWORD: Final = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@/]*@")
+# password=... (and sslpassword=...): a URL's query string (``?password=``, which
+# libpq and coredis both read) or a libpq ``key=value`` string, quoted or not.
+_KEYWORD_PASSWORD: Final = re.compile(
+    r"(?P<head>(?<![A-Za-z0-9_])(?:ssl)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s&;'\"]+)",
+    re.IGNORECASE,
+)
 
 
 def redact(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@`` URL replaced by ``***``."""
-    return _URL_PASSWORD.sub(r"\g<head>***@", text)
+    """``text`` with the password of every ``scheme://user:password@`` URL, and every
+    ``password=`` value (a URL's query or a libpq connection string), replaced by ``***``."""
+    return _KEYWORD_PASSWORD.sub(r"\g<head>***", _URL_PASSWORD.sub(r"\g<head>***@", text))
 
 
 @attrs.frozen(slots=True)

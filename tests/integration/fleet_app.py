@@ -5,7 +5,8 @@ It is both an ASGI app, for ``uvicorn tests.integration.fleet_app:app --workers 
 is durable), and a worker target, for ``python -m aevents worker
 tests.integration.fleet_app:make_runtime``.
 
-The environment says where things go: ``FLEET_JOURNAL`` is the journal,
+The environment says where things go: ``FLEET_JOURNAL`` is the journal (or
+``FLEET_POSTGRES``, a URL, and ``FLEET_SCHEMA`` a PostgresStore's schema),
 ``FLEET_LOG`` the file every receiver appends one line to per attempt,
 ``FLEET_LEASE`` the lease in seconds, ``FLEET_SLEEP`` how long the ``fleet:item``
 receivers take, ``FLEET_CONSUME=0`` makes a process that publishes only.
@@ -74,10 +75,18 @@ registry.subscribe("fleet:item", local, id="fleet:local", scope="process")
 registry.subscribe("fleet:poison", poison, id="fleet:poison", retry=RetryPolicy(attempts=3))
 
 
+def make_store() -> aevents.SQLiteStore | aevents.PostgresStore:
+    """``FLEET_POSTGRES`` (a URL) with ``FLEET_SCHEMA``, else the ``FLEET_JOURNAL`` file."""
+    url = os.environ.get("FLEET_POSTGRES")
+    if url:
+        return aevents.PostgresStore(url, schema=os.environ["FLEET_SCHEMA"], poll_interval=0.2)
+    return aevents.SQLiteStore(os.environ["FLEET_JOURNAL"])
+
+
 def make_runtime() -> aevents.EventRuntime:
     return aevents.EventRuntime(
         registry,
-        store=aevents.SQLiteStore(os.environ["FLEET_JOURNAL"]),
+        store=make_store(),
         lease=float(os.environ.get("FLEET_LEASE", "30")),
         consume=os.environ.get("FLEET_CONSUME", "1") == "1",
         workers=int(os.environ.get("FLEET_WORKERS", "8")),

@@ -20,6 +20,7 @@ import pytest
 
 from tests.integration.servers import WAIT, uvicorn
 from tests.integration.test_starlette_server import stop
+from tests.pg import drop_schema, schema_for
 from tests.services import required
 
 CHROMIUM = os.environ.get("AEVENTS_CHROMIUM") or shutil.which("chromium")
@@ -70,15 +71,27 @@ def counter(page: Page, label: str) -> Any:
     return page.locator(f'[data-counter="{label}"] [data-value]')
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The example app's store: an SQLite file, or a PostgreSQL schema of the test's own."""
+    if request.param == "sqlite":
+        yield {"EVENTS_JOURNAL": str(tmp_path / "events.db")}
+        return
+    dsn = str(request.getfixturevalue("postgres_dsn"))
+    schema = schema_for(tmp_path)
+    yield {"EVENTS_POSTGRES": dsn, "EVENTS_POSTGRES_SCHEMA": schema}
+    drop_schema(dsn, schema)
+
+
 def test_an_operator_watches_the_flow_and_redelivers_a_dead_letter(
-    browser: Browser, shots: Path, tmp_path: Path
+    browser: Browser, shots: Path, store_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """Counts move as orders come in; a dead letter opened and redelivered charges the card."""
-    env = {
-        "AEVENTS_DASHBOARD_TOKEN": TOKEN,
-        "AEVENTS_DASHBOARD_REFRESH": "0.3",
-        "EVENTS_JOURNAL": str(tmp_path / "events.db"),
-    }
+    """Counts move as orders come in; a dead letter opened and redelivered charges the card.
+
+    On SQLite and on PostgreSQL (the screenshots are the SQLite run's)."""
+    env = {"AEVENTS_DASHBOARD_TOKEN": TOKEN, "AEVENTS_DASHBOARD_REFRESH": "0.3", **store_env}
+    if "EVENTS_POSTGRES" in store_env:
+        shots = tmp_path  # the guide shows the SQLite run's
     with (
         uvicorn("examples.dashboard_app:app", "asyncio", **env) as server,
         server.started() as client,

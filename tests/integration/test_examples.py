@@ -117,3 +117,28 @@ def test_the_observability_example_runs_and_shows_every_part(backend: str) -> No
         "      consumer process shop:order:placed [send-receipt, attempt 1, UNSET]",
     ]
     assert "Traceback" not in out + result.stderr
+
+
+def test_the_plain_psycopg_outbox_example_ships_the_committed_order_once(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    """examples/postgres_outbox.py, on asyncio and trio: the committed order is shipped once
+    through the inbox, and the rolled back one never existed."""
+    from ..pg import drop_schema, schema_for
+
+    schema = schema_for(tmp_path)
+    script = str(ROOT / "examples" / "postgres_outbox.py")
+    try:
+        for backend in ("asyncio", "trio"):
+            result = subprocess.run(
+                [sys.executable, script, backend, postgres_dsn, schema],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.splitlines() == ["shipped order 1", "delivered=1"]
+    finally:
+        drop_schema(postgres_dsn, schema)
+        drop_schema(postgres_dsn, f"{schema}_events")

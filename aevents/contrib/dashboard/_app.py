@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ... import AeventsError, ConfigurationError, EventRuntime, current_runtime
 from ..._store._protocol import LeasedStore
+from ..._text import counted
 from .._operations import redact
 from . import _views as views
 from ._actions import ActionLog, Verb
@@ -475,7 +476,10 @@ class Dashboard:
             return self._page(
                 request, "error.html", {"why": f"unknown action {verb!r}"}, status_code=400
             )
-        letters = await runtime.dead_letters()
+        try:
+            letters = await runtime.dead_letters()
+        except AeventsError as failure:
+            return self._page(request, "error.html", {"why": redact(str(failure))}, status_code=503)
         filters = views.Filters.read({key: values[0] for key, values in form.items() if values})
         if scope == "matching":
             chosen = views.filter_letters(letters, filters)
@@ -511,10 +515,15 @@ class Dashboard:
         try:
             done = await (runtime.redeliver(ids) if verb == "redeliver" else runtime.discard(ids))
         except AeventsError as failure:
+            why = redact(str(failure))
             logger.warning(
-                "dashboard: %s could not %s %d dead letters: %s", actor, verb, len(ids), failure
+                "dashboard: %s could not %s %s: %s",
+                actor,
+                verb,
+                counted(len(ids), "dead letter"),
+                why,
             )
-            return self._page(request, "error.html", {"why": redact(str(failure))}, status_code=409)
+            return self._page(request, "error.html", {"why": why}, status_code=409)
         action = self.actions.record(actor, verb, ids, done)
         filters = views.Filters.read({key: values[0] for key, values in form.items() if values})
         query = urlencode(

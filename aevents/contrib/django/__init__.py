@@ -15,6 +15,10 @@
         article = Article.objects.create(title=title)
         publish_on_commit("blog:article:published", payload={"id": article.pk})
 
+On PostgreSQL, ``publish_in_transaction`` writes the event through Django's
+connection in the view's transaction (the outbox), and ``atomic_receiver``
+completes a sync receiver's delivery in its own transaction (the inbox).
+
 Async views ``await aevents.publish(...)``; sync views (which Django runs on
 a thread) call ``aevents.publish_threadsafe(...)``. ``mirror_signal`` turns a
 Django signal such as ``post_save`` into an event, published on commit.
@@ -31,6 +35,7 @@ except ModuleNotFoundError as error:  # pragma: no cover - exercised in a subpro
 
 from ._asgi import STATE_KEY, AeventsASGI, ASGIApp, get_asgi_application, runtime_from_settings
 from ._discovery import autodiscover
+from ._outbox import atomic_receiver, publish_in_transaction
 from ._signals import PayloadBuilder, mirror_signal, unmirror_signal
 from ._transaction import lost_events, publish_on_commit
 
@@ -39,10 +44,12 @@ __all__ = [
     "ASGIApp",
     "AeventsASGI",
     "PayloadBuilder",
+    "atomic_receiver",
     "autodiscover",
     "get_asgi_application",
     "lost_events",
     "mirror_signal",
+    "publish_in_transaction",
     "publish_on_commit",
     "runtime_from_settings",
     "unmirror_signal",

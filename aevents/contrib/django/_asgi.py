@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from contextlib import AsyncExitStack
 from typing import Any, Final
 
 from ..._exceptions import ConfigurationError
 from ..._runtime import EventRuntime, _current_runtime
+from ._outbox import store_from_setting
 
 __all__ = [
     "STATE_KEY",
@@ -51,7 +51,9 @@ def runtime_from_settings(**overrides: Any) -> EventRuntime:
 
     The keys are ``EventRuntime``'s keyword arguments (``workers``, ``buffer``,
     ``strict``, ``shutdown_timeout``, ...). ``store`` may be a path, which
-    means ``aevents.SQLiteStore(path)``, or a ``Store``. Unknown keys raise
+    means ``aevents.SQLiteStore(path)``, a ``postgresql://`` URL, which means
+    ``aevents.PostgresStore(url)``, ``{"postgres": "default", **options}``,
+    a ``PostgresStore`` on the database of that ``DATABASES`` alias, or a store. Unknown keys raise
     ``ConfigurationError`` naming them. ``overrides`` replace settings of the
     same name (``manage.py aevents_worker --concurrency`` sets ``workers``).
     """
@@ -73,11 +75,8 @@ def runtime_from_settings(**overrides: Any) -> EventRuntime:
             f"the options are {', '.join(sorted(_OPTIONS))}",
         )
     kwargs = {**options, **overrides}
-    store = kwargs.get("store")
-    if isinstance(store, str | os.PathLike):
-        from ..._store._sqlite import SQLiteStore
-
-        kwargs["store"] = SQLiteStore(store)
+    if kwargs.get("store") is not None:
+        kwargs["store"] = store_from_setting(kwargs["store"])
     return EventRuntime(**kwargs)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from ..._exceptions import ConfigurationError, RuntimeClosedError, RuntimeNotRunningError
 from ..._module import publish_threadsafe
 from ..._names import validate_name
+from ._outbox import publish_in_transaction
 from ._transaction import publish_on_commit, report_lost
 
 __all__ = ["mirror_signal", "unmirror_signal"]
@@ -33,6 +34,7 @@ def mirror_signal(
     sender: object = None,
     key: KeyBuilder | None = None,
     on_commit: bool = True,
+    outbox: bool = False,
     dispatch_uid: str | None = None,
 ) -> str:
     """Publish event ``name`` each time ``signal`` is sent (by ``sender``, if given).
@@ -59,6 +61,13 @@ def mirror_signal(
             signal names, so a save that is rolled back publishes nothing.
             ``False`` publishes at once with ``publish_threadsafe``, for signals
             that are not about a database write. Default ``True``.
+        outbox: Publish with ``publish_in_transaction`` instead, through the
+            connection the signal names, in the transaction of the save: the
+            event commits with the row (the store must be a ``PostgresStore``
+            in that database). A save outside ``transaction.atomic()`` has
+            committed by the time its ``post_save`` is sent, so the event then
+            commits just after it, in a transaction of its own: use it with
+            ``atomic()`` blocks or ``ATOMIC_REQUESTS``. Default ``False``.
         dispatch_uid: The connection's id. Default ``"aevents:" + name``.
 
     Returns:
@@ -83,6 +92,9 @@ def mirror_signal(
         if body is None:
             return
         ordering = None if key is None else key(**kwargs)
+        if outbox:  # its errors belong to the code that saved: the event commits with it
+            publish_in_transaction(name, payload=body, key=ordering, using=kwargs.get("using"))
+            return
         try:
             if on_commit:
                 publish_on_commit(name, payload=body, key=ordering, using=kwargs.get("using"))

@@ -25,7 +25,7 @@ from ..._module import not_running_fix
 from ..._runtime import EventRuntime, current_runtime
 from ..._text import counted
 
-__all__ = ["lost_events", "publish_on_commit"]
+__all__ = ["lost_events", "on_event_loop_thread", "publish_on_commit"]
 
 logger = logging.getLogger("aevents.contrib.django")
 
@@ -81,7 +81,7 @@ def publish_on_commit(
             be open; there, ``await aevents.publish(...)`` once the
             ``sync_to_async`` call that committed has returned.
     """
-    if _on_event_loop_thread():
+    if on_event_loop_thread():
         raise AeventsError(
             f"publish_on_commit({name!r}) was called on an event loop's thread, where no "
             "database transaction can be open (Django runs the ORM in sync code); call it "
@@ -135,7 +135,7 @@ def report_lost(name: str, reason: str, *, traceback: bool = False) -> None:
     )
 
 
-def _on_event_loop_thread() -> bool:
+def on_event_loop_thread() -> bool:
     """True when the calling thread is running an asyncio or trio event loop."""
     try:
         asyncio.get_running_loop()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import anyio
@@ -12,6 +12,8 @@ from django.conf import settings
 from .... import ConfigurationError
 from ...._store._protocol import LeasedStore
 from ...._store._sqlite import SQLiteStore
+from ..._operations import redact
+from .._outbox import store_from_setting
 
 __all__ = ["store_factory", "with_store"]
 
@@ -21,9 +23,15 @@ T = TypeVar("T")
 def store_factory() -> Callable[[], Any]:
     """A callable that makes a new, unopened store, from the settings.
 
-    ``AEVENTS_ADMIN_STORE``: a path (an ``SQLiteStore``) or a callable; else
-    ``AEVENTS["store"]``: a path, or an ``SQLiteStore`` whose path is opened anew
-    (a store object belongs to the event loop of the runtime that opened it).
+    ``AEVENTS_ADMIN_STORE``, else ``AEVENTS["store"]``: a callable, or what
+    ``aevents.contrib.django`` reads in ``AEVENTS["store"]``, made anew for each
+    page: a path (an ``SQLiteStore``), a ``postgresql://`` URL or
+    ``{"postgres": "<DATABASES alias>", **options}`` (a ``PostgresStore``), a
+    ``redis://`` URL (a ``RedisStore``), or an
+    ``SQLiteStore`` whose path is opened anew (a store object belongs to the event
+    loop of the runtime that opened it). For a ``RedisStore``, or a store object
+    object of another kind, set ``AEVENTS_ADMIN_STORE`` to a callable that returns a
+    new one.
     """
     configured = getattr(settings, "AEVENTS_ADMIN_STORE", None)
     source: Any = configured
@@ -34,13 +42,23 @@ def store_factory() -> Callable[[], Any]:
     if isinstance(source, str | os.PathLike) and "://" not in os.fspath(source):
         path = os.fspath(source)
         return lambda: SQLiteStore(path)
+    if isinstance(source, Mapping) or (
+        isinstance(source, str)
+        and source.startswith(("postgresql://", "postgres://", "redis://", "rediss://"))
+    ):
+        setting = source
+        store_from_setting(setting)  # a mistake in the setting shows on the first page
+        return lambda: store_from_setting(setting)
     if isinstance(source, SQLiteStore):
         path = source.path
         return lambda: SQLiteStore(path)
+    shown = redact(source) if isinstance(source, str) else type(source).__name__
     raise ConfigurationError(
         "AEVENTS_ADMIN_STORE",
-        f"cannot make a store for the admin pages from {type(source).__name__}: set "
-        "AEVENTS_ADMIN_STORE to a journal path or to a callable that returns a new store",
+        f"cannot make a store for the admin pages from {shown}: set AEVENTS_ADMIN_STORE "
+        "to a journal path or to a callable that returns a new store (for example "
+        "lambda: aevents.RedisStore(url, prefix=...)), or AEVENTS['store'] to a path, "
+        "a postgresql:// or redis:// URL or {'postgres': '<DATABASES alias>'}",
     )
 
 

@@ -20,7 +20,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 
 from .... import AeventsError, DeadLetter
-from ...._store._protocol import Backlog, Lease, PendingDelivery
+from ...._store._protocol import Backlog, Lease, LeasedStore, PendingDelivery
 from ..._operations import Filters, filter_letters, pretty_json, redact
 from . import models
 from ._stores import with_store
@@ -178,10 +178,11 @@ class DeliveryAdmin(_StorePage):
             raise PermissionDenied
         receiver = request.GET.get("receiver", "").strip()
         try:
-            backlog, leases, pending = with_store(_deliveries)
+            found = with_store(_deliveries)
             error = None
         except AeventsError as failure:
-            backlog, leases, pending, error = [], [], [], redact(str(failure))
+            found, error = _Deliveries(), redact(str(failure))
+        backlog, leases, pending = found.backlog, found.leases, found.pending
         if receiver:
             leases = [lease for lease in leases if lease.receiver_id == receiver]
             pending = [item for item in pending if item.receiver_id == receiver]
@@ -193,6 +194,8 @@ class DeliveryAdmin(_StorePage):
             backlog=backlog if not receiver else [r for r in backlog if r.receiver_id == receiver],
             leases=leases[:MAX_ROWS],
             pending=pending,
+            lists_pending=found.lists_pending,
+            store=found.store,
             error=error,
         )
         return TemplateResponse(request, "aevents_admin/deliveries.html", context)
@@ -220,16 +223,30 @@ def _row(letter: DeadLetter) -> dict[str, Any]:
     }
 
 
-async def _deliveries(store: Any) -> tuple[list[Backlog], list[Lease], list[PendingDelivery]]:
+@attrs.frozen
+class _Deliveries:
+    """What the deliveries page read from the store."""
+
+    backlog: list[Backlog] = attrs.Factory(list)
+    leases: list[Lease] = attrs.Factory(list)
+    pending: list[PendingDelivery] = attrs.Factory(list)
+    lists_pending: bool = True
+    """False for a store that is not a journal (``RedisStore``): it has no ``pending()``."""
+    store: str = ""
+    """The store, as its ``repr`` names it (redacted)."""
+
+
+async def _deliveries(store: Any) -> _Deliveries:
     backlog: list[Backlog] = []
     leases: list[Lease] = []
     pending: list[PendingDelivery] = []
-    if hasattr(store, "backlog"):  # a LeasedStore
+    if isinstance(store, LeasedStore):
         backlog, leases = await store.backlog(), await store.leases()
-    if hasattr(store, "pending"):  # a journal (Store) too, as SQLiteStore is
+    lists_pending = hasattr(store, "pending")  # a journal (Store) too, as SQLiteStore is
+    if lists_pending:
         async with aclosing(store.pending()) as stream:
             async for item in stream:
                 pending.append(item)
                 if len(pending) >= MAX_ROWS:
                     break
-    return backlog, leases, pending
+    return _Deliveries(backlog, leases, pending, lists_pending, redact(repr(store)))
