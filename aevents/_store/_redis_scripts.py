@@ -440,9 +440,10 @@ for _, r in ipairs(reg['receivers']) do
     local fresh = redis.call('XREADGROUP', 'GROUP', GROUP, c, 'COUNT', limit, 'STREAMS', key, '>')
     if fresh then
       for _, e in ipairs(fresh[1][2]) do
-        local f = fields(e[2])
+        -- fields as PUBLISH and REDELIVER add them: p, position[, k, key]
+        local f = e[2]
         table.insert(candidates,
-                     {r = r, id = e[1], pos = tonumber(f['p']), key = f['k'], fresh = true})
+                     {r = r, id = e[1], pos = tonumber(f[2]), key = f[4], fresh = true})
       end
     end
   end
@@ -515,7 +516,8 @@ end
 if high - low + 1 <= distinct * 2 + 16 then
   for _, e in ipairs(redis.call('XRANGE', B .. ':events', low .. '-0', high .. '-0')) do
     local pos = tonumber(string.match(e[1], '^(%d+)'))
-    if bodies[pos] == false then bodies[pos] = fields(e[2])['b'] end
+    -- fields as PUBLISH adds them: i, id, b, body, ...
+    if bodies[pos] == false then bodies[pos] = e[2][4] end
   end
 else
   for pos, _ in pairs(bodies) do
