@@ -34,6 +34,11 @@ read-only. ``stats`` also lists the live consumers and the leases they hold.
 ``redeliver``, ``prune`` and ``forget-losses`` open the journal beside the
 processes that have it and write at once; only a journal an older aevents holds
 alone gets a redelivery request, applied when it next opens.
+
+PATH may also be a ``postgresql://`` URL (with ``--schema``) or a ``redis://`` or
+``rediss://`` URL (with ``--prefix``): the same commands but ``forget-losses`` run on
+that store while its processes use it. Output names the URL with ``***`` for its
+password.
 """
 
 from __future__ import annotations
@@ -134,15 +139,24 @@ def _parser() -> argparse.ArgumentParser:
     add_worker_parser(commands)
     journal = commands.add_parser(
         "journal",
-        help="inspect and repair an SQLite journal or a PostgreSQL store",
-        description="Inspect and repair an aevents SQLite journal, or a PostgresStore given "
-        "by URL (postgresql://...).",
+        help="inspect and repair an SQLite journal, a PostgreSQL store or a Redis store",
+        description="Inspect and repair an aevents SQLite journal, or a PostgresStore or a "
+        "RedisStore given by URL (postgresql://..., redis://... or rediss://...).",
     )
-    journal.add_argument("path", metavar="PATH", help="the journal file, or a postgresql:// URL")
+    journal.add_argument(
+        "path",
+        metavar="PATH",
+        help="the journal file, or a postgresql://, redis:// or rediss:// URL",
+    )
     journal.add_argument(
         "--schema",
         default="aevents",
         help="with a postgresql:// URL: the schema of the store (default: aevents)",
+    )
+    journal.add_argument(
+        "--prefix",
+        default="aevents",
+        help="with a redis:// or rediss:// URL: the key prefix of the store (default: aevents)",
     )
     actions = journal.add_subparsers(dest="action", metavar="ACTION", required=True)
     actions.add_parser(
@@ -289,6 +303,11 @@ def _journal(args: argparse.Namespace) -> int:
             return anyio.run(_postgres_journal, args)
         except StoreError as error:
             return _fail(str(error))
+    if path.startswith(_REDIS_URLS):
+        try:
+            return anyio.run(_redis_journal, args)
+        except StoreError as error:
+            return _fail(str(error))
     if not os.path.exists(path):
         return _fail(f"no journal at {path!r}")
     if os.path.isfile(path) and os.path.getsize(path) == 0:
@@ -312,6 +331,25 @@ async def _postgres_journal(args: argparse.Namespace) -> int:
         raise UsageError("forget-losses is for SQLite journals; a PostgreSQL store has none")
     reads = args.action in _READS
     store = PostgresStore(args.path, schema=args.schema, read_only=reads)
+    args.path = store.path  # what the output names: the URL without its password
+    await store.open()
+    try:
+        await _ACTIONS[args.action](store, args)  # type: ignore[arg-type]
+    finally:
+        await store.close()
+    return EXIT_OK
+
+
+_REDIS_URLS = ("redis://", "rediss://")
+
+
+async def _redis_journal(args: argparse.Namespace) -> int:
+    """A command on a ``RedisStore``; the reading ones run reading scripts only."""
+    from ._store._redis import RedisStore
+
+    if args.action == "forget-losses":
+        raise UsageError("forget-losses is for SQLite journals; a Redis store has none")
+    store = RedisStore(args.path, prefix=args.prefix, retention=None)
     args.path = store.path  # what the output names: the URL without its password
     await store.open()
     try:

@@ -275,6 +275,24 @@ class LeasedStoreConformance:
         assert (await leased_store.stats()).done == 1
 
     @pytest.mark.anyio
+    async def test_a_lease_that_ran_out_is_found_behind_live_leases_of_earlier_deliveries(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """A claim of one takes the delivery whose short lease ran out, even when earlier
+        deliveries are held under live leases that end a moment later."""
+        events = [_event(n) for n in range(3)]
+        await _publish(leased_store, events, "r")
+        live, dead, third = [await _consumer(leased_store, "r") for _ in range(3)]
+        held = await leased_store.claim(live, 2, lease=1.5)
+        assert [claim.event for claim in held] == events[:2]
+        (lost,) = await leased_store.claim(dead, 1, lease=1.0)
+        clock.advance(1.0)
+        (taken,) = await leased_store.claim(third, 1, lease=LEASE)
+        assert _seen([taken]) == [(events[2].id, "r", 1, False)]
+        assert await leased_store.renew(live, held, lease=LEASE) == []
+        assert await leased_store.renew(dead, [lost], lease=LEASE) == [lost]
+
+    @pytest.mark.anyio
     async def test_a_claim_never_started_costs_no_attempt_when_its_lease_runs_out(
         self, leased_store: LeasedStore, clock: ManualClock
     ) -> None:
@@ -800,6 +818,25 @@ class LeasedStoreConformance:
             Backlog("b", ready=1, scheduled=0, leased=0, dead=0, oldest=_LONG_AGO),
         ]
         assert leased.event == events[3]
+
+    @pytest.mark.anyio
+    async def test_the_oldest_in_the_backlog_is_the_earliest_occurred_at_not_done(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """``oldest`` is the earliest ``occurred_at`` among the deliveries not done, whatever
+        the order they were published in; a dead one does not count."""
+        late = _event(0, at=_T0 + timedelta(minutes=5))
+        early = _event(1, at=_T0)
+        earliest = _event(2, at=_T0 - timedelta(minutes=5))
+        await _publish(leased_store, [late, early, earliest], "a")
+        consumer = await _consumer(leased_store, "a")
+        first, second, third = await _claim(leased_store, consumer)
+        assert [claim.event for claim in (first, second, third)] == [late, early, earliest]
+        assert [row.oldest for row in await leased_store.backlog()] == [earliest.occurred_at]
+        await leased_store.settle(consumer, [DeadLettered(third, _letter(third, 1, _T0))])
+        assert [row.oldest for row in await leased_store.backlog()] == [early.occurred_at]
+        await leased_store.settle(consumer, [Completed(second)])
+        assert [row.oldest for row in await leased_store.backlog()] == [late.occurred_at]
 
     # --------------------------------------------------------------------------- routing
 

@@ -3,6 +3,7 @@ other processes; each test under its own key prefix, deleted afterwards."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import shutil
@@ -132,18 +133,24 @@ async def test_a_runtime_on_redis_delivers_each_event_once_per_receiver(
 
 
 class Workers:
-    """Consumer processes of ``tests.redis_worker``, each started and then ready."""
+    """Consumer processes of ``tests.redis_worker``, each started and then ready; their
+    stderr goes to files in ``directory``, printed at the stop (pytest shows it on failure).
+    """
 
-    def __init__(self, url: str, prefix: str) -> None:
-        self.url, self.prefix = url, prefix
+    def __init__(self, url: str, prefix: str, directory: Path) -> None:
+        self.url, self.prefix, self.directory = url, prefix, directory
         self.processes: list[anyio.abc.Process] = []
+        self.logs: list[Path] = []
 
     async def start(self, mode: str) -> anyio.abc.Process:
-        process = await anyio.open_process(
-            [sys.executable, "-m", "tests.redis_worker", self.url, self.prefix, mode],
-            cwd=Path(__file__).parent.parent,
-            stderr=subprocess.DEVNULL,
-        )
+        path = self.directory / f"worker-{len(self.logs)}-{mode}.log"
+        self.logs.append(path)
+        with path.open("wb") as stderr:
+            process = await anyio.open_process(
+                [sys.executable, "-m", "tests.redis_worker", self.url, self.prefix, mode],
+                cwd=Path(__file__).parent.parent,
+                stderr=stderr,
+            )
         assert process.stdout is not None
         if mode != "poison":
             line = await process.stdout.receive()
@@ -162,6 +169,8 @@ class Workers:
             if process.returncode is None:
                 process.kill()
             await process.aclose()
+        for process, path in zip(self.processes, self.logs, strict=False):
+            print(f"--- {path.name} (pid {process.pid}) ---\n{path.read_text()}")
 
 
 async def _log(store: RedisStore) -> list[tuple[str, int, int]]:
@@ -182,19 +191,23 @@ async def store(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisStore]:
 
 @pytest.mark.anyio
 async def test_a_consumer_killed_mid_batch_leaves_its_deliveries_to_the_other_two(
-    redis_url: str, redis_prefix: str, store: RedisStore
+    redis_url: str, redis_prefix: str, store: RedisStore, tmp_path: Path
 ) -> None:
-    """kill -9 of one of three consumers: the others run what it held once its lease ends."""
-    workers = Workers(redis_url, redis_prefix)
+    """kill -9 of one of three consumers while its batch runs: the other two run what it
+    held once its lease ends, and every delivery is done.
+
+    The victim consumes alone first and hangs in its batch, so it surely holds work
+    when it dies; the other two start only then and find the rest."""
+    workers = Workers(redis_url, redis_prefix, tmp_path)
     try:
-        victim = await workers.start("slow")
-        await workers.start("slow")
-        await workers.start("slow")
+        victim = await workers.start("hang")
         events = [(make_event("crash:job", {"n": n}, {}), ["slow"]) for n in range(24)]
         await store.publish(events)
         with anyio.fail_after(60):
-            while not any(pid == victim.pid for _, _, pid in await _log(store)):  # noqa: ASYNC110 (polls another process through Redis)
+            while len([pid for _, _, pid in await _log(store) if pid == victim.pid]) < 4:  # noqa: ASYNC110 (polls another process through Redis)
                 await anyio.sleep(0.02)
+            await workers.start("slow")
+            await workers.start("slow")
             victim.kill()
             await victim.wait()
             while (await store.stats()).done < 24:  # noqa: ASYNC110 (polls another process through Redis)
@@ -204,22 +217,19 @@ async def test_a_consumer_killed_mid_batch_leaves_its_deliveries_to_the_other_tw
     log = await _log(store)
     assert {n for what, n, _ in log if what == "done"} == set(range(24))
     killed = {n for what, n, pid in log if what == "start" and pid == victim.pid}
-    unfinished = killed - {n for what, n, pid in log if what == "done" and pid == victim.pid}
-    assert unfinished  # it died holding work, which the others did
-    assert all(
-        any(what == "done" and m == n and pid != victim.pid for what, m, pid in log)
-        for n in unfinished
-    )
+    assert len(killed) >= 4
+    assert all(pid != victim.pid for what, _, pid in log if what == "done")
     assert await store.leases() == []
+    assert (await store.stats()).pending == 0
 
 
 @pytest.mark.anyio
 async def test_a_receiver_that_kills_its_process_ends_as_one_dead_letter(
-    redis_url: str, redis_prefix: str, store: RedisStore
+    redis_url: str, redis_prefix: str, store: RedisStore, tmp_path: Path
 ) -> None:
     """Processes die on each attempt (os._exit); after its attempts, one dead letter, no PEL."""
     (event,) = await store.publish([(make_event("poison:pill", {"n": 1}, {}), ["poison"])])
-    workers = Workers(redis_url, redis_prefix)
+    workers = Workers(redis_url, redis_prefix, tmp_path)
     try:
         with anyio.fail_after(60):
             while not await store.dead_letters():
@@ -328,8 +338,10 @@ async def _lengths(client: Any, keys: list[str]) -> list[int]:
     return [await client.xlen(key) for key in keys]
 
 
-# coredis (6.9) leaves the memory streams of a connection the server dropped to the
-# garbage collector, which warns about them; nothing of aevents is left open.
+# coredis (6.9) leaves the memory streams of a connection that could not connect (the
+# server is down) to the garbage collector, which warns about them; nothing of aevents
+# is left open. They sit in reference cycles, so the test collects them itself (see the
+# end): otherwise the collector would find them during a later test, which would fail.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.anyio
 async def test_a_redis_restart_loses_nothing_acknowledged_and_the_store_reconnects(
@@ -397,6 +409,7 @@ async def test_a_redis_restart_loses_nothing_acknowledged_and_the_store_reconnec
         await store.close()
         process.terminate()
         await process.wait()
+        gc.collect()  # coredis' garbage warns here, under this test's filter (see above)
 
 
 @pytest.mark.anyio

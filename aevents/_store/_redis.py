@@ -30,7 +30,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -51,6 +52,7 @@ from ._protocol import (
     EventPage,
     Lease,
     Outcome,
+    PendingDelivery,
     Released,
     Rescheduled,
     Route,
@@ -68,6 +70,7 @@ logger = logging.getLogger("aevents.store")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _KEEP_PUBLISHED = 8192  # events kept for claims of this process
 _PRUNE_SCAN = 512  # events a prune script reads at a time
+_PAGE = 512  # stream entries a script reads at a time, for pending()
 _RETENTION_EVERY = 60.0  # seconds between retention passes
 
 
@@ -174,7 +177,7 @@ class RedisStore:
         self._clock = clock
         self._connection = RedisConnection()
         self._scripts: dict[str, Any] = {}
-        self._published: dict[int, Event] = {}  # position -> event this object published
+        self._published: OrderedDict[int, Event] = OrderedDict()  # position -> event published here
         self._retention_at = 0.0
 
     def __repr__(self) -> str:
@@ -310,7 +313,7 @@ class RedisStore:
         published = self._published
         published[position] = event
         if len(published) > _KEEP_PUBLISHED:
-            del published[next(iter(published))]
+            published.popitem(last=False)  # O(1), where del of next(iter(dict)) scans
 
     async def event_position(self) -> int:
         """The position of the newest event added (0 before any)."""
@@ -450,12 +453,13 @@ class RedisStore:
         for outcome in outcomes:
             claim = outcome.claim
             head = [claim.receiver_id, claim.event.id, claim.attempt]
+            key = "" if claim.event.key is None else "=" + claim.event.key
             if isinstance(outcome, Completed):
-                args += ["C", *head, "", "", "0"]
+                args += ["C", *head, "", "", "0", key]
             elif isinstance(outcome, Rescheduled):
-                args += ["S", *head, _seconds_us(outcome.delay), "", "0"]
+                args += ["S", *head, _seconds_us(outcome.delay), "", "0", key]
             elif isinstance(outcome, Released):
-                args += ["R", *head, "", "", "0"]
+                args += ["R", *head, "", "", "0", key]
             elif isinstance(outcome, DeadLettered):
                 letter = outcome.letter
                 body = orjson.dumps(
@@ -466,7 +470,7 @@ class RedisStore:
                         "failed_at": _us(letter.failed_at),
                     }
                 )
-                args += ["D", *head, letter.id, body, "1" if outcome.holds_key else "0"]
+                args += ["D", *head, letter.id, body, "1" if outcome.holds_key else "0", key]
             else:  # pragma: no cover - Outcome is a closed union
                 raise TypeError(f"not an outcome: {outcome!r}")
         lost = await self._run("SETTLE", args, "could not settle")
@@ -498,8 +502,8 @@ class RedisStore:
     async def backlog(self) -> list[Backlog]:
         """Per receiver id: ready, scheduled, leased and dead deliveries, and the oldest.
 
-        ``oldest`` is the time of the first-published event among its deliveries
-        not done: publish order stands in for time.
+        ``oldest`` is the earliest ``occurred_at`` among its deliveries not done and
+        not dead (kept in a sorted set per receiver).
         """
         flat = await self._run("BACKLOG", [self._now()], "could not read the backlog")
         rows = []
@@ -550,6 +554,40 @@ class RedisStore:
         letters: list[DeadLetter] = await self._call(read, "could not read dead letters")
         letters.sort(key=lambda letter: letter.failed_at)
         return letters if limit is None else letters[: max(limit, 0)]
+
+    async def pending(self) -> AsyncIterator[PendingDelivery]:
+        """Deliveries not finished (ready, scheduled, leased, parked behind their key) in
+        publish order, then receiver id, with the attempts started; a snapshot of the
+        events added when iteration begins. Their list is read first, a page per script;
+        the events are read a page at a time as they are yielded."""
+        upto = await self.event_position()
+        receivers = await self._call(
+            lambda c: c.smembers(self.keys.base + ":receivers"), "could not read receivers"
+        )
+        rows: list[tuple[int, str, int]] = []
+        for receiver in sorted(_text(name) for name in receivers):
+            after = "-"
+            while True:
+                found = await self._run(
+                    "PENDING",
+                    [receiver, after, _PAGE, upto],
+                    "could not read pending deliveries",
+                )
+                rows += [
+                    (int(found[i]), receiver, int(found[i + 1])) for i in range(1, len(found), 2)
+                ]
+                if not found[0]:
+                    break
+                after = _text(found[0])
+        rows.sort()
+        for start in range(0, len(rows), _PAGE):
+            page = rows[start : start + _PAGE]
+            bodies = await self._run(
+                "EVENTS_AT", [position for position, _, _ in page], "could not read events"
+            )
+            for (_, receiver, attempts), body in zip(page, bodies, strict=True):
+                if body:
+                    yield PendingDelivery(Event.from_json(body), receiver, attempts)
 
     async def redeliver(self, letter_ids: Sequence[str] | None = None) -> int:
         """Make dead letters ready again with no attempts (all when ``None``)."""

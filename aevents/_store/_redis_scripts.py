@@ -13,10 +13,15 @@ The key layout (``_redis_keys`` names it for Python; ``KEYS[1]`` is the base,
   pending entries list (PEL) is the table of deliveries read and not finished,
   owned by the consumer holding them, by ``~ready`` (ready, or waiting for its
   retry time) or by ``~parked`` (a keyed delivery waiting behind an earlier one of
-  its key). ``B:dl:<r>`` entry id -> the exact time (microseconds, the store's
-  clock) when a held or waiting delivery becomes claimable; ``B:st:<r>`` position ->
+  its key). ``B:due:<r>`` a sorted set of the held and waiting deliveries (member
+  entry id, score the exact time, in microseconds on the store's clock, when it
+  becomes claimable): a claim lists the due ones with ``ZRANGEBYSCORE``, so a
+  delivery whose lease ran out is found however many live leases come before
+  it in the stream; ``B:st:<r>`` position ->
   attempts started * 2 + 1 while the attempt of the claim that holds it was started;
-  ``B:mv:<r>`` position -> entry id of a redelivered delivery.
+  ``B:mv:<r>`` position -> entry id of a redelivered delivery; ``B:age:<r>`` a sorted
+  set of its deliveries not done and not dead (member entry id, score occurred_at
+  in microseconds), whose first is the backlog's ``oldest``.
 * ``B:k:<len(r)>:<r>:<key>`` a sorted set per (receiver, key) of the deliveries not
   finished (score position, member entry id): only its first may be claimed.
   ``B:held`` JSON [receiver, key] -> "<event id> <entry id>" of a dead letter
@@ -27,14 +32,11 @@ The key layout (``_redis_keys`` names it for Python; ``KEYS[1]`` is the base,
   ``B:idemt`` key -> occurred_at, for ``forget_idempotency_keys`` and stats.
 * ``B:counts`` events, pending, done, dead; ``B:pend`` / ``B:deadc`` per receiver.
 
-Lease times and the server's idle time: a PEL entry's delivery time is set with
-``XCLAIM ... TIME`` to the moment its delivery becomes claimable (on the store's
-clock) less ``SHIFT`` (30 years), so ``XPENDING ... IDLE`` with a minimum idle time
-of ``server time - store time + SHIFT`` lists exactly the deliveries due on the
-store's clock, whatever that clock says (the conformance suite's stopped clock,
-or the wall clock, where it is the usual "idle for longer than the lease").
-Because the server's millisecond and the store's can differ by one inside a
-script, the listing takes 2 s of slack and ``B:dl:<r>`` decides exactly.
+Lease times in the PEL: when a claim takes over an entry, or a renewal or a retry
+moves it, its delivery time is set with ``XCLAIM ... TIME`` to the moment it becomes
+claimable (on the store's clock) less ``SHIFT`` (30 years); an entry claimed fresh
+keeps the time ``XREADGROUP`` gave it (no XCLAIM: one call less per delivery).
+``B:due:<r>`` holds the exact time and is the only one read.
 """
 
 from __future__ import annotations
@@ -45,9 +47,11 @@ __all__ = [
     "CONSUMERS",
     "DISCARD",
     "EVENTS_AFTER",
+    "EVENTS_AT",
     "FORGET",
     "HEARTBEAT",
     "LEASES",
+    "PENDING",
     "PRUNE",
     "PUBLISH",
     "REDELIVER",
@@ -64,7 +68,8 @@ local B = KEYS[1]
 local GROUP = 'aevents'
 local SHIFT = 946080000000
 local function rkey(r) return B .. ':r:' .. r end
-local function dlkey(r) return B .. ':dl:' .. r end
+local function duekey(r) return B .. ':due:' .. r end
+local function agekey(r) return B .. ':age:' .. r end
 local function stkey(r) return B .. ':st:' .. r end
 local function mvkey(r) return B .. ':mv:' .. r end
 local function kkey(r, k) return B .. ':k:' .. #r .. ':' .. r .. ':' .. k end
@@ -114,8 +119,14 @@ local function set_started(r, pos, s, o)
 end
 
 -- the owner and attempt of a pending entry, or nil
+local streams = {}
 local function pending(r, id)
-  if redis.call('EXISTS', rkey(r)) == 0 then return nil end
+  local exists = streams[r]
+  if exists == nil then
+    exists = redis.call('EXISTS', rkey(r)) == 1
+    streams[r] = exists
+  end
+  if not exists then return nil end
   local p = redis.call('XPENDING', rkey(r), GROUP, id, id, 1)
   if #p == 0 then return nil end
   return p[1][2], tonumber(p[1][4])
@@ -123,7 +134,7 @@ end
 
 local function to_ready(r, id, at)
   redis.call('XCLAIM', rkey(r), GROUP, '~ready', 0, id, 'TIME', pel_time(at), 'JUSTID')
-  redis.call('HSET', dlkey(r), id, string.format('%d', at))
+  redis.call('ZADD', duekey(r), string.format('%d', at), id)
 end
 
 -- the first unfinished delivery of (r, k) may go: unpark it if it waits parked
@@ -171,6 +182,16 @@ local function live(c, now)
   return reg
 end
 
+-- the values of many fields of one hash, a few thousand per call
+local function hmget(key, names)
+  local values = {}
+  for first = 1, #names, 4000 do
+    local part = redis.call('HMGET', key, unpack(names, first, math.min(first + 3999, #names)))
+    for _, v in ipairs(part) do table.insert(values, v) end
+  end
+  return values
+end
+
 local function event_body(pos)
   local found = redis.call('XRANGE', B .. ':events', pos .. '-0', pos .. '-0')
   if #found == 0 then return false end
@@ -204,6 +225,9 @@ end
 local first_of = {}
 local adding = {}
 local result = {}
+local event_ids = {}
+for e, ev in ipairs(events) do event_ids[e] = ev.id end
+local existing = hmget(B .. ':ids', event_ids)
 for e, ev in ipairs(events) do
   local standing = nil
   if ev.hasidem then
@@ -215,7 +239,7 @@ for e, ev in ipairs(events) do
     end
   end
   if not standing then
-    if adding[ev.id] or redis.call('HEXISTS', B .. ':ids', ev.id) == 1 then
+    if adding[ev.id] or existing[e] then
       return redis.error_reply('AEVENTS duplicate event ' .. ev.id)
     end
     adding[ev.id] = true
@@ -223,9 +247,21 @@ for e, ev in ipairs(events) do
   end
   result[e] = standing
 end
+local new = 0
+for e, _ in ipairs(events) do
+  if not result[e] then new = new + 1 end
+end
+if new == 0 then return result end
+-- the positions of the new events, then a few calls for the whole batch
+local pos = redis.call('INCRBY', B .. ':seq', new) - new
+local ids, left, per, known, ages = {}, {}, {}, {}, {}
+local deliveries = 0
+local function flush(key, list)
+  if #list > 0 then redis.call('HSET', key, unpack(list)) end
+end
 for e, ev in ipairs(events) do
   if not result[e] then
-    local pos = redis.call('INCR', B .. ':seq')
+    pos = pos + 1
     local id = pos .. '-0'
     if ev.hasidem then
       redis.call('SET', B .. ':idem:' .. ev.idem, ev.body, 'NX', 'PX', ttl)
@@ -237,11 +273,21 @@ for e, ev in ipairs(events) do
     else
       redis.call('XADD', B .. ':events', id, 'i', ev.id, 'b', ev.body, 'n', ev.name, 't', ev.t)
     end
-    redis.call('HSET', B .. ':ids', ev.id, pos)
-    redis.call('HSET', B .. ':left', pos, #ev.receivers)
+    table.insert(ids, ev.id)
+    table.insert(ids, pos)
+    table.insert(left, pos)
+    table.insert(left, #ev.receivers)
+    if #ids >= 4000 then
+      flush(B .. ':ids', ids)
+      flush(B .. ':left', left)
+      ids, left = {}, {}
+    end
     for _, r in ipairs(ev.receivers) do
-      if redis.call('SADD', B .. ':receivers', r) == 1 then
-        redis.call('XGROUP', 'CREATE', rkey(r), GROUP, '0', 'MKSTREAM')
+      if not known[r] then
+        known[r] = true
+        if redis.call('SADD', B .. ':receivers', r) == 1 then
+          redis.call('XGROUP', 'CREATE', rkey(r), GROUP, '0', 'MKSTREAM')
+        end
       end
       if ev.haskey then
         redis.call('XADD', rkey(r), id, 'p', pos, 'k', ev.key)
@@ -249,13 +295,27 @@ for e, ev in ipairs(events) do
       else
         redis.call('XADD', rkey(r), id, 'p', pos)
       end
-      redis.call('HINCRBY', B .. ':pend', r, 1)
+      per[r] = (per[r] or 0) + 1
+      ages[r] = ages[r] or {}
+      table.insert(ages[r], ev.t)
+      table.insert(ages[r], id)
+      if #ages[r] >= 4000 then
+        redis.call('ZADD', agekey(r), unpack(ages[r]))
+        ages[r] = {}
+      end
     end
-    redis.call('HINCRBY', B .. ':counts', 'events', 1)
-    redis.call('HINCRBY', B .. ':counts', 'pending', #ev.receivers)
+    deliveries = deliveries + #ev.receivers
     result[e] = {1, pos}
   end
 end
+flush(B .. ':ids', ids)
+flush(B .. ':left', left)
+for r, count in pairs(per) do redis.call('HINCRBY', B .. ':pend', r, count) end
+for r, list in pairs(ages) do
+  if #list > 0 then redis.call('ZADD', agekey(r), unpack(list)) end
+end
+redis.call('HINCRBY', B .. ':counts', 'events', new)
+if deliveries > 0 then redis.call('HINCRBY', B .. ':counts', 'pending', deliveries) end
 return result
 """
 )
@@ -359,28 +419,31 @@ if not reg then return redis.error_reply('AEVENTS not live') end
 if limit <= 0 then return {} end
 local until_us = now + tonumber(ARGV[4])
 local lease_time = pel_time(until_us)
-local min_idle = T - math.floor(now / 1000) + SHIFT - 2000
-if min_idle < 0 then min_idle = 0 end
 local candidates = {}
 for _, r in ipairs(reg['receivers']) do
   local key = rkey(r)
   if redis.call('EXISTS', key) == 1 then
-    local due = redis.call('XPENDING', key, GROUP, 'IDLE', min_idle, '-', '+', limit)
-    for _, p in ipairs(due) do
-      local at = tonumber(redis.call('HGET', dlkey(r), p[1]) or '')
-      if at and at <= now then
-        local f = entry(r, p[1])
-        if f then
-          table.insert(candidates, {r = r, id = p[1], pos = tonumber(f['p']), key = f['k']})
-        end
+    local due = redis.call('ZRANGEBYSCORE', duekey(r), '-inf', ARGV[3], 'LIMIT', 0, limit)
+    for _, id in ipairs(due) do
+      local f = entry(r, id)
+      if not f then
+        redis.call('ZREM', duekey(r), id)
+      elseif f['k'] and not is_head(r, f['k'], id) then
+        -- behind an earlier delivery of its key (a redelivered one): parked until the
+        -- head is finished, so that it never stands in the way of the due ones after it
+        redis.call('XCLAIM', key, GROUP, '~parked', 0, id, 'IDLE', 0, 'JUSTID')
+        redis.call('ZREM', duekey(r), id)
+      else
+        table.insert(candidates, {r = r, id = id, pos = tonumber(f['p']), key = f['k']})
       end
     end
     local fresh = redis.call('XREADGROUP', 'GROUP', GROUP, c, 'COUNT', limit, 'STREAMS', key, '>')
     if fresh then
       for _, e in ipairs(fresh[1][2]) do
-        local f = fields(e[2])
+        -- fields as PUBLISH and REDELIVER add them: p, position[, k, key]
+        local f = e[2]
         table.insert(candidates,
-                     {r = r, id = e[1], pos = tonumber(f['p']), key = f['k'], fresh = true})
+                     {r = r, id = e[1], pos = tonumber(f[2]), key = f[4], fresh = true})
       end
     end
   end
@@ -389,29 +452,11 @@ table.sort(candidates, function(a, b)
   if a.pos ~= b.pos then return a.pos < b.pos end
   return a.r < b.r
 end)
-local out = {}
-local taken = 0
-local bodies = {}
+local taken = {}
 for _, cand in ipairs(candidates) do
   local head = (not cand.key) or is_head(cand.r, cand.key, cand.id)
-  if taken < limit and head then
-    taken = taken + 1
-    local s, o = started(cand.r, cand.pos)
-    if o == 1 then set_started(cand.r, cand.pos, s, 0) end
-    redis.call('XCLAIM', rkey(cand.r), GROUP, c, 0, cand.id, 'TIME', lease_time,
-               'RETRYCOUNT', s + 1, 'JUSTID')
-    redis.call('HSET', dlkey(cand.r), cand.id, string.format('%d', until_us))
-    local body = false
-    if not bodies[cand.pos] then
-      bodies[cand.pos] = true
-      body = event_body(cand.pos)
-      if body then body = body['b'] end
-    end
-    table.insert(out, cand.r)
-    table.insert(out, s + 1)
-    table.insert(out, o)
-    table.insert(out, cand.pos)
-    table.insert(out, body)
+  if #taken < limit and head then
+    table.insert(taken, cand)
   elseif cand.fresh then
     if head then
       to_ready(cand.r, cand.id, now)
@@ -420,19 +465,125 @@ for _, cand in ipairs(candidates) do
     end
   end
 end
+if #taken == 0 then return {} end
+-- per receiver, in a few calls: the started counts, the takeovers, the deadlines
+local per = {}
+for _, cand in ipairs(taken) do
+  per[cand.r] = per[cand.r] or {}
+  table.insert(per[cand.r], cand)
+end
+local deadline = string.format('%d', until_us)
+for r, cands in pairs(per) do
+  local positions = {}
+  for i, cand in ipairs(cands) do positions[i] = cand.pos end
+  local counts = {}
+  for first = 1, #positions, 4000 do
+    local part = redis.call('HMGET', stkey(r), unpack(positions, first,
+                                                      math.min(first + 3999, #positions)))
+    for _, v in ipairs(part) do table.insert(counts, v or false) end
+  end
+  local due = {}
+  for i, cand in ipairs(cands) do
+    local v = tonumber(counts[i] or '0')
+    local s, o = math.floor(v / 2), v % 2
+    if o == 1 then set_started(r, cand.pos, s, 0) end
+    cand.s, cand.o = s, o
+    -- a fresh entry read just now is this consumer's, delivery count 1: nothing to change
+    if not (cand.fresh and s == 0) then
+      redis.call('XCLAIM', rkey(r), GROUP, c, 0, cand.id, 'TIME', lease_time,
+                 'RETRYCOUNT', s + 1, 'JUSTID')
+    end
+    table.insert(due, deadline)
+    table.insert(due, cand.id)
+    if #due >= 4000 then
+      redis.call('ZADD', duekey(r), unpack(due))
+      due = {}
+    end
+  end
+  if #due > 0 then redis.call('ZADD', duekey(r), unpack(due)) end
+end
+-- the bodies: one XRANGE over the positions when they lie close together
+local bodies = {}
+local low, high, distinct = math.huge, 0, 0
+for _, cand in ipairs(taken) do
+  if bodies[cand.pos] == nil then
+    bodies[cand.pos] = false
+    distinct = distinct + 1
+    if cand.pos < low then low = cand.pos end
+    if cand.pos > high then high = cand.pos end
+  end
+end
+if high - low + 1 <= distinct * 2 + 16 then
+  for _, e in ipairs(redis.call('XRANGE', B .. ':events', low .. '-0', high .. '-0')) do
+    local pos = tonumber(string.match(e[1], '^(%d+)'))
+    -- fields as PUBLISH adds them: i, id, b, body, ...
+    if bodies[pos] == false then bodies[pos] = e[2][4] end
+  end
+else
+  for pos, _ in pairs(bodies) do
+    local ev = event_body(pos)
+    if ev then bodies[pos] = ev['b'] end
+  end
+end
+local out = {}
+local sent = {}
+for _, cand in ipairs(taken) do
+  local body = false
+  if not sent[cand.pos] then
+    sent[cand.pos] = true
+    body = bodies[cand.pos]
+  end
+  table.insert(out, cand.r)
+  table.insert(out, cand.s + 1)
+  table.insert(out, cand.o)
+  table.insert(out, cand.pos)
+  table.insert(out, body)
+end
 return out
 """
 )
 
 _HELD = r"""
--- ARGV from index i: receiver, event id, attempt -> r, pos, entry id, or nil if not held
-local function held_claim(c, r, event_id, attempt)
-  local pos = redis.call('HGET', B .. ':ids', event_id)
-  if not pos then return nil end
-  local id = entry_id(r, pos)
-  local owner, count = pending(r, id)
-  if owner ~= c or count ~= attempt then return nil end
-  return pos, id
+
+-- ARGV from index first, width apart: receiver, event id, attempt, ... -> a list of
+-- claims {r, event_id, attempt, pos, id}; pos and id are set (strings) when the
+-- claim is held: its entry is pending for consumer c with that delivery count.
+-- A few calls per receiver, whatever the number of claims.
+local function held_claims(c, first, width)
+  local claims, event_ids = {}, {}
+  for i = first, #ARGV, width do
+    local claim = {r = ARGV[i], event_id = ARGV[i + 1], attempt = tonumber(ARGV[i + 2]), at = i}
+    table.insert(claims, claim)
+    table.insert(event_ids, claim.event_id)
+  end
+  if #claims == 0 then return claims end
+  local positions = hmget(B .. ':ids', event_ids)
+  local per = {}
+  for i, claim in ipairs(claims) do
+    if positions[i] then
+      claim.known = positions[i]
+      per[claim.r] = per[claim.r] or {}
+      table.insert(per[claim.r], claim)
+    end
+  end
+  for r, list in pairs(per) do
+    if redis.call('EXISTS', rkey(r)) == 1 then
+      local wanted = {}
+      for i, claim in ipairs(list) do wanted[i] = claim.known end
+      local moved = hmget(mvkey(r), wanted)
+      local owned = {}
+      for _, p in ipairs(redis.call('XPENDING', rkey(r), GROUP, '-', '+', 1000000000, c)) do
+        owned[p[1]] = tonumber(p[4])
+      end
+      for i, claim in ipairs(list) do
+        local id = moved[i] or (claim.known .. '-0')
+        if owned[id] == claim.attempt then
+          claim.pos, claim.id = claim.known, id
+        end
+      end
+    end
+  end
+  return claims
 end
 """
 
@@ -443,17 +594,31 @@ START = (
 -- ARGV: consumer, then per claim: receiver, event id, attempt -> indexes not held
 local c = ARGV[1]
 local lost = {}
-local n = 0
-for i = 2, #ARGV, 3 do
-  n = n + 1
-  local r, attempt = ARGV[i], tonumber(ARGV[i + 2])
-  local pos = held_claim(c, r, ARGV[i + 1], attempt)
-  if pos then
-    local s, o = started(r, pos)
-    if s < attempt then set_started(r, pos, attempt, 1) end
+local per = {}
+for n, claim in ipairs(held_claims(c, 2, 3)) do
+  if claim.pos then
+    per[claim.r] = per[claim.r] or {}
+    table.insert(per[claim.r], claim)
   else
     table.insert(lost, n)
   end
+end
+for r, list in pairs(per) do
+  local positions = {}
+  for i, claim in ipairs(list) do positions[i] = claim.pos end
+  local counts = hmget(stkey(r), positions)
+  local updates = {}
+  for i, claim in ipairs(list) do
+    if math.floor(tonumber(counts[i] or '0') / 2) < claim.attempt then
+      table.insert(updates, claim.pos)
+      table.insert(updates, string.format('%d', claim.attempt * 2 + 1))
+    end
+    if #updates >= 4000 then
+      redis.call('HSET', stkey(r), unpack(updates))
+      updates = {}
+    end
+  end
+  if #updates > 0 then redis.call('HSET', stkey(r), unpack(updates)) end
 end
 return lost
 """
@@ -466,17 +631,32 @@ RENEW = (
 -- ARGV: consumer, now_us, lease_us, then per claim: receiver, event id, attempt
 local c = ARGV[1]
 local until_us = tonumber(ARGV[2]) + tonumber(ARGV[3])
+local deadline = string.format('%d', until_us)
 local lost = {}
-local n = 0
-for i = 4, #ARGV, 3 do
-  n = n + 1
-  local r = ARGV[i]
-  local pos, id = held_claim(c, r, ARGV[i + 1], tonumber(ARGV[i + 2]))
-  if pos then
-    redis.call('XCLAIM', rkey(r), GROUP, c, 0, id, 'TIME', pel_time(until_us), 'JUSTID')
-    redis.call('HSET', dlkey(r), id, string.format('%d', until_us))
+local per = {}
+for n, claim in ipairs(held_claims(c, 4, 3)) do
+  if claim.pos then
+    per[claim.r] = per[claim.r] or {}
+    table.insert(per[claim.r], claim.id)
   else
     table.insert(lost, n)
+  end
+end
+for r, ids in pairs(per) do
+  for first = 1, #ids, 4000 do
+    local part = {unpack(ids, first, math.min(first + 3999, #ids))}
+    local command = {rkey(r), GROUP, c, 0}
+    for _, id in ipairs(part) do table.insert(command, id) end
+    table.insert(command, 'TIME')
+    table.insert(command, pel_time(until_us))
+    table.insert(command, 'JUSTID')
+    redis.call('XCLAIM', unpack(command))
+    local due = {}
+    for _, id in ipairs(part) do
+      table.insert(due, deadline)
+      table.insert(due, id)
+    end
+    redis.call('ZADD', duekey(r), unpack(due))
   end
 end
 return lost
@@ -488,46 +668,53 @@ SETTLE = (
     + _HELD
     + r"""
 -- ARGV: consumer, now_us, then per outcome: kind (C, S, R, D), receiver, event id,
--- attempt, detail (S: delay in us; D: letter id), letter JSON (D), holds key (1/0)
+-- attempt, detail (S: delay in us; D: letter id), letter JSON (D), holds key (1/0),
+-- key ('' for none, else '=' .. key)
+-- Completions are written per receiver at the end, a few calls for them all.
 local c, now = ARGV[1], tonumber(ARGV[2])
 local lost = {}
 local touched = {}
-local n = 0
-local function finish(r, pos, id, key)
+local settled = {}
+local completed = {}
+local function finish(r, pos, id)
   redis.call('XACK', rkey(r), GROUP, id)
-  redis.call('HDEL', dlkey(r), id)
+  redis.call('ZREM', duekey(r), id)
+  redis.call('ZREM', agekey(r), id)
   redis.call('HDEL', stkey(r), pos)
   redis.call('HDEL', mvkey(r), pos)
   redis.call('HINCRBY', B .. ':counts', 'pending', -1)
   redis.call('HINCRBY', B .. ':pend', r, -1)
 end
-for i = 3, #ARGV, 7 do
-  n = n + 1
-  local kind, r, event_id, attempt = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
-  local pos, id = held_claim(c, r, event_id, attempt)
-  if not pos then
+for n, claim in ipairs(held_claims(c, 4, 8)) do
+  local i = claim.at - 1
+  local kind, r, event_id, attempt = ARGV[i], claim.r, claim.event_id, claim.attempt
+  local key = ARGV[i + 7] ~= '' and string.sub(ARGV[i + 7], 2) or nil
+  local pos, id = claim.pos, claim.id
+  local once = pos and (r .. ' ' .. id)
+  if not pos or settled[once] then
     table.insert(lost, n)
   else
+    settled[once] = true
     touched[r] = true
-    local key = entry(r, id)
-    key = key and key['k']
-    local s, o = started(r, pos)
     if kind == 'C' then
-      finish(r, pos, id, key)
+      completed[r] = completed[r] or {ids = {}, positions = {}}
+      table.insert(completed[r].ids, id)
+      table.insert(completed[r].positions, pos)
       redis.call('HINCRBY', B .. ':done', pos, 1)
-      redis.call('HINCRBY', B .. ':counts', 'done', 1)
       if key then
         redis.call('ZREM', kkey(r, key), id)
         unpark_head(r, key, now)
       end
     elseif kind == 'S' then
+      local s, o = started(r, pos)
       to_ready(r, id, now + tonumber(ARGV[i + 4]))
       set_started(r, pos, s, 0)
     elseif kind == 'R' then
+      local s, o = started(r, pos)
       to_ready(r, id, now)
       if s >= attempt then set_started(r, pos, attempt - 1, 0) end
     else
-      finish(r, pos, id, key)
+      finish(r, pos, id)
       redis.call('XDEL', rkey(r), id)
       local holds = ARGV[i + 6] == '1' and key
       local fieldlist = {'id', ARGV[i + 4], 'r', r, 'p', pos, 'e', id, 'l', ARGV[i + 5]}
@@ -547,6 +734,26 @@ for i = 3, #ARGV, 7 do
       end
     end
   end
+end
+local done = 0
+for r, batch in pairs(completed) do
+  local count = #batch.ids
+  for first = 1, count, 4000 do
+    local last = math.min(first + 3999, count)
+    local ids = {unpack(batch.ids, first, last)}
+    local positions = {unpack(batch.positions, first, last)}
+    redis.call('XACK', rkey(r), GROUP, unpack(ids))
+    redis.call('ZREM', duekey(r), unpack(ids))
+    redis.call('ZREM', agekey(r), unpack(ids))
+    redis.call('HDEL', stkey(r), unpack(positions))
+    redis.call('HDEL', mvkey(r), unpack(positions))
+  end
+  redis.call('HINCRBY', B .. ':pend', r, -count)
+  done = done + count
+end
+if done > 0 then
+  redis.call('HINCRBY', B .. ':counts', 'pending', -done)
+  redis.call('HINCRBY', B .. ':counts', 'done', done)
 end
 for r, _ in pairs(touched) do trim(r) end
 return lost
@@ -600,7 +807,7 @@ for _, r in ipairs(redis.call('SMEMBERS', B .. ':receivers')) do
           table.insert(out, ev and ev['i'] or '')
           table.insert(out, p[2])
           table.insert(out, p[4])
-          table.insert(out, redis.call('HGET', dlkey(r), p[1]) or '0')
+          table.insert(out, redis.call('ZSCORE', duekey(r), p[1]) or '0')
           table.insert(out, tonumber(f['p']))
           table.insert(out, ev and ev['n'] or '')
           table.insert(out, f['k'] or false)
@@ -636,24 +843,12 @@ for r, _ in pairs(names) do
       if string.sub(pair[1], 1, 1) ~= '~' then leased = leased + tonumber(pair[2]) end
     end
     for _, p in ipairs(redis.call('XPENDING', key, GROUP, '-', '+', 1000000, '~ready')) do
-      if tonumber(redis.call('HGET', dlkey(r), p[1]) or '0') > now then
+      if tonumber(redis.call('ZSCORE', duekey(r), p[1]) or '0') > now then
         scheduled = scheduled + 1
       end
     end
-    local firsts = {}
-    if tonumber(summary[1]) > 0 then table.insert(firsts, summary[2]) end
-    for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
-      local info = fields(g)
-      if info['name'] == GROUP then
-        local unread = redis.call('XRANGE', key, '(' .. info['last-delivered-id'], '+', 'COUNT', 1)
-        if #unread > 0 then table.insert(firsts, unread[1][1]) end
-      end
-    end
-    for _, id in ipairs(firsts) do
-      local f = entry(r, id)
-      local ev = f and event_body(f['p'])
-      if ev and (not oldest or tonumber(ev['t']) < oldest) then oldest = tonumber(ev['t']) end
-    end
+    local first = redis.call('ZRANGE', agekey(r), 0, 0, 'WITHSCORES')
+    if #first > 0 then oldest = tonumber(first[2]) end
   end
   if pending_n > 0 or dead_n > 0 then
     table.insert(out, r)
@@ -663,6 +858,55 @@ for r, _ in pairs(names) do
     table.insert(out, dead_n)
     table.insert(out, oldest and string.format('%d', oldest) or false)
   end
+end
+return out
+"""
+)
+
+PENDING = (
+    _PRELUDE
+    + r"""
+-- ARGV: receiver, after (an entry id, exclusive; '-' to start), count, upto position
+-- -> {next after or false, then per pending delivery: position, attempts started}
+-- Entries acknowledged are trimmed only approximately, so each entry read is checked:
+-- pending if unread by the group or in its PEL.
+local r, after, count, upto = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local key = rkey(r)
+if redis.call('EXISTS', key) == 0 then return {false} end
+local last = '0-0'
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+  local info = fields(g)
+  if info['name'] == GROUP then last = info['last-delivered-id'] end
+end
+local function after_last(id)
+  local ms, seq = string.match(id, '(%d+)-(%d+)')
+  local lms, lseq = string.match(last, '(%d+)-(%d+)')
+  ms, seq, lms, lseq = tonumber(ms), tonumber(seq), tonumber(lms), tonumber(lseq)
+  return ms > lms or (ms == lms and seq > lseq)
+end
+local start = after == '-' and '-' or '(' .. after
+local found = redis.call('XRANGE', key, start, '+', 'COUNT', count)
+local out = {false}
+for _, e in ipairs(found) do
+  local pos = tonumber(fields(e[2])['p'])
+  if pos <= upto and (after_last(e[1]) or pending(r, e[1])) then
+    table.insert(out, pos)
+    table.insert(out, (started(r, pos)))
+  end
+end
+if #found == count then out[1] = found[#found][1] end
+return out
+"""
+)
+
+EVENTS_AT = (
+    _PRELUDE
+    + r"""
+-- ARGV: positions -> the body of each event, or false when it was pruned
+local out = {}
+for i = 1, #ARGV do
+  local ev = event_body(ARGV[i])
+  table.insert(out, ev and ev['b'] or false)
 end
 return out
 """
@@ -707,6 +951,8 @@ for _, dead_id in ipairs(chosen) do
     end
     redis.call('HSET', mvkey(r), pos, id)
     redis.call('HDEL', stkey(r), pos)
+    local ev = event_body(pos)
+    if ev then redis.call('ZADD', agekey(r), ev['t'], id) end
     redis.call('HINCRBY', B .. ':counts', 'dead', -1)
     redis.call('HINCRBY', B .. ':counts', 'pending', 1)
     redis.call('HINCRBY', B .. ':deadc', r, -1)

@@ -231,7 +231,7 @@ class _Deliveries:
     leases: list[Lease] = attrs.Factory(list)
     pending: list[PendingDelivery] = attrs.Factory(list)
     lists_pending: bool = True
-    """False for a store that is not a journal (``RedisStore``): it has no ``pending()``."""
+    """False for a store without ``pending()`` (a third-party ``LeasedStore``, say)."""
     store: str = ""
     """The store, as its ``repr`` names it (redacted)."""
 
