@@ -429,3 +429,11 @@ async def test_a_password_in_the_url_never_shows(
         assert secret not in str(error)
         error = error.__cause__ or error.__context__
     assert secret not in caplog.text
+
+
+def test_a_password_in_the_query_string_is_hidden_too() -> None:
+    """coredis also reads ``?password=``: the store's path and repr hide it as well."""
+    store = RedisStore("redis://127.0.0.1:6379/0?password=hunter2&db=0")
+    assert "hunter2" not in store.path
+    assert "hunter2" not in repr(store)
+    assert "password=***" in store.path

@@ -7,7 +7,7 @@ layout is described in ``_redis_scripts``; Python reads only the keys named here
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import attrs
 
@@ -15,17 +15,25 @@ __all__ = ["RedisKeys", "redact"]
 
 
 def redact(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``: the only form shown."""
+    """``url`` with its password (if any) replaced by ``***``: the only form shown. A
+    password given as ``user:password@`` or as a ``password=`` query parameter (both of
+    which coredis reads) is hidden."""
     try:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:
         return "<a Redis URL that could not be parsed>"
-    if password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+    if password is not None:
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+    if parts.query:
+        query = [
+            (name, "***" if name.lower() == "password" else value)
+            for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    return parts.geturl()
 
 
 @attrs.frozen
