@@ -710,21 +710,18 @@ class Fleet:
         # Running from here on: a stop hands it back as Rescheduled, which keeps the
         # attempt counted if the start was written and counts nothing if it was not.
         self._running.add(held)
-        if held in self._started:
-            self._started.discard(held)  # started ahead: its start is written already
-        else:
-            self._starting_ahead.discard(held)
-            starts = self._starting.get(held) or self._start(claim)
-            if len(self._started) + len(self._starting_ahead) < self._ahead // 2:
-                self._start_ahead()  # in the same write
+        written = held in self._started  # started ahead: its start is written already
+        self._started.discard(held)
+        self._starting_ahead.discard(held)  # a worker's now: it waits for the write
+        starts = None if written else (self._starting.get(held) or self._start(claim))
+        if len(self._started) + len(self._starting_ahead) < self._ahead // 2:
+            self._start_ahead()  # in the same write as this one's, if it waits for one
+        if starts is not None:
             await starts.done.wait()
-            self._started.discard(held)
             if starts.failed or self._held.get(held) is not claim:
                 self._ended(held)
                 delivery.epoch.finish()
                 return None
-        if len(self._started) + len(self._starting_ahead) < self._ahead // 2:
-            self._start_ahead()
         return claim
 
     def _start(self, claim: Claim) -> _Starts:
