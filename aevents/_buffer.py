@@ -146,6 +146,13 @@ class DeliveryBuffer:
         self.queued += 1
         self.put(delivery)
 
+    def give_back(self, deliveries: list[Delivery]) -> None:
+        """Queue again, first in line and in order, deliveries taken but not run."""
+        self.queued += len(deliveries)
+        self.items.extendleft(reversed(deliveries))
+        if self._idle_workers and not self._waking:
+            self._wake()
+
     def take(self) -> Delivery | None:
         """The next queued delivery, its room given back; None if the queue is empty."""
         if not self.items:

@@ -13,11 +13,13 @@ import inspect
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from contextvars import ContextVar, copy_context
+from math import inf
 from queue import Empty, SimpleQueue
-from typing import TYPE_CHECKING, Any, NamedTuple
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import anyio
 import anyio.from_thread
@@ -33,11 +35,13 @@ __all__ = [
     "Delivery",
     "DeliveryInfo",
     "ReceiverTimeout",
+    "Settle",
     "SyncThreads",
     "call_receiver",
     "current_delivery",
     "delivery_var",
     "fails_delivery",
+    "within",
 ]
 
 logger = logging.getLogger("aevents.runtime")
@@ -156,7 +160,7 @@ class ReceiverTimeout(TimeoutError):
         return f"receiver exceeded timeout={self.limit} s (attempt {attempt} of {attempts})"
 
 
-async def _within(awaitable: Any, time_limit: float) -> Any:
+async def within(awaitable: Any, time_limit: float) -> Any:
     """Await ``awaitable`` for at most ``time_limit`` seconds, else raise ``ReceiverTimeout``."""
     with anyio.move_on_after(time_limit) as scope:
         return await awaitable
@@ -179,6 +183,111 @@ class _Job:
         self.error: BaseException | None = None
 
 
+# The states of one call in a _Hop.
+_WAITING, _RUNNING, _DONE, _GIVEN_UP, _GIVEN_UP_ENDED, _RETURNED = range(6)
+
+HELP_AFTER: Final = 0.0005
+"""Seconds a call in a hop may run before it counts as slow: then another thread comes
+to take the hop's calls not started, and each call that ends is settled at once."""
+
+
+class _Hop:
+    """Several deliveries to sync receivers, run by threads one after another, and told
+    to the loop together: one thread hop each way for all of them.
+
+    ``next`` is the first call no thread has started; a thread takes calls from it under
+    the ``SyncThreads`` lock. Each call runs in its own copy of ``context`` with
+    ``current_delivery()`` set to its delivery. ``left`` counts the calls not ended:
+    not yet returned on their thread, given up by the loop (timed out), or handed back.
+    The thread that ends a call sets ``waiter``, if the loop waits, when it ended the
+    last call, or at each call once the hop is ``eager`` (it has a slow call).
+    """
+
+    __slots__ = (
+        "context",
+        "deliveries",
+        "eager",
+        "ended",
+        "errors",
+        "left",
+        "next",
+        "results",
+        "serving",
+        "started",
+        "states",
+        "token",
+        "told",
+        "waiter",
+    )
+
+    def __init__(self, deliveries: list[Delivery]) -> None:
+        count = len(deliveries)
+        self.deliveries = deliveries
+        self.context = copy_context()
+        self.results: list[Any] = [None] * count
+        self.errors: list[BaseException | None] = [None] * count
+        self.started = [0.0] * count
+        self.ended = [0.0] * count
+        self.states = [_WAITING] * count
+        self.told = [False] * count  # its outcome went to the loop's settle
+        self.next = 0
+        self.left = count
+        self.serving = 0  # threads working on it
+        self.eager = False
+        self.waiter: anyio.Event | None = None
+        self.token = anyio.lowlevel.current_token()
+
+    def receiver_ids(self) -> list[str]:
+        """The receivers of the calls running on a thread now, given up ones included."""
+        return [
+            self.deliveries[index].subscription.receiver_id
+            for index, state in enumerate(self.states)
+            if state in (_RUNNING, _GIVEN_UP)
+        ]
+
+    def newly_ended(self) -> list[int]:
+        """The calls that ended, or timed out, since the last look; marked told."""
+        states, errors, told = self.states, self.errors, self.told
+        ended = [
+            index
+            for index in range(self.next)
+            if not told[index]
+            and (
+                states[index] == _DONE
+                or (states[index] in (_GIVEN_UP, _GIVEN_UP_ENDED) and errors[index] is not None)
+            )
+        ]
+        for index in ended:
+            told[index] = True
+        return ended
+
+    def settle(self, index: int, settle: Settle) -> Coroutine[Any, Any, None] | None:
+        """Hand what call ``index`` did to ``settle``, and drop it from the hop."""
+        result, error = self.results[index], self.errors[index]
+        self.results[index] = self.errors[index] = None  # no cycle through a traceback
+        return settle(
+            self.deliveries[index], result, error, self.ended[index] - self.started[index]
+        )
+
+
+def _call_in_hop(delivery: Delivery) -> Any:
+    delivery_var.set(delivery)
+    return delivery.subscription.receiver(delivery.event)
+
+
+def _tell(waiter: anyio.Event, token: anyio.lowlevel.EventLoopToken) -> None:
+    with suppress(Exception):  # the loop is gone: nobody waits any more
+        anyio.from_thread.run_sync(waiter.set, token=token)
+
+
+Settle = Callable[
+    [Delivery, Any, "BaseException | None", float], "Coroutine[Any, Any, None] | None"
+]
+"""What ``run_hop`` calls with each delivery's outcome as it is known (what its call
+returned, what it raised, the seconds it ran): it settles it, or returns a coroutine
+that finishes it on the loop."""
+
+
 class SyncThreads:
     """Daemon threads of the runtime's own for sync receivers, at most ``limit`` busy.
 
@@ -187,6 +296,8 @@ class SyncThreads:
     threads are joined at exit on asyncio). An idle thread waits for its next
     call for ``IDLE_SECONDS``, then ends. The outcome comes back to the loop
     through ``anyio.from_thread.run_sync`` with the loop's token.
+
+    ``run_hop`` runs several deliveries in one hop each way; ``run`` one call.
     """
 
     IDLE_SECONDS = 10.0
@@ -194,13 +305,30 @@ class SyncThreads:
     def __init__(self, limit: int) -> None:
         self.limiter = anyio.CapacityLimiter(limit)
         self._lock = threading.Lock()
-        self._idle: deque[SimpleQueue[_Job]] = deque()
-        self._busy: dict[_Job, None] = {}  # insertion-ordered set of running calls
+        self._idle: deque[SimpleQueue[_Job | _Hop]] = deque()
+        self._busy: dict[_Job | _Hop, None] = {}  # insertion-ordered set of running work
 
     def running(self) -> list[str]:
         """The receiver ids of the calls still running (abandoned ones too)."""
         with self._lock:
-            return [job.receiver_id for job in self._busy]
+            return [
+                receiver_id
+                for work in self._busy
+                for receiver_id in (
+                    [work.receiver_id] if isinstance(work, _Job) else work.receiver_ids()
+                )
+            ]
+
+    def _hand_over(self, work: _Job | _Hop) -> None:
+        """Give ``work`` to an idle thread, or to a new one. Call with the lock held."""
+        inbox = self._idle.pop() if self._idle else None
+        if inbox is None:
+            inbox = SimpleQueue()
+            thread = threading.Thread(
+                target=self._serve, args=(inbox,), name="aevents sync receiver", daemon=True
+            )
+            thread.start()
+        inbox.put(work)
 
     async def run(self, function: Callable[[], Any], receiver_id: str) -> Any:
         """Call ``function`` on a daemon thread and return (or raise) what it did.
@@ -212,14 +340,7 @@ class SyncThreads:
             job = _Job(function, receiver_id)
             with self._lock:
                 self._busy[job] = None
-                inbox = self._idle.pop() if self._idle else None
-            if inbox is None:
-                inbox = SimpleQueue()
-                thread = threading.Thread(
-                    target=self._serve, args=(inbox,), name="aevents sync receiver", daemon=True
-                )
-                thread.start()
-            inbox.put(job)
+                self._hand_over(job)
             await job.done.wait()
         error, job.error = job.error, None
         if error is not None:
@@ -229,16 +350,165 @@ class SyncThreads:
                 del error  # no reference cycle through the traceback
         return job.result
 
-    def _serve(self, inbox: SimpleQueue[_Job]) -> None:
+    async def run_hop(
+        self,
+        deliveries: list[Delivery],
+        limits: list[float | None],
+        give_back: Callable[[list[Delivery]], None],
+        settle: Settle,
+    ) -> None:
+        """Run the sync receivers of ``deliveries`` on threads, and ``settle`` each outcome.
+
+        One thread takes the calls in order, and when they end quickly their
+        outcomes come back in one hop. When a call runs past ``HELP_AFTER``,
+        each call that ends is settled at once, and, once every thread of the
+        hop is held by such a call, another thread (within the limit) comes to
+        take the calls not started. With no thread to spare, those are handed
+        to ``give_back``, to be queued again for other workers. So a slow
+        receiver holds back only itself. A call past its limit in ``limits``
+        is settled as ``ReceiverTimeout`` and left to finish on its thread, as
+        ``run`` abandons a call.
+
+        Cancelled, the calls not started go to ``give_back`` and are not run;
+        those that ended are settled (a coroutine returned for one is closed
+        unawaited), and those still running are abandoned.
+        """
+        hop = _Hop(deliveries)
+        lock = self._lock
+        helpers: list[object] = []
+        limiter = self.limiter
+        async with limiter:
+            with lock:
+                self._busy[hop] = None
+                hop.serving = 1
+                self._hand_over(hop)
+            try:
+                while True:
+                    handed_back: list[Delivery] = []
+                    with lock:
+                        wait = self._check_hop(hop, limits, limiter, helpers, handed_back)
+                        ended = hop.newly_ended()
+                        finished = not hop.left
+                        waiter = None
+                        if not (finished or ended or handed_back):
+                            waiter = hop.waiter = anyio.Event()
+                    if handed_back:
+                        give_back(handed_back)
+                    for index in ended:
+                        finishing = hop.settle(index, settle)
+                        if finishing is not None:
+                            await finishing
+                    if finished:
+                        break
+                    if waiter is None:
+                        continue
+                    if wait == inf:
+                        await waiter.wait()
+                    else:
+                        with anyio.move_on_after(wait):
+                            await waiter.wait()
+            except BaseException:
+                with lock:
+                    states = hop.states
+                    unstarted = deliveries[hop.next :]
+                    for index in range(hop.next, len(states)):
+                        states[index] = _RETURNED
+                    hop.next = len(states)
+                    for index, state in enumerate(states):
+                        if state == _RUNNING:
+                            states[index] = _GIVEN_UP
+                    hop.waiter = None
+                    ended = hop.newly_ended()
+                if unstarted:
+                    give_back(unstarted)
+                for index in ended:
+                    finishing = hop.settle(index, settle)
+                    if finishing is not None:
+                        finishing.close()
+                raise
+            finally:
+                for borrower in helpers:
+                    limiter.release_on_behalf_of(borrower)
+
+    def _check_hop(
+        self,
+        hop: _Hop,
+        limits: list[float | None],
+        limiter: anyio.CapacityLimiter,
+        helpers: list[object],
+        handed_back: list[Delivery],
+    ) -> float:
+        """Give up the hop's calls past their limit, bring a thread or hand the calls not
+        started back when every thread is held, and return how long to wait before the
+        next look. Called with the lock held."""
+        states, started = hop.states, hop.started
+        now = perf_counter()
+        wait = inf
+        held = 0  # threads in a call that runs long, or that was given up
+        for index in range(hop.next):
+            state = states[index]
+            if state == _GIVEN_UP:
+                held += 1
+                continue
+            if state != _RUNNING:
+                continue
+            ran = now - started[index]
+            limit = limits[index]
+            if limit is not None:
+                if ran >= limit:
+                    states[index] = _GIVEN_UP
+                    hop.errors[index] = ReceiverTimeout(limit)
+                    hop.ended[index] = now
+                    hop.left -= 1
+                    held += 1
+                    continue
+                wait = min(wait, limit - ran)
+            if ran >= HELP_AFTER:
+                held += 1
+            else:
+                wait = min(wait, HELP_AFTER - ran)
+        if held:
+            hop.eager = True
+        count = len(states)
+        if hop.next < count:
+            if held < hop.serving:
+                wait = min(wait, HELP_AFTER)
+            else:
+                borrower = object()
+                try:
+                    limiter.acquire_on_behalf_of_nowait(borrower)
+                except anyio.WouldBlock:
+                    handed_back.extend(hop.deliveries[hop.next :])
+                    for index in range(hop.next, count):
+                        states[index] = _RETURNED
+                    hop.left -= count - hop.next
+                    hop.next = count
+                else:
+                    helpers.append(borrower)
+                    hop.serving += 1
+                    self._hand_over(hop)
+                    wait = min(wait, HELP_AFTER)
+        return wait
+
+    def _serve(self, inbox: SimpleQueue[_Job | _Hop]) -> None:
         while True:
             try:
-                job = inbox.get(timeout=self.IDLE_SECONDS)
+                work = inbox.get(timeout=self.IDLE_SECONDS)
             except Empty:
                 with self._lock:
                     if inbox in self._idle:
                         self._idle.remove(inbox)
                         return
                 continue  # a call was handed to this thread just now
+            if isinstance(work, _Hop):
+                waiter = self._serve_hop(work)
+                with self._lock:
+                    self._idle.append(inbox)  # free for the next hop before the loop hears
+                if waiter is not None:
+                    _tell(waiter, work.token)
+                del work, waiter
+                continue
+            job = work
             try:
                 job.result = job.function()
             except BaseException as error:  # handed to the loop, which raises it
@@ -248,7 +518,59 @@ class SyncThreads:
                 self._idle.append(inbox)
             with suppress(Exception):  # the loop is gone: nobody waits any more
                 anyio.from_thread.run_sync(job.done.set, token=job.token)
-            del job
+            del job, work
+
+    def _serve_hop(self, hop: _Hop) -> anyio.Event | None:
+        """Run the hop's calls not started yet, one after another, on this thread.
+
+        Returns the loop's waiter to set when this thread ended the hop's last
+        call, once the thread is free again.
+        """
+        lock = self._lock
+        states, deliveries = hop.states, hop.deliveries
+        count = len(deliveries)
+        context = hop.context
+        while True:
+            with lock:
+                index = hop.next
+                if index >= count:
+                    hop.serving -= 1
+                    if not hop.serving:
+                        self._busy.pop(hop, None)
+                    return None
+                hop.next = index + 1
+                states[index] = _RUNNING
+                hop.started[index] = perf_counter()
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = context.copy().run(_call_in_hop, deliveries[index])
+            except BaseException as raised:  # handed to the loop
+                error = raised
+            ended = perf_counter()
+            waiter = None
+            with lock:
+                if states[index] == _RUNNING:
+                    states[index] = _DONE
+                    hop.results[index] = result
+                    hop.errors[index] = error
+                    hop.ended[index] = ended
+                    hop.left -= 1
+                    last = not hop.left
+                    if last or hop.eager:
+                        waiter, hop.waiter = hop.waiter, None
+                    if last:
+                        hop.serving -= 1
+                        if not hop.serving:
+                            self._busy.pop(hop, None)
+                else:  # given up by the loop: what it did is nobody's now
+                    states[index] = _GIVEN_UP_ENDED
+                    last = False
+            del result, error
+            if last:
+                return waiter
+            if waiter is not None:
+                _tell(waiter, hop.token)
 
 
 async def call_receiver(
@@ -270,7 +592,7 @@ async def call_receiver(
         if time_limit is None:
             await receiver(event)
         else:
-            await _within(receiver(event), time_limit)
+            await within(receiver(event), time_limit)
         return
     result: Any
     if subscription.inline:
@@ -281,11 +603,11 @@ async def call_receiver(
         if time_limit is None:
             result = await calling
         else:
-            result = await _within(calling, time_limit)
+            result = await within(calling, time_limit)
     if inspect.isawaitable(result):
         # A sync callable that returns an awaitable (a lambda around an async
         # function, a wrapper that hides ``async def``): finish it on the loop.
         if time_limit is None:
             await result
         else:
-            await _within(result, time_limit)
+            await within(result, time_limit)

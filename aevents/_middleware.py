@@ -54,6 +54,7 @@ from ._exceptions import ConfigurationError
 from ._policy import DeadLetter
 
 __all__ = [
+    "Counting",
     "Middleware",
     "MiddlewareStack",
     "PublishHooks",
@@ -65,6 +66,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("aevents.middleware")
+
+Counting = Callable[[str, str, int, Event, float, BaseException | None], None]
+"""``Metrics.count``'s signature: an attempt counted without a ``DeliveryInfo``."""
 
 
 @attrs.define(slots=True, eq=False)
@@ -141,7 +145,7 @@ class MiddlewareStack:
         self.publish: tuple[Middleware, ...] = ()
         self.delivery: tuple[Middleware, ...] = ()
         self.outcomes: tuple[Middleware, ...] = ()
-        self.count: Callable[[str, str, int, Event, float, BaseException | None], None] | None
+        self.count: Counting | None
         self.count = None
         for each in middleware:
             self.add(each)

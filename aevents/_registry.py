@@ -92,9 +92,12 @@ class Subscription:
     """``"process"``: run in the publishing process from memory, never through a store."""
     fast: bool = attrs.field(init=False)
     """True for an async receiver without a timeout of its own: the worker calls it directly."""
+    threaded: bool = attrs.field(init=False)
+    """True for a sync receiver that runs on a thread (not ``inline``)."""
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "fast", self.is_async and self.timeout is None)
+        object.__setattr__(self, "threaded", not self.is_async and not self.inline)
 
 
 def receiver_id_of(receiver: Callable[..., Any]) -> str:

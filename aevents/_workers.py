@@ -13,28 +13,37 @@ cannot starve the rest of the application.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Coroutine
+from inspect import isawaitable
 from time import perf_counter
-from typing import Final
+from typing import Any, Final
 
 from anyio.lowlevel import checkpoint
 
 from ._attempt import attempt
 from ._buffer import DeliveryBuffer
-from ._delivery import Delivery, SyncThreads, delivery_var, fails_delivery
+from ._delivery import (
+    Delivery,
+    SyncThreads,
+    delivery_var,
+    fails_delivery,
+    within,
+)
 from ._exceptions import StoreError
 from ._failures import DeadLetterShelf, Failures, Retry
 from ._fleet import Fleet
 from ._journal import Journal
 from ._lanes import Lanes
-from ._middleware import MiddlewareStack
+from ._middleware import Counting, MiddlewareStack
 from ._retries import RetrySchedule
 from ._state import Counters
 from ._store._protocol import Completed, Outcome, Rescheduled
 
-__all__ = ["DURABLE_BATCH", "YIELD_EVERY", "Workers"]
+__all__ = ["DURABLE_BATCH", "HOP_SIZE", "YIELD_EVERY", "Workers"]
 
 YIELD_EVERY: Final = 64
 DURABLE_BATCH: Final = 32  # deliveries a worker records, runs and marks done together
+HOP_SIZE: Final = 64  # deliveries to sync receivers a worker runs in one thread hop
 
 
 class Workers:
@@ -100,12 +109,15 @@ class Workers:
                 continue
             since_yield += 1
             event, subscription, attempt_number, epoch, _ = delivery
+            count = middleware.count  # a plain Metrics alone: counted here, no hooks
+            hooks = () if count is not None else middleware.delivery
+            if subscription.threaded and not hooks:
+                await self._run_hop(delivery, count)
+                continue
             # Set, never reset: the worker runs nothing else in its context, and a task
             # or thread a receiver starts keeps the context it was started with, so a
             # reset would be pure cost on every delivery.
             set_delivery(delivery)
-            count = middleware.count  # a plain Metrics alone: counted here, no hooks
-            hooks = () if count is not None else middleware.delivery
             started = clock()
             try:
                 if subscription.fast and not hooks and default_limit is None:
@@ -206,29 +218,115 @@ class Workers:
         """One attempt of a delivery that no store holds, settled as without a store."""
         token = delivery_var.set(delivery)
         started = perf_counter()
-        event, subscription = delivery.event, delivery.subscription
+        error: BaseException | None = None
         try:
             await attempt(
                 delivery, self._middleware.delivery, self._time_limit(delivery), self._threads
             )
-        except BaseException as error:
-            if not fails_delivery(error):
+        except BaseException as raised:
+            if not fails_delivery(raised):
                 raise
-            outcome = self._failures.on_failure(delivery, error, perf_counter() - started)
-            if isinstance(outcome, Retry):
-                self._retries.schedule(outcome.delivery, outcome.delay)
-                return
-            self._shelf.keep(outcome)
-            delivery.epoch.finish()
-            if event.key is not None:
-                self._lanes.done(event, subscription, dead=True)
-            return
+            error = raised
         finally:
             delivery_var.reset(token)
-        self._counters.delivered += 1
+        self._settle(delivery, error, perf_counter() - started)
+        del error
+
+    def _settle(self, delivery: Delivery, error: BaseException | None, duration: float) -> None:
+        """What an attempt run without a store leads to: delivered, retried or dead."""
+        event = delivery.event
+        if error is None:
+            self._counters.delivered += 1
+            delivery.epoch.finish()
+            if event.key is not None:
+                self._lanes.done(event, delivery.subscription, dead=False)
+            return
+        outcome = self._failures.on_failure(delivery, error, duration)
+        if isinstance(outcome, Retry):
+            self._retries.schedule(outcome.delivery, outcome.delay)
+            return
+        self._shelf.keep(outcome)
         delivery.epoch.finish()
         if event.key is not None:
-            self._lanes.done(event, subscription, dead=False)
+            self._lanes.done(event, delivery.subscription, dead=True)
+
+    async def _run_hop(self, first: Delivery, count: Counting | None) -> None:
+        """Run ``first`` and the deliveries to sync receivers queued right behind it (up to
+        ``HOP_SIZE``) on threads, in one thread hop each way, and settle each one.
+
+        Each keeps its own attempt: its ``current_delivery()``, its time limit, its
+        outcome. Those that ``SyncThreads.run_hop`` hands back, because every thread
+        was held by a slow receiver, are queued again for the other workers.
+        """
+        buffer = self._buffer
+        items = buffer.items
+        hop = [first]
+        while len(hop) < HOP_SIZE and items and items[0].subscription.threaded:
+            hop.append(items[0])
+            buffer.take()
+        limits = [self._time_limit(delivery) for delivery in hop]
+        fatal: list[BaseException] = []  # raised once the others are settled
+
+        def settle(
+            delivery: Delivery, result: Any, error: BaseException | None, duration: float
+        ) -> Coroutine[Any, Any, None] | None:
+            if result is not None and error is None and isawaitable(result):
+                return self._finish_on_loop(delivery, result, duration, count, fatal)
+            self._settle_counted(delivery, error, duration, count, fatal)
+            return None
+
+        await self._threads.run_hop(hop, limits, buffer.give_back, settle)
+        if fatal:
+            raise fatal[0]
+
+    async def _finish_on_loop(
+        self,
+        delivery: Delivery,
+        awaitable: Awaitable[Any],
+        duration: float,
+        count: Counting | None,
+        fatal: list[BaseException],
+    ) -> None:
+        """A sync receiver's call returned an awaitable (a lambda around an async
+        function): await it on the loop, within what is left of its time limit."""
+        limit = self._time_limit(delivery)
+        token = delivery_var.set(delivery)
+        started = perf_counter()
+        error: BaseException | None = None
+        try:
+            if limit is None:
+                await awaitable
+            else:
+                await within(awaitable, max(limit - duration, 0.0))
+        except BaseException as raised:
+            error = raised
+        finally:
+            delivery_var.reset(token)
+        self._settle_counted(delivery, error, duration + perf_counter() - started, count, fatal)
+        del error
+
+    def _settle_counted(
+        self,
+        delivery: Delivery,
+        error: BaseException | None,
+        duration: float,
+        count: Counting | None,
+        fatal: list[BaseException],
+    ) -> None:
+        if count is not None:
+            subscription = delivery.subscription
+            count(
+                subscription.pattern,
+                subscription.receiver_id,
+                delivery.attempt,
+                delivery.event,
+                perf_counter() - duration,  # counted as if it had just ended
+                error,
+            )
+        if error is not None and not fails_delivery(error):
+            fatal.append(error)  # KeyboardInterrupt, SystemExit: the runtime stops
+            return
+        self._settle(delivery, error, duration)
 
     async def _run_durably(self, journal: Journal) -> None:
         """A worker with a store: batches of recorded attempts, completions handed over."""
