@@ -162,6 +162,21 @@ class DeliveryBuffer:
             self._grant()
         return self.items.popleft()
 
+    def take_threaded(self, into: list[Delivery], limit: int) -> None:
+        """Move the deliveries to sync receivers at the head of the queue to ``into``, up to
+        ``limit`` in it, their room given back at once (a worker's thread hop)."""
+        items = self.items
+        before = len(into)
+        room = limit - before
+        while room > 0 and items and items[0].subscription.threaded:
+            into.append(items.popleft())
+            room -= 1
+        taken = len(into) - before
+        if taken:
+            self.queued -= taken
+            if self._room_waiters:
+                self._grant()
+
     async def wait(self) -> bool:
         """Park an idle worker until a delivery is queued; False once closed and empty.
 

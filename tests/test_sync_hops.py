@@ -235,3 +235,50 @@ async def test_delivery_hooks_still_wrap_every_sync_delivery(registry: Registry)
         with anyio.fail_after(5):
             await runtime.drain()
     assert seen == [(step, n) for n in range(3) for step in ("before", "run", "after")]
+
+
+async def test_keyed_deliveries_in_hops_keep_each_keys_order(registry: Registry) -> None:
+    """Deliveries with ordering keys go through hops too, one at a time per key and in
+    publish order, and each one frees its key for the next."""
+    seen: dict[str, list[int]] = {}
+    lock = threading.Lock()
+
+    def record(event: Event) -> None:
+        with lock:
+            seen.setdefault(event.key or "", []).append(event.payload["n"])
+
+    registry.subscribe("hop:keyed", record, id="keyed")
+    async with EventRuntime(registry, workers=4) as runtime:
+        for n in range(300):
+            await runtime.publish("hop:keyed", payload={"n": n}, key=f"k{n % 3}")
+        with anyio.fail_after(10):
+            await runtime.drain()
+        assert runtime.stats().delivered == 300
+    assert seen == {f"k{k}": list(range(k, 300, 3)) for k in range(3)}
+
+
+async def test_publishers_waiting_for_room_get_the_room_a_hop_frees(registry: Registry) -> None:
+    """A hop takes many deliveries off the queue at once; the room they held goes back to
+    the publishers waiting for it, so a buffer far smaller than the flood never stalls."""
+    total = 0
+    lock = threading.Lock()
+
+    def add(event: Event) -> None:
+        nonlocal total
+        with lock:
+            total += event.payload["n"]
+
+    registry.subscribe("hop:room", add, id="add")
+    async with EventRuntime(registry, workers=2, buffer=8) as runtime:
+        async with anyio.create_task_group() as group:
+            for part in range(4):
+                group.start_soon(_publish_range, runtime, range(part, 2000, 4))
+        with anyio.fail_after(10):
+            await runtime.drain()
+        assert runtime.stats().delivered == 2000
+    assert total == sum(range(2000))
+
+
+async def _publish_range(runtime: EventRuntime, numbers: range) -> None:
+    for n in numbers:
+        await runtime.publish("hop:room", payload={"n": n})
