@@ -22,10 +22,9 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import anyio
-import anyio.from_thread
-import anyio.lowlevel
 
 from ._event import Event
+from ._lowlevel import call_soon_from_thread
 
 if TYPE_CHECKING:
     from ._registry import Subscription
@@ -172,13 +171,12 @@ async def within(awaitable: Any, time_limit: float) -> Any:
 class _Job:
     """One call of a sync receiver on a daemon thread, and its outcome."""
 
-    __slots__ = ("done", "error", "function", "receiver_id", "result", "token")
+    __slots__ = ("done", "error", "function", "receiver_id", "result")
 
     def __init__(self, function: Callable[[], Any], receiver_id: str) -> None:
         self.function = function
         self.receiver_id = receiver_id
         self.done = anyio.Event()
-        self.token = anyio.lowlevel.current_token()
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -215,7 +213,6 @@ class _Hop:
         "serving",
         "started",
         "states",
-        "token",
         "told",
         "waiter",
     )
@@ -235,7 +232,6 @@ class _Hop:
         self.serving = 0  # threads working on it
         self.eager = False
         self.waiter: anyio.Event | None = None
-        self.token = anyio.lowlevel.current_token()
 
     def receiver_ids(self) -> list[str]:
         """The receivers of the calls running on a thread now, given up ones included."""
@@ -275,9 +271,10 @@ def _call_in_hop(delivery: Delivery) -> Any:
     return delivery.subscription.receiver(delivery.event)
 
 
-def _tell(waiter: anyio.Event, token: anyio.lowlevel.EventLoopToken) -> None:
+def _tell(soon: Callable[[Callable[[], object]], object], waiter: anyio.Event) -> None:
+    """Have the loop set ``waiter``, without waiting for it to (see call_soon_from_thread)."""
     with suppress(Exception):  # the loop is gone: nobody waits any more
-        anyio.from_thread.run_sync(waiter.set, token=token)
+        soon(waiter.set)
 
 
 Settle = Callable[
@@ -295,7 +292,8 @@ class SyncThreads:
     interpreter from exiting once the runtime has stopped (anyio's worker
     threads are joined at exit on asyncio). An idle thread waits for its next
     call for ``IDLE_SECONDS``, then ends. The outcome comes back to the loop
-    through ``anyio.from_thread.run_sync`` with the loop's token.
+    through ``call_soon_from_thread``: the thread tells the loop and goes on,
+    without waiting for the loop to hear. Make it on the loop that it serves.
 
     ``run_hop`` runs several deliveries in one hop each way; ``run`` one call.
     """
@@ -307,6 +305,7 @@ class SyncThreads:
         self._lock = threading.Lock()
         self._idle: deque[SimpleQueue[_Job | _Hop]] = deque()
         self._busy: dict[_Job | _Hop, None] = {}  # insertion-ordered set of running work
+        self._soon = call_soon_from_thread()
 
     def running(self) -> list[str]:
         """The receiver ids of the calls still running (abandoned ones too)."""
@@ -511,7 +510,7 @@ class SyncThreads:
                 with self._lock:
                     self._idle.append(inbox)  # free for the next hop before the loop hears
                 if waiter is not None:
-                    _tell(waiter, work.token)
+                    _tell(self._soon, waiter)
                 del work, waiter
                 continue
             job = work
@@ -522,8 +521,7 @@ class SyncThreads:
             with self._lock:
                 del self._busy[job]
                 self._idle.append(inbox)
-            with suppress(Exception):  # the loop is gone: nobody waits any more
-                anyio.from_thread.run_sync(job.done.set, token=job.token)
+            _tell(self._soon, job.done)
             del job, work
 
     def _serve_hop(self, hop: _Hop) -> anyio.Event | None:
@@ -576,7 +574,7 @@ class SyncThreads:
             if last:
                 return waiter
             if waiter is not None:
-                _tell(waiter, hop.token)
+                _tell(self._soon, waiter)
 
 
 async def call_receiver(

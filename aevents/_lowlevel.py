@@ -12,7 +12,7 @@ from collections.abc import Callable
 import anyio
 from anyio.lowlevel import checkpoint
 
-__all__ = ["cancelled_predicate", "honour_cancellation", "leaf_errors"]
+__all__ = ["call_soon_from_thread", "cancelled_predicate", "honour_cancellation", "leaf_errors"]
 
 _HONOUR_TRIES = 8
 
@@ -68,6 +68,22 @@ async def honour_cancellation(cancelled: Callable[[], bool]) -> None:
         await checkpoint()
         if not cancelled():
             return
+
+
+def call_soon_from_thread() -> Callable[[Callable[[], object]], object]:
+    """A function that has the running loop call ``function`` soon, from any thread,
+    without waiting for it: asyncio's (and uvloop's) ``loop.call_soon_threadsafe``,
+    trio's ``TrioToken.run_sync_soon``. Call it on the loop.
+
+    ``anyio.from_thread.run_sync`` does the same and then blocks the thread until the
+    loop has run the call, which a thread that only tells the loop something has no
+    need to wait for. Once the loop has ended, calling the function raises.
+    """
+    if anyio.get_cancelled_exc_class().__module__.startswith("trio"):
+        import trio
+
+        return trio.lowlevel.current_trio_token().run_sync_soon
+    return asyncio.get_running_loop().call_soon_threadsafe
 
 
 def leaf_errors(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

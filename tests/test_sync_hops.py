@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import anyio
@@ -282,3 +283,49 @@ async def test_publishers_waiting_for_room_get_the_room_a_hop_frees(registry: Re
 async def _publish_range(runtime: EventRuntime, numbers: range) -> None:
     for n in numbers:
         await runtime.publish("hop:room", payload={"n": n})
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_call_that_ends_after_its_loop_has_closed_is_dropped_quietly(
+    backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sync call abandoned at shutdown ends on its thread after the event loop itself
+    is gone: telling that loop fails, and the thread drops the outcome without an error."""
+    release = threading.Event()
+    entered = threading.Event()
+    returned = threading.Event()
+    thread_errors: list[BaseException | None] = []
+    registry = Registry()
+
+    def receiver(event: Event) -> None:
+        entered.set()
+        release.wait(10)
+        returned.set()
+
+    registry.subscribe("hop:late", receiver, id="late")
+
+    async def main() -> None:
+        # With delivery hooks the call runs alone (not in a hop), and its thread tells the
+        # loop when it ends even though it was abandoned.
+        async with EventRuntime(
+            registry,
+            workers=1,
+            sync_threads=1,
+            shutdown_timeout=0.1,
+            middleware=[_hooked([])],
+        ) as rt:
+            await rt.publish("hop:late", payload={"n": 1})
+            await anyio.to_thread.run_sync(entered.wait, 5)
+
+    previous = threading.excepthook
+    threading.excepthook = lambda args: thread_errors.append(args.exc_value)
+    try:
+        anyio.run(main, backend=backend)
+        release.set()
+        assert returned.wait(5)
+        time.sleep(0.2)  # the thread tells the closed loop, then waits for more work
+    finally:
+        threading.excepthook = previous
+        release.set()
+    assert thread_errors == []
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
