@@ -101,12 +101,12 @@ class Lanes:
             self._buffer.put(delivery)
             return
         held = self._held_lanes.get(lane_id)
-        if held == event.id:
-            # The dead letter holding its lane comes back: it runs first, the rest wait.
-            self._unhold(lane_id, lane)
-            self._buffer.put(delivery)
-            return
-        if held is not None:
+        if held is not None:  # (reading event.id only then: it is formatted when first read)
+            if held == event.id:
+                # The dead letter holding its lane comes back: it runs first, the rest wait.
+                self._unhold(lane_id, lane)
+                self._buffer.put(delivery)
+                return
             self._set_aside(delivery)
         if lane is None:
             lanes[lane_id] = lane = deque()
