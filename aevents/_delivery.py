@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 import anyio
 
 from ._event import Event
-from ._lowlevel import call_soon_from_thread
+from ._lowlevel import loop_caller
 
 if TYPE_CHECKING:
     from ._registry import Subscription
@@ -272,7 +272,7 @@ def _call_in_hop(delivery: Delivery) -> Any:
 
 
 def _tell(soon: Callable[[Callable[[], object]], object], waiter: anyio.Event) -> None:
-    """Have the loop set ``waiter``, without waiting for it to (see call_soon_from_thread)."""
+    """Have the loop set ``waiter``, without waiting for it to (see loop_caller)."""
     with suppress(Exception):  # the loop is gone: nobody waits any more
         soon(waiter.set)
 
@@ -292,7 +292,7 @@ class SyncThreads:
     interpreter from exiting once the runtime has stopped (anyio's worker
     threads are joined at exit on asyncio). An idle thread waits for its next
     call for ``IDLE_SECONDS``, then ends. The outcome comes back to the loop
-    through ``call_soon_from_thread``: the thread tells the loop and goes on,
+    through ``loop_caller``: the thread tells the loop and goes on,
     without waiting for the loop to hear. Make it on the loop that it serves.
 
     ``run_hop`` runs several deliveries in one hop each way; ``run`` one call.
@@ -305,7 +305,7 @@ class SyncThreads:
         self._lock = threading.Lock()
         self._idle: deque[SimpleQueue[_Job | _Hop]] = deque()
         self._busy: dict[_Job | _Hop, None] = {}  # insertion-ordered set of running work
-        self._soon = call_soon_from_thread()
+        self._soon = loop_caller()[0]
 
     def running(self) -> list[str]:
         """The receiver ids of the calls still running (abandoned ones too)."""

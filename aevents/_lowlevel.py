@@ -6,13 +6,17 @@ Public API of anyio and trio only.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 from anyio.lowlevel import checkpoint
 
-__all__ = ["call_soon_from_thread", "cancelled_predicate", "honour_cancellation", "leaf_errors"]
+__all__ = ["cancelled_predicate", "honour_cancellation", "leaf_errors", "loop_caller"]
 
 _HONOUR_TRIES = 8
 
@@ -70,20 +74,24 @@ async def honour_cancellation(cancelled: Callable[[], bool]) -> None:
             return
 
 
-def call_soon_from_thread() -> Callable[[Callable[[], object]], object]:
-    """A function that has the running loop call ``function`` soon, from any thread,
-    without waiting for it: asyncio's (and uvloop's) ``loop.call_soon_threadsafe``,
-    trio's ``TrioToken.run_sync_soon``. Call it on the loop.
+def loop_caller() -> tuple[Callable[[Callable[[], object]], object], Callable[[], Any]]:
+    """How to have the running loop call a function soon, from another thread, without
+    waiting for it; and the cheapest event its tasks can wait on. Call it on the loop.
 
-    ``anyio.from_thread.run_sync`` does the same and then blocks the thread until the
-    loop has run the call, which a thread that only tells the loop something has no
-    need to wait for. Once the loop has ended, calling the function raises.
+    On asyncio (and uvloop), ``loop.call_soon_threadsafe`` and ``asyncio.Event`` (one
+    layer less than anyio's); on trio, ``TrioToken.run_sync_soon`` and ``anyio.Event``.
+    ``anyio.from_thread.run_sync`` would also block the thread until the loop has run
+    the call, which a thread that only tells the loop something has no need to wait
+    for. Once the loop has ended, calling the function raises.
     """
-    if anyio.get_cancelled_exc_class().__module__.startswith("trio"):
-        import trio
-
-        return trio.lowlevel.current_trio_token().run_sync_soon
-    return asyncio.get_running_loop().call_soon_threadsafe
+    token = anyio.lowlevel.current_token()
+    native = token.native_token
+    if isinstance(native, asyncio.AbstractEventLoop):
+        return native.call_soon_threadsafe, asyncio.Event
+    run_sync_soon = getattr(native, "run_sync_soon", None)  # trio.lowlevel.TrioToken
+    if callable(run_sync_soon):
+        return run_sync_soon, anyio.Event
+    return functools.partial(anyio.from_thread.run_sync, token=token), anyio.Event  # blocking
 
 
 def leaf_errors(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -43,6 +43,7 @@ import psycopg
 from .._event import Event, make_event
 from .._exceptions import ConfigurationError, StoreError
 from .._idempotency import IDEMPOTENCY_KEY
+from .._lowlevel import loop_caller
 from .._names import validate_name
 from .._payload import encode_metadata, encode_payload
 from .._policy import DeadLetter
@@ -93,7 +94,7 @@ from ._protocol import (
     StoreStats,
     system_clock,
 )
-from ._sqlite_thread import StoreThread, ThreadErrors, _loop_caller
+from ._sqlite_thread import StoreThread, ThreadErrors
 
 __all__ = ["PostgresStore"]
 
@@ -263,7 +264,7 @@ class PostgresStore:
         and the runtime polls at that interval alone.
         """
         if self.listen and self._listener is None:
-            call_soon, _ = _loop_caller()
+            call_soon, _ = loop_caller()
             pending = False
 
             def on_loop() -> None:

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.from_thread
 
-from ._sqlite_thread import _loop_caller
+from .._lowlevel import loop_caller
 
 __all__ = ["RedisConnection"]
 
@@ -84,7 +84,7 @@ class RedisConnection:
         """
         loop = self._loop
         assert loop is not None, "the connection is open"
-        call_soon, new_event = _loop_caller()
+        call_soon, new_event = loop_caller()
         done = new_event()
 
         async def run() -> _T:

@@ -33,8 +33,6 @@ request alone, which fail the whole batch, and how each becomes a ``StoreError``
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 import math
 import queue
@@ -50,6 +48,7 @@ import anyio.lowlevel
 import attrs
 
 from .._exceptions import StoreError
+from .._lowlevel import loop_caller
 from ._sqlite_schema import sqlite_error
 
 logger = logging.getLogger("aevents.store")
@@ -204,7 +203,7 @@ class StoreThread(Generic[_S]):
             self._state = _OPENING
         self._max_batch = max_batch
         self._busy_timeout = busy_timeout
-        self._call_soon, self._new_event = _loop_caller()
+        self._call_soon, self._new_event = loop_caller()
         self._queue = queue.SimpleQueue()
         opening = _Opening(opener, writable, self._new_event())
         self._thread = threading.Thread(
@@ -429,19 +428,6 @@ class StoreThread(Generic[_S]):
 def _close_session(session: Session) -> None:
     session.rollback()
     session.close()
-
-
-def _loop_caller() -> tuple[Callable[[Callable[[], object]], object], Callable[[], Any]]:
-    """How to schedule a callback on the current event loop from another thread, and the
-    cheapest event its tasks can wait on (on asyncio, ``asyncio.Event``: one less layer)."""
-    token = anyio.lowlevel.current_token()
-    native = token.native_token
-    if isinstance(native, asyncio.AbstractEventLoop):
-        return native.call_soon_threadsafe, asyncio.Event
-    run_sync_soon = getattr(native, "run_sync_soon", None)  # trio.lowlevel.TrioToken
-    if callable(run_sync_soon):
-        return run_sync_soon, anyio.Event
-    return functools.partial(anyio.from_thread.run_sync, token=token), anyio.Event  # blocking
 
 
 def _loop_caller_unset(callback: Callable[[], object]) -> object:  # pragma: no cover
