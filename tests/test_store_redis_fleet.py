@@ -27,7 +27,7 @@ from aevents._store._redis import RedisStore
 from .redis_fleet_worker import LEASE
 from .test_store_redis import delete_prefix
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(2 * 60)]  # beyond every wait (WAIT)
 
 ROOT = Path(__file__).parent.parent
 WAIT = 60.0  # seconds: a bound on every wait, never a synchronisation
@@ -225,19 +225,20 @@ PUBLISH_BATCH = 5_000
 
 
 @pytest.mark.timeout(300)
-async def test_four_processes_run_100k_events_exactly_once_per_receiver(
+async def test_four_processes_run_100k_events_exactly_once(
     redis_url: str, prefix: str, store: RedisStore, workers: Workers
 ) -> None:
-    """Four consumer processes, two receivers, 100,000 events published in batches while
-    they consume, no crash: each (event, receiver) ran exactly once, in one of the four,
-    and each of the four ran a share. The workers count in memory and report at the stop."""
-    processes: list[anyio.abc.Process] = []
+    """Four consumer processes, 100,000 events published in batches while they consume,
+    no crash: each delivery ran exactly once, in one of the four, and each of the four
+    ran a share. The workers count in memory and report at the stop. One receiver: on
+    Redis each delivery is one claim, start and settle in Lua, and the one server
+    thread sets the pace (see docs/redis.md)."""
     async with anyio.create_task_group() as group:
         for _ in range(4):
-            group.start_soon(lambda: _append(processes, workers.start("count")))
+            group.start_soon(workers.start, "count")
+    processes = list(workers.processes)
     routes = aevents.Registry()  # the workers' routes: a publish adds one delivery to each
-    for receiver in ("first", "second"):
-        routes.subscribe("many:*", _never_here, id=receiver)
+    routes.subscribe("many:*", _never_here, id="first")
     publisher = aevents.EventRuntime(
         routes, store=RedisStore(redis_url, prefix=prefix), consume=False, buffer=PUBLISH_BATCH
     )
@@ -251,7 +252,7 @@ async def test_four_processes_run_100k_events_exactly_once_per_receiver(
 
     async def all_done() -> bool:
         await anyio.sleep(0.2)
-        return (await store.stats()).done == 2 * EVENTS
+        return (await store.stats()).done == EVENTS
 
     await until(all_done, "every delivery done", within=240)
     print(
@@ -259,18 +260,13 @@ async def test_four_processes_run_100k_events_exactly_once_per_receiver(
         f" all done {time.monotonic() - started:.1f} s after the first publish"
     )
     reports = [orjson.loads(await workers.stop(process)) for process in processes]
-    for receiver in ("first", "second"):
-        runs = collections.Counter(n for report in reports for n in report[receiver])
-        assert len(runs) == EVENTS
-        assert set(runs) == set(range(EVENTS))
-        assert set(runs.values()) == {1}, "a delivery ran twice with no process killed"
-        assert all(report[receiver] for report in reports), "each process ran a share"
+    runs = collections.Counter(n for report in reports for n in report["first"])
+    assert len(runs) == EVENTS
+    assert set(runs) == set(range(EVENTS))
+    assert set(runs.values()) == {1}, "a delivery ran twice with no process killed"
+    assert all(report["first"] for report in reports), "each process ran a share"
     stats = await store.stats()
-    assert (stats.events, stats.pending, stats.done, stats.dead) == (EVENTS, 0, 2 * EVENTS, 0)
-
-
-async def _append(into: list[anyio.abc.Process], starting: Any) -> None:
-    into.append(await starting)
+    assert (stats.events, stats.pending, stats.done, stats.dead) == (EVENTS, 0, EVENTS, 0)
 
 
 async def _never_here(event: aevents.Event) -> None:
@@ -332,7 +328,7 @@ PER_KEY = 30  # events of each key before the handover, and 5 more after it
 async def test_per_key_order_holds_across_a_handover_between_processes(
     how: str, store: RedisStore, workers: Workers
 ) -> None:
-    """Two processes run four keys; the one that owns keys mid-way is SIGKILLed (``kill``)
+    """Two processes run four keys; one that owns a key mid-way is SIGKILLed (``kill``)
     or SIGTERMed (``stop``), and more events of each key are published. Seen by the
     receivers of both processes, each key's deliveries start in publish order, each only
     once the one before it is done; after a kill, the other process first finishes what
@@ -343,16 +339,26 @@ async def test_per_key_order_holds_across_a_handover_between_processes(
             (make_event("keyed:n", {"n": n}, {}, key=f"k{n % KEYS}"), ["ordered"]) for n in numbers
         ]
 
-    first = await workers.start("keyed")
+    async with anyio.create_task_group() as group:  # both consume before anything is published
+        for _ in range(2):
+            group.start_soon(workers.start, "keyed")
     await store.publish(batch(range(KEYS * PER_KEY)))
-    await workers.start("keyed")
+    chosen: list[anyio.abc.Process] = []
 
-    async def first_runs_a_key_mid_way() -> bool:
-        mine = [s for s in await steps(store) if s.pid == first.pid]
-        running = {s.n for s in mine if s.what == "start"} - {s.n for s in mine if s.what == "done"}
-        return len(mine) >= 2 * KEYS and bool(running)
+    async def one_runs_a_key_mid_way() -> bool:
+        log = await steps(store)
+        for process in workers.processes:
+            mine = [s for s in log if s.pid == process.pid]
+            running = {s.n for s in mine if s.what == "start"} - {
+                s.n for s in mine if s.what == "done"
+            }
+            if len(mine) >= 2 * KEYS and running:
+                chosen.append(process)
+                return True
+        return False
 
-    await until(first_runs_a_key_mid_way, "the first process owning a key mid-way")
+    await until(one_runs_a_key_mid_way, "a process owning a key mid-way")
+    (first,) = chosen
     if how == "kill":
         first.send_signal(signal.SIGKILL)
         await first.wait()
