@@ -39,6 +39,7 @@ from psycopg import sql
 from aevents._event import make_event
 from aevents._store import Completed, ConsumerId, Route
 from aevents._store._postgres import PostgresStore
+from aevents._store._postgres_queries import Queries
 from aevents._store._postgres_schema import Statements
 from aevents._store._postgres_sql import COMPLETED, QueueWrites, event_row, write_events
 
@@ -85,8 +86,15 @@ def _bare_worker(
     statements = Statements(schema)
     writes = QueueWrites(statements)
     receiver = f"bench:r{index}"
-    holder = str(ConsumerId("bench", os.getpid(), f"w{index}"))
+    consumer = ConsumerId("bench", os.getpid(), f"w{index}")
+    holder = str(consumer)
     with psycopg.connect(DSN, autocommit=True) as conn, conn.cursor() as cursor:
+        now = datetime.now(UTC)
+        cursor.execute("BEGIN")  # registered as the store registers a consumer
+        Queries(statements).register(
+            cursor, consumer, [Route("bench:*", receiver)], now, now + timedelta(seconds=600)
+        )
+        cursor.execute("COMMIT")
         start.wait()
         started = time.perf_counter()
         published = done = 0
@@ -99,17 +107,11 @@ def _bare_worker(
                 cursor.execute("COMMIT")
                 published += size
             now = datetime.now(UTC)
-            cursor.execute("BEGIN")
+            # one statement, its own transaction, reading the routes of the live consumer
             rows = writes.claim(
-                cursor,
-                ConsumerId("bench", os.getpid(), f"w{index}"),
-                [receiver],
-                batch,
-                now,
-                now + timedelta(seconds=_LEASE_SECONDS),
-                {},
+                cursor, consumer, batch, now, now + timedelta(seconds=_LEASE_SECONDS), {}
             )
-            cursor.execute("COMMIT")
+            assert rows is not None
             held = [(event.id, receiver_id, attempt) for event, receiver_id, attempt, _ in rows]
             cursor.execute("BEGIN")
             writes.write(cursor, [(3, holder, held, [])])  # START

@@ -161,14 +161,27 @@ class PostgresSession:
 
     # -- transactions ----------------------------------------------------------------------
 
-    def transact(self, work: Callable[[psycopg.Cursor[Any]], _T], *, read_only: bool = False) -> _T:
+    def transact(
+        self,
+        work: Callable[[psycopg.Cursor[Any]], _T],
+        *,
+        read_only: bool = False,
+        alone: bool = False,
+    ) -> _T:
         """Run ``work(cursor)`` in one transaction and commit; run it again once on a new
-        connection if the connection broke (or a deadlock was detected) before COMMIT."""
+        connection if the connection broke (or a deadlock was detected) before COMMIT.
+
+        ``alone``: ``work`` runs one statement, which is its own transaction (autocommit):
+        no BEGIN and COMMIT round trips. It runs again too if the connection broke
+        during it; only for a statement whose effect, if it committed unseen, does no
+        harm (a claim: what it leased comes back when the lease runs out)."""
         for attempt in range(1, _TRIES + 1):
             conn = self.connection()
             committing = False
             try:
                 with conn.cursor() as cursor:
+                    if alone:
+                        return work(cursor)
                     cursor.execute("BEGIN READ ONLY" if read_only else "BEGIN")
                     result = work(cursor)
                     committing = True
