@@ -126,31 +126,22 @@ def publish_steps(
             out[index] = rows[first[key]][2]
     if not adding:
         return out
-    found = yield (statements.take_seqs, (len(adding),))
-    head = int(found[0][0])
-    seqs = range(head - len(adding) + 1, head + 1)
+    events: list[tuple[str, str, str, datetime, str | None]] = []
+    deliveries: list[tuple[int, str, str | None]] = []
+    for index, row in enumerate(adding, 1):
+        events.append((row[0], row[1], bytes(row[2]).decode(), row[3], row[6]))
+        deliveries.extend((index, receiver_id, row[6]) for receiver_id in dict.fromkeys(row[4]))
     yield (
-        statements.insert_events,
+        statements.publish,
         (
-            list(seqs),
-            [row[0] for row in adding],
-            [row[1] for row in adding],
-            [row[2] for row in adding],
-            [row[3] for row in adding],
-            [row[6] for row in adding],
+            len(adding),
+            len(adding),
+            orjson.dumps(events).decode(),
+            orjson.dumps(deliveries).decode(),
+            bool(deliveries),
+            statements.channel,
         ),
     )
-    event_seqs: list[int] = []
-    receivers: list[str] = []
-    keys_of: list[str | None] = []
-    for seq, row in zip(seqs, adding, strict=True):
-        for receiver_id in dict.fromkeys(row[4]):
-            event_seqs.append(seq)
-            receivers.append(receiver_id)
-            keys_of.append(row[6])
-    if receivers:
-        yield (statements.insert_deliveries, (event_seqs, receivers, keys_of))
-        yield (statements.notify, (statements.channel,))
     return out
 
 
@@ -251,9 +242,10 @@ _HELD_OR_DONE_HERE: Final = _HELD.replace("d.state = 0", "d.state IN (0, 1)")
 # hash-joined whole, a scan of every event per statement (8 ms at 8,000 events). An id
 # with no event gives a NULL seq, which matches no delivery.
 _CLAIMS: Final = (
-    "WITH c AS MATERIALIZED (SELECT c.*, (SELECT e.seq FROM {s}.events AS e"
-    " WHERE e.id = c.event_id) AS seq FROM unnest(%s::text[], %s::text[], %s::int[])"
-    " WITH ORDINALITY AS c(event_id, receiver_id, attempt, i)) "
+    "WITH c AS MATERIALIZED (SELECT c.v ->> 0 AS event_id, c.v ->> 1 AS receiver_id,"
+    " (c.v ->> 2)::int AS attempt, c.i, (SELECT e.seq FROM {s}.events AS e"
+    " WHERE e.id = c.v ->> 0) AS seq FROM jsonb_array_elements(%s::jsonb)"
+    " WITH ORDINALITY AS c(v, i)) "
 )
 _QUEUE: Final = {
     # (constants only are joined here: the values are all parameters)
@@ -273,10 +265,11 @@ _QUEUE: Final = {
     # A delivery done in the receiver's transaction (state 1) stays done: its holder
     # is let go of, nothing else changes. ``d.state`` in SET is the value before.
     "settle": (
-        "WITH c AS MATERIALIZED (SELECT c.*, (SELECT e.seq FROM {s}.events AS e"  # noqa: S608
-        " WHERE e.id = c.event_id) AS seq FROM unnest(%s::text[], %s::text[],"
-        " %s::int[], %s::smallint[], %s::timestamptz[], %s::boolean[]) WITH ORDINALITY"
-        " AS c(event_id, receiver_id, attempt, kind, due, holds, i)) "
+        "WITH c AS MATERIALIZED (SELECT c.v ->> 0 AS event_id, c.v ->> 1 AS receiver_id,"  # noqa: S608
+        " (c.v ->> 2)::int AS attempt, (c.v ->> 3)::smallint AS kind,"
+        " (c.v ->> 4)::timestamptz AS due, (c.v ->> 5)::boolean AS holds, c.i,"
+        " (SELECT e.seq FROM {s}.events AS e WHERE e.id = c.v ->> 0) AS seq"
+        " FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS c(v, i)) "
         "UPDATE {s}.deliveries AS d SET"
         " state = CASE WHEN d.state = 1 THEN 1 WHEN c.kind = 0 THEN 1 WHEN c.kind = 3 THEN 2"
         " ELSE 0 END, holder = NULL,"
@@ -304,8 +297,9 @@ _QUEUE: Final = {
 }
 
 
-def _claims_params(claims: Sequence[tuple[str, str, int]]) -> list[list[Any]]:
-    return [[c[0] for c in claims], [c[1] for c in claims], [c[2] for c in claims]]
+def _claims_json(claims: Sequence[tuple[str, str, int]]) -> str:
+    """``[[event id, receiver id, attempt], ...]``: one string to send (see ``publish``)."""
+    return orjson.dumps(claims).decode()
 
 
 def routes_json(routes: Sequence[Route]) -> bytes:
@@ -340,7 +334,7 @@ class QueueWrites:
     def _start(
         self, cursor: Cursor, holder: str, claims: Sequence[tuple[str, str, int]], out: list[int]
     ) -> None:
-        cursor.execute(self._sql["start"], (*_claims_params(claims), holder))
+        cursor.execute(self._sql["start"], (_claims_json(claims), holder))
         held = {row[0] for row in cursor.fetchall()}
         out[:] = [index for index in range(len(claims)) if index + 1 not in held]
 
@@ -352,23 +346,18 @@ class QueueWrites:
         outcomes: Sequence[tuple[int, str, str, int, Any]],
         out: list[int],
     ) -> bool:
-        dues: list[datetime | None] = []
-        holds: list[bool] = []
-        for kind, _, _, _, argument in outcomes:
-            dues.append(now + argument if kind == RESCHEDULED else None)
-            holds.append(bool(argument[0]) if kind == DEAD_LETTERED else False)
-        cursor.execute(
-            self._sql["settle"],
+        rows = [
             (
-                [o[1] for o in outcomes],
-                [o[2] for o in outcomes],
-                [o[3] for o in outcomes],
-                [o[0] for o in outcomes],
-                dues,
-                holds,
-                holder,
-            ),
-        )
+                event_id,
+                receiver_id,
+                attempt,
+                kind,
+                now + argument if kind == RESCHEDULED else None,
+                bool(argument[0]) if kind == DEAD_LETTERED else False,
+            )
+            for kind, event_id, receiver_id, attempt, argument in outcomes
+        ]
+        cursor.execute(self._sql["settle"], (orjson.dumps(rows).decode(), holder))
         found = cursor.fetchall()
         applied = {row[0]: row[1] for row in found}
         keyed = {row[0] for row in found if row[2]}
@@ -449,7 +438,7 @@ class QueueWrites:
         until: datetime,
     ) -> list[int]:
         """Extend the leases held; the indexes of the claims not held."""
-        cursor.execute(self._sql["renew"], (*_claims_params(claims), until, holder))
+        cursor.execute(self._sql["renew"], (_claims_json(claims), until, holder))
         held = {row[0] for row in cursor.fetchall()}
         return [index for index in range(len(claims)) if index + 1 not in held]
 
