@@ -453,9 +453,15 @@ class QueueWrites:
 # out. A last row of NULLs says the consumer is live (no row at all: it is not). Each
 # event is looked up by its primary key, one claim at a time, so a fresh table whose
 # statistics are stale is never scanned whole.
+# The claim commits without waiting for the server to flush its WAL (``synchronous_commit``
+# off for this transaction alone, set where the live registration is found): a server
+# crash can forget a claim made just before, which only makes its deliveries claimable
+# again. Nothing counts on a claim being durable: its attempt counts at the start, whose
+# commit waits for the flush, and so flushes the claim written before it.
 _CLAIM: Final = (
     "WITH live AS MATERIALIZED (SELECT routes FROM {s}.consumers"
-    " WHERE id = %(holder)s AND expires_at > %(now)s),"
+    " WHERE id = %(holder)s AND expires_at > %(now)s"
+    " AND set_config('synchronous_commit', 'off', true) = 'off'),"
     " r AS (SELECT DISTINCT x.route ->> 1 AS receiver_id FROM live,"
     " jsonb_array_elements(convert_from(live.routes, 'UTF8')::jsonb) AS x(route)),"
     " picked AS (SELECT x.row, x.event_seq, x.receiver_id, x.holder IS NOT NULL AND x.started"
