@@ -5,9 +5,11 @@ Three kinds per row: ``runtime``, whole EventRuntimes on the store (each process
 publishes with ``publish_many`` in batches, and the runtimes' workers claim, run
 one receiver that every process shares, start and settle, until ``drain()``);
 ``store``, the store's calls made directly (publish, claim, start, settle);
-``bare``, plain psycopg with no event loop and no store thread: the same
-statements (rendered by the store's SQL modules), the same transactions per
-batch (publish; claim; start; settle), events made and serialised the same way.
+``bare``, plain psycopg on one connection with no event loop and no store
+thread: the same statements (rendered by the store's SQL modules), the same
+transactions per batch (publish; claim, one statement of its own that reads the
+routes of the consumer the loop registered; start; settle), events made and
+serialised the same way.
 
 All processes start together on a fresh schema; the rate is every process's
 events over the time from the first start to the last finish. Each figure is
@@ -347,6 +349,12 @@ def main() -> None:
         print(
             f"{processes:>10}{runtime:>14,.0f}{store:>12,.0f}{bare:>12,.0f}"
             f"{runtime / bare:>14.2f}{store / bare:>12.2f}"
+        )
+    for processes in args.processes:  # the spread: each round's ratio, from the same round
+        each = zip(rates["runtime", processes], rates["bare", processes], strict=True)
+        print(
+            f"runtime/bare by round, {processes} process{'es' if processes > 1 else ''}: "
+            + ", ".join(f"{runtime / bare:.2f}" for runtime, bare in each)
         )
     peer = [_procrastinate_rate(args.events, args.batch) for _ in range(args.rounds)]
     if None in peer:
