@@ -30,7 +30,6 @@ The parts it is made of:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
@@ -39,7 +38,6 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-import anyio
 import psycopg
 
 from .._event import Event, make_event
@@ -196,11 +194,6 @@ class PostgresStore:
         self._published: OrderedDict[str, Event] = OrderedDict()
         self._thread: StoreThread[PostgresSession] = StoreThread(self.path, errors=_ERRORS)
         self._listener: Listener | None = None
-        self._open = False
-        # Claims run on a thread and connection of their own, started by the first claim
-        # (only a consuming runtime claims): they overlap the writes of the other thread.
-        self._claimer: StoreThread[PostgresSession] | None = None
-        self._claimer_opening: anyio.Event | None = None
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.path!r})"
@@ -229,7 +222,6 @@ class PostgresStore:
             max_batch=self.max_batch,
             busy_timeout=0.0,
         )
-        self._open = True
 
     def prepare(self) -> None:
         """Create or migrate the schema now, from the calling thread, without opening the
@@ -260,11 +252,7 @@ class PostgresStore:
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.stop()
-        self._open = False
-        claimer, self._claimer = self._claimer, None
         await self._thread.stop()
-        if claimer is not None:
-            await claimer.stop()
 
     def wake_on_work(self, wake: Callable[[], object]) -> float:
         """Call ``wake`` (on this event loop) when another process may have left work to
@@ -502,10 +490,6 @@ class PostgresStore:
 
     async def unregister(self, consumer: ConsumerId) -> int:
         """Forget ``consumer`` and release what it holds, uncounted; return how many."""
-        claimer = self._claimer
-        if claimer is not None:  # the claims sent before it first, as on one connection
-            with contextlib.suppress(StoreError):
-                await claimer.call(lambda session: None, "could not unregister")
         return await self._write(
             lambda s, c: s.queries.unregister(c, consumer), "could not unregister"
         )
@@ -523,10 +507,7 @@ class PostgresStore:
         now = self._clock()
         until = now + timedelta(seconds=lease)
         known = self._published
-        claimer = self._claimer
-        if claimer is None:
-            claimer = await self._open_claimer()
-        found = await claimer.call(
+        found = await self._thread.call(
             lambda session: session.transact(
                 lambda cursor: session.writes.claim(cursor, consumer, limit, now, until, known),
                 alone=True,
@@ -541,47 +522,6 @@ class PostgresStore:
                 "expired; register it again before claiming",
             )
         return [Claim(*claim) for claim in found]
-
-    async def _open_claimer(self) -> StoreThread[PostgresSession]:
-        """The claims' thread, started on the first claim: a connection of its own, so a
-        claim never waits in line behind the publishes, starts and settlements of the
-        store's thread, and they never wait behind it. Raises as the store's thread
-        would when the store is not open, or read-only."""
-        while self._claimer_opening is not None:  # another task is starting it
-            await self._claimer_opening.wait()
-        if self._claimer is not None:
-            return self._claimer
-        if not self._open:
-            raise StoreError(self.path, "is not open; call `await store.open()` first")
-        if self.read_only:
-            raise StoreError(self.path, "was opened read-only")
-        claimer: StoreThread[PostgresSession] = StoreThread(self.path, errors=_ERRORS)
-        conninfo, statements, name = self._conninfo, self._statements, self.path
-        secret, timeout = self._secret, self.connect_timeout
-        opening = self._claimer_opening = anyio.Event()
-        try:
-            await claimer.start(  # it connects on the first claim
-                lambda: PostgresSession(
-                    conninfo,
-                    statements,
-                    name=name,
-                    secret=secret,
-                    connect_timeout=timeout,
-                    read_only=False,
-                    role="claim",
-                ),
-                writable=True,
-                max_batch=1,
-                busy_timeout=0.0,
-            )
-        finally:
-            self._claimer_opening = None
-            opening.set()
-        if not self._open:  # closed meanwhile
-            await claimer.stop()
-            raise StoreError(self.path, "is not open; call `await store.open()` first")
-        self._claimer = claimer
-        return claimer
 
     async def start(self, consumer: ConsumerId, claims: Sequence[Claim]) -> list[Claim]:
         """Count these claims' attempts as started, durably; return the ones not held.

@@ -65,10 +65,8 @@ class PostgresSession:
         secret: str | None,
         connect_timeout: float,
         read_only: bool,
-        role: str = "store",
     ) -> None:
         self.name = name
-        self.role = role  # in ``application_name``: "store", or "claim" for the claims
         self.statements = statements
         self.writes = QueueWrites(statements)
         self.queries = Queries(statements)
@@ -143,7 +141,7 @@ class PostgresSession:
                 self._conninfo,
                 autocommit=True,
                 connect_timeout=max(1, math.ceil(self._connect_timeout)),
-                application_name=application_name(self.statements.schema, self.role),
+                application_name=application_name(self.statements.schema),
             )
         except psycopg.Error as exc:
             raise self.error(exc, "could not connect") from exc
