@@ -91,9 +91,10 @@ _STATEMENTS: Final = {
         " ORDER BY key ON CONFLICT (key) DO NOTHING RETURNING key"
     ),
     "key_bodies": "SELECT key, body FROM {s}.idempotency WHERE key = ANY(%s::text[])",
-    # One statement takes the turn (``take``: the seqs of the events added) and adds the
-    # events and their deliveries, given as JSON text: ``[[id, name, body, occurred_at,
-    # key], ...]`` and ``[[index of the event, 1-based, receiver id, key], ...]``. JSON,
+    # One statement takes the turn (``h``: the seq before those of the events added) and
+    # adds the events and their deliveries, given as JSON text: ``[[id, name, body,
+    # occurred_at, key], ...]`` and ``[[index of the event, 1-based, receiver id, key],
+    # ...]``. JSON,
     # not arrays: one string for psycopg to send, where a list of values is dumped one
     # value at a time in Python (a batch of 64 events: 0.1 ms instead of 2). Then the
     # schema's channel is notified when the last parameter is true.

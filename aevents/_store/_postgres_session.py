@@ -2,7 +2,8 @@
 
 ``PostgresSession`` is the ``Session`` a ``StoreThread`` drives (see
 ``_sqlite_thread``): one sync psycopg connection, used only by that thread, in
-autocommit mode with explicit transactions. psycopg's async connection runs on
+autocommit mode with explicit transactions (a claim is one statement, which is
+its own transaction). psycopg's async connection runs on
 asyncio only; a thread with a sync connection serves asyncio, uvloop and trio
 alike, and lets concurrent publishes, starts and settlements share one
 transaction (group commit), as in ``SQLiteStore``.

@@ -450,9 +450,11 @@ class QueueWrites:
 # keyed delivery is claimable only when no earlier one of its (receiver, key) is
 # unfinished: pending (ready, scheduled or leased), or dead and holding the key.
 # ``expired`` is read from the row before the update: a started attempt whose lease ran
-# out. A last row of NULLs says the consumer is live (no row at all: it is not). Each
-# event is looked up by its primary key, one claim at a time, so a fresh table whose
-# statistics are stale is never scanned whole.
+# out. A row of NULLs says the consumer is live (none: it is not). Each event is looked
+# up by its primary key, one claim at a time, and the rows locked are updated by their
+# ``ctid`` (a TID scan), so a fresh table whose statistics are stale is never scanned
+# whole. (A row that another transaction changed and committed after this statement
+# began is locked but not visible to the update: it is left for the next claim.)
 # The claim commits without waiting for the server to flush its WAL (``synchronous_commit``
 # off for this transaction alone, set where the live registration is found): a server
 # crash can forget a claim made just before, which only makes its deliveries claimable
