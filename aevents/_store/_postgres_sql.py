@@ -29,6 +29,7 @@ claim's attempt is ``attempts + 1`` until it starts and ``attempts`` after.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Generator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, Protocol
@@ -129,7 +130,7 @@ def publish_steps(
     events: list[tuple[str, str, str, datetime, str | None]] = []
     deliveries: list[tuple[int, str, str | None]] = []
     for index, row in enumerate(adding, 1):
-        events.append((row[0], row[1], bytes(row[2]).decode(), row[3], row[6]))
+        events.append((row[0], row[1], base64.b64encode(row[2]).decode(), row[3], row[6]))
         deliveries.extend((index, receiver_id, row[6]) for receiver_id in dict.fromkeys(row[4]))
     yield (
         statements.publish,
