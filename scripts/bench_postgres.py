@@ -5,9 +5,11 @@ Three kinds per row: ``runtime``, whole EventRuntimes on the store (each process
 publishes with ``publish_many`` in batches, and the runtimes' workers claim, run
 one receiver that every process shares, start and settle, until ``drain()``);
 ``store``, the store's calls made directly (publish, claim, start, settle);
-``bare``, plain psycopg with no event loop and no store thread: the same
-statements (rendered by the store's SQL modules), the same transactions per
-batch (publish; claim; start; settle), events made and serialised the same way.
+``bare``, plain psycopg on one connection with no event loop and no store
+thread: the same statements (rendered by the store's SQL modules), the same
+transactions per batch (publish; claim, one statement of its own that reads the
+routes of the consumer the loop registered; start; settle), events made and
+serialised the same way.
 
 All processes start together on a fresh schema; the rate is every process's
 events over the time from the first start to the last finish. Each figure is
@@ -39,6 +41,7 @@ from psycopg import sql
 from aevents._event import make_event
 from aevents._store import Completed, ConsumerId, Route
 from aevents._store._postgres import PostgresStore
+from aevents._store._postgres_queries import Queries
 from aevents._store._postgres_schema import Statements
 from aevents._store._postgres_sql import COMPLETED, QueueWrites, event_row, write_events
 
@@ -85,8 +88,15 @@ def _bare_worker(
     statements = Statements(schema)
     writes = QueueWrites(statements)
     receiver = f"bench:r{index}"
-    holder = str(ConsumerId("bench", os.getpid(), f"w{index}"))
+    consumer = ConsumerId("bench", os.getpid(), f"w{index}")
+    holder = str(consumer)
     with psycopg.connect(DSN, autocommit=True) as conn, conn.cursor() as cursor:
+        now = datetime.now(UTC)
+        cursor.execute("BEGIN")  # registered as the store registers a consumer
+        Queries(statements).register(
+            cursor, consumer, [Route("bench:*", receiver)], now, now + timedelta(seconds=600)
+        )
+        cursor.execute("COMMIT")
         start.wait()
         started = time.perf_counter()
         published = done = 0
@@ -99,17 +109,11 @@ def _bare_worker(
                 cursor.execute("COMMIT")
                 published += size
             now = datetime.now(UTC)
-            cursor.execute("BEGIN")
+            # one statement, its own transaction, reading the routes of the live consumer
             rows = writes.claim(
-                cursor,
-                ConsumerId("bench", os.getpid(), f"w{index}"),
-                [receiver],
-                batch,
-                now,
-                now + timedelta(seconds=_LEASE_SECONDS),
-                {},
+                cursor, consumer, batch, now, now + timedelta(seconds=_LEASE_SECONDS), {}
             )
-            cursor.execute("COMMIT")
+            assert rows is not None
             held = [(event.id, receiver_id, attempt) for event, receiver_id, attempt, _ in rows]
             cursor.execute("BEGIN")
             writes.write(cursor, [(3, holder, held, [])])  # START
@@ -345,6 +349,12 @@ def main() -> None:
         print(
             f"{processes:>10}{runtime:>14,.0f}{store:>12,.0f}{bare:>12,.0f}"
             f"{runtime / bare:>14.2f}{store / bare:>12.2f}"
+        )
+    for processes in args.processes:  # the spread: each round's ratio, from the same round
+        each = zip(rates["runtime", processes], rates["bare", processes], strict=True)
+        print(
+            f"runtime/bare by round, {processes} process{'es' if processes > 1 else ''}: "
+            + ", ".join(f"{runtime / bare:.2f}" for runtime, bare in each)
         )
     peer = [_procrastinate_rate(args.events, args.batch) for _ in range(args.rounds)]
     if None in peer:

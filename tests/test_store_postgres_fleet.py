@@ -15,7 +15,8 @@ import pytest
 
 import aevents
 from aevents._event import make_event
-from aevents._store import PostgresStore
+from aevents._exceptions import StoreError
+from aevents._store import ConsumerId, PostgresStore, Route
 
 from .pg import RUNTIME_CHILD, drop_schema, schema_for, terminate_backends
 
@@ -204,3 +205,38 @@ async def test_the_store_reconnects_after_its_backends_are_terminated(
             assert len(acknowledged) >= 27
             await runtime.drain()
     assert set(acknowledged) <= set(seen)
+
+
+async def test_a_claim_is_one_statement_that_alone_skips_the_flush(
+    postgres_dsn: str, schema: str
+) -> None:
+    """A claim reads the routes of the live registration in its own statement: a consumer
+    that is not registered is refused, and one that is gets its receivers' deliveries only.
+    ``synchronous_commit`` is off for the claim's own transaction and on again after it."""
+    store = PostgresStore(postgres_dsn, schema=schema, listen=False)
+    await store.open()
+    try:
+        consumer = ConsumerId("host", 1, "a")
+        with pytest.raises(StoreError, match="not registered"):
+            await store.claim(consumer, 8, lease=30)
+        await store.register(consumer, [Route("pg:*", "mine")], ttl=60)
+        await store.publish(
+            [(make_event("pg:one", {"n": n}, {}), ["mine", "theirs"]) for n in range(3)]
+        )
+        assert await store.claim(consumer, 0, lease=30) == []
+        before = await store._call(show_synchronous_commit, "could not read")
+        claims = await store.claim(consumer, 8, lease=30)
+        assert [(c.event.payload["n"], c.receiver_id, c.attempt) for c in claims] == [
+            (0, "mine", 1),
+            (1, "mine", 1),
+            (2, "mine", 1),
+        ]
+        assert await store._call(show_synchronous_commit, "could not read") == before
+        assert await store.start(consumer, claims) == []
+    finally:
+        await store.close()
+
+
+def show_synchronous_commit(session: Any) -> Any:
+    """On the store's own connection (its thread's session), outside any transaction."""
+    return session.connection().execute("SHOW synchronous_commit").fetchone()

@@ -72,7 +72,6 @@ from ._postgres_sql import (
     complete_in,
     complete_in_async,
     event_row,
-    receivers_of,
     write_events,
     write_events_async,
 )
@@ -509,18 +508,14 @@ class PostgresStore:
         now = self._clock()
         until = now + timedelta(seconds=lease)
         known = self._published
-
-        def work(session: PostgresSession, cursor: Any) -> list[Any] | None:
-            routes = session.writes.routes_of_live(cursor, consumer, now)
-            if routes is None:
-                return None
-            if limit <= 0:
-                return []
-            return session.writes.claim(
-                cursor, consumer, receivers_of(routes), limit, now, until, known
-            )
-
-        found = await self._write(work, "could not claim")
+        found = await self._thread.call(
+            lambda session: session.transact(
+                lambda cursor: session.writes.claim(cursor, consumer, limit, now, until, known),
+                alone=True,
+            ),
+            "could not claim",
+            writes=True,
+        )
         if found is None:
             raise StoreError(
                 self.path,

@@ -2,7 +2,8 @@
 
 ``PostgresSession`` is the ``Session`` a ``StoreThread`` drives (see
 ``_sqlite_thread``): one sync psycopg connection, used only by that thread, in
-autocommit mode with explicit transactions. psycopg's async connection runs on
+autocommit mode with explicit transactions (a claim is one statement, which is
+its own transaction). psycopg's async connection runs on
 asyncio only; a thread with a sync connection serves asyncio, uvloop and trio
 alike, and lets concurrent publishes, starts and settlements share one
 transaction (group commit), as in ``SQLiteStore``.
@@ -161,14 +162,27 @@ class PostgresSession:
 
     # -- transactions ----------------------------------------------------------------------
 
-    def transact(self, work: Callable[[psycopg.Cursor[Any]], _T], *, read_only: bool = False) -> _T:
+    def transact(
+        self,
+        work: Callable[[psycopg.Cursor[Any]], _T],
+        *,
+        read_only: bool = False,
+        alone: bool = False,
+    ) -> _T:
         """Run ``work(cursor)`` in one transaction and commit; run it again once on a new
-        connection if the connection broke (or a deadlock was detected) before COMMIT."""
+        connection if the connection broke (or a deadlock was detected) before COMMIT.
+
+        ``alone``: ``work`` runs one statement, which is its own transaction (autocommit):
+        no BEGIN and COMMIT round trips. It runs again too if the connection broke
+        during it; only for a statement whose effect, if it committed unseen, does no
+        harm (a claim: what it leased comes back when the lease runs out)."""
         for attempt in range(1, _TRIES + 1):
             conn = self.connection()
             committing = False
             try:
                 with conn.cursor() as cursor:
+                    if alone:
+                        return work(cursor)
                     cursor.execute("BEGIN READ ONLY" if read_only else "BEGIN")
                     result = work(cursor)
                     committing = True

@@ -29,6 +29,7 @@ claim's attempt is ``attempts + 1`` until it starts and ``attempts`` after.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Generator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, Protocol
@@ -126,31 +127,22 @@ def publish_steps(
             out[index] = rows[first[key]][2]
     if not adding:
         return out
-    found = yield (statements.take_seqs, (len(adding),))
-    head = int(found[0][0])
-    seqs = range(head - len(adding) + 1, head + 1)
+    events: list[tuple[str, str, str, datetime, str | None]] = []
+    deliveries: list[tuple[int, str, str | None]] = []
+    for index, row in enumerate(adding, 1):
+        events.append((row[0], row[1], base64.b64encode(row[2]).decode(), row[3], row[6]))
+        deliveries.extend((index, receiver_id, row[6]) for receiver_id in dict.fromkeys(row[4]))
     yield (
-        statements.insert_events,
+        statements.publish,
         (
-            list(seqs),
-            [row[0] for row in adding],
-            [row[1] for row in adding],
-            [row[2] for row in adding],
-            [row[3] for row in adding],
-            [row[6] for row in adding],
+            len(adding),
+            len(adding),
+            orjson.dumps(events).decode(),
+            orjson.dumps(deliveries).decode(),
+            bool(deliveries),
+            statements.channel,
         ),
     )
-    event_seqs: list[int] = []
-    receivers: list[str] = []
-    keys_of: list[str | None] = []
-    for seq, row in zip(seqs, adding, strict=True):
-        for receiver_id in dict.fromkeys(row[4]):
-            event_seqs.append(seq)
-            receivers.append(receiver_id)
-            keys_of.append(row[6])
-    if receivers:
-        yield (statements.insert_deliveries, (event_seqs, receivers, keys_of))
-        yield (statements.notify, (statements.channel,))
     return out
 
 
@@ -245,14 +237,18 @@ _HELD_OR_DONE_HERE: Final = _HELD.replace("d.state = 0", "d.state IN (0, 1)")
 # the deliveries by their key, the work grows with the batch. Written as one join, the
 # planner hash-joined every claim with every held delivery of the same receiver and
 # attempt and then looked up an event per pair: quadratic (64 claims: 4,096 lookups,
-# about 6 ms a statement, most of a fleet's time on PostgreSQL).
+# about 6 ms a statement, most of a fleet's time on PostgreSQL). Each seq is a subquery
+# on the events' unique index, one probe per claim: joined, a table whose statistics are
+# stale (a fresh store, or one that grew fast since autovacuum last analysed it) was
+# hash-joined whole, a scan of every event per statement (8 ms at 8,000 events). An id
+# with no event gives a NULL seq, which matches no delivery.
 _CLAIMS: Final = (
-    "WITH c AS MATERIALIZED (SELECT c.*, e.seq FROM unnest(%s::text[], %s::text[], %s::int[])"
-    " WITH ORDINALITY AS c(event_id, receiver_id, attempt, i)"
-    " JOIN {s}.events AS e ON e.id = c.event_id) "
+    "WITH c AS MATERIALIZED (SELECT c.v ->> 0 AS event_id, c.v ->> 1 AS receiver_id,"
+    " (c.v ->> 2)::int AS attempt, c.i, (SELECT e.seq FROM {s}.events AS e"
+    " WHERE e.id = c.v ->> 0) AS seq FROM jsonb_array_elements(%s::jsonb)"
+    " WITH ORDINALITY AS c(v, i)) "
 )
 _QUEUE: Final = {
-    "routes_of_live": "SELECT routes FROM {s}.consumers WHERE id = %s AND expires_at > %s",
     # (constants only are joined here: the values are all parameters)
     "start": (
         _CLAIMS  # noqa: S608
@@ -270,10 +266,11 @@ _QUEUE: Final = {
     # A delivery done in the receiver's transaction (state 1) stays done: its holder
     # is let go of, nothing else changes. ``d.state`` in SET is the value before.
     "settle": (
-        "WITH c AS MATERIALIZED (SELECT c.*, e.seq FROM unnest(%s::text[], %s::text[],"  # noqa: S608
-        " %s::int[], %s::smallint[], %s::timestamptz[], %s::boolean[]) WITH ORDINALITY"
-        " AS c(event_id, receiver_id, attempt, kind, due, holds, i)"
-        " JOIN {s}.events AS e ON e.id = c.event_id) "
+        "WITH c AS MATERIALIZED (SELECT c.v ->> 0 AS event_id, c.v ->> 1 AS receiver_id,"  # noqa: S608
+        " (c.v ->> 2)::int AS attempt, (c.v ->> 3)::smallint AS kind,"
+        " (c.v ->> 4)::timestamptz AS due, (c.v ->> 5)::boolean AS holds, c.i,"
+        " (SELECT e.seq FROM {s}.events AS e WHERE e.id = c.v ->> 0) AS seq"
+        " FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS c(v, i)) "
         "UPDATE {s}.deliveries AS d SET"
         " state = CASE WHEN d.state = 1 THEN 1 WHEN c.kind = 0 THEN 1 WHEN c.kind = 3 THEN 2"
         " ELSE 0 END, holder = NULL,"
@@ -301,12 +298,9 @@ _QUEUE: Final = {
 }
 
 
-def _claims_params(claims: Sequence[tuple[str, str, int]]) -> list[list[Any]]:
-    return [[c[0] for c in claims], [c[1] for c in claims], [c[2] for c in claims]]
-
-
-def receivers_of(routes: bytes) -> list[str]:
-    return sorted({receiver for _, receiver in orjson.loads(routes)})
+def _claims_json(claims: Sequence[tuple[str, str, int]]) -> str:
+    """``[[event id, receiver id, attempt], ...]``: one string to send (see ``publish``)."""
+    return orjson.dumps(claims).decode()
 
 
 def routes_json(routes: Sequence[Route]) -> bytes:
@@ -341,7 +335,7 @@ class QueueWrites:
     def _start(
         self, cursor: Cursor, holder: str, claims: Sequence[tuple[str, str, int]], out: list[int]
     ) -> None:
-        cursor.execute(self._sql["start"], (*_claims_params(claims), holder))
+        cursor.execute(self._sql["start"], (_claims_json(claims), holder))
         held = {row[0] for row in cursor.fetchall()}
         out[:] = [index for index in range(len(claims)) if index + 1 not in held]
 
@@ -353,23 +347,18 @@ class QueueWrites:
         outcomes: Sequence[tuple[int, str, str, int, Any]],
         out: list[int],
     ) -> bool:
-        dues: list[datetime | None] = []
-        holds: list[bool] = []
-        for kind, _, _, _, argument in outcomes:
-            dues.append(now + argument if kind == RESCHEDULED else None)
-            holds.append(bool(argument[0]) if kind == DEAD_LETTERED else False)
-        cursor.execute(
-            self._sql["settle"],
+        rows = [
             (
-                [o[1] for o in outcomes],
-                [o[2] for o in outcomes],
-                [o[3] for o in outcomes],
-                [o[0] for o in outcomes],
-                dues,
-                holds,
-                holder,
-            ),
-        )
+                event_id,
+                receiver_id,
+                attempt,
+                kind,
+                now + argument if kind == RESCHEDULED else None,
+                bool(argument[0]) if kind == DEAD_LETTERED else False,
+            )
+            for kind, event_id, receiver_id, attempt, argument in outcomes
+        ]
+        cursor.execute(self._sql["settle"], (orjson.dumps(rows).decode(), holder))
         found = cursor.fetchall()
         applied = {row[0]: row[1] for row in found}
         keyed = {row[0] for row in found if row[2]}
@@ -404,33 +393,31 @@ class QueueWrites:
             if index + 1 in applied
         )
 
-    def routes_of_live(self, cursor: Cursor, consumer: ConsumerId, now: datetime) -> bytes | None:
-        cursor.execute(self._sql["routes_of_live"], (str(consumer), now))
-        rows = cursor.fetchall()
-        return None if not rows else bytes(rows[0][0])
-
     def claim(
         self,
         cursor: Cursor,
         consumer: ConsumerId,
-        receivers: list[str],
         limit: int,
         now: datetime,
         until: datetime,
         known: Mapping[str, Event],
-    ) -> list[tuple[Event, str, int, bool]]:
-        """Lease up to ``limit`` claimable deliveries of ``receivers`` until ``until``."""
+    ) -> list[tuple[Event, str, int, bool]] | None:
+        """Lease up to ``limit`` claimable deliveries of the receivers that ``consumer``
+        registered, until ``until``, in one statement (run it on its own, in autocommit:
+        it is its own transaction). ``None`` when ``consumer`` is not live at ``now``."""
         cursor.execute(
             self._sql["claim"],
             {
-                "receivers": receivers,
-                "now": now,
-                "limit": limit,
                 "holder": str(consumer),
+                "now": now,
+                "limit": max(limit, 0),
                 "until": until,
             },
         )
-        rows = sorted(cursor.fetchall(), key=lambda row: (row[0], row[1]))
+        found = cursor.fetchall()
+        rows = sorted((row for row in found if row[0] is not None), key=lambda row: row[:2])
+        if len(rows) == len(found):
+            return None  # no row of NULLs: not live
         claims = []
         event: Event | None = None
         last = None
@@ -452,20 +439,38 @@ class QueueWrites:
         until: datetime,
     ) -> list[int]:
         """Extend the leases held; the indexes of the claims not held."""
-        cursor.execute(self._sql["renew"], (*_claims_params(claims), until, holder))
+        cursor.execute(self._sql["renew"], (_claims_json(claims), until, holder))
         held = {row[0] for row in cursor.fetchall()}
         return [index for index in range(len(claims)) if index + 1 not in held]
 
 
-# Per receiver, the first ``limit`` claimable deliveries in publish order, locked (skipping
-# those another transaction holds locked), then the first ``limit`` of them all. A keyed
-# delivery is claimable only when no earlier one of its (receiver, key) is unfinished:
-# pending (ready, scheduled or leased), or dead and holding the key. ``expired`` is read
-# from the row before the update: a started attempt whose lease ran out.
+# One statement, its own transaction: the consumer's routes, read from its live
+# registration (none when it is not live, or expired), give the receivers; per receiver,
+# the first ``limit`` claimable deliveries in publish order are locked (skipping those
+# another transaction holds locked), then the first ``limit`` of them all are leased. A
+# keyed delivery is claimable only when no earlier one of its (receiver, key) is
+# unfinished: pending (ready, scheduled or leased), or dead and holding the key.
+# ``expired`` is read from the row before the update: a started attempt whose lease ran
+# out. A row of NULLs says the consumer is live (none: it is not). Each event is looked
+# up by its primary key, one claim at a time, and the rows locked are updated by their
+# ``ctid`` (a TID scan), so a fresh table whose statistics are stale is never scanned
+# whole. (A row that another transaction changed and committed after this statement
+# began is locked but not visible to the update: it is left for the next claim.)
+# The claim commits without waiting for the server to flush its WAL (``synchronous_commit``
+# off for this transaction alone, set where the live registration is found): a server
+# crash can forget a claim made just before, which only makes its deliveries claimable
+# again. Nothing counts on a claim being durable: its attempt counts at the start, whose
+# commit waits for the flush, and so flushes the claim written before it.
 _CLAIM: Final = (
-    "WITH picked AS (SELECT x.event_seq, x.receiver_id, x.holder IS NOT NULL AND x.started"
-    " AS expired FROM unnest(%(receivers)s::text[]) AS r(receiver_id) CROSS JOIN LATERAL"
-    " (SELECT d.event_seq, d.receiver_id, d.holder, d.started FROM {s}.deliveries AS d"
+    "WITH live AS MATERIALIZED (SELECT routes FROM {s}.consumers"
+    " WHERE id = %(holder)s AND expires_at > %(now)s"
+    " AND set_config('synchronous_commit', 'off', true) = 'off'),"
+    " r AS (SELECT DISTINCT x.route ->> 1 AS receiver_id FROM live,"
+    " jsonb_array_elements(convert_from(live.routes, 'UTF8')::jsonb) AS x(route)),"
+    " picked AS (SELECT x.row, x.event_seq, x.receiver_id, x.holder IS NOT NULL AND x.started"
+    " AS expired FROM r CROSS JOIN LATERAL"
+    " (SELECT d.ctid AS row, d.event_seq, d.receiver_id, d.holder, d.started"
+    " FROM {s}.deliveries AS d"
     " WHERE d.receiver_id = r.receiver_id AND d.state = 0 AND d.due <= %(now)s"
     " AND (d.holder IS NULL OR d.lease_until <= %(now)s)"
     " AND (d.key IS NULL OR NOT EXISTS (SELECT 1 FROM {s}.deliveries AS p"
@@ -473,10 +478,12 @@ _CLAIM: Final = (
     " AND p.event_seq < d.event_seq AND p.key IS NOT NULL"
     " AND (p.state = 0 OR p.holds_key)))"
     " ORDER BY d.event_seq LIMIT %(limit)s FOR UPDATE OF d SKIP LOCKED) AS x"
-    " ORDER BY x.event_seq, x.receiver_id LIMIT %(limit)s)"
-    " UPDATE {s}.deliveries AS d SET holder = %(holder)s, lease_until = %(until)s,"
-    " started = false FROM picked, {s}.events AS e"
-    " WHERE d.event_seq = picked.event_seq AND d.receiver_id = picked.receiver_id"
-    " AND e.seq = d.event_seq"
-    " RETURNING d.event_seq, d.receiver_id, d.attempts, picked.expired, e.id, e.body"
+    " ORDER BY x.event_seq, x.receiver_id LIMIT %(limit)s),"
+    " claimed AS (UPDATE {s}.deliveries AS d SET holder = %(holder)s, lease_until = %(until)s,"
+    " started = false WHERE d.ctid = ANY(ARRAY(SELECT row FROM picked))"
+    " RETURNING d.event_seq, d.receiver_id, d.attempts)"
+    " SELECT c.event_seq, c.receiver_id, c.attempts, p.expired, e.id, e.body"
+    " FROM claimed AS c JOIN picked AS p USING (event_seq, receiver_id) CROSS JOIN LATERAL"
+    " (SELECT e.id, e.body FROM {s}.events AS e WHERE e.seq = c.event_seq LIMIT 1) AS e"
+    " UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL FROM live"
 )
