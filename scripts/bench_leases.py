@@ -55,6 +55,7 @@ from aevents._store._sqlite_leased_sql import (
     _SETTLE,
     _START,
     CLAIM,
+    CLAIM_EXPIRED,
     COMPLETED,
 )
 from aevents._store._sqlite_schema import SYNCHRONOUS
@@ -139,6 +140,9 @@ def _bare_worker(
                 conn.execute(SYNCHRONOUS["NORMAL"])
             conn.execute("BEGIN IMMEDIATE")
             claimed = conn.execute(CLAIM, (receiver, now, batch)).fetchall()
+            expired = conn.execute(CLAIM_EXPIRED, (receiver, now, batch)).fetchall()
+            if expired:  # as the store merges them (none expire here: the lease is long)
+                claimed = sorted(claimed + expired, key=lambda row: row[0])[:batch]
             until = now + int(_LEASE_SECONDS * 1e6)
             conn.executemany(_LEASE, [(holder, until, row[0], row[1]) for row in claimed])
             conn.execute("COMMIT")

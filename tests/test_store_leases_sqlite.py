@@ -41,7 +41,13 @@ from aevents._store import (  # noqa: E402
     StoreStats,
     new_consumer_id,
 )
-from aevents._store._sqlite_leased_sql import CLAIM, CLAIM_PLAN, LeasedSQL  # noqa: E402
+from aevents._store._sqlite_leased_sql import (  # noqa: E402
+    CLAIM,
+    CLAIM_EXPIRED,
+    CLAIM_EXPIRED_PLAN,
+    CLAIM_PLAN,
+    LeasedSQL,
+)
 from aevents._store._sqlite_schema import SCHEMA_VERSION  # noqa: E402
 
 
@@ -162,7 +168,8 @@ async def test_a_journal_is_migrated_into_a_queue(path: Path, anyio_backend: obj
             "DROP TABLE consumers",
             "DROP TRIGGER event_head_moves",
             "DROP TABLE event_head",
-            "DROP INDEX deliveries_ready",
+            "DROP INDEX deliveries_free",
+            "DROP INDEX deliveries_leased",
             "DROP INDEX deliveries_lane",
             "DROP INDEX deliveries_held",
             "DROP INDEX deliveries_done",
@@ -191,6 +198,45 @@ async def test_a_journal_is_migrated_into_a_queue(path: Path, anyio_backend: obj
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
+async def test_a_version_4_queue_keeps_its_leases_and_free_deliveries_across_the_upgrade(
+    path: Path, anyio_backend: object
+) -> None:
+    """Version 5 reads free deliveries and expired leases through two indexes: a queue made
+    by version 4, with a lease that ran out ahead of a free delivery, is claimed as before."""
+    first, second = make_event("v4:event", {"n": 1}, {}), make_event("v4:event", {"n": 2}, {})
+    store = SQLiteStore(path)
+    await store.open()
+    holder = new_consumer_id()
+    await store.register(holder, _routes("r"), ttl=60)
+    await store.publish([(first, ["r"]), (second, ["r"])])
+    held = await store.claim(holder, 1, lease=0.05)
+    await store.start(holder, held)
+    await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # as version 4 left it
+        for statement in (
+            "DROP INDEX deliveries_free",
+            "DROP INDEX deliveries_leased",
+            "CREATE INDEX deliveries_ready ON deliveries (receiver_id, event_seq) WHERE state = 0",
+            "PRAGMA user_version = 4",
+        ):
+            conn.execute(statement)
+    await anyio.sleep(0.1)  # the lease runs out
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        consumer = new_consumer_id()
+        await store.register(consumer, _routes("r"), ttl=60)
+        claims = await store.claim(consumer, 10, lease=30)
+        assert [(c.event, c.attempt) for c in claims] == [(first, 2), (second, 1)]
+    finally:
+        await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert {"deliveries_free", "deliveries_leased"} <= names
+        assert "deliveries_ready" not in names
+
+
 @pytest.mark.anyio
 async def test_a_version_3_queue_keeps_its_leased_attempts_counted(
     path: Path, anyio_backend: object
@@ -207,6 +253,11 @@ async def test_a_version_3_queue_keeps_its_leased_attempts_counted(
     await store.close()
     with contextlib.closing(sqlite3.connect(path)) as conn:  # as version 3 wrote it
         conn.execute("UPDATE deliveries SET attempts = attempts + 1 WHERE holder IS NOT NULL")
+        conn.execute("DROP INDEX deliveries_free")  # version 5's: made again on the upgrade
+        conn.execute("DROP INDEX deliveries_leased")
+        conn.execute(
+            "CREATE INDEX deliveries_ready ON deliveries (receiver_id, event_seq) WHERE state = 0"
+        )
         conn.execute("ALTER TABLE deliveries DROP COLUMN started")
         conn.execute("PRAGMA user_version = 3")
         conn.commit()
@@ -254,14 +305,19 @@ async def test_a_journal_can_open_a_queue_file_once_its_users_are_gone(
 
 
 def test_a_claim_reads_its_receivers_rows_through_indexes_and_sorts_nothing(path: Path) -> None:
-    """The claim query's plan: one receiver's pending deliveries in publish order through an
-    index, a key's earlier deliveries by index search, events by primary key; no scan, no
-    sort."""
+    """The claim queries' plans: one receiver's free deliveries in publish order through an
+    index (no sort), its expired leases through another, a key's earlier deliveries by
+    index search, events by primary key; no scan."""
     anyio.run(_create, path)
     with contextlib.closing(sqlite3.connect(path)) as conn:
         plan = tuple(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + CLAIM, ("r", 0, 10)))
+        expired = tuple(
+            row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + CLAIM_EXPIRED, ("r", 0, 10))
+        )
     assert plan == CLAIM_PLAN
     assert not any(line.startswith("SCAN") or "TEMP B-TREE" in line for line in plan)
+    assert expired == CLAIM_EXPIRED_PLAN
+    assert not any(line.startswith("SCAN") for line in expired)
 
 
 async def _create(path: Path) -> None:

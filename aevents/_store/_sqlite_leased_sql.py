@@ -27,9 +27,10 @@ and the journal's requests (``APPEND``, ``START``, ``COMPLETE``, ``DEAD``, see
 
 Claims and renewals run alone (``claim``, ``renew``): a claim is one
 transaction that checks the consumer, reads up to ``limit`` claimable rows of
-each of its receivers through the ``deliveries_ready`` and ``deliveries_lane``
-indexes, keeps the first ``limit`` in publish order and leases them.
-``CLAIM_PLAN`` pins the plan it gets.
+each of its receivers (those nobody holds through ``deliveries_free``, those
+whose lease ran out through ``deliveries_leased``; a key's order through
+``deliveries_lane``), keeps the first ``limit`` in publish order and leases
+them. ``CLAIM_PLAN`` and ``CLAIM_EXPIRED_PLAN`` pin the plans they get.
 
 Times are integer microseconds since the epoch, as in the journal.
 """
@@ -63,6 +64,8 @@ from ._sqlite_sql import (
 
 __all__ = [
     "CLAIM",
+    "CLAIM_EXPIRED",
+    "CLAIM_EXPIRED_PLAN",
     "COMPLETED",
     "DEAD_LETTERED",
     "PUBLISH",
@@ -115,30 +118,47 @@ _LEASE_COUNTS: Final = (
 
 # -- claims. A pending delivery is claimable when it is due, not leased (or its lease ran
 # out), and first of its (receiver, key) among the deliveries not finished: pending, or
-# dead and holding the key. CLAIM reads one receiver's (the claim merges its receivers).
+# dead and holding the key. CLAIM reads one receiver's that nobody holds, CLAIM_EXPIRED
+# those whose lease ran out (the claim merges them, and its receivers', in publish order).
 CLAIM: Final = (
-    "SELECT d.event_seq, d.receiver_id, d.attempts, d.holder IS NOT NULL AND d.started,"
-    " e.id, e.name, e.body, e.published_at"
+    "SELECT d.event_seq, d.receiver_id, d.attempts, 0, e.id, e.name, e.body, e.published_at"
     " FROM deliveries AS d JOIN events AS e ON e.seq = d.event_seq"
-    " WHERE d.state = 0 AND d.receiver_id = ?1"
-    " AND d.due <= ?2 AND (d.holder IS NULL OR d.lease_until <= ?2)"
+    " WHERE d.state = 0 AND d.holder IS NULL AND d.receiver_id = ?1 AND d.due <= ?2"
     " AND (d.key IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries AS p"
     " WHERE p.receiver_id = d.receiver_id AND p.key = d.key AND p.event_seq < d.event_seq"
     " AND p.key IS NOT NULL AND (p.state = 0 OR p.holds_key = 1)))"
     " ORDER BY d.event_seq LIMIT ?3"
 )
-# What EXPLAIN QUERY PLAN says of CLAIM on SQLite 3.40 (tests/test_store_leases_sqlite.py
-# checks it): the receiver's pending deliveries are read in publish order through
-# deliveries_ready, a key's earlier unfinished deliveries are one search of
-# deliveries_lane, and each event is found by its primary key. Nothing is sorted and
-# no table is scanned: a claim reads its receivers' pending rows up to what it takes,
-# plus those ahead of them that are leased or scheduled; another receiver's backlog
-# costs it nothing.
+CLAIM_EXPIRED: Final = (
+    "SELECT d.event_seq, d.receiver_id, d.attempts, d.started,"
+    " e.id, e.name, e.body, e.published_at"
+    " FROM deliveries AS d JOIN events AS e ON e.seq = d.event_seq"
+    " WHERE d.state = 0 AND d.holder IS NOT NULL AND d.receiver_id = ?1"
+    " AND d.lease_until <= ?2 AND d.due <= ?2"
+    " AND (d.key IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries AS p"
+    " WHERE p.receiver_id = d.receiver_id AND p.key = d.key AND p.event_seq < d.event_seq"
+    " AND p.key IS NOT NULL AND (p.state = 0 OR p.holds_key = 1)))"
+    " ORDER BY d.event_seq LIMIT ?3"
+)
+# What EXPLAIN QUERY PLAN says of them on SQLite 3.40 (tests/test_store_leases_sqlite.py
+# checks it). CLAIM reads the receiver's free deliveries in publish order through
+# deliveries_free: it steps over none of the leased ones, however many are in flight
+# (a claim used to, which made a busy fleet's claims cost in proportion to its leases).
+# CLAIM_EXPIRED reads only the leases that ran out, through deliveries_leased, and
+# sorts those few. A key's earlier unfinished deliveries are one search of
+# deliveries_lane, and each event is found by its primary key. No table is scanned.
 CLAIM_PLAN: Final = (
-    "SEARCH d USING INDEX deliveries_ready (receiver_id=?)",
+    "SEARCH d USING INDEX deliveries_free (receiver_id=?)",
     "CORRELATED SCALAR SUBQUERY 1",
     "SEARCH p USING INDEX deliveries_lane (receiver_id=? AND key=? AND event_seq<?)",
     "SEARCH e USING INTEGER PRIMARY KEY (rowid=?)",
+)
+CLAIM_EXPIRED_PLAN: Final = (
+    "SEARCH d USING INDEX deliveries_leased (receiver_id=? AND lease_until<?)",
+    "CORRELATED SCALAR SUBQUERY 1",
+    "SEARCH p USING INDEX deliveries_lane (receiver_id=? AND key=? AND event_seq<?)",
+    "SEARCH e USING INTEGER PRIMARY KEY (rowid=?)",
+    "USE TEMP B-TREE FOR ORDER BY",
 )
 _LEASE: Final = (
     "UPDATE deliveries SET holder = ?, lease_until = ?, started = 0"
@@ -470,11 +490,15 @@ class LeasedSQL:
                 return []
             if reclaim_dead_pids:
                 self._reclaim_dead_pids(consumer, now)
-            receivers = _receivers(row[0])
-            rows = []
-            for receiver in receivers:
-                rows += conn.execute(CLAIM, (receiver, now, limit)).fetchall()
-            if len(receivers) > 1:  # merge: the first ``limit`` of them all, in publish order
+            rows: list[Any] = []
+            parts = 0
+            for receiver in _receivers(row[0]):
+                for query in (CLAIM, CLAIM_EXPIRED):
+                    found = conn.execute(query, (receiver, now, limit)).fetchall()
+                    if found:
+                        rows += found
+                        parts += 1
+            if parts > 1:  # merge: the first ``limit`` of them all, in publish order
                 rows.sort(key=_publish_order)
                 del rows[limit:]
             conn.executemany(_LEASE, [(holder, until, r[0], r[1]) for r in rows])

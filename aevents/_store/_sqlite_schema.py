@@ -98,12 +98,22 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE deliveries ADD COLUMN started INTEGER NOT NULL DEFAULT 0",
         "UPDATE deliveries SET started = 1 WHERE holder IS NOT NULL AND state = 0",
     ),
+    (  # v5. A claim reads a receiver's deliveries that nobody holds, in publish order, and
+        # apart from them those whose lease ran out, soonest first: it no longer steps over
+        # every delivery leased ahead of the first free one (all a busy fleet has in flight).
+        "CREATE INDEX deliveries_free ON deliveries (receiver_id, event_seq)"
+        " WHERE state = 0 AND holder IS NULL",
+        "CREATE INDEX deliveries_leased ON deliveries (receiver_id, lease_until)"
+        " WHERE state = 0 AND holder IS NOT NULL",
+        "DROP INDEX deliveries_ready",
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 _TABLES_OF_VERSION: Final[tuple[frozenset[str], ...]] = (
     frozenset(),
     frozenset({"events", "deliveries", "dead_letters"}),
     frozenset({"events", "deliveries", "dead_letters", "idempotency"}),
+    frozenset({"events", "deliveries", "dead_letters", "idempotency", "consumers", "event_head"}),
     frozenset({"events", "deliveries", "dead_letters", "idempotency", "consumers", "event_head"}),
     frozenset({"events", "deliveries", "dead_letters", "idempotency", "consumers", "event_head"}),
 )
