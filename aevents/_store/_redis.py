@@ -176,7 +176,8 @@ class RedisStore:
         self._connect_timeout = float(connect_timeout)
         self._clock = clock
         self._connection = RedisConnection()
-        self._scripts: dict[str, Any] = {}
+        self._scripts: dict[str, Any] = {}  # name -> SHA1, loaded at open
+        self._no_script: type[Exception] = Exception
         self._published: OrderedDict[int, Event] = OrderedDict()  # position -> event published here
         self._retention_at = 0.0
 
@@ -201,6 +202,8 @@ class RedisStore:
         coredis = _import_coredis()
         from coredis.retry import NoRetryPolicy
 
+        self._no_script = coredis.exceptions.NoScriptError
+
         def make() -> Any:
             return coredis.Redis.from_url(
                 self._url,
@@ -220,7 +223,7 @@ class RedisStore:
             await self._check_persistence()
             client = connection.client
             self._scripts = {
-                name: client.register_script(source) for name, source in SCRIPTS.items()
+                name: await client.script_load(source) for name, source in SCRIPTS.items()
             }
         except BaseException as error:
             await connection.close()
@@ -251,11 +254,13 @@ class RedisStore:
     async def _run(self, name: str, args: Sequence[Any], doing: str) -> Any:
         if not self._connection.is_open:
             raise StoreError(self.path, "is not open; call `await store.open()` first")
-        script = self._scripts[name]
+        client = self._connection.client
         try:
-            return await self._connection.call(
-                lambda _: script(keys=[self.keys.base], args=list(args))
-            )
+            try:
+                return await client.evalsha(self._scripts[name], keys=[self.keys.base], args=args)
+            except self._no_script:  # the server lost its scripts (a restart, SCRIPT FLUSH)
+                await client.script_load(SCRIPTS[name])
+                return await client.evalsha(self._scripts[name], keys=[self.keys.base], args=args)
         except Exception as error:
             if isinstance(error, StoreError):
                 raise
