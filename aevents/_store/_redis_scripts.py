@@ -192,6 +192,11 @@ local function hmget(key, names)
   return values
 end
 
+-- something may be claimable for other consumers: their listeners read the newest entry
+local function wake()
+  redis.call('XADD', B .. ':wake', 'MAXLEN', '1', '*', 'w', '1')
+end
+
 local function event_body(pos)
   local found = redis.call('XRANGE', B .. ':events', pos .. '-0', pos .. '-0')
   if #found == 0 then return false end
@@ -315,7 +320,10 @@ for r, list in pairs(ages) do
   if #list > 0 then redis.call('ZADD', agekey(r), unpack(list)) end
 end
 redis.call('HINCRBY', B .. ':counts', 'events', new)
-if deliveries > 0 then redis.call('HINCRBY', B .. ':counts', 'pending', deliveries) end
+if deliveries > 0 then
+  redis.call('HINCRBY', B .. ':counts', 'pending', deliveries)
+  wake()
+end
 return result
 """
 )
@@ -411,9 +419,12 @@ return out
 CLAIM = (
     _PRELUDE
     + r"""
--- ARGV: consumer, limit, now_us, lease_us
--- -> {receiver, attempt, lease expired (0/1), position, event body or false, ...}
+-- ARGV: consumer, limit, now_us, lease_us, start
+-- -> {receiver, attempt, lease expired (0/1), position, event body or false, started, ...}
+-- The first `start` claims whose lease did not run out are started too, as START
+-- would start them (their attempt counts): the claimer runs them next.
 local c, limit, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local to_start = tonumber(ARGV[5] or '0')
 local reg = live(c, now)
 if not reg then return redis.error_reply('AEVENTS not live') end
 if limit <= 0 then return {} end
@@ -472,6 +483,25 @@ for _, cand in ipairs(taken) do
   per[cand.r] = per[cand.r] or {}
   table.insert(per[cand.r], cand)
 end
+local function start_taken()
+  -- in publish order, the first to_start of those whose last attempt did not run out
+  local starts = {}
+  for _, cand in ipairs(taken) do
+    if to_start <= 0 then break end
+    if cand.o == 0 then
+      cand.started = 1
+      to_start = to_start - 1
+      starts[cand.r] = starts[cand.r] or {}
+      table.insert(starts[cand.r], cand.pos)
+      table.insert(starts[cand.r], string.format('%d', (cand.s + 1) * 2 + 1))
+    end
+  end
+  for r, list in pairs(starts) do
+    for first = 1, #list, 4000 do
+      redis.call('HSET', stkey(r), unpack(list, first, math.min(first + 3999, #list)))
+    end
+  end
+end
 local deadline = string.format('%d', until_us)
 for r, cands in pairs(per) do
   local positions = {}
@@ -502,6 +532,7 @@ for r, cands in pairs(per) do
   end
   if #due > 0 then redis.call('ZADD', duekey(r), unpack(due)) end
 end
+start_taken()
 -- the bodies: one XRANGE over the positions when they lie close together
 local bodies = {}
 local low, high, distinct = math.huge, 0, 0
@@ -538,6 +569,7 @@ for _, cand in ipairs(taken) do
   table.insert(out, cand.o)
   table.insert(out, cand.pos)
   table.insert(out, body)
+  table.insert(out, cand.started or 0)
 end
 return out
 """
@@ -676,6 +708,7 @@ local lost = {}
 local touched = {}
 local settled = {}
 local completed = {}
+local others = false  -- another consumer may claim now: what was released, a key's next
 local function finish(r, pos, id)
   redis.call('XACK', rkey(r), GROUP, id)
   redis.call('ZREM', duekey(r), id)
@@ -696,6 +729,7 @@ for n, claim in ipairs(held_claims(c, 4, 8)) do
   else
     settled[once] = true
     touched[r] = true
+    if kind == 'R' or (key and kind ~= 'S') then others = true end
     if kind == 'C' then
       completed[r] = completed[r] or {ids = {}, positions = {}}
       table.insert(completed[r].ids, id)
@@ -756,6 +790,7 @@ if done > 0 then
   redis.call('HINCRBY', B .. ':counts', 'done', done)
 end
 for r, _ in pairs(touched) do trim(r) end
+if others then wake() end
 return lost
 """
 )
@@ -786,6 +821,7 @@ for _, r in ipairs(redis.call('SMEMBERS', B .. ':receivers')) do
     redis.call('XGROUP', 'DELCONSUMER', key, GROUP, c)
   end
 end
+if released > 0 then wake() end
 return released
 """
 )
@@ -960,6 +996,7 @@ for _, dead_id in ipairs(chosen) do
     count = count + 1
   end
 end
+if count > 0 then wake() end
 return count
 """
 )
@@ -996,6 +1033,7 @@ for i = 2, #ARGV do
     count = count + 1
   end
 end
+if count > 0 then wake() end
 return count
 """
 )
@@ -1011,6 +1049,7 @@ if not holder then return 0 end
 redis.call('HDEL', B .. ':held', field)
 redis.call('ZREM', kkey(r, key), string.match(holder, ' (.*)$'))
 unpark_head(r, key, tonumber(ARGV[3]))
+wake()
 return 1
 """
 )
@@ -1018,12 +1057,17 @@ return 1
 PRUNE = (
     _PRELUDE
     + r"""
--- ARGV: cutoff us ('' for none), room, cursor ('-' to start), scan budget
+-- ARGV: cutoff us ('' for none), room, cursor ('-' to start), scan budget, stop (1/0)
 -- -> {removed, next cursor or false}
+-- With stop, the scan ends at the first event not older than the cutoff (the events
+-- after it are about as new, give or take the publishers' clocks): the retention pass
+-- reads only the events it may prune, not the whole stream.
 local cutoff = ARGV[1] ~= '' and tonumber(ARGV[1]) or nil
 local room = tonumber(ARGV[2])
 local cursor = ARGV[3]
 local budget = tonumber(ARGV[4])
+local stop = ARGV[5] == '1'
+local reached = false
 local removed = 0
 local events = B .. ':events'
 local batch = redis.call('XRANGE', events, cursor, '+', 'COUNT', budget)
@@ -1034,6 +1078,10 @@ for _, e in ipairs(batch) do
     break
   end
   local f = fields(e[2])
+  if stop and cutoff and tonumber(f['t']) >= cutoff then
+    reached = true
+    break
+  end
   if not cutoff or tonumber(f['t']) < cutoff then
     local pos = string.match(e[1], '^(%d+)')
     local done = tonumber(redis.call('HGET', B .. ':done', pos) or '0')
@@ -1055,7 +1103,7 @@ for _, e in ipairs(batch) do
     end
   end
 end
-if not next_cursor and #batch == budget then
+if not next_cursor and not reached and #batch == budget then
   next_cursor = '(' .. batch[#batch][1]
 end
 return {removed, next_cursor}
