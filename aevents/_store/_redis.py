@@ -280,16 +280,28 @@ class RedisStore:
         client = self._connection.client
         try:
             try:
-                return await client.evalsha(self._scripts[name], keys=[self.keys.base], args=args)
+                return await self._evalsha(client, self._scripts[name], args)
             except self._no_script:  # the server lost its scripts (a restart, SCRIPT FLUSH)
                 await client.script_load(SCRIPTS[name])
-                return await client.evalsha(self._scripts[name], keys=[self.keys.base], args=args)
+                return await self._evalsha(client, self._scripts[name], args)
         except Exception as error:
             if isinstance(error, StoreError):
                 raise
             if _is_redis_error(error):
                 raise StoreError(self.path, f"{doing}: {_describe(error)}") from None
             raise
+
+    async def _evalsha(self, client: Any, sha: str, args: Sequence[Any]) -> Any:
+        """``EVALSHA`` on a connection of the pool, which it leaves before the reply comes,
+        as coredis' ``acquire`` allows (the connection carries other calls meanwhile).
+
+        The arguments are str, bytes and int already: this skips the command object
+        coredis builds around each call, which checks every argument three times over
+        (a third of the client's time for a batch of 256 events).
+        """
+        async with client.connection_pool.acquire() as connection:
+            request = connection.create_request(b"EVALSHA", sha, 1, self.keys.base, *args)
+        return await request
 
     # -- publishing and reading events -----------------------------------------------------
 
