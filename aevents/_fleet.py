@@ -18,7 +18,9 @@ may have let a key move on, and otherwise polls with a short backoff. The
 workers run the claims, each once its attempt is recorded as started
 (``LeasedStore.start``, written for all the workers that start at once in one
 call): a claim counts as an attempt only then, so the claims a process had
-taken into its buffer cost nothing when a receiver kills it. The outcomes
+taken into its buffer cost nothing when a receiver kills it. A store that can
+start claims in the claim's own call (``RedisStore.claim_and_start``) starts
+there the ones the workers take next, the look-ahead, saving a call per round. The outcomes
 (``Completed``, ``Rescheduled`` for a retry, which the store holds until it is
 due, ``DeadLettered``) are settled in batches, and a claim counts as finished
 for ``drain()`` once its settle is written. Leases are renewed while the

@@ -18,7 +18,8 @@ Each change is one Lua script (``_redis_scripts``), atomic on the server:
   oldest entry the group still has pending or unread, never with ``MAXLEN``.
 * An idempotency key is ``SET NX PX`` in the same script as the ``XADD``.
 
-Attempts: a claim counts nothing; ``start`` records the attempt as started (a
+Attempts: a claim counts nothing (``claim_and_start`` starts some of its claims in
+the same script, as ``start`` would); ``start`` records the attempt as started (a
 per-delivery count in ``B:st:<receiver>``), and a claim's attempt is that count
 plus one. The PEL's delivery counter is set to the claim's attempt with
 ``XCLAIM ... RETRYCOUNT``, so ``XPENDING`` shows the attempt that runs, and a
@@ -114,7 +115,8 @@ class RedisStore:
 
     Pass it to ``EventRuntime(store=...)``; every process of the deployment opens
     its own ``RedisStore`` on the same server and prefix. It runs on asyncio,
-    uvloop and trio alike. Open, use and close a store from one task.
+    uvloop and trio alike. Open, use and close a store on one event loop (from any of
+    its tasks): its coredis client lives in a task of its own on that loop.
 
     Args:
         url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS,

@@ -31,6 +31,9 @@ The key layout (``_redis_keys`` names it for Python; ``KEYS[1]`` is the base,
 * ``B:idem:<key>`` the first event of an idempotency key (``SET NX PX``);
   ``B:idemt`` key -> occurred_at, for ``forget_idempotency_keys`` and stats.
 * ``B:counts`` events, pending, done, dead; ``B:pend`` / ``B:deadc`` per receiver.
+* ``B:wake`` a stream of one entry (``MAXLEN 1``), added to whenever other consumers
+  may find something to claim (a publish, a redelivery, a claim released, a key's
+  next delivery let go): consuming runtimes read it with ``XREAD BLOCK``.
 
 Lease times in the PEL: when a claim takes over an entry, or a renewal or a retry
 moves it, its delivery time is set with ``XCLAIM ... TIME`` to the moment it becomes
