@@ -5,8 +5,9 @@ The key layout (``_redis_keys`` names it for Python; ``KEYS[1]`` is the base,
 
 * ``B:seq`` the newest event position; ``B:events`` the stream of events, one entry
   per event at ID ``<position>-0``, fields ``i`` id, ``b`` JSON, ``n`` name, ``k`` key,
-  ``t`` occurred_at (microseconds); ``B:ids`` event id -> position; ``B:left``
-  position -> deliveries not pruned; ``B:done`` position -> done, not pruned.
+  ``t`` occurred_at (microseconds), ``r`` how many deliveries it has; ``B:ids`` event
+  id -> position; ``B:left`` position -> deliveries not pruned, once a prune took
+  some (before that, the event's ``r``); ``B:done`` position -> done, not pruned.
 * Per receiver id ``r``: the stream ``B:r:<r>`` with one entry per delivery (at the
   event's position, ``<position>-0``; a redelivered one at ``<newest position>-<n>``),
   fields ``p`` position and ``k`` key, read by the consumer group ``aevents``. Its
@@ -262,7 +263,7 @@ end
 if new == 0 then return result end
 -- the positions of the new events, then a few calls for the whole batch
 local pos = redis.call('INCRBY', B .. ':seq', new) - new
-local ids, left, per, known, ages = {}, {}, {}, {}, {}
+local ids, per, known, ages = {}, {}, {}, {}
 local deliveries = 0
 local function flush(key, list)
   if #list > 0 then redis.call('HSET', key, unpack(list)) end
@@ -275,20 +276,19 @@ for e, ev in ipairs(events) do
       redis.call('SET', B .. ':idem:' .. ev.idem, ev.body, 'NX', 'PX', ttl)
       redis.call('ZADD', B .. ':idemt', ev.t, ev.idem)
     end
+    local count = string.format('%d', #ev.receivers)
     if ev.haskey then
       redis.call('XADD', B .. ':events', id, 'i', ev.id, 'b', ev.body, 'n', ev.name, 't', ev.t,
-                 'k', ev.key)
+                 'r', count, 'k', ev.key)
     else
-      redis.call('XADD', B .. ':events', id, 'i', ev.id, 'b', ev.body, 'n', ev.name, 't', ev.t)
+      redis.call('XADD', B .. ':events', id, 'i', ev.id, 'b', ev.body, 'n', ev.name, 't', ev.t,
+                 'r', count)
     end
     table.insert(ids, ev.id)
     table.insert(ids, pos)
-    table.insert(left, pos)
-    table.insert(left, #ev.receivers)
     if #ids >= 4000 then
       flush(B .. ':ids', ids)
-      flush(B .. ':left', left)
-      ids, left = {}, {}
+      ids = {}
     end
     for _, r in ipairs(ev.receivers) do
       if not known[r] then
@@ -317,7 +317,6 @@ for e, ev in ipairs(events) do
   end
 end
 flush(B .. ':ids', ids)
-flush(B .. ':left', left)
 for r, count in pairs(per) do redis.call('HINCRBY', B .. ':pend', r, count) end
 for r, list in pairs(ages) do
   if #list > 0 then redis.call('ZADD', agekey(r), unpack(list)) end
@@ -462,10 +461,15 @@ for _, r in ipairs(reg['receivers']) do
     end
   end
 end
-table.sort(candidates, function(a, b)
+local function before(a, b)
   if a.pos ~= b.pos then return a.pos < b.pos end
   return a.r < b.r
-end)
+end
+local ordered = true
+for i = 2, #candidates do
+  if before(candidates[i], candidates[i - 1]) then ordered = false break end
+end
+if not ordered then table.sort(candidates, before) end
 local taken = {}
 for _, cand in ipairs(candidates) do
   local head = (not cand.key) or is_head(cand.r, cand.key, cand.id)
@@ -712,6 +716,7 @@ local touched = {}
 local settled = {}
 local completed = {}
 local others = false  -- another consumer may claim now: what was released, a key's next
+local done_at, done_by = {}, {}  -- positions completed here, and how many deliveries each
 local function finish(r, pos, id)
   redis.call('XACK', rkey(r), GROUP, id)
   redis.call('ZREM', duekey(r), id)
@@ -737,7 +742,8 @@ for n, claim in ipairs(held_claims(c, 4, 8)) do
       completed[r] = completed[r] or {ids = {}, positions = {}}
       table.insert(completed[r].ids, id)
       table.insert(completed[r].positions, pos)
-      redis.call('HINCRBY', B .. ':done', pos, 1)
+      if not done_by[pos] then table.insert(done_at, pos) end
+      done_by[pos] = (done_by[pos] or 0) + 1
       if key then
         redis.call('ZREM', kkey(r, key), id)
         unpark_head(r, key, now)
@@ -771,6 +777,19 @@ for n, claim in ipairs(held_claims(c, 4, 8)) do
       end
     end
   end
+end
+if #done_at > 0 then
+  local now_done = hmget(B .. ':done', done_at)
+  local updates = {}
+  for i, pos in ipairs(done_at) do
+    table.insert(updates, pos)
+    table.insert(updates, string.format('%d', tonumber(now_done[i] or '0') + done_by[pos]))
+    if #updates >= 4000 then
+      redis.call('HSET', B .. ':done', unpack(updates))
+      updates = {}
+    end
+  end
+  if #updates > 0 then redis.call('HSET', B .. ':done', unpack(updates)) end
 end
 local done = 0
 for r, batch in pairs(completed) do
@@ -1089,7 +1108,8 @@ for _, e in ipairs(batch) do
     local pos = string.match(e[1], '^(%d+)')
     local done = tonumber(redis.call('HGET', B .. ':done', pos) or '0')
     local take = math.min(done, room - removed)
-    local left = tonumber(redis.call('HGET', B .. ':left', pos) or '0')
+    -- deliveries not pruned: the event's count of receivers until a prune took some
+    local left = tonumber(redis.call('HGET', B .. ':left', pos) or f['r'] or '0')
     if take > 0 then
       redis.call('HINCRBY', B .. ':done', pos, -take)
       redis.call('HINCRBY', B .. ':counts', 'done', -take)
