@@ -20,11 +20,11 @@ workers run the claims, each once its attempt is recorded as started
 call): a claim counts as an attempt only then, so the claims a process had
 taken into its buffer cost nothing when a receiver kills it. A store that can
 start claims in the claim's own call (``RedisStore.claim_and_start``) starts
-there the ones the workers take next, the look-ahead, saving a call per round. The outcomes
-(``Completed``, ``Rescheduled`` for a retry, which the store holds until it is
-due, ``DeadLettered``) are settled in batches, and a claim counts as finished
-for ``drain()`` once its settle is written. Leases are renewed while the
-claims are held. A claim whose lease was lost is not settled here: another
+there the ones the workers take next, the look-ahead, saving a call per round.
+The outcomes (``Completed``, ``Rescheduled`` for a retry, which the store holds
+until it is due, ``DeadLettered``) are settled in batches, and a claim counts
+as finished for ``drain()`` once its settle is written. Leases are renewed
+while the claims are held. A claim whose lease was lost is not settled here: another
 consumer has it. A claim whose attempt is past its receiver's policy (the
 processes of its earlier attempts died) is dead-lettered without running. At
 the stop, what is running is drained and the rest is handed back
