@@ -28,6 +28,7 @@ claim is held while its entry is pending for its consumer with that counter.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -76,6 +77,11 @@ _PAGE = 512  # stream entries a script reads at a time, for pending()
 _RETENTION_EVERY = 60.0  # seconds between retention passes
 _RETENTION_CHUNK = _PRUNE_SCAN * 4  # done deliveries a retention chunk prunes at most
 _LISTEN_BACKOFF = (0.1, 5.0)  # the wake listener's first and longest wait after an error
+# EVALSHA names a script by its SHA1, as Redis computes it (an identifier, not security)
+_SHAS = {
+    name: hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+    for name, source in SCRIPTS.items()
+}
 
 
 def _us(moment: datetime) -> int:
@@ -198,7 +204,7 @@ class RedisStore:
         self.poll_interval = float(poll_interval)
         self._clock = clock
         self._connection = RedisConnection()
-        self._scripts: dict[str, Any] = {}  # name -> SHA1, loaded at open
+        self._scripts: dict[str, str] = {}  # name -> SHA1 (EVALSHA), set at open
         self._no_script: type[Exception] = Exception
         self._published: OrderedDict[int, Event] = OrderedDict()  # position -> event published here
         self._retention_at = 0.0  # time.monotonic() of the next retention pass
@@ -245,10 +251,7 @@ class RedisStore:
             if int(version.split(".")[0]) < 7:
                 raise StoreError(self.path, f"needs Redis 7 or later, the server runs {version}")  # noqa: TRY301
             await self._check_persistence()
-            client = connection.client
-            self._scripts = {
-                name: await client.script_load(source) for name, source in SCRIPTS.items()
-            }
+            self._scripts = _SHAS  # loaded by the first call of each that the server lacks
         except BaseException as error:
             await connection.close()
             if isinstance(error, StoreError):
