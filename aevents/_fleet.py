@@ -18,11 +18,13 @@ may have let a key move on, and otherwise polls with a short backoff. The
 workers run the claims, each once its attempt is recorded as started
 (``LeasedStore.start``, written for all the workers that start at once in one
 call): a claim counts as an attempt only then, so the claims a process had
-taken into its buffer cost nothing when a receiver kills it. The outcomes
-(``Completed``, ``Rescheduled`` for a retry, which the store holds until it is
-due, ``DeadLettered``) are settled in batches, and a claim counts as finished
-for ``drain()`` once its settle is written. Leases are renewed while the
-claims are held. A claim whose lease was lost is not settled here: another
+taken into its buffer cost nothing when a receiver kills it. A store that can
+start claims in the claim's own call (``RedisStore.claim_and_start``) starts
+there the ones the workers take next, the look-ahead, saving a call per round.
+The outcomes (``Completed``, ``Rescheduled`` for a retry, which the store holds
+until it is due, ``DeadLettered``) are settled in batches, and a claim counts
+as finished for ``drain()`` once its settle is written. Leases are renewed
+while the claims are held. A claim whose lease was lost is not settled here: another
 consumer has it. A claim whose attempt is past its receiver's policy (the
 processes of its earlier attempts died) is dead-lettered without running. At
 the stop, what is running is drained and the rest is handed back
@@ -38,7 +40,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 import anyio
 import anyio.abc
@@ -86,6 +88,15 @@ POLL_MAX: Final = 0.5
 """The claim loop's backoff, in seconds, when nothing woke it and nothing was claimable."""
 
 Held = tuple[str, str]  # (event id, receiver id)
+
+
+class ClaimAndStart(Protocol):
+    """``RedisStore.claim_and_start``: a claim that starts the first ``start`` of its
+    claims whose lease did not run out; the claims, and those started."""
+
+    async def __call__(
+        self, consumer: ConsumerId, limit: int, *, lease: float, start: int
+    ) -> tuple[list[Claim], list[Claim]]: ...
 
 
 class _Write:
@@ -179,6 +190,9 @@ class Fleet:
         self._started: set[Held] = set()
         self._starting_ahead: set[Held] = set()
         self._ahead = buffer.workers
+        # A store that starts claims in the claim's own call (RedisStore) starts the
+        # look-ahead there: one call less per round.
+        self._claim_and_start: ClaimAndStart | None = getattr(store, "claim_and_start", None)
         # The claim loop: woken by publishes, settles and drain(); rounds counted for drain().
         self._claim_wanted = anyio.Event()
         self._rounds_started = 0
@@ -587,11 +601,11 @@ class Fleet:
             self._claim_wanted = anyio.Event()
             self._rounds_started += 1
             try:
-                claims = await self.store.claim(self.consumer, limit, lease=self.lease)
+                claims, started = await self._claim(limit)
             except StoreError as error:
-                claims = []
+                claims, started = [], []
                 await self._claim_failed(error)
-            self._accept(claims)
+            self._accept(claims, started)
             if claims:
                 self._start_ahead()
             self._claimed += len(claims)
@@ -610,6 +624,15 @@ class Fleet:
                 await self._claim_wanted.wait()
             delay = POLL_MIN if self._claim_wanted.is_set() else min(delay * 2, self._poll_max)
 
+    async def _claim(self, limit: int) -> tuple[list[Claim], list[Claim]]:
+        """Claim ``limit`` at most; with a store that can, start the look-ahead's share of
+        them in the same call (as ``_start_ahead`` would next): the claims, those started."""
+        assert self.consumer is not None
+        wanted = self._ahead_wanted()
+        if self._claim_and_start is None or wanted <= 0:
+            return await self.store.claim(self.consumer, limit, lease=self.lease), []
+        return await self._claim_and_start(self.consumer, limit, lease=self.lease, start=wanted)
+
     def _work_arrived(self) -> None:
         """The store says another process may have left work to claim."""
         self._claim_wanted.set()
@@ -626,9 +649,11 @@ class Fleet:
             logger.warning("could not register as a consumer (%s)", error)
             await anyio.sleep(POLL_MAX)
 
-    def _accept(self, claims: list[Claim]) -> None:
-        """Queue claims; settle at once those that cannot run here."""
+    def _accept(self, claims: list[Claim], started: list[Claim]) -> None:
+        """Queue claims (``started``: those whose start the claim wrote, now started
+        ahead); settle at once those that cannot run here."""
         epoch = self._epochs.current
+        ahead = {(claim.event.id, claim.receiver_id) for claim in started}
         for claim in claims:
             held = (claim.event.id, claim.receiver_id)
             subscription = self._registry.receiver(claim.receiver_id, claim.event.name)
@@ -644,6 +669,8 @@ class Fleet:
                 self._queue_outcome(self._exhausted(claim, subscription), epoch)
                 continue
             epoch.unfinished += 1
+            if held in ahead:
+                self._started.add(held)
             replay = claim.lease_expired or claim.event.occurred_at < self._started_at
             # Within the room the claim asked for, unless publishes took some meanwhile.
             self._buffer.readmit(Delivery(claim.event, subscription, claim.attempt, epoch, replay))
@@ -744,9 +771,9 @@ class Fleet:
         waits to run alone, nor for deliveries that may have to (their last attempt
         followed a process that died), whose starts are their own.
         """
-        if self._alone is not None or self._alone_waiting or self._run.state is not RUNNING:
+        wanted = self._ahead_wanted()
+        if wanted <= 0:
             return
-        wanted = self._ahead - len(self._started) - len(self._starting_ahead)
         scanned = 0
         for delivery in self._buffer.items:
             scanned += 1
@@ -767,6 +794,12 @@ class Fleet:
             self._start(claim)
             self._starting_ahead.add(held)
             wanted -= 1
+
+    def _ahead_wanted(self) -> int:
+        """How many more claims the look-ahead may start (none while one runs alone)."""
+        if self._alone is not None or self._alone_waiting or self._run.state is not RUNNING:
+            return 0
+        return self._ahead - len(self._started) - len(self._starting_ahead)
 
     def _unheld(self, held: Held) -> None:
         """Forget a claim this process no longer holds (settled, lost or handed back)."""

@@ -4,8 +4,10 @@
                                   [--processes 1] [--repeat 3]
 
 For each batch size (1, 32, 256), each process publishes a batch and consumes it
-(claim, start, settle as done), as a runtime's fleet calls the store; the raw
-loop does XADD of the batch (pipelined), XREADGROUP of the batch and XACK of it.
+(a claim that starts the batch in the same call, then a settle as done), as a
+runtime's fleet calls the store when its workers can take the whole batch: three
+round trips, as the raw loop's XADD of the batch (pipelined), XREADGROUP of the
+batch and XACK of it.
 With ``--processes N`` N processes run at once on one store (one receiver each;
 the raw loops one stream each), started together. Raw and aevents runs alternate
 ``--repeat`` times; printed are the medians of events/s (all processes), of the
@@ -50,8 +52,8 @@ async def aevents_round_trips(
             sent = [(make_event("bench:event", {"n": n}, {}), [receiver]) for n in range(batch)]
             began = time.perf_counter()
             await store.publish(sent)
-            claims = await store.claim(consumer, batch, lease=30)
-            await store.start(consumer, claims)
+            claims, started = await store.claim_and_start(consumer, batch, lease=30, start=batch)
+            assert started == claims
             await store.settle(consumer, [Completed(claim) for claim in claims])
             times.append(time.perf_counter() - began)
             assert len(claims) == batch

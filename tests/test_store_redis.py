@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import math
 import os
 import shutil
 import signal
@@ -12,8 +13,10 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
@@ -29,7 +32,9 @@ from aevents._exceptions import StoreError  # noqa: E402
 from aevents._store import (  # noqa: E402
     Clock,
     Completed,
+    DeadLettered,
     LeasedStore,
+    Released,
     Route,
     StoreStats,
     new_consumer_id,
@@ -437,3 +442,252 @@ def test_a_password_in_the_query_string_is_hidden_too() -> None:
     assert "hunter2" not in store.path
     assert "hunter2" not in repr(store)
     assert "password=***" in store.path
+
+
+def test_poll_interval_must_be_a_finite_number_of_seconds() -> None:
+    assert RedisStore("redis://127.0.0.1:6379/0").poll_interval == 2.0
+    assert RedisStore("redis://127.0.0.1:6379/0", poll_interval=0.25).poll_interval == 0.25
+    for wrong in (0, -1, math.inf, True, "2"):
+        with pytest.raises(aevents.ConfigurationError, match="poll_interval"):
+            RedisStore("redis://127.0.0.1:6379/0", poll_interval=wrong)  # type: ignore[arg-type]
+
+
+# -- the client on the caller's loop: opened and closed from any task -------------------------
+
+
+@pytest.mark.anyio
+async def test_a_store_opened_in_one_task_is_used_and_closed_from_others(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """The client belongs to the store's own task: other tasks call it and close it, and
+    open and close again leave no garbage behind (memory streams collected with warnings
+    would fail a later test)."""
+    store = RedisStore(redis_url, prefix=redis_prefix, retention=None)
+    counts: list[int] = []
+
+    async def count() -> None:
+        counts.append((await store.stats()).events)
+
+    for _ in range(3):
+        async with anyio.create_task_group() as group:
+            group.start_soon(store.open)
+        counts.clear()
+        async with anyio.create_task_group() as group:
+            for _ in range(4):
+                group.start_soon(count)
+        assert counts == [0, 0, 0, 0]
+        store.wake_on_work(lambda: None)  # a listener blocked in XREAD when it closes
+        async with anyio.create_task_group() as group:
+            group.start_soon(store.close)
+        with pytest.raises(StoreError, match="not open"):
+            await store.stats()
+    gc.collect()
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_runtime_still_hands_its_claims_back(
+    redis_url: str, redis_prefix: str, store: RedisStore
+) -> None:
+    """A cancellation from outside stops the runtime; the client, outside the cancelled
+    scope, still settles its claims at the stop: nothing stays leased, nobody registered."""
+    registry = aevents.Registry()
+    running = anyio.Event()
+
+    @registry.subscribe("slow:*", id="slow")
+    async def slow(event: aevents.Event) -> None:
+        running.set()
+        await anyio.sleep_forever()
+
+    events = [(make_event("slow:event", {"n": n}, {}), ["slow"]) for n in range(20)]
+    await store.publish(events)
+    consuming = RedisStore(redis_url, prefix=redis_prefix, retention=None)
+    with anyio.fail_after(30):
+        with anyio.CancelScope() as scope:
+            async with aevents.EventRuntime(registry, store=consuming, workers=2, buffer=8):
+                await running.wait()
+                scope.cancel()
+                await anyio.sleep_forever()
+        assert await store.leases() == []
+        assert await store.consumers() == []
+    backlog = {row.receiver_id: row for row in await store.backlog()}
+    assert (backlog["slow"].ready, backlog["slow"].leased) == (20, 0)
+
+
+# -- claim_and_start: the claim that starts its look-ahead ------------------------------------
+
+
+@pytest.fixture
+async def clocked(redis_url: str, redis_prefix: str) -> AsyncIterator[tuple[RedisStore, Any]]:
+    """An open store on this test's prefix that reads a manual clock."""
+    from aevents._conformance_leases import ManualClock
+
+    clock = ManualClock()
+    opened = RedisStore(redis_url, prefix=redis_prefix, clock=clock, retention=None)
+    await opened.open()
+    try:
+        yield opened, clock
+    finally:
+        await opened.close()
+
+
+@pytest.mark.anyio
+async def test_claim_and_start_starts_the_first_claims_whose_lease_did_not_run_out(
+    clocked: tuple[RedisStore, Any],
+) -> None:
+    """The first `start` claims in publish order count their attempt, as `start` counts it;
+    the others count nothing; a claim whose last attempt's lease ran out is never started
+    by it (the claimer decides whether it runs alone)."""
+    store, clock = clocked
+    consumer = new_consumer_id()
+    await store.register(consumer, [Route("**", "r")], ttl=3600)
+    await store.publish([(make_event("c:e", {"n": n}, {}), ["r"]) for n in range(4)])
+    claims, started = await store.claim_and_start(consumer, 10, lease=30, start=2)
+    assert [c.event.payload["n"] for c in claims] == [0, 1, 2, 3]
+    assert started == claims[:2]
+    assert [c.attempt for c in claims] == [1, 1, 1, 1]
+    assert await store.start(consumer, [claims[1]]) == []  # started twice: counted once
+    clock.advance(31)  # every lease runs out
+    again, started = await store.claim_and_start(consumer, 10, lease=30, start=10)
+    assert [(c.attempt, c.lease_expired) for c in again] == [
+        (2, True),
+        (2, True),
+        (1, False),
+        (1, False),
+    ]
+    assert started == again[2:]
+    # Released uncounts what it started; the next claim is that attempt once more.
+    assert await store.settle(consumer, [Released(c) for c in again]) == []
+    last, started = await store.claim_and_start(consumer, 10, lease=30, start=0)
+    assert [c.attempt for c in last] == [2, 2, 1, 1]
+    assert started == []
+
+
+# -- wakes and polling ------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_publishes_redeliveries_and_handed_back_claims_wake_the_consumers(
+    redis_url: str, redis_prefix: str, store: RedisStore
+) -> None:
+    """wake_on_work: another store's publish, a claim released at its stop (unregister),
+    a redelivered dead letter and a released claim each wake a listening store."""
+    listening = RedisStore(redis_url, prefix=redis_prefix, retention=None)
+    await listening.open()
+    try:
+        woken = anyio.Event()
+
+        def wake() -> None:
+            woken.set()
+
+        assert listening.wake_on_work(wake) == 2.0
+
+        async def woken_by(action: Any) -> None:
+            nonlocal woken
+            await anyio.sleep(0.05)
+            woken = anyio.Event()  # the listener's first read may wake once at its start
+            await action()
+            with anyio.fail_after(5):
+                await woken.wait()
+
+        events = [(make_event("w:e", {"n": n}, {}), ["r"]) for n in range(3)]
+        await woken_by(lambda: store.publish(events))
+        consumer = new_consumer_id()
+        await store.register(consumer, [Route("**", "r")], ttl=60)
+        claims = await store.claim(consumer, 10, lease=30)
+        await woken_by(lambda: store.settle(consumer, [Released(claims[0])]))
+        claims = await store.claim(consumer, 10, lease=30)
+        letter = aevents.DeadLetter(
+            id="letter-1",
+            event=claims[0].event,
+            receiver_id="r",
+            attempts=1,
+            error_type="builtins.RuntimeError",
+            error_message="boom",
+            failed_at=claims[0].event.occurred_at,
+        )
+        assert await store.settle(consumer, [DeadLettered(claims[0], letter)]) == []
+        await woken_by(lambda: store.redeliver(["letter-1"]))
+        await woken_by(lambda: store.unregister(consumer))
+    finally:
+        await listening.close()
+
+
+@pytest.mark.anyio
+async def test_a_runtime_whose_wakes_are_lost_still_delivers_by_polling(
+    redis_url: str, redis_prefix: str, store: RedisStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ACL user that may not XREAD: the consuming runtime's listener never reads a wake
+    (it says so once), and its claim loop still finds what another process publishes,
+    polling every poll_interval."""
+    user = "aevents-nowake-" + os.urandom(4).hex()
+    secret = os.urandom(8).hex()
+    rules = ["on", f">{secret}", "~*", "&*", "+@all", "-xread"]
+    await store._call(lambda c: c.acl_setuser(user, *rules), "add a user")
+    try:
+        parts = urlsplit(redis_url)
+        url = parts._replace(
+            netloc=f"{user}:{secret}@{parts.hostname}:{parts.port or 6379}"
+        ).geturl()
+        seen: list[int] = []
+        registry = aevents.Registry()
+
+        @registry.subscribe("lost:*", id="lost")
+        async def lost(event: aevents.Event) -> None:
+            seen.append(event.payload["n"])
+
+        consuming = RedisStore(url, prefix=redis_prefix, retention=None, poll_interval=0.2)
+        with anyio.fail_after(30):
+            async with aevents.EventRuntime(registry, store=consuming):
+                while "cannot read the wakes" not in caplog.text:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+                await store.publish([(make_event("lost:event", {"n": 1}, {}), ["lost"])])
+                while not seen:  # noqa: ASYNC110 (the runtime polls Redis)
+                    await anyio.sleep(0.01)
+        assert seen == [1]
+        assert secret not in caplog.text
+    finally:
+        await store._call(lambda c: c.acl_deluser([user]), "delete the user")
+
+
+# -- retention ---------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_retention_pass_prunes_a_backlog_of_done_events_past_one_chunk(
+    redis_url: str, redis_prefix: str, store: RedisStore
+) -> None:
+    """6,000 done events older than the retention (a chunk prunes 2,048 at most): one claim
+    starts a pass that goes on chunk after chunk until none is left, and stops at the
+    first event newer than the cutoff, whose done deliveries stay."""
+    consumer = new_consumer_id()
+    await store.register(consumer, [Route("**", "r")], ttl=600)
+
+    async def flow(count: int) -> None:
+        for start in range(0, count, 1000):
+            size = min(1000, count - start)
+            await store.publish([(make_event("old:e", {"n": n}, {}), ["r"]) for n in range(size)])
+            claims = await store.claim(consumer, size, lease=30)
+            await store.start(consumer, claims)
+            assert await store.settle(consumer, [Completed(claim) for claim in claims]) == []
+
+    await flow(6000)
+    cutoff = datetime.now(UTC)
+    await anyio.sleep(0.01)
+    await flow(100)
+    assert (await store.stats()).done == 6100
+    retaining = RedisStore(
+        redis_url, prefix=redis_prefix, clock=lambda: cutoff, retention=timedelta(0)
+    )
+    await retaining.open()
+    try:
+        other = new_consumer_id()
+        await retaining.register(other, [Route("**", "r")], ttl=600)
+        assert await retaining.claim(other, 10, lease=30) == []  # the pass starts here
+        with anyio.fail_after(30):
+            while (await store.stats()).done > 100:  # noqa: ASYNC110 (polls Redis)
+                await anyio.sleep(0.05)
+            while retaining._retaining:  # noqa: ASYNC110 (the pass ends on its own)
+                await anyio.sleep(0.05)
+    finally:
+        await retaining.close()
+    assert await store.stats() == StoreStats(events=100, pending=0, done=100, dead=0)

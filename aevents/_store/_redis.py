@@ -18,7 +18,8 @@ Each change is one Lua script (``_redis_scripts``), atomic on the server:
   oldest entry the group still has pending or unread, never with ``MAXLEN``.
 * An idempotency key is ``SET NX PX`` in the same script as the ``XADD``.
 
-Attempts: a claim counts nothing; ``start`` records the attempt as started (a
+Attempts: a claim counts nothing (``claim_and_start`` starts some of its claims in
+the same script, as ``start`` would); ``start`` records the attempt as started (a
 per-delivery count in ``B:st:<receiver>``), and a claim's attempt is that count
 plus one. The PEL's delivery counter is set to the claim's attempt with
 ``XCLAIM ... RETRYCOUNT``, so ``XPENDING`` shows the attempt that runs, and a
@@ -27,14 +28,16 @@ claim is held while its entry is pending for its consumer with that counter.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
 import orjson
 
 from .._event import Event
@@ -72,6 +75,13 @@ _KEEP_PUBLISHED = 8192  # events kept for claims of this process
 _PRUNE_SCAN = 512  # events a prune script reads at a time
 _PAGE = 512  # stream entries a script reads at a time, for pending()
 _RETENTION_EVERY = 60.0  # seconds between retention passes
+_RETENTION_CHUNK = _PRUNE_SCAN * 4  # done deliveries a retention chunk prunes at most
+_LISTEN_BACKOFF = (0.1, 5.0)  # the wake listener's first and longest wait after an error
+# EVALSHA names a script by its SHA1, as Redis computes it (an identifier, not security)
+_SHAS = {
+    name: hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+    for name, source in SCRIPTS.items()
+}
 
 
 def _us(moment: datetime) -> int:
@@ -111,7 +121,8 @@ class RedisStore:
 
     Pass it to ``EventRuntime(store=...)``; every process of the deployment opens
     its own ``RedisStore`` on the same server and prefix. It runs on asyncio,
-    uvloop and trio alike. Open, use and close a store from one task.
+    uvloop and trio alike. Open, use and close a store on one event loop (from any of
+    its tasks): its coredis client lives in a task of its own on that loop.
 
     Args:
         url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS,
@@ -121,11 +132,18 @@ class RedisStore:
             Stores on one server with different prefixes never see each other.
         clock: Where leases, retries and registrations read the time.
         retention: Prune done deliveries of events older than this, about once a
-            minute, in bounded chunks, so the server's memory stays bounded. ``None``
-            keeps them (``prune`` removes them). Default one hour.
+            minute while a runtime consumes, in bounded chunks, one after another
+            while each finds a full one, so the server's memory stays bounded at any
+            sustained rate. ``None`` keeps them (``prune`` removes them). Default one
+            hour.
         idempotency_ttl: How long Redis keeps an idempotency key record at most (its
             ``PX``), even if nobody calls ``forget_idempotency_keys``. Default 7 days.
         connect_timeout: Seconds to wait for a connection. Default 5.
+        poll_interval: Seconds a consuming runtime waits between claims when
+            nothing woke it. Publishes (and redeliveries, released claims, a key's
+            next delivery) wake the consuming runtimes at once through the stream
+            ``{prefix}:wake``; this is the fallback for a wake that did not come,
+            and how a runtime sees other processes' retries come due. Default 2.
     """
 
     def __init__(
@@ -137,6 +155,7 @@ class RedisStore:
         retention: timedelta | None = timedelta(hours=1),
         idempotency_ttl: timedelta = timedelta(days=7),
         connect_timeout: float = 5.0,
+        poll_interval: float = 2.0,
     ) -> None:
         what = "RedisStore"
         if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
@@ -166,6 +185,14 @@ class RedisStore:
             raise ConfigurationError(
                 what, f"connect_timeout must be a finite number > 0, got {connect_timeout!r}"
             )
+        if (
+            isinstance(poll_interval, bool)
+            or not isinstance(poll_interval, int | float)
+            or not 0 < poll_interval < math.inf
+        ):
+            raise ConfigurationError(
+                what, f"poll_interval must be a finite number > 0, got {poll_interval!r}"
+            )
         self._url = url
         self.path = redact(url)
         """The URL with its password hidden: what messages and the CLI show."""
@@ -174,11 +201,15 @@ class RedisStore:
         self.retention = retention
         self._idempotency_ms = max(int(idempotency_ttl.total_seconds() * 1000), 1)
         self._connect_timeout = float(connect_timeout)
+        self.poll_interval = float(poll_interval)
         self._clock = clock
         self._connection = RedisConnection()
-        self._scripts: dict[str, Any] = {}
+        self._scripts: dict[str, str] = {}  # name -> SHA1 (EVALSHA), set at open
+        self._no_script: type[Exception] = Exception
         self._published: OrderedDict[int, Event] = OrderedDict()  # position -> event published here
-        self._retention_at = 0.0
+        self._retention_at = 0.0  # time.monotonic() of the next retention pass
+        self._retaining = False  # a retention pass runs
+        self._wakes: list[Callable[[], object]] = []  # what the wake listener calls
 
     def __repr__(self) -> str:
         return f"RedisStore({self.path!r}, prefix={self.prefix!r})"
@@ -201,6 +232,8 @@ class RedisStore:
         coredis = _import_coredis()
         from coredis.retry import NoRetryPolicy
 
+        self._no_script = coredis.exceptions.NoScriptError
+
         def make() -> Any:
             return coredis.Redis.from_url(
                 self._url,
@@ -218,10 +251,7 @@ class RedisStore:
             if int(version.split(".")[0]) < 7:
                 raise StoreError(self.path, f"needs Redis 7 or later, the server runs {version}")  # noqa: TRY301
             await self._check_persistence()
-            client = connection.client
-            self._scripts = {
-                name: client.register_script(source) for name, source in SCRIPTS.items()
-            }
+            self._scripts = _SHAS  # loaded by the first call of each that the server lacks
         except BaseException as error:
             await connection.close()
             if isinstance(error, StoreError):
@@ -245,23 +275,38 @@ class RedisStore:
             )
 
     async def close(self) -> None:
-        """Disconnect. Idempotent."""
+        """Disconnect (the wake listener and a retention pass stop). Idempotent."""
+        self._wakes = []
         await self._connection.close()
 
     async def _run(self, name: str, args: Sequence[Any], doing: str) -> Any:
         if not self._connection.is_open:
             raise StoreError(self.path, "is not open; call `await store.open()` first")
-        script = self._scripts[name]
+        client = self._connection.client
         try:
-            return await self._connection.call(
-                lambda _: script(keys=[self.keys.base], args=list(args))
-            )
+            try:
+                return await self._evalsha(client, self._scripts[name], args)
+            except self._no_script:  # the server lost its scripts (a restart, SCRIPT FLUSH)
+                await client.script_load(SCRIPTS[name])
+                return await self._evalsha(client, self._scripts[name], args)
         except Exception as error:
             if isinstance(error, StoreError):
                 raise
             if _is_redis_error(error):
                 raise StoreError(self.path, f"{doing}: {_describe(error)}") from None
             raise
+
+    async def _evalsha(self, client: Any, sha: str, args: Sequence[Any]) -> Any:
+        """``EVALSHA`` on a connection of the pool, which it leaves before the reply comes,
+        as coredis' ``acquire`` allows (the connection carries other calls meanwhile).
+
+        The arguments are str, bytes and int already: this skips the command object
+        coredis builds around each call, which checks every argument three times over
+        (a third of the client's time for a batch of 256 events).
+        """
+        async with client.connection_pool.acquire() as connection:
+            request = connection.create_request(b"EVALSHA", sha, 1, self.keys.base, *args)
+        return await request
 
     # -- publishing and reading events -----------------------------------------------------
 
@@ -393,12 +438,33 @@ class RedisStore:
         Raises ``StoreError`` when ``consumer`` is not live. A cancellation may leave
         deliveries leased that nobody runs; they are claimed again once the lease ends.
         """
-        if self.retention is not None and time.monotonic() >= self._retention_at:
-            self._retention_at = time.monotonic() + _RETENTION_EVERY
-            await self.prune(older_than=self._clock() - self.retention, limit=_PRUNE_SCAN * 4)
+        claims, _ = await self._claim(consumer, limit, lease, 0)
+        return claims
+
+    async def claim_and_start(
+        self, consumer: ConsumerId, limit: int, *, lease: float, start: int
+    ) -> tuple[list[Claim], list[Claim]]:
+        """``claim``, and ``start`` in the same script for the first ``start`` claims
+        (in publish order) whose last attempt's lease did not run out: ``(claims, the
+        claims started)``. One round trip where a runtime that runs its claims at once
+        would make two; a claim started here counts its attempt as ``start`` counts it.
+        """
+        return await self._claim(consumer, limit, lease, max(start, 0))
+
+    async def _claim(
+        self, consumer: ConsumerId, limit: int, lease: float, start: int
+    ) -> tuple[list[Claim], list[Claim]]:
+        if (
+            self.retention is not None
+            and not self._retaining
+            and time.monotonic() >= self._retention_at
+        ):
+            self._retain()
         try:
             flat = await self._run(
-                "CLAIM", [str(consumer), limit, self._now(), _seconds_us(lease)], "could not claim"
+                "CLAIM",
+                [str(consumer), limit, self._now(), _seconds_us(lease), start],
+                "could not claim",
             )
         except StoreError as error:
             if "not live" in error.problem:
@@ -409,15 +475,105 @@ class RedisStore:
                 ) from None
             raise
         claims: list[Claim] = []
+        started: list[Claim] = []
         event: Event | None = None
-        for index in range(0, len(flat), 5):
-            receiver, attempt, expired, position, body = flat[index : index + 5]
+        for index in range(0, len(flat), 6):
+            receiver, attempt, expired, position, body, begun = flat[index : index + 6]
             if body:
                 known = self._published.get(int(position))
                 event = known if known is not None else Event.from_json(body)
             assert event is not None, "a claim's first delivery of an event carries its body"
-            claims.append(Claim(event, _text(receiver), int(attempt), bool(expired)))
-        return claims
+            claim = Claim(event, _text(receiver), int(attempt), bool(expired))
+            claims.append(claim)
+            if begun:
+                started.append(claim)
+        return claims, started
+
+    # -- waking consumers, and the retention pass: background tasks of an open store -------
+
+    def wake_on_work(self, wake: Callable[[], object]) -> float:
+        """Call ``wake`` (on this event loop) when another process may have left work to
+        claim; return the seconds between polls still needed besides (``poll_interval``).
+
+        The runtime calls it when it consumes. A task of the store reads the stream
+        ``{prefix}:wake``, which every publish (and redelivery, released claim, key
+        let go) adds to, with ``XREAD BLOCK``: a wake that came while it was away
+        (reconnecting, say) is read when it is back, since it reads on from the last
+        entry it saw.
+        """
+        tasks = self._connection.tasks
+        if tasks is not None:
+            if not self._wakes:
+                tasks.start_soon(self._listen)
+            self._wakes.append(wake)
+        return self.poll_interval
+
+    async def _listen(self) -> None:
+        client = self._connection.client
+        key = self.keys.base + ":wake"
+        last = "0-0"  # the newest entry wakes at once: a harmless extra claim
+        block = max(int(self.poll_interval * 1000), 100)
+        backoff = _LISTEN_BACKOFF[0]
+        failing = False
+        while self._wakes:
+            try:
+                found = await client.xread({key: last}, count=1, block=block)
+            except Exception as error:  # a Redis error, a refused command: poll meanwhile
+                if not failing:
+                    logger.warning(
+                        "%s: cannot read the wakes of other processes (%s); polling every "
+                        "%gs until it can",
+                        self.path,
+                        _describe(error),
+                        self.poll_interval,
+                    )
+                failing = True
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, _LISTEN_BACKOFF[1])
+                continue
+            if failing:
+                logger.info("%s: reading the wakes of other processes again", self.path)
+                failing, backoff = False, _LISTEN_BACKOFF[0]
+            if found:
+                entries = next(iter(found.values()))
+                if entries:
+                    last = _text(entries[-1].identifier)
+                for wake in self._wakes:
+                    wake()
+
+    def _retain(self) -> None:
+        """Start a retention pass in the background, unless the store is closing."""
+        tasks = self._connection.tasks
+        if tasks is not None:
+            self._retaining = True
+            tasks.start_soon(self._retention_pass)
+
+    async def _retention_pass(self) -> None:
+        """Prune done deliveries older than ``retention``, a chunk per call.
+
+        While a chunk finds as many as it may prune, more are waiting: the next one
+        follows after a pause as long as the chunk took (pruning takes at most about
+        half of this connection's time, and other clients run in between), so pruning
+        keeps up with any sustained rate. Each chunk stops at the first event newer
+        than the cutoff. The next pass comes ``_RETENTION_EVERY`` seconds after the end.
+        """
+        assert self.retention is not None
+        try:
+            while True:
+                began = time.monotonic()
+                removed = await self._prune(
+                    self._clock() - self.retention, _RETENTION_CHUNK, stop_at_newer=True
+                )
+                if removed < _RETENTION_CHUNK:
+                    break
+                await anyio.sleep(time.monotonic() - began)
+        except StoreError as error:
+            logger.warning("%s: the retention pass stopped (%s)", self.path, error.problem)
+        except Exception:  # a bug: the store goes on, the next pass tries again
+            logger.exception("%s: the retention pass failed", self.path)
+        finally:
+            self._retention_at = time.monotonic() + _RETENTION_EVERY
+            self._retaining = False
 
     @staticmethod
     def _claim_args(claims: Sequence[Claim]) -> list[Any]:
@@ -622,14 +778,20 @@ class RedisStore:
     async def prune(self, *, older_than: datetime | None = None, limit: int | None = None) -> int:
         """Delete at most ``limit`` done deliveries of events published before ``older_than``
         (and events with nothing left), oldest first, a chunk per script."""
+        return await self._prune(older_than, limit, stop_at_newer=False)
+
+    async def _prune(
+        self, older_than: datetime | None, limit: int | None, *, stop_at_newer: bool
+    ) -> int:
         cutoff = "" if older_than is None else _us(older_than)
         room = math.inf if limit is None else max(limit, 0)
+        stop = "1" if stop_at_newer else "0"
         removed = 0
         cursor: Any = "-"
         while removed < room:
             chunk = int(min(room - removed, 10_000))
             went, cursor = await self._run(
-                "PRUNE", [cutoff, chunk, cursor, _PRUNE_SCAN], "could not prune"
+                "PRUNE", [cutoff, chunk, cursor, _PRUNE_SCAN, stop], "could not prune"
             )
             removed += int(went)
             if not cursor:

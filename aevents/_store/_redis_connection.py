@@ -1,33 +1,35 @@
-"""The coredis client of a RedisStore, on an event loop of its own in a thread.
+"""The coredis client of a RedisStore, owned by a task of its own on the caller's event loop.
 
 coredis (6.x) runs its connections in a task group that ``async with client``
 opens, and anyio requires a task group to close in the task, and the nesting,
 it was opened in. A store is opened by one part of a runtime and closed by
-another, around the runtime's own task groups, so the client lives on a
-thread with its own event loop (anyio's blocking portal), from ``open`` to
-``close``. Callers, on asyncio, uvloop or trio, hand it a coroutine function and
-sleep on an event that the thread sets with a non-blocking call into their
-loop; no worker thread is held while a command runs.
+another, around the runtime's own task groups (and by tests, the CLI and the
+dashboard from whatever task they run in), so no caller's task can hold it.
 
-The thread's loop is uvloop when it is installed (the ``uvloop`` extra): coredis
-parses replies there, whatever loop the callers run. A call is a coroutine handed
-to that loop with ``asyncio.run_coroutine_threadsafe``, the cheapest hop there is.
+So ``open`` starts an owner task on the caller's event loop, outside every
+task group of the caller (on asyncio a plain task, on trio a system task): it
+enters the client, and a task group for the store's own background work (the
+wake listener, the retention pass), then waits for ``close``, which it answers
+by leaving both, in the task and the nesting it entered them in. Calls await
+the client directly, from any task of that loop: no thread is crossed. The
+owner runs in no caller's cancel scope, so cancelling a caller (a runtime
+stopped by a cancellation, say) leaves the connections up for the shielded
+calls that hand its claims back.
+
+A store so opened belongs to the event loop it was opened on, as PostgreSQL and
+SQLite stores do; it runs on asyncio, uvloop and trio alike, since coredis is
+built on anyio.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
-import importlib.util
-from collections.abc import Awaitable, Callable
-from concurrent.futures import Future
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import anyio
-import anyio.from_thread
-
-from .._lowlevel import loop_caller
+import anyio.abc
+import anyio.lowlevel
 
 __all__ = ["RedisConnection"]
 
@@ -35,77 +37,75 @@ _T = TypeVar("_T")
 
 
 class RedisConnection:
-    """One coredis client, entered on a thread of its own while the store is open."""
+    """One coredis client, entered by an owner task while the store is open."""
 
     def __init__(self) -> None:
-        self._stack: contextlib.ExitStack | None = None
-        self._portal: anyio.from_thread.BlockingPortal | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.client: Any = None
+        self.tasks: anyio.abc.TaskGroup | None = None
+        """The owner's task group, for the store's background tasks while it is open."""
+        self._closing: anyio.Event | None = None
+        self._closed: anyio.Event | None = None
+        self._owner: asyncio.Task[None] | None = None  # on asyncio: a reference, kept
 
     @property
     def is_open(self) -> bool:
-        return self._portal is not None
+        return self.client is not None
 
     async def open(self, make_client: Callable[[], Any]) -> None:
-        """Start the thread and enter a client that ``make_client`` makes there."""
-        stack = contextlib.ExitStack()
+        """Start the owner task and wait until it entered a client ``make_client`` makes.
 
-        def enter() -> tuple[anyio.from_thread.BlockingPortal, asyncio.AbstractEventLoop, Any]:
-            portal = stack.enter_context(
-                anyio.from_thread.start_blocking_portal("asyncio", {"use_uvloop": _UVLOOP})
-            )
-            loop = portal.call(_running_loop)
-            client = portal.call(_make, make_client)
-            stack.enter_context(portal.wrap_async_context_manager(client))
-            return portal, loop, client
+        The client's own errors come back here; a cancellation leaves nothing open.
+        """
+        opened, closing, closed = anyio.Event(), anyio.Event(), anyio.Event()
+        failure: list[BaseException] = []
 
+        async def own() -> None:
+            try:
+                client = make_client()
+                async with client, anyio.create_task_group() as tasks:
+                    self.client, self.tasks = client, tasks
+                    opened.set()
+                    await closing.wait()
+                    tasks.cancel_scope.cancel()
+            except Exception as error:  # reported to open(), or dropped after close()
+                failure.append(error)
+            finally:
+                self.client = self.tasks = None
+                self._owner = None
+                opened.set()
+                closed.set()
+
+        self._closing, self._closed = closing, closed
+        self._spawn(own)
         try:
-            self._portal, self._loop, self.client = await anyio.to_thread.run_sync(enter)
+            await opened.wait()
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(stack.close)
+            await self.close()
             raise
-        self._stack = stack
+        if failure:
+            await self.close()
+            raise failure[0]
+
+    def _spawn(self, owner: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        native = anyio.lowlevel.current_token().native_token
+        if isinstance(native, asyncio.AbstractEventLoop):
+            self._owner = native.create_task(owner())
+        else:  # trio: a system task runs outside every nursery of the caller
+            import trio
+
+            trio.lowlevel.spawn_system_task(owner)
 
     async def close(self) -> None:
-        """Leave the client and stop the thread. Idempotent."""
-        stack, self._stack, self._portal, self.client = self._stack, None, None, None
-        self._loop = None
-        if stack is not None:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(stack.close)
+        """Leave the client (its owner task ends). Idempotent."""
+        closing, closed = self._closing, self._closed
+        self._closing = self._closed = None
+        self.client = None
+        if closing is None or closed is None:
+            return
+        closing.set()
+        with anyio.CancelScope(shield=True):
+            await closed.wait()
 
     async def call(self, function: Callable[[Any], Awaitable[_T]]) -> _T:
-        """Run ``function(client)`` on the client's loop; its result or its error.
-
-        A cancellation here stops the wait, not the command: it completes or fails
-        on the client's loop on its own.
-        """
-        loop = self._loop
-        assert loop is not None, "the connection is open"
-        call_soon, new_event = loop_caller()
-        done = new_event()
-
-        async def run() -> _T:
-            return await function(self.client)
-
-        # An empty context: the caller's (trio's sniffio marker, say) must not follow the
-        # coroutine to the thread's asyncio loop.
-        future: Future[_T] = contextvars.Context().run(
-            asyncio.run_coroutine_threadsafe, run(), loop
-        )
-        future.add_done_callback(lambda _: call_soon(done.set))
-        await done.wait()
-        return future.result()
-
-
-_UVLOOP = importlib.util.find_spec("uvloop") is not None
-
-
-async def _running_loop() -> asyncio.AbstractEventLoop:
-    return asyncio.get_running_loop()
-
-
-async def _make(make_client: Callable[[], Any]) -> Any:
-    return make_client()
+        """``function(client)``: its result or its error."""
+        return await function(self.client)

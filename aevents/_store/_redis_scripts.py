@@ -5,8 +5,9 @@ The key layout (``_redis_keys`` names it for Python; ``KEYS[1]`` is the base,
 
 * ``B:seq`` the newest event position; ``B:events`` the stream of events, one entry
   per event at ID ``<position>-0``, fields ``i`` id, ``b`` JSON, ``n`` name, ``k`` key,
-  ``t`` occurred_at (microseconds); ``B:ids`` event id -> position; ``B:left``
-  position -> deliveries not pruned; ``B:done`` position -> done, not pruned.
+  ``t`` occurred_at (microseconds), ``r`` how many deliveries it has; ``B:ids`` event
+  id -> position; ``B:left`` position -> deliveries not pruned, once a prune took
+  some (before that, the event's ``r``); ``B:done`` position -> done, not pruned.
 * Per receiver id ``r``: the stream ``B:r:<r>`` with one entry per delivery (at the
   event's position, ``<position>-0``; a redelivered one at ``<newest position>-<n>``),
   fields ``p`` position and ``k`` key, read by the consumer group ``aevents``. Its
@@ -31,6 +32,9 @@ The key layout (``_redis_keys`` names it for Python; ``KEYS[1]`` is the base,
 * ``B:idem:<key>`` the first event of an idempotency key (``SET NX PX``);
   ``B:idemt`` key -> occurred_at, for ``forget_idempotency_keys`` and stats.
 * ``B:counts`` events, pending, done, dead; ``B:pend`` / ``B:deadc`` per receiver.
+* ``B:wake`` a stream of one entry (``MAXLEN 1``), added to whenever other consumers
+  may find something to claim (a publish, a redelivery, a claim released, a key's
+  next delivery let go): consuming runtimes read it with ``XREAD BLOCK``.
 
 Lease times in the PEL: when a claim takes over an entry, or a renewal or a retry
 moves it, its delivery time is set with ``XCLAIM ... TIME`` to the moment it becomes
@@ -192,6 +196,11 @@ local function hmget(key, names)
   return values
 end
 
+-- something may be claimable for other consumers: their listeners read the newest entry
+local function wake()
+  redis.call('XADD', B .. ':wake', 'MAXLEN', '1', '*', 'w', '1')
+end
+
 local function event_body(pos)
   local found = redis.call('XRANGE', B .. ':events', pos .. '-0', pos .. '-0')
   if #found == 0 then return false end
@@ -254,7 +263,7 @@ end
 if new == 0 then return result end
 -- the positions of the new events, then a few calls for the whole batch
 local pos = redis.call('INCRBY', B .. ':seq', new) - new
-local ids, left, per, known, ages = {}, {}, {}, {}, {}
+local ids, per, known, ages = {}, {}, {}, {}
 local deliveries = 0
 local function flush(key, list)
   if #list > 0 then redis.call('HSET', key, unpack(list)) end
@@ -267,20 +276,19 @@ for e, ev in ipairs(events) do
       redis.call('SET', B .. ':idem:' .. ev.idem, ev.body, 'NX', 'PX', ttl)
       redis.call('ZADD', B .. ':idemt', ev.t, ev.idem)
     end
+    local count = string.format('%d', #ev.receivers)
     if ev.haskey then
       redis.call('XADD', B .. ':events', id, 'i', ev.id, 'b', ev.body, 'n', ev.name, 't', ev.t,
-                 'k', ev.key)
+                 'r', count, 'k', ev.key)
     else
-      redis.call('XADD', B .. ':events', id, 'i', ev.id, 'b', ev.body, 'n', ev.name, 't', ev.t)
+      redis.call('XADD', B .. ':events', id, 'i', ev.id, 'b', ev.body, 'n', ev.name, 't', ev.t,
+                 'r', count)
     end
     table.insert(ids, ev.id)
     table.insert(ids, pos)
-    table.insert(left, pos)
-    table.insert(left, #ev.receivers)
     if #ids >= 4000 then
       flush(B .. ':ids', ids)
-      flush(B .. ':left', left)
-      ids, left = {}, {}
+      ids = {}
     end
     for _, r in ipairs(ev.receivers) do
       if not known[r] then
@@ -309,13 +317,15 @@ for e, ev in ipairs(events) do
   end
 end
 flush(B .. ':ids', ids)
-flush(B .. ':left', left)
 for r, count in pairs(per) do redis.call('HINCRBY', B .. ':pend', r, count) end
 for r, list in pairs(ages) do
   if #list > 0 then redis.call('ZADD', agekey(r), unpack(list)) end
 end
 redis.call('HINCRBY', B .. ':counts', 'events', new)
-if deliveries > 0 then redis.call('HINCRBY', B .. ':counts', 'pending', deliveries) end
+if deliveries > 0 then
+  redis.call('HINCRBY', B .. ':counts', 'pending', deliveries)
+  wake()
+end
 return result
 """
 )
@@ -411,9 +421,12 @@ return out
 CLAIM = (
     _PRELUDE
     + r"""
--- ARGV: consumer, limit, now_us, lease_us
--- -> {receiver, attempt, lease expired (0/1), position, event body or false, ...}
+-- ARGV: consumer, limit, now_us, lease_us, start
+-- -> {receiver, attempt, lease expired (0/1), position, event body or false, started, ...}
+-- The first `start` claims whose lease did not run out are started too, as START
+-- would start them (their attempt counts): the claimer runs them next.
 local c, limit, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local to_start = tonumber(ARGV[5] or '0')
 local reg = live(c, now)
 if not reg then return redis.error_reply('AEVENTS not live') end
 if limit <= 0 then return {} end
@@ -448,10 +461,15 @@ for _, r in ipairs(reg['receivers']) do
     end
   end
 end
-table.sort(candidates, function(a, b)
+local function before(a, b)
   if a.pos ~= b.pos then return a.pos < b.pos end
   return a.r < b.r
-end)
+end
+local ordered = true
+for i = 2, #candidates do
+  if before(candidates[i], candidates[i - 1]) then ordered = false break end
+end
+if not ordered then table.sort(candidates, before) end
 local taken = {}
 for _, cand in ipairs(candidates) do
   local head = (not cand.key) or is_head(cand.r, cand.key, cand.id)
@@ -471,6 +489,25 @@ local per = {}
 for _, cand in ipairs(taken) do
   per[cand.r] = per[cand.r] or {}
   table.insert(per[cand.r], cand)
+end
+local function start_taken()
+  -- in publish order, the first to_start of those whose last attempt did not run out
+  local starts = {}
+  for _, cand in ipairs(taken) do
+    if to_start <= 0 then break end
+    if cand.o == 0 then
+      cand.started = 1
+      to_start = to_start - 1
+      starts[cand.r] = starts[cand.r] or {}
+      table.insert(starts[cand.r], cand.pos)
+      table.insert(starts[cand.r], string.format('%d', (cand.s + 1) * 2 + 1))
+    end
+  end
+  for r, list in pairs(starts) do
+    for first = 1, #list, 4000 do
+      redis.call('HSET', stkey(r), unpack(list, first, math.min(first + 3999, #list)))
+    end
+  end
 end
 local deadline = string.format('%d', until_us)
 for r, cands in pairs(per) do
@@ -502,6 +539,7 @@ for r, cands in pairs(per) do
   end
   if #due > 0 then redis.call('ZADD', duekey(r), unpack(due)) end
 end
+start_taken()
 -- the bodies: one XRANGE over the positions when they lie close together
 local bodies = {}
 local low, high, distinct = math.huge, 0, 0
@@ -538,6 +576,7 @@ for _, cand in ipairs(taken) do
   table.insert(out, cand.o)
   table.insert(out, cand.pos)
   table.insert(out, body)
+  table.insert(out, cand.started or 0)
 end
 return out
 """
@@ -676,6 +715,8 @@ local lost = {}
 local touched = {}
 local settled = {}
 local completed = {}
+local others = false  -- another consumer may claim now: what was released, a key's next
+local done_at, done_by = {}, {}  -- positions completed here, and how many deliveries each
 local function finish(r, pos, id)
   redis.call('XACK', rkey(r), GROUP, id)
   redis.call('ZREM', duekey(r), id)
@@ -696,11 +737,13 @@ for n, claim in ipairs(held_claims(c, 4, 8)) do
   else
     settled[once] = true
     touched[r] = true
+    if kind == 'R' or (key and kind ~= 'S') then others = true end
     if kind == 'C' then
       completed[r] = completed[r] or {ids = {}, positions = {}}
       table.insert(completed[r].ids, id)
       table.insert(completed[r].positions, pos)
-      redis.call('HINCRBY', B .. ':done', pos, 1)
+      if not done_by[pos] then table.insert(done_at, pos) end
+      done_by[pos] = (done_by[pos] or 0) + 1
       if key then
         redis.call('ZREM', kkey(r, key), id)
         unpark_head(r, key, now)
@@ -735,6 +778,19 @@ for n, claim in ipairs(held_claims(c, 4, 8)) do
     end
   end
 end
+if #done_at > 0 then
+  local now_done = hmget(B .. ':done', done_at)
+  local updates = {}
+  for i, pos in ipairs(done_at) do
+    table.insert(updates, pos)
+    table.insert(updates, string.format('%d', tonumber(now_done[i] or '0') + done_by[pos]))
+    if #updates >= 4000 then
+      redis.call('HSET', B .. ':done', unpack(updates))
+      updates = {}
+    end
+  end
+  if #updates > 0 then redis.call('HSET', B .. ':done', unpack(updates)) end
+end
 local done = 0
 for r, batch in pairs(completed) do
   local count = #batch.ids
@@ -756,6 +812,7 @@ if done > 0 then
   redis.call('HINCRBY', B .. ':counts', 'done', done)
 end
 for r, _ in pairs(touched) do trim(r) end
+if others then wake() end
 return lost
 """
 )
@@ -786,6 +843,7 @@ for _, r in ipairs(redis.call('SMEMBERS', B .. ':receivers')) do
     redis.call('XGROUP', 'DELCONSUMER', key, GROUP, c)
   end
 end
+if released > 0 then wake() end
 return released
 """
 )
@@ -960,6 +1018,7 @@ for _, dead_id in ipairs(chosen) do
     count = count + 1
   end
 end
+if count > 0 then wake() end
 return count
 """
 )
@@ -996,6 +1055,7 @@ for i = 2, #ARGV do
     count = count + 1
   end
 end
+if count > 0 then wake() end
 return count
 """
 )
@@ -1011,6 +1071,7 @@ if not holder then return 0 end
 redis.call('HDEL', B .. ':held', field)
 redis.call('ZREM', kkey(r, key), string.match(holder, ' (.*)$'))
 unpark_head(r, key, tonumber(ARGV[3]))
+wake()
 return 1
 """
 )
@@ -1018,12 +1079,17 @@ return 1
 PRUNE = (
     _PRELUDE
     + r"""
--- ARGV: cutoff us ('' for none), room, cursor ('-' to start), scan budget
+-- ARGV: cutoff us ('' for none), room, cursor ('-' to start), scan budget, stop (1/0)
 -- -> {removed, next cursor or false}
+-- With stop, the scan ends at the first event not older than the cutoff (the events
+-- after it are about as new, give or take the publishers' clocks): the retention pass
+-- reads only the events it may prune, not the whole stream.
 local cutoff = ARGV[1] ~= '' and tonumber(ARGV[1]) or nil
 local room = tonumber(ARGV[2])
 local cursor = ARGV[3]
 local budget = tonumber(ARGV[4])
+local stop = ARGV[5] == '1'
+local reached = false
 local removed = 0
 local events = B .. ':events'
 local batch = redis.call('XRANGE', events, cursor, '+', 'COUNT', budget)
@@ -1034,11 +1100,16 @@ for _, e in ipairs(batch) do
     break
   end
   local f = fields(e[2])
+  if stop and cutoff and tonumber(f['t']) >= cutoff then
+    reached = true
+    break
+  end
   if not cutoff or tonumber(f['t']) < cutoff then
     local pos = string.match(e[1], '^(%d+)')
     local done = tonumber(redis.call('HGET', B .. ':done', pos) or '0')
     local take = math.min(done, room - removed)
-    local left = tonumber(redis.call('HGET', B .. ':left', pos) or '0')
+    -- deliveries not pruned: the event's count of receivers until a prune took some
+    local left = tonumber(redis.call('HGET', B .. ':left', pos) or f['r'] or '0')
     if take > 0 then
       redis.call('HINCRBY', B .. ':done', pos, -take)
       redis.call('HINCRBY', B .. ':counts', 'done', -take)
@@ -1055,7 +1126,7 @@ for _, e in ipairs(batch) do
     end
   end
 end
-if not next_cursor and #batch == budget then
+if not next_cursor and not reached and #batch == budget then
   next_cursor = '(' .. batch[#batch][1]
 end
 return {removed, next_cursor}
