@@ -116,6 +116,12 @@ def _import_coredis() -> Any:
     return coredis
 
 
+def _check_seconds(what: str, name: str, value: object) -> None:
+    """Refuse ``value`` for the option ``name`` unless it is a finite number of seconds > 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ConfigurationError(what, f"{name} must be a finite number > 0, got {value!r}")
+
+
 class RedisStore:
     """A shared store on Redis 7 (streams and Lua scripts), through coredis.
 
@@ -177,22 +183,8 @@ class RedisStore:
             raise ConfigurationError(
                 what, f"idempotency_ttl must be a timedelta > 0, got {idempotency_ttl!r}"
             )
-        if (
-            isinstance(connect_timeout, bool)
-            or not isinstance(connect_timeout, int | float)
-            or not 0 < connect_timeout < math.inf
-        ):
-            raise ConfigurationError(
-                what, f"connect_timeout must be a finite number > 0, got {connect_timeout!r}"
-            )
-        if (
-            isinstance(poll_interval, bool)
-            or not isinstance(poll_interval, int | float)
-            or not 0 < poll_interval < math.inf
-        ):
-            raise ConfigurationError(
-                what, f"poll_interval must be a finite number > 0, got {poll_interval!r}"
-            )
+        _check_seconds(what, "connect_timeout", connect_timeout)
+        _check_seconds(what, "poll_interval", poll_interval)
         self._url = url
         self.path = redact(url)
         """The URL with its password hidden: what messages and the CLI show."""
