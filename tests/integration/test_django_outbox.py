@@ -189,6 +189,9 @@ def test_commit_delivers_rollback_leaves_nothing_and_a_kill_after_commit_loses_n
     assert [row[0] for row in shipments] == placed_ids
 
 
+# Its own deadline is 75 s of restarts (plus the migrations before): the default 60 s
+# would cut it short on a loaded machine before it could say how far it got.
+@pytest.mark.timeout(150)
 def test_an_inbox_receiver_killed_anywhere_leaves_exactly_one_row_per_event(shop: Shop) -> None:
     """Worker processes SIGKILLed before the receiver's write, between its write and the
     commit, after the commit, and at random moments, are restarted until nothing is
