@@ -15,10 +15,11 @@ a list operation, so the hot path pays for waiting only when it waits.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 
 import anyio
 
-from ._delivery import Delivery
+from ._delivery import Delivery, Queued, named
 
 __all__ = ["DeliveryBuffer"]
 
@@ -57,7 +58,7 @@ class DeliveryBuffer:
         self.size = size
         self.workers = workers
         self.queued = 0
-        self.items: deque[Delivery] = deque()
+        self.items: deque[Queued] = deque()
         self.closed = False
         self._idle_workers: deque[anyio.Event] = deque()
         self._room_waiters: deque[_RoomWaiter] = deque()
@@ -122,13 +123,13 @@ class DeliveryBuffer:
 
     # ------------------------------------------------------------------ the queue
 
-    def put(self, delivery: Delivery) -> None:
+    def put(self, delivery: Queued) -> None:
         """Queue a delivery whose room is reserved."""
         self.items.append(delivery)
         if self._idle_workers and not self._waking:
             self._wake()
 
-    def put_many(self, deliveries: list[Delivery]) -> None:
+    def put_many(self, deliveries: Iterable[Queued]) -> None:
         """Queue deliveries whose room is reserved, in order."""
         self.items.extend(deliveries)
         if self._idle_workers and not self._waking:
@@ -153,7 +154,7 @@ class DeliveryBuffer:
         if self._idle_workers and not self._waking:
             self._wake()
 
-    def take(self) -> Delivery | None:
+    def take(self) -> Queued | None:
         """The next queued delivery, its room given back; None if the queue is empty."""
         if not self.items:
             return None
@@ -168,8 +169,8 @@ class DeliveryBuffer:
         items = self.items
         before = len(into)
         room = limit - before
-        while room > 0 and items and items[0].subscription.threaded:
-            into.append(items.popleft())
+        while room > 0 and items and items[0][1].threaded:  # [1]: its subscription
+            into.append(named(items.popleft()))
             room -= 1
         taken = len(into) - before
         if taken:

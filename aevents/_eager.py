@@ -16,7 +16,7 @@ from time import perf_counter
 from typing import Any
 
 from ._attempt import attempt
-from ._delivery import Delivery, delivery_var, fails_delivery
+from ._delivery import Delivery, delivery_var, fails_delivery, running_delivery
 from ._event import Event
 from ._exceptions import ConfigurationError
 from ._failures import Retry
@@ -110,7 +110,7 @@ class EagerRuntime(EventRuntime):
         idempotency_key: str | None = None,
     ) -> Event:
         """Publish, then run every matching receiver before returning (see the class)."""
-        parent = delivery_var.get()
+        parent = running_delivery()
         batches: list[_Batch] = []
         token = _accepting.set((self, batches))
         try:
@@ -136,7 +136,7 @@ class EagerRuntime(EventRuntime):
         All of the batch is accepted before any receiver runs. A failing
         receiver is raised as for ``publish``, once every event's receivers ran.
         """
-        parent = delivery_var.get()
+        parent = running_delivery()
         batches: list[_Batch] = []
         token = _accepting.set((self, batches))
         try:

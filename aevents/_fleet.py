@@ -775,13 +775,14 @@ class Fleet:
         if wanted <= 0:
             return
         scanned = 0
-        for delivery in self._buffer.items:
+        for queued in self._buffer.items:
             scanned += 1
             if wanted <= 0 or scanned > 4 * self._ahead:
                 break
-            if delivery.subscription.scope != "fleet":
+            event, subscription = queued[0], queued[1]
+            if subscription.scope != "fleet":
                 continue
-            held = (delivery.event.id, delivery.subscription.receiver_id)
+            held = (event.id, subscription.receiver_id)
             claim = self._held.get(held)
             if (
                 claim is None

@@ -17,7 +17,7 @@ import orjson
 
 from . import _catalog
 from ._buffer import DeliveryBuffer
-from ._delivery import Delivery
+from ._delivery import Delivery, Queued
 from ._event import NO_METADATA, Event, make_event
 from ._exceptions import (
     AeventsError,
@@ -326,10 +326,11 @@ class Intake:
             epoch.unfinished += deliveries
             if shared is not None and len(shared) == 1:
                 receiver = shared[0]
-                queued = [_new(Delivery, (event, receiver, 1, epoch, False)) for event in events]
+                # Plain tuples: a first attempt is queued as one (see Queued).
+                queued: list[Queued] = [(event, receiver, 1, epoch, False) for event in events]
             else:
                 queued = [
-                    _new(Delivery, (event, subscription, 1, epoch, False))
+                    (event, subscription, 1, epoch, False)
                     for index, event in enumerate(events)
                     for subscription in routes[index]
                 ]
@@ -349,11 +350,12 @@ class Intake:
             for subscription in routes:
                 admit(_new(Delivery, (event, subscription, 1, epoch, False)))
             return
+        # Plain tuples: a first attempt is queued as one (see Queued).
         if len(routes) == 1:
-            self._buffer.put(_new(Delivery, (event, routes[0], 1, epoch, False)))
+            self._buffer.put((event, routes[0], 1, epoch, False))
         else:  # fan-out: one call for all of them
             self._buffer.put_many(
-                [_new(Delivery, (event, subscription, 1, epoch, False)) for subscription in routes]
+                [(event, subscription, 1, epoch, False) for subscription in routes]
             )
 
     def _route(self, name: str) -> tuple[Subscription, ...]:

@@ -19,7 +19,7 @@ import anyio.abc
 
 from ._buffer import DeliveryBuffer
 from ._catalog import is_declared
-from ._delivery import Delivery, delivery_var
+from ._delivery import Delivery, running_delivery
 from ._event import Event
 from ._exceptions import (
     KeyInFlightError,
@@ -136,7 +136,7 @@ class Publisher:
             if self._middleware.publish:
                 event = await self.publish_with_middleware(name, payload, tagged, key)
             else:
-                parent = delivery_var.get()
+                parent = running_delivery()
                 accepted = self._accept(name, payload, tagged, parent, key)
                 if isinstance(accepted, Waiting):
                     accepted = await self.finish(name, accepted, parent)
@@ -154,7 +154,7 @@ class Publisher:
         metadata: Mapping[str, str] | None,
         key: str | None,
     ) -> Event:
-        parent = delivery_var.get()
+        parent = running_delivery()
         with PublishHooks(self._middleware.publish, name, payload, metadata, key) as publishing:
             accepted = self._accept_publishing(publishing, parent)
             if isinstance(accepted, Waiting):
@@ -196,7 +196,7 @@ class Publisher:
         metadata: Mapping[str, str] | None,
         key: str | None,
     ) -> Event:
-        parent = delivery_var.get()
+        parent = running_delivery()
         if self._middleware.publish:
             with PublishHooks(self._middleware.publish, name, payload, metadata, key) as publishing:
                 accepted = self._accept_publishing(publishing, parent)
@@ -254,7 +254,7 @@ class Publisher:
     ) -> list[Event]:
         """``publish_many`` once the thread and cancellation are checked: all or none."""
         payloads, keys = _batch_input(name, payloads, keys, metadata, "publish_many")
-        parent = delivery_var.get()
+        parent = running_delivery()
         if not self._middleware.publish:
             batch = self._intake.build_many(name, payloads, metadata, keys, parent)
             return await self._admit_many(name, batch, parent)
@@ -272,7 +272,7 @@ class Publisher:
     ) -> list[Event]:
         """``publish_many_nowait`` once the thread is checked: all, or ``QueueFullError``."""
         payloads, keys = _batch_input(name, payloads, keys, metadata, "publish_many_nowait")
-        parent = delivery_var.get()
+        parent = running_delivery()
         if not self._middleware.publish:
             batch = self._intake.build_many(name, payloads, metadata, keys, parent)
             return self._admit_many_nowait(name, batch)

@@ -38,7 +38,7 @@ from anyio.lowlevel import checkpoint
 
 from ._buffer import DeliveryBuffer
 from ._config import RuntimeConfig
-from ._delivery import Delivery, SyncThreads, delivery_var
+from ._delivery import Delivery, SyncThreads, delivery_var, named, running_delivery
 from ._event import Event
 from ._exceptions import AeventsError, RuntimeClosedError, StoreError, WrongThreadError
 from ._failures import DeadLetterShelf, Failures
@@ -473,7 +473,7 @@ class EventRuntime:
             # Not those in flight: their cancelled attempts went to after_delivery.
             unrun = [*self._buffer.items, *self._lanes.waiting(), *self._retries.waiting()]
             for delivery in unrun:
-                notify(self._middleware.outcomes, "on_dropped", delivery.info())
+                notify(self._middleware.outcomes, "on_dropped", named(delivery).info())
         if self._fleet is not None:
             fate = (
                 "claims go back to the store for any consumer; "
@@ -585,7 +585,8 @@ class EventRuntime:
             return await self._publisher.publish_once(name, payload, metadata, key, idempotency_key)
         if self._middleware.publish:
             return await self._publisher.publish_with_middleware(name, payload, metadata, key)
-        parent = delivery_var.get()
+        queued = delivery_var.get()  # inside a receiver, the delivery it runs
+        parent = None if queued is None else named(queued)
         accepted = self._accept(name, payload, metadata, parent, key)
         if isinstance(accepted, Waiting):
             return await self._publisher.finish(name, accepted, parent)
@@ -774,7 +775,7 @@ class EventRuntime:
         if _get_ident() == self._run.thread:
             raise WrongThreadError(name, "publish_threadsafe")
         assert self._portal is not None
-        parent = delivery_var.get()  # worker threads inherit the receiver's context
+        parent = running_delivery()  # worker threads inherit the receiver's context
         try:
             event: Event = self._portal.call(
                 self._publish_for_thread, name, payload, metadata, key, idempotency_key, parent
@@ -830,7 +831,7 @@ class EventRuntime:
         Raises:
             AeventsError: Awaited inside a receiver, where it would wait for itself.
         """
-        if self._intake.in_delivery(delivery_var.get()):
+        if self._intake.in_delivery(running_delivery()):
             raise AeventsError(
                 "drain() cannot be awaited inside a receiver: it would wait for itself"
             )

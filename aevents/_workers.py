@@ -27,6 +27,7 @@ from ._delivery import (
     SyncThreads,
     delivery_var,
     fails_delivery,
+    named,
     within,
 )
 from ._exceptions import StoreError
@@ -108,25 +109,29 @@ class Workers:
                 since_yield = 0
                 continue
             since_yield += 1
+            # A first attempt is a plain tuple here (see Queued): by position, once.
             event, subscription, attempt_number, epoch, _ = delivery
             count = middleware.count  # a plain Metrics alone: counted here, no hooks
             hooks = () if count is not None else middleware.delivery
             if subscription.threaded and not hooks:
-                await self._run_hop(delivery, count)
+                await self._run_hop(named(delivery), count)
                 continue
+            fast = subscription.fast and not hooks and default_limit is None
+            if not fast:
+                delivery = named(delivery)
             # Set, never reset: the worker runs nothing else in its context, and a task
             # or thread a receiver starts keeps the context it was started with, so a
             # reset would be pure cost on every delivery.
             set_delivery(delivery)
             started = clock()
             try:
-                if subscription.fast and not hooks and default_limit is None:
+                if fast:
                     # What attempt() returns here, without the call: 3% of fan-out.
                     await subscription.receiver(event)
                 else:
                     limit = subscription.timeout
                     await attempt(
-                        delivery,
+                        named(delivery),
                         hooks,
                         limit if limit is not None else default_limit,
                         threads,
@@ -143,7 +148,7 @@ class Workers:
                     )
                 if not fails_delivery(error):
                     raise  # the runtime is cancelled, or KeyboardInterrupt, SystemExit
-                outcome = self._failures.on_failure(delivery, error, clock() - started)
+                outcome = self._failures.on_failure(named(delivery), error, clock() - started)
                 if isinstance(outcome, Retry):
                     self._retries.schedule(outcome.delivery, outcome.delay)
                 else:
@@ -186,6 +191,7 @@ class Workers:
                 since_yield = 0
                 continue
             since_yield += 1
+            delivery = named(delivery)
             if delivery.subscription.scope == "process":
                 await self._run_in_memory(delivery)
                 continue
@@ -354,9 +360,9 @@ class Workers:
                 if not await buffer.wait():
                     return
                 continue
-            batch = [delivery]
+            batch = [named(delivery)]
             while len(batch) < DURABLE_BATCH and (delivery := take()) is not None:
-                batch.append(delivery)
+                batch.append(named(delivery))
             await self._deliver_batch(journal, batch)
 
     async def _deliver_batch(self, journal: Journal, batch: list[Delivery]) -> None:

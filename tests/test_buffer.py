@@ -8,7 +8,7 @@ from anyio import wait_all_tasks_blocked
 
 from aevents import Event, Registry
 from aevents._buffer import DeliveryBuffer
-from aevents._delivery import Delivery
+from aevents._delivery import Delivery, Queued, named
 from aevents._event import make_event
 from aevents._state import Epoch
 
@@ -97,7 +97,7 @@ async def test_a_receiver_overshoots_the_bound_rather_than_deadlock_the_workers(
 async def test_taking_gives_room_back_and_wakes_a_parked_worker() -> None:
     """A worker parked on an empty queue wakes for the next delivery; taking frees its room."""
     buffer = DeliveryBuffer(4, workers=1)
-    taken: list[Delivery] = []
+    taken: list[Queued] = []
 
     async def worker() -> None:
         while await buffer.wait():
@@ -167,3 +167,38 @@ async def test_closing_wakes_publishers_and_leaves_queued_deliveries_counted() -
     assert await buffer.wait()  # closed, with a delivery still there to take
     assert buffer.take() is left
     assert not await buffer.wait()  # closed and empty: the worker ends
+
+
+def test_a_first_attempt_queued_as_a_plain_tuple_is_named_where_it_is_taken_by_name() -> None:
+    """The fast path queues plain tuples (``Queued``); ``take`` hands them back as they are,
+    ``take_threaded`` and ``named`` as ``Delivery`` with the same fields, and a
+    ``Delivery`` stays itself."""
+    registry = Registry()
+
+    def sync_receiver(event: Event) -> None:
+        pass
+
+    registry.subscribe("job:run", sync_receiver, id="sync")
+    subscription = registry.receiver("sync", "job:run")
+    assert subscription is not None
+    assert subscription.threaded
+    epoch = Epoch(None)
+    plain: list[Queued] = [
+        (make_event("job:run", {"number": n}, {}), subscription, 1, epoch, False) for n in range(3)
+    ]
+    buffer = DeliveryBuffer(4, workers=1)
+    assert buffer.try_reserve(3)
+    buffer.put_many(plain)
+    first = buffer.take()
+    assert first is plain[0]
+    assert type(first) is tuple
+    hop: list[Delivery] = []
+    buffer.take_threaded(hop, 8)
+    assert [type(each) for each in hop] == [Delivery, Delivery]
+    assert hop == plain[1:]  # the same fields, in the same order
+    assert [each.event for each in hop] == [plain[1][0], plain[2][0]]
+    assert buffer.queued == 0
+    named_first = named(first)
+    assert isinstance(named_first, Delivery)
+    assert named_first == first
+    assert named(named_first) is named_first
