@@ -379,6 +379,19 @@ def test_a_made_event_is_frozen_before_and_after_its_first_read() -> None:
         assert ID_FORMAT.fullmatch(made.id)
 
 
+def test_a_made_event_is_an_event_whose_every_field_is_frozen() -> None:
+    """``make_event`` fills its slots through a builder class: what it returns is an
+    ``Event`` itself (not a subclass), and no field can be set or deleted."""
+    made = make_event("a:b", {"n": 1}, {"m": "v"}, "k")
+    assert type(made) is aevents.Event
+    for field in attrs.fields(aevents.Event):
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            setattr(made, field.name, None)
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            delattr(made, field.name)
+    assert attrs.evolve(made) == made
+
+
 def test_threads_making_events_at_once_get_unique_ordered_ids() -> None:
     """Events made in eight threads at once have unique ids, each thread's in creation order."""
     barrier = threading.Barrier(8)
