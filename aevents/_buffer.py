@@ -15,11 +15,12 @@ a list operation, so the hot path pays for waiting only when it waits.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import anyio
 
 from ._delivery import Delivery, Queued, named
+from ._lowlevel import Waitable
 
 __all__ = ["DeliveryBuffer"]
 
@@ -29,9 +30,9 @@ class _RoomWaiter:
 
     __slots__ = ("granted", "needed", "ready")
 
-    def __init__(self, needed: int) -> None:
+    def __init__(self, needed: int, ready: Waitable) -> None:
         self.needed = needed
-        self.ready = anyio.Event()
+        self.ready = ready
         self.granted = False
 
 
@@ -49,6 +50,7 @@ class DeliveryBuffer:
         "_waking",
         "closed",
         "items",
+        "new_event",
         "queued",
         "size",
         "workers",
@@ -60,10 +62,13 @@ class DeliveryBuffer:
         self.queued = 0
         self.items: deque[Queued] = deque()
         self.closed = False
-        self._idle_workers: deque[anyio.Event] = deque()
+        self._idle_workers: deque[Waitable] = deque()
         self._room_waiters: deque[_RoomWaiter] = deque()
         self._blocked_in_delivery = 0
         self._waking = False  # an idle worker was woken and has not run yet
+        self.new_event: Callable[[], Waitable] = anyio.Event
+        """What parked workers and waiting publishers wait on: the runtime sets the
+        loop's own (``native_event``) once it runs, as making ``anyio.Event`` costs 5x."""
 
     # ------------------------------------------------------------------ room
 
@@ -89,7 +94,7 @@ class DeliveryBuffer:
         if in_delivery and self._blocked_in_delivery + 1 >= self.workers:
             self.queued += count
             return
-        waiter = _RoomWaiter(count)
+        waiter = _RoomWaiter(count, self.new_event())
         self._room_waiters.append(waiter)
         if in_delivery:
             self._blocked_in_delivery += 1
@@ -186,7 +191,7 @@ class DeliveryBuffer:
         while not self.items:
             if self.closed:
                 return False
-            ready = anyio.Event()
+            ready = self.new_event()
             self._idle_workers.append(ready)
             try:
                 await ready.wait()

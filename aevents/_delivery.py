@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeAlias
 import anyio
 
 from ._event import Event
-from ._lowlevel import loop_caller
+from ._lowlevel import Waitable, loop_caller
 
 if TYPE_CHECKING:
     from ._registry import Subscription
@@ -200,10 +200,10 @@ class _Job:
 
     __slots__ = ("done", "error", "function", "receiver_id", "result")
 
-    def __init__(self, function: Callable[[], Any], receiver_id: str) -> None:
+    def __init__(self, function: Callable[[], Any], receiver_id: str, done: Waitable) -> None:
         self.function = function
         self.receiver_id = receiver_id
-        self.done = anyio.Event()
+        self.done = done
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -258,7 +258,7 @@ class _Hop:
         self.left = count
         self.serving = 0  # threads working on it
         self.eager = False
-        self.waiter: anyio.Event | None = None
+        self.waiter: Waitable | None = None
 
     def receiver_ids(self) -> list[str]:
         """The receivers of the calls running on a thread now, given up ones included."""
@@ -298,7 +298,7 @@ def _call_in_hop(delivery: Delivery) -> Any:
     return delivery.subscription.receiver(delivery.event)
 
 
-def _tell(soon: Callable[[Callable[[], object]], object], waiter: anyio.Event) -> None:
+def _tell(soon: Callable[[Callable[[], object]], object], waiter: Waitable) -> None:
     """Have the loop set ``waiter``, without waiting for it to (see loop_caller)."""
     with suppress(Exception):  # the loop is gone: nobody waits any more
         soon(waiter.set)
@@ -332,7 +332,7 @@ class SyncThreads:
         self._lock = threading.Lock()
         self._idle: deque[SimpleQueue[_Job | _Hop]] = deque()
         self._busy: dict[_Job | _Hop, None] = {}  # insertion-ordered set of running work
-        self._soon = loop_caller()[0]
+        self._soon, self._new_event = loop_caller()
 
     def running(self) -> list[str]:
         """The receiver ids of the calls still running (abandoned ones too)."""
@@ -363,7 +363,7 @@ class SyncThreads:
         function returns, then takes the next call.
         """
         async with self.limiter:
-            job = _Job(function, receiver_id)
+            job = _Job(function, receiver_id, self._new_event())
             with self._lock:
                 self._busy[job] = None
                 self._hand_over(job)
@@ -418,7 +418,7 @@ class SyncThreads:
                         finished = not hop.left
                         waiter = None
                         if not (finished or ended or handed_back):
-                            waiter = hop.waiter = anyio.Event()
+                            waiter = hop.waiter = self._new_event()
                     if handed_back:
                         give_back(handed_back)
                     for index in ended:  # hop.settle, inlined: once per delivery
@@ -551,7 +551,7 @@ class SyncThreads:
             _tell(self._soon, job.done)
             del job, work
 
-    def _serve_hop(self, hop: _Hop) -> anyio.Event | None:
+    def _serve_hop(self, hop: _Hop) -> Waitable | None:
         """Run the hop's calls not started yet, one after another, on this thread.
 
         Returns the loop's waiter to set when this thread ended the hop's last

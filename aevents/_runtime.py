@@ -47,7 +47,7 @@ from ._idempotency import IdempotencyWindow, claims_key
 from ._intake import Intake, Waiting
 from ._journal import Journal
 from ._lanes import Lanes
-from ._lowlevel import cancelled_predicate, honour_cancellation, leaf_errors
+from ._lowlevel import cancelled_predicate, honour_cancellation, leaf_errors, native_event
 from ._middleware import Middleware, MiddlewareStack, notify
 from ._payload import DEFAULT_MAX_PAYLOAD_BYTES
 from ._policy import DeadLetter, RetryPolicy
@@ -377,6 +377,7 @@ class EventRuntime:
             await fleet.open()
             await self._seed_idempotency_window(fleet.store)
         self._threads = threads = SyncThreads(self.sync_threads)
+        self._buffer.new_event = native_event()
         self._run.thread = threading.get_ident()
         self._cancelled = cancelled_predicate()
         if self._cancelled is None:

@@ -48,7 +48,7 @@ import anyio.lowlevel
 import attrs
 
 from .._exceptions import StoreError
-from .._lowlevel import loop_caller
+from .._lowlevel import Waitable, loop_caller
 from ._sqlite_schema import sqlite_error
 
 logger = logging.getLogger("aevents.store")
@@ -119,7 +119,7 @@ class Batch:
 
     __slots__ = ("appends", "done", "errors", "failure", "requests")
 
-    def __init__(self, done: anyio.Event) -> None:
+    def __init__(self, done: Waitable) -> None:
         self.requests: list[tuple[Any, ...]] = []
         self.appends = 0
         self.done = done
@@ -141,7 +141,7 @@ class _Call(Generic[_S]):
     __slots__ = ("doing", "done", "error", "function", "last", "result")
 
     def __init__(
-        self, function: Callable[[_S], Any], doing: str, done: anyio.Event, *, last: bool = False
+        self, function: Callable[[_S], Any], doing: str, done: Waitable, *, last: bool = False
     ) -> None:
         self.function = function
         self.doing = doing
@@ -156,7 +156,7 @@ class _Opening(Generic[_S]):
 
     __slots__ = ("done", "error", "opener", "writable")
 
-    def __init__(self, opener: Callable[[], _S], writable: bool, done: anyio.Event) -> None:
+    def __init__(self, opener: Callable[[], _S], writable: bool, done: Waitable) -> None:
         self.opener = opener
         self.writable = writable
         self.done = done
@@ -184,7 +184,7 @@ class StoreThread(Generic[_S]):
         self._closing: _Call[_S] | None = None
         self._thread: threading.Thread | None = None
         self._call_soon: Callable[[Callable[[], object]], object] = _loop_caller_unset
-        self._new_event: Callable[[], anyio.Event] = anyio.Event
+        self._new_event: Callable[[], Waitable] = anyio.Event
 
     async def start(
         self, opener: Callable[[], _S], *, writable: bool, max_batch: int, busy_timeout: float
@@ -394,7 +394,7 @@ class StoreThread(Generic[_S]):
         except StoreError as exc:  # the session named the problem itself
             batch.failure = exc
 
-    def _wake(self, event: anyio.Event) -> None:
+    def _wake(self, event: Waitable) -> None:
         try:
             self._call_soon(event.set)
         except Exception:  # the event loop is gone, and so are the callers
