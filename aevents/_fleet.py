@@ -56,6 +56,7 @@ from ._failures import Failures, letter_info
 from ._fleet_routes import RouteCheck, fleet_routes
 from ._idempotency import IDEMPOTENCY_KEY, IdempotencyWindow
 from ._intake import Batch, Dispatch, Waiting
+from ._lowlevel import loop_caller
 from ._middleware import MiddlewareStack, notify
 from ._policy import DeadLetter
 from ._registry import Registry, Subscription
@@ -99,6 +100,23 @@ class ClaimAndStart(Protocol):
     ) -> tuple[list[Claim], list[Claim]]: ...
 
 
+class PublishAndClaim(Protocol):
+    """``SQLiteStore.publish_and_claim`` (and ``MemoryStore``'s): a publish that leases
+    to the publisher, in its own transaction, the deliveries it adds for the publisher's
+    receivers that a claim would take, up to ``limit``, and starts the first ``start``;
+    the events that stand, the claims, and those started."""
+
+    async def __call__(
+        self,
+        events: Sequence[tuple[Event, Sequence[str]]],
+        consumer: ConsumerId,
+        *,
+        limit: int,
+        lease: float,
+        start: int,
+    ) -> tuple[list[Event], list[Claim], list[Claim]]: ...
+
+
 class _Write:
     """One publish waiting to be written, alone or with others, and its answer."""
 
@@ -107,7 +125,7 @@ class _Write:
     def __init__(self, event: Event, receiver_ids: list[str]) -> None:
         self.event = event
         self.receiver_ids = receiver_ids
-        self.ready = anyio.Event()
+        self.ready: anyio.Event | None = None  # made when it waits for another's write
         self.result: Event | None = None
         self.error: BaseException | None = None
 
@@ -164,6 +182,7 @@ class Fleet:
         self._tasks: anyio.abc.TaskGroup | None = None
         # Publishing: writes waiting for the one under way.
         self._writes: list[_Write] = []
+        self._new_event: Callable[[], anyio.Event] = anyio.Event
         self._writing = False
         self.unjournaled = 0
         """Deliveries of events publish_nowait accepted whose store write has not finished."""
@@ -193,6 +212,13 @@ class Fleet:
         # A store that starts claims in the claim's own call (RedisStore) starts the
         # look-ahead there: one call less per round.
         self._claim_and_start: ClaimAndStart | None = getattr(store, "claim_and_start", None)
+        # Starts the look-ahead asked for in calls under way (claims, publishes that claim),
+        # which ``_ahead_wanted`` counts as started: the look-ahead never passes ``_ahead``.
+        self._ahead_asked = 0
+        # A store that leases to the publisher in the publish's own write (SQLiteStore,
+        # MemoryStore): what this process publishes for its own receivers is claimed
+        # there, and runs from memory without a claim of its own.
+        self._publish_and_claim: PublishAndClaim | None = getattr(store, "publish_and_claim", None)
         # The claim loop: woken by publishes, settles and drain(); rounds counted for drain().
         self._claim_wanted = anyio.Event()
         self._rounds_started = 0
@@ -202,6 +228,9 @@ class Fleet:
         self._claimed = 0  # claims taken since the start, for drain()
         self._next_due = math.inf  # when the earliest retry this process rescheduled is due
         self._poll_max = POLL_MAX  # longer when the store wakes the claims (wake_on_work)
+        # The least room a claim waits for while the buffer holds enough to keep the workers
+        # busy: claims of a few deliveries each would cost a write per few deliveries.
+        self._refill = max(1, min(CLAIM_BATCH, buffer.size // 4))
         self._held_keys: dict[tuple[str, str], str] = {}
         self.routes = RouteCheck(registry)
         """This process's routes against the live consumers' (warnings at publish)."""
@@ -237,6 +266,7 @@ class Fleet:
         """
         self._tasks = tasks
         self._started_at = datetime.now(UTC)
+        _, self._new_event = loop_caller()  # the loop's own events: publishes wait on them
         await self.broadcast.open()
         if self.consume:
             self.consumer = new_consumer_id()
@@ -535,7 +565,8 @@ class Fleet:
         self.broadcast.writing(event)
         self._writes.append(write)
         if self._writing:
-            await write.ready.wait()
+            write.ready = ready = self._new_event()
+            await ready.wait()
             if write.error is not None:
                 raise write.error
             if write.result is not None:
@@ -544,7 +575,7 @@ class Fleet:
         self._writing = True
         batch, self._writes = self._writes, []
         try:
-            results = await self.store.publish([(w.event, w.receiver_ids) for w in batch])
+            results = await self._publish_batch(batch)
         except StoreError as error:
             for each in batch:  # each publisher raises an error of its own
                 each.error = error if each is write else StoreError(error.path, error.problem)
@@ -557,21 +588,58 @@ class Fleet:
             for each, result in zip(batch, results, strict=True):
                 each.result = result
             self.broadcast.written([each.event for each in batch], results)
-            mine = self._mine
-            if any(not mine.isdisjoint(each.receiver_ids) for each in batch):
-                self._claim_wanted.set()  # this process runs some of them: claim now
         finally:
             for each in batch:
-                if each is not write:
+                if each.ready is not None:
                     each.ready.set()
             if self._writes:
-                self._writes[0].ready.set()  # it leads the next write
+                lead = self._writes[0].ready
+                assert lead is not None  # it waits: a write was under way when it came
+                lead.set()  # it leads the next write
             else:
                 self._writing = False
         if write.error is not None:
             raise write.error
         assert write.result is not None
         return write.result
+
+    async def _publish_batch(self, batch: list[_Write]) -> list[Event]:
+        """One ``LeasedStore.publish`` of the writes in ``batch``; with a store that can,
+        the deliveries to this process's receivers are claimed (and the look-ahead's share
+        started) in the same write, and queued here at once. Otherwise, or for those the
+        store could not lease (behind their key), the claim loop is woken."""
+        entries = [(each.event, each.receiver_ids) for each in batch]
+        mine = self._mine
+        wanted = sum(len(mine.intersection(each.receiver_ids)) for each in batch)
+        if not wanted:
+            return await self.store.publish(entries)
+        # What the buffer has room for besides the room these publishes hold, as a claim
+        # would take: the deliveries beyond it stay free, for any consumer.
+        limit = min(wanted, self._buffer.size - self._buffer.queued)
+        if (
+            self._publish_and_claim is None
+            or self.consumer is None
+            or self._run.state is not RUNNING
+            or limit <= 0
+        ):
+            results = await self.store.publish(entries)
+            self._claim_wanted.set()  # this process runs some of them: claim now
+            return results
+        start = min(max(self._ahead_wanted(), 0), limit)
+        self._ahead_asked += start
+        try:
+            results, claims, started = await self._publish_and_claim(
+                entries, self.consumer, limit=limit, lease=self.lease, start=start
+            )
+        finally:
+            self._ahead_asked -= start
+        if claims:
+            self._accept(claims, started)
+            self._claimed += len(claims)
+            self._start_ahead()
+        if len(claims) < wanted:
+            self._claim_wanted.set()  # some wait behind their key, or were repeats: claim
+        return results
 
     # ------------------------------------------------------------------ claiming
 
@@ -594,6 +662,14 @@ class Fleet:
                 if buffer.closed:
                     return
                 buffer.release(1)
+                continue
+            if room < self._refill and len(buffer.items) >= buffer.workers:
+                # Enough queued to keep the workers busy: wait for room for a batch worth
+                # a write of its own (settles wake the loop, as when room limited a claim).
+                self._last_round_full = True
+                self._claim_wanted = anyio.Event()
+                with anyio.move_on_after(self._poll_max):
+                    await self._claim_wanted.wait()
                 continue
             limit = min(room, CLAIM_BATCH)
             if self._routes_version != self._registry.version:
@@ -631,7 +707,11 @@ class Fleet:
         wanted = self._ahead_wanted()
         if self._claim_and_start is None or wanted <= 0:
             return await self.store.claim(self.consumer, limit, lease=self.lease), []
-        return await self._claim_and_start(self.consumer, limit, lease=self.lease, start=wanted)
+        self._ahead_asked += wanted
+        try:
+            return await self._claim_and_start(self.consumer, limit, lease=self.lease, start=wanted)
+        finally:
+            self._ahead_asked -= wanted
 
     def _work_arrived(self) -> None:
         """The store says another process may have left work to claim."""
@@ -799,7 +879,7 @@ class Fleet:
         """How many more claims the look-ahead may start (none while one runs alone)."""
         if self._alone is not None or self._alone_waiting or self._run.state is not RUNNING:
             return 0
-        return self._ahead - len(self._started) - len(self._starting_ahead)
+        return self._ahead - len(self._started) - len(self._starting_ahead) - self._ahead_asked
 
     def _unheld(self, held: Held) -> None:
         """Forget a claim this process no longer holds (settled, lost or handed back)."""
