@@ -245,6 +245,30 @@ class LeasedStoreConformance:
         assert sorted(taken) == sorted((e.id, r) for e in events for r in ("a", "b"))
 
     @pytest.mark.anyio
+    async def test_a_batch_of_starts_and_settles_returns_exactly_the_claims_not_held(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """Among many claims started or settled in one call, those another consumer took
+        come back, in the order given, and change nothing; the others take effect."""
+        events = [_event(n) for n in range(6)]
+        await _publish(leased_store, events, "r")
+        first = await _consumer(leased_store, "r")
+        claims = await leased_store.claim(first, 6, lease=1.0)
+        clock.advance(2.0)
+        second = await _consumer(leased_store, "r")
+        taken = await leased_store.claim(second, 2, lease=LEASE)  # the first two
+        assert [c.event for c in taken] == events[:2]
+        assert await leased_store.start(first, claims) == claims[:2]
+        assert await leased_store.renew(first, claims[2:], lease=LEASE) == []
+        outcomes = [Completed(c) for c in claims[:4]] + [Released(c) for c in claims[4:]]
+        assert await leased_store.settle(first, outcomes) == claims[:2]
+        assert await leased_store.start(second, taken) == []
+        assert await leased_store.settle(second, [Completed(c) for c in taken]) == []
+        assert await leased_store.stats() == StoreStats(events=6, pending=2, done=4, dead=0)
+        again = await _claim(leased_store, first)
+        assert _seen(again) == [(event.id, "r", 1, False) for event in events[4:]]  # uncounted
+
+    @pytest.mark.anyio
     async def test_claims_carry_the_event_as_published(self, leased_store: LeasedStore) -> None:
         """Payload, metadata, key, id and time come back equal."""
         event = make_event(
