@@ -625,7 +625,7 @@ class Fleet:
             results = await self.store.publish(entries)
             self._claim_wanted.set()  # this process runs some of them: claim now
             return results
-        start = min(max(self._ahead_wanted(), 0), limit)
+        start = min(self._ahead_in_line(), limit)
         self._ahead_asked += start
         try:
             results, claims, started = await self._publish_and_claim(
@@ -704,7 +704,7 @@ class Fleet:
         """Claim ``limit`` at most; with a store that can, start the look-ahead's share of
         them in the same call (as ``_start_ahead`` would next): the claims, those started."""
         assert self.consumer is not None
-        wanted = self._ahead_wanted()
+        wanted = self._ahead_in_line()
         if self._claim_and_start is None or wanted <= 0:
             return await self.store.claim(self.consumer, limit, lease=self.lease), []
         self._ahead_asked += wanted
@@ -821,7 +821,7 @@ class Fleet:
         self._started.discard(held)
         self._starting_ahead.discard(held)  # a worker's now: it waits for the write
         starts = None if written else (self._starting.get(held) or self._start(claim))
-        if len(self._started) + len(self._starting_ahead) < self._ahead // 2:
+        if not self._started and not self._starting_ahead:
             self._start_ahead()  # in the same write as this one's, if it waits for one
         if starts is not None:
             await starts.done.wait()
@@ -854,10 +854,13 @@ class Fleet:
         wanted = self._ahead_wanted()
         if wanted <= 0:
             return
+        # The first claims in line go to the other workers, which start them in this same
+        # write if they take them while it is being made: the look-ahead starts the next.
+        skip = skipping = min(self._buffer.workers - 1, len(self._buffer.items) - wanted)
         scanned = 0
         for delivery in self._buffer.items:
             scanned += 1
-            if wanted <= 0 or scanned > 4 * self._ahead:
+            if wanted <= 0 or scanned > 4 * self._ahead + skip:
                 break
             if delivery.subscription.scope != "fleet":
                 continue
@@ -871,9 +874,21 @@ class Fleet:
                 or held in self._running
             ):
                 continue
+            if skipping > 0:
+                skipping -= 1
+                continue
             self._start(claim)
             self._starting_ahead.add(held)
             wanted -= 1
+
+    def _ahead_in_line(self) -> int:
+        """How many claims a claim (or a publish that claims) may start: the look-ahead's
+        share, when they are next in line (the buffer holds fewer than a worker each
+        before them). Started further back, they would wait there as the look-ahead,
+        and the claims before them would each wait for a start of their own."""
+        if len(self._buffer.items) >= self._buffer.workers:
+            return 0
+        return max(self._ahead_wanted(), 0)
 
     def _ahead_wanted(self) -> int:
         """How many more claims the look-ahead may start (none while one runs alone)."""
