@@ -663,7 +663,7 @@ class Fleet:
                     return
                 buffer.release(1)
                 continue
-            if room < self._refill and len(buffer.items) >= buffer.workers:
+            if not self._room_to_claim():
                 # Enough queued to keep the workers busy: wait for room for a batch worth
                 # a write of its own (settles wake the loop, as when room limited a claim).
                 self._last_round_full = True
@@ -699,6 +699,13 @@ class Fleet:
             with anyio.move_on_after(min(delay, due)):
                 await self._claim_wanted.wait()
             delay = POLL_MIN if self._claim_wanted.is_set() else min(delay * 2, self._poll_max)
+
+    def _room_to_claim(self) -> bool:
+        """Whether a claim is worth its write: the buffer has room for a batch, or too few
+        queued to keep the workers busy (and any room at all)."""
+        buffer = self._buffer
+        room = buffer.size - buffer.queued
+        return room >= self._refill or (room > 0 and len(buffer.items) < buffer.workers)
 
     async def _claim(self, limit: int) -> tuple[list[Claim], list[Claim]]:
         """Claim ``limit`` at most; with a store that can, start the look-ahead's share of
@@ -1073,7 +1080,8 @@ class Fleet:
                     counted(len(lost), "delivery"),
                     extra={"deliveries": len(lost)},
                 )
-            wake = self._last_round_full  # room was what limited the last claim
+            # Room was what limited the last claim: claim again once there is room enough.
+            wake = self._last_round_full and self._room_to_claim()
             lost_keys = {(claim.event.id, claim.receiver_id) for claim in lost}
             for outcome, epoch in batch:
                 claim = outcome.claim
