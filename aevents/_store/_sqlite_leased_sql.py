@@ -223,37 +223,6 @@ _SETTLE: Final = {
         " RETURNING event_seq"
     ),
 }
-# The same for many claims in two statements instead of one per claim (each statement
-# step also hands the GIL to the event loop's thread and back): which of them are not held
-# (``key``: their index in the JSON array of ``[event id, receiver id, attempt]``), then
-# the change, on the ones held, found through the primary key.
-_NOT_HELD: Final = (
-    "SELECT j.key FROM json_each(?1) AS j"
-    " LEFT JOIN events AS e ON e.id = j.value ->> 0"
-    " LEFT JOIN deliveries AS d ON d.event_seq = e.seq AND d.receiver_id = j.value ->> 1"
-    " AND d.state = 0 AND d.holder = ?2 AND d.attempts + 1 - d.started = j.value ->> 2"
-    " WHERE d.event_seq IS NULL"
-)
-_START_LISTED: Final = (
-    "UPDATE deliveries SET attempts = attempts + 1 - started, started = 1"
-    " WHERE (event_seq, receiver_id) IN"
-    " (SELECT e.seq, j.value ->> 1 FROM json_each(?) AS j JOIN events AS e ON e.id = j.value ->> 0)"
-)
-_SETTLE_LISTED: Final = {
-    COMPLETED: (
-        "UPDATE deliveries SET state = 1, holder = NULL, started = 0"
-        " WHERE (event_seq, receiver_id) IN"
-        " (SELECT e.seq, j.value ->> 1 FROM json_each(?) AS j JOIN events AS e"
-        " ON e.id = j.value ->> 0)"
-    ),
-    RELEASED: (
-        "UPDATE deliveries SET holder = NULL, attempts = attempts - started, started = 0"
-        " WHERE (event_seq, receiver_id) IN"
-        " (SELECT e.seq, j.value ->> 1 FROM json_each(?) AS j JOIN events AS e"
-        " ON e.id = j.value ->> 0)"
-    ),
-}
-_LISTED_FROM: Final = 3  # the fewest claims changed through _NOT_HELD and a listed change
 _INSERT_LETTER: Final = (  # one letter per delivery: REPLACE drops an older one on either key
     "INSERT OR REPLACE INTO dead_letters"
     " (id, event_seq, receiver_id, attempts, error_type, error_message, failed_at)"
@@ -319,12 +288,6 @@ def _durable(request: tuple[Any, ...]) -> bool:
     if kind == SETTLE:
         return any(outcome[0] == DEAD_LETTERED for outcome in request[3])
     return kind in (PUBLISH, APPEND, DEAD)
-
-
-def _distinct(rows: Sequence[tuple[Any, ...]], at: int) -> bool:
-    """Whether no (event id, receiver id), at ``at`` and ``at + 1`` in each row, repeats:
-    then changing them all at once is changing them one at a time."""
-    return len({(row[at], row[at + 1]) for row in rows}) == len(rows)
 
 
 def parse_consumer_id(text: str) -> ConsumerId:
@@ -505,22 +468,6 @@ class LeasedSQL:
             self._last_receivers = frozenset(_receivers(routes))
         return self._last_receivers
 
-    def _listed(
-        self, change: str, holder: str, claims: list[tuple[str, str, int]], indexes: list[int]
-    ) -> list[int]:
-        """Apply ``change`` to the ``claims`` held (in two statements); of ``indexes``
-        (theirs in the request), those of the claims not held."""
-        conn = self._conn
-        listed = orjson.dumps(claims)
-        lost = [row[0] for row in conn.execute(_NOT_HELD, (listed, holder))]
-        if lost:
-            gone = set(lost)
-            claims = [claim for at, claim in enumerate(claims) if at not in gone]
-            listed = orjson.dumps(claims)
-        if claims:
-            conn.execute(change, (listed,))
-        return [indexes[at] for at in lost]
-
     def _settle(
         self,
         holder: str,
@@ -528,36 +475,9 @@ class LeasedSQL:
         outcomes: Sequence[tuple[int, str, str, int, Any]],
         out: list[int],
     ) -> None:
-        out.clear()
-        if len(outcomes) >= _LISTED_FROM and _distinct(outcomes, 1):
-            # Completions and releases, the bulk of settles, in two statements per kind.
-            rest: list[tuple[int, tuple[int, str, str, int, Any]]] = []
-            for kind in (COMPLETED, RELEASED):
-                indexes = [at for at, outcome in enumerate(outcomes) if outcome[0] == kind]
-                if len(indexes) >= _LISTED_FROM:
-                    claims = [outcomes[at][1:4] for at in indexes]
-                    out += self._listed(_SETTLE_LISTED[kind], holder, claims, indexes)
-                else:
-                    rest += [(at, outcomes[at]) for at in indexes]
-            rest += [
-                (at, outcome)
-                for at, outcome in enumerate(outcomes)
-                if outcome[0] not in (COMPLETED, RELEASED)
-            ]
-            self._settle_each(holder, now, rest, out)
-            out.sort()
-            return
-        self._settle_each(holder, now, list(enumerate(outcomes)), out)
-
-    def _settle_each(
-        self,
-        holder: str,
-        now: int,
-        outcomes: list[tuple[int, tuple[int, str, str, int, Any]]],
-        out: list[int],
-    ) -> None:
         conn = self._conn
-        for index, (kind, event_id, receiver_id, attempt, argument) in outcomes:
+        out.clear()
+        for index, (kind, event_id, receiver_id, attempt, argument) in enumerate(outcomes):
             held = (event_id, receiver_id, holder, attempt)
             if kind in (COMPLETED, RELEASED):
                 changed = conn.execute(_SETTLE[kind], held).rowcount
@@ -575,9 +495,6 @@ class LeasedSQL:
     def _start(self, holder: str, claims: Sequence[tuple[str, str, int]], out: list[int]) -> None:
         conn = self._conn
         out.clear()
-        if len(claims) >= _LISTED_FROM and _distinct(claims, 0):
-            out += self._listed(_START_LISTED, holder, list(claims), list(range(len(claims))))
-            return
         for index, (event_id, receiver_id, attempt) in enumerate(claims):
             if not conn.execute(_START, (event_id, receiver_id, holder, attempt)).rowcount:
                 out.append(index)
