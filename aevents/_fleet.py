@@ -13,14 +13,20 @@ buffer as they would without one.
 Consuming (unless ``consume=False``): the runtime registers a consumer with
 the routes of its fleet receivers and keeps it live with heartbeats. One task
 claims as many deliveries as the buffer has room for, never more, and puts
-them in the buffer; it claims again when this process publishes, when a settle
-may have let a key move on, and otherwise polls with a short backoff. The
+them in the buffer; it claims again when this process publishes what it could
+not claim in the publish, when a settle may have let a key move on or left room
+for a batch, and otherwise polls with a short backoff. A store that can lease
+in the publish's own write (``publish_and_claim``: ``SQLiteStore``,
+``MemoryStore``) claims there what this process publishes for its own
+receivers, within the buffer's room besides the publishes' own, so that those
+run from memory with no claim of their own. The
 workers run the claims, each once its attempt is recorded as started
 (``LeasedStore.start``, written for all the workers that start at once in one
 call): a claim counts as an attempt only then, so the claims a process had
 taken into its buffer cost nothing when a receiver kills it. A store that can
-start claims in the claim's own call (``RedisStore.claim_and_start``) starts
-there the ones the workers take next, the look-ahead, saving a call per round.
+start claims in the claim's own call (``claim_and_start``: ``RedisStore``,
+``SQLiteStore``) starts there the ones the workers take next, the look-ahead,
+saving a call per round, when those claims are next in line.
 The outcomes (``Completed``, ``Rescheduled`` for a retry, which the store holds
 until it is due, ``DeadLettered``) are settled in batches, and a claim counts
 as finished for ``drain()`` once its settle is written. Leases are renewed
