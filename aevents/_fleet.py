@@ -1034,6 +1034,9 @@ class Fleet:
                     self._starting_ahead.discard(held)
                 starts.done.set()
                 self._move_gate()
+            # Let the workers this write woke run first: those that need a start of their
+            # own join the next write, and the look-ahead with them.
+            await anyio.lowlevel.checkpoint()
 
     async def settle(self, outcome: Outcome, epoch: Epoch) -> None:
         """Hand an attempt's outcome to the settle task; wait while too many are unwritten."""
