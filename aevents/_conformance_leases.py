@@ -28,6 +28,7 @@ import sys
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -109,6 +110,30 @@ async def _consumer(store: LeasedStore, *receiver_ids: str) -> ConsumerId:
 
 async def _claim(store: LeasedStore, consumer: ConsumerId, limit: int = 100) -> list[Claim]:
     return await store.claim(consumer, limit, lease=LEASE)
+
+
+def _capability(store: LeasedStore, name: str) -> Callable[..., Awaitable[Any]]:
+    """The store's optional call ``name`` (``publish_and_claim``, ``claim_and_start``);
+    the test is skipped for a store that does not offer it."""
+    method = getattr(store, name, None)
+    if method is None:
+        pytest.skip(f"{type(store).__name__} has no {name}")
+    return cast("Callable[..., Awaitable[Any]]", method)
+
+
+async def _publish_and_claim(
+    store: LeasedStore,
+    consumer: ConsumerId,
+    events: Sequence[Event],
+    *receivers: str,
+    limit: int = 100,
+    start: int = 0,
+) -> tuple[list[Event], list[Claim], list[Claim]]:
+    method = _capability(store, "publish_and_claim")
+    result: tuple[list[Event], list[Claim], list[Claim]] = await method(
+        [(event, receivers) for event in events], consumer, limit=limit, lease=LEASE, start=start
+    )
+    return result
 
 
 def _letter(claim: Claim, attempts: int, now: datetime) -> DeadLetter:
@@ -218,6 +243,30 @@ class LeasedStoreConformance:
                 for consumer in consumers * 3:
                     group.start_soon(claim_until_empty, consumer)
         assert sorted(taken) == sorted((e.id, r) for e in events for r in ("a", "b"))
+
+    @pytest.mark.anyio
+    async def test_a_batch_of_starts_and_settles_returns_exactly_the_claims_not_held(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """Among many claims started or settled in one call, those another consumer took
+        come back, in the order given, and change nothing; the others take effect."""
+        events = [_event(n) for n in range(6)]
+        await _publish(leased_store, events, "r")
+        first = await _consumer(leased_store, "r")
+        claims = await leased_store.claim(first, 6, lease=1.0)
+        clock.advance(2.0)
+        second = await _consumer(leased_store, "r")
+        taken = await leased_store.claim(second, 2, lease=LEASE)  # the first two
+        assert [c.event for c in taken] == events[:2]
+        assert await leased_store.start(first, claims) == claims[:2]
+        assert await leased_store.renew(first, claims[2:], lease=LEASE) == []
+        outcomes = [Completed(c) for c in claims[:4]] + [Released(c) for c in claims[4:]]
+        assert await leased_store.settle(first, outcomes) == claims[:2]
+        assert await leased_store.start(second, taken) == []
+        assert await leased_store.settle(second, [Completed(c) for c in taken]) == []
+        assert await leased_store.stats() == StoreStats(events=6, pending=2, done=4, dead=0)
+        again = await _claim(leased_store, first)
+        assert _seen(again) == [(event.id, "r", 1, False) for event in events[4:]]  # uncounted
 
     @pytest.mark.anyio
     async def test_claims_carry_the_event_as_published(self, leased_store: LeasedStore) -> None:
@@ -614,6 +663,130 @@ class LeasedStoreConformance:
         assert await leased_store.redeliver([held_letter.id]) == 0
         stats = await leased_store.stats()
         assert (stats.pending, stats.done, stats.dead) == (1, 1, 1)
+
+    # ------------------------------------------------------------------ optional calls
+
+    @pytest.mark.anyio
+    async def test_publish_and_claim_leases_the_publishers_deliveries_in_its_write(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """``publish_and_claim`` publishes as ``publish`` does and leases to the publisher,
+        in publish order, the deliveries to its receivers, up to ``limit``: no other
+        consumer claims them; the rest are claimable as usual."""
+        events = [_event(n) for n in range(4)]
+        mine, other, theirs = (
+            await _consumer(leased_store, "r"),
+            await _consumer(leased_store, "r"),
+            await _consumer(leased_store, "t"),
+        )
+        standing, claims, started = await _publish_and_claim(
+            leased_store, mine, events, "r", "t", limit=3
+        )
+        assert standing == events
+        assert _seen(claims) == [(event.id, "r", 1, False) for event in events[:3]]
+        assert [c.event for c in claims] == events[:3]
+        assert started == []
+        assert [c.event for c in await _claim(leased_store, other)] == events[3:]
+        assert [c.event for c in await _claim(leased_store, theirs)] == events
+        assert {lease.consumer for lease in await leased_store.leases()} == {mine, other, theirs}
+        assert await leased_store.settle(mine, [Completed(c) for c in claims]) == []
+        assert (await leased_store.stats()).done == 3
+
+    @pytest.mark.anyio
+    async def test_publish_and_claim_starts_the_first_start_claims(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """The first ``start`` claims count their attempt as ``start`` would: when the lease
+        runs out, those come back as attempt 2 with their lease expired, the others as
+        attempt 1, uncounted."""
+        events = [_event(n) for n in range(3)]
+        mine = await _consumer(leased_store, "r")
+        _, claims, started = await _publish_and_claim(leased_store, mine, events, "r", start=2)
+        assert started == claims[:2]
+        assert await leased_store.start(mine, claims[:2]) == []  # counted once
+        clock.advance(LEASE + 1)
+        later = await _consumer(leased_store, "r")
+        assert _seen(await _claim(leased_store, later)) == [
+            (events[0].id, "r", 2, True),
+            (events[1].id, "r", 2, True),
+            (events[2].id, "r", 1, False),
+        ]
+
+    @pytest.mark.anyio
+    async def test_publish_and_claim_keeps_a_key_behind_its_unfinished_deliveries(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """A keyed delivery is leased only when no earlier delivery of its (receiver, key) is
+        unfinished: one another consumer holds, or one earlier in the same publish."""
+        k1, k2, j1, j2, free = (
+            _event(1, "k"),
+            _event(2, "k"),
+            _event(3, "j"),
+            _event(4, "j"),
+            _event(5),
+        )
+        await _publish(leased_store, [k1], "r")
+        other, mine = await _consumer(leased_store, "r"), await _consumer(leased_store, "r")
+        (held,) = await _claim(leased_store, other)
+        _, claims, _ = await _publish_and_claim(leased_store, mine, [k2, j1, j2, free], "r")
+        assert [c.event for c in claims] == [j1, free]
+        assert await _claim(leased_store, other) == []
+        await leased_store.settle(other, [Completed(held)])
+        assert [c.event for c in await _claim(leased_store, other)] == [k2]
+        await leased_store.settle(mine, [Completed(claims[0])])
+        assert [c.event for c in await _claim(leased_store, other)] == [j2]
+
+    @pytest.mark.anyio
+    async def test_publish_and_claim_leases_nothing_for_a_repeat_or_a_consumer_not_live(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """A repeated idempotency key adds nothing to lease; a consumer that is not live
+        leases nothing, and its publish stands."""
+        first, repeat = _keyed(1, "order-1"), _keyed(2, "order-1")
+        mine = await _consumer(leased_store, "r")
+        _, claims, _ = await _publish_and_claim(leased_store, mine, [first], "r")
+        assert [c.event for c in claims] == [first]
+        standing, claims, _ = await _publish_and_claim(leased_store, mine, [repeat], "r")
+        assert (standing, claims) == ([first], [])
+        event = _event()
+        standing, claims, started = await _publish_and_claim(
+            leased_store, new_consumer_id(), [event], "r", start=1
+        )
+        assert (standing, claims, started) == ([event], [], [])
+        assert [c.event for c in await _claim(leased_store, mine)] == [event]
+
+    @pytest.mark.anyio
+    async def test_claim_and_start_starts_the_first_claims_whose_lease_did_not_run_out(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """``claim_and_start`` claims as ``claim`` does and starts, in the same call, the
+        first ``start`` claims that are not the retry of an attempt whose lease ran out."""
+        method = _capability(leased_store, "claim_and_start")
+        events = [_event(n) for n in range(4)]
+        await _publish(leased_store, events, "r")
+        first = await _consumer(leased_store, "r")
+        (lost,) = await _claim(leased_store, first, 1)
+        assert await leased_store.start(first, [lost]) == []
+        clock.advance(LEASE + 1)
+        consumer = await _consumer(leased_store, "r")
+        claims, started = await method(consumer, 3, lease=LEASE, start=1)
+        assert _seen(claims) == [
+            (events[0].id, "r", 2, True),
+            (events[1].id, "r", 1, False),
+            (events[2].id, "r", 1, False),
+        ]
+        assert started == [claims[1]]
+        assert await leased_store.start(consumer, claims) == []
+        rest, started = await method(consumer, 10, lease=LEASE, start=0)
+        assert ([c.event for c in rest], started) == (events[3:], [])
+        clock.advance(LEASE + 1)
+        again = await _claim(leased_store, await _consumer(leased_store, "r"))
+        assert _seen(again) == [
+            (events[0].id, "r", 3, True),
+            (events[1].id, "r", 2, True),
+            (events[2].id, "r", 2, True),
+            (events[3].id, "r", 1, False),
+        ]
 
     # ------------------------------------------------------------------------ idempotency
 

@@ -13,14 +13,20 @@ buffer as they would without one.
 Consuming (unless ``consume=False``): the runtime registers a consumer with
 the routes of its fleet receivers and keeps it live with heartbeats. One task
 claims as many deliveries as the buffer has room for, never more, and puts
-them in the buffer; it claims again when this process publishes, when a settle
-may have let a key move on, and otherwise polls with a short backoff. The
+them in the buffer; it claims again when this process publishes what it could
+not claim in the publish, when a settle may have let a key move on or left room
+for a batch, and otherwise polls with a short backoff. A store that can lease
+in the publish's own write (``publish_and_claim``: ``SQLiteStore``,
+``MemoryStore``) claims there what this process publishes for its own
+receivers, within the buffer's room besides the publishes' own, so that those
+run from memory with no claim of their own. The
 workers run the claims, each once its attempt is recorded as started
 (``LeasedStore.start``, written for all the workers that start at once in one
 call): a claim counts as an attempt only then, so the claims a process had
 taken into its buffer cost nothing when a receiver kills it. A store that can
-start claims in the claim's own call (``RedisStore.claim_and_start``) starts
-there the ones the workers take next, the look-ahead, saving a call per round.
+start claims in the claim's own call (``claim_and_start``: ``RedisStore``,
+``SQLiteStore``) starts there the ones the workers take next, the look-ahead,
+saving a call per round, when those claims are next in line.
 The outcomes (``Completed``, ``Rescheduled`` for a retry, which the store holds
 until it is due, ``DeadLettered``) are settled in batches, and a claim counts
 as finished for ``drain()`` once its settle is written. Leases are renewed
@@ -56,6 +62,7 @@ from ._failures import Failures, letter_info
 from ._fleet_routes import RouteCheck, fleet_routes
 from ._idempotency import IDEMPOTENCY_KEY, IdempotencyWindow
 from ._intake import Batch, Dispatch, Waiting
+from ._lowlevel import loop_caller
 from ._middleware import MiddlewareStack, notify
 from ._policy import DeadLetter
 from ._registry import Registry, Subscription
@@ -99,6 +106,23 @@ class ClaimAndStart(Protocol):
     ) -> tuple[list[Claim], list[Claim]]: ...
 
 
+class PublishAndClaim(Protocol):
+    """``SQLiteStore.publish_and_claim`` (and ``MemoryStore``'s): a publish that leases
+    to the publisher, in its own transaction, the deliveries it adds for the publisher's
+    receivers that a claim would take, up to ``limit``, and starts the first ``start``;
+    the events that stand, the claims, and those started."""
+
+    async def __call__(
+        self,
+        events: Sequence[tuple[Event, Sequence[str]]],
+        consumer: ConsumerId,
+        *,
+        limit: int,
+        lease: float,
+        start: int,
+    ) -> tuple[list[Event], list[Claim], list[Claim]]: ...
+
+
 class _Write:
     """One publish waiting to be written, alone or with others, and its answer."""
 
@@ -107,7 +131,7 @@ class _Write:
     def __init__(self, event: Event, receiver_ids: list[str]) -> None:
         self.event = event
         self.receiver_ids = receiver_ids
-        self.ready = anyio.Event()
+        self.ready: anyio.Event | None = None  # made when it waits for another's write
         self.result: Event | None = None
         self.error: BaseException | None = None
 
@@ -164,6 +188,7 @@ class Fleet:
         self._tasks: anyio.abc.TaskGroup | None = None
         # Publishing: writes waiting for the one under way.
         self._writes: list[_Write] = []
+        self._new_event: Callable[[], anyio.Event] = anyio.Event
         self._writing = False
         self.unjournaled = 0
         """Deliveries of events publish_nowait accepted whose store write has not finished."""
@@ -193,6 +218,13 @@ class Fleet:
         # A store that starts claims in the claim's own call (RedisStore) starts the
         # look-ahead there: one call less per round.
         self._claim_and_start: ClaimAndStart | None = getattr(store, "claim_and_start", None)
+        # Starts the look-ahead asked for in calls under way (claims, publishes that claim),
+        # which ``_ahead_wanted`` counts as started: the look-ahead never passes ``_ahead``.
+        self._ahead_asked = 0
+        # A store that leases to the publisher in the publish's own write (SQLiteStore,
+        # MemoryStore): what this process publishes for its own receivers is claimed
+        # there, and runs from memory without a claim of its own.
+        self._publish_and_claim: PublishAndClaim | None = getattr(store, "publish_and_claim", None)
         # The claim loop: woken by publishes, settles and drain(); rounds counted for drain().
         self._claim_wanted = anyio.Event()
         self._rounds_started = 0
@@ -202,6 +234,9 @@ class Fleet:
         self._claimed = 0  # claims taken since the start, for drain()
         self._next_due = math.inf  # when the earliest retry this process rescheduled is due
         self._poll_max = POLL_MAX  # longer when the store wakes the claims (wake_on_work)
+        # The least room a claim waits for while the buffer holds enough to keep the workers
+        # busy: claims of a few deliveries each would cost a write per few deliveries.
+        self._refill = max(1, min(CLAIM_BATCH, buffer.size // 4))
         self._held_keys: dict[tuple[str, str], str] = {}
         self.routes = RouteCheck(registry)
         """This process's routes against the live consumers' (warnings at publish)."""
@@ -237,6 +272,7 @@ class Fleet:
         """
         self._tasks = tasks
         self._started_at = datetime.now(UTC)
+        _, self._new_event = loop_caller()  # the loop's own events: publishes wait on them
         await self.broadcast.open()
         if self.consume:
             self.consumer = new_consumer_id()
@@ -535,7 +571,8 @@ class Fleet:
         self.broadcast.writing(event)
         self._writes.append(write)
         if self._writing:
-            await write.ready.wait()
+            write.ready = ready = self._new_event()
+            await ready.wait()
             if write.error is not None:
                 raise write.error
             if write.result is not None:
@@ -544,7 +581,7 @@ class Fleet:
         self._writing = True
         batch, self._writes = self._writes, []
         try:
-            results = await self.store.publish([(w.event, w.receiver_ids) for w in batch])
+            results = await self._publish_batch(batch)
         except StoreError as error:
             for each in batch:  # each publisher raises an error of its own
                 each.error = error if each is write else StoreError(error.path, error.problem)
@@ -557,21 +594,58 @@ class Fleet:
             for each, result in zip(batch, results, strict=True):
                 each.result = result
             self.broadcast.written([each.event for each in batch], results)
-            mine = self._mine
-            if any(not mine.isdisjoint(each.receiver_ids) for each in batch):
-                self._claim_wanted.set()  # this process runs some of them: claim now
         finally:
             for each in batch:
-                if each is not write:
+                if each.ready is not None:
                     each.ready.set()
             if self._writes:
-                self._writes[0].ready.set()  # it leads the next write
+                lead = self._writes[0].ready
+                assert lead is not None  # it waits: a write was under way when it came
+                lead.set()  # it leads the next write
             else:
                 self._writing = False
         if write.error is not None:
             raise write.error
         assert write.result is not None
         return write.result
+
+    async def _publish_batch(self, batch: list[_Write]) -> list[Event]:
+        """One ``LeasedStore.publish`` of the writes in ``batch``; with a store that can,
+        the deliveries to this process's receivers are claimed (and the look-ahead's share
+        started) in the same write, and queued here at once. Otherwise, or for those the
+        store could not lease (behind their key), the claim loop is woken."""
+        entries = [(each.event, each.receiver_ids) for each in batch]
+        mine = self._mine
+        wanted = sum(len(mine.intersection(each.receiver_ids)) for each in batch)
+        if not wanted:
+            return await self.store.publish(entries)
+        # What the buffer has room for besides the room these publishes hold, as a claim
+        # would take: the deliveries beyond it stay free, for any consumer.
+        limit = min(wanted, self._buffer.size - self._buffer.queued)
+        if (
+            self._publish_and_claim is None
+            or self.consumer is None
+            or self._run.state is not RUNNING
+            or limit <= 0
+        ):
+            results = await self.store.publish(entries)
+            self._claim_wanted.set()  # this process runs some of them: claim now
+            return results
+        start = min(self._ahead_in_line(), limit)
+        self._ahead_asked += start
+        try:
+            results, claims, started = await self._publish_and_claim(
+                entries, self.consumer, limit=limit, lease=self.lease, start=start
+            )
+        finally:
+            self._ahead_asked -= start
+        if claims:
+            self._accept(claims, started)
+            self._claimed += len(claims)
+            self._start_ahead()
+        if len(claims) < wanted:
+            self._claim_wanted.set()  # some wait behind their key, or were repeats: claim
+        return results
 
     # ------------------------------------------------------------------ claiming
 
@@ -594,6 +668,14 @@ class Fleet:
                 if buffer.closed:
                     return
                 buffer.release(1)
+                continue
+            if not self._room_to_claim():
+                # Enough queued to keep the workers busy: wait for room for a batch worth
+                # a write of its own (settles wake the loop, as when room limited a claim).
+                self._last_round_full = True
+                self._claim_wanted = anyio.Event()
+                with anyio.move_on_after(self._poll_max):
+                    await self._claim_wanted.wait()
                 continue
             limit = min(room, CLAIM_BATCH)
             if self._routes_version != self._registry.version:
@@ -624,14 +706,25 @@ class Fleet:
                 await self._claim_wanted.wait()
             delay = POLL_MIN if self._claim_wanted.is_set() else min(delay * 2, self._poll_max)
 
+    def _room_to_claim(self) -> bool:
+        """Whether a claim is worth its write: the buffer has room for a batch, or too few
+        queued to keep the workers busy (and any room at all)."""
+        buffer = self._buffer
+        room = buffer.size - buffer.queued
+        return room >= self._refill or (room > 0 and len(buffer.items) < buffer.workers)
+
     async def _claim(self, limit: int) -> tuple[list[Claim], list[Claim]]:
         """Claim ``limit`` at most; with a store that can, start the look-ahead's share of
         them in the same call (as ``_start_ahead`` would next): the claims, those started."""
         assert self.consumer is not None
-        wanted = self._ahead_wanted()
+        wanted = self._ahead_in_line()
         if self._claim_and_start is None or wanted <= 0:
             return await self.store.claim(self.consumer, limit, lease=self.lease), []
-        return await self._claim_and_start(self.consumer, limit, lease=self.lease, start=wanted)
+        self._ahead_asked += wanted
+        try:
+            return await self._claim_and_start(self.consumer, limit, lease=self.lease, start=wanted)
+        finally:
+            self._ahead_asked -= wanted
 
     def _work_arrived(self) -> None:
         """The store says another process may have left work to claim."""
@@ -741,7 +834,7 @@ class Fleet:
         self._started.discard(held)
         self._starting_ahead.discard(held)  # a worker's now: it waits for the write
         starts = None if written else (self._starting.get(held) or self._start(claim))
-        if len(self._started) + len(self._starting_ahead) < self._ahead // 2:
+        if not self._started and not self._starting_ahead:
             self._start_ahead()  # in the same write as this one's, if it waits for one
         if starts is not None:
             await starts.done.wait()
@@ -774,10 +867,13 @@ class Fleet:
         wanted = self._ahead_wanted()
         if wanted <= 0:
             return
+        # The first claims in line go to the other workers, which start them in this same
+        # write if they take them while it is being made: the look-ahead starts the next.
+        skip = skipping = min(self._buffer.workers - 1, len(self._buffer.items) - wanted)
         scanned = 0
         for queued in self._buffer.items:
             scanned += 1
-            if wanted <= 0 or scanned > 4 * self._ahead:
+            if wanted <= 0 or scanned > 4 * self._ahead + skip:
                 break
             event, subscription = queued[0], queued[1]
             if subscription.scope != "fleet":
@@ -792,15 +888,27 @@ class Fleet:
                 or held in self._running
             ):
                 continue
+            if skipping > 0:
+                skipping -= 1
+                continue
             self._start(claim)
             self._starting_ahead.add(held)
             wanted -= 1
+
+    def _ahead_in_line(self) -> int:
+        """How many claims a claim (or a publish that claims) may start: the look-ahead's
+        share, when they are next in line (the buffer holds fewer than a worker each
+        before them). Started further back, they would wait there as the look-ahead,
+        and the claims before them would each wait for a start of their own."""
+        if len(self._buffer.items) >= self._buffer.workers:
+            return 0
+        return max(self._ahead_wanted(), 0)
 
     def _ahead_wanted(self) -> int:
         """How many more claims the look-ahead may start (none while one runs alone)."""
         if self._alone is not None or self._alone_waiting or self._run.state is not RUNNING:
             return 0
-        return self._ahead - len(self._started) - len(self._starting_ahead)
+        return self._ahead - len(self._started) - len(self._starting_ahead) - self._ahead_asked
 
     def _unheld(self, held: Held) -> None:
         """Forget a claim this process no longer holds (settled, lost or handed back)."""
@@ -927,6 +1035,9 @@ class Fleet:
                     self._starting_ahead.discard(held)
                 starts.done.set()
                 self._move_gate()
+            # Let the workers this write woke run first: those that need a start of their
+            # own join the next write, and the look-ahead with them.
+            await anyio.lowlevel.checkpoint()
 
     async def settle(self, outcome: Outcome, epoch: Epoch) -> None:
         """Hand an attempt's outcome to the settle task; wait while too many are unwritten."""
@@ -979,7 +1090,8 @@ class Fleet:
                     counted(len(lost), "delivery"),
                     extra={"deliveries": len(lost)},
                 )
-            wake = self._last_round_full  # room was what limited the last claim
+            # Room was what limited the last claim: claim again once there is room enough.
+            wake = self._last_round_full and self._room_to_claim()
             lost_keys = {(claim.event.id, claim.receiver_id) for claim in lost}
             for outcome, epoch in batch:
                 claim = outcome.claim

@@ -215,6 +215,8 @@ async def test_a_journal_locked_past_busy_timeout_fails_publish_not_the_runtime(
     store = SQLiteStore(str(path), busy_timeout=0.2)
     async with EventRuntime(registry, store=store) as runtime:
         first = await runtime.publish("order:placed")
+        with anyio.fail_after(10):
+            await runtime.drain()  # its claim, start and settle are written before the lock
         blocker = sqlite3.connect(path, isolation_level=None)
         try:
             blocker.execute("BEGIN EXCLUSIVE")

@@ -354,30 +354,105 @@ class MemoryStore:
         key in its place; a duplicate event id refuses the whole batch."""
         await checkpoint()
         with self._using():
-            standing: list[Event | None] = []  # None: this entry's event is added
-            first_of: dict[str, Event] = {}  # keys first seen in this batch
-            adding: set[str] = set()
-            for event, _ in events:
-                key = event.metadata.get(IDEMPOTENCY_KEY)
-                record = None if key is None else self._keys.get(key)
-                if record is not None:
-                    standing.append(Event.from_json(record.body))
-                elif key is not None and key in first_of:
-                    standing.append(first_of[key])
-                elif event.id in self._events or event.id in adding:
-                    raise StoreError(self.path, f"event {event.id!r} is already in the journal")
-                else:
-                    standing.append(None)
-                    adding.add(event.id)
-                    if key is not None:
-                        first_of[key] = event
-            for (event, receiver_ids), first in zip(events, standing, strict=True):
-                if first is None:
-                    self._add(event, receiver_ids)
-            return [
-                event if first is None else first
-                for (event, _), first in zip(events, standing, strict=True)
+            return self._publish(events)
+
+    def _publish(self, events: Sequence[tuple[Event, Sequence[str]]]) -> list[Event]:
+        """``publish`` under the lock: the events that stand."""
+        standing: list[Event | None] = []  # None: this entry's event is added
+        first_of: dict[str, Event] = {}  # keys first seen in this batch
+        adding: set[str] = set()
+        for event, _ in events:
+            key = event.metadata.get(IDEMPOTENCY_KEY)
+            record = None if key is None else self._keys.get(key)
+            if record is not None:
+                standing.append(Event.from_json(record.body))
+            elif key is not None and key in first_of:
+                standing.append(first_of[key])
+            elif event.id in self._events or event.id in adding:
+                raise StoreError(self.path, f"event {event.id!r} is already in the journal")
+            else:
+                standing.append(None)
+                adding.add(event.id)
+                if key is not None:
+                    first_of[key] = event
+        for (event, receiver_ids), first in zip(events, standing, strict=True):
+            if first is None:
+                self._add(event, receiver_ids)
+        return [
+            event if first is None else first
+            for (event, _), first in zip(events, standing, strict=True)
+        ]
+
+    async def publish_and_claim(
+        self,
+        events: Sequence[tuple[Event, Sequence[str]]],
+        consumer: ConsumerId,
+        *,
+        limit: int,
+        lease: float,
+        start: int,
+    ) -> tuple[list[Event], list[Claim], list[Claim]]:
+        """``publish``, then lease to ``consumer`` at once (if it is live) at most ``limit``
+        of the deliveries added to its receivers that a claim would take, in publish order,
+        starting the first ``start`` of them: ``(events, claims, claims started)``."""
+        standing = await self.publish(events)
+        with self._using():
+            claims: list[Claim] = []
+            started: list[Claim] = []
+            now = self._clock()
+            registration = self._live(consumer, now)
+            if registration is None or limit <= 0:
+                return standing, claims, started
+            mine = registration.receiver_ids
+            added = [
+                (event, sorted(mine.intersection(receiver_ids)))
+                for (event, receiver_ids), first in zip(events, standing, strict=True)
+                if first is event
             ]
+            lanes = {
+                (receiver_id, event.key)
+                for event, receiver_ids in added
+                if event.key is not None
+                for receiver_id in receiver_ids
+            }
+            busy = self._busy(lanes, {event.id for event, _ in added}) if lanes else set()
+            until = now + timedelta(seconds=lease)
+            for event, receiver_ids in added:
+                entry = self._events.get(event.id)
+                for receiver_id in receiver_ids:
+                    if event.key is not None:
+                        lane = (receiver_id, event.key)
+                        if lane in busy:
+                            continue
+                        busy.add(lane)
+                    delivery = None if entry is None else entry.deliveries.get(receiver_id)
+                    if delivery is None or delivery.state != _PENDING or delivery.holder:
+                        continue  # claimed (or settled) since it was added
+                    if len(claims) == limit:
+                        return standing, claims, started
+                    delivery.holder, delivery.lease_until = consumer, until
+                    claim = Claim(event, receiver_id, delivery.attempts + 1, False)
+                    claims.append(claim)
+                    if len(started) < start:
+                        delivery.started = True
+                        delivery.attempts += 1
+                        started.append(claim)
+            return standing, claims, started
+
+    def _busy(self, lanes: set[tuple[str, str]], skip: set[str]) -> set[tuple[str, str]]:
+        """Of ``lanes``, the (receiver id, key) with an unfinished delivery (pending, or dead
+        and holding the key) of an event not in ``skip``."""
+        busy = set()
+        for event_id, entry in self._events.items():
+            if entry.key is None or event_id in skip:
+                continue
+            for receiver_id, delivery in entry.deliveries.items():
+                lane = (receiver_id, entry.key)
+                if lane in lanes and (
+                    delivery.state == _PENDING or (delivery.state == _DEAD and delivery.holds_key)
+                ):
+                    busy.add(lane)
+        return busy
 
     async def event_position(self) -> int:
         """The position of the newest event added (0 before any)."""

@@ -284,6 +284,40 @@ class SQLiteStore:
         an event id is already stored (the whole call adds nothing). Cancelling the
         wait does not withdraw the request.
         """
+        return await self._publish(events, None)
+
+    async def publish_and_claim(
+        self,
+        events: Sequence[tuple[Event, Sequence[str]]],
+        consumer: ConsumerId,
+        *,
+        limit: int,
+        lease: float,
+        start: int,
+    ) -> tuple[list[Event], list[Claim], list[Claim]]:
+        """``publish``, and in the same transaction lease to ``consumer`` at most ``limit``
+        of the deliveries it adds to the receivers ``consumer`` registered, those a claim
+        would take (not behind an unfinished delivery of their key), in publish order; the
+        first ``start`` of them started as ``start`` would. Nothing is leased when
+        ``consumer`` is not live. Returns ``(the events that stand, the claims, the claims
+        started)``: one transaction where publishing, claiming and starting take three.
+        """
+        claimed: list[tuple[int, str, bool]] = []
+        now = self._now()
+        request = (str(consumer), now, now + _seconds(lease), max(limit, 0), max(start, 0), claimed)
+        standing = await self._publish(events, request)
+        claims: list[Claim] = []
+        started: list[Claim] = []
+        for index, receiver_id, begun in claimed:
+            claim = Claim(events[index][0], receiver_id, 1, False)
+            claims.append(claim)
+            if begun:
+                started.append(claim)
+        return standing, claims, started
+
+    async def _publish(
+        self, events: Sequence[tuple[Event, Sequence[str]]], claim: tuple[Any, ...] | None
+    ) -> list[Event]:
         rows = [
             (
                 event.id,
@@ -297,9 +331,11 @@ class SQLiteStore:
             for event, receiver_ids in events
         ]
         if not rows:  # nothing to write, but a closed store still refuses
-            return await self._thread.call(lambda journal: [], "could not publish")
+            await self._thread.call(lambda journal: [], "could not publish")
+            return []
         out: list[bytes | None] = []
-        batch, index = self._thread.submit_append((PUBLISH, rows, out))
+        request = (PUBLISH, rows, out) if claim is None else (PUBLISH, rows, out, claim)
+        batch, index = self._thread.submit_append(request)
         await batch.done.wait()
         if batch.failure is not None or batch.errors:
             batch.raise_for(index)
@@ -419,12 +455,27 @@ class SQLiteStore:
     async def claim(self, consumer: ConsumerId, limit: int, *, lease: float) -> list[Claim]:
         """Lease at most ``limit`` claimable deliveries for ``lease`` seconds, in publish
         order, in one transaction. Raises ``StoreError`` if ``consumer`` is not live."""
+        claims, _ = await self._claim(consumer, limit, lease, 0)
+        return claims
+
+    async def claim_and_start(
+        self, consumer: ConsumerId, limit: int, *, lease: float, start: int
+    ) -> tuple[list[Claim], list[Claim]]:
+        """``claim``, and ``start`` in the same transaction for the first ``start`` claims
+        (in publish order) whose last attempt's lease did not run out: ``(claims, the
+        claims started)``. A claim started here counts its attempt as ``start`` counts it.
+        """
+        return await self._claim(consumer, limit, lease, max(start, 0))
+
+    async def _claim(
+        self, consumer: ConsumerId, limit: int, lease: float, start: int
+    ) -> tuple[list[Claim], list[Claim]]:
         now = self._now()
         until = now + _seconds(lease)
         reclaim, known = self.reclaim_dead_pids, self._published
         found = await self._thread.call(
             lambda journal: journal.queue.claim(
-                consumer, limit, now, until, reclaim_dead_pids=reclaim, known=known
+                consumer, limit, now, until, reclaim_dead_pids=reclaim, known=known, start=start
             ),
             "could not claim",
             writes=True,
@@ -435,7 +486,14 @@ class SQLiteStore:
                 f"consumer {str(consumer)!r} is not registered, or its registration "
                 "expired; register it again before claiming",
             )
-        return [Claim(*claim) for claim in found]
+        claims: list[Claim] = []
+        started: list[Claim] = []
+        for event, receiver_id, attempt, expired, begun in found:
+            claim = Claim(event, receiver_id, attempt, expired)
+            claims.append(claim)
+            if begun:
+                started.append(claim)
+        return claims, started
 
     async def start(self, consumer: ConsumerId, claims: Sequence[Claim]) -> list[Claim]:
         """Count these claims' attempts as started, in one transaction shared with other

@@ -51,6 +51,7 @@ from ._protocol import Backlog, Consumer, ConsumerId, Lease, Route
 from ._sqlite_schema import from_us
 from ._sqlite_sql import (
     APPEND,
+    CHUNKS,
     DEAD,
     INSERT_DELIVERIES,
     INSERT_DELIVERY,
@@ -90,6 +91,24 @@ _CLAIM_KEY: Final = (
 )
 _KEY_BODY: Final = "SELECT body FROM idempotency WHERE key = ?"
 _STORED_BEFORE: Final = "SELECT 1 FROM events WHERE id = ? AND seq < ?"
+# A publish that also leases to its publisher (``PUBLISH`` with a claim) inserts its rows
+# with their lease set; a key's new delivery is claimable only when no earlier delivery of
+# its (receiver, key) is unfinished: pending, or dead and holding the key. Every row already
+# stored is earlier than the ones the publish adds.
+_INSERT_LEASED: Final = (
+    "INSERT INTO deliveries (event_seq, receiver_id, key, holder, lease_until, attempts, started)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_LEASED_MANY: Final = {
+    size: _INSERT_LEASED.replace(
+        "(?, ?, ?, ?, ?, ?, ?)", ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * size)
+    )
+    for size in CHUNKS
+}
+_LANE_BUSY: Final = (
+    "SELECT 1 FROM deliveries WHERE receiver_id = ? AND key = ?"
+    " AND key IS NOT NULL AND (state = 0 OR holds_key = 1) LIMIT 1"
+)
 
 # -- consumers
 _FORGET_EXPIRED: Final = "DELETE FROM consumers WHERE expires_at <= ?"
@@ -162,6 +181,10 @@ CLAIM_EXPIRED_PLAN: Final = (
 )
 _LEASE: Final = (
     "UPDATE deliveries SET holder = ?, lease_until = ?, started = 0"
+    " WHERE event_seq = ? AND receiver_id = ?"
+)
+_LEASE_STARTED: Final = (  # a claim that starts its attempt (``claim(start=)``)
+    "UPDATE deliveries SET holder = ?, lease_until = ?, attempts = attempts + 1, started = 1"
     " WHERE event_seq = ? AND receiver_id = ?"
 )
 # Each of these changes a delivery only while the claim is held: same holder, same attempt
@@ -314,6 +337,8 @@ class LeasedSQL:
         self.journal = journal
         self.synchronous = synchronous
         self._conn = conn
+        self._last_routes = b""
+        self._last_receivers: frozenset[str] = frozenset()
 
     # -- group-committed writes ------------------------------------------------------------
 
@@ -327,13 +352,16 @@ class LeasedSQL:
         self.journal.set_synchronous(self.synchronous if durable else "NORMAL")
         conn.execute("BEGIN IMMEDIATE")
         try:
-            seq = conn.execute(_NEXT_SEQ).fetchone()[0]
+            # a seq for each event added: only publishes and the journal's requests add one
+            adds = any(request[0] <= PUBLISH for request in requests)
+            seq = conn.execute(_NEXT_SEQ).fetchone()[0] if adds else 0
             journal = [request for request in requests if request[0] < PUBLISH]
             if journal:
                 seq = self.journal.stage(journal, seq)
             for request in requests:
                 if request[0] == PUBLISH:
-                    seq = self._publish(request[1], request[2], seq)
+                    claim = request[3] if len(request) > 3 else None
+                    seq = self._publish(request[1], request[2], seq, claim)
                 elif request[0] == SETTLE:
                     self._settle(*request[1:])
                 elif request[0] == STARTED:
@@ -344,12 +372,51 @@ class LeasedSQL:
             raise
         return durable
 
-    def _publish(self, rows: Sequence[tuple[Any, ...]], out: list[bytes | None], seq: int) -> int:
+    def _publish(
+        self,
+        rows: Sequence[tuple[Any, ...]],
+        out: list[bytes | None],
+        seq: int,
+        claim: tuple[str, int, int, int, int, list[tuple[int, str, bool]]] | None = None,
+    ) -> int:
         conn = self._conn
         out.clear()
         events: list[tuple[Any, ...]] = []
-        deliveries: list[tuple[int, str, str | None]] = []
-        for event_id, name, body, occurred, receiver_ids, idempotency_key, key in rows:
+        deliveries: list[tuple[Any, ...]] = []
+        mine: frozenset[str] = frozenset()
+        if claim is not None:
+            holder, now, until, limit, start, claimed = claim
+            claimed.clear()
+            live = conn.execute(_ROUTES_OF_LIVE, (holder, now)).fetchone()
+            if live is not None and limit > 0:
+                mine = self._receivers_of(live[0])
+        if not mine:
+            for event_id, name, body, occurred, receiver_ids, idempotency_key, key in rows:
+                if (
+                    idempotency_key is not None
+                    and not conn.execute(_CLAIM_KEY, (idempotency_key, occurred, body)).rowcount
+                ):
+                    out.append(conn.execute(_KEY_BODY, (idempotency_key,)).fetchone()[0])
+                    continue
+                out.append(None)
+                events.append((seq, event_id, name, body, occurred))
+                deliveries += [(seq, receiver, key) for receiver in dict.fromkeys(receiver_ids)]
+                seq += 1
+            self._insert(events, deliveries, INSERT_DELIVERY, INSERT_DELIVERIES)
+            return seq
+        # Lease to ``holder`` what it runs, in publish order, up to ``limit``: claimable
+        # unless an earlier delivery of its (receiver, key) is unfinished, stored or in this
+        # publish; the first ``start`` of them with their first attempt started.
+        lanes: set[tuple[str, str]] = set()
+        for index, (
+            event_id,
+            name,
+            body,
+            occurred,
+            receiver_ids,
+            idempotency_key,
+            key,
+        ) in enumerate(rows):
             if (
                 idempotency_key is not None
                 and not conn.execute(_CLAIM_KEY, (idempotency_key, occurred, body)).rowcount
@@ -358,16 +425,48 @@ class LeasedSQL:
                 continue
             out.append(None)
             events.append((seq, event_id, name, body, occurred))
-            deliveries += [(seq, receiver, key) for receiver in dict.fromkeys(receiver_ids)]
+            for receiver in sorted(set(receiver_ids)):  # in a claim's order
+                if receiver in mine and len(claimed) < limit:
+                    if key is not None:
+                        lane = (receiver, key)
+                        free = lane not in lanes and not conn.execute(_LANE_BUSY, lane).fetchone()
+                        lanes.add(lane)
+                    else:
+                        free = True
+                    if free:
+                        begun = len(claimed) < start
+                        claimed.append((index, receiver, begun))
+                        deliveries.append((seq, receiver, key, holder, until, begun, begun))
+                        continue
+                elif key is not None:
+                    lanes.add((receiver, key))
+                deliveries.append((seq, receiver, key, None, 0, 0, 0))
             seq += 1
+        self._insert(events, deliveries, _INSERT_LEASED, _INSERT_LEASED_MANY)
+        return seq
+
+    def _insert(
+        self,
+        events: list[tuple[Any, ...]],
+        deliveries: list[tuple[Any, ...]],
+        single: str,
+        multi: dict[int, str],
+    ) -> None:
+        conn = self._conn
         if events:  # a repeated event id raises IntegrityError: the whole request goes
             try:
                 insert_rows(conn, INSERT_EVENT, INSERT_EVENTS, events)
             except sqlite3.IntegrityError as exc:
                 raise sqlite3.IntegrityError(_already_stored(conn, events)) from exc
         if deliveries:
-            insert_rows(conn, INSERT_DELIVERY, INSERT_DELIVERIES, deliveries)
-        return seq
+            insert_rows(conn, single, multi, deliveries)
+
+    def _receivers_of(self, routes: bytes) -> frozenset[str]:
+        """The receiver ids of a registration's routes (the last one's, cached)."""
+        if routes != self._last_routes:
+            self._last_routes = routes
+            self._last_receivers = frozenset(_receivers(routes))
+        return self._last_receivers
 
     def _settle(
         self,
@@ -470,11 +569,14 @@ class LeasedSQL:
         *,
         reclaim_dead_pids: bool,
         known: Mapping[str, Event] | None = None,
-    ) -> list[tuple[Event, str, int, bool]] | None:
+        start: int = 0,
+    ) -> list[tuple[Event, str, int, bool, bool]] | None:
         """Lease up to ``limit`` claimable deliveries until ``until``, in publish order.
 
-        Returns ``(event, receiver id, attempt, lease expired)`` per claim, or
-        ``None`` when ``consumer`` is not live. ``reclaim_dead_pids``: first end
+        Returns ``(event, receiver id, attempt, lease expired, started)`` per claim, or
+        ``None`` when ``consumer`` is not live. ``start``: count as started, in the same
+        transaction, the attempts of the first ``start`` claims whose lease did not run
+        out (``started`` says which). ``reclaim_dead_pids``: first end
         the leases of consumers on this host whose process is gone. ``known``: events
         by id that this process published, used as they are instead of decoding their
         stored copy (equal to it, and a third of a claim's cost).
@@ -501,18 +603,33 @@ class LeasedSQL:
             if parts > 1:  # merge: the first ``limit`` of them all, in publish order
                 rows.sort(key=_publish_order)
                 del rows[limit:]
-            conn.executemany(_LEASE, [(holder, until, r[0], r[1]) for r in rows])
+            begun = [False] * len(rows)
+            if start > 0:
+                for index, found_row in enumerate(rows):
+                    if not found_row[3]:
+                        begun[index] = True
+                        start -= 1
+                        if not start:
+                            break
+            leases = [(holder, until, r[0], r[1]) for r in rows]
+            if True in begun:
+                pairs = list(zip(leases, begun, strict=True))
+                conn.executemany(_LEASE_STARTED, [lease for lease, b in pairs if b])
+                leases = [lease for lease, b in pairs if not b]
+            conn.executemany(_LEASE, leases)
         claims = []
         event: Event | None = None
         last_seq = None
-        for seq, receiver_id, attempts, expired, event_id, name, body, published in rows:
+        for (seq, receiver_id, attempts, expired, event_id, name, body, published), b in zip(
+            rows, begun, strict=True
+        ):
             if seq != last_seq:
                 last_seq = seq
                 event = known.get(event_id) if known is not None else None
                 if event is None:
                     event, _ = decode_event(event_id, name, body, published)
             assert event is not None
-            claims.append((event, receiver_id, attempts + 1, bool(expired)))
+            claims.append((event, receiver_id, attempts + 1, bool(expired), b))
         return claims
 
     def _reclaim_dead_pids(self, consumer: ConsumerId, now: int) -> None:

@@ -56,13 +56,13 @@ _INSERT_KEY: Final = (
 )
 # Multi-row forms: sqlite3 releases and retakes the GIL around every step, so 64 rows
 # per step instead of one keeps the store thread from queueing for the GIL per row.
-_CHUNKS: Final = (64, 16, 4)
+CHUNKS: Final = (64, 16, 4)
 INSERT_EVENTS: Final = {
     size: INSERT_EVENT.replace("(?, ?, ?, ?, ?)", ", ".join(["(?, ?, ?, ?, ?)"] * size))
-    for size in _CHUNKS
+    for size in CHUNKS
 }
 INSERT_DELIVERIES: Final = {
-    size: INSERT_DELIVERY.replace("(?, ?, ?)", ", ".join(["(?, ?, ?)"] * size)) for size in _CHUNKS
+    size: INSERT_DELIVERY.replace("(?, ?, ?)", ", ".join(["(?, ?, ?)"] * size)) for size in CHUNKS
 }
 _START_ATTEMPT: Final = (
     "UPDATE deliveries SET attempts = max(attempts, ?) WHERE state = 0"
@@ -499,7 +499,7 @@ def insert_rows(
 ) -> None:
     """Insert ``rows`` with as few statement steps as the multi-row forms allow."""
     start = 0
-    for size in _CHUNKS:
+    for size in CHUNKS:
         end = start + (len(rows) - start) // size * size
         if end > start:
             flat = [tuple(chain(*rows[at : at + size])) for at in range(start, end, size)]
