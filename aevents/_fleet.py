@@ -62,7 +62,7 @@ from ._failures import Failures, letter_info
 from ._fleet_routes import RouteCheck, fleet_routes
 from ._idempotency import IDEMPOTENCY_KEY, IdempotencyWindow
 from ._intake import Batch, Dispatch, Waiting
-from ._lowlevel import loop_caller
+from ._lowlevel import Waitable, loop_caller
 from ._middleware import MiddlewareStack, notify
 from ._policy import DeadLetter
 from ._registry import Registry, Subscription
@@ -131,7 +131,7 @@ class _Write:
     def __init__(self, event: Event, receiver_ids: list[str]) -> None:
         self.event = event
         self.receiver_ids = receiver_ids
-        self.ready: anyio.Event | None = None  # made when it waits for another's write
+        self.ready: Waitable | None = None  # made when it waits for another's write
         self.result: Event | None = None
         self.error: BaseException | None = None
 
@@ -188,7 +188,7 @@ class Fleet:
         self._tasks: anyio.abc.TaskGroup | None = None
         # Publishing: writes waiting for the one under way.
         self._writes: list[_Write] = []
-        self._new_event: Callable[[], anyio.Event] = anyio.Event
+        self._new_event: Callable[[], Waitable] = anyio.Event
         self._writing = False
         self.unjournaled = 0
         """Deliveries of events publish_nowait accepted whose store write has not finished."""
