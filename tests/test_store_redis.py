@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
+import attrs
 import pytest
 
 import aevents
@@ -560,6 +561,44 @@ async def test_claim_and_start_starts_the_first_claims_whose_lease_did_not_run_o
     last, started = await store.claim_and_start(consumer, 10, lease=30, start=0)
     assert [c.attempt for c in last] == [2, 2, 1, 1]
     assert started == []
+
+
+@pytest.mark.anyio
+async def test_start_and_settle_find_a_few_claims_among_many_held(
+    store: RedisStore,
+) -> None:
+    """start, renew and settle read the consumer's pending entries around the claims they
+    are given, not all it holds: a few claims far apart among many held (a redelivered one
+    at the stream's end among them) are found, and a wrong attempt or another consumer's
+    claim is not."""
+    consumer, other = new_consumer_id(), new_consumer_id()
+    for each in (consumer, other):
+        await store.register(each, [Route("**", "r")], ttl=3600)
+    await store.publish([(make_event("f:e", {"n": n}, {}), ["r"]) for n in range(100)])
+    claims = await store.claim(consumer, 100, lease=30)
+    assert len(claims) == 100
+    letter = aevents.DeadLetter(
+        id="letter-far",
+        event=claims[0].event,
+        receiver_id="r",
+        attempts=1,
+        error_type="builtins.RuntimeError",
+        error_message="boom",
+        failed_at=claims[0].event.occurred_at,
+    )
+    assert await store.settle(consumer, [DeadLettered(claims[0], letter)]) == []
+    assert await store.redeliver(["letter-far"]) == 1
+    (far,) = await store.claim(consumer, 10, lease=30)  # at the end of the stream now
+    assert far.event.id == claims[0].event.id
+    wrong = attrs.evolve(claims[50], attempt=2)
+    assert await store.start(consumer, [claims[1], far, wrong]) == [wrong]
+    assert await store.start(other, [claims[2]]) == [claims[2]]
+    assert await store.renew(consumer, [far, claims[99]], lease=30) == []
+    spread = [claims[n] for n in (1, 30, 60, 99)] + [far]
+    assert await store.settle(consumer, [Completed(c) for c in spread]) == []
+    assert await store.settle(consumer, [Completed(far)]) == [far]  # settled already
+    stats = await store.stats()
+    assert (stats.done, stats.pending) == (5, 95)
 
 
 # -- wakes and polling ------------------------------------------------------------------------

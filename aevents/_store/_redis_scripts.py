@@ -149,6 +149,15 @@ local function unpark_head(r, k, now)
   if owner == '~parked' then to_ready(r, head[1], now) end
 end
 
+-- whether stream entry id a comes before b
+local function id_less(a, b)
+  local ams, aseq = string.match(a, '(%d+)-(%d+)')
+  local bms, bseq = string.match(b, '(%d+)-(%d+)')
+  ams, bms = tonumber(ams), tonumber(bms)
+  if ams ~= bms then return ams < bms end
+  return tonumber(aseq) < tonumber(bseq)
+end
+
 local function is_head(r, k, id)
   local head = redis.call('ZRANGE', kkey(r, k), 0, 0)
   return #head > 0 and head[1] == id
@@ -610,13 +619,28 @@ local function held_claims(c, first, width)
       local wanted = {}
       for i, claim in ipairs(list) do wanted[i] = claim.known end
       local moved = hmget(mvkey(r), wanted)
-      local owned = {}
-      for _, p in ipairs(redis.call('XPENDING', rkey(r), GROUP, '-', '+', 1000000000, c)) do
-        owned[p[1]] = tonumber(p[4])
-      end
+      -- the consumer's pending entries from the lowest id wanted to the highest, at most
+      -- a few per claim: proportional to the batch, not to all the consumer holds
+      local ids, low, high = {}, nil, nil
       for i, claim in ipairs(list) do
         local id = moved[i] or (claim.known .. '-0')
-        if owned[id] == claim.attempt then
+        ids[i] = id
+        if not low or id_less(id, low) then low = id end
+        if not high or id_less(high, id) then high = id end
+      end
+      local most = #list * 2 + 16
+      local owned = {}
+      local found = redis.call('XPENDING', rkey(r), GROUP, low, high, most, c)
+      for _, p in ipairs(found) do owned[p[1]] = tonumber(p[4]) end
+      local last = #found == most and found[most][1] or nil  -- read up to here only
+      for i, claim in ipairs(list) do
+        local id = ids[i]
+        local count = owned[id]
+        if count == nil and last and id_less(last, id) then  -- beyond what was read
+          local one = redis.call('XPENDING', rkey(r), GROUP, id, id, 1, c)
+          if #one > 0 then count = tonumber(one[1][4]) end
+        end
+        if count == claim.attempt then
           claim.pos, claim.id = claim.known, id
         end
       end
