@@ -601,6 +601,30 @@ async def test_start_and_settle_find_a_few_claims_among_many_held(
     assert (stats.done, stats.pending) == (5, 95)
 
 
+@pytest.mark.anyio
+async def test_settle_and_start_settles_then_starts_in_one_script(
+    clocked: tuple[RedisStore, Any],
+) -> None:
+    """The outcomes are settled and the claims started as settle and start would; each
+    part answers with the claims it found not held."""
+    store, clock = clocked
+    consumer, other = new_consumer_id(), new_consumer_id()
+    for each in (consumer, other):
+        await store.register(each, [Route("**", "r")], ttl=3600)
+    await store.publish([(make_event("s:e", {"n": n}, {}), ["r"]) for n in range(4)])
+    claims = await store.claim(consumer, 4, lease=30)
+    theirs = attrs.evolve(claims[3], attempt=5)
+    lost, not_started = await store.settle_and_start(
+        consumer, [Completed(claims[0]), Completed(theirs)], [claims[1], claims[2], theirs]
+    )
+    assert (lost, not_started) == ([theirs], [theirs])
+    assert await store.settle_and_start(consumer, [], []) == ([], [])
+    clock.advance(31)  # the leases run out: the started ones count their attempt
+    again = await store.claim(other, 10, lease=30)
+    assert [(c.event.payload["n"], c.attempt) for c in again] == [(1, 2), (2, 2), (3, 1)]
+    assert (await store.stats()).done == 1
+
+
 # -- wakes and polling ------------------------------------------------------------------------
 
 

@@ -597,7 +597,19 @@ class RedisStore:
         """Complete, reschedule, dead-letter or release what ``consumer`` still holds."""
         if not outcomes:
             return []
-        args: list[Any] = [str(consumer), self._now()]
+        lost, _ = await self.settle_and_start(consumer, outcomes, ())
+        return lost
+
+    async def settle_and_start(
+        self, consumer: ConsumerId, outcomes: Sequence[Outcome], claims: Sequence[Claim]
+    ) -> tuple[list[Claim], list[Claim]]:
+        """``settle`` the outcomes, then ``start`` the claims, in one script: the claims of
+        the outcomes not settled, and the claims not started (those no longer held). One
+        round trip where a runtime whose workers settle and start at once would make two.
+        """
+        if not outcomes and not claims:
+            return [], []
+        args: list[Any] = [str(consumer), self._now(), len(outcomes)]
         for outcome in outcomes:
             claim = outcome.claim
             head = [claim.receiver_id, claim.event.id, claim.attempt]
@@ -621,8 +633,12 @@ class RedisStore:
                 args += ["D", *head, letter.id, body, "1" if outcome.holds_key else "0", key]
             else:  # pragma: no cover - Outcome is a closed union
                 raise TypeError(f"not an outcome: {outcome!r}")
-        lost = await self._run("SETTLE", args, "could not settle")
-        return [outcomes[int(index) - 1].claim for index in lost]
+        args += self._claim_args(claims)
+        lost, lost_starts = await self._run("SETTLE", args, "could not settle")
+        return (
+            [outcomes[int(index) - 1].claim for index in lost],
+            [claims[int(index) - 1] for index in lost_starts],
+        )
 
     # -- what the store holds --------------------------------------------------------------
 

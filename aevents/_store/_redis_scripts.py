@@ -593,13 +593,13 @@ return out
 
 _HELD = r"""
 
--- ARGV from index first, width apart: receiver, event id, attempt, ... -> a list of
--- claims {r, event_id, attempt, pos, id}; pos and id are set (strings) when the
+-- ARGV from index first to last, width apart: receiver, event id, attempt, ... -> a list
+-- of claims {r, event_id, attempt, pos, id}; pos and id are set (strings) when the
 -- claim is held: its entry is pending for consumer c with that delivery count.
 -- A few calls per receiver, whatever the number of claims.
-local function held_claims(c, first, width)
+local function held_claims(c, first, width, last)
   local claims, event_ids = {}, {}
-  for i = first, #ARGV, width do
+  for i = first, last, width do
     local claim = {r = ARGV[i], event_id = ARGV[i + 1], attempt = tonumber(ARGV[i + 2]), at = i}
     table.insert(claims, claim)
     table.insert(event_ids, claim.event_id)
@@ -648,6 +648,39 @@ local function held_claims(c, first, width)
   end
   return claims
 end
+
+-- count the attempts of the claims in ARGV[first..last] (receiver, event id, attempt)
+-- as started -> the indexes (from 1) of those not held
+local function start_claims(c, first, last)
+  local lost = {}
+  local per = {}
+  for n, claim in ipairs(held_claims(c, first, 3, last)) do
+    if claim.pos then
+      per[claim.r] = per[claim.r] or {}
+      table.insert(per[claim.r], claim)
+    else
+      table.insert(lost, n)
+    end
+  end
+  for r, list in pairs(per) do
+    local positions = {}
+    for i, claim in ipairs(list) do positions[i] = claim.pos end
+    local counts = hmget(stkey(r), positions)
+    local updates = {}
+    for i, claim in ipairs(list) do
+      if math.floor(tonumber(counts[i] or '0') / 2) < claim.attempt then
+        table.insert(updates, claim.pos)
+        table.insert(updates, string.format('%d', claim.attempt * 2 + 1))
+      end
+      if #updates >= 4000 then
+        redis.call('HSET', stkey(r), unpack(updates))
+        updates = {}
+      end
+    end
+    if #updates > 0 then redis.call('HSET', stkey(r), unpack(updates)) end
+  end
+  return lost
+end
 """
 
 START = (
@@ -655,35 +688,7 @@ START = (
     + _HELD
     + r"""
 -- ARGV: consumer, then per claim: receiver, event id, attempt -> indexes not held
-local c = ARGV[1]
-local lost = {}
-local per = {}
-for n, claim in ipairs(held_claims(c, 2, 3)) do
-  if claim.pos then
-    per[claim.r] = per[claim.r] or {}
-    table.insert(per[claim.r], claim)
-  else
-    table.insert(lost, n)
-  end
-end
-for r, list in pairs(per) do
-  local positions = {}
-  for i, claim in ipairs(list) do positions[i] = claim.pos end
-  local counts = hmget(stkey(r), positions)
-  local updates = {}
-  for i, claim in ipairs(list) do
-    if math.floor(tonumber(counts[i] or '0') / 2) < claim.attempt then
-      table.insert(updates, claim.pos)
-      table.insert(updates, string.format('%d', claim.attempt * 2 + 1))
-    end
-    if #updates >= 4000 then
-      redis.call('HSET', stkey(r), unpack(updates))
-      updates = {}
-    end
-  end
-  if #updates > 0 then redis.call('HSET', stkey(r), unpack(updates)) end
-end
-return lost
+return start_claims(ARGV[1], 2, #ARGV)
 """
 )
 
@@ -697,7 +702,7 @@ local until_us = tonumber(ARGV[2]) + tonumber(ARGV[3])
 local deadline = string.format('%d', until_us)
 local lost = {}
 local per = {}
-for n, claim in ipairs(held_claims(c, 4, 3)) do
+for n, claim in ipairs(held_claims(c, 4, 3, #ARGV)) do
   if claim.pos then
     per[claim.r] = per[claim.r] or {}
     table.insert(per[claim.r], claim.id)
@@ -730,11 +735,13 @@ SETTLE = (
     _PRELUDE
     + _HELD
     + r"""
--- ARGV: consumer, now_us, then per outcome: kind (C, S, R, D), receiver, event id,
--- attempt, detail (S: delay in us; D: letter id), letter JSON (D), holds key (1/0),
--- key ('' for none, else '=' .. key)
+-- ARGV: consumer, now_us, number of outcomes, then per outcome: kind (C, S, R, D),
+-- receiver, event id, attempt, detail (S: delay in us; D: letter id), letter JSON (D),
+-- holds key (1/0), key ('' for none, else '=' .. key); then the claims to start, as
+-- START takes them -> {indexes of the outcomes not held, indexes of the starts not held}
 -- Completions are written per receiver at the end, a few calls for them all.
 local c, now = ARGV[1], tonumber(ARGV[2])
+local outcomes_end = 3 + 8 * tonumber(ARGV[3])
 local lost = {}
 local touched = {}
 local settled = {}
@@ -750,7 +757,7 @@ local function finish(r, pos, id)
   redis.call('HINCRBY', B .. ':counts', 'pending', -1)
   redis.call('HINCRBY', B .. ':pend', r, -1)
 end
-for n, claim in ipairs(held_claims(c, 4, 8)) do
+for n, claim in ipairs(held_claims(c, 5, 8, outcomes_end)) do
   local i = claim.at - 1
   local kind, r, event_id, attempt = ARGV[i], claim.r, claim.event_id, claim.attempt
   local key = ARGV[i + 7] ~= '' and string.sub(ARGV[i + 7], 2) or nil
@@ -837,7 +844,7 @@ if done > 0 then
 end
 for r, _ in pairs(touched) do trim(r) end
 if others then wake() end
-return lost
+return {lost, start_claims(c, outcomes_end + 1, #ARGV)}
 """
 )
 
