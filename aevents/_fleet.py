@@ -90,6 +90,15 @@ POLL_MAX: Final = 0.5
 Held = tuple[str, str]  # (event id, receiver id)
 
 
+class SettleAndStart(Protocol):
+    """``RedisStore.settle_and_start``: settle outcomes and start claims in one call; the
+    claims of the outcomes not settled, and the claims not started (no longer held)."""
+
+    async def __call__(
+        self, consumer: ConsumerId, outcomes: Sequence[Outcome], claims: Sequence[Claim]
+    ) -> tuple[list[Claim], list[Claim]]: ...
+
+
 class ClaimAndStart(Protocol):
     """``RedisStore.claim_and_start``: a claim that starts the first ``start`` of its
     claims whose lease did not run out; the claims, and those started."""
@@ -193,6 +202,9 @@ class Fleet:
         # A store that starts claims in the claim's own call (RedisStore) starts the
         # look-ahead there: one call less per round.
         self._claim_and_start: ClaimAndStart | None = getattr(store, "claim_and_start", None)
+        # A store that settles and starts in one call (RedisStore) takes the starts waiting
+        # along with each settle: one call where the workers would make two.
+        self._settle_and_start: SettleAndStart | None = getattr(store, "settle_and_start", None)
         # The claim loop: woken by publishes, settles and drain(); rounds counted for drain().
         self._claim_wanted = anyio.Event()
         self._rounds_started = 0
@@ -899,33 +911,43 @@ class Fleet:
             self._starts = None
             try:
                 lost = await self.store.start(self.consumer, starts.claims)
-                for claim in lost:  # another consumer took it meanwhile: not run here
-                    held = (claim.event.id, claim.receiver_id)
-                    if self._held.get(held) == claim:
-                        self._unheld(held)
-                for claim in starts.claims:
-                    held = (claim.event.id, claim.receiver_id)
-                    if held in self._starting_ahead and self._held.get(held) is claim:
-                        self._starting_ahead.discard(held)
-                        self._started.add(held)  # written ahead of its worker
             except StoreError as error:
-                starts.failed = True
-                for claim in starts.claims:  # not run here: its lease runs out, uncounted
-                    self._unheld((claim.event.id, claim.receiver_id))
-                logger.warning(
-                    "could not record %s as started (%s); their leases run out and they run again",
-                    counted(len(starts.claims), "attempt"),
-                    error,
-                    extra={"deliveries": len(starts.claims)},
-                )
+                self._start_failed(starts, error)
+            else:
+                self._start_written(starts, lost)
             finally:
-                for claim in starts.claims:
-                    held = (claim.event.id, claim.receiver_id)
-                    if self._starting.get(held) is starts:
-                        del self._starting[held]
-                    self._starting_ahead.discard(held)
-                starts.done.set()
-                self._move_gate()
+                self._start_over(starts)
+
+    def _start_written(self, starts: _Starts, lost: list[Claim]) -> None:
+        for claim in lost:  # another consumer took it meanwhile: not run here
+            held = (claim.event.id, claim.receiver_id)
+            if self._held.get(held) == claim:
+                self._unheld(held)
+        for claim in starts.claims:
+            held = (claim.event.id, claim.receiver_id)
+            if held in self._starting_ahead and self._held.get(held) is claim:
+                self._starting_ahead.discard(held)
+                self._started.add(held)  # written ahead of its worker
+
+    def _start_failed(self, starts: _Starts, error: StoreError) -> None:
+        starts.failed = True
+        for claim in starts.claims:  # not run here: its lease runs out, uncounted
+            self._unheld((claim.event.id, claim.receiver_id))
+        logger.warning(
+            "could not record %s as started (%s); their leases run out and they run again",
+            counted(len(starts.claims), "attempt"),
+            error,
+            extra={"deliveries": len(starts.claims)},
+        )
+
+    def _start_over(self, starts: _Starts) -> None:
+        for claim in starts.claims:
+            held = (claim.event.id, claim.receiver_id)
+            if self._starting.get(held) is starts:
+                del self._starting[held]
+            self._starting_ahead.discard(held)
+        starts.done.set()
+        self._move_gate()
 
     async def settle(self, outcome: Outcome, epoch: Epoch) -> None:
         """Hand an attempt's outcome to the settle task; wait while too many are unwritten."""
@@ -958,8 +980,26 @@ class Fleet:
             batch, self._to_settle = self._to_settle, []
             self._settle_batch = batch
             outcomes = [outcome for outcome, _ in batch]
+            # The starts waiting go along, when the store can write both in one call.
+            starts, both = self._starts, self._settle_and_start
+            if both is None or starts is None:
+                starts = None
+            else:
+                self._starts = None
             try:
-                lost = await self.store.settle(self.consumer, outcomes)
+                if starts is None:
+                    lost = await self.store.settle(self.consumer, outcomes)
+                else:
+                    assert both is not None
+                    try:
+                        lost, not_started = await both(self.consumer, outcomes, starts.claims)
+                    except StoreError as error:
+                        self._start_failed(starts, error)
+                        raise
+                    else:
+                        self._start_written(starts, not_started)
+                    finally:
+                        self._start_over(starts)
             except StoreError as error:
                 lost = []
                 logger.warning(
