@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.abc
 import attrs
+import orjson
 import pytest
 
 import aevents
@@ -673,6 +674,44 @@ async def test_publishes_redeliveries_and_handed_back_claims_wake_the_consumers(
         await woken_by(lambda: store.unregister(consumer))
     finally:
         await listening.close()
+
+
+@pytest.mark.anyio
+async def test_a_listener_skips_the_wakes_for_receivers_registered_elsewhere_only(
+    redis_url: str, redis_prefix: str, store: RedisStore
+) -> None:
+    """Once a consumer registered on the listening store, a publish only to receivers it
+    does not have wakes nothing there; one to its receivers does. Reading as many wakes as
+    the stream keeps, some may be missing: that wakes, whatever they name."""
+    listening = RedisStore(redis_url, prefix=redis_prefix, retention=None)
+    await listening.open()
+    try:
+        await listening.register(new_consumer_id(), [Route("**", "mine")], ttl=60)
+        calls = 0
+        woken = anyio.Event()
+
+        def wake() -> None:
+            nonlocal calls
+            calls += 1
+            woken.set()
+
+        listening.wake_on_work(wake)
+        await store.publish([(make_event("w:e", {}, {}), ["theirs"])])
+        await store.publish([(make_event("w:e", {}, {}), ["mine", "theirs"])])
+        with anyio.fail_after(5):
+            await woken.wait()
+        assert calls == 1
+    finally:
+        await listening.close()
+
+    class Entry:
+        def __init__(self, receivers: list[str]) -> None:
+            self.field_values = {b"r": orjson.dumps(receivers)}
+
+    theirs = [Entry(["theirs"]) for _ in range(16)]
+    assert not listening._for_us(theirs[:15])
+    assert listening._for_us(theirs)
+    assert listening._for_us([*theirs[:3], Entry(["a", "mine"])])
 
 
 @pytest.mark.anyio

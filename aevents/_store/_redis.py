@@ -77,6 +77,7 @@ _PAGE = 512  # stream entries a script reads at a time, for pending()
 _RETENTION_EVERY = 60.0  # seconds between retention passes
 _RETENTION_CHUNK = _PRUNE_SCAN * 4  # done deliveries a retention chunk prunes at most
 _LISTEN_BACKOFF = (0.1, 5.0)  # the wake listener's first and longest wait after an error
+_WAKES_KEPT = 16  # entries the wake stream keeps (MAXLEN, in _redis_scripts' wake())
 # EVALSHA names a script by its SHA1, as Redis computes it (an identifier, not security)
 _SHAS = {
     name: hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
@@ -202,6 +203,7 @@ class RedisStore:
         self._retention_at = 0.0  # time.monotonic() of the next retention pass
         self._retaining = False  # a retention pass runs
         self._wakes: list[Callable[[], object]] = []  # what the wake listener calls
+        self._receivers: set[str] = set()  # of the consumers registered here: their wakes
 
     def __repr__(self) -> str:
         return f"RedisStore({self.path!r}, prefix={self.prefix!r})"
@@ -384,6 +386,7 @@ class RedisStore:
             "routes": [[route.pattern, route.receiver_id] for route in routes],
             "receivers": sorted({route.receiver_id for route in routes}),
         }
+        self._receivers.update(route.receiver_id for route in routes)
         await self._run(
             "REGISTER",
             [str(consumer), orjson.dumps(registration), self._now(), _seconds_us(ttl)],
@@ -491,7 +494,8 @@ class RedisStore:
         ``{prefix}:wake``, which every publish (and redelivery, released claim, key
         let go) adds to, with ``XREAD BLOCK``: a wake that came while it was away
         (reconnecting, say) is read when it is back, since it reads on from the last
-        entry it saw.
+        entry it saw. Once a consumer registered here, the wakes that name only receivers
+        none of its consumers registered are skipped (their work is not for this process).
         """
         tasks = self._connection.tasks
         if tasks is not None:
@@ -509,7 +513,7 @@ class RedisStore:
         failing = False
         while self._wakes:
             try:
-                found = await client.xread({key: last}, count=1, block=block)
+                found = await client.xread({key: last}, count=_WAKES_KEPT, block=block)
             except Exception as error:  # a Redis error, a refused command: poll meanwhile
                 if not failing:
                     logger.warning(
@@ -530,8 +534,25 @@ class RedisStore:
                 entries = next(iter(found.values()))
                 if entries:
                     last = _text(entries[-1].identifier)
-                for wake in self._wakes:
-                    wake()
+                if self._for_us(entries):
+                    for wake in self._wakes:
+                        wake()
+
+    def _for_us(self, entries: Sequence[Any]) -> bool:
+        """Whether the wakes read may bring work for this process's consumers.
+
+        The stream keeps its ``_WAKES_KEPT`` newest entries, so fewer read than that are
+        every wake since the last read, and those naming only receivers registered by no
+        consumer here can be skipped; as many may have missed some, and wake.
+        """
+        mine = self._receivers
+        if not mine or not entries or len(entries) >= _WAKES_KEPT:
+            return True
+        for entry in entries:
+            named = entry.field_values.get(b"r")
+            if named is None or not mine.isdisjoint(orjson.loads(named)):
+                return True
+        return False
 
     def _retain(self) -> None:
         """Start a retention pass in the background, unless the store is closing."""

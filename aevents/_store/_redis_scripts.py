@@ -32,9 +32,10 @@ The key layout (``_redis_keys`` names it for Python; ``KEYS[1]`` is the base,
 * ``B:idem:<key>`` the first event of an idempotency key (``SET NX PX``);
   ``B:idemt`` key -> occurred_at, for ``forget_idempotency_keys`` and stats.
 * ``B:counts`` events, pending, done, dead; ``B:pend`` / ``B:deadc`` per receiver.
-* ``B:wake`` a stream of one entry (``MAXLEN 1``), added to whenever other consumers
-  may find something to claim (a publish, a redelivery, a claim released, a key's
-  next delivery let go): consuming runtimes read it with ``XREAD BLOCK``.
+* ``B:wake`` a stream of its 16 newest entries (``MAXLEN 16``), added to whenever other
+  consumers may find something to claim (a publish, a redelivery, a claim released, a
+  key's next delivery let go), each naming the receivers concerned (field ``r``, JSON)
+  or none (``w``): consuming runtimes read it with ``XREAD BLOCK``.
 
 Lease times in the PEL: when a claim takes over an entry, or a renewal or a retry
 moves it, its delivery time is set with ``XCLAIM ... TIME`` to the moment it becomes
@@ -205,9 +206,22 @@ local function hmget(key, names)
   return values
 end
 
--- something may be claimable for other consumers: their listeners read the newest entry
-local function wake()
-  redis.call('XADD', B .. ':wake', 'MAXLEN', '1', '*', 'w', '1')
+-- something may be claimable for other consumers: for the receivers in the set
+-- `receivers` (receiver -> true), or for any when it is nil or holds more than 16. The
+-- stream keeps its 16 newest entries exactly: a listener that reads fewer than 16 after
+-- the last it saw has read every wake since, and may skip those for receivers not its
+-- own; reading 16, it may have missed some, and claims.
+local function wake(receivers)
+  local names = {}
+  for r, _ in pairs(receivers or {}) do
+    table.insert(names, r)
+    if #names > 16 then break end
+  end
+  if #names > 0 and #names <= 16 then
+    redis.call('XADD', B .. ':wake', 'MAXLEN', '16', '*', 'r', cjson.encode(names))
+  else
+    redis.call('XADD', B .. ':wake', 'MAXLEN', '16', '*', 'w', '1')
+  end
 end
 
 local function event_body(pos)
@@ -333,7 +347,7 @@ end
 redis.call('HINCRBY', B .. ':counts', 'events', new)
 if deliveries > 0 then
   redis.call('HINCRBY', B .. ':counts', 'pending', deliveries)
-  wake()
+  wake(per)
 end
 return result
 """
@@ -746,7 +760,7 @@ local lost = {}
 local touched = {}
 local settled = {}
 local completed = {}
-local others = false  -- another consumer may claim now: what was released, a key's next
+local others = false  -- receiver -> true: another consumer may claim now (released, a key's next)
 local done_at, done_by = {}, {}  -- positions completed here, and how many deliveries each
 local function finish(r, pos, id)
   redis.call('XACK', rkey(r), GROUP, id)
@@ -768,7 +782,10 @@ for n, claim in ipairs(held_claims(c, 5, 8, outcomes_end)) do
   else
     settled[once] = true
     touched[r] = true
-    if kind == 'R' or (key and kind ~= 'S') then others = true end
+    if kind == 'R' or (key and kind ~= 'S') then
+      others = others or {}
+      others[r] = true
+    end
     if kind == 'C' then
       completed[r] = completed[r] or {ids = {}, positions = {}}
       table.insert(completed[r].ids, id)
@@ -843,7 +860,7 @@ if done > 0 then
   redis.call('HINCRBY', B .. ':counts', 'done', done)
 end
 for r, _ in pairs(touched) do trim(r) end
-if others then wake() end
+if others then wake(others) end
 return {lost, start_claims(c, outcomes_end + 1, #ARGV)}
 """
 )
