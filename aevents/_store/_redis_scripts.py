@@ -636,11 +636,25 @@ local function held_claims(c, first, width, last)
       -- the consumer's pending entries from the lowest id wanted to the highest, at most
       -- a few per claim: proportional to the batch, not to all the consumer holds
       local ids, low, high = {}, nil, nil
+      local first_pos, last_pos = math.huge, -1  -- of the entries at their event's position
       for i, claim in ipairs(list) do
-        local id = moved[i] or (claim.known .. '-0')
+        local id = moved[i]
+        if id then  -- redelivered: compared as an id
+          if not low or id_less(id, low) then low = id end
+          if not high or id_less(high, id) then high = id end
+        else
+          id = claim.known .. '-0'
+          local pos = tonumber(claim.known)
+          if pos < first_pos then first_pos = pos end
+          if pos > last_pos then last_pos = pos end
+        end
         ids[i] = id
-        if not low or id_less(id, low) then low = id end
-        if not high or id_less(high, id) then high = id end
+      end
+      if last_pos >= 0 then
+        local first_id = string.format('%d-0', first_pos)
+        local last_id = string.format('%d-0', last_pos)
+        if not low or id_less(first_id, low) then low = first_id end
+        if not high or id_less(high, last_id) then high = last_id end
       end
       local most = #list * 2 + 16
       local owned = {}
