@@ -86,6 +86,10 @@ CLAIM_BATCH: Final = 256
 POLL_MIN: Final = 0.005
 POLL_MAX: Final = 0.5
 """The claim loop's backoff, in seconds, when nothing woke it and nothing was claimable."""
+POLL_WOKEN: Final = 0.05
+"""The backoff's first step when the store wakes the claim loop (``wake_on_work``): its
+polls then only find what no wake announces (a lease that ran out, another process's
+retry come due), so it need not claim every few milliseconds between wakes."""
 
 Held = tuple[str, str]  # (event id, receiver id)
 
@@ -214,6 +218,7 @@ class Fleet:
         self._claimed = 0  # claims taken since the start, for drain()
         self._next_due = math.inf  # when the earliest retry this process rescheduled is due
         self._poll_max = POLL_MAX  # longer when the store wakes the claims (wake_on_work)
+        self._poll_min = POLL_MIN  # so is the first step (POLL_WOKEN)
         self._held_keys: dict[tuple[str, str], str] = {}
         self.routes = RouteCheck(registry)
         """This process's routes against the live consumers' (warnings at publish)."""
@@ -260,6 +265,7 @@ class Fleet:
             wake_on_work = getattr(self.store, "wake_on_work", None)
             if wake_on_work is not None:
                 self._poll_max = max(POLL_MAX, float(wake_on_work(self._work_arrived)))
+                self._poll_min = POLL_WOKEN
             logger.info(
                 "consuming from the store as %s: %s",
                 self.consumer,
@@ -598,7 +604,7 @@ class Fleet:
     async def _claim_while_running(self) -> None:
         assert self.consumer is not None
         buffer = self._buffer
-        delay = POLL_MIN
+        delay = self._poll_min
         while self._run.state is RUNNING:
             room = buffer.size - buffer.queued
             if room <= 0:  # wait in line with the publishers for room, then claim that much
@@ -626,7 +632,7 @@ class Fleet:
             self._round_done.set()
             self._round_done = anyio.Event()
             if self._last_round_full or self._claim_wanted.is_set():
-                delay = POLL_MIN
+                delay = self._poll_min
                 continue
             due = self._next_due - anyio.current_time()
             if due <= 0:  # a retry rescheduled here is due: claim it now
@@ -634,7 +640,8 @@ class Fleet:
                 continue
             with anyio.move_on_after(min(delay, due)):
                 await self._claim_wanted.wait()
-            delay = POLL_MIN if self._claim_wanted.is_set() else min(delay * 2, self._poll_max)
+            woken = self._claim_wanted.is_set()
+            delay = self._poll_min if woken else min(delay * 2, self._poll_max)
 
     async def _claim(self, limit: int) -> tuple[list[Claim], list[Claim]]:
         """Claim ``limit`` at most; with a store that can, start the look-ahead's share of
