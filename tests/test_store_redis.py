@@ -681,8 +681,9 @@ async def test_a_listener_skips_the_wakes_for_receivers_registered_elsewhere_onl
     redis_url: str, redis_prefix: str, store: RedisStore
 ) -> None:
     """Once a consumer registered on the listening store, a publish only to receivers it
-    does not have wakes nothing there; one to its receivers does. Reading as many wakes as
-    the stream keeps, some may be missing: that wakes, whatever they name."""
+    does not have wakes nothing there, nor does its own publish (its runtime claims
+    without a wake); another store's publish to its receivers does. Reading as many wakes
+    as the stream keeps, some may be missing: that wakes, whatever they name."""
     listening = RedisStore(redis_url, prefix=redis_prefix, retention=None)
     await listening.open()
     try:
@@ -696,6 +697,7 @@ async def test_a_listener_skips_the_wakes_for_receivers_registered_elsewhere_onl
             woken.set()
 
         listening.wake_on_work(wake)
+        await listening.publish([(make_event("w:e", {}, {}), ["mine"])])
         await store.publish([(make_event("w:e", {}, {}), ["theirs"])])
         await store.publish([(make_event("w:e", {}, {}), ["mine", "theirs"])])
         with anyio.fail_after(5):
@@ -705,13 +707,14 @@ async def test_a_listener_skips_the_wakes_for_receivers_registered_elsewhere_onl
         await listening.close()
 
     class Entry:
-        def __init__(self, receivers: list[str]) -> None:
-            self.field_values = {b"r": orjson.dumps(receivers)}
+        def __init__(self, receivers: list[str], by: bytes = b"another") -> None:
+            self.field_values = {b"r": orjson.dumps(receivers), b"c": by}
 
     theirs = [Entry(["theirs"]) for _ in range(16)]
     assert not listening._for_us(theirs[:15])
     assert listening._for_us(theirs)
     assert listening._for_us([*theirs[:3], Entry(["a", "mine"])])
+    assert not listening._for_us([*theirs[:3], Entry(["mine"], listening._token)])
 
 
 @pytest.mark.anyio

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -204,6 +205,7 @@ class RedisStore:
         self._retaining = False  # a retention pass runs
         self._wakes: list[Callable[[], object]] = []  # what the wake listener calls
         self._receivers: set[str] = set()  # of the consumers registered here: their wakes
+        self._token = os.urandom(8).hex().encode()  # names this store's publishes' wakes
 
     def __repr__(self) -> str:
         return f"RedisStore({self.path!r}, prefix={self.prefix!r})"
@@ -312,7 +314,7 @@ class RedisStore:
         """
         if not events:
             return []
-        args: list[Any] = [self._idempotency_ms, len(events)]
+        args: list[Any] = [self._token, self._idempotency_ms, len(events)]
         for event, receiver_ids in events:
             idempotency = event.metadata.get(IDEMPOTENCY_KEY)
             args += [
@@ -495,7 +497,9 @@ class RedisStore:
         let go) adds to, with ``XREAD BLOCK``: a wake that came while it was away
         (reconnecting, say) is read when it is back, since it reads on from the last
         entry it saw. Once a consumer registered here, the wakes that name only receivers
-        none of its consumers registered are skipped (their work is not for this process).
+        none of its consumers registered are skipped (their work is not for this process),
+        and so are those of this store's own publishes (the runtime that published claims
+        at once, without a wake).
         """
         tasks = self._connection.tasks
         if tasks is not None:
@@ -543,13 +547,17 @@ class RedisStore:
 
         The stream keeps its ``_WAKES_KEPT`` newest entries, so fewer read than that are
         every wake since the last read, and those naming only receivers registered by no
-        consumer here can be skipped; as many may have missed some, and wake.
+        consumer here can be skipped, as can this store's own publishes (the runtime that
+        published claims without a wake); as many may have missed some, and wake.
         """
         mine = self._receivers
         if not mine or not entries or len(entries) >= _WAKES_KEPT:
             return True
         for entry in entries:
-            named = entry.field_values.get(b"r")
+            fields = entry.field_values
+            if fields.get(b"c") == self._token:
+                continue
+            named = fields.get(b"r")
             if named is None or not mine.isdisjoint(orjson.loads(named)):
                 return True
         return False

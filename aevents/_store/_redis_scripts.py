@@ -35,7 +35,8 @@ The key layout (``_redis_keys`` names it for Python; ``KEYS[1]`` is the base,
 * ``B:wake`` a stream of its 16 newest entries (``MAXLEN 16``), added to whenever other
   consumers may find something to claim (a publish, a redelivery, a claim released, a
   key's next delivery let go), each naming the receivers concerned (field ``r``, JSON)
-  or none (``w``): consuming runtimes read it with ``XREAD BLOCK``.
+  or none (``w``), and for a publish the publishing store (``c``, a token of the
+  ``RedisStore``): consuming runtimes read it with ``XREAD BLOCK``.
 
 Lease times in the PEL: when a claim takes over an entry, or a renewal or a retry
 moves it, its delivery time is set with ``XCLAIM ... TIME`` to the moment it becomes
@@ -211,17 +212,20 @@ end
 -- stream keeps its 16 newest entries exactly: a listener that reads fewer than 16 after
 -- the last it saw has read every wake since, and may skip those for receivers not its
 -- own; reading 16, it may have missed some, and claims.
-local function wake(receivers)
+-- `by`, when given, names the store that wakes (its own listener skips the wake).
+local function wake(receivers, by)
   local names = {}
   for r, _ in pairs(receivers or {}) do
     table.insert(names, r)
     if #names > 16 then break end
   end
-  if #names > 0 and #names <= 16 then
-    redis.call('XADD', B .. ':wake', 'MAXLEN', '16', '*', 'r', cjson.encode(names))
-  else
-    redis.call('XADD', B .. ':wake', 'MAXLEN', '16', '*', 'w', '1')
+  local fieldlist = {'w', '1'}
+  if #names > 0 and #names <= 16 then fieldlist = {'r', cjson.encode(names)} end
+  if by then
+    table.insert(fieldlist, 'c')
+    table.insert(fieldlist, by)
   end
+  redis.call('XADD', B .. ':wake', 'MAXLEN', '16', '*', unpack(fieldlist))
 end
 
 local function event_body(pos)
@@ -234,12 +238,13 @@ end
 PUBLISH = (
     _PRELUDE
     + r"""
--- ARGV: ttl_ms, count, then per event: id, body, name, haskey, key, occurred_us,
--- hasidem, idem, nreceivers, receivers...
-local ttl = ARGV[1]
-local n = tonumber(ARGV[2])
+-- ARGV: the publishing store's wake token, ttl_ms, count, then per event: id, body, name,
+-- haskey, key, occurred_us, hasidem, idem, nreceivers, receivers...
+local by = ARGV[1]
+local ttl = ARGV[2]
+local n = tonumber(ARGV[3])
 local events = {}
-local i = 3
+local i = 4
 for e = 1, n do
   local ev = {id = ARGV[i], body = ARGV[i + 1], name = ARGV[i + 2], haskey = ARGV[i + 3] == '1',
               key = ARGV[i + 4], t = ARGV[i + 5], hasidem = ARGV[i + 6] == '1', idem = ARGV[i + 7]}
@@ -347,7 +352,7 @@ end
 redis.call('HINCRBY', B .. ':counts', 'events', new)
 if deliveries > 0 then
   redis.call('HINCRBY', B .. ':counts', 'pending', deliveries)
-  wake(per)
+  wake(per, by)
 end
 return result
 """
