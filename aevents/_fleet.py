@@ -93,8 +93,21 @@ CLAIM_BATCH: Final = 256
 POLL_MIN: Final = 0.005
 POLL_MAX: Final = 0.5
 """The claim loop's backoff, in seconds, when nothing woke it and nothing was claimable."""
+POLL_WOKEN: Final = 0.05
+"""The backoff's first step when the store wakes the claim loop (``wake_on_work``): its
+polls then only find what no wake announces (a lease that ran out, another process's
+retry come due), so it need not claim every few milliseconds between wakes."""
 
 Held = tuple[str, str]  # (event id, receiver id)
+
+
+class SettleAndStart(Protocol):
+    """``RedisStore.settle_and_start``: settle outcomes and start claims in one call; the
+    claims of the outcomes not settled, and the claims not started (no longer held)."""
+
+    async def __call__(
+        self, consumer: ConsumerId, outcomes: Sequence[Outcome], claims: Sequence[Claim]
+    ) -> tuple[list[Claim], list[Claim]]: ...
 
 
 class ClaimAndStart(Protocol):
@@ -225,6 +238,9 @@ class Fleet:
         # MemoryStore): what this process publishes for its own receivers is claimed
         # there, and runs from memory without a claim of its own.
         self._publish_and_claim: PublishAndClaim | None = getattr(store, "publish_and_claim", None)
+        # A store that settles and starts in one call (RedisStore) takes the starts waiting
+        # along with each settle: one call where the workers would make two.
+        self._settle_and_start: SettleAndStart | None = getattr(store, "settle_and_start", None)
         # The claim loop: woken by publishes, settles and drain(); rounds counted for drain().
         self._claim_wanted = anyio.Event()
         self._rounds_started = 0
@@ -237,6 +253,7 @@ class Fleet:
         # The least room a claim waits for while the buffer holds enough to keep the workers
         # busy: claims of a few deliveries each would cost a write per few deliveries.
         self._refill = max(1, min(CLAIM_BATCH, buffer.size // 4))
+        self._poll_min = POLL_MIN  # so is the first step (POLL_WOKEN)
         self._held_keys: dict[tuple[str, str], str] = {}
         self.routes = RouteCheck(registry)
         """This process's routes against the live consumers' (warnings at publish)."""
@@ -284,6 +301,7 @@ class Fleet:
             wake_on_work = getattr(self.store, "wake_on_work", None)
             if wake_on_work is not None:
                 self._poll_max = max(POLL_MAX, float(wake_on_work(self._work_arrived)))
+                self._poll_min = POLL_WOKEN
             logger.info(
                 "consuming from the store as %s: %s",
                 self.consumer,
@@ -660,7 +678,7 @@ class Fleet:
     async def _claim_while_running(self) -> None:
         assert self.consumer is not None
         buffer = self._buffer
-        delay = POLL_MIN
+        delay = self._poll_min
         while self._run.state is RUNNING:
             room = buffer.size - buffer.queued
             if room <= 0:  # wait in line with the publishers for room, then claim that much
@@ -696,7 +714,7 @@ class Fleet:
             self._round_done.set()
             self._round_done = anyio.Event()
             if self._last_round_full or self._claim_wanted.is_set():
-                delay = POLL_MIN
+                delay = self._poll_min
                 continue
             due = self._next_due - anyio.current_time()
             if due <= 0:  # a retry rescheduled here is due: claim it now
@@ -704,7 +722,8 @@ class Fleet:
                 continue
             with anyio.move_on_after(min(delay, due)):
                 await self._claim_wanted.wait()
-            delay = POLL_MIN if self._claim_wanted.is_set() else min(delay * 2, self._poll_max)
+            woken = self._claim_wanted.is_set()
+            delay = self._poll_min if woken else min(delay * 2, self._poll_max)
 
     def _room_to_claim(self) -> bool:
         """Whether a claim is worth its write: the buffer has room for a batch, or too few
@@ -1008,36 +1027,46 @@ class Fleet:
             self._starts = None
             try:
                 lost = await self.store.start(self.consumer, starts.claims)
-                for claim in lost:  # another consumer took it meanwhile: not run here
-                    held = (claim.event.id, claim.receiver_id)
-                    if self._held.get(held) == claim:
-                        self._unheld(held)
-                for claim in starts.claims:
-                    held = (claim.event.id, claim.receiver_id)
-                    if held in self._starting_ahead and self._held.get(held) is claim:
-                        self._starting_ahead.discard(held)
-                        self._started.add(held)  # written ahead of its worker
             except StoreError as error:
-                starts.failed = True
-                for claim in starts.claims:  # not run here: its lease runs out, uncounted
-                    self._unheld((claim.event.id, claim.receiver_id))
-                logger.warning(
-                    "could not record %s as started (%s); their leases run out and they run again",
-                    counted(len(starts.claims), "attempt"),
-                    error,
-                    extra={"deliveries": len(starts.claims)},
-                )
+                self._start_failed(starts, error)
+            else:
+                self._start_written(starts, lost)
             finally:
-                for claim in starts.claims:
-                    held = (claim.event.id, claim.receiver_id)
-                    if self._starting.get(held) is starts:
-                        del self._starting[held]
-                    self._starting_ahead.discard(held)
-                starts.done.set()
-                self._move_gate()
+                self._start_over(starts)
             # Let the workers this write woke run first: those that need a start of their
             # own join the next write, and the look-ahead with them.
             await anyio.lowlevel.checkpoint()
+
+    def _start_written(self, starts: _Starts, lost: list[Claim]) -> None:
+        for claim in lost:  # another consumer took it meanwhile: not run here
+            held = (claim.event.id, claim.receiver_id)
+            if self._held.get(held) == claim:
+                self._unheld(held)
+        for claim in starts.claims:
+            held = (claim.event.id, claim.receiver_id)
+            if held in self._starting_ahead and self._held.get(held) is claim:
+                self._starting_ahead.discard(held)
+                self._started.add(held)  # written ahead of its worker
+
+    def _start_failed(self, starts: _Starts, error: StoreError) -> None:
+        starts.failed = True
+        for claim in starts.claims:  # not run here: its lease runs out, uncounted
+            self._unheld((claim.event.id, claim.receiver_id))
+        logger.warning(
+            "could not record %s as started (%s); their leases run out and they run again",
+            counted(len(starts.claims), "attempt"),
+            error,
+            extra={"deliveries": len(starts.claims)},
+        )
+
+    def _start_over(self, starts: _Starts) -> None:
+        for claim in starts.claims:
+            held = (claim.event.id, claim.receiver_id)
+            if self._starting.get(held) is starts:
+                del self._starting[held]
+            self._starting_ahead.discard(held)
+        starts.done.set()
+        self._move_gate()
 
     async def settle(self, outcome: Outcome, epoch: Epoch) -> None:
         """Hand an attempt's outcome to the settle task; wait while too many are unwritten."""
@@ -1070,8 +1099,26 @@ class Fleet:
             batch, self._to_settle = self._to_settle, []
             self._settle_batch = batch
             outcomes = [outcome for outcome, _ in batch]
+            # The starts waiting go along, when the store can write both in one call.
+            starts, both = self._starts, self._settle_and_start
+            if both is None or starts is None:
+                starts = None
+            else:
+                self._starts = None
             try:
-                lost = await self.store.settle(self.consumer, outcomes)
+                if starts is None:
+                    lost = await self.store.settle(self.consumer, outcomes)
+                else:
+                    assert both is not None
+                    try:
+                        lost, not_started = await both(self.consumer, outcomes, starts.claims)
+                    except StoreError as error:
+                        self._start_failed(starts, error)
+                        raise
+                    else:
+                        self._start_written(starts, not_started)
+                    finally:
+                        self._start_over(starts)
             except StoreError as error:
                 lost = []
                 logger.warning(

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
+import attrs
+import orjson
 import pytest
 
 import aevents
@@ -562,6 +564,68 @@ async def test_claim_and_start_starts_the_first_claims_whose_lease_did_not_run_o
     assert started == []
 
 
+@pytest.mark.anyio
+async def test_start_and_settle_find_a_few_claims_among_many_held(
+    store: RedisStore,
+) -> None:
+    """start, renew and settle read the consumer's pending entries around the claims they
+    are given, not all it holds: a few claims far apart among many held (a redelivered one
+    at the stream's end among them) are found, and a wrong attempt or another consumer's
+    claim is not."""
+    consumer, other = new_consumer_id(), new_consumer_id()
+    for each in (consumer, other):
+        await store.register(each, [Route("**", "r")], ttl=3600)
+    await store.publish([(make_event("f:e", {"n": n}, {}), ["r"]) for n in range(100)])
+    claims = await store.claim(consumer, 100, lease=30)
+    assert len(claims) == 100
+    letter = aevents.DeadLetter(
+        id="letter-far",
+        event=claims[0].event,
+        receiver_id="r",
+        attempts=1,
+        error_type="builtins.RuntimeError",
+        error_message="boom",
+        failed_at=claims[0].event.occurred_at,
+    )
+    assert await store.settle(consumer, [DeadLettered(claims[0], letter)]) == []
+    assert await store.redeliver(["letter-far"]) == 1
+    (far,) = await store.claim(consumer, 10, lease=30)  # at the end of the stream now
+    assert far.event.id == claims[0].event.id
+    wrong = attrs.evolve(claims[50], attempt=2)
+    assert await store.start(consumer, [claims[1], far, wrong]) == [wrong]
+    assert await store.start(other, [claims[2]]) == [claims[2]]
+    assert await store.renew(consumer, [far, claims[99]], lease=30) == []
+    spread = [claims[n] for n in (1, 30, 60, 99)] + [far]
+    assert await store.settle(consumer, [Completed(c) for c in spread]) == []
+    assert await store.settle(consumer, [Completed(far)]) == [far]  # settled already
+    stats = await store.stats()
+    assert (stats.done, stats.pending) == (5, 95)
+
+
+@pytest.mark.anyio
+async def test_settle_and_start_settles_then_starts_in_one_script(
+    clocked: tuple[RedisStore, Any],
+) -> None:
+    """The outcomes are settled and the claims started as settle and start would; each
+    part answers with the claims it found not held."""
+    store, clock = clocked
+    consumer, other = new_consumer_id(), new_consumer_id()
+    for each in (consumer, other):
+        await store.register(each, [Route("**", "r")], ttl=3600)
+    await store.publish([(make_event("s:e", {"n": n}, {}), ["r"]) for n in range(4)])
+    claims = await store.claim(consumer, 4, lease=30)
+    theirs = attrs.evolve(claims[3], attempt=5)
+    lost, not_started = await store.settle_and_start(
+        consumer, [Completed(claims[0]), Completed(theirs)], [claims[1], claims[2], theirs]
+    )
+    assert (lost, not_started) == ([theirs], [theirs])
+    assert await store.settle_and_start(consumer, [], []) == ([], [])
+    clock.advance(31)  # the leases run out: the started ones count their attempt
+    again = await store.claim(other, 10, lease=30)
+    assert [(c.event.payload["n"], c.attempt) for c in again] == [(1, 2), (2, 2), (3, 1)]
+    assert (await store.stats()).done == 1
+
+
 # -- wakes and polling ------------------------------------------------------------------------
 
 
@@ -610,6 +674,47 @@ async def test_publishes_redeliveries_and_handed_back_claims_wake_the_consumers(
         await woken_by(lambda: store.unregister(consumer))
     finally:
         await listening.close()
+
+
+@pytest.mark.anyio
+async def test_a_listener_skips_the_wakes_for_receivers_registered_elsewhere_only(
+    redis_url: str, redis_prefix: str, store: RedisStore
+) -> None:
+    """Once a consumer registered on the listening store, a publish only to receivers it
+    does not have wakes nothing there, nor does its own publish (its runtime claims
+    without a wake); another store's publish to its receivers does. Reading as many wakes
+    as the stream keeps, some may be missing: that wakes, whatever they name."""
+    listening = RedisStore(redis_url, prefix=redis_prefix, retention=None)
+    await listening.open()
+    try:
+        await listening.register(new_consumer_id(), [Route("**", "mine")], ttl=60)
+        calls = 0
+        woken = anyio.Event()
+
+        def wake() -> None:
+            nonlocal calls
+            calls += 1
+            woken.set()
+
+        listening.wake_on_work(wake)
+        await listening.publish([(make_event("w:e", {}, {}), ["mine"])])
+        await store.publish([(make_event("w:e", {}, {}), ["theirs"])])
+        await store.publish([(make_event("w:e", {}, {}), ["mine", "theirs"])])
+        with anyio.fail_after(5):
+            await woken.wait()
+        assert calls == 1
+    finally:
+        await listening.close()
+
+    class Entry:
+        def __init__(self, receivers: list[str], by: bytes = b"another") -> None:
+            self.field_values = {b"r": orjson.dumps(receivers), b"c": by}
+
+    theirs = [Entry(["theirs"]) for _ in range(16)]
+    assert not listening._for_us(theirs[:15])
+    assert listening._for_us(theirs)
+    assert listening._for_us([*theirs[:3], Entry(["a", "mine"])])
+    assert not listening._for_us([*theirs[:3], Entry(["mine"], listening._token)])
 
 
 @pytest.mark.anyio

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -77,6 +78,7 @@ _PAGE = 512  # stream entries a script reads at a time, for pending()
 _RETENTION_EVERY = 60.0  # seconds between retention passes
 _RETENTION_CHUNK = _PRUNE_SCAN * 4  # done deliveries a retention chunk prunes at most
 _LISTEN_BACKOFF = (0.1, 5.0)  # the wake listener's first and longest wait after an error
+_WAKES_KEPT = 16  # entries the wake stream keeps (MAXLEN, in _redis_scripts' wake())
 # EVALSHA names a script by its SHA1, as Redis computes it (an identifier, not security)
 _SHAS = {
     name: hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
@@ -202,6 +204,8 @@ class RedisStore:
         self._retention_at = 0.0  # time.monotonic() of the next retention pass
         self._retaining = False  # a retention pass runs
         self._wakes: list[Callable[[], object]] = []  # what the wake listener calls
+        self._receivers: set[str] = set()  # of the consumers registered here: their wakes
+        self._token = os.urandom(8).hex().encode()  # names this store's publishes' wakes
 
     def __repr__(self) -> str:
         return f"RedisStore({self.path!r}, prefix={self.prefix!r})"
@@ -310,7 +314,7 @@ class RedisStore:
         """
         if not events:
             return []
-        args: list[Any] = [self._idempotency_ms, len(events)]
+        args: list[Any] = [self._token, self._idempotency_ms, len(events)]
         for event, receiver_ids in events:
             idempotency = event.metadata.get(IDEMPOTENCY_KEY)
             args += [
@@ -384,6 +388,7 @@ class RedisStore:
             "routes": [[route.pattern, route.receiver_id] for route in routes],
             "receivers": sorted({route.receiver_id for route in routes}),
         }
+        self._receivers.update(route.receiver_id for route in routes)
         await self._run(
             "REGISTER",
             [str(consumer), orjson.dumps(registration), self._now(), _seconds_us(ttl)],
@@ -491,7 +496,10 @@ class RedisStore:
         ``{prefix}:wake``, which every publish (and redelivery, released claim, key
         let go) adds to, with ``XREAD BLOCK``: a wake that came while it was away
         (reconnecting, say) is read when it is back, since it reads on from the last
-        entry it saw.
+        entry it saw. Once a consumer registered here, the wakes that name only receivers
+        none of its consumers registered are skipped (their work is not for this process),
+        and so are those of this store's own publishes (the runtime that published claims
+        at once, without a wake).
         """
         tasks = self._connection.tasks
         if tasks is not None:
@@ -509,7 +517,7 @@ class RedisStore:
         failing = False
         while self._wakes:
             try:
-                found = await client.xread({key: last}, count=1, block=block)
+                found = await client.xread({key: last}, count=_WAKES_KEPT, block=block)
             except Exception as error:  # a Redis error, a refused command: poll meanwhile
                 if not failing:
                     logger.warning(
@@ -530,8 +538,29 @@ class RedisStore:
                 entries = next(iter(found.values()))
                 if entries:
                     last = _text(entries[-1].identifier)
-                for wake in self._wakes:
-                    wake()
+                if self._for_us(entries):
+                    for wake in self._wakes:
+                        wake()
+
+    def _for_us(self, entries: Sequence[Any]) -> bool:
+        """Whether the wakes read may bring work for this process's consumers.
+
+        The stream keeps its ``_WAKES_KEPT`` newest entries, so fewer read than that are
+        every wake since the last read, and those naming only receivers registered by no
+        consumer here can be skipped, as can this store's own publishes (the runtime that
+        published claims without a wake); as many may have missed some, and wake.
+        """
+        mine = self._receivers
+        if not mine or not entries or len(entries) >= _WAKES_KEPT:
+            return True
+        for entry in entries:
+            fields = entry.field_values
+            if fields.get(b"c") == self._token:
+                continue
+            named = fields.get(b"r")
+            if named is None or not mine.isdisjoint(orjson.loads(named)):
+                return True
+        return False
 
     def _retain(self) -> None:
         """Start a retention pass in the background, unless the store is closing."""
@@ -597,7 +626,19 @@ class RedisStore:
         """Complete, reschedule, dead-letter or release what ``consumer`` still holds."""
         if not outcomes:
             return []
-        args: list[Any] = [str(consumer), self._now()]
+        lost, _ = await self.settle_and_start(consumer, outcomes, ())
+        return lost
+
+    async def settle_and_start(
+        self, consumer: ConsumerId, outcomes: Sequence[Outcome], claims: Sequence[Claim]
+    ) -> tuple[list[Claim], list[Claim]]:
+        """``settle`` the outcomes, then ``start`` the claims, in one script: the claims of
+        the outcomes not settled, and the claims not started (those no longer held). One
+        round trip where a runtime whose workers settle and start at once would make two.
+        """
+        if not outcomes and not claims:
+            return [], []
+        args: list[Any] = [str(consumer), self._now(), len(outcomes)]
         for outcome in outcomes:
             claim = outcome.claim
             head = [claim.receiver_id, claim.event.id, claim.attempt]
@@ -621,8 +662,12 @@ class RedisStore:
                 args += ["D", *head, letter.id, body, "1" if outcome.holds_key else "0", key]
             else:  # pragma: no cover - Outcome is a closed union
                 raise TypeError(f"not an outcome: {outcome!r}")
-        lost = await self._run("SETTLE", args, "could not settle")
-        return [outcomes[int(index) - 1].claim for index in lost]
+        args += self._claim_args(claims)
+        lost, lost_starts = await self._run("SETTLE", args, "could not settle")
+        return (
+            [outcomes[int(index) - 1].claim for index in lost],
+            [claims[int(index) - 1] for index in lost_starts],
+        )
 
     # -- what the store holds --------------------------------------------------------------
 

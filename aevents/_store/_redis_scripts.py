@@ -32,9 +32,11 @@ The key layout (``_redis_keys`` names it for Python; ``KEYS[1]`` is the base,
 * ``B:idem:<key>`` the first event of an idempotency key (``SET NX PX``);
   ``B:idemt`` key -> occurred_at, for ``forget_idempotency_keys`` and stats.
 * ``B:counts`` events, pending, done, dead; ``B:pend`` / ``B:deadc`` per receiver.
-* ``B:wake`` a stream of one entry (``MAXLEN 1``), added to whenever other consumers
-  may find something to claim (a publish, a redelivery, a claim released, a key's
-  next delivery let go): consuming runtimes read it with ``XREAD BLOCK``.
+* ``B:wake`` a stream of its 16 newest entries (``MAXLEN 16``), added to whenever other
+  consumers may find something to claim (a publish, a redelivery, a claim released, a
+  key's next delivery let go), each naming the receivers concerned (field ``r``, JSON)
+  or none (``w``), and for a publish the publishing store (``c``, a token of the
+  ``RedisStore``): consuming runtimes read it with ``XREAD BLOCK``.
 
 Lease times in the PEL: when a claim takes over an entry, or a renewal or a retry
 moves it, its delivery time is set with ``XCLAIM ... TIME`` to the moment it becomes
@@ -149,6 +151,15 @@ local function unpark_head(r, k, now)
   if owner == '~parked' then to_ready(r, head[1], now) end
 end
 
+-- whether stream entry id a comes before b
+local function id_less(a, b)
+  local ams, aseq = string.match(a, '(%d+)-(%d+)')
+  local bms, bseq = string.match(b, '(%d+)-(%d+)')
+  ams, bms = tonumber(ams), tonumber(bms)
+  if ams ~= bms then return ams < bms end
+  return tonumber(aseq) < tonumber(bseq)
+end
+
 local function is_head(r, k, id)
   local head = redis.call('ZRANGE', kkey(r, k), 0, 0)
   return #head > 0 and head[1] == id
@@ -196,9 +207,25 @@ local function hmget(key, names)
   return values
 end
 
--- something may be claimable for other consumers: their listeners read the newest entry
-local function wake()
-  redis.call('XADD', B .. ':wake', 'MAXLEN', '1', '*', 'w', '1')
+-- something may be claimable for other consumers: for the receivers in the set
+-- `receivers` (receiver -> true), or for any when it is nil or holds more than 16. The
+-- stream keeps its 16 newest entries exactly: a listener that reads fewer than 16 after
+-- the last it saw has read every wake since, and may skip those for receivers not its
+-- own; reading 16, it may have missed some, and claims.
+-- `by`, when given, names the store that wakes (its own listener skips the wake).
+local function wake(receivers, by)
+  local names = {}
+  for r, _ in pairs(receivers or {}) do
+    table.insert(names, r)
+    if #names > 16 then break end
+  end
+  local fieldlist = {'w', '1'}
+  if #names > 0 and #names <= 16 then fieldlist = {'r', cjson.encode(names)} end
+  if by then
+    table.insert(fieldlist, 'c')
+    table.insert(fieldlist, by)
+  end
+  redis.call('XADD', B .. ':wake', 'MAXLEN', '16', '*', unpack(fieldlist))
 end
 
 local function event_body(pos)
@@ -211,12 +238,13 @@ end
 PUBLISH = (
     _PRELUDE
     + r"""
--- ARGV: ttl_ms, count, then per event: id, body, name, haskey, key, occurred_us,
--- hasidem, idem, nreceivers, receivers...
-local ttl = ARGV[1]
-local n = tonumber(ARGV[2])
+-- ARGV: the publishing store's wake token, ttl_ms, count, then per event: id, body, name,
+-- haskey, key, occurred_us, hasidem, idem, nreceivers, receivers...
+local by = ARGV[1]
+local ttl = ARGV[2]
+local n = tonumber(ARGV[3])
 local events = {}
-local i = 3
+local i = 4
 for e = 1, n do
   local ev = {id = ARGV[i], body = ARGV[i + 1], name = ARGV[i + 2], haskey = ARGV[i + 3] == '1',
               key = ARGV[i + 4], t = ARGV[i + 5], hasidem = ARGV[i + 6] == '1', idem = ARGV[i + 7]}
@@ -324,7 +352,7 @@ end
 redis.call('HINCRBY', B .. ':counts', 'events', new)
 if deliveries > 0 then
   redis.call('HINCRBY', B .. ':counts', 'pending', deliveries)
-  wake()
+  wake(per, by)
 end
 return result
 """
@@ -584,13 +612,13 @@ return out
 
 _HELD = r"""
 
--- ARGV from index first, width apart: receiver, event id, attempt, ... -> a list of
--- claims {r, event_id, attempt, pos, id}; pos and id are set (strings) when the
+-- ARGV from index first to last, width apart: receiver, event id, attempt, ... -> a list
+-- of claims {r, event_id, attempt, pos, id}; pos and id are set (strings) when the
 -- claim is held: its entry is pending for consumer c with that delivery count.
 -- A few calls per receiver, whatever the number of claims.
-local function held_claims(c, first, width)
+local function held_claims(c, first, width, last)
   local claims, event_ids = {}, {}
-  for i = first, #ARGV, width do
+  for i = first, last, width do
     local claim = {r = ARGV[i], event_id = ARGV[i + 1], attempt = tonumber(ARGV[i + 2]), at = i}
     table.insert(claims, claim)
     table.insert(event_ids, claim.event_id)
@@ -610,19 +638,81 @@ local function held_claims(c, first, width)
       local wanted = {}
       for i, claim in ipairs(list) do wanted[i] = claim.known end
       local moved = hmget(mvkey(r), wanted)
-      local owned = {}
-      for _, p in ipairs(redis.call('XPENDING', rkey(r), GROUP, '-', '+', 1000000000, c)) do
-        owned[p[1]] = tonumber(p[4])
-      end
+      -- the consumer's pending entries from the lowest id wanted to the highest, at most
+      -- a few per claim: proportional to the batch, not to all the consumer holds
+      local ids, low, high = {}, nil, nil
+      local first_pos, last_pos = math.huge, -1  -- of the entries at their event's position
       for i, claim in ipairs(list) do
-        local id = moved[i] or (claim.known .. '-0')
-        if owned[id] == claim.attempt then
+        local id = moved[i]
+        if id then  -- redelivered: compared as an id
+          if not low or id_less(id, low) then low = id end
+          if not high or id_less(high, id) then high = id end
+        else
+          id = claim.known .. '-0'
+          local pos = tonumber(claim.known)
+          if pos < first_pos then first_pos = pos end
+          if pos > last_pos then last_pos = pos end
+        end
+        ids[i] = id
+      end
+      if last_pos >= 0 then
+        local first_id = string.format('%d-0', first_pos)
+        local last_id = string.format('%d-0', last_pos)
+        if not low or id_less(first_id, low) then low = first_id end
+        if not high or id_less(high, last_id) then high = last_id end
+      end
+      local most = #list * 2 + 16
+      local owned = {}
+      local found = redis.call('XPENDING', rkey(r), GROUP, low, high, most, c)
+      for _, p in ipairs(found) do owned[p[1]] = tonumber(p[4]) end
+      local last = #found == most and found[most][1] or nil  -- read up to here only
+      for i, claim in ipairs(list) do
+        local id = ids[i]
+        local count = owned[id]
+        if count == nil and last and id_less(last, id) then  -- beyond what was read
+          local one = redis.call('XPENDING', rkey(r), GROUP, id, id, 1, c)
+          if #one > 0 then count = tonumber(one[1][4]) end
+        end
+        if count == claim.attempt then
           claim.pos, claim.id = claim.known, id
         end
       end
     end
   end
   return claims
+end
+
+-- count the attempts of the claims in ARGV[first..last] (receiver, event id, attempt)
+-- as started -> the indexes (from 1) of those not held
+local function start_claims(c, first, last)
+  local lost = {}
+  local per = {}
+  for n, claim in ipairs(held_claims(c, first, 3, last)) do
+    if claim.pos then
+      per[claim.r] = per[claim.r] or {}
+      table.insert(per[claim.r], claim)
+    else
+      table.insert(lost, n)
+    end
+  end
+  for r, list in pairs(per) do
+    local positions = {}
+    for i, claim in ipairs(list) do positions[i] = claim.pos end
+    local counts = hmget(stkey(r), positions)
+    local updates = {}
+    for i, claim in ipairs(list) do
+      if math.floor(tonumber(counts[i] or '0') / 2) < claim.attempt then
+        table.insert(updates, claim.pos)
+        table.insert(updates, string.format('%d', claim.attempt * 2 + 1))
+      end
+      if #updates >= 4000 then
+        redis.call('HSET', stkey(r), unpack(updates))
+        updates = {}
+      end
+    end
+    if #updates > 0 then redis.call('HSET', stkey(r), unpack(updates)) end
+  end
+  return lost
 end
 """
 
@@ -631,35 +721,7 @@ START = (
     + _HELD
     + r"""
 -- ARGV: consumer, then per claim: receiver, event id, attempt -> indexes not held
-local c = ARGV[1]
-local lost = {}
-local per = {}
-for n, claim in ipairs(held_claims(c, 2, 3)) do
-  if claim.pos then
-    per[claim.r] = per[claim.r] or {}
-    table.insert(per[claim.r], claim)
-  else
-    table.insert(lost, n)
-  end
-end
-for r, list in pairs(per) do
-  local positions = {}
-  for i, claim in ipairs(list) do positions[i] = claim.pos end
-  local counts = hmget(stkey(r), positions)
-  local updates = {}
-  for i, claim in ipairs(list) do
-    if math.floor(tonumber(counts[i] or '0') / 2) < claim.attempt then
-      table.insert(updates, claim.pos)
-      table.insert(updates, string.format('%d', claim.attempt * 2 + 1))
-    end
-    if #updates >= 4000 then
-      redis.call('HSET', stkey(r), unpack(updates))
-      updates = {}
-    end
-  end
-  if #updates > 0 then redis.call('HSET', stkey(r), unpack(updates)) end
-end
-return lost
+return start_claims(ARGV[1], 2, #ARGV)
 """
 )
 
@@ -673,7 +735,7 @@ local until_us = tonumber(ARGV[2]) + tonumber(ARGV[3])
 local deadline = string.format('%d', until_us)
 local lost = {}
 local per = {}
-for n, claim in ipairs(held_claims(c, 4, 3)) do
+for n, claim in ipairs(held_claims(c, 4, 3, #ARGV)) do
   if claim.pos then
     per[claim.r] = per[claim.r] or {}
     table.insert(per[claim.r], claim.id)
@@ -706,16 +768,18 @@ SETTLE = (
     _PRELUDE
     + _HELD
     + r"""
--- ARGV: consumer, now_us, then per outcome: kind (C, S, R, D), receiver, event id,
--- attempt, detail (S: delay in us; D: letter id), letter JSON (D), holds key (1/0),
--- key ('' for none, else '=' .. key)
+-- ARGV: consumer, now_us, number of outcomes, then per outcome: kind (C, S, R, D),
+-- receiver, event id, attempt, detail (S: delay in us; D: letter id), letter JSON (D),
+-- holds key (1/0), key ('' for none, else '=' .. key); then the claims to start, as
+-- START takes them -> {indexes of the outcomes not held, indexes of the starts not held}
 -- Completions are written per receiver at the end, a few calls for them all.
 local c, now = ARGV[1], tonumber(ARGV[2])
+local outcomes_end = 3 + 8 * tonumber(ARGV[3])
 local lost = {}
 local touched = {}
 local settled = {}
 local completed = {}
-local others = false  -- another consumer may claim now: what was released, a key's next
+local others = false  -- receiver -> true: another consumer may claim now (released, a key's next)
 local done_at, done_by = {}, {}  -- positions completed here, and how many deliveries each
 local function finish(r, pos, id)
   redis.call('XACK', rkey(r), GROUP, id)
@@ -726,7 +790,7 @@ local function finish(r, pos, id)
   redis.call('HINCRBY', B .. ':counts', 'pending', -1)
   redis.call('HINCRBY', B .. ':pend', r, -1)
 end
-for n, claim in ipairs(held_claims(c, 4, 8)) do
+for n, claim in ipairs(held_claims(c, 5, 8, outcomes_end)) do
   local i = claim.at - 1
   local kind, r, event_id, attempt = ARGV[i], claim.r, claim.event_id, claim.attempt
   local key = ARGV[i + 7] ~= '' and string.sub(ARGV[i + 7], 2) or nil
@@ -737,7 +801,10 @@ for n, claim in ipairs(held_claims(c, 4, 8)) do
   else
     settled[once] = true
     touched[r] = true
-    if kind == 'R' or (key and kind ~= 'S') then others = true end
+    if kind == 'R' or (key and kind ~= 'S') then
+      others = others or {}
+      others[r] = true
+    end
     if kind == 'C' then
       completed[r] = completed[r] or {ids = {}, positions = {}}
       table.insert(completed[r].ids, id)
@@ -812,8 +879,8 @@ if done > 0 then
   redis.call('HINCRBY', B .. ':counts', 'done', done)
 end
 for r, _ in pairs(touched) do trim(r) end
-if others then wake() end
-return lost
+if others then wake(others) end
+return {lost, start_claims(c, outcomes_end + 1, #ARGV)}
 """
 )
 
