@@ -53,8 +53,10 @@ from ._store._protocol import (
 )
 
 __all__ = [
+    "ClaimAndStartConformance",
     "LeasedStoreConformance",
     "ManualClock",
+    "PublishAndClaimConformance",
     "TwoProcessLeasedConformance",
     "claim_in_another_process",
 ]
@@ -113,11 +115,10 @@ async def _claim(store: LeasedStore, consumer: ConsumerId, limit: int = 100) -> 
 
 
 def _capability(store: LeasedStore, name: str) -> Callable[..., Awaitable[Any]]:
-    """The store's optional call ``name`` (``publish_and_claim``, ``claim_and_start``);
-    the test is skipped for a store that does not offer it."""
+    """The store's optional call ``name`` (``publish_and_claim``, ``claim_and_start``),
+    which a store whose tests mix in that call's cases must offer."""
     method = getattr(store, name, None)
-    if method is None:
-        pytest.skip(f"{type(store).__name__} has no {name}")
+    assert callable(method), f"{type(store).__name__} has no {name}, yet its tests check it"
     return cast("Callable[..., Awaitable[Any]]", method)
 
 
@@ -664,130 +665,6 @@ class LeasedStoreConformance:
         stats = await leased_store.stats()
         assert (stats.pending, stats.done, stats.dead) == (1, 1, 1)
 
-    # ------------------------------------------------------------------ optional calls
-
-    @pytest.mark.anyio
-    async def test_publish_and_claim_leases_the_publishers_deliveries_in_its_write(
-        self, leased_store: LeasedStore, clock: ManualClock
-    ) -> None:
-        """``publish_and_claim`` publishes as ``publish`` does and leases to the publisher,
-        in publish order, the deliveries to its receivers, up to ``limit``: no other
-        consumer claims them; the rest are claimable as usual."""
-        events = [_event(n) for n in range(4)]
-        mine, other, theirs = (
-            await _consumer(leased_store, "r"),
-            await _consumer(leased_store, "r"),
-            await _consumer(leased_store, "t"),
-        )
-        standing, claims, started = await _publish_and_claim(
-            leased_store, mine, events, "r", "t", limit=3
-        )
-        assert standing == events
-        assert _seen(claims) == [(event.id, "r", 1, False) for event in events[:3]]
-        assert [c.event for c in claims] == events[:3]
-        assert started == []
-        assert [c.event for c in await _claim(leased_store, other)] == events[3:]
-        assert [c.event for c in await _claim(leased_store, theirs)] == events
-        assert {lease.consumer for lease in await leased_store.leases()} == {mine, other, theirs}
-        assert await leased_store.settle(mine, [Completed(c) for c in claims]) == []
-        assert (await leased_store.stats()).done == 3
-
-    @pytest.mark.anyio
-    async def test_publish_and_claim_starts_the_first_start_claims(
-        self, leased_store: LeasedStore, clock: ManualClock
-    ) -> None:
-        """The first ``start`` claims count their attempt as ``start`` would: when the lease
-        runs out, those come back as attempt 2 with their lease expired, the others as
-        attempt 1, uncounted."""
-        events = [_event(n) for n in range(3)]
-        mine = await _consumer(leased_store, "r")
-        _, claims, started = await _publish_and_claim(leased_store, mine, events, "r", start=2)
-        assert started == claims[:2]
-        assert await leased_store.start(mine, claims[:2]) == []  # counted once
-        clock.advance(LEASE + 1)
-        later = await _consumer(leased_store, "r")
-        assert _seen(await _claim(leased_store, later)) == [
-            (events[0].id, "r", 2, True),
-            (events[1].id, "r", 2, True),
-            (events[2].id, "r", 1, False),
-        ]
-
-    @pytest.mark.anyio
-    async def test_publish_and_claim_keeps_a_key_behind_its_unfinished_deliveries(
-        self, leased_store: LeasedStore
-    ) -> None:
-        """A keyed delivery is leased only when no earlier delivery of its (receiver, key) is
-        unfinished: one another consumer holds, or one earlier in the same publish."""
-        k1, k2, j1, j2, free = (
-            _event(1, "k"),
-            _event(2, "k"),
-            _event(3, "j"),
-            _event(4, "j"),
-            _event(5),
-        )
-        await _publish(leased_store, [k1], "r")
-        other, mine = await _consumer(leased_store, "r"), await _consumer(leased_store, "r")
-        (held,) = await _claim(leased_store, other)
-        _, claims, _ = await _publish_and_claim(leased_store, mine, [k2, j1, j2, free], "r")
-        assert [c.event for c in claims] == [j1, free]
-        assert await _claim(leased_store, other) == []
-        await leased_store.settle(other, [Completed(held)])
-        assert [c.event for c in await _claim(leased_store, other)] == [k2]
-        await leased_store.settle(mine, [Completed(claims[0])])
-        assert [c.event for c in await _claim(leased_store, other)] == [j2]
-
-    @pytest.mark.anyio
-    async def test_publish_and_claim_leases_nothing_for_a_repeat_or_a_consumer_not_live(
-        self, leased_store: LeasedStore
-    ) -> None:
-        """A repeated idempotency key adds nothing to lease; a consumer that is not live
-        leases nothing, and its publish stands."""
-        first, repeat = _keyed(1, "order-1"), _keyed(2, "order-1")
-        mine = await _consumer(leased_store, "r")
-        _, claims, _ = await _publish_and_claim(leased_store, mine, [first], "r")
-        assert [c.event for c in claims] == [first]
-        standing, claims, _ = await _publish_and_claim(leased_store, mine, [repeat], "r")
-        assert (standing, claims) == ([first], [])
-        event = _event()
-        standing, claims, started = await _publish_and_claim(
-            leased_store, new_consumer_id(), [event], "r", start=1
-        )
-        assert (standing, claims, started) == ([event], [], [])
-        assert [c.event for c in await _claim(leased_store, mine)] == [event]
-
-    @pytest.mark.anyio
-    async def test_claim_and_start_starts_the_first_claims_whose_lease_did_not_run_out(
-        self, leased_store: LeasedStore, clock: ManualClock
-    ) -> None:
-        """``claim_and_start`` claims as ``claim`` does and starts, in the same call, the
-        first ``start`` claims that are not the retry of an attempt whose lease ran out."""
-        method = _capability(leased_store, "claim_and_start")
-        events = [_event(n) for n in range(4)]
-        await _publish(leased_store, events, "r")
-        first = await _consumer(leased_store, "r")
-        (lost,) = await _claim(leased_store, first, 1)
-        assert await leased_store.start(first, [lost]) == []
-        clock.advance(LEASE + 1)
-        consumer = await _consumer(leased_store, "r")
-        claims, started = await method(consumer, 3, lease=LEASE, start=1)
-        assert _seen(claims) == [
-            (events[0].id, "r", 2, True),
-            (events[1].id, "r", 1, False),
-            (events[2].id, "r", 1, False),
-        ]
-        assert started == [claims[1]]
-        assert await leased_store.start(consumer, claims) == []
-        rest, started = await method(consumer, 10, lease=LEASE, start=0)
-        assert ([c.event for c in rest], started) == (events[3:], [])
-        clock.advance(LEASE + 1)
-        again = await _claim(leased_store, await _consumer(leased_store, "r"))
-        assert _seen(again) == [
-            (events[0].id, "r", 3, True),
-            (events[1].id, "r", 2, True),
-            (events[2].id, "r", 2, True),
-            (events[3].id, "r", 1, False),
-        ]
-
     # ------------------------------------------------------------------------ idempotency
 
     @pytest.mark.anyio
@@ -1284,3 +1161,135 @@ class TwoProcessLeasedConformance(LeasedStoreConformance):
         )
         expected = sorted((e.id, r, 1, False) for e in events for r in ("a", "b"))
         assert sorted(mine + theirs) == expected
+
+
+class PublishAndClaimConformance(LeasedStoreConformance):
+    """The cases of the optional ``publish_and_claim`` (``SQLiteStore``, ``MemoryStore``):
+    mix it into the tests of a store that offers it, beside ``LeasedStoreConformance``."""
+
+    @pytest.mark.anyio
+    async def test_publish_and_claim_leases_the_publishers_deliveries_in_its_write(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """``publish_and_claim`` publishes as ``publish`` does and leases to the publisher,
+        in publish order, the deliveries to its receivers, up to ``limit``: no other
+        consumer claims them; the rest are claimable as usual."""
+        events = [_event(n) for n in range(4)]
+        mine, other, theirs = (
+            await _consumer(leased_store, "r"),
+            await _consumer(leased_store, "r"),
+            await _consumer(leased_store, "t"),
+        )
+        standing, claims, started = await _publish_and_claim(
+            leased_store, mine, events, "r", "t", limit=3
+        )
+        assert standing == events
+        assert _seen(claims) == [(event.id, "r", 1, False) for event in events[:3]]
+        assert [c.event for c in claims] == events[:3]
+        assert started == []
+        assert [c.event for c in await _claim(leased_store, other)] == events[3:]
+        assert [c.event for c in await _claim(leased_store, theirs)] == events
+        assert {lease.consumer for lease in await leased_store.leases()} == {mine, other, theirs}
+        assert await leased_store.settle(mine, [Completed(c) for c in claims]) == []
+        assert (await leased_store.stats()).done == 3
+
+    @pytest.mark.anyio
+    async def test_publish_and_claim_starts_the_first_start_claims(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """The first ``start`` claims count their attempt as ``start`` would: when the lease
+        runs out, those come back as attempt 2 with their lease expired, the others as
+        attempt 1, uncounted."""
+        events = [_event(n) for n in range(3)]
+        mine = await _consumer(leased_store, "r")
+        _, claims, started = await _publish_and_claim(leased_store, mine, events, "r", start=2)
+        assert started == claims[:2]
+        assert await leased_store.start(mine, claims[:2]) == []  # counted once
+        clock.advance(LEASE + 1)
+        later = await _consumer(leased_store, "r")
+        assert _seen(await _claim(leased_store, later)) == [
+            (events[0].id, "r", 2, True),
+            (events[1].id, "r", 2, True),
+            (events[2].id, "r", 1, False),
+        ]
+
+    @pytest.mark.anyio
+    async def test_publish_and_claim_keeps_a_key_behind_its_unfinished_deliveries(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """A keyed delivery is leased only when no earlier delivery of its (receiver, key) is
+        unfinished: one another consumer holds, or one earlier in the same publish."""
+        k1, k2, j1, j2, free = (
+            _event(1, "k"),
+            _event(2, "k"),
+            _event(3, "j"),
+            _event(4, "j"),
+            _event(5),
+        )
+        await _publish(leased_store, [k1], "r")
+        other, mine = await _consumer(leased_store, "r"), await _consumer(leased_store, "r")
+        (held,) = await _claim(leased_store, other)
+        _, claims, _ = await _publish_and_claim(leased_store, mine, [k2, j1, j2, free], "r")
+        assert [c.event for c in claims] == [j1, free]
+        assert await _claim(leased_store, other) == []
+        await leased_store.settle(other, [Completed(held)])
+        assert [c.event for c in await _claim(leased_store, other)] == [k2]
+        await leased_store.settle(mine, [Completed(claims[0])])
+        assert [c.event for c in await _claim(leased_store, other)] == [j2]
+
+    @pytest.mark.anyio
+    async def test_publish_and_claim_leases_nothing_for_a_repeat_or_a_consumer_not_live(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """A repeated idempotency key adds nothing to lease; a consumer that is not live
+        leases nothing, and its publish stands."""
+        first, repeat = _keyed(1, "order-1"), _keyed(2, "order-1")
+        mine = await _consumer(leased_store, "r")
+        _, claims, _ = await _publish_and_claim(leased_store, mine, [first], "r")
+        assert [c.event for c in claims] == [first]
+        standing, claims, _ = await _publish_and_claim(leased_store, mine, [repeat], "r")
+        assert (standing, claims) == ([first], [])
+        event = _event()
+        standing, claims, started = await _publish_and_claim(
+            leased_store, new_consumer_id(), [event], "r", start=1
+        )
+        assert (standing, claims, started) == ([event], [], [])
+        assert [c.event for c in await _claim(leased_store, mine)] == [event]
+
+
+class ClaimAndStartConformance(LeasedStoreConformance):
+    """The cases of the optional ``claim_and_start`` (``SQLiteStore``, ``RedisStore``): mix
+    it into the tests of a store that offers it, beside ``LeasedStoreConformance``."""
+
+    @pytest.mark.anyio
+    async def test_claim_and_start_starts_the_first_claims_whose_lease_did_not_run_out(
+        self, leased_store: LeasedStore, clock: ManualClock
+    ) -> None:
+        """``claim_and_start`` claims as ``claim`` does and starts, in the same call, the
+        first ``start`` claims that are not the retry of an attempt whose lease ran out."""
+        method = _capability(leased_store, "claim_and_start")
+        events = [_event(n) for n in range(4)]
+        await _publish(leased_store, events, "r")
+        first = await _consumer(leased_store, "r")
+        (lost,) = await _claim(leased_store, first, 1)
+        assert await leased_store.start(first, [lost]) == []
+        clock.advance(LEASE + 1)
+        consumer = await _consumer(leased_store, "r")
+        claims, started = await method(consumer, 3, lease=LEASE, start=1)
+        assert _seen(claims) == [
+            (events[0].id, "r", 2, True),
+            (events[1].id, "r", 1, False),
+            (events[2].id, "r", 1, False),
+        ]
+        assert started == [claims[1]]
+        assert await leased_store.start(consumer, claims) == []
+        rest, started = await method(consumer, 10, lease=LEASE, start=0)
+        assert ([c.event for c in rest], started) == (events[3:], [])
+        clock.advance(LEASE + 1)
+        again = await _claim(leased_store, await _consumer(leased_store, "r"))
+        assert _seen(again) == [
+            (events[0].id, "r", 3, True),
+            (events[1].id, "r", 2, True),
+            (events[2].id, "r", 2, True),
+            (events[3].id, "r", 1, False),
+        ]

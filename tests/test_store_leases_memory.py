@@ -16,6 +16,7 @@ from aevents import StoreError  # noqa: E402
 from aevents._conformance_leases import (  # noqa: E402
     LeasedStoreConformance,
     ManualClock,
+    PublishAndClaimConformance,
     claim_in_another_process,
 )
 from aevents._event import make_event  # noqa: E402
@@ -36,7 +37,7 @@ def leased_memory_store(directory: Path, clock: Clock) -> LeasedStore:
     return MemoryStore(clock=clock)
 
 
-class TestLeasedMemoryStore(LeasedStoreConformance):
+class TestLeasedMemoryStore(PublishAndClaimConformance, LeasedStoreConformance):
     def make_leased_store(self, directory: Path, clock: Clock) -> LeasedStore:
         return leased_memory_store(directory, clock)
 

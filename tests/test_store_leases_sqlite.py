@@ -19,7 +19,9 @@ pytest.register_assert_rewrite("aevents._conformance_leases")
 
 from aevents._conformance import PersistentStoreConformance  # noqa: E402
 from aevents._conformance_leases import (  # noqa: E402
+    ClaimAndStartConformance,
     ManualClock,
+    PublishAndClaimConformance,
     TwoProcessLeasedConformance,
     claim_in_another_process,
 )
@@ -61,7 +63,9 @@ def leased(directory: Path, clock: Clock) -> LeasedStore:
     )
 
 
-class TestLeasedSQLiteStore(TwoProcessLeasedConformance):
+class TestLeasedSQLiteStore(
+    TwoProcessLeasedConformance, PublishAndClaimConformance, ClaimAndStartConformance
+):
     def make_leased_store(self, directory: Path, clock: Clock) -> LeasedStore:
         return leased(directory, clock)
 

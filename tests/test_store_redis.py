@@ -28,7 +28,10 @@ import aevents
 
 pytest.register_assert_rewrite("aevents._conformance_leases")
 
-from aevents._conformance_leases import TwoProcessLeasedConformance  # noqa: E402
+from aevents._conformance_leases import (  # noqa: E402
+    ClaimAndStartConformance,
+    TwoProcessLeasedConformance,
+)
 from aevents._event import make_event  # noqa: E402
 from aevents._exceptions import StoreError  # noqa: E402
 from aevents._store import (  # noqa: E402
@@ -66,7 +69,7 @@ async def delete_prefix(url: str, prefix: str) -> None:
         await store.close()
 
 
-class TestLeasedRedisStore(TwoProcessLeasedConformance):
+class TestLeasedRedisStore(TwoProcessLeasedConformance, ClaimAndStartConformance):
     @pytest.fixture(autouse=True)
     def _clean(self, redis_url: str, tmp_path: Path) -> Iterator[None]:
         yield
