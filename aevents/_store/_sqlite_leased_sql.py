@@ -392,13 +392,8 @@ class LeasedSQL:
                 mine = self._receivers_of(live[0])
         if not mine:
             for event_id, name, body, occurred, receiver_ids, idempotency_key, key in rows:
-                if (
-                    idempotency_key is not None
-                    and not conn.execute(_CLAIM_KEY, (idempotency_key, occurred, body)).rowcount
-                ):
-                    out.append(conn.execute(_KEY_BODY, (idempotency_key,)).fetchone()[0])
+                if not self._stands(idempotency_key, occurred, body, out):
                     continue
-                out.append(None)
                 events.append((seq, event_id, name, body, occurred))
                 deliveries += [(seq, receiver, key) for receiver in dict.fromkeys(receiver_ids)]
                 seq += 1
@@ -417,13 +412,8 @@ class LeasedSQL:
             idempotency_key,
             key,
         ) in enumerate(rows):
-            if (
-                idempotency_key is not None
-                and not conn.execute(_CLAIM_KEY, (idempotency_key, occurred, body)).rowcount
-            ):
-                out.append(conn.execute(_KEY_BODY, (idempotency_key,)).fetchone()[0])
+            if not self._stands(idempotency_key, occurred, body, out):
                 continue
-            out.append(None)
             events.append((seq, event_id, name, body, occurred))
             for receiver in sorted(set(receiver_ids)):  # in a claim's order
                 if receiver in mine and len(claimed) < limit:
@@ -444,6 +434,19 @@ class LeasedSQL:
             seq += 1
         self._insert(events, deliveries, _INSERT_LEASED, _INSERT_LEASED_MANY)
         return seq
+
+    def _stands(
+        self, idempotency_key: str | None, occurred: Any, body: Any, out: list[bytes | None]
+    ) -> bool:
+        """Whether an event of the publish is added: a repeat of a recorded idempotency key
+        is not, and ``out`` gets the key's first event (``None`` for one that is added)."""
+        if idempotency_key is not None:
+            conn = self._conn
+            if not conn.execute(_CLAIM_KEY, (idempotency_key, occurred, body)).rowcount:
+                out.append(conn.execute(_KEY_BODY, (idempotency_key,)).fetchone()[0])
+                return False
+        out.append(None)
+        return True
 
     def _insert(
         self,
