@@ -35,6 +35,7 @@ from aevents._conformance_leases import (  # noqa: E402
 from aevents._event import make_event  # noqa: E402
 from aevents._exceptions import StoreError  # noqa: E402
 from aevents._store import (  # noqa: E402
+    Claim,
     Clock,
     Completed,
     DeadLettered,
@@ -581,15 +582,7 @@ async def test_start_and_settle_find_a_few_claims_among_many_held(
     await store.publish([(make_event("f:e", {"n": n}, {}), ["r"]) for n in range(100)])
     claims = await store.claim(consumer, 100, lease=30)
     assert len(claims) == 100
-    letter = aevents.DeadLetter(
-        id="letter-far",
-        event=claims[0].event,
-        receiver_id="r",
-        attempts=1,
-        error_type="builtins.RuntimeError",
-        error_message="boom",
-        failed_at=claims[0].event.occurred_at,
-    )
+    letter = _first_attempt_letter("letter-far", claims[0])
     assert await store.settle(consumer, [DeadLettered(claims[0], letter)]) == []
     assert await store.redeliver(["letter-far"]) == 1
     (far,) = await store.claim(consumer, 10, lease=30)  # at the end of the stream now
@@ -629,6 +622,19 @@ async def test_settle_and_start_settles_then_starts_in_one_script(
     assert (await store.stats()).done == 1
 
 
+def _first_attempt_letter(letter_id: str, claim: Claim) -> aevents.DeadLetter:
+    """A dead letter of ``claim`` after its first attempt raised."""
+    return aevents.DeadLetter(
+        id=letter_id,
+        event=claim.event,
+        receiver_id=claim.receiver_id,
+        attempts=1,
+        error_type="builtins.RuntimeError",
+        error_message="boom",
+        failed_at=claim.event.occurred_at,
+    )
+
+
 # -- wakes and polling ------------------------------------------------------------------------
 
 
@@ -663,15 +669,7 @@ async def test_publishes_redeliveries_and_handed_back_claims_wake_the_consumers(
         claims = await store.claim(consumer, 10, lease=30)
         await woken_by(lambda: store.settle(consumer, [Released(claims[0])]))
         claims = await store.claim(consumer, 10, lease=30)
-        letter = aevents.DeadLetter(
-            id="letter-1",
-            event=claims[0].event,
-            receiver_id="r",
-            attempts=1,
-            error_type="builtins.RuntimeError",
-            error_message="boom",
-            failed_at=claims[0].event.occurred_at,
-        )
+        letter = _first_attempt_letter("letter-1", claims[0])
         assert await store.settle(consumer, [DeadLettered(claims[0], letter)]) == []
         await woken_by(lambda: store.redeliver(["letter-1"]))
         await woken_by(lambda: store.unregister(consumer))
