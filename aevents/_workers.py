@@ -117,8 +117,6 @@ class Workers:
                 await self._run_hop(named(delivery), count)
                 continue
             fast = subscription.fast and not hooks and default_limit is None
-            if not fast:
-                delivery = named(delivery)
             # Set, never reset: the worker runs nothing else in its context, and a task
             # or thread a receiver starts keeps the context it was started with, so a
             # reset would be pure cost on every delivery.
