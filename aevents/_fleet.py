@@ -1143,8 +1143,12 @@ class Fleet:
             for outcome, epoch in batch:
                 claim = outcome.claim
                 held = (claim.event.id, claim.receiver_id)
-                self._unheld(held)
-                self._ended(held)
+                current = self._held.get(held)
+                if current is None or current is claim:
+                    self._unheld(held)
+                    self._ended(held)
+                # else: its next attempt, due at once, was claimed while this outcome was
+                # written; that claim is held now, and it runs and settles on its own.
                 epoch.finish()
                 if held in lost_keys:
                     continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import anyio
 import anyio.lowlevel
@@ -772,3 +773,26 @@ async def test_the_lease_option_sets_how_long_a_claim_is_held() -> None:
         (consumer,) = await store.consumers()
         assert consumer.expires_at - clock.now == timedelta(seconds=2.5)
         release.set()
+
+
+async def test_a_retry_due_at_once_claimed_while_its_outcome_is_written_still_runs(
+    tmp_path: Path,
+) -> None:
+    """A failed attempt rescheduled with no delay can be claimed again before the settle
+    task has finished with its outcome: the new claim is held (it runs), not forgotten
+    as the old one is, which left it leased and unrun until its lease ran out. On trio
+    the order varies from run to run, so the case is played many times."""
+
+    async def failing(event: Event) -> None:
+        raise RuntimeError("always")
+
+    for round_ in range(40):
+        registry = Registry()
+        registry.subscribe("order:placed", failing, id="failing")
+        store = SQLiteStore(tmp_path / f"journal-{round_}.db")
+        retry = RetryPolicy(attempts=3, initial_delay=0, jitter=0)
+        async with EventRuntime(registry, retry=retry, store=store) as runtime:
+            await runtime.publish("order:placed")
+            with anyio.fail_after(10):  # the lease is 30 s: a forgotten claim stalls here
+                await runtime.drain()
+            assert runtime.stats().dead == 1
