@@ -24,7 +24,7 @@ from ._exceptions import ConfigurationError
 from ._payload import DEFAULT_MAX_PAYLOAD_BYTES
 from ._policy import RetryPolicy
 from ._registry import Registry, default_registry
-from ._store._protocol import LeasedStore, Store
+from ._store._protocol import LeasedStore, Store, shared
 
 if TYPE_CHECKING:
     from ._metrics import Metrics
@@ -78,11 +78,16 @@ def _registry(_: RuntimeConfig, __: attrs.Attribute[Any], registry: object) -> N
 def _store(_: RuntimeConfig, __: attrs.Attribute[Any], store: object) -> None:
     if store is not None and not isinstance(store, Store | LeasedStore):
         raise _refuse(f"store must implement the aevents.Store protocol, got {store!r}")
+    if isinstance(store, LeasedStore) and not shared(store) and not isinstance(store, Store):
+        raise _refuse(
+            f"store {store!r} says it is not shared (shared=False), so the runtime journals "
+            "through it, but it does not implement the aevents.Store protocol"
+        )
 
 
 def _consume(config: RuntimeConfig, attribute: attrs.Attribute[Any], consume: object) -> None:
     _bool(config, attribute, consume)
-    if not consume and not isinstance(config.store, LeasedStore):
+    if not consume and not shared(config.store):
         raise _refuse(
             "consume=False needs a store that processes share (aevents.MemoryStore for now): "
             "the events it publishes are run by the processes that consume from it, got "

@@ -56,7 +56,7 @@ from ._registry import Registry
 from ._retries import RetrySchedule
 from ._state import DRAINING, NEW, RUNNING, STOPPED, Counters, Epochs, RunState
 from ._stats import RuntimeStats
-from ._store._protocol import LeasedStore, Store
+from ._store._protocol import LeasedStore, Store, shared
 from ._text import counted
 from ._workers import Workers
 
@@ -227,7 +227,7 @@ class EventRuntime:
         self.keyed_dead_letters = config.keyed_dead_letters
         self.consume = config.consume
         self.lease = config.lease
-        leased = isinstance(store, LeasedStore)
+        leased = shared(store)
 
         # The parts, each owning its state; see the module docstring for the path.
         self._run = RunState()
@@ -272,12 +272,12 @@ class EventRuntime:
                 idempotency=self._idempotency,
                 lease=config.lease,
             )
-            if isinstance(store, LeasedStore)
+            if leased and isinstance(store, LeasedStore)
             else None
         )
         self._journal = (
             None
-            if store is None or isinstance(store, LeasedStore)
+            if store is None or leased or not isinstance(store, Store)
             else Journal(
                 store,
                 run=self._run,

@@ -161,3 +161,29 @@ def test_without_the_flock_nothing_is_written(journal: Path) -> None:
     lock.release()
     assert not lock.recorded
     assert not Path(f"{journal}.lock").exists()
+
+
+def test_an_exclusive_lock_stays_exclusive_and_says_so(journal: Path) -> None:
+    """An exclusive lock keeps the flock exclusive while open (another descriptor cannot
+    even share it) and records it, with its pid; the clean close drops the mark."""
+    lock = JournalLock(str(journal), exclusive=True)
+    lock.acquire(str(journal))
+    lock.read_last_run(str(journal), exists=True)
+    lock.opened(None)
+    assert record_of(journal) == {
+        "state": "open",
+        "pid": os.getpid(),
+        "wal": 0,
+        "losses": [],
+        "exclusive": True,
+    }
+    other = os.open(f"{journal}.lock", os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        assert lock.last_user()
+        lock.release(checkpointed=True)
+        assert "exclusive" not in record_of(journal)
+        fcntl.flock(other, fcntl.LOCK_SH | fcntl.LOCK_NB)  # free once released
+    finally:
+        os.close(other)

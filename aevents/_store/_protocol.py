@@ -30,7 +30,7 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Protocol, TypeAlias, runtime_checkable
+from typing import Protocol, TypeAlias, TypeGuard, runtime_checkable
 
 import attrs
 
@@ -57,6 +57,7 @@ __all__ = [
     "Store",
     "StoreStats",
     "new_consumer_id",
+    "shared",
     "system_clock",
 ]
 
@@ -410,3 +411,13 @@ class LeasedStore(Protocol):
 
     async def forget_idempotency_keys(self, before: datetime) -> int:
         """Delete the key records of events that occurred before ``before``; return how many."""
+
+
+def shared(store: object) -> TypeGuard[LeasedStore]:
+    """Whether a runtime runs ``store`` as a queue that processes share (``LeasedStore``)
+    rather than as its own journal (``Store``).
+
+    A store that implements both protocols chooses with a ``shared`` attribute:
+    ``SQLiteStore(path, exclusive=True)`` sets it to ``False``, and the runtime then
+    journals through it, as the one process that has the file."""
+    return isinstance(store, LeasedStore) and getattr(store, "shared", True) is not False

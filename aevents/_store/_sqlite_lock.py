@@ -18,6 +18,11 @@ one: it checkpoints and records a clean close. A process that dies releases its
 ``flock`` with it, and the record keeps saying "open" until the last user
 closes; only when every user died is the -wal checked again.
 
+An exclusive store (``SQLiteStore(exclusive=True)``) keeps the ``flock``
+exclusive for its whole run and says so in the record, so that another opener
+fails with ``JournalInUseError`` naming its pid; it cannot open a journal that
+another process has open.
+
 A store holds one ``JournalLock`` for its whole life, so ``losses`` outlives a
 close. Every method runs on the store thread, between open and close.
 """
@@ -62,8 +67,10 @@ def guarded(fd: int) -> Iterator[None]:
 class JournalLock:
     """The flock on ``<path>.lock`` and the record in it, for one store."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, exclusive: bool = False) -> None:
         self.path = path
+        self.exclusive = exclusive
+        """Hold the flock exclusively for the whole run (``SQLiteStore(exclusive=True)``)."""
         self.losses: list[dict[str, Any]] = []
         """Losses of data noticed after a crash and not acknowledged yet, oldest first."""
         self._fd: int | None = None
@@ -88,13 +95,14 @@ class JournalLock:
         exclusively if no other process has it, else shared. ``opened`` or ``release``
         drops the guard.
 
-        Raises ``JournalInUseError`` if an older aevents holds the journal alone,
+        Raises ``JournalInUseError`` if an older aevents or an exclusive store holds the
+        journal alone, or if this store is exclusive and another process has it,
         ``StoreError`` if the lock file cannot be made.
         """
         fd = open_lock_file(self.path, real)
         try:
             self._take_guard(fd)
-            self._alone = lock_journal(self.path, fd)
+            self._alone = lock_journal(self.path, fd, exclusive=self.exclusive)
         except BaseException:
             self._drop_guard()
             os.close(fd)
@@ -143,7 +151,8 @@ class JournalLock:
         if self._alone:
             self._wal_recorded = self._wal_size()
             self._record("open")
-            fcntl.flock(self._fd, fcntl.LOCK_SH)  # others may open it now (the guard still holds)
+            if not self.exclusive:  # others may open it now (the guard still holds)
+                fcntl.flock(self._fd, fcntl.LOCK_SH)
         else:
             self._recorded = True
         self._drop_guard()
@@ -214,12 +223,14 @@ class JournalLock:
     def _record(self, state: str) -> None:
         if self._fd is None:  # opened read-only: there is no lock to write to
             return
-        record = {
+        record: dict[str, Any] = {
             "state": state,
             "pid": os.getpid(),
             "wal": self._wal_recorded,
             "losses": self.losses,
         }
+        if self.exclusive and state == "open":
+            record["exclusive"] = True  # an opener refused can name this process
         try:
             write_record(self._fd, record)
         except OSError as exc:

@@ -337,6 +337,14 @@ OLDER_OWNER: Final = (
     "is in use by a process of an older aevents, which holds it alone (its SQLiteStore "
     "does not share a journal); stop it, or upgrade it"
 )
+HELD_ALONE: Final = (
+    "is held alone by {holder}, opened with SQLiteStore(exclusive=True); stop it, or open "
+    "it shared there too (exclusive=False, the default)"
+)
+NOT_ALONE: Final = (
+    "is open in another process, and SQLiteStore(exclusive=True) needs it alone; stop the "
+    "other processes, or open it shared (exclusive=False, the default)"
+)
 
 
 def open_lock_file(path: str, real: str) -> int:
@@ -349,15 +357,18 @@ def open_lock_file(path: str, real: str) -> int:
         raise StoreError(path, f"cannot create its lock file ({exc.strerror})") from exc
 
 
-def lock_journal(path: str, fd: int) -> bool:
+def lock_journal(path: str, fd: int, *, exclusive: bool = False) -> bool:
     """Take the ``flock`` on the open lock file ``fd``: exclusively when no other process
-    has the journal (return True), else shared (return False). Every store takes it
-    shared while open; only an older aevents holds it exclusively for its whole run:
-    then ``JournalInUseError``."""
+    has the journal (return True), else shared (return False). A shared store takes it
+    shared while open; an exclusive one (``exclusive``), or an older aevents, holds it
+    exclusively for its whole run: then ``JournalInUseError``, and an exclusive store
+    gets that error too when another process has the journal. Call it under the guard
+    (it reads the record to name an exclusive holder)."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        pass
+        if exclusive:
+            raise JournalInUseError(path, NOT_ALONE) from None
     except OSError as exc:
         raise StoreError(path, f"cannot lock its lock file ({exc})") from exc
     else:
@@ -365,6 +376,11 @@ def lock_journal(path: str, fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
+        record = read_record(fd)
+        if record.get("exclusive") is True:
+            pid = record.get("pid")
+            holder = f"process {pid}" if type(pid) is int else "another process"
+            raise JournalInUseError(path, HELD_ALONE.format(holder=holder)) from None
         raise JournalInUseError(path, OLDER_OWNER) from None
     except OSError as exc:
         raise StoreError(path, f"cannot lock its lock file ({exc})") from exc

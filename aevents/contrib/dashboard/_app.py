@@ -21,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ... import AeventsError, ConfigurationError, EventRuntime, current_runtime
-from ..._store._protocol import LeasedStore
+from ..._store._protocol import LeasedStore, shared
 from ..._text import counted
 from .._operations import redact
 from . import _views as views
@@ -383,7 +383,7 @@ class Dashboard:
         self._samples.take(runtime.stats(), id(runtime))
         store = runtime.store
         fleet, error = None, None
-        if isinstance(store, LeasedStore):
+        if shared(store) and isinstance(store, LeasedStore):
             try:
                 fleet = await views.read_fleet(store)
             except AeventsError as failure:

@@ -10,7 +10,7 @@ import attrs
 
 from ... import AeventsError, EventRuntime, Histogram
 from ..._inspect import RoutingReport, inspect_routes
-from ..._store._protocol import Backlog, Consumer, Lease, LeasedStore, StoreStats
+from ..._store._protocol import Backlog, Consumer, Lease, LeasedStore, StoreStats, shared
 from .._operations import Filters, filter_letters, pretty_json, redact
 
 __all__ = [
@@ -40,7 +40,7 @@ def store_kind(runtime: EventRuntime) -> str:
     """``"leased"``, ``"journal"`` or ``"none"``."""
     if runtime.store is None:
         return "none"
-    return "leased" if isinstance(runtime.store, LeasedStore) else "journal"
+    return "leased" if shared(runtime.store) else "journal"
 
 
 async def store_stats(runtime: EventRuntime) -> tuple[StoreStats | None, str | None]:
@@ -136,7 +136,7 @@ async def read_fleet(store: LeasedStore) -> Fleet:
 async def routes_report(runtime: EventRuntime) -> RoutingReport:
     """``inspect_routes`` of the runtime's registry, against the live consumers when shared."""
     consumers: Sequence[Consumer] | None = None
-    if isinstance(runtime.store, LeasedStore):
+    if shared(runtime.store) and isinstance(runtime.store, LeasedStore):
         try:
             consumers = await runtime.store.consumers()
         except AeventsError:
