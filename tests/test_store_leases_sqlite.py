@@ -170,13 +170,11 @@ async def test_a_journal_is_migrated_into_a_queue(path: Path, anyio_backend: obj
     with contextlib.closing(sqlite3.connect(path)) as conn:  # as the journal wrote version 2
         for statement in (
             "DROP TABLE consumers",
-            "DROP TRIGGER event_head_moves",
             "DROP TABLE event_head",
             "DROP INDEX deliveries_free",
             "DROP INDEX deliveries_leased",
             "DROP INDEX deliveries_lane",
             "DROP INDEX deliveries_held",
-            "DROP INDEX deliveries_done",
             *(
                 f"ALTER TABLE deliveries DROP COLUMN {column}"
                 for column in ("key", "due", "holder", "lease_until", "holds_key", "started")
@@ -235,7 +233,7 @@ async def test_a_version_4_queue_keeps_its_leases_and_free_deliveries_across_the
     finally:
         await store.close()
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         assert {"deliveries_free", "deliveries_leased"} <= names
         assert "deliveries_ready" not in names
@@ -572,3 +570,49 @@ async def test_both_protocols_work_on_one_set_of_deliveries(
         assert [c.event for c in await store.claim(consumer, 10, lease=30)] == [second]
     finally:
         await store.close()
+
+
+@pytest.mark.anyio
+async def test_a_version_5_queue_loses_its_per_write_index_and_trigger_keeping_positions(
+    path: Path, anyio_backend: object
+) -> None:
+    """Version 6 indexes no done delivery and moves ``event_head`` only before a prune: a
+    queue made by version 5 (its done index and head trigger) keeps its position, and no
+    seq is given twice, across the upgrade and across a prune of every event."""
+    store = SQLiteStore(path)
+    await store.open()
+    await store.publish([(make_event("v5:event", {"n": n}, {}), ["r"]) for n in range(3)])
+    await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # as version 5 left it
+        for statement in (
+            "CREATE INDEX deliveries_done ON deliveries (event_seq) WHERE state = 1",
+            "CREATE TRIGGER event_head_moves AFTER INSERT ON events"
+            " BEGIN UPDATE event_head SET head = NEW.seq WHERE head < NEW.seq; END",
+            "UPDATE event_head SET head = 3",
+            "PRAGMA user_version = 5",
+        ):
+            conn.execute(statement)
+        conn.commit()
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert await store.event_position() == 3
+        consumer = new_consumer_id()
+        await store.register(consumer, _routes("r"), ttl=60)
+        claims = await store.claim(consumer, 10, lease=30)
+        await store.start(consumer, claims)
+        assert await store.settle(consumer, [Completed(claim) for claim in claims]) == []
+        assert await store.prune() == 3
+        assert (await store.stats()).events == 0
+        assert await store.event_position() == 3  # pruned seqs are not given again
+        await store.publish([(make_event("v6:event", {}, {}), ["r"])])
+        assert await store.event_position() == 4
+        page = await store.events_after(3, 10)
+        assert [event.name for event in page.events] == ["v6:event"]
+    finally:
+        await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert not {"deliveries_done", "event_head_moves"} & names
+        assert conn.execute("SELECT head FROM event_head").fetchone()[0] == 3

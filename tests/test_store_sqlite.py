@@ -484,11 +484,11 @@ def keyed(key: str, occurred_at: datetime | None = None) -> Event:
     return Event(new_event_id(), "order.paid", {}, occurred_at, {"idempotency_key": key})
 
 
-def test_schema_version_is_5() -> None:
-    """This aevents writes schema version 5: the leased queue's columns, with attempts
-    counted when they start, and claims that read free deliveries and expired leases
-    through indexes of their own."""
-    assert SCHEMA_VERSION == 5
+def test_schema_version_is_6() -> None:
+    """This aevents writes schema version 6: the leased queue's columns, with attempts
+    counted when they start, claims that read free deliveries and expired leases through
+    indexes of their own, and no index or trigger written per done delivery or event."""
+    assert SCHEMA_VERSION == 6
 
 
 @pytest.mark.anyio

@@ -58,7 +58,9 @@ from ._sqlite_sql import (
     INSERT_EVENT,
     INSERT_EVENTS,
     PRUNE_CHUNK,
+    RAISE_HEAD,
     JournalSQL,
+    by_seq,
     decode_event,
     insert_rows,
 )
@@ -199,6 +201,8 @@ _START: Final = (
     " WHERE event_seq = (SELECT seq FROM events WHERE id = ?) AND receiver_id = ?"
     " AND state = 0 AND holder = ? AND attempts + 1 - started = ?"
 )
+_START_SEQ: Final = by_seq(_START)
+_RENEW_SEQ: Final = by_seq(_RENEW)
 _SETTLE: Final = {
     COMPLETED: (
         "UPDATE deliveries SET state = 1, holder = NULL, started = 0"
@@ -223,6 +227,7 @@ _SETTLE: Final = {
         " RETURNING event_seq"
     ),
 }
+_SETTLE_SEQ: Final = {kind: by_seq(statement) for kind, statement in _SETTLE.items()}
 _INSERT_LETTER: Final = (  # one letter per delivery: REPLACE drops an older one on either key
     "INSERT OR REPLACE INTO dead_letters"
     " (id, event_seq, receiver_id, attempts, error_type, error_message, failed_at)"
@@ -257,26 +262,23 @@ _RELEASE_KEY: Final = (
     "UPDATE deliveries SET holds_key = 0 WHERE receiver_id = ? AND key = ? AND holds_key = 1"
 )
 
-# -- pruning: the oldest done deliveries of old events, a bounded batch per transaction
-_PRUNE_BATCH: Final = (
-    "DELETE FROM deliveries WHERE (event_seq, receiver_id) IN"
-    " (SELECT d.event_seq, d.receiver_id FROM deliveries AS d"
-    " JOIN events AS e ON e.seq = d.event_seq"
-    " WHERE d.state = 1 AND e.published_at < ? ORDER BY d.event_seq LIMIT ?)"
-    " RETURNING event_seq"
+# -- pruning: the done deliveries of old events, oldest first, by walking events in seq order
+_OLD_EVENTS: Final = (
+    "SELECT seq FROM events WHERE seq > ? AND published_at < ? ORDER BY seq LIMIT ?"
 )
-_DELETE_EMPTY_EVENT: Final = (
+_PRUNE_DONE_OF: Final = (  # at most ?2 (all for -1) of one event's done deliveries
+    "DELETE FROM deliveries WHERE event_seq = ?1 AND state = 1 AND receiver_id IN"
+    " (SELECT receiver_id FROM deliveries WHERE event_seq = ?1 AND state = 1"
+    " ORDER BY receiver_id LIMIT ?2)"
+)
+_DELETE_PRUNED_EVENT: Final = (  # left with no delivery and no dead letter
     "DELETE FROM events WHERE seq = ?1"
     " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_seq = ?1)"
+    " AND NOT EXISTS (SELECT 1 FROM dead_letters WHERE event_seq = ?1)"
 )
-_PRUNE_BARE_EVENTS: Final = (  # events kept with no deliveries (for other processes' tails)
-    "DELETE FROM events WHERE seq IN (SELECT e.seq FROM events AS e"
-    " WHERE e.published_at < ?1"
-    " AND NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.event_seq = e.seq)"
-    " AND NOT EXISTS (SELECT 1 FROM dead_letters AS l WHERE l.event_seq = e.seq)"
-    " ORDER BY e.seq LIMIT ?2)"
+_EVENT_POSITION: Final = (  # the newest seq ever given (see RAISE_HEAD)
+    "SELECT max(coalesce((SELECT max(seq) FROM events), 0), (SELECT head FROM event_head))"
 )
-_EVENT_POSITION: Final = "SELECT head FROM event_head"
 _EVENTS_AFTER: Final = "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
 _FOREVER: Final = 2**63 - 1
 
@@ -370,6 +372,7 @@ class LeasedSQL:
         except BaseException:
             self.journal.rollback()
             raise
+        self.journal.seqs.committed()
         return durable
 
     def _publish(
@@ -381,6 +384,7 @@ class LeasedSQL:
     ) -> int:
         conn = self._conn
         out.clear()
+        adding = self.journal.seqs.adding.append
         events: list[tuple[Any, ...]] = []
         deliveries: list[tuple[Any, ...]] = []
         mine: frozenset[str] = frozenset()
@@ -395,6 +399,7 @@ class LeasedSQL:
                 if not self._stands(idempotency_key, occurred, body, out):
                     continue
                 events.append((seq, event_id, name, body, occurred))
+                adding((event_id, seq))
                 deliveries += [(seq, receiver, key) for receiver in dict.fromkeys(receiver_ids)]
                 seq += 1
             self._insert(events, deliveries, INSERT_DELIVERY, INSERT_DELIVERIES)
@@ -415,6 +420,7 @@ class LeasedSQL:
             if not self._stands(idempotency_key, occurred, body, out):
                 continue
             events.append((seq, event_id, name, body, occurred))
+            adding((event_id, seq))
             for receiver in sorted(set(receiver_ids)):  # in a claim's order
                 if receiver in mine and len(claimed) < limit:
                     if key is not None:
@@ -479,16 +485,22 @@ class LeasedSQL:
         out: list[int],
     ) -> None:
         conn = self._conn
+        seqs = self.journal.seqs.seqs
         out.clear()
         for index, (kind, event_id, receiver_id, attempt, argument) in enumerate(outcomes):
-            held = (event_id, receiver_id, holder, attempt)
+            seq = seqs.get(event_id)
+            held: tuple[object, ...]
+            if seq is None:
+                statement, held = _SETTLE[kind], (event_id, receiver_id, holder, attempt)
+            else:  # by primary key, without the lookup by id
+                statement, held = _SETTLE_SEQ[kind], (seq, receiver_id, holder, attempt)
             if kind in (COMPLETED, RELEASED):
-                changed = conn.execute(_SETTLE[kind], held).rowcount
+                changed = conn.execute(statement, held).rowcount
             elif kind == RESCHEDULED:
-                changed = conn.execute(_SETTLE[kind], (now + argument, *held)).rowcount
+                changed = conn.execute(statement, (now + argument, *held)).rowcount
             else:
                 holds_key, letter = argument
-                row = conn.execute(_SETTLE[kind], (holds_key, *held)).fetchone()
+                row = conn.execute(statement, (holds_key, *held)).fetchone()
                 changed = row is not None
                 if row is not None:
                     conn.execute(_INSERT_LETTER, (letter[0], row[0], receiver_id, *letter[1:]))
@@ -497,9 +509,15 @@ class LeasedSQL:
 
     def _start(self, holder: str, claims: Sequence[tuple[str, str, int]], out: list[int]) -> None:
         conn = self._conn
+        seqs = self.journal.seqs.seqs
         out.clear()
         for index, (event_id, receiver_id, attempt) in enumerate(claims):
-            if not conn.execute(_START, (event_id, receiver_id, holder, attempt)).rowcount:
+            seq = seqs.get(event_id)
+            if seq is None:
+                changed = conn.execute(_START, (event_id, receiver_id, holder, attempt)).rowcount
+            else:
+                changed = conn.execute(_START_SEQ, (seq, receiver_id, holder, attempt)).rowcount
+            if not changed:
                 out.append(index)
 
     # -- consumers -------------------------------------------------------------------------
@@ -623,11 +641,13 @@ class LeasedSQL:
         claims = []
         event: Event | None = None
         last_seq = None
+        keep = self.journal.seqs.keep
         for (seq, receiver_id, attempts, expired, event_id, name, body, published), b in zip(
             rows, begun, strict=True
         ):
             if seq != last_seq:
                 last_seq = seq
+                keep(event_id, seq)
                 event = known.get(event_id) if known is not None else None
                 if event is None:
                     event, _ = decode_event(event_id, name, body, published)
@@ -652,10 +672,18 @@ class LeasedSQL:
         holder = str(consumer)
         self.journal.set_synchronous("NORMAL")
         lost = []
+        seqs = self.journal.seqs.seqs
         with self._transaction():
             for index, (event_id, receiver_id, attempt) in enumerate(claims):
-                held = (until, event_id, receiver_id, holder, attempt)
-                if not conn.execute(_RENEW, held).rowcount:
+                seq = seqs.get(event_id)
+                if seq is None:
+                    held = (until, event_id, receiver_id, holder, attempt)
+                    changed = conn.execute(_RENEW, held).rowcount
+                else:
+                    changed = conn.execute(
+                        _RENEW_SEQ, (until, seq, receiver_id, holder, attempt)
+                    ).rowcount
+                if not changed:
                     lost.append(index)
         return lost
 
@@ -711,25 +739,26 @@ class LeasedSQL:
 
     def prune(self, cutoff: int | None, limit: int | None) -> int:
         """Delete at most ``limit`` (all when ``None``) done deliveries of events older than
-        ``cutoff`` (µs), oldest first, and the events left with none; a batch of at most
-        ``PRUNE_CHUNK`` per transaction."""
+        ``cutoff`` (µs), oldest first, and the events left with no delivery and no dead
+        letter; the events of at most ``PRUNE_CHUNK`` per transaction."""
         conn = self._conn
         before = _FOREVER if cutoff is None else cutoff
-        removed = 0
+        removed, after = 0, 0
         self.journal.set_synchronous(self.synchronous)
         while limit is None or removed < limit:
-            batch = PRUNE_CHUNK if limit is None else min(PRUNE_CHUNK, limit - removed)
-            with self._transaction():
-                gone = conn.execute(_PRUNE_BATCH, (before, batch)).fetchall()
-                seqs = sorted({row[0] for row in gone})
-                conn.executemany(_DELETE_EMPTY_EVENT, [(seq,) for seq in seqs])
-            removed += len(gone)
-            if len(gone) < batch:
+            seqs = [row[0] for row in conn.execute(_OLD_EVENTS, (after, before, PRUNE_CHUNK))]
+            if not seqs:
                 break
-        while True:  # events with no deliveries: not counted, in bounded batches too
             with self._transaction():
-                bare = conn.execute(_PRUNE_BARE_EVENTS, (before, PRUNE_CHUNK)).rowcount
-            if bare < PRUNE_CHUNK:
+                conn.execute(RAISE_HEAD)  # the seqs of the events deleted are never given again
+                for seq in seqs:
+                    room = -1 if limit is None else limit - removed
+                    if room == 0:
+                        break
+                    removed += conn.execute(_PRUNE_DONE_OF, (seq, room)).rowcount
+                    conn.execute(_DELETE_PRUNED_EVENT, (seq,))
+                    after = seq
+            if len(seqs) < PRUNE_CHUNK:
                 break
         return removed
 

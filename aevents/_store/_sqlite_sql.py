@@ -22,7 +22,7 @@ import logging
 import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from itertools import chain
+from itertools import chain, islice
 from typing import Any, Final
 
 from .._event import Event, new_event_id
@@ -72,6 +72,68 @@ _COMPLETE: Final = (
     "UPDATE deliveries SET state = 1, holder = NULL WHERE state = 0"
     " AND event_seq = (SELECT seq FROM events WHERE id = ?) AND receiver_id = ?"
 )
+BY_ID: Final = "(SELECT seq FROM events WHERE id = ?)"
+"""How a statement finds an event's seq from its id; ``by_seq`` swaps it for the seq."""
+
+
+def by_seq(statement: str) -> str:
+    """``statement`` given the event's seq where it was given its id (see ``SeqCache``)."""
+    assert BY_ID in statement
+    return statement.replace(BY_ID, "?")
+
+
+_START_ATTEMPT_SEQ: Final = by_seq(_START_ATTEMPT)
+_COMPLETE_SEQ: Final = by_seq(_COMPLETE)
+SEQS_KEPT: Final = 16384
+
+
+class SeqCache:
+    """The seqs of the events this store added or claimed lately, by event id (at most
+    ``SEQS_KEPT``): a start or a settle of one finds its delivery by primary key, without
+    first looking its seq up by id (a third of such a write's cost). A seq never changes
+    once committed, so an entry is never wrong; one that is missing, evicted or never
+    known only sends the write through the lookup by id. The seqs a transaction gives
+    are kept once it commits (``committed``): a rolled-back seq is given again. Used on
+    the store thread alone."""
+
+    __slots__ = ("adding", "seqs")
+
+    def __init__(self) -> None:
+        self.seqs: dict[str, int] = {}
+        self.adding: list[tuple[str, int]] = []
+        """Given by the open transaction."""
+
+    def keep(self, event_id: str, seq: int) -> None:
+        """Keep the seq of an event that is stored (committed)."""
+        seqs = self.seqs
+        seqs[event_id] = seq
+        if len(seqs) > SEQS_KEPT:  # forget the oldest quarter (a dict keeps insertion order)
+            for old in list(islice(seqs, SEQS_KEPT // 4)):
+                del seqs[old]
+
+    def committed(self) -> None:
+        """The open transaction committed: keep the seqs it gave."""
+        adding, self.adding = self.adding, []
+        for event_id, seq in adding:
+            self.keep(event_id, seq)
+
+    def split(
+        self, rows: Sequence[tuple[Any, ...]], at: int
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """``rows`` whose item ``at`` is an event id: (those whose seq is known, with the
+        seq in its place; the rest as they are)."""
+        seqs = self.seqs
+        known: list[tuple[Any, ...]] = []
+        unknown: list[tuple[Any, ...]] = []
+        for row in rows:
+            seq = seqs.get(row[at])
+            if seq is None:
+                unknown.append(row)
+            else:
+                known.append((*row[:at], seq, *row[at + 1 :]))
+        return known, unknown
+
+
 _FIND_EVENT: Final = "SELECT seq FROM events WHERE id = ?"
 _KILL_DELIVERY: Final = (
     "INSERT INTO deliveries (event_seq, receiver_id, state, attempts) VALUES (?, ?, 2, ?)"
@@ -88,6 +150,10 @@ _DELETE_DONE: Final = "DELETE FROM deliveries WHERE event_seq = ? AND state = 1"
 _DELETE_EMPTY_EVENT: Final = (
     "DELETE FROM events WHERE seq = ?1"
     " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_seq = ?1)"
+)
+RAISE_HEAD: Final = (  # before deleting events: their seqs stay given (event_head, schema v6)
+    "UPDATE event_head SET head = (SELECT max(seq) FROM events)"
+    " WHERE head < (SELECT coalesce(max(seq), 0) FROM events)"
 )
 _PENDING_PAGE: Final = (
     "SELECT d.event_seq, d.receiver_id, d.attempts, e.id, e.name, e.body, e.published_at"
@@ -157,6 +223,7 @@ class JournalSQL:
         self._schema = schema
         self._next_seq = 1
         self._synchronous_now = ""
+        self.seqs = SeqCache()
 
     def prepare_for_writes(self) -> None:
         """Apply ``synchronous`` and find the next event ``seq``: once the tables exist."""
@@ -167,6 +234,7 @@ class JournalSQL:
 
     def rollback(self) -> None:
         """Roll back the transaction left open by a failed statement, if any; never raises."""
+        self.seqs.adding.clear()
         rollback_transaction(self._conn, self.path)
 
     def checkpoint(self) -> bool:
@@ -197,6 +265,7 @@ class JournalSQL:
         except BaseException:
             self.rollback()
             raise
+        self.seqs.committed()
         self._next_seq = seq
         return durable
 
@@ -206,6 +275,7 @@ class JournalSQL:
         events: list[tuple[Any, ...]] = []
         deliveries: list[tuple[int, str, str | None]] = []
         keys: list[tuple[str, int, bytes]] = []
+        adding = self.seqs.adding.append
         starts: list[tuple[int, str, str]] = []
         completes: list[tuple[str, str]] = []
         letters: list[tuple[Any, ...]] = []
@@ -217,6 +287,7 @@ class JournalSQL:
                 events.append((seq, event_id, name, body, occurred))
                 if key is not None:
                     keys.append((key, occurred, body))
+                adding((event_id, seq))
                 if len(receiver_ids) == 1:
                     deliveries.append((seq, receiver_ids[0], lane))
                 else:
@@ -238,9 +309,17 @@ class JournalSQL:
         if keys:
             conn.executemany(_INSERT_KEY, keys)
         if starts:
-            conn.executemany(_START_ATTEMPT, starts)
+            known, unknown = self.seqs.split(starts, 1)
+            if known:
+                conn.executemany(_START_ATTEMPT_SEQ, known)
+            if unknown:
+                conn.executemany(_START_ATTEMPT, unknown)
         if completes:
-            conn.executemany(_COMPLETE, completes)
+            known, unknown = self.seqs.split(completes, 0)
+            if known:
+                conn.executemany(_COMPLETE_SEQ, known)
+            if unknown:
+                conn.executemany(_COMPLETE, unknown)
         for letter in letters:
             seq = self._insert_letter(letter, seq)
         return seq
@@ -345,6 +424,7 @@ class JournalSQL:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 removed = conn.executemany(_DELETE_DONE, old).rowcount
+                conn.execute(RAISE_HEAD)
                 conn.executemany(_DELETE_EMPTY_EVENT, old)
                 conn.execute("COMMIT")
             except BaseException:
