@@ -322,7 +322,7 @@ def startup(system: System, n: int) -> Result:
 # --- durable ---------------------------------------------------------------------------------
 
 
-def _durable(system: System, n: int, synchronous: str) -> Result:
+def _durable(system: System, n: int, synchronous: str, *, shared: bool = False) -> Result:
     open_durable = getattr(system, "open_durable", None)
     if open_durable is None:
         raise BenchmarkError(f"{system.name} has no durable mode")
@@ -334,7 +334,8 @@ def _durable(system: System, n: int, synchronous: str) -> Result:
     async def main() -> float:
         import anyio
 
-        async with open_durable(subscriptions, path, synchronous) as bus:
+        options = {"shared": True} if shared else {}
+        async with open_durable(subscriptions, path, synchronous, **options) as bus:
             publish = bus.publish
 
             async def publisher(first: int) -> None:
@@ -364,6 +365,10 @@ def durable_full(system: System, n: int) -> Result:
 
 def durable_normal(system: System, n: int) -> Result:
     return _durable(system, n, "NORMAL")
+
+
+def durable_shared(system: System, n: int) -> Result:
+    return _durable(system, n, "FULL", shared=True)
 
 
 # --- the catalogue -----------------------------------------------------------------------------
@@ -461,7 +466,7 @@ WORKLOADS: dict[str, Workload] = {
             "durable",
             "6a. Durable publish (SQLite, synchronous=FULL)",
             f"{DURABLE_PUBLISHERS} concurrent publishers, each awaiting a durable publish; "
-            "then delivered to one receiver",
+            "then delivered to one receiver; aevents has the file alone (exclusive=True)",
             full=20_000,
             quick=2_000,
             metrics=(EVENTS_PER_S,),
@@ -475,6 +480,16 @@ WORKLOADS: dict[str, Workload] = {
             quick=2_000,
             metrics=(EVENTS_PER_S,),
             driver=durable_normal,
+        ),
+        Workload(
+            "durable-shared",
+            "6c. Durable publish, shared store (SQLite, synchronous=FULL)",
+            "as 6a on the store as processes share it (SQLiteStore's default): each delivery "
+            "is leased, its attempt recorded as started, then settled",
+            full=20_000,
+            quick=2_000,
+            metrics=(EVENTS_PER_S,),
+            driver=durable_shared,
         ),
         Workload(
             "memory",

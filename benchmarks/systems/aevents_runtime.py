@@ -133,9 +133,16 @@ class AeventsSystem(System):
 
     @asynccontextmanager
     async def open_durable(
-        self, subscriptions: Sequence[Subscription], path: str, synchronous: str
+        self,
+        subscriptions: Sequence[Subscription],
+        path: str,
+        synchronous: str,
+        *,
+        shared: bool = False,
     ) -> AsyncIterator[Bus]:
-        """The runtime with aevents' SQLite journal (raises Unavailable if not in this build)."""
+        """The runtime on aevents' SQLiteStore (raises Unavailable if not in this build):
+        the one process that has the file (``exclusive=True``), or, with ``shared``, the
+        store as processes share it (the default store: leases, claims, started attempts)."""
         import aevents
         from benchmarks.systems.base import Unavailable
 
@@ -144,7 +151,7 @@ class AeventsSystem(System):
         registry = aevents.Registry()
         for index, subscription in enumerate(subscriptions):
             registry.subscribe(subscription.pattern, make_receiver(subscription), id=f"r{index}")
-        store = aevents.SQLiteStore(path, synchronous=synchronous)
+        store = aevents.SQLiteStore(path, synchronous=synchronous, exclusive=not shared)
         async with aevents.EventRuntime(
             registry, workers=WORKERS, buffer=BUFFER, store=store
         ) as runtime:
@@ -164,6 +171,7 @@ def _system(name: str, backend: str, options: dict[str, Any], imports: str, note
             else {
                 "durable": "durable runs measured on aevents-asyncio only",
                 "durable-normal": "durable runs measured on aevents-asyncio only",
+                "durable-shared": "durable runs measured on aevents-asyncio only",
             }
         ),
         startup_code=STARTUP_CODE.replace("{backend_import}", imports),

@@ -159,6 +159,7 @@ _ONLY_DURABLE = {
         "startup",
     )
 }
+_ONLY_DURABLE["durable-shared"] = "one process: compare with 6a"
 
 SYSTEMS: list[System] = [
     SQLiteFloor(

@@ -273,6 +273,7 @@ class AnyioFloor(System):
 _NOT_DURABLE = {
     "durable": "no journal (see the sqlite-* floors)",
     "durable-normal": "no journal (see the sqlite-* floors)",
+    "durable-shared": "no journal (see the sqlite-* floors)",
 }
 
 SYSTEMS: list[System] = [

@@ -39,6 +39,7 @@ T = TypeVar("T")
 _NOT_DURABLE = {
     "durable": "no journal",
     "durable-normal": "no journal",
+    "durable-shared": "no journal",
 }
 
 
