@@ -20,6 +20,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+import aevents
 from aevents import (
     ConfigurationError,
     Event,
@@ -93,13 +94,16 @@ async def test_an_exclusive_store_does_not_open_a_file_another_store_has(path: s
         await first.close()
 
 
-async def test_a_runtime_journals_through_an_exclusive_store(path: str) -> None:
+async def test_a_runtime_journals_through_an_exclusive_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No consumer is registered and nothing is leased: the deliveries run from memory,
-    each publish and outcome is recorded in the file."""
+    each publish and outcome is recorded in the file (the durable guide's example)."""
+    monkeypatch.chdir(tmp_path)
     registry = Registry()
     recorder = Recorder()
     registry.subscribe("order:placed", recorder, id="recorder")
-    store = SQLiteStore(path, exclusive=True)
+    store = aevents.SQLiteStore("events.db", exclusive=True)
     async with EventRuntime(registry, store=store) as runtime:
         events = [await runtime.publish("order:placed", payload={"n": n}) for n in range(50)]
         with anyio.fail_after(10):
