@@ -234,3 +234,28 @@ async def _stats(path: str) -> StoreStats:
 
 async def _blocked(event: Event) -> None:
     await anyio.sleep_forever()
+
+
+async def test_an_exclusive_store_never_gives_a_seq_twice(path: str) -> None:
+    """An exclusive store keeps the next event seq itself instead of reading it at each
+    write: it still moves past events that were pruned, and past what an earlier run,
+    shared or exclusive, gave."""
+    shared_store = SQLiteStore(path)
+    await shared_store.open()
+    await shared_store.publish([(make_event("a:b", {"n": n}, {}), []) for n in range(3)])
+    assert await shared_store.event_position() == 3
+    await shared_store.close()
+    store = SQLiteStore(path, exclusive=True)
+    await store.open()
+    try:
+        await store.append(make_event("a:b", {"n": 3}, {}), ["r"])
+        await store.append(make_event("a:b", {"n": 4}, {}), ["r"])
+        assert await store.event_position() == 5
+        await store.complete([])  # nothing: a write that adds no event
+        assert await store.prune() == 0  # the pending deliveries stay
+        await store.publish([(make_event("a:b", {"n": 5}, {}), [])])
+        assert await store.event_position() == 6
+        page = await store.events_after(2, 10)
+        assert [event.payload["n"] for event in page.events] == [3, 4, 5]
+    finally:
+        await store.close()

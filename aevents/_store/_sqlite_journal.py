@@ -81,7 +81,9 @@ class OpenJournal:
         self.lock = lock
         self.schema = JournalSchema(conn, options.path)
         self.sql = JournalSQL(conn, self.schema, path=options.path, synchronous=options.synchronous)
-        self.queue = LeasedSQL(conn, self.sql, synchronous=options.synchronous)
+        self.queue = LeasedSQL(
+            conn, self.sql, synchronous=options.synchronous, alone=lock.exclusive
+        )
         self.idle_at = math.inf  # when the next retention pass is due
         self._retention_after: int | None = 0  # where it resumes
 

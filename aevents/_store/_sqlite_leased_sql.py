@@ -57,6 +57,7 @@ from ._sqlite_sql import (
     INSERT_DELIVERY,
     INSERT_EVENT,
     INSERT_EVENTS,
+    NEXT_SEQ,
     PRUNE_CHUNK,
     RAISE_HEAD,
     JournalSQL,
@@ -83,9 +84,6 @@ __all__ = [
 PUBLISH, SETTLE, STARTED = 10, 11, 12  # the kinds of write request (besides the journal's)
 COMPLETED, RESCHEDULED, RELEASED, DEAD_LETTERED = range(4)  # the kinds of outcome
 
-_NEXT_SEQ: Final = (  # never a seq given before, even to an event pruned since
-    "SELECT max(coalesce((SELECT max(seq) FROM events), 0), (SELECT head FROM event_head)) + 1"
-)
 # The first event of a key records it; the UNIQUE index on key settles races between
 # processes: the loser's INSERT changes nothing, and it reads the winner's copy.
 _CLAIM_KEY: Final = (
@@ -335,9 +333,19 @@ class LeasedSQL:
             again or an attempt uncounted, never an event).
     """
 
-    def __init__(self, conn: sqlite3.Connection, journal: JournalSQL, *, synchronous: str) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        journal: JournalSQL,
+        *,
+        synchronous: str,
+        alone: bool = False,
+    ) -> None:
         self.journal = journal
         self.synchronous = synchronous
+        self.alone = alone
+        """No other process writes the file (an exclusive store): the next event seq is
+        kept here instead of read at each write."""
         self._conn = conn
         self._last_routes = b""
         self._last_receivers: frozenset[str] = frozenset()
@@ -349,18 +357,37 @@ class LeasedSQL:
         ``SETTLE``, the journal's requests (``APPEND``, ``START``, ``COMPLETE``, ``DEAD``).
         Returns whether it committed with the configured ``synchronous`` (it held events
         or dead letters)."""
-        durable = any(_durable(request) for request in requests)
+        # One pass: the journal's requests (which ``stage`` writes), the others in order,
+        # whether the commit is durable, whether events are added (each takes a seq).
+        journal: list[tuple[Any, ...]] = []
+        others: list[tuple[Any, ...]] = []
+        durable = adds = False
+        for request in requests:
+            kind = request[0]
+            if kind < PUBLISH:
+                journal.append(request)
+                if kind in (APPEND, DEAD):
+                    durable = adds = True
+            else:
+                others.append(request)
+                if kind == PUBLISH:
+                    durable = adds = True
+                elif kind == SETTLE and not durable:
+                    durable = _durable(request)
         conn = self._conn
-        self.journal.set_synchronous(self.synchronous if durable else "NORMAL")
+        journal_sql = self.journal
+        journal_sql.set_synchronous(self.synchronous if durable else "NORMAL")
         conn.execute("BEGIN IMMEDIATE")
         try:
-            # a seq for each event added: only publishes and the journal's requests add one
-            adds = any(request[0] <= PUBLISH for request in requests)
-            seq = conn.execute(_NEXT_SEQ).fetchone()[0] if adds else 0
-            journal = [request for request in requests if request[0] < PUBLISH]
+            if not adds:
+                seq = 0
+            elif self.alone:  # no other process writes: the next seq is the one after ours
+                seq = journal_sql.next_seq
+            else:
+                seq = conn.execute(NEXT_SEQ).fetchone()[0]
             if journal:
-                seq = self.journal.stage(journal, seq)
-            for request in requests:
+                seq = journal_sql.stage(journal, seq)
+            for request in others:
                 if request[0] == PUBLISH:
                     claim = request[3] if len(request) > 3 else None
                     seq = self._publish(request[1], request[2], seq, claim)
@@ -370,9 +397,11 @@ class LeasedSQL:
                     self._start(*request[1:])
             conn.execute("COMMIT")
         except BaseException:
-            self.journal.rollback()
+            journal_sql.rollback()
             raise
-        self.journal.seqs.committed()
+        journal_sql.seqs.committed()
+        if adds:
+            journal_sql.next_seq = seq
         return durable
 
     def _publish(

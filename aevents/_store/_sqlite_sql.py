@@ -151,6 +151,9 @@ _DELETE_EMPTY_EVENT: Final = (
     "DELETE FROM events WHERE seq = ?1"
     " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_seq = ?1)"
 )
+NEXT_SEQ: Final = (  # never a seq given before, even to an event pruned since
+    "SELECT max(coalesce((SELECT max(seq) FROM events), 0), (SELECT head FROM event_head)) + 1"
+)
 RAISE_HEAD: Final = (  # before deleting events: their seqs stay given (event_head, schema v6)
     "UPDATE event_head SET head = (SELECT max(seq) FROM events)"
     " WHERE head < (SELECT coalesce(max(seq), 0) FROM events)"
@@ -221,16 +224,16 @@ class JournalSQL:
         self.synchronous = synchronous
         self._conn = conn
         self._schema = schema
-        self._next_seq = 1
+        self.next_seq = 1
+        """The seq the next event added gets, as last read or written by this connection:
+        exact while no other process writes the file."""
         self._synchronous_now = ""
         self.seqs = SeqCache()
 
     def prepare_for_writes(self) -> None:
         """Apply ``synchronous`` and find the next event ``seq``: once the tables exist."""
         self._set_synchronous(self.synchronous)
-        self._next_seq = self._conn.execute(
-            "SELECT coalesce(max(seq), 0) + 1 FROM events"
-        ).fetchone()[0]
+        self.next_seq = self._conn.execute(NEXT_SEQ).fetchone()[0]
 
     def rollback(self) -> None:
         """Roll back the transaction left open by a failed statement, if any; never raises."""
@@ -260,13 +263,13 @@ class JournalSQL:
         self._set_synchronous(self.synchronous if durable else "NORMAL")
         try:
             conn.execute("BEGIN IMMEDIATE")
-            seq = self.stage(requests, self._next_seq)
+            seq = self.stage(requests, self.next_seq)
             conn.execute("COMMIT")
         except BaseException:
             self.rollback()
             raise
         self.seqs.committed()
-        self._next_seq = seq
+        self.next_seq = seq
         return durable
 
     def stage(self, requests: Sequence[tuple[Any, ...]], seq: int) -> int:
