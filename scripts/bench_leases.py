@@ -51,9 +51,8 @@ from aevents._store import Completed, ConsumerId, Route
 from aevents._store._sqlite import SQLiteStore
 from aevents._store._sqlite_leased_sql import (
     _LEASE,
-    _NEXT_SEQ,
-    _SETTLE,
-    _START,
+    _SETTLE_SEQ,
+    _START_SEQ,
     CLAIM,
     CLAIM_EXPIRED,
     COMPLETED,
@@ -64,6 +63,7 @@ from aevents._store._sqlite_sql import (
     INSERT_DELIVERY,
     INSERT_EVENT,
     INSERT_EVENTS,
+    NEXT_SEQ,
     insert_rows,
 )
 
@@ -124,7 +124,7 @@ def _bare_worker(
                 if synchronous != "NORMAL":  # as the store does: a PRAGMA only on a change
                     conn.execute(SYNCHRONOUS[synchronous])
                 conn.execute("BEGIN IMMEDIATE")
-                seq = conn.execute(_NEXT_SEQ).fetchone()[0]
+                seq = conn.execute(NEXT_SEQ).fetchone()[0]
                 rows, deliveries = [], []
                 for event in made:
                     occurred = (event.occurred_at - _EPOCH) // _US
@@ -147,12 +147,12 @@ def _bare_worker(
             conn.executemany(_LEASE, [(holder, until, row[0], row[1]) for row in claimed])
             conn.execute("COMMIT")
             conn.execute("BEGIN IMMEDIATE")
-            for row in claimed:
-                conn.execute(_START, (row[4], row[1], holder, row[2] + 1))
+            for row in claimed:  # by seq, as the store does for the events it claimed
+                conn.execute(_START_SEQ, (row[0], row[1], holder, row[2] + 1))
             conn.execute("COMMIT")
             conn.execute("BEGIN IMMEDIATE")
             for row in claimed:
-                conn.execute(_SETTLE[COMPLETED], (row[4], row[1], holder, row[2] + 1))
+                conn.execute(_SETTLE_SEQ[COMPLETED], (row[0], row[1], holder, row[2] + 1))
             conn.execute("COMMIT")
             done += len(claimed)
         finished = time.perf_counter()

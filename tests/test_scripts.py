@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,3 +57,21 @@ def test_every_script_installs_extras_that_exist() -> None:
         assert set(_extras_installed_by(script)) <= set(extras), script
     assert "docs" in _extras_installed_by("test")
     assert "mkdocs build --strict" in (ROOT / "scripts" / "test").read_text()
+
+
+BENCH_SCRIPTS = sorted(path.name for path in (ROOT / "scripts").glob("bench_*.py"))
+
+
+@pytest.mark.parametrize("script", BENCH_SCRIPTS)
+def test_each_benchmark_script_starts(script: str) -> None:
+    """Each ``scripts/bench_*.py`` imports what it uses (several reach into aevents'
+    internals, which change) and answers ``--help``."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
