@@ -301,6 +301,30 @@ class LeasedStoreConformance:
         assert await leased_store.settle(consumer, [Completed(claim)]) == []
         assert await leased_store.settle(consumer, [Completed(claim)]) == [claim]
 
+    @pytest.mark.anyio
+    async def test_a_lost_claim_among_held_ones_is_returned_and_the_rest_applied(
+        self, leased_store: LeasedStore
+    ) -> None:
+        """One call that starts or settles several claims treats each on its own: the
+        one not held is returned, unchanged, and the held ones before and after it are
+        started or settled (a store that writes a batch at once must not fail them all)."""
+        events = [_event() for _ in range(3)]
+        await _publish(leased_store, events, "r")
+        consumer = await _consumer(leased_store, "r")
+        first, second, third = await _claim(leased_store, consumer)
+        lost = Claim(second.event, "r", 2, False)  # not the attempt held
+        assert await leased_store.start(consumer, [first, lost, third]) == [lost]
+        assert await leased_store.start(consumer, [second]) == []
+        outcomes = [Completed(first), Completed(lost), Rescheduled(third, 0.0)]
+        assert await leased_store.settle(consumer, outcomes) == [lost]
+        leases = await leased_store.leases()
+        assert [(lease.event_id, lease.attempt) for lease in leases] == [(second.event.id, 1)]
+        assert await leased_store.settle(consumer, [Released(second)]) == []
+        again = await _claim(leased_store, consumer)
+        assert sorted((c.event.id, c.attempt) for c in again) == sorted(
+            [(second.event.id, 1), (third.event.id, 2)]
+        )
+
     # --------------------------------------------------------------------- leases and time
 
     @pytest.mark.anyio

@@ -50,12 +50,12 @@ from aevents._event import make_event
 from aevents._store import Completed, ConsumerId, Route
 from aevents._store._sqlite import SQLiteStore
 from aevents._store._sqlite_leased_sql import (
-    _LEASE,
-    _SETTLE_SEQ,
-    _START_SEQ,
     CLAIM,
     CLAIM_EXPIRED,
     COMPLETED,
+    SETTLES,
+    STARTS,
+    TAKE_LEASES,
 )
 from aevents._store._sqlite_schema import SYNCHRONOUS
 from aevents._store._sqlite_sql import (
@@ -65,6 +65,7 @@ from aevents._store._sqlite_sql import (
     INSERT_EVENTS,
     NEXT_SEQ,
     insert_rows,
+    update_rows,
 )
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -144,15 +145,17 @@ def _bare_worker(
             if expired:  # as the store merges them (none expire here: the lease is long)
                 claimed = sorted(claimed + expired, key=lambda row: row[0])[:batch]
             until = now + int(_LEASE_SECONDS * 1e6)
-            conn.executemany(_LEASE, [(holder, until, row[0], row[1]) for row in claimed])
+            leases = [(row[0], row[1]) for row in claimed]
+            update_rows(conn, TAKE_LEASES, leases, before=(holder, until))
+            conn.execute("COMMIT")
+            # Starts and settles by seq, a chunk per statement, as the store writes them
+            # for the events it claimed (it checks that each changed its row).
+            held = [(row[0], row[1], row[2] + 1) for row in claimed]
+            conn.execute("BEGIN IMMEDIATE")
+            assert update_rows(conn, STARTS, held, (holder,)) == len(held)
             conn.execute("COMMIT")
             conn.execute("BEGIN IMMEDIATE")
-            for row in claimed:  # by seq, as the store does for the events it claimed
-                conn.execute(_START_SEQ, (row[0], row[1], holder, row[2] + 1))
-            conn.execute("COMMIT")
-            conn.execute("BEGIN IMMEDIATE")
-            for row in claimed:
-                conn.execute(_SETTLE_SEQ[COMPLETED], (row[0], row[1], holder, row[2] + 1))
+            assert update_rows(conn, SETTLES[COMPLETED], held, (holder,)) == len(held)
             conn.execute("COMMIT")
             done += len(claimed)
         finished = time.perf_counter()

@@ -64,6 +64,8 @@ from ._sqlite_sql import (
     by_seq,
     decode_event,
     insert_rows,
+    many,
+    update_rows,
 )
 
 __all__ = [
@@ -179,14 +181,6 @@ CLAIM_EXPIRED_PLAN: Final = (
     "SEARCH e USING INTEGER PRIMARY KEY (rowid=?)",
     "USE TEMP B-TREE FOR ORDER BY",
 )
-_LEASE: Final = (
-    "UPDATE deliveries SET holder = ?, lease_until = ?, started = 0"
-    " WHERE event_seq = ? AND receiver_id = ?"
-)
-_LEASE_STARTED: Final = (  # a claim that starts its attempt (``claim(start=)``)
-    "UPDATE deliveries SET holder = ?, lease_until = ?, attempts = attempts + 1, started = 1"
-    " WHERE event_seq = ? AND receiver_id = ?"
-)
 # Each of these changes a delivery only while the claim is held: same holder, same attempt
 # (the claim's attempt is the started ones, plus one if it is not started yet).
 _RENEW: Final = (
@@ -226,6 +220,51 @@ _SETTLE: Final = {
     ),
 }
 _SETTLE_SEQ: Final = {kind: by_seq(statement) for kind, statement in _SETTLE.items()}
+# The same, a chunk of claims per statement: (seq, receiver id, attempt[, due]) rows,
+# then the holder (see ``update_rows``). A claim matches as in the forms above.
+# The same, a chunk of claims per statement: (seq, receiver id, attempt[, due]) rows,
+# then the holder (see ``update_rows``); a claim matches as in the forms above.
+STARTS: Final = many(
+    "UPDATE deliveries SET attempts = attempts + 1 - started, started = 1"
+    " FROM {values} AS v WHERE deliveries.event_seq = v.column1"
+    " AND deliveries.receiver_id = v.column2 AND deliveries.state = 0 AND deliveries.holder = ?"
+    " AND deliveries.attempts + 1 - deliveries.started = v.column3",
+    3,
+)
+SETTLES: Final = {
+    COMPLETED: many(
+        "UPDATE deliveries SET state = 1, holder = NULL, started = 0"
+        " FROM {values} AS v WHERE deliveries.event_seq = v.column1"
+        " AND deliveries.receiver_id = v.column2 AND deliveries.state = 0"
+        " AND deliveries.holder = ? AND deliveries.attempts + 1 - deliveries.started = v.column3",
+        3,
+    ),
+    RELEASED: many(
+        "UPDATE deliveries SET holder = NULL, attempts = attempts - started, started = 0"
+        " FROM {values} AS v WHERE deliveries.event_seq = v.column1"
+        " AND deliveries.receiver_id = v.column2 AND deliveries.state = 0"
+        " AND deliveries.holder = ? AND deliveries.attempts + 1 - deliveries.started = v.column3",
+        3,
+    ),
+    RESCHEDULED: many(
+        "UPDATE deliveries SET holder = NULL, due = v.column4, started = 0"
+        " FROM {values} AS v WHERE deliveries.event_seq = v.column1"
+        " AND deliveries.receiver_id = v.column2 AND deliveries.state = 0"
+        " AND deliveries.holder = ? AND deliveries.attempts + 1 - deliveries.started = v.column3",
+        4,
+    ),
+}
+TAKE_LEASES: Final = many(
+    "UPDATE deliveries SET holder = ?, lease_until = ?, started = 0 FROM {values} AS v"
+    " WHERE deliveries.event_seq = v.column1 AND deliveries.receiver_id = v.column2",
+    2,
+)
+_TAKE_LEASES_STARTED: Final = many(
+    "UPDATE deliveries SET holder = ?, lease_until = ?, attempts = attempts + 1, started = 1"
+    " FROM {values} AS v"
+    " WHERE deliveries.event_seq = v.column1 AND deliveries.receiver_id = v.column2",
+    2,
+)
 _INSERT_LETTER: Final = (  # one letter per delivery: REPLACE drops an older one on either key
     "INSERT OR REPLACE INTO dead_letters"
     " (id, event_seq, receiver_id, attempts, error_type, error_message, failed_at)"
@@ -513,34 +552,92 @@ class LeasedSQL:
         outcomes: Sequence[tuple[int, str, str, int, Any]],
         out: list[int],
     ) -> None:
-        conn = self._conn
+        """Apply ``outcomes``; ``out`` gets the indexes of those whose claim is not held.
+
+        Outcomes of events whose seq is known go a chunk per statement, by kind; when a
+        chunk changes fewer rows than it holds (a lease was lost), its kind is undone
+        and applied one by one, to tell which. Dead letters, and the rest, one by one."""
         seqs = self.journal.seqs.seqs
         out.clear()
+        batches: dict[int, tuple[list[int], list[tuple[Any, ...]]]] = {}
+        one_by_one: list[int] = []
         for index, (kind, event_id, receiver_id, attempt, argument) in enumerate(outcomes):
             seq = seqs.get(event_id)
-            held: tuple[object, ...]
-            if seq is None:
-                statement, held = _SETTLE[kind], (event_id, receiver_id, holder, attempt)
-            else:  # by primary key, without the lookup by id
-                statement, held = _SETTLE_SEQ[kind], (seq, receiver_id, holder, attempt)
-            if kind in (COMPLETED, RELEASED):
-                changed = conn.execute(statement, held).rowcount
-            elif kind == RESCHEDULED:
-                changed = conn.execute(statement, (now + argument, *held)).rowcount
+            if seq is None or kind == DEAD_LETTERED:
+                one_by_one.append(index)
+                continue
+            indexes, rows = batches.setdefault(kind, ([], []))
+            indexes.append(index)
+            if kind == RESCHEDULED:
+                rows.append((seq, receiver_id, attempt, now + argument))
             else:
-                holds_key, letter = argument
-                row = conn.execute(statement, (holds_key, *held)).fetchone()
-                changed = row is not None
-                if row is not None:
-                    conn.execute(_INSERT_LETTER, (letter[0], row[0], receiver_id, *letter[1:]))
-            if not changed:
+                rows.append((seq, receiver_id, attempt))
+        for kind, (indexes, rows) in batches.items():
+            if not self._all_held(SETTLES[kind], rows, holder):
+                one_by_one += indexes
+        for index in sorted(one_by_one):
+            if not self._settle_one(holder, now, outcomes[index]):
                 out.append(index)
 
+    def _settle_one(self, holder: str, now: int, outcome: tuple[int, str, str, int, Any]) -> bool:
+        """Apply one outcome; whether its claim was held."""
+        conn = self._conn
+        kind, event_id, receiver_id, attempt, argument = outcome
+        seq = self.journal.seqs.seqs.get(event_id)
+        held: tuple[object, ...]
+        if seq is None:
+            statement, held = _SETTLE[kind], (event_id, receiver_id, holder, attempt)
+        else:  # by primary key, without the lookup by id
+            statement, held = _SETTLE_SEQ[kind], (seq, receiver_id, holder, attempt)
+        if kind in (COMPLETED, RELEASED):
+            return bool(conn.execute(statement, held).rowcount)
+        if kind == RESCHEDULED:
+            return bool(conn.execute(statement, (now + argument, *held)).rowcount)
+        holds_key, letter = argument
+        row = conn.execute(statement, (holds_key, *held)).fetchone()
+        if row is None:
+            return False
+        conn.execute(_INSERT_LETTER, (letter[0], row[0], receiver_id, *letter[1:]))
+        return True
+
+    def _all_held(
+        self, statements: dict[int, str], rows: list[tuple[Any, ...]], holder: str
+    ) -> bool:
+        """Run ``statements`` (a ``many``) over claims' ``rows`` in a savepoint: keep it and
+        return True if it changed every row (each claim held), else undo it."""
+        conn = self._conn
+        conn.execute("SAVEPOINT claims")
+        try:
+            held = update_rows(conn, statements, rows, (holder,)) == len(rows)
+        except BaseException:
+            conn.execute("ROLLBACK TO claims")
+            conn.execute("RELEASE claims")
+            raise
+        if not held:
+            conn.execute("ROLLBACK TO claims")
+        conn.execute("RELEASE claims")
+        return held
+
     def _start(self, holder: str, claims: Sequence[tuple[str, str, int]], out: list[int]) -> None:
+        """Count claims' attempts as started; ``out`` gets the indexes of those not held
+        (as ``_settle`` goes: a chunk per statement, one by one to tell a lost one)."""
         conn = self._conn
         seqs = self.journal.seqs.seqs
         out.clear()
+        indexes: list[int] = []
+        rows: list[tuple[Any, ...]] = []
+        one_by_one: list[int] = []
         for index, (event_id, receiver_id, attempt) in enumerate(claims):
+            seq = seqs.get(event_id)
+            if seq is None:
+                one_by_one.append(index)
+            else:
+                indexes.append(index)
+                rows.append((seq, receiver_id, attempt))
+        if rows and not self._all_held(STARTS, rows, holder):
+            one_by_one += indexes
+        for index in sorted(one_by_one):
+            event_id, receiver_id, attempt = claims[index]
             seq = seqs.get(event_id)
             if seq is None:
                 changed = conn.execute(_START, (event_id, receiver_id, holder, attempt)).rowcount
@@ -661,12 +758,13 @@ class LeasedSQL:
                         start -= 1
                         if not start:
                             break
-            leases = [(holder, until, r[0], r[1]) for r in rows]
+            leases = [(r[0], r[1]) for r in rows]
             if True in begun:
                 pairs = list(zip(leases, begun, strict=True))
-                conn.executemany(_LEASE_STARTED, [lease for lease, b in pairs if b])
+                started_leases = [lease for lease, b in pairs if b]
+                update_rows(conn, _TAKE_LEASES_STARTED, started_leases, before=(holder, until))
                 leases = [lease for lease, b in pairs if not b]
-            conn.executemany(_LEASE, leases)
+            update_rows(conn, TAKE_LEASES, leases, before=(holder, until))
         claims = []
         event: Event | None = None
         last_seq = None

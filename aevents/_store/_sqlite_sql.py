@@ -82,8 +82,58 @@ def by_seq(statement: str) -> str:
     return statement.replace(BY_ID, "?")
 
 
-_START_ATTEMPT_SEQ: Final = by_seq(_START_ATTEMPT)
-_COMPLETE_SEQ: Final = by_seq(_COMPLETE)
+UPDATE_CHUNKS: Final = (64, 16, 4, 1)
+
+
+def many(template: str, columns: int) -> dict[int, str]:
+    """``template`` (an ``UPDATE … FROM {values} AS v …``) for each size of
+    ``UPDATE_CHUNKS``: a VALUES list of that many rows of ``columns`` parameters,
+    named ``v.column1`` and on by SQLite."""
+    row = "(" + ", ".join(["?"] * columns) + ")"
+    return {
+        size: template.format(values="(VALUES " + ", ".join([row] * size) + ")")
+        for size in UPDATE_CHUNKS
+    }
+
+
+def update_rows(
+    conn: sqlite3.Connection,
+    statements: dict[int, str],
+    rows: Sequence[tuple[Any, ...]],
+    fixed: tuple[Any, ...] = (),
+    *,
+    before: tuple[Any, ...] = (),
+) -> int:
+    """Run an ``UPDATE … FROM (VALUES …)`` of ``many`` over ``rows``, a chunk per
+    statement (``before`` and ``fixed``: the parameters before and after the VALUES);
+    the rows it changed.
+
+    One statement step updates a whole chunk, where ``executemany`` steps once per
+    row, and each step gives up the GIL and waits to take it back from the event
+    loop's thread: a batch's settles would wait that many turns."""
+    changed = start = 0
+    for size in UPDATE_CHUNKS:
+        end = start + (len(rows) - start) // size * size
+        statement = statements[size]
+        for at in range(start, end, size):
+            flat = [*before, *chain.from_iterable(rows[at : at + size]), *fixed]
+            changed += conn.execute(statement, flat).rowcount
+        start = end
+    return changed
+
+
+_START_ATTEMPTS: Final = many(
+    "UPDATE deliveries SET attempts = max(attempts, v.column1) FROM {values} AS v"
+    " WHERE deliveries.state = 0 AND deliveries.event_seq = v.column2"
+    " AND deliveries.receiver_id = v.column3",
+    3,
+)
+_COMPLETES: Final = many(
+    "UPDATE deliveries SET state = 1, holder = NULL FROM {values} AS v"
+    " WHERE deliveries.state = 0 AND deliveries.event_seq = v.column1"
+    " AND deliveries.receiver_id = v.column2",
+    2,
+)
 SEQS_KEPT: Final = 16384
 
 
@@ -313,14 +363,12 @@ class JournalSQL:
             conn.executemany(_INSERT_KEY, keys)
         if starts:
             known, unknown = self.seqs.split(starts, 1)
-            if known:
-                conn.executemany(_START_ATTEMPT_SEQ, known)
+            update_rows(conn, _START_ATTEMPTS, known)
             if unknown:
                 conn.executemany(_START_ATTEMPT, unknown)
         if completes:
             known, unknown = self.seqs.split(completes, 0)
-            if known:
-                conn.executemany(_COMPLETE_SEQ, known)
+            update_rows(conn, _COMPLETES, known)
             if unknown:
                 conn.executemany(_COMPLETE, unknown)
         for letter in letters:
