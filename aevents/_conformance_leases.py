@@ -45,6 +45,7 @@ from ._store._protocol import (
     DeadLettered,
     Lease,
     LeasedStore,
+    Outcome,
     Released,
     Rescheduled,
     Route,
@@ -315,7 +316,7 @@ class LeasedStoreConformance:
         lost = Claim(second.event, "r", 2, False)  # not the attempt held
         assert await leased_store.start(consumer, [first, lost, third]) == [lost]
         assert await leased_store.start(consumer, [second]) == []
-        outcomes = [Completed(first), Completed(lost), Rescheduled(third, 0.0)]
+        outcomes: list[Outcome] = [Completed(first), Completed(lost), Rescheduled(third, 0.0)]
         assert await leased_store.settle(consumer, outcomes) == [lost]
         leases = await leased_store.leases()
         assert [(lease.event_id, lease.attempt) for lease in leases] == [(second.event.id, 1)]
