@@ -30,6 +30,7 @@ pytest.register_assert_rewrite("aevents._conformance_leases")
 
 from aevents._conformance_leases import (  # noqa: E402
     ClaimAndStartConformance,
+    PublishAndClaimConformance,
     TwoProcessLeasedConformance,
 )
 from aevents._event import make_event  # noqa: E402
@@ -70,7 +71,9 @@ async def delete_prefix(url: str, prefix: str) -> None:
         await store.close()
 
 
-class TestLeasedRedisStore(TwoProcessLeasedConformance, ClaimAndStartConformance):
+class TestLeasedRedisStore(
+    TwoProcessLeasedConformance, PublishAndClaimConformance, ClaimAndStartConformance
+):
     @pytest.fixture(autouse=True)
     def _clean(self, redis_url: str, tmp_path: Path) -> Iterator[None]:
         yield
@@ -620,6 +623,78 @@ async def test_settle_and_start_settles_then_starts_in_one_script(
     again = await store.claim(other, 10, lease=30)
     assert [(c.event.payload["n"], c.attempt) for c in again] == [(1, 2), (2, 2), (3, 1)]
     assert (await store.stats()).done == 1
+
+
+@pytest.mark.anyio
+async def test_publish_and_claim_takes_older_waiting_deliveries_first(
+    store: RedisStore, redis_url: str, redis_prefix: str
+) -> None:
+    """Its claim is a claim: deliveries that waited before the publish go first (with their
+    bodies), then the ones it added, which are the publisher's own event objects."""
+    consumer = new_consumer_id()
+    await store.register(consumer, [Route("**", "r")], ttl=3600)
+    other = RedisStore(redis_url, prefix=redis_prefix, retention=None)
+    await other.open()
+    try:
+        older = make_event("o:e", {"n": -1}, {})
+        await other.publish([(older, ["r"])])
+    finally:
+        await other.close()
+    events = [make_event("o:e", {"n": n}, {}) for n in range(3)]
+    standing, claims, started = await store.publish_and_claim(
+        [(event, ["r"]) for event in events], consumer, limit=3, lease=30, start=1
+    )
+    assert standing == events
+    assert [c.event for c in claims] == [older, *events[:2]]
+    assert all(c.event is event for c, event in zip(claims[1:], events, strict=False))
+    assert started == claims[:1]
+    (last,) = await store.claim(consumer, 10, lease=30)
+    assert last.event == events[2]
+
+
+@pytest.mark.anyio
+async def test_settles_and_starts_of_one_turn_go_in_one_script(store: RedisStore) -> None:
+    """start, settle and settle_and_start calls made in the same turn of the event loop
+    (a runtime's start writer and settle task, woken together) share one SETTLE script;
+    each answers with its own claims not held, as alone."""
+    consumer, other = new_consumer_id(), new_consumer_id()
+    for each in (consumer, other):
+        await store.register(each, [Route("**", "r")], ttl=3600)
+    await store.publish([(make_event("j:e", {"n": n}, {}), ["r"]) for n in range(6)])
+    claims = await store.claim(consumer, 6, lease=30)
+    theirs = attrs.evolve(claims[5], attempt=3)
+    scripts: list[str] = []
+    run = store._run
+
+    async def counting(name: str, args: Any, doing: str) -> Any:
+        scripts.append(name)
+        return await run(name, args, doing)
+
+    store._run = counting  # type: ignore[method-assign]
+    answers: dict[str, Any] = {}
+
+    async def call(name: str, make: Any) -> None:
+        answers[name] = await make()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(call, "settle", lambda: store.settle(consumer, [Completed(claims[0])]))
+        tasks.start_soon(call, "start", lambda: store.start(consumer, [claims[1], theirs]))
+        tasks.start_soon(
+            call,
+            "both",
+            lambda: store.settle_and_start(
+                consumer, [Completed(claims[2]), Completed(theirs)], [claims[3]]
+            ),
+        )
+        tasks.start_soon(call, "theirs", lambda: store.start(other, [claims[4]]))
+    assert sorted(scripts) == ["SETTLE", "SETTLE"]  # one for each consumer
+    assert answers == {
+        "settle": [],
+        "start": [theirs],
+        "both": ([theirs], []),
+        "theirs": [claims[4]],
+    }
+    assert (await store.stats()).done == 2
 
 
 def _first_attempt_letter(letter_id: str, claim: Claim) -> aevents.DeadLetter:

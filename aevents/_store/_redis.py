@@ -39,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import orjson
 
 from .._event import Event
@@ -124,6 +125,18 @@ def _check_seconds(what: str, name: str, value: object) -> None:
         raise ConfigurationError(what, f"{name} must be a finite number > 0, got {value!r}")
 
 
+class _Joined:
+    """Settles and starts of one turn of the event loop, on their way in one SETTLE script."""
+
+    def __init__(self, consumer: ConsumerId, outcomes: list[Outcome], claims: list[Claim]) -> None:
+        self.consumer = consumer
+        self.outcomes = outcomes
+        self.claims = claims
+        self.done = anyio.Event()
+        self.lost: tuple[list[Outcome | None], list[Claim | None]] = ([], [])
+        self.error: str | None = None  # the problem, for a StoreError of each caller
+
+
 class RedisStore:
     """A shared store on Redis 7 (streams and Lua scripts), through coredis.
 
@@ -206,6 +219,7 @@ class RedisStore:
         self._wakes: list[Callable[[], object]] = []  # what the wake listener calls
         self._receivers: set[str] = set()  # of the consumers registered here: their wakes
         self._token = os.urandom(8).hex().encode()  # names this store's publishes' wakes
+        self._joining: _Joined | None = None  # settles and starts this turn of the loop
 
     def __repr__(self) -> str:
         return f"RedisStore({self.path!r}, prefix={self.prefix!r})"
@@ -314,6 +328,39 @@ class RedisStore:
         """
         if not events:
             return []
+        result = await self._publish_script("PUBLISH", self._publish_args(events))
+        return self._standing(events, result, {})
+
+    async def publish_and_claim(
+        self,
+        events: Sequence[tuple[Event, Sequence[str]]],
+        consumer: ConsumerId,
+        *,
+        limit: int,
+        lease: float,
+        start: int,
+    ) -> tuple[list[Event], list[Claim], list[Claim]]:
+        """``publish``, then in the same script ``claim_and_start`` for ``consumer`` (unless
+        it is not live, or the publish added nothing): ``(the events that stand, the
+        claims, the claims started)``. One round trip where publishing and claiming take
+        two, and the claims of the events it added carry no bodies back (they are here).
+
+        The claim is a claim as ``claim`` makes it, so it takes the oldest claimable
+        deliveries of ``consumer``'s receivers first: mostly the ones just added, but
+        also any older ones waiting, never more than ``limit``.
+        """
+        if not events:
+            return [], [], []
+        self._maybe_retain()
+        args = self._publish_args(events)
+        args += [str(consumer), max(limit, 0), self._now(), _seconds_us(lease), max(start, 0)]
+        result, flat = await self._publish_script("PUBLISH_CLAIM", args)
+        added: dict[int, Event] = {}
+        standing = self._standing(events, result, added)
+        claims, started = self._claims(flat, added)
+        return standing, claims, started
+
+    def _publish_args(self, events: Sequence[tuple[Event, Sequence[str]]]) -> list[Any]:
         args: list[Any] = [self._token, self._idempotency_ms, len(events)]
         for event, receiver_ids in events:
             idempotency = event.metadata.get(IDEMPOTENCY_KEY)
@@ -329,8 +376,11 @@ class RedisStore:
                 len(receiver_ids),
                 *receiver_ids,
             ]
+        return args
+
+    async def _publish_script(self, name: str, args: list[Any]) -> Any:
         try:
-            result = await self._run("PUBLISH", args, "could not publish")
+            return await self._run(name, args, "could not publish")
         except StoreError as error:
             if "duplicate event" in error.problem:
                 raise StoreError(
@@ -339,11 +389,22 @@ class RedisStore:
                     "(nothing of the batch was added)",
                 ) from None
             raise
+
+    def _standing(
+        self,
+        events: Sequence[tuple[Event, Sequence[str]]],
+        result: Sequence[Any],
+        added: dict[int, Event],
+    ) -> list[Event]:
+        """The events that stand, from PUBLISH's answer; ``added`` gets position -> event
+        of those it added."""
         standing: list[Event] = []
         for (event, _), (kind, value) in zip(events, result, strict=True):
             if kind == 1:
                 standing.append(event)
-                self._remember(int(value), event)
+                position = int(value)
+                added[position] = event
+                self._remember(position, event)
             elif kind == 2:
                 standing.append(Event.from_json(value))
             else:
@@ -451,12 +512,7 @@ class RedisStore:
     async def _claim(
         self, consumer: ConsumerId, limit: int, lease: float, start: int
     ) -> tuple[list[Claim], list[Claim]]:
-        if (
-            self.retention is not None
-            and not self._retaining
-            and time.monotonic() >= self._retention_at
-        ):
-            self._retain()
+        self._maybe_retain()
         try:
             flat = await self._run(
                 "CLAIM",
@@ -471,14 +527,33 @@ class RedisStore:
                     "expired; register it again before claiming",
                 ) from None
             raise
+        return self._claims(flat, {})
+
+    def _maybe_retain(self) -> None:
+        """Start a retention pass when one is due (claims call it: a runtime consumes)."""
+        if (
+            self.retention is not None
+            and not self._retaining
+            and time.monotonic() >= self._retention_at
+        ):
+            self._retain()
+
+    def _claims(
+        self, flat: Sequence[Any], added: dict[int, Event]
+    ) -> tuple[list[Claim], list[Claim]]:
+        """The claims, and those started, from CLAIM's answer; ``added`` holds the events
+        (by position) whose bodies it left out."""
         claims: list[Claim] = []
         started: list[Claim] = []
         event: Event | None = None
+        published = self._published
         for index in range(0, len(flat), 6):
             receiver, attempt, expired, position, body, begun = flat[index : index + 6]
             if body:
-                known = self._published.get(int(position))
+                known = published.get(int(position))
                 event = known if known is not None else Event.from_json(body)
+            elif added:
+                event = added.get(int(position), event)
             assert event is not None, "a claim's first delivery of an event carries its body"
             claim = Claim(event, _text(receiver), int(attempt), bool(expired))
             claims.append(claim)
@@ -607,10 +682,8 @@ class RedisStore:
         """Count these claims' attempts as started; return the ones no longer held."""
         if not claims:
             return []
-        lost = await self._run(
-            "START", [str(consumer), *self._claim_args(claims)], "could not start attempts"
-        )
-        return [claims[int(index) - 1] for index in lost]
+        _, lost = await self.settle_and_start(consumer, (), claims)
+        return lost
 
     async def renew(
         self, consumer: ConsumerId, claims: Sequence[Claim], *, lease: float
@@ -638,6 +711,55 @@ class RedisStore:
         """
         if not outcomes and not claims:
             return [], []
+        joined = self._joining
+        if joined is not None and joined.consumer == consumer:
+            # a script of this same turn of the loop, not sent yet: go along with it
+            first_outcome, first_claim = len(joined.outcomes), len(joined.claims)
+            joined.outcomes += outcomes
+            joined.claims += claims
+            await joined.done.wait()
+            if joined.error is not None:
+                raise StoreError(self.path, joined.error)
+            lost, lost_starts = joined.lost
+            mine = lost[first_outcome : first_outcome + len(outcomes)]
+            mine_starts = lost_starts[first_claim : first_claim + len(claims)]
+            return (
+                [outcome.claim for outcome in mine if outcome is not None],
+                [claim for claim in mine_starts if claim is not None],
+            )
+        joined = _Joined(consumer, list(outcomes), list(claims))
+        self._joining = joined
+        try:
+            # The settles and starts that other tasks make in this turn of the loop (the
+            # runtime's settle task and its start writer, woken by the same workers) join
+            # this script: one round trip, where they would make one each.
+            await anyio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            if self._joining is joined:
+                self._joining = None
+        try:
+            lost, lost_starts = await self._settle_script(consumer, joined.outcomes, joined.claims)
+        except StoreError as error:
+            joined.error = error.problem
+            raise
+        except BaseException:
+            joined.error = "could not settle: the call it went along with was cancelled"
+            raise
+        else:
+            joined.lost = (lost, lost_starts)
+        finally:
+            joined.done.set()
+        count, starts = len(outcomes), len(claims)
+        return (
+            [outcome.claim for outcome in lost[:count] if outcome is not None],
+            [claim for claim in lost_starts[:starts] if claim is not None],
+        )
+
+    async def _settle_script(
+        self, consumer: ConsumerId, outcomes: Sequence[Outcome], claims: Sequence[Claim]
+    ) -> tuple[list[Outcome | None], list[Claim | None]]:
+        """SETTLE: per outcome, itself if not settled (else None); per claim, itself if not
+        started (else None)."""
         args: list[Any] = [str(consumer), self._now(), len(outcomes)]
         for outcome in outcomes:
             claim = outcome.claim
@@ -664,10 +786,13 @@ class RedisStore:
                 raise TypeError(f"not an outcome: {outcome!r}")
         args += self._claim_args(claims)
         lost, lost_starts = await self._run("SETTLE", args, "could not settle")
-        return (
-            [outcomes[int(index) - 1].claim for index in lost],
-            [claims[int(index) - 1] for index in lost_starts],
-        )
+        not_settled: list[Outcome | None] = [None] * len(outcomes)
+        for index in lost:
+            not_settled[int(index) - 1] = outcomes[int(index) - 1]
+        not_started: list[Claim | None] = [None] * len(claims)
+        for index in lost_starts:
+            not_started[int(index) - 1] = claims[int(index) - 1]
+        return not_settled, not_started
 
     # -- what the store holds --------------------------------------------------------------
 

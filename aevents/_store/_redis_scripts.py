@@ -60,6 +60,7 @@ __all__ = [
     "PENDING",
     "PRUNE",
     "PUBLISH",
+    "PUBLISH_CLAIM",
     "REDELIVER",
     "REGISTER",
     "RELEASE_KEY",
@@ -235,11 +236,12 @@ local function event_body(pos)
 end
 """
 
-PUBLISH = (
-    _PRELUDE
-    + r"""
+_PUBLISH = r"""
 -- ARGV: the publishing store's wake token, ttl_ms, count, then per event: id, body, name,
--- haskey, key, occurred_us, hasidem, idem, nreceivers, receivers...
+-- haskey, key, occurred_us, hasidem, idem, nreceivers, receivers... (more may follow)
+-- -> per event {1, position} (added), {2, body} (its idempotency key's first event) or
+-- {3, index} (the first of the batch with its key)
+local function publish()
 local by = ARGV[1]
 local ttl = ARGV[2]
 local n = tonumber(ARGV[3])
@@ -355,8 +357,10 @@ if deliveries > 0 then
   wake(per, by)
 end
 return result
+end
 """
-)
+
+PUBLISH = _PRELUDE + _PUBLISH + "\nreturn publish()\n"
 
 EVENTS_AFTER = (
     _PRELUDE
@@ -446,13 +450,13 @@ return out
 """
 )
 
-CLAIM = (
-    _PRELUDE
-    + r"""
--- ARGV: consumer, limit, now_us, lease_us, start
+_CLAIM = r"""
+-- ARGV (a table of strings): consumer, limit, now_us, lease_us, start; `known` the set of
+-- event positions whose bodies the caller has (none sent back)
 -- -> {receiver, attempt, lease expired (0/1), position, event body or false, started, ...}
 -- The first `start` claims whose lease did not run out are started too, as START
 -- would start them (their attempt counts): the claimer runs them next.
+local function claim(ARGV, known)
 local c, limit, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local to_start = tonumber(ARGV[5] or '0')
 local reg = live(c, now)
@@ -572,14 +576,16 @@ start_taken()
 local bodies = {}
 local low, high, distinct = math.huge, 0, 0
 for _, cand in ipairs(taken) do
-  if bodies[cand.pos] == nil then
+  if bodies[cand.pos] == nil and not known[cand.pos] then
     bodies[cand.pos] = false
     distinct = distinct + 1
     if cand.pos < low then low = cand.pos end
     if cand.pos > high then high = cand.pos end
   end
 end
-if high - low + 1 <= distinct * 2 + 16 then
+if distinct == 0 then
+  -- the caller has every body
+elseif high - low + 1 <= distinct * 2 + 16 then
   for _, e in ipairs(redis.call('XRANGE', B .. ':events', low .. '-0', high .. '-0')) do
     local pos = tonumber(string.match(e[1], '^(%d+)'))
     -- fields as PUBLISH adds them: i, id, b, body, ...
@@ -597,7 +603,7 @@ for _, cand in ipairs(taken) do
   local body = false
   if not sent[cand.pos] then
     sent[cand.pos] = true
-    body = bodies[cand.pos]
+    body = bodies[cand.pos] or false  -- nil for a known position
   end
   table.insert(out, cand.r)
   table.insert(out, cand.s + 1)
@@ -607,6 +613,33 @@ for _, cand in ipairs(taken) do
   table.insert(out, cand.started or 0)
 end
 return out
+end
+"""
+
+CLAIM = _PRELUDE + _CLAIM + "\nreturn claim(ARGV, {})\n"
+
+PUBLISH_CLAIM = (
+    _PRELUDE
+    + _PUBLISH
+    + _CLAIM
+    + r"""
+-- ARGV: as PUBLISH's, then as CLAIM's (its last five) -> {PUBLISH's answer, CLAIM's}
+-- The claim follows only a publish that added an event, and only for a live consumer
+-- (none claims nothing); it sends no body of the events this publish added.
+local published = publish()
+if published['err'] then return published end
+local known, added = {}, false
+for _, standing in ipairs(published) do
+  if standing[1] == 1 then
+    known[standing[2]] = true
+    added = true
+  end
+end
+if not added then return {published, {}} end
+local n = #ARGV
+local claimed = claim({ARGV[n - 4], ARGV[n - 3], ARGV[n - 2], ARGV[n - 1], ARGV[n]}, known)
+if claimed['err'] then claimed = {} end
+return {published, claimed}
 """
 )
 
