@@ -74,6 +74,8 @@ logger = logging.getLogger("aevents.store")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _KEEP_PUBLISHED = 8192  # events kept for claims of this process
+_KEEP_ENTRIES = 65536  # claims whose stream entry is remembered (see RedisStore._entries)
+_UNKNOWN = ("", "")  # a claim's position and entry id, when not remembered
 _PRUNE_SCAN = 512  # events a prune script reads at a time
 _PAGE = 512  # stream entries a script reads at a time, for pending()
 _RETENTION_EVERY = 60.0  # seconds between retention passes
@@ -214,6 +216,9 @@ class RedisStore:
         self._scripts: dict[str, str] = {}  # name -> SHA1 (EVALSHA), set at open
         self._no_script: type[Exception] = Exception
         self._published: OrderedDict[int, Event] = OrderedDict()  # position -> event published here
+        # (event id, receiver id) -> (position, entry id) of the claims made here, sent along
+        # with their starts, renewals and settles: their scripts need not look them up
+        self._entries: OrderedDict[tuple[str, str], tuple[Any, Any]] = OrderedDict()
         self._retention_at = 0.0  # time.monotonic() of the next retention pass
         self._retaining = False  # a retention pass runs
         self._wakes: list[Callable[[], object]] = []  # what the wake listener calls
@@ -547,8 +552,9 @@ class RedisStore:
         started: list[Claim] = []
         event: Event | None = None
         published = self._published
-        for index in range(0, len(flat), 6):
-            receiver, attempt, expired, position, body, begun = flat[index : index + 6]
+        entries = self._entries
+        for index in range(0, len(flat), 7):
+            receiver, attempt, expired, position, body, begun, entry = flat[index : index + 7]
             if body:
                 known = published.get(int(position))
                 event = known if known is not None else Event.from_json(body)
@@ -557,6 +563,9 @@ class RedisStore:
             assert event is not None, "a claim's first delivery of an event carries its body"
             claim = Claim(event, _text(receiver), int(attempt), bool(expired))
             claims.append(claim)
+            entries[event.id, claim.receiver_id] = (position, entry)
+            if len(entries) > _KEEP_ENTRIES:
+                entries.popitem(last=False)
             if begun:
                 started.append(claim)
         return claims, started
@@ -671,11 +680,12 @@ class RedisStore:
             self._retention_at = time.monotonic() + _RETENTION_EVERY
             self._retaining = False
 
-    @staticmethod
-    def _claim_args(claims: Sequence[Claim]) -> list[Any]:
+    def _claim_args(self, claims: Sequence[Claim]) -> list[Any]:
         args: list[Any] = []
+        entries = self._entries
         for claim in claims:
-            args += [claim.receiver_id, claim.event.id, claim.attempt]
+            position, entry = entries.get((claim.event.id, claim.receiver_id), _UNKNOWN)
+            args += [claim.receiver_id, claim.event.id, claim.attempt, position, entry]
         return args
 
     async def start(self, consumer: ConsumerId, claims: Sequence[Claim]) -> list[Claim]:
@@ -761,16 +771,18 @@ class RedisStore:
         """SETTLE: per outcome, itself if not settled (else None); per claim, itself if not
         started (else None)."""
         args: list[Any] = [str(consumer), self._now(), len(outcomes)]
+        entries = self._entries
         for outcome in outcomes:
             claim = outcome.claim
             head = [claim.receiver_id, claim.event.id, claim.attempt]
             key = "" if claim.event.key is None else "=" + claim.event.key
+            position, entry = entries.get((claim.event.id, claim.receiver_id), _UNKNOWN)
             if isinstance(outcome, Completed):
-                args += ["C", *head, "", "", "0", key]
+                args += ["C", *head, "", "", "0", key, position, entry]
             elif isinstance(outcome, Rescheduled):
-                args += ["S", *head, _seconds_us(outcome.delay), "", "0", key]
+                args += ["S", *head, _seconds_us(outcome.delay), "", "0", key, position, entry]
             elif isinstance(outcome, Released):
-                args += ["R", *head, "", "", "0", key]
+                args += ["R", *head, "", "", "0", key, position, entry]
             elif isinstance(outcome, DeadLettered):
                 letter = outcome.letter
                 body = orjson.dumps(
@@ -781,10 +793,13 @@ class RedisStore:
                         "failed_at": _us(letter.failed_at),
                     }
                 )
-                args += ["D", *head, letter.id, body, "1" if outcome.holds_key else "0", key]
+                holds = "1" if outcome.holds_key else "0"
+                args += ["D", *head, letter.id, body, holds, key, position, entry]
             else:  # pragma: no cover - Outcome is a closed union
                 raise TypeError(f"not an outcome: {outcome!r}")
         args += self._claim_args(claims)
+        for outcome in outcomes:  # settled, or not held: a later claim remembers its own
+            entries.pop((outcome.claim.event.id, outcome.claim.receiver_id), None)
         lost, lost_starts = await self._run("SETTLE", args, "could not settle")
         not_settled: list[Outcome | None] = [None] * len(outcomes)
         for index in lost:

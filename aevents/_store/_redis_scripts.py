@@ -453,7 +453,8 @@ return out
 _CLAIM = r"""
 -- ARGV (a table of strings): consumer, limit, now_us, lease_us, start; `known` the set of
 -- event positions whose bodies the caller has (none sent back)
--- -> {receiver, attempt, lease expired (0/1), position, event body or false, started, ...}
+-- -> {receiver, attempt, lease expired (0/1), position, event body or false, started,
+-- entry id, ...}
 -- The first `start` claims whose lease did not run out are started too, as START
 -- would start them (their attempt counts): the claimer runs them next.
 local function claim(ARGV, known)
@@ -611,6 +612,7 @@ for _, cand in ipairs(taken) do
   table.insert(out, cand.pos)
   table.insert(out, body)
   table.insert(out, cand.started or 0)
+  table.insert(out, cand.id)
 end
 return out
 end
@@ -645,46 +647,64 @@ return {published, claimed}
 
 _HELD = r"""
 
--- ARGV from index first to last, width apart: receiver, event id, attempt, ... -> a list
--- of claims {r, event_id, attempt, pos, id}; pos and id are set (strings) when the
--- claim is held: its entry is pending for consumer c with that delivery count.
--- A few calls per receiver, whatever the number of claims.
-local function held_claims(c, first, width, last)
-  local claims, event_ids = {}, {}
+-- ARGV from index first to last, width apart: receiver, event id, attempt, ..., and at
+-- `hint` past the receiver the claim's event position and entry id as its claim answered
+-- ('' '' when the caller does not know them) -> a list of claims {r, event_id, attempt,
+-- pos, id}; pos and id are set (strings) when the claim is held: its entry is pending for
+-- consumer c with that delivery count. A hint spares the lookups of the position (B:ids)
+-- and of a redelivered entry's id (B:mv); a wrong one finds nothing pending, as a claim
+-- no longer held. A few calls per receiver, whatever the number of claims.
+local function held_claims(c, first, width, last, hint)
+  local claims, event_ids, unknown = {}, {}, {}
   for i = first, last, width do
     local claim = {r = ARGV[i], event_id = ARGV[i + 1], attempt = tonumber(ARGV[i + 2]), at = i}
+    local pos = ARGV[i + hint]
+    if pos ~= '' then
+      claim.known, claim.hinted = pos, ARGV[i + hint + 1]
+    else
+      table.insert(unknown, claim)
+      table.insert(event_ids, claim.event_id)
+    end
     table.insert(claims, claim)
-    table.insert(event_ids, claim.event_id)
   end
   if #claims == 0 then return claims end
-  local positions = hmget(B .. ':ids', event_ids)
+  if #unknown > 0 then
+    local positions = hmget(B .. ':ids', event_ids)
+    for i, claim in ipairs(unknown) do claim.known = positions[i] end
+  end
   local per = {}
-  for i, claim in ipairs(claims) do
-    if positions[i] then
-      claim.known = positions[i]
+  for _, claim in ipairs(claims) do
+    if claim.known then
       per[claim.r] = per[claim.r] or {}
       table.insert(per[claim.r], claim)
     end
   end
   for r, list in pairs(per) do
     if redis.call('EXISTS', rkey(r)) == 1 then
-      local wanted = {}
-      for i, claim in ipairs(list) do wanted[i] = claim.known end
-      local moved = hmget(mvkey(r), wanted)
+      local wanted, lookups = {}, {}
+      for _, claim in ipairs(list) do
+        if not claim.hinted then
+          table.insert(wanted, claim.known)
+          table.insert(lookups, claim)
+        end
+      end
+      if #wanted > 0 then
+        local moved = hmget(mvkey(r), wanted)
+        for i, claim in ipairs(lookups) do claim.hinted = moved[i] or (claim.known .. '-0') end
+      end
       -- the consumer's pending entries from the lowest id wanted to the highest, at most
       -- a few per claim: proportional to the batch, not to all the consumer holds
       local ids, low, high = {}, nil, nil
       local first_pos, last_pos = math.huge, -1  -- of the entries at their event's position
       for i, claim in ipairs(list) do
-        local id = moved[i]
-        if id then  -- redelivered: compared as an id
-          if not low or id_less(id, low) then low = id end
-          if not high or id_less(high, id) then high = id end
-        else
-          id = claim.known .. '-0'
-          local pos = tonumber(claim.known)
+        local id = claim.hinted
+        local pos = tonumber(claim.known)
+        if id == claim.known .. '-0' then
           if pos < first_pos then first_pos = pos end
           if pos > last_pos then last_pos = pos end
+        else  -- redelivered: compared as an id
+          if not low or id_less(id, low) then low = id end
+          if not high or id_less(high, id) then high = id end
         end
         ids[i] = id
       end
@@ -715,12 +735,12 @@ local function held_claims(c, first, width, last)
   return claims
 end
 
--- count the attempts of the claims in ARGV[first..last] (receiver, event id, attempt)
--- as started -> the indexes (from 1) of those not held
+-- count the attempts of the claims in ARGV[first..last] (receiver, event id, attempt,
+-- position, entry id) as started -> the indexes (from 1) of those not held
 local function start_claims(c, first, last)
   local lost = {}
   local per = {}
-  for n, claim in ipairs(held_claims(c, first, 3, last)) do
+  for n, claim in ipairs(held_claims(c, first, 5, last, 3)) do
     if claim.pos then
       per[claim.r] = per[claim.r] or {}
       table.insert(per[claim.r], claim)
@@ -753,7 +773,8 @@ START = (
     _PRELUDE
     + _HELD
     + r"""
--- ARGV: consumer, then per claim: receiver, event id, attempt -> indexes not held
+-- ARGV: consumer, then per claim: receiver, event id, attempt, position, entry id (the
+-- last two '' when unknown) -> indexes not held
 return start_claims(ARGV[1], 2, #ARGV)
 """
 )
@@ -762,13 +783,14 @@ RENEW = (
     _PRELUDE
     + _HELD
     + r"""
--- ARGV: consumer, now_us, lease_us, then per claim: receiver, event id, attempt
+-- ARGV: consumer, now_us, lease_us, then per claim: receiver, event id, attempt, position,
+-- entry id (the last two '' when unknown)
 local c = ARGV[1]
 local until_us = tonumber(ARGV[2]) + tonumber(ARGV[3])
 local deadline = string.format('%d', until_us)
 local lost = {}
 local per = {}
-for n, claim in ipairs(held_claims(c, 4, 3, #ARGV)) do
+for n, claim in ipairs(held_claims(c, 4, 5, #ARGV, 3)) do
   if claim.pos then
     per[claim.r] = per[claim.r] or {}
     table.insert(per[claim.r], claim.id)
@@ -803,11 +825,12 @@ SETTLE = (
     + r"""
 -- ARGV: consumer, now_us, number of outcomes, then per outcome: kind (C, S, R, D),
 -- receiver, event id, attempt, detail (S: delay in us; D: letter id), letter JSON (D),
--- holds key (1/0), key ('' for none, else '=' .. key); then the claims to start, as
--- START takes them -> {indexes of the outcomes not held, indexes of the starts not held}
+-- holds key (1/0), key ('' for none, else '=' .. key), position and entry id ('' '' when
+-- unknown); then the claims to start, as START takes them -> {indexes of the outcomes
+-- not held, indexes of the starts not held}
 -- Completions are written per receiver at the end, a few calls for them all.
 local c, now = ARGV[1], tonumber(ARGV[2])
-local outcomes_end = 3 + 8 * tonumber(ARGV[3])
+local outcomes_end = 3 + 10 * tonumber(ARGV[3])
 local lost = {}
 local touched = {}
 local settled = {}
@@ -823,7 +846,7 @@ local function finish(r, pos, id)
   redis.call('HINCRBY', B .. ':counts', 'pending', -1)
   redis.call('HINCRBY', B .. ':pend', r, -1)
 end
-for n, claim in ipairs(held_claims(c, 5, 8, outcomes_end)) do
+for n, claim in ipairs(held_claims(c, 5, 10, outcomes_end, 7)) do
   local i = claim.at - 1
   local kind, r, event_id, attempt = ARGV[i], claim.r, claim.event_id, claim.attempt
   local key = ARGV[i + 7] ~= '' and string.sub(ARGV[i + 7], 2) or nil
@@ -839,9 +862,10 @@ for n, claim in ipairs(held_claims(c, 5, 8, outcomes_end)) do
       others[r] = true
     end
     if kind == 'C' then
-      completed[r] = completed[r] or {ids = {}, positions = {}}
+      completed[r] = completed[r] or {ids = {}, positions = {}, moved = {}}
       table.insert(completed[r].ids, id)
       table.insert(completed[r].positions, pos)
+      if id ~= pos .. '-0' then table.insert(completed[r].moved, pos) end
       if not done_by[pos] then table.insert(done_at, pos) end
       done_by[pos] = (done_by[pos] or 0) + 1
       if key then
@@ -902,7 +926,9 @@ for r, batch in pairs(completed) do
     redis.call('ZREM', duekey(r), unpack(ids))
     redis.call('ZREM', agekey(r), unpack(ids))
     redis.call('HDEL', stkey(r), unpack(positions))
-    redis.call('HDEL', mvkey(r), unpack(positions))
+  end
+  for first = 1, #batch.moved, 4000 do  -- B:mv holds the redelivered ones only
+    redis.call('HDEL', mvkey(r), unpack(batch.moved, first, math.min(first + 3999, #batch.moved)))
   end
   redis.call('HINCRBY', B .. ':pend', r, -count)
   done = done + count
