@@ -75,6 +75,8 @@ logger = logging.getLogger("aevents.store")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _KEEP_PUBLISHED = 8192  # events kept for claims of this process
 _KEEP_ENTRIES = 65536  # claims whose stream entry is remembered (see RedisStore._entries)
+_JOIN_TURNS = 8  # turns of the event loop a settle or start waits at most for others to join
+_JOIN_QUIET = 2  # ... and no more once this many turns passed with none joining
 _UNKNOWN = ("", "")  # a claim's position and entry id, when not remembered
 _PRUNE_SCAN = 512  # events a prune script reads at a time
 _PAGE = 512  # stream entries a script reads at a time, for pending()
@@ -740,10 +742,17 @@ class RedisStore:
         joined = _Joined(consumer, list(outcomes), list(claims))
         self._joining = joined
         try:
-            # The settles and starts that other tasks make in this turn of the loop (the
-            # runtime's settle task and its start writer, woken by the same workers) join
-            # this script: one round trip, where they would make one each.
-            await anyio.lowlevel.cancel_shielded_checkpoint()
+            # The settles and starts that other tasks make in the next few turns of the
+            # loop (the runtime's settle task and its start writer, woken by the same
+            # workers) join this script: one round trip, where they would make one each.
+            # It waits while they come, a few turns at most (tens of microseconds).
+            quiet = 0
+            for _ in range(_JOIN_TURNS):
+                size = len(joined.outcomes) + len(joined.claims)
+                await anyio.lowlevel.cancel_shielded_checkpoint()
+                quiet = 0 if len(joined.outcomes) + len(joined.claims) > size else quiet + 1
+                if quiet >= _JOIN_QUIET:
+                    break
         finally:
             if self._joining is joined:
                 self._joining = None
