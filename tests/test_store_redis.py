@@ -653,6 +653,39 @@ async def test_publish_and_claim_takes_older_waiting_deliveries_first(
 
 
 @pytest.mark.anyio
+async def test_publish_and_claim_wakes_only_for_what_it_left_unclaimed(
+    store: RedisStore,
+) -> None:
+    """A publish whose claim took every delivery it added adds no wake (no consumer, nor
+    this store's own listener, reads one for nothing); one that left some names their
+    receivers only, as does a publish whose consumer is not live."""
+    consumer = new_consumer_id()
+    await store.register(consumer, [Route("**", "r")], ttl=3600)
+    wakes = store.keys.base + ":wake"
+
+    async def named() -> list[list[str]]:
+        entries = await store._call(lambda c: c.xrange(wakes), "could not read")
+        return [sorted(orjson.loads(e.field_values[b"r"])) for e in entries]
+
+    events = [make_event("w:e", {"n": n}, {}) for n in range(4)]
+    _, claims, _ = await store.publish_and_claim(
+        [(event, ["r"]) for event in events[:2]], consumer, limit=5, lease=30, start=0
+    )
+    assert len(claims) == 2
+    assert await named() == []
+    _, claims, _ = await store.publish_and_claim(
+        [(events[2], ["r", "t"])], consumer, limit=5, lease=30, start=0
+    )
+    assert len(claims) == 1
+    assert await named() == [["t"]]
+    _, claims, _ = await store.publish_and_claim(
+        [(events[3], ["r"])], new_consumer_id(), limit=5, lease=30, start=0
+    )
+    assert claims == []
+    assert await named() == [["t"], ["r"]]
+
+
+@pytest.mark.anyio
 async def test_settles_and_starts_of_one_turn_go_in_one_script(store: RedisStore) -> None:
     """start, settle and settle_and_start calls made in the same turn of the event loop
     (a runtime's start writer and settle task, woken together) share one SETTLE script;

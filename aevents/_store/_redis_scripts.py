@@ -240,8 +240,9 @@ _PUBLISH = r"""
 -- ARGV: the publishing store's wake token, ttl_ms, count, then per event: id, body, name,
 -- haskey, key, occurred_us, hasidem, idem, nreceivers, receivers... (more may follow)
 -- -> per event {1, position} (added), {2, body} (its idempotency key's first event) or
--- {3, index} (the first of the batch with its key)
-local function publish()
+-- {3, index} (the first of the batch with its key); and, when `claiming` (the caller
+-- wakes, after its claim), receiver -> deliveries added, without waking
+local function publish(claiming)
 local by = ARGV[1]
 local ttl = ARGV[2]
 local n = tonumber(ARGV[3])
@@ -354,13 +355,13 @@ end
 redis.call('HINCRBY', B .. ':counts', 'events', new)
 if deliveries > 0 then
   redis.call('HINCRBY', B .. ':counts', 'pending', deliveries)
-  wake(per, by)
+  if not claiming then wake(per, by) end
 end
-return result
+return result, per
 end
 """
 
-PUBLISH = _PRELUDE + _PUBLISH + "\nreturn publish()\n"
+PUBLISH = _PRELUDE + _PUBLISH + "\nlocal result = publish(false)\nreturn result\n"
 
 EVENTS_AFTER = (
     _PRELUDE
@@ -627,8 +628,10 @@ PUBLISH_CLAIM = (
     + r"""
 -- ARGV: as PUBLISH's, then as CLAIM's (its last five) -> {PUBLISH's answer, CLAIM's}
 -- The claim follows only a publish that added an event, and only for a live consumer
--- (none claims nothing); it sends no body of the events this publish added.
-local published = publish()
+-- (none claims nothing); it sends no body of the events this publish added. The wake
+-- names only the receivers with deliveries added and not claimed here: none when the
+-- claim took them all, so no consumer wakes (this one's listener neither) for nothing.
+local published, added_per = publish(true)
 if published['err'] then return published end
 local known, added = {}, false
 for _, standing in ipairs(published) do
@@ -641,6 +644,17 @@ if not added then return {published, {}} end
 local n = #ARGV
 local claimed = claim({ARGV[n - 4], ARGV[n - 3], ARGV[n - 2], ARGV[n - 1], ARGV[n]}, known)
 if claimed['err'] then claimed = {} end
+local left = {}
+for r, count in pairs(added_per or {}) do left[r] = count end
+for i = 1, #claimed, 7 do  -- receiver, attempt, expired, position, ...
+  local r = claimed[i]
+  if known[claimed[i + 3]] and left[r] then left[r] = left[r] - 1 end
+end
+local waking = {}
+for r, count in pairs(left) do
+  if count > 0 then waking[r] = true end
+end
+if next(waking) then wake(waking, ARGV[1]) end
 return {published, claimed}
 """
 )
