@@ -252,11 +252,15 @@ for e = 1, n do
   local ev = {id = ARGV[i], body = ARGV[i + 1], name = ARGV[i + 2], haskey = ARGV[i + 3] == '1',
               key = ARGV[i + 4], t = ARGV[i + 5], hasidem = ARGV[i + 6] == '1', idem = ARGV[i + 7]}
   local nr = tonumber(ARGV[i + 8])
-  ev.receivers = {}
-  local seen = {}
-  for j = 1, nr do
-    local r = ARGV[i + 8 + j]
-    if not seen[r] then seen[r] = true; table.insert(ev.receivers, r) end
+  if nr == 1 then
+    ev.receivers = {ARGV[i + 9]}
+  else
+    ev.receivers = {}
+    local seen = {}
+    for j = 1, nr do
+      local r = ARGV[i + 8 + j]
+      if not seen[r] then seen[r] = true; table.insert(ev.receivers, r) end
+    end
   end
   i = i + 9 + nr
   events[e] = ev
@@ -294,7 +298,8 @@ end
 if new == 0 then return result end
 -- the positions of the new events, then a few calls for the whole batch
 local pos = redis.call('INCRBY', B .. ':seq', new) - new
-local ids, per, known, ages = {}, {}, {}, {}
+local ids, per, known, ages = {}, {}, {}, {}  -- known: receiver -> its stream's key
+local events_key = B .. ':events'
 local deliveries = 0
 local function flush(key, list)
   if #list > 0 then redis.call('HSET', key, unpack(list)) end
@@ -309,36 +314,39 @@ for e, ev in ipairs(events) do
     end
     local count = string.format('%d', #ev.receivers)
     if ev.haskey then
-      redis.call('XADD', B .. ':events', id, 'i', ev.id, 'b', ev.body, 'n', ev.name, 't', ev.t,
+      redis.call('XADD', events_key, id, 'i', ev.id, 'b', ev.body, 'n', ev.name, 't', ev.t,
                  'r', count, 'k', ev.key)
     else
-      redis.call('XADD', B .. ':events', id, 'i', ev.id, 'b', ev.body, 'n', ev.name, 't', ev.t,
+      redis.call('XADD', events_key, id, 'i', ev.id, 'b', ev.body, 'n', ev.name, 't', ev.t,
                  'r', count)
     end
-    table.insert(ids, ev.id)
-    table.insert(ids, pos)
+    ids[#ids + 1] = ev.id
+    ids[#ids + 1] = pos
     if #ids >= 4000 then
       flush(B .. ':ids', ids)
       ids = {}
     end
     for _, r in ipairs(ev.receivers) do
-      if not known[r] then
-        known[r] = true
+      local stream = known[r]
+      if not stream then
+        stream = rkey(r)
+        known[r] = stream
         if redis.call('SADD', B .. ':receivers', r) == 1 then
-          redis.call('XGROUP', 'CREATE', rkey(r), GROUP, '0', 'MKSTREAM')
+          redis.call('XGROUP', 'CREATE', stream, GROUP, '0', 'MKSTREAM')
         end
+        ages[r] = {}
       end
       if ev.haskey then
-        redis.call('XADD', rkey(r), id, 'p', pos, 'k', ev.key)
+        redis.call('XADD', stream, id, 'p', pos, 'k', ev.key)
         redis.call('ZADD', kkey(r, ev.key), pos, id)
       else
-        redis.call('XADD', rkey(r), id, 'p', pos)
+        redis.call('XADD', stream, id, 'p', pos)
       end
       per[r] = (per[r] or 0) + 1
-      ages[r] = ages[r] or {}
-      table.insert(ages[r], ev.t)
-      table.insert(ages[r], id)
-      if #ages[r] >= 4000 then
+      local list = ages[r]
+      list[#list + 1] = ev.t
+      list[#list + 1] = id
+      if #list >= 4000 then
         redis.call('ZADD', agekey(r), unpack(ages[r]))
         ages[r] = {}
       end
@@ -545,13 +553,19 @@ local function start_taken()
 end
 local deadline = string.format('%d', until_us)
 for r, cands in pairs(per) do
-  local positions = {}
-  for i, cand in ipairs(cands) do positions[i] = cand.pos end
+  -- the started counts; none yet for the events the caller just added (`known`)
+  local positions, looked = {}, {}
+  for i, cand in ipairs(cands) do
+    if not known[cand.pos] then
+      table.insert(positions, cand.pos)
+      looked[#positions] = i
+    end
+  end
   local counts = {}
   for first = 1, #positions, 4000 do
-    local part = redis.call('HMGET', stkey(r), unpack(positions, first,
-                                                      math.min(first + 3999, #positions)))
-    for _, v in ipairs(part) do table.insert(counts, v or false) end
+    local last = math.min(first + 3999, #positions)
+    local part = redis.call('HMGET', stkey(r), unpack(positions, first, last))
+    for j = first, last do counts[looked[j]] = part[j - first + 1] end
   end
   local due = {}
   for i, cand in ipairs(cands) do
@@ -601,19 +615,16 @@ else
 end
 local out = {}
 local sent = {}
+local n = 0
 for _, cand in ipairs(taken) do
   local body = false
   if not sent[cand.pos] then
     sent[cand.pos] = true
     body = bodies[cand.pos] or false  -- nil for a known position
   end
-  table.insert(out, cand.r)
-  table.insert(out, cand.s + 1)
-  table.insert(out, cand.o)
-  table.insert(out, cand.pos)
-  table.insert(out, body)
-  table.insert(out, cand.started or 0)
-  table.insert(out, cand.id)
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = cand.r, cand.s + 1, cand.o, cand.pos
+  out[n + 5], out[n + 6], out[n + 7] = body, cand.started or 0, cand.id
+  n = n + 7
 end
 return out
 end
