@@ -626,11 +626,13 @@ async def test_settle_and_start_settles_then_starts_in_one_script(
 
 
 @pytest.mark.anyio
-async def test_publish_and_claim_takes_older_waiting_deliveries_first(
+async def test_publish_and_claim_leases_only_what_it_adds_older_unread_ones_stay_claimable(
     store: RedisStore, redis_url: str, redis_prefix: str
 ) -> None:
-    """Its claim is a claim: deliveries that waited before the publish go first (with their
-    bodies), then the ones it added, which are the publisher's own event objects."""
+    """Its claim takes only the deliveries the publish added, the publisher's own event
+    objects, among the first ``limit`` unread; an entry no consumer had read yet, before
+    them, is claimable as before and comes first (with its body) in the next claim, with
+    the added ones the publish left."""
     consumer = new_consumer_id()
     await store.register(consumer, [Route("**", "r")], ttl=3600)
     other = RedisStore(redis_url, prefix=redis_prefix, retention=None)
@@ -642,14 +644,15 @@ async def test_publish_and_claim_takes_older_waiting_deliveries_first(
         await other.close()
     events = [make_event("o:e", {"n": n}, {}) for n in range(3)]
     standing, claims, started = await store.publish_and_claim(
-        [(event, ["r"]) for event in events], consumer, limit=3, lease=30, start=1
+        [(event, ["r"]) for event in events], consumer, limit=2, lease=30, start=1
     )
     assert standing == events
-    assert [c.event for c in claims] == [older, *events[:2]]
-    assert all(c.event is event for c, event in zip(claims[1:], events, strict=False))
-    assert started == claims[:1]
-    (last,) = await store.claim(consumer, 10, lease=30)
-    assert last.event == events[2]
+    assert [c.event for c in claims] == events[:1]
+    assert claims[0].event is events[0]
+    assert started == claims
+    rest = await store.claim(consumer, 10, lease=30)
+    assert [c.event for c in rest] == [older, *events[1:]]
+    assert [c.attempt for c in rest] == [1, 1, 1]
 
 
 @pytest.mark.anyio

@@ -347,14 +347,16 @@ class RedisStore:
         lease: float,
         start: int,
     ) -> tuple[list[Event], list[Claim], list[Claim]]:
-        """``publish``, then in the same script ``claim_and_start`` for ``consumer`` (unless
-        it is not live, or the publish added nothing): ``(the events that stand, the
-        claims, the claims started)``. One round trip where publishing and claiming take
-        two, and the claims of the events it added carry no bodies back (they are here).
-
-        The claim is a claim as ``claim`` makes it, so it takes the oldest claimable
-        deliveries of ``consumer``'s receivers first: mostly the ones just added, but
-        also any older ones waiting, never more than ``limit``.
+        """``publish``, and in the same script lease to ``consumer`` at most ``limit`` of the
+        deliveries it adds to the receivers ``consumer`` registered, those a claim would
+        take (not behind an unfinished delivery of their key), in publish order, the first
+        ``start`` of them started as ``start`` would. Nothing is leased when ``consumer``
+        is not live, or for an idempotent repeat. Returns ``(the events that stand, the
+        claims, the claims started)``: one round trip where publishing and claiming take
+        two, and the claims carry no bodies back (the events are here). Entries of those
+        receivers that no consumer had read yet, before the new ones, become ready, as
+        those beyond a claim's limit do. Other processes are woken only for the deliveries
+        left unclaimed.
         """
         if not events:
             return [], [], []

@@ -461,12 +461,15 @@ return out
 
 _CLAIM = r"""
 -- ARGV (a table of strings): consumer, limit, now_us, lease_us, start; `known` the set of
--- event positions whose bodies the caller has (none sent back)
+-- event positions whose bodies the caller has (none sent back); `only`, when given (a
+-- set of receivers), claims only the deliveries at `known` positions to those receivers,
+-- new ones a publish just added: their unread entries before them become ready (as
+-- unread entries beyond a claim's limit do), and no due one is looked at
 -- -> {receiver, attempt, lease expired (0/1), position, event body or false, started,
 -- entry id, ...}
 -- The first `start` claims whose lease did not run out are started too, as START
 -- would start them (their attempt counts): the claimer runs them next.
-local function claim(ARGV, known)
+local function claim(ARGV, known, only)
 local c, limit, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local to_start = tonumber(ARGV[5] or '0')
 local reg = live(c, now)
@@ -477,8 +480,11 @@ local lease_time = pel_time(until_us)
 local candidates = {}
 for _, r in ipairs(reg['receivers']) do
   local key = rkey(r)
-  if redis.call('EXISTS', key) == 1 then
-    local due = redis.call('ZRANGEBYSCORE', duekey(r), '-inf', ARGV[3], 'LIMIT', 0, limit)
+  if (not only or only[r]) and redis.call('EXISTS', key) == 1 then
+    local due = {}
+    if not only then
+      due = redis.call('ZRANGEBYSCORE', duekey(r), '-inf', ARGV[3], 'LIMIT', 0, limit)
+    end
     for _, id in ipairs(due) do
       local f = entry(r, id)
       if not f then
@@ -515,7 +521,7 @@ if not ordered then table.sort(candidates, before) end
 local taken = {}
 for _, cand in ipairs(candidates) do
   local head = (not cand.key) or is_head(cand.r, cand.key, cand.id)
-  if #taken < limit and head then
+  if #taken < limit and head and (not only or known[cand.pos]) then
     table.insert(taken, cand)
   elseif cand.fresh then
     if head then
@@ -630,7 +636,7 @@ return out
 end
 """
 
-CLAIM = _PRELUDE + _CLAIM + "\nreturn claim(ARGV, {})\n"
+CLAIM = _PRELUDE + _CLAIM + "\nreturn claim(ARGV, {}, nil)\n"
 
 PUBLISH_CLAIM = (
     _PRELUDE
@@ -639,7 +645,8 @@ PUBLISH_CLAIM = (
     + r"""
 -- ARGV: as PUBLISH's, then as CLAIM's (its last five) -> {PUBLISH's answer, CLAIM's}
 -- The claim follows only a publish that added an event, and only for a live consumer
--- (none claims nothing); it sends no body of the events this publish added. The wake
+-- (none claims nothing); it claims only deliveries this publish added, and sends no
+-- body back. The wake
 -- names only the receivers with deliveries added and not claimed here: none when the
 -- claim took them all, so no consumer wakes (this one's listener neither) for nothing.
 local published, added_per = publish(true)
@@ -653,7 +660,8 @@ for _, standing in ipairs(published) do
 end
 if not added then return {published, {}} end
 local n = #ARGV
-local claimed = claim({ARGV[n - 4], ARGV[n - 3], ARGV[n - 2], ARGV[n - 1], ARGV[n]}, known)
+local claimed = claim({ARGV[n - 4], ARGV[n - 3], ARGV[n - 2], ARGV[n - 1], ARGV[n]}, known,
+                      added_per or {})
 if claimed['err'] then claimed = {} end
 local left = {}
 for r, count in pairs(added_per or {}) do left[r] = count end
