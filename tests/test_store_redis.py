@@ -46,6 +46,7 @@ from aevents._store import (  # noqa: E402
     StoreStats,
     new_consumer_id,
 )
+from aevents._store import _redis as redis_module  # noqa: E402
 from aevents._store._redis import RedisStore  # noqa: E402
 
 from .services import REDIS  # noqa: E402
@@ -731,6 +732,48 @@ async def test_settles_and_starts_of_one_turn_go_in_one_script(store: RedisStore
         "theirs": [claims[4]],
     }
     assert (await store.stats()).done == 2
+
+
+@pytest.mark.anyio
+async def test_a_settle_cancelled_while_others_join_fails_theirs_and_sends_nothing(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The call that leads a shared script, cancelled while it waits for others to join,
+    sends nothing; each call that joined it raises a StoreError (its part unwritten)."""
+    monkeypatch.setattr(redis_module, "_JOIN_TURNS", 10_000)  # it waits until cancelled
+    monkeypatch.setattr(redis_module, "_JOIN_QUIET", 10_000)
+    consumer = new_consumer_id()
+    await store.register(consumer, [Route("**", "r")], ttl=3600)
+    await store.publish([(make_event("x:e", {"n": n}, {}), ["r"]) for n in range(2)])
+    claims = await store.claim(consumer, 2, lease=30)
+    errors: list[StoreError] = []
+    scopes: list[anyio.CancelScope] = []
+
+    async def lead() -> None:
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            await store.settle(consumer, [Completed(claims[0])])
+
+    async def join() -> None:
+        try:
+            await store.start(consumer, [claims[1]])
+        except StoreError as error:
+            errors.append(error)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(lead)
+        while store._joining is None:  # the settle waits for others to join
+            await anyio.lowlevel.checkpoint()
+        joined = store._joining
+        tasks.start_soon(join)
+        while not joined.claims:
+            await anyio.lowlevel.checkpoint()
+        assert store._joining is joined  # not sent yet
+        scopes[0].cancel()
+    assert len(errors) == 1
+    assert "cancelled" in errors[0].problem
+    assert (await store.stats()).done == 0
+    assert await store.settle(consumer, [Completed(c) for c in claims]) == []
 
 
 def _first_attempt_letter(letter_id: str, claim: Claim) -> aevents.DeadLetter:

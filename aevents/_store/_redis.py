@@ -749,16 +749,16 @@ class RedisStore:
             # workers) join this script: one round trip, where they would make one each.
             # It waits while they come, a few turns at most (tens of microseconds).
             quiet = 0
-            for _ in range(_JOIN_TURNS):
-                size = len(joined.outcomes) + len(joined.claims)
-                await anyio.lowlevel.cancel_shielded_checkpoint()
-                quiet = 0 if len(joined.outcomes) + len(joined.claims) > size else quiet + 1
-                if quiet >= _JOIN_QUIET:
-                    break
-        finally:
-            if self._joining is joined:
-                self._joining = None
-        try:
+            try:
+                for _ in range(_JOIN_TURNS):
+                    size = len(joined.outcomes) + len(joined.claims)
+                    await anyio.lowlevel.checkpoint()
+                    quiet = 0 if len(joined.outcomes) + len(joined.claims) > size else quiet + 1
+                    if quiet >= _JOIN_QUIET:
+                        break
+            finally:
+                if self._joining is joined:
+                    self._joining = None
             lost, lost_starts = await self._settle_script(consumer, joined.outcomes, joined.claims)
         except StoreError as error:
             joined.error = error.problem
