@@ -130,7 +130,7 @@ def _check_seconds(what: str, name: str, value: object) -> None:
 
 
 class _Joined:
-    """Settles and starts of one turn of the event loop, on their way in one SETTLE script."""
+    """Settles and starts made a few turns of the event loop apart, sent as one SETTLE script."""
 
     def __init__(self, consumer: ConsumerId, outcomes: list[Outcome], claims: list[Claim]) -> None:
         self.consumer = consumer
@@ -226,7 +226,7 @@ class RedisStore:
         self._wakes: list[Callable[[], object]] = []  # what the wake listener calls
         self._receivers: set[str] = set()  # of the consumers registered here: their wakes
         self._token = os.urandom(8).hex().encode()  # names this store's publishes' wakes
-        self._joining: _Joined | None = None  # settles and starts this turn of the loop
+        self._joining: _Joined | None = None  # settles and starts waiting to be sent together
 
     def __repr__(self) -> str:
         return f"RedisStore({self.path!r}, prefix={self.prefix!r})"
@@ -727,7 +727,7 @@ class RedisStore:
             return [], []
         joined = self._joining
         if joined is not None and joined.consumer == consumer:
-            # a script of this same turn of the loop, not sent yet: go along with it
+            # a script that waits for others to join, not sent yet: go along with it
             first_outcome, first_claim = len(joined.outcomes), len(joined.claims)
             joined.outcomes += outcomes
             joined.claims += claims
