@@ -522,7 +522,7 @@ class Fleet:
         for event in events:
             self.broadcast.writing(event)
         try:
-            standing = await self.store.publish(entries)
+            standing = await self._publish_entries(entries)
         except BaseException:
             self.broadcast.not_added(events)
             raise
@@ -563,9 +563,7 @@ class Fleet:
     ) -> None:
         """Give back the room of what the store holds; queue the process deliveries."""
         fleet = sum(len(ids) for _, ids in entries)
-        self._buffer.release(fleet)
-        if any(not self._mine.isdisjoint(ids) for _, ids in entries):
-            self._claim_wanted.set()  # this process runs some of them: claim now
+        self._buffer.release(fleet)  # the write claimed, or woke the claim loop for, its own
         if fleet == batch.deliveries:
             return
         if self._run.state is STOPPED:
@@ -632,9 +630,12 @@ class Fleet:
         the deliveries to this process's receivers are claimed (and the look-ahead's share
         started) in the same write, and queued here at once. Otherwise, or for those the
         store could not lease (behind their key), the claim loop is woken."""
-        entries = [(each.event, each.receiver_ids) for each in batch]
+        return await self._publish_entries([(each.event, each.receiver_ids) for each in batch])
+
+    async def _publish_entries(self, entries: list[tuple[Event, list[str]]]) -> list[Event]:
+        """``_publish_batch`` of these events (a ``publish_many`` batch's too)."""
         mine = self._mine
-        wanted = sum(len(mine.intersection(each.receiver_ids)) for each in batch)
+        wanted = sum(len(mine.intersection(receiver_ids)) for _, receiver_ids in entries)
         if not wanted:
             return await self.store.publish(entries)
         # What the buffer has room for besides the room these publishes hold, as a claim

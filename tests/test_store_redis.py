@@ -30,6 +30,7 @@ pytest.register_assert_rewrite("aevents._conformance_leases")
 
 from aevents._conformance_leases import (  # noqa: E402
     ClaimAndStartConformance,
+    PublishAndClaimConformance,
     TwoProcessLeasedConformance,
 )
 from aevents._event import make_event  # noqa: E402
@@ -45,6 +46,7 @@ from aevents._store import (  # noqa: E402
     StoreStats,
     new_consumer_id,
 )
+from aevents._store import _redis as redis_module  # noqa: E402
 from aevents._store._redis import RedisStore  # noqa: E402
 
 from .services import REDIS  # noqa: E402
@@ -70,7 +72,9 @@ async def delete_prefix(url: str, prefix: str) -> None:
         await store.close()
 
 
-class TestLeasedRedisStore(TwoProcessLeasedConformance, ClaimAndStartConformance):
+class TestLeasedRedisStore(
+    TwoProcessLeasedConformance, PublishAndClaimConformance, ClaimAndStartConformance
+):
     @pytest.fixture(autouse=True)
     def _clean(self, redis_url: str, tmp_path: Path) -> Iterator[None]:
         yield
@@ -620,6 +624,156 @@ async def test_settle_and_start_settles_then_starts_in_one_script(
     again = await store.claim(other, 10, lease=30)
     assert [(c.event.payload["n"], c.attempt) for c in again] == [(1, 2), (2, 2), (3, 1)]
     assert (await store.stats()).done == 1
+
+
+@pytest.mark.anyio
+async def test_publish_and_claim_leases_only_what_it_adds_older_unread_ones_stay_claimable(
+    store: RedisStore, redis_url: str, redis_prefix: str
+) -> None:
+    """Its claim takes only the deliveries the publish added, the publisher's own event
+    objects, among the first ``limit`` unread; an entry no consumer had read yet, before
+    them, is claimable as before and comes first (with its body) in the next claim, with
+    the added ones the publish left."""
+    consumer = new_consumer_id()
+    await store.register(consumer, [Route("**", "r")], ttl=3600)
+    other = RedisStore(redis_url, prefix=redis_prefix, retention=None)
+    await other.open()
+    try:
+        older = make_event("o:e", {"n": -1}, {})
+        await other.publish([(older, ["r"])])
+    finally:
+        await other.close()
+    events = [make_event("o:e", {"n": n}, {}) for n in range(3)]
+    standing, claims, started = await store.publish_and_claim(
+        [(event, ["r"]) for event in events], consumer, limit=2, lease=30, start=1
+    )
+    assert standing == events
+    assert [c.event for c in claims] == events[:1]
+    assert claims[0].event is events[0]
+    assert started == claims
+    rest = await store.claim(consumer, 10, lease=30)
+    assert [c.event for c in rest] == [older, *events[1:]]
+    assert [c.attempt for c in rest] == [1, 1, 1]
+
+
+@pytest.mark.anyio
+async def test_publish_and_claim_wakes_only_for_what_it_left_unclaimed(
+    store: RedisStore,
+) -> None:
+    """A publish whose claim took every delivery it added adds no wake (no consumer, nor
+    this store's own listener, reads one for nothing); one that left some names their
+    receivers only, as does a publish whose consumer is not live."""
+    consumer = new_consumer_id()
+    await store.register(consumer, [Route("**", "r")], ttl=3600)
+    wakes = store.keys.base + ":wake"
+
+    async def named() -> list[list[str]]:
+        entries = await store._call(lambda c: c.xrange(wakes), "could not read")
+        return [sorted(orjson.loads(e.field_values[b"r"])) for e in entries]
+
+    events = [make_event("w:e", {"n": n}, {}) for n in range(4)]
+    _, claims, _ = await store.publish_and_claim(
+        [(event, ["r"]) for event in events[:2]], consumer, limit=5, lease=30, start=0
+    )
+    assert len(claims) == 2
+    assert await named() == []
+    _, claims, _ = await store.publish_and_claim(
+        [(events[2], ["r", "t"])], consumer, limit=5, lease=30, start=0
+    )
+    assert len(claims) == 1
+    assert await named() == [["t"]]
+    _, claims, _ = await store.publish_and_claim(
+        [(events[3], ["r"])], new_consumer_id(), limit=5, lease=30, start=0
+    )
+    assert claims == []
+    assert await named() == [["t"], ["r"]]
+
+
+@pytest.mark.anyio
+async def test_settles_and_starts_of_one_turn_go_in_one_script(store: RedisStore) -> None:
+    """start, settle and settle_and_start calls made in the same turn of the event loop
+    (a runtime's start writer and settle task, woken together) share one SETTLE script;
+    each answers with its own claims not held, as alone."""
+    consumer, other = new_consumer_id(), new_consumer_id()
+    for each in (consumer, other):
+        await store.register(each, [Route("**", "r")], ttl=3600)
+    await store.publish([(make_event("j:e", {"n": n}, {}), ["r"]) for n in range(6)])
+    claims = await store.claim(consumer, 6, lease=30)
+    theirs = attrs.evolve(claims[5], attempt=3)
+    scripts: list[str] = []
+    run = store._run
+
+    async def counting(name: str, args: Any, doing: str) -> Any:
+        scripts.append(name)
+        return await run(name, args, doing)
+
+    store._run = counting  # type: ignore[method-assign]
+    answers: dict[str, Any] = {}
+
+    async def call(name: str, make: Any) -> None:
+        answers[name] = await make()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(call, "settle", lambda: store.settle(consumer, [Completed(claims[0])]))
+        tasks.start_soon(call, "start", lambda: store.start(consumer, [claims[1], theirs]))
+        tasks.start_soon(
+            call,
+            "both",
+            lambda: store.settle_and_start(
+                consumer, [Completed(claims[2]), Completed(theirs)], [claims[3]]
+            ),
+        )
+        tasks.start_soon(call, "theirs", lambda: store.start(other, [claims[4]]))
+    assert sorted(scripts) == ["SETTLE", "SETTLE"]  # one for each consumer
+    assert answers == {
+        "settle": [],
+        "start": [theirs],
+        "both": ([theirs], []),
+        "theirs": [claims[4]],
+    }
+    assert (await store.stats()).done == 2
+
+
+@pytest.mark.anyio
+async def test_a_settle_cancelled_while_others_join_fails_theirs_and_sends_nothing(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The call that leads a shared script, cancelled while it waits for others to join,
+    sends nothing; each call that joined it raises a StoreError (its part unwritten)."""
+    monkeypatch.setattr(redis_module, "_JOIN_TURNS", 10_000)  # it waits until cancelled
+    monkeypatch.setattr(redis_module, "_JOIN_QUIET", 10_000)
+    consumer = new_consumer_id()
+    await store.register(consumer, [Route("**", "r")], ttl=3600)
+    await store.publish([(make_event("x:e", {"n": n}, {}), ["r"]) for n in range(2)])
+    claims = await store.claim(consumer, 2, lease=30)
+    errors: list[StoreError] = []
+    scopes: list[anyio.CancelScope] = []
+
+    async def lead() -> None:
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            await store.settle(consumer, [Completed(claims[0])])
+
+    async def join() -> None:
+        try:
+            await store.start(consumer, [claims[1]])
+        except StoreError as error:
+            errors.append(error)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(lead)
+        while store._joining is None:  # the settle waits for others to join
+            await anyio.lowlevel.checkpoint()
+        joined = store._joining
+        tasks.start_soon(join)
+        while not joined.claims:
+            await anyio.lowlevel.checkpoint()
+        assert store._joining is joined  # not sent yet
+        scopes[0].cancel()
+    assert len(errors) == 1
+    assert "cancelled" in errors[0].problem
+    assert (await store.stats()).done == 0
+    assert await store.settle(consumer, [Completed(c) for c in claims]) == []
 
 
 def _first_attempt_letter(letter_id: str, claim: Claim) -> aevents.DeadLetter:

@@ -39,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import orjson
 
 from .._event import Event
@@ -73,6 +74,10 @@ logger = logging.getLogger("aevents.store")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _KEEP_PUBLISHED = 8192  # events kept for claims of this process
+_KEEP_ENTRIES = 65536  # claims whose stream entry is remembered (see RedisStore._entries)
+_JOIN_TURNS = 8  # turns of the event loop a settle or start waits at most for others to join
+_JOIN_QUIET = 2  # ... and no more once this many turns passed with none joining
+_UNKNOWN = ("", "")  # a claim's position and entry id, when not remembered
 _PRUNE_SCAN = 512  # events a prune script reads at a time
 _PAGE = 512  # stream entries a script reads at a time, for pending()
 _RETENTION_EVERY = 60.0  # seconds between retention passes
@@ -122,6 +127,18 @@ def _check_seconds(what: str, name: str, value: object) -> None:
     """Refuse ``value`` for the option ``name`` unless it is a finite number of seconds > 0."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
         raise ConfigurationError(what, f"{name} must be a finite number > 0, got {value!r}")
+
+
+class _Joined:
+    """Settles and starts made a few turns of the event loop apart, sent as one SETTLE script."""
+
+    def __init__(self, consumer: ConsumerId, outcomes: list[Outcome], claims: list[Claim]) -> None:
+        self.consumer = consumer
+        self.outcomes = outcomes
+        self.claims = claims
+        self.done = anyio.Event()
+        self.lost: tuple[list[Outcome | None], list[Claim | None]] = ([], [])
+        self.error: str | None = None  # the problem, for a StoreError of each caller
 
 
 class RedisStore:
@@ -201,11 +218,15 @@ class RedisStore:
         self._scripts: dict[str, str] = {}  # name -> SHA1 (EVALSHA), set at open
         self._no_script: type[Exception] = Exception
         self._published: OrderedDict[int, Event] = OrderedDict()  # position -> event published here
+        # (event id, receiver id) -> (position, entry id) of the claims made here, sent along
+        # with their starts, renewals and settles: their scripts need not look them up
+        self._entries: OrderedDict[tuple[str, str], tuple[Any, Any]] = OrderedDict()
         self._retention_at = 0.0  # time.monotonic() of the next retention pass
         self._retaining = False  # a retention pass runs
         self._wakes: list[Callable[[], object]] = []  # what the wake listener calls
         self._receivers: set[str] = set()  # of the consumers registered here: their wakes
         self._token = os.urandom(8).hex().encode()  # names this store's publishes' wakes
+        self._joining: _Joined | None = None  # settles and starts waiting to be sent together
 
     def __repr__(self) -> str:
         return f"RedisStore({self.path!r}, prefix={self.prefix!r})"
@@ -314,6 +335,41 @@ class RedisStore:
         """
         if not events:
             return []
+        result = await self._publish_script("PUBLISH", self._publish_args(events))
+        return self._standing(events, result, {})
+
+    async def publish_and_claim(
+        self,
+        events: Sequence[tuple[Event, Sequence[str]]],
+        consumer: ConsumerId,
+        *,
+        limit: int,
+        lease: float,
+        start: int,
+    ) -> tuple[list[Event], list[Claim], list[Claim]]:
+        """``publish``, and in the same script lease to ``consumer`` at most ``limit`` of the
+        deliveries it adds to the receivers ``consumer`` registered, those a claim would
+        take (not behind an unfinished delivery of their key), in publish order, the first
+        ``start`` of them started as ``start`` would. Nothing is leased when ``consumer``
+        is not live, or for an idempotent repeat. Returns ``(the events that stand, the
+        claims, the claims started)``: one round trip where publishing and claiming take
+        two, and the claims carry no bodies back (the events are here). Entries of those
+        receivers that no consumer had read yet, before the new ones, become ready, as
+        those beyond a claim's limit do. Other processes are woken only for the deliveries
+        left unclaimed.
+        """
+        if not events:
+            return [], [], []
+        self._maybe_retain()
+        args = self._publish_args(events)
+        args += [str(consumer), max(limit, 0), self._now(), _seconds_us(lease), max(start, 0)]
+        result, flat = await self._publish_script("PUBLISH_CLAIM", args)
+        added: dict[int, Event] = {}
+        standing = self._standing(events, result, added)
+        claims, started = self._claims(flat, added)
+        return standing, claims, started
+
+    def _publish_args(self, events: Sequence[tuple[Event, Sequence[str]]]) -> list[Any]:
         args: list[Any] = [self._token, self._idempotency_ms, len(events)]
         for event, receiver_ids in events:
             idempotency = event.metadata.get(IDEMPOTENCY_KEY)
@@ -329,8 +385,11 @@ class RedisStore:
                 len(receiver_ids),
                 *receiver_ids,
             ]
+        return args
+
+    async def _publish_script(self, name: str, args: list[Any]) -> Any:
         try:
-            result = await self._run("PUBLISH", args, "could not publish")
+            return await self._run(name, args, "could not publish")
         except StoreError as error:
             if "duplicate event" in error.problem:
                 raise StoreError(
@@ -339,11 +398,22 @@ class RedisStore:
                     "(nothing of the batch was added)",
                 ) from None
             raise
+
+    def _standing(
+        self,
+        events: Sequence[tuple[Event, Sequence[str]]],
+        result: Sequence[Any],
+        added: dict[int, Event],
+    ) -> list[Event]:
+        """The events that stand, from PUBLISH's answer; ``added`` gets position -> event
+        of those it added."""
         standing: list[Event] = []
         for (event, _), (kind, value) in zip(events, result, strict=True):
             if kind == 1:
                 standing.append(event)
-                self._remember(int(value), event)
+                position = int(value)
+                added[position] = event
+                self._remember(position, event)
             elif kind == 2:
                 standing.append(Event.from_json(value))
             else:
@@ -451,12 +521,7 @@ class RedisStore:
     async def _claim(
         self, consumer: ConsumerId, limit: int, lease: float, start: int
     ) -> tuple[list[Claim], list[Claim]]:
-        if (
-            self.retention is not None
-            and not self._retaining
-            and time.monotonic() >= self._retention_at
-        ):
-            self._retain()
+        self._maybe_retain()
         try:
             flat = await self._run(
                 "CLAIM",
@@ -471,17 +536,40 @@ class RedisStore:
                     "expired; register it again before claiming",
                 ) from None
             raise
+        return self._claims(flat, {})
+
+    def _maybe_retain(self) -> None:
+        """Start a retention pass when one is due (claims call it: a runtime consumes)."""
+        if (
+            self.retention is not None
+            and not self._retaining
+            and time.monotonic() >= self._retention_at
+        ):
+            self._retain()
+
+    def _claims(
+        self, flat: Sequence[Any], added: dict[int, Event]
+    ) -> tuple[list[Claim], list[Claim]]:
+        """The claims, and those started, from CLAIM's answer; ``added`` holds the events
+        (by position) whose bodies it left out."""
         claims: list[Claim] = []
         started: list[Claim] = []
         event: Event | None = None
-        for index in range(0, len(flat), 6):
-            receiver, attempt, expired, position, body, begun = flat[index : index + 6]
+        published = self._published
+        entries = self._entries
+        for index in range(0, len(flat), 7):
+            receiver, attempt, expired, position, body, begun, entry = flat[index : index + 7]
             if body:
-                known = self._published.get(int(position))
+                known = published.get(int(position))
                 event = known if known is not None else Event.from_json(body)
+            elif added:
+                event = added.get(int(position), event)
             assert event is not None, "a claim's first delivery of an event carries its body"
             claim = Claim(event, _text(receiver), int(attempt), bool(expired))
             claims.append(claim)
+            entries[event.id, claim.receiver_id] = (position, entry)
+            if len(entries) > _KEEP_ENTRIES:
+                entries.popitem(last=False)
             if begun:
                 started.append(claim)
         return claims, started
@@ -596,21 +684,20 @@ class RedisStore:
             self._retention_at = time.monotonic() + _RETENTION_EVERY
             self._retaining = False
 
-    @staticmethod
-    def _claim_args(claims: Sequence[Claim]) -> list[Any]:
+    def _claim_args(self, claims: Sequence[Claim]) -> list[Any]:
         args: list[Any] = []
+        entries = self._entries
         for claim in claims:
-            args += [claim.receiver_id, claim.event.id, claim.attempt]
+            position, entry = entries.get((claim.event.id, claim.receiver_id), _UNKNOWN)
+            args += [claim.receiver_id, claim.event.id, claim.attempt, position, entry]
         return args
 
     async def start(self, consumer: ConsumerId, claims: Sequence[Claim]) -> list[Claim]:
         """Count these claims' attempts as started; return the ones no longer held."""
         if not claims:
             return []
-        lost = await self._run(
-            "START", [str(consumer), *self._claim_args(claims)], "could not start attempts"
-        )
-        return [claims[int(index) - 1] for index in lost]
+        _, lost = await self.settle_and_start(consumer, (), claims)
+        return lost
 
     async def renew(
         self, consumer: ConsumerId, claims: Sequence[Claim], *, lease: float
@@ -638,17 +725,75 @@ class RedisStore:
         """
         if not outcomes and not claims:
             return [], []
+        joined = self._joining
+        if joined is not None and joined.consumer == consumer:
+            # a script that waits for others to join, not sent yet: go along with it
+            first_outcome, first_claim = len(joined.outcomes), len(joined.claims)
+            joined.outcomes += outcomes
+            joined.claims += claims
+            await joined.done.wait()
+            if joined.error is not None:
+                raise StoreError(self.path, joined.error)
+            lost, lost_starts = joined.lost
+            mine = lost[first_outcome : first_outcome + len(outcomes)]
+            mine_starts = lost_starts[first_claim : first_claim + len(claims)]
+            return (
+                [outcome.claim for outcome in mine if outcome is not None],
+                [claim for claim in mine_starts if claim is not None],
+            )
+        joined = _Joined(consumer, list(outcomes), list(claims))
+        self._joining = joined
+        try:
+            # The settles and starts that other tasks make in the next few turns of the
+            # loop (the runtime's settle task and its start writer, woken by the same
+            # workers) join this script: one round trip, where they would make one each.
+            # It waits while they come, a few turns at most (tens of microseconds).
+            quiet = 0
+            try:
+                for _ in range(_JOIN_TURNS):
+                    size = len(joined.outcomes) + len(joined.claims)
+                    await anyio.lowlevel.checkpoint()
+                    quiet = 0 if len(joined.outcomes) + len(joined.claims) > size else quiet + 1
+                    if quiet >= _JOIN_QUIET:
+                        break
+            finally:
+                if self._joining is joined:
+                    self._joining = None
+            lost, lost_starts = await self._settle_script(consumer, joined.outcomes, joined.claims)
+        except StoreError as error:
+            joined.error = error.problem
+            raise
+        except BaseException:
+            joined.error = "could not settle: the call it went along with was cancelled"
+            raise
+        else:
+            joined.lost = (lost, lost_starts)
+        finally:
+            joined.done.set()
+        count, starts = len(outcomes), len(claims)
+        return (
+            [outcome.claim for outcome in lost[:count] if outcome is not None],
+            [claim for claim in lost_starts[:starts] if claim is not None],
+        )
+
+    async def _settle_script(
+        self, consumer: ConsumerId, outcomes: Sequence[Outcome], claims: Sequence[Claim]
+    ) -> tuple[list[Outcome | None], list[Claim | None]]:
+        """SETTLE: per outcome, itself if not settled (else None); per claim, itself if not
+        started (else None)."""
         args: list[Any] = [str(consumer), self._now(), len(outcomes)]
+        entries = self._entries
         for outcome in outcomes:
             claim = outcome.claim
             head = [claim.receiver_id, claim.event.id, claim.attempt]
             key = "" if claim.event.key is None else "=" + claim.event.key
+            position, entry = entries.get((claim.event.id, claim.receiver_id), _UNKNOWN)
             if isinstance(outcome, Completed):
-                args += ["C", *head, "", "", "0", key]
+                args += ["C", *head, "", "", "0", key, position, entry]
             elif isinstance(outcome, Rescheduled):
-                args += ["S", *head, _seconds_us(outcome.delay), "", "0", key]
+                args += ["S", *head, _seconds_us(outcome.delay), "", "0", key, position, entry]
             elif isinstance(outcome, Released):
-                args += ["R", *head, "", "", "0", key]
+                args += ["R", *head, "", "", "0", key, position, entry]
             elif isinstance(outcome, DeadLettered):
                 letter = outcome.letter
                 body = orjson.dumps(
@@ -659,15 +804,21 @@ class RedisStore:
                         "failed_at": _us(letter.failed_at),
                     }
                 )
-                args += ["D", *head, letter.id, body, "1" if outcome.holds_key else "0", key]
+                holds = "1" if outcome.holds_key else "0"
+                args += ["D", *head, letter.id, body, holds, key, position, entry]
             else:  # pragma: no cover - Outcome is a closed union
                 raise TypeError(f"not an outcome: {outcome!r}")
         args += self._claim_args(claims)
+        for outcome in outcomes:  # settled, or not held: a later claim remembers its own
+            entries.pop((outcome.claim.event.id, outcome.claim.receiver_id), None)
         lost, lost_starts = await self._run("SETTLE", args, "could not settle")
-        return (
-            [outcomes[int(index) - 1].claim for index in lost],
-            [claims[int(index) - 1] for index in lost_starts],
-        )
+        not_settled: list[Outcome | None] = [None] * len(outcomes)
+        for index in lost:
+            not_settled[int(index) - 1] = outcomes[int(index) - 1]
+        not_started: list[Claim | None] = [None] * len(claims)
+        for index in lost_starts:
+            not_started[int(index) - 1] = claims[int(index) - 1]
+        return not_settled, not_started
 
     # -- what the store holds --------------------------------------------------------------
 

@@ -60,6 +60,7 @@ __all__ = [
     "PENDING",
     "PRUNE",
     "PUBLISH",
+    "PUBLISH_CLAIM",
     "REDELIVER",
     "REGISTER",
     "RELEASE_KEY",
@@ -235,11 +236,13 @@ local function event_body(pos)
 end
 """
 
-PUBLISH = (
-    _PRELUDE
-    + r"""
+_PUBLISH = r"""
 -- ARGV: the publishing store's wake token, ttl_ms, count, then per event: id, body, name,
--- haskey, key, occurred_us, hasidem, idem, nreceivers, receivers...
+-- haskey, key, occurred_us, hasidem, idem, nreceivers, receivers... (more may follow)
+-- -> per event {1, position} (added), {2, body} (its idempotency key's first event) or
+-- {3, index} (the first of the batch with its key); and, when `claiming` (the caller
+-- wakes, after its claim), receiver -> deliveries added, without waking
+local function publish(claiming)
 local by = ARGV[1]
 local ttl = ARGV[2]
 local n = tonumber(ARGV[3])
@@ -249,11 +252,15 @@ for e = 1, n do
   local ev = {id = ARGV[i], body = ARGV[i + 1], name = ARGV[i + 2], haskey = ARGV[i + 3] == '1',
               key = ARGV[i + 4], t = ARGV[i + 5], hasidem = ARGV[i + 6] == '1', idem = ARGV[i + 7]}
   local nr = tonumber(ARGV[i + 8])
-  ev.receivers = {}
-  local seen = {}
-  for j = 1, nr do
-    local r = ARGV[i + 8 + j]
-    if not seen[r] then seen[r] = true; table.insert(ev.receivers, r) end
+  if nr == 1 then
+    ev.receivers = {ARGV[i + 9]}
+  else
+    ev.receivers = {}
+    local seen = {}
+    for j = 1, nr do
+      local r = ARGV[i + 8 + j]
+      if not seen[r] then seen[r] = true; table.insert(ev.receivers, r) end
+    end
   end
   i = i + 9 + nr
   events[e] = ev
@@ -291,7 +298,8 @@ end
 if new == 0 then return result end
 -- the positions of the new events, then a few calls for the whole batch
 local pos = redis.call('INCRBY', B .. ':seq', new) - new
-local ids, per, known, ages = {}, {}, {}, {}
+local ids, per, known, ages = {}, {}, {}, {}  -- known: receiver -> its stream's key
+local events_key = B .. ':events'
 local deliveries = 0
 local function flush(key, list)
   if #list > 0 then redis.call('HSET', key, unpack(list)) end
@@ -306,36 +314,39 @@ for e, ev in ipairs(events) do
     end
     local count = string.format('%d', #ev.receivers)
     if ev.haskey then
-      redis.call('XADD', B .. ':events', id, 'i', ev.id, 'b', ev.body, 'n', ev.name, 't', ev.t,
+      redis.call('XADD', events_key, id, 'i', ev.id, 'b', ev.body, 'n', ev.name, 't', ev.t,
                  'r', count, 'k', ev.key)
     else
-      redis.call('XADD', B .. ':events', id, 'i', ev.id, 'b', ev.body, 'n', ev.name, 't', ev.t,
+      redis.call('XADD', events_key, id, 'i', ev.id, 'b', ev.body, 'n', ev.name, 't', ev.t,
                  'r', count)
     end
-    table.insert(ids, ev.id)
-    table.insert(ids, pos)
+    ids[#ids + 1] = ev.id
+    ids[#ids + 1] = pos
     if #ids >= 4000 then
       flush(B .. ':ids', ids)
       ids = {}
     end
     for _, r in ipairs(ev.receivers) do
-      if not known[r] then
-        known[r] = true
+      local stream = known[r]
+      if not stream then
+        stream = rkey(r)
+        known[r] = stream
         if redis.call('SADD', B .. ':receivers', r) == 1 then
-          redis.call('XGROUP', 'CREATE', rkey(r), GROUP, '0', 'MKSTREAM')
+          redis.call('XGROUP', 'CREATE', stream, GROUP, '0', 'MKSTREAM')
         end
+        ages[r] = {}
       end
       if ev.haskey then
-        redis.call('XADD', rkey(r), id, 'p', pos, 'k', ev.key)
+        redis.call('XADD', stream, id, 'p', pos, 'k', ev.key)
         redis.call('ZADD', kkey(r, ev.key), pos, id)
       else
-        redis.call('XADD', rkey(r), id, 'p', pos)
+        redis.call('XADD', stream, id, 'p', pos)
       end
       per[r] = (per[r] or 0) + 1
-      ages[r] = ages[r] or {}
-      table.insert(ages[r], ev.t)
-      table.insert(ages[r], id)
-      if #ages[r] >= 4000 then
+      local list = ages[r]
+      list[#list + 1] = ev.t
+      list[#list + 1] = id
+      if #list >= 4000 then
         redis.call('ZADD', agekey(r), unpack(ages[r]))
         ages[r] = {}
       end
@@ -352,11 +363,13 @@ end
 redis.call('HINCRBY', B .. ':counts', 'events', new)
 if deliveries > 0 then
   redis.call('HINCRBY', B .. ':counts', 'pending', deliveries)
-  wake(per, by)
+  if not claiming then wake(per, by) end
 end
-return result
+return result, per
+end
 """
-)
+
+PUBLISH = _PRELUDE + _PUBLISH + "\nlocal result = publish(false)\nreturn result\n"
 
 EVENTS_AFTER = (
     _PRELUDE
@@ -446,13 +459,17 @@ return out
 """
 )
 
-CLAIM = (
-    _PRELUDE
-    + r"""
--- ARGV: consumer, limit, now_us, lease_us, start
--- -> {receiver, attempt, lease expired (0/1), position, event body or false, started, ...}
+_CLAIM = r"""
+-- ARGV (a table of strings): consumer, limit, now_us, lease_us, start; `known` the set of
+-- event positions whose bodies the caller has (none sent back); `only`, when given (a
+-- set of receivers), claims only the deliveries at `known` positions to those receivers,
+-- new ones a publish just added: their unread entries before them become ready (as
+-- unread entries beyond a claim's limit do), and no due one is looked at
+-- -> {receiver, attempt, lease expired (0/1), position, event body or false, started,
+-- entry id, ...}
 -- The first `start` claims whose lease did not run out are started too, as START
 -- would start them (their attempt counts): the claimer runs them next.
+local function claim(ARGV, known, only)
 local c, limit, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local to_start = tonumber(ARGV[5] or '0')
 local reg = live(c, now)
@@ -463,8 +480,11 @@ local lease_time = pel_time(until_us)
 local candidates = {}
 for _, r in ipairs(reg['receivers']) do
   local key = rkey(r)
-  if redis.call('EXISTS', key) == 1 then
-    local due = redis.call('ZRANGEBYSCORE', duekey(r), '-inf', ARGV[3], 'LIMIT', 0, limit)
+  if (not only or only[r]) and redis.call('EXISTS', key) == 1 then
+    local due = {}
+    if not only then
+      due = redis.call('ZRANGEBYSCORE', duekey(r), '-inf', ARGV[3], 'LIMIT', 0, limit)
+    end
     for _, id in ipairs(due) do
       local f = entry(r, id)
       if not f then
@@ -501,7 +521,7 @@ if not ordered then table.sort(candidates, before) end
 local taken = {}
 for _, cand in ipairs(candidates) do
   local head = (not cand.key) or is_head(cand.r, cand.key, cand.id)
-  if #taken < limit and head then
+  if #taken < limit and head and (not only or known[cand.pos]) then
     table.insert(taken, cand)
   elseif cand.fresh then
     if head then
@@ -539,13 +559,19 @@ local function start_taken()
 end
 local deadline = string.format('%d', until_us)
 for r, cands in pairs(per) do
-  local positions = {}
-  for i, cand in ipairs(cands) do positions[i] = cand.pos end
+  -- the started counts; none yet for the events the caller just added (`known`)
+  local positions, looked = {}, {}
+  for i, cand in ipairs(cands) do
+    if not known[cand.pos] then
+      table.insert(positions, cand.pos)
+      looked[#positions] = i
+    end
+  end
   local counts = {}
   for first = 1, #positions, 4000 do
-    local part = redis.call('HMGET', stkey(r), unpack(positions, first,
-                                                      math.min(first + 3999, #positions)))
-    for _, v in ipairs(part) do table.insert(counts, v or false) end
+    local last = math.min(first + 3999, #positions)
+    local part = redis.call('HMGET', stkey(r), unpack(positions, first, last))
+    for j = first, last do counts[looked[j]] = part[j - first + 1] end
   end
   local due = {}
   for i, cand in ipairs(cands) do
@@ -572,14 +598,16 @@ start_taken()
 local bodies = {}
 local low, high, distinct = math.huge, 0, 0
 for _, cand in ipairs(taken) do
-  if bodies[cand.pos] == nil then
+  if bodies[cand.pos] == nil and not known[cand.pos] then
     bodies[cand.pos] = false
     distinct = distinct + 1
     if cand.pos < low then low = cand.pos end
     if cand.pos > high then high = cand.pos end
   end
 end
-if high - low + 1 <= distinct * 2 + 16 then
+if distinct == 0 then
+  -- the caller has every body
+elseif high - low + 1 <= distinct * 2 + 16 then
   for _, e in ipairs(redis.call('XRANGE', B .. ':events', low .. '-0', high .. '-0')) do
     local pos = tonumber(string.match(e[1], '^(%d+)'))
     -- fields as PUBLISH adds them: i, id, b, body, ...
@@ -593,65 +621,123 @@ else
 end
 local out = {}
 local sent = {}
+local n = 0
 for _, cand in ipairs(taken) do
   local body = false
   if not sent[cand.pos] then
     sent[cand.pos] = true
-    body = bodies[cand.pos]
+    body = bodies[cand.pos] or false  -- nil for a known position
   end
-  table.insert(out, cand.r)
-  table.insert(out, cand.s + 1)
-  table.insert(out, cand.o)
-  table.insert(out, cand.pos)
-  table.insert(out, body)
-  table.insert(out, cand.started or 0)
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = cand.r, cand.s + 1, cand.o, cand.pos
+  out[n + 5], out[n + 6], out[n + 7] = body, cand.started or 0, cand.id
+  n = n + 7
 end
 return out
+end
+"""
+
+CLAIM = _PRELUDE + _CLAIM + "\nreturn claim(ARGV, {}, nil)\n"
+
+PUBLISH_CLAIM = (
+    _PRELUDE
+    + _PUBLISH
+    + _CLAIM
+    + r"""
+-- ARGV: as PUBLISH's, then as CLAIM's (its last five) -> {PUBLISH's answer, CLAIM's}
+-- The claim follows only a publish that added an event, and only for a live consumer
+-- (none claims nothing); it claims only deliveries this publish added, and sends no
+-- body back. The wake
+-- names only the receivers with deliveries added and not claimed here: none when the
+-- claim took them all, so no consumer wakes (this one's listener neither) for nothing.
+local published, added_per = publish(true)
+if published['err'] then return published end
+local known, added = {}, false
+for _, standing in ipairs(published) do
+  if standing[1] == 1 then
+    known[standing[2]] = true
+    added = true
+  end
+end
+if not added then return {published, {}} end
+local n = #ARGV
+local claimed = claim({ARGV[n - 4], ARGV[n - 3], ARGV[n - 2], ARGV[n - 1], ARGV[n]}, known,
+                      added_per or {})
+if claimed['err'] then claimed = {} end
+local left = {}
+for r, count in pairs(added_per or {}) do left[r] = count end
+for i = 1, #claimed, 7 do  -- receiver, attempt, expired, position, ...
+  local r = claimed[i]
+  if known[claimed[i + 3]] and left[r] then left[r] = left[r] - 1 end
+end
+local waking = {}
+for r, count in pairs(left) do
+  if count > 0 then waking[r] = true end
+end
+if next(waking) then wake(waking, ARGV[1]) end
+return {published, claimed}
 """
 )
 
 _HELD = r"""
 
--- ARGV from index first to last, width apart: receiver, event id, attempt, ... -> a list
--- of claims {r, event_id, attempt, pos, id}; pos and id are set (strings) when the
--- claim is held: its entry is pending for consumer c with that delivery count.
--- A few calls per receiver, whatever the number of claims.
-local function held_claims(c, first, width, last)
-  local claims, event_ids = {}, {}
+-- ARGV from index first to last, width apart: receiver, event id, attempt, ..., and at
+-- `hint` past the receiver the claim's event position and entry id as its claim answered
+-- ('' '' when the caller does not know them) -> a list of claims {r, event_id, attempt,
+-- pos, id}; pos and id are set (strings) when the claim is held: its entry is pending for
+-- consumer c with that delivery count. A hint spares the lookups of the position (B:ids)
+-- and of a redelivered entry's id (B:mv); a wrong one finds nothing pending, as a claim
+-- no longer held. A few calls per receiver, whatever the number of claims.
+local function held_claims(c, first, width, last, hint)
+  local claims, event_ids, unknown = {}, {}, {}
   for i = first, last, width do
     local claim = {r = ARGV[i], event_id = ARGV[i + 1], attempt = tonumber(ARGV[i + 2]), at = i}
+    local pos = ARGV[i + hint]
+    if pos ~= '' then
+      claim.known, claim.hinted = pos, ARGV[i + hint + 1]
+    else
+      table.insert(unknown, claim)
+      table.insert(event_ids, claim.event_id)
+    end
     table.insert(claims, claim)
-    table.insert(event_ids, claim.event_id)
   end
   if #claims == 0 then return claims end
-  local positions = hmget(B .. ':ids', event_ids)
+  if #unknown > 0 then
+    local positions = hmget(B .. ':ids', event_ids)
+    for i, claim in ipairs(unknown) do claim.known = positions[i] end
+  end
   local per = {}
-  for i, claim in ipairs(claims) do
-    if positions[i] then
-      claim.known = positions[i]
+  for _, claim in ipairs(claims) do
+    if claim.known then
       per[claim.r] = per[claim.r] or {}
       table.insert(per[claim.r], claim)
     end
   end
   for r, list in pairs(per) do
     if redis.call('EXISTS', rkey(r)) == 1 then
-      local wanted = {}
-      for i, claim in ipairs(list) do wanted[i] = claim.known end
-      local moved = hmget(mvkey(r), wanted)
+      local wanted, lookups = {}, {}
+      for _, claim in ipairs(list) do
+        if not claim.hinted then
+          table.insert(wanted, claim.known)
+          table.insert(lookups, claim)
+        end
+      end
+      if #wanted > 0 then
+        local moved = hmget(mvkey(r), wanted)
+        for i, claim in ipairs(lookups) do claim.hinted = moved[i] or (claim.known .. '-0') end
+      end
       -- the consumer's pending entries from the lowest id wanted to the highest, at most
       -- a few per claim: proportional to the batch, not to all the consumer holds
       local ids, low, high = {}, nil, nil
       local first_pos, last_pos = math.huge, -1  -- of the entries at their event's position
       for i, claim in ipairs(list) do
-        local id = moved[i]
-        if id then  -- redelivered: compared as an id
-          if not low or id_less(id, low) then low = id end
-          if not high or id_less(high, id) then high = id end
-        else
-          id = claim.known .. '-0'
-          local pos = tonumber(claim.known)
+        local id = claim.hinted
+        local pos = tonumber(claim.known)
+        if id == claim.known .. '-0' then
           if pos < first_pos then first_pos = pos end
           if pos > last_pos then last_pos = pos end
+        else  -- redelivered: compared as an id
+          if not low or id_less(id, low) then low = id end
+          if not high or id_less(high, id) then high = id end
         end
         ids[i] = id
       end
@@ -682,12 +768,12 @@ local function held_claims(c, first, width, last)
   return claims
 end
 
--- count the attempts of the claims in ARGV[first..last] (receiver, event id, attempt)
--- as started -> the indexes (from 1) of those not held
+-- count the attempts of the claims in ARGV[first..last] (receiver, event id, attempt,
+-- position, entry id) as started -> the indexes (from 1) of those not held
 local function start_claims(c, first, last)
   local lost = {}
   local per = {}
-  for n, claim in ipairs(held_claims(c, first, 3, last)) do
+  for n, claim in ipairs(held_claims(c, first, 5, last, 3)) do
     if claim.pos then
       per[claim.r] = per[claim.r] or {}
       table.insert(per[claim.r], claim)
@@ -720,7 +806,8 @@ START = (
     _PRELUDE
     + _HELD
     + r"""
--- ARGV: consumer, then per claim: receiver, event id, attempt -> indexes not held
+-- ARGV: consumer, then per claim: receiver, event id, attempt, position, entry id (the
+-- last two '' when unknown) -> indexes not held
 return start_claims(ARGV[1], 2, #ARGV)
 """
 )
@@ -729,13 +816,14 @@ RENEW = (
     _PRELUDE
     + _HELD
     + r"""
--- ARGV: consumer, now_us, lease_us, then per claim: receiver, event id, attempt
+-- ARGV: consumer, now_us, lease_us, then per claim: receiver, event id, attempt, position,
+-- entry id (the last two '' when unknown)
 local c = ARGV[1]
 local until_us = tonumber(ARGV[2]) + tonumber(ARGV[3])
 local deadline = string.format('%d', until_us)
 local lost = {}
 local per = {}
-for n, claim in ipairs(held_claims(c, 4, 3, #ARGV)) do
+for n, claim in ipairs(held_claims(c, 4, 5, #ARGV, 3)) do
   if claim.pos then
     per[claim.r] = per[claim.r] or {}
     table.insert(per[claim.r], claim.id)
@@ -770,11 +858,12 @@ SETTLE = (
     + r"""
 -- ARGV: consumer, now_us, number of outcomes, then per outcome: kind (C, S, R, D),
 -- receiver, event id, attempt, detail (S: delay in us; D: letter id), letter JSON (D),
--- holds key (1/0), key ('' for none, else '=' .. key); then the claims to start, as
--- START takes them -> {indexes of the outcomes not held, indexes of the starts not held}
+-- holds key (1/0), key ('' for none, else '=' .. key), position and entry id ('' '' when
+-- unknown); then the claims to start, as START takes them -> {indexes of the outcomes
+-- not held, indexes of the starts not held}
 -- Completions are written per receiver at the end, a few calls for them all.
 local c, now = ARGV[1], tonumber(ARGV[2])
-local outcomes_end = 3 + 8 * tonumber(ARGV[3])
+local outcomes_end = 3 + 10 * tonumber(ARGV[3])
 local lost = {}
 local touched = {}
 local settled = {}
@@ -790,7 +879,7 @@ local function finish(r, pos, id)
   redis.call('HINCRBY', B .. ':counts', 'pending', -1)
   redis.call('HINCRBY', B .. ':pend', r, -1)
 end
-for n, claim in ipairs(held_claims(c, 5, 8, outcomes_end)) do
+for n, claim in ipairs(held_claims(c, 5, 10, outcomes_end, 7)) do
   local i = claim.at - 1
   local kind, r, event_id, attempt = ARGV[i], claim.r, claim.event_id, claim.attempt
   local key = ARGV[i + 7] ~= '' and string.sub(ARGV[i + 7], 2) or nil
@@ -806,9 +895,10 @@ for n, claim in ipairs(held_claims(c, 5, 8, outcomes_end)) do
       others[r] = true
     end
     if kind == 'C' then
-      completed[r] = completed[r] or {ids = {}, positions = {}}
+      completed[r] = completed[r] or {ids = {}, positions = {}, moved = {}}
       table.insert(completed[r].ids, id)
       table.insert(completed[r].positions, pos)
+      if id ~= pos .. '-0' then table.insert(completed[r].moved, pos) end
       if not done_by[pos] then table.insert(done_at, pos) end
       done_by[pos] = (done_by[pos] or 0) + 1
       if key then
@@ -869,7 +959,9 @@ for r, batch in pairs(completed) do
     redis.call('ZREM', duekey(r), unpack(ids))
     redis.call('ZREM', agekey(r), unpack(ids))
     redis.call('HDEL', stkey(r), unpack(positions))
-    redis.call('HDEL', mvkey(r), unpack(positions))
+  end
+  for first = 1, #batch.moved, 4000 do  -- B:mv holds the redelivered ones only
+    redis.call('HDEL', mvkey(r), unpack(batch.moved, first, math.min(first + 3999, #batch.moved)))
   end
   redis.call('HINCRBY', B .. ':pend', r, -count)
   done = done + count
