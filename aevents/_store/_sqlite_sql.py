@@ -381,6 +381,7 @@ class JournalSQL:
         row = conn.execute(_FIND_EVENT, (event_id,)).fetchone()
         if row is None:  # a letter for an event this journal never saw: keep it whole
             conn.execute(INSERT_EVENT, (seq, event_id, name, body, published))
+            self.seqs.adding.append((event_id, seq))  # over any seq it had before a prune
             event_seq, seq = seq, seq + 1
         else:
             event_seq = row[0]
