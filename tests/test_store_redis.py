@@ -762,13 +762,13 @@ async def test_a_settle_cancelled_while_others_join_fails_theirs_and_sends_nothi
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(lead)
-        while store._joining is None:  # the settle waits for others to join
+        while consumer not in store._joining:  # the settle waits for others to join
             await anyio.lowlevel.checkpoint()
-        joined = store._joining
+        joined = store._joining[consumer]
         tasks.start_soon(join)
         while not joined.claims:
             await anyio.lowlevel.checkpoint()
-        assert store._joining is joined  # not sent yet
+        assert store._joining[consumer] is joined  # not sent yet
         scopes[0].cancel()
     assert len(errors) == 1
     assert "cancelled" in errors[0].problem

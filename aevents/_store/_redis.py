@@ -226,7 +226,8 @@ class RedisStore:
         self._wakes: list[Callable[[], object]] = []  # what the wake listener calls
         self._receivers: set[str] = set()  # of the consumers registered here: their wakes
         self._token = os.urandom(8).hex().encode()  # names this store's publishes' wakes
-        self._joining: _Joined | None = None  # settles and starts waiting to be sent together
+        # Per consumer, the settles and starts waiting to be sent together in one script.
+        self._joining: dict[ConsumerId, _Joined] = {}
 
     def __repr__(self) -> str:
         return f"RedisStore({self.path!r}, prefix={self.prefix!r})"
@@ -725,8 +726,8 @@ class RedisStore:
         """
         if not outcomes and not claims:
             return [], []
-        joined = self._joining
-        if joined is not None and joined.consumer == consumer:
+        joined = self._joining.get(consumer)
+        if joined is not None:
             # a script that waits for others to join, not sent yet: go along with it
             first_outcome, first_claim = len(joined.outcomes), len(joined.claims)
             joined.outcomes += outcomes
@@ -742,7 +743,7 @@ class RedisStore:
                 [claim for claim in mine_starts if claim is not None],
             )
         joined = _Joined(consumer, list(outcomes), list(claims))
-        self._joining = joined
+        self._joining[consumer] = joined
         try:
             # The settles and starts that other tasks make in the next few turns of the
             # loop (the runtime's settle task and its start writer, woken by the same
@@ -757,8 +758,8 @@ class RedisStore:
                     if quiet >= _JOIN_QUIET:
                         break
             finally:
-                if self._joining is joined:
-                    self._joining = None
+                if self._joining.get(consumer) is joined:
+                    del self._joining[consumer]
             lost, lost_starts = await self._settle_script(consumer, joined.outcomes, joined.claims)
         except StoreError as error:
             joined.error = error.problem
