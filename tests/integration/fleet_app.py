@@ -110,7 +110,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         {
             "type": "http.response.start",
             "status": 200,
-            "headers": [(b"content-type", b"text/plain")],
+            "headers": [(b"content-type", b"text/plain"), (b"x-pid", str(os.getpid()).encode())],
         }
     )
     await send({"type": "http.response.body", "body": body})

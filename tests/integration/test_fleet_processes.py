@@ -184,7 +184,9 @@ def _consumers(tmp_path: Path) -> int:
 def test_four_server_workers_share_one_journal(tmp_path: Path, server: str) -> None:
     """4,000 requests to four worker processes of one server, each publishing one event to
     two fleet receivers and one process receiver: each fleet delivery ran exactly once,
-    spread over the four, and each process ran the process receiver once per event."""
+    in the processes that published (a publisher takes its own deliveries first, and the
+    server decides which worker gets each of the 16 keep-alive connections, so a worker
+    may publish nothing), and each process ran the process receiver once per event."""
     port = _free_port()
     log = Log(tmp_path / "log.txt")
     with serve(_server_command(server, port), "", _env(tmp_path)) as running:
@@ -194,10 +196,14 @@ def test_four_server_workers_share_one_journal(tmp_path: Path, server: str) -> N
             assert running.process.poll() is None, running.output
             time.sleep(0.1)
 
+        publishers: collections.Counter[int] = collections.Counter()
+
         def publish(chunk: range) -> None:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=WAIT) as client:
                 for n in chunk:
-                    client.get("/publish", params={"n": n}).raise_for_status()
+                    response = client.get("/publish", params={"n": n})
+                    response.raise_for_status()
+                    publishers[int(response.headers["x-pid"])] += 1
 
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(publish, [range(start, 4000, 16) for start in range(16)]))
@@ -223,7 +229,8 @@ def test_four_server_workers_share_one_journal(tmp_path: Path, server: str) -> N
     fleet_pids = collections.Counter(
         pid for what, who, *_, pid, _ in log.lines() if what == "done" and who != "local"
     )
-    assert len(fleet_pids) == 4, f"each worker ran a share: {fleet_pids}"
+    assert set(publishers) <= set(fleet_pids), f"publishers {publishers}, ran {fleet_pids}"
+    assert len(fleet_pids) > 1, f"the deliveries were shared: {fleet_pids}"
     for pid in fleet_pids:
         runs = collections.Counter(
             n
