@@ -266,7 +266,8 @@ class StoreError(AeventsError):
 
 
 class JournalInUseError(StoreError):
-    """A process of an older aevents holds the journal alone (``SQLiteStore`` shares it)."""
+    """Another process holds the journal alone: an ``SQLiteStore(exclusive=True)``, or an
+    older aevents; or an exclusive store found the journal open in another process."""
 
     def __init__(self, path: str, problem: str | None = None) -> None:
         super().__init__(
