@@ -184,8 +184,9 @@ class RuntimeConfig:
     defaults (see its docstring for what each does). Making one checks every
     value; reading one gives the value the runtime uses: ``registry=None`` is
     read as ``default_registry``, ``retry=None`` as ``RetryPolicy()``,
-    ``sync_threads=None`` as ``workers``, ``metrics=True`` as a new
-    ``Metrics`` and ``metrics=False`` as ``None``, and ``middleware`` as a tuple.
+    ``sync_threads=None`` and ``start_ahead=None`` as ``workers``, ``metrics=True``
+    as a new ``Metrics`` and ``metrics=False`` as ``None``, and ``middleware`` as a
+    tuple.
     ``attrs.evolve`` works, and checks again; with ``metrics=True`` it makes
     another ``Metrics``.
 
@@ -230,11 +231,19 @@ class RuntimeConfig:
     max_idempotency_keys: int = attrs.field(default=100_000, validator=_int_at_least_1)
     consume: bool = attrs.field(default=True, validator=_consume)
     lease: float = attrs.field(default=30.0, validator=_lease)
+    _start_ahead: int | None = attrs.field(
+        default=None, validator=_optional_int_at_least_1, alias="start_ahead"
+    )
 
     @property
     def sync_threads(self) -> int:
         """Threads for sync receivers at once: as given, or ``workers`` when None."""
         return self.workers if self._sync_threads is None else self._sync_threads
+
+    @property
+    def start_ahead(self) -> int:
+        """Claims started ahead of the workers: as given, or ``workers`` when None."""
+        return self.workers if self._start_ahead is None else self._start_ahead
 
 
 OPTIONS: Final = tuple(str(field.alias) for field in attrs.fields(RuntimeConfig) if field.init)

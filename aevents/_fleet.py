@@ -179,6 +179,7 @@ class Fleet:
         consume: bool,
         idempotency: IdempotencyWindow,
         lease: float = LEASE,
+        start_ahead: int | None = None,
     ) -> None:
         self.store = store
         self._run = run
@@ -221,13 +222,14 @@ class Fleet:
         # Starts: the batch the next ``start`` call writes, and what wakes its task; the
         # write that counts each claim being started; and the look-ahead: claims waiting
         # in the buffer that are started ahead of a worker taking them (``_started``
-        # once written, ``_starting_ahead`` while in a write), up to ``_ahead`` of them.
+        # once written, ``_starting_ahead`` while in a write), up to ``_ahead`` of them
+        # (the runtime's ``start_ahead``, ``workers`` by default).
         self._starts: _Starts | None = None
         self._start_wanted: anyio.Event | None = None
         self._starting: dict[Held, _Starts] = {}
         self._started: set[Held] = set()
         self._starting_ahead: set[Held] = set()
-        self._ahead = buffer.workers
+        self._ahead = buffer.workers if start_ahead is None else start_ahead
         # A store that starts claims in the claim's own call (RedisStore) starts the
         # look-ahead there: one call less per round.
         self._claim_and_start: ClaimAndStart | None = getattr(store, "claim_and_start", None)

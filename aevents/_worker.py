@@ -2,7 +2,7 @@
 
 ::
 
-    python -m aevents worker TARGET [--store PATH] [--concurrency N]
+    python -m aevents worker TARGET [--store PATH] [--concurrency N] [--start-ahead N]
                                     [--backend asyncio|uvloop|trio]
                                     [--shutdown-timeout SECONDS] [--app-dir DIR]
 
@@ -76,6 +76,14 @@ def add_worker_parser(commands: Any) -> None:
         help="deliveries run at once (the runtime's workers; default 8)",
     )
     worker.add_argument(
+        "--start-ahead",
+        type=_positive_int,
+        metavar="N",
+        help="claims whose attempt is recorded as started ahead of the workers, so that "
+        "a batch takes fewer store calls; a worker that dies counts an attempt for each "
+        "(the runtime's start_ahead; default: as many as --concurrency)",
+    )
+    worker.add_argument(
         "--shutdown-timeout",
         type=_seconds,
         metavar="SECONDS",
@@ -131,6 +139,7 @@ def worker_command(args: argparse.Namespace) -> int:
             args.target,
             store=None if args.store is None else SQLiteStore(args.store),
             concurrency=args.concurrency,
+            start_ahead=args.start_ahead,
             shutdown_timeout=args.shutdown_timeout,
         )
     except LoadError as error:
@@ -165,6 +174,7 @@ def runtime_for(
     store: Store | None,
     concurrency: int | None,
     shutdown_timeout: float | None,
+    start_ahead: int | None = None,
 ) -> EventRuntime:
     """The runtime a worker runs for ``target`` (what ``spec`` named), with the CLI's options.
 
@@ -177,6 +187,7 @@ def runtime_for(
             for flag, value in (
                 ("--store", store),
                 ("--concurrency", concurrency),
+                ("--start-ahead", start_ahead),
                 ("--shutdown-timeout", shutdown_timeout),
             )
             if value is not None
@@ -198,6 +209,8 @@ def runtime_for(
         options: dict[str, Any] = {"registry": registry, "store": store}
         if concurrency is not None:
             options["workers"] = concurrency
+        if start_ahead is not None:
+            options["start_ahead"] = start_ahead
         if shutdown_timeout is not None:
             options["shutdown_timeout"] = shutdown_timeout
         runtime = EventRuntime(**options)
@@ -208,7 +221,12 @@ def runtime_for(
                 f"TARGET {spec!r} returned {type(made).__name__}, not an aevents.EventRuntime"
             )
         return runtime_for(
-            made, spec, store=store, concurrency=concurrency, shutdown_timeout=shutdown_timeout
+            made,
+            spec,
+            store=store,
+            concurrency=concurrency,
+            shutdown_timeout=shutdown_timeout,
+            start_ahead=start_ahead,
         )
     else:
         raise LoadError(

@@ -1,7 +1,8 @@
 """Publish-and-consume through aevents on Redis against raw coredis XADD/XREADGROUP/XACK loops.
 
     python scripts/bench_redis.py [--url redis://127.0.0.1:6379/0] [--events 5000]
-                                  [--processes 1] [--repeat 3] [--systems raw,store,runtime]
+                                  [--processes 1] [--repeat 3]
+                                  [--systems raw,store,runtime,runtime-ahead]
                                   [--batches 1,32,256] [--count]
 
 For each batch size (1, 32, 256), each process publishes a batch and waits until it
@@ -15,6 +16,10 @@ was consumed, then repeats:
   receiver that counts what it saw: ``publish`` (batch 1) or ``publish_many`` of the
   batch, then wait until the receiver saw all of it; the runtime's claim loop, workers,
   starts, settles and wake listener run as they would in production.
+* ``runtime-ahead``: the same with ``start_ahead=`` the batch size, so that the runtime
+  records the starts of a whole batch in one call, as the raw loop's ``XREADGROUP``
+  counts a delivery for the whole batch it reads (a process that dies counts an attempt
+  for each of them, there and here).
 
 With ``--processes N`` N processes run at once on one store (one receiver each;
 the raw loops one stream each), started together. The systems alternate
@@ -64,6 +69,25 @@ class CountingStore(RedisStore):
 async def runtime_round_trips(
     url: str, prefix: str, index: int, batch: int, events: int, at: float
 ) -> Result:
+    return await _runtime_round_trips(url, prefix, index, batch, events, at, start_ahead=None)
+
+
+async def runtime_ahead_round_trips(
+    url: str, prefix: str, index: int, batch: int, events: int, at: float
+) -> Result:
+    return await _runtime_round_trips(url, prefix, index, batch, events, at, start_ahead=batch)
+
+
+async def _runtime_round_trips(
+    url: str,
+    prefix: str,
+    index: int,
+    batch: int,
+    events: int,
+    at: float,
+    *,
+    start_ahead: int | None,
+) -> Result:
     seen = 0
     target = 0
     reached = anyio.Event()
@@ -78,7 +102,7 @@ async def runtime_round_trips(
 
     store = CountingStore(url, prefix=prefix, retention=None)
     name = f"bench{index}:event"
-    async with aevents.EventRuntime(registry, store=store) as runtime:
+    async with aevents.EventRuntime(registry, store=store, start_ahead=start_ahead) as runtime:
         times = []
         await anyio.sleep(max(at - time.time(), 0))
         calls_before = dict(store.calls)
@@ -150,7 +174,12 @@ async def raw_round_trips(
         return (events // batch) * batch, time.perf_counter() - began_all, times, {}
 
 
-LOOPS = {"raw": raw_round_trips, "store": aevents_round_trips, "runtime": runtime_round_trips}
+LOOPS = {
+    "raw": raw_round_trips,
+    "store": aevents_round_trips,
+    "runtime": runtime_round_trips,
+    "runtime-ahead": runtime_ahead_round_trips,
+}
 
 
 def _child(
@@ -226,7 +255,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5000, help="per process and batch size")
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--systems", default="raw,store,runtime")
+    parser.add_argument("--systems", default="raw,store,runtime,runtime-ahead")
     parser.add_argument("--batches", default="1,32,256")
     parser.add_argument("--count", action="store_true", help="commands per batch")
     args = parser.parse_args()
@@ -235,7 +264,7 @@ def main() -> None:
     logging.getLogger("aevents").setLevel(logging.ERROR)  # the appendonly warning, each run
     names = ["raw", *(name for name in args.systems.split(",") if name != "raw")]
     print(f"processes {args.processes}, repeat {args.repeat} (medians)")
-    print("batch  system    events/s   p50 ms   p99 ms   ratio  (each repetition)")
+    print("batch  system         events/s   p50 ms   p99 ms   ratio  (each repetition)")
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.processes, mp_context=context) as pool:
         for batch in (int(b) for b in args.batches.split(",")):
@@ -250,7 +279,7 @@ def main() -> None:
                 ratios = [ours[0] / raw[0] for ours, raw in zip(found, rows["raw"], strict=True)]
                 each = " ".join(f"{ratio:.2f}" for ratio in ratios)
                 print(
-                    f"{batch:5}  {name:8} {rate:10.0f} {p50:8.2f} {p99:8.2f}   "
+                    f"{batch:5}  {name:13} {rate:10.0f} {p50:8.2f} {p99:8.2f}   "
                     f"{statistics.median(ratios):.2f}x  ({each})",
                     flush=True,
                 )

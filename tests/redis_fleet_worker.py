@@ -16,6 +16,7 @@ the test reads one order across processes:
 
 * ``hold``: receiver ``job`` of ``crash:*`` logs ``start`` and never returns (the
   process to kill mid-batch; it takes up to 8 deliveries).
+* ``hold-ahead``: as ``hold``, with 2 workers, a buffer of 16 and ``start_ahead=8``.
 * ``quick``: receiver ``job`` of ``crash:*`` logs ``start``, then ``done``.
 * ``raise``: receiver ``poison`` of ``poison:*`` logs ``start`` and raises, 3 attempts.
 * ``exit``: receiver ``poison`` of ``poison:*`` logs ``start`` and ends its process
@@ -65,12 +66,12 @@ async def run(url: str, prefix: str, mode: str) -> None:
         async def first(event: aevents.Event) -> None:
             seen["first"].append(event.payload["n"])
 
-    elif mode in ("hold", "quick"):
+    elif mode in ("hold", "hold-ahead", "quick"):
 
         @registry.subscribe("crash:*", id="job")
         async def job(event: aevents.Event) -> None:
             await log("start", event)
-            if mode == "hold":
+            if mode != "quick":
                 await anyio.sleep_forever()
             await log("done", event)
 
@@ -103,6 +104,8 @@ async def run(url: str, prefix: str, mode: str) -> None:
         options = {"workers": 16, "buffer": 256}
     elif mode == "hold":
         options.update(workers=4, buffer=8)
+    elif mode == "hold-ahead":
+        options.update(workers=2, buffer=16, start_ahead=8)
     store = aevents.RedisStore(url, prefix=prefix)
     async with client:
         with anyio.open_signal_receiver(signal.SIGTERM) as signals:

@@ -44,7 +44,8 @@ BAD_VALUES: list[tuple[str, object, str]] = [
         for value in (0, -1, 1.5, True, "8", None)
     ],
     *[
-        ("sync_threads", value, f"sync_threads must be an int >= 1, got {value!r}")
+        (option, value, f"{option} must be an int >= 1, got {value!r}")
+        for option in ("sync_threads", "start_ahead")
         for value in (0, 2.0, False, "2")
     ],
     ("store", "events.db", "store must implement the aevents.Store protocol, got 'events.db'"),
@@ -152,7 +153,7 @@ def test_options_are_event_runtime_keyword_arguments_with_the_same_defaults() ->
         str(field.alias): field.default for field in attrs.fields(RuntimeConfig) if field.init
     }
     assert config_defaults == runtime_defaults
-    assert len(OPTIONS) == len(set(OPTIONS)) == 20
+    assert len(OPTIONS) == len(set(OPTIONS)) == 21
 
 
 def test_defaults_resolve_to_the_values_the_runtime_uses() -> None:
@@ -161,6 +162,7 @@ def test_defaults_resolve_to_the_values_the_runtime_uses() -> None:
     assert config.registry is aevents.default_registry
     assert config.retry == RetryPolicy()
     assert (config.workers, config.buffer, config.sync_threads) == (8, 1024, 8)
+    assert config.start_ahead == 8
     assert (config.store, config.timeout, config.shutdown_timeout) == (None, None, 10.0)
     assert (config.strict, config.log_payloads, config.keyed_dead_letters) == (
         False,
@@ -180,6 +182,12 @@ def test_sync_threads_default_to_workers_and_keep_a_given_count() -> None:
     """``sync_threads=None`` reads as ``workers``; a number is kept."""
     assert RuntimeConfig(workers=3, sync_threads=None).sync_threads == 3
     assert RuntimeConfig(workers=3, sync_threads=5).sync_threads == 5
+
+
+def test_start_ahead_defaults_to_workers_and_keeps_a_given_count() -> None:
+    """``start_ahead=None`` reads as ``workers``; a number is kept, above workers too."""
+    assert RuntimeConfig(workers=3, start_ahead=None).start_ahead == 3
+    assert RuntimeConfig(workers=3, start_ahead=256).start_ahead == 256
 
 
 def test_given_registry_retry_and_store_are_kept_as_they_are() -> None:

@@ -220,6 +220,41 @@ async def test_claims_a_dead_consumer_never_started_run_as_first_attempts() -> N
             await until(lambda: _no_leases(store))
 
 
+@pytest.mark.parametrize(("start_ahead", "started"), [(None, 1), (6, 6)])
+async def test_start_ahead_bounds_the_attempts_recorded_before_a_worker_takes_them(
+    start_ahead: int | None, started: int
+) -> None:
+    """While the one worker runs the first of ten deliveries, the store counts as started
+    the look-ahead's (``start_ahead``, ``workers`` by default) and no more: those are the
+    attempts a crash would count for claims that never ran."""
+    store = MemoryStore()
+    release = anyio.Event()
+    ran: list[int] = []
+    registry = Registry()
+
+    async def worker(event: Event) -> None:
+        ran.append(event.payload["n"])
+        await release.wait()
+
+    registry.subscribe(NAME, worker, id="worker")
+    runtime = EventRuntime(registry, store=store, workers=1, start_ahead=start_ahead)
+    assert runtime.start_ahead == started
+    async with running(runtime):
+        await runtime.publish_many(NAME, [{"n": n} for n in range(10)])
+        await until(lambda: ran == [0])
+        for _ in range(20):  # let any further start be written
+            await anyio.lowlevel.checkpoint()
+        attempts = [each.attempts async for each in store.pending()]
+        assert len(attempts) == 10
+        assert started <= sum(attempts) <= started + 1, attempts
+        assert set(attempts) <= {0, 1}
+        release.set()
+        with anyio.fail_after(10):
+            await runtime.drain()
+        assert sorted(ran) == list(range(10))
+    assert (await _stats(store)).done == 10
+
+
 async def test_a_poison_delivery_ends_as_one_dead_letter_without_running_again() -> None:
     """Attempts add up across consumers that die: past the policy, the next claimer
     dead-letters it without running it, and keeps running the rest."""

@@ -212,6 +212,39 @@ async def test_a_consumer_killed_mid_batch_has_its_deliveries_reclaimed_within_l
     assert [p async for p in store.pending()] == []
 
 
+async def test_a_killed_consumer_costs_an_attempt_only_to_what_it_started_ahead(
+    store: RedisStore, workers: Workers
+) -> None:
+    """kill -9 of a consumer with 2 workers and ``start_ahead=8`` holding 12 claims: the
+    store counts an attempt for the two running and the eight started ahead (the option's
+    price), none for the two only claimed; the survivors run all twelve, none
+    dead-lettered."""
+    victim = await workers.start("hold-ahead")
+    await store.publish([(make_event("crash:job", {"n": n}, {}), ["job"]) for n in range(12)])
+
+    async def victim_holds_all() -> bool:
+        running = [s for s in await steps(store) if s.pid == victim.pid]
+        leases = await store.leases()
+        return len(running) == 2 and len(leases) == 12
+
+    await until(victim_holds_all, "the victim running two and holding all twelve")
+    victim.send_signal(signal.SIGKILL)
+    await victim.wait()
+    attempts = sorted([each.attempts async for each in store.pending()])
+    assert len(attempts) == 12
+    assert attempts.count(1) >= 8, attempts  # started ahead: more than workers' 2 + 2
+    assert attempts.count(1) <= 10, attempts  # no more than 8 ahead and 2 running
+    assert set(attempts) <= {0, 1}, attempts
+    await workers.start("quick")
+
+    async def all_done() -> bool:
+        return len({s.n for s in await steps(store) if s.what == "done"}) == 12
+
+    await until(all_done, "the survivor running the victim's claims")
+    assert (await store.stats()).dead == 0
+    assert await store.leases() == []
+
+
 async def _events(store: RedisStore) -> AsyncIterator[aevents.Event]:
     """Every event of the store whose deliveries are unfinished."""
     async for delivery in store.pending():

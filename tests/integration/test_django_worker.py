@@ -53,7 +53,17 @@ def test_aevents_worker_runs_the_projects_receivers(tmp_path: Path, backend: str
     _migrate(tmp_path)
     _publish_into(tmp_path / "events.journal", 20)
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "aevents_worker", "--concurrency", "2", "--backend", backend],
+        [
+            sys.executable,
+            "manage.py",
+            "aevents_worker",
+            "--concurrency",
+            "2",
+            "--start-ahead",
+            "8",
+            "--backend",
+            backend,
+        ],
         cwd=PROJECT,
         env=_env(tmp_path),
         stdout=subprocess.PIPE,
@@ -89,3 +99,19 @@ def test_aevents_worker_refuses_a_project_without_a_store(tmp_path: Path) -> Non
     )
     assert result.returncode == 1, result.stderr
     assert "settings.AEVENTS has no 'store'" in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--concurrency", "--start-ahead"])
+def test_aevents_worker_refuses_a_count_below_one(tmp_path: Path, flag: str) -> None:
+    _migrate(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "aevents_worker", flag, "0"],
+        cwd=PROJECT,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"{flag} must be at least 1, got 0" in result.stderr

@@ -104,7 +104,11 @@ def _wait_for_log(process: subprocess.Popen[str], text: str) -> list[str]:
 
 def test_worker_runs_the_journal_then_drains_on_sigterm(tmp_path: Path, backend: str) -> None:
     _journal_with(tmp_path / "events.db", [{"n": n} for n in range(50)])
-    process = _worker(tmp_path, backend, "worker_app", "--store", "events.db", "--concurrency", "3")
+    process = _worker(
+        tmp_path,
+        backend,
+        *("worker_app", "--store", "events.db", "--concurrency", "3", "--start-ahead", "16"),
+    )
     started = _wait_for_log(process, "started")
     assert "1 receivers (worker_app:record), 3 at once" in started[-1]
     assert f":{process.pid} started" in started[-1]
@@ -144,6 +148,12 @@ def test_a_second_signal_stops_the_worker_at_once(tmp_path: Path, backend: str) 
         (["worker_app:missing"], 1, "cannot find 'worker_app:missing'"),
         (["./worker_app.py"], 2, "(a module path, not a file)"),
         (["worker_app", "--store", "x.db", "--concurrency", "0"], 2, "at least 1, got '0'"),
+        (["worker_app", "--store", "x.db", "--start-ahead", "0"], 2, "at least 1, got '0'"),
+        (
+            ["worker_app:runtime", "--start-ahead", "4"],
+            2,
+            "--start-ahead: TARGET 'worker_app:runtime' is an EventRuntime",
+        ),
     ],
 )
 def test_the_worker_refuses_what_it_cannot_run(

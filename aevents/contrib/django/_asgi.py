@@ -55,7 +55,8 @@ def runtime_from_settings(**overrides: Any) -> EventRuntime:
     ``aevents.PostgresStore(url)``, ``{"postgres": "default", **options}``,
     a ``PostgresStore`` on the database of that ``DATABASES`` alias, or a store. Unknown keys raise
     ``ConfigurationError`` naming them. ``overrides`` replace settings of the
-    same name (``manage.py aevents_worker --concurrency`` sets ``workers``).
+    same name (``manage.py aevents_worker --concurrency`` sets ``workers``,
+    ``--start-ahead`` sets ``start_ahead``).
     """
     from django.conf import settings
 

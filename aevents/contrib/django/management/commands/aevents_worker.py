@@ -31,13 +31,24 @@ class Command(BaseCommand):  # type: ignore[misc]  # Django ships no types
             metavar="N",
             help="deliveries run at once (default: settings.AEVENTS['workers'], or 8)",
         )
+        parser.add_argument(
+            "--start-ahead",
+            type=int,
+            metavar="N",
+            help="claims started ahead of the workers, so that a batch takes fewer store "
+            "calls; a worker that dies counts an attempt for each (default: "
+            "settings.AEVENTS['start_ahead'], or as many as --concurrency)",
+        )
         parser.add_argument("--backend", choices=BACKENDS, default="asyncio")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        concurrency = options["concurrency"]
-        if concurrency is not None and concurrency < 1:
-            raise CommandError(f"--concurrency must be at least 1, got {concurrency}")
-        overrides = {} if concurrency is None else {"workers": concurrency}
+        overrides: dict[str, int] = {}
+        for flag, option in (("concurrency", "workers"), ("start_ahead", "start_ahead")):
+            value = options[flag]
+            if value is not None and value < 1:
+                raise CommandError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+            if value is not None:
+                overrides[option] = value
         try:
             runtime = runtime_from_settings(**overrides)
         except AeventsError as error:
