@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -36,6 +36,7 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,  # its own process group: kill() ends its workers too
         )
         self.lines: list[str] = []
         self._finished = False
@@ -90,9 +91,11 @@ class Server:
         return returncode
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=WAIT)
+        """SIGKILL the server and every process of its group (``--workers`` children,
+        which would outlive it and hold its output open)."""
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=WAIT)
         self._reader.join(timeout=WAIT)
         if self.process.stdout is not None:
             self.process.stdout.close()

@@ -43,6 +43,7 @@ class Shop:
         self.events = f"{self.schema}_events"
         self.settings = "shop.settings"
         self.workers = 0
+        self.started: list[Worker] = []
 
     def env(self, **extra: str) -> dict[str, str]:
         paths = [str(PROJECT), str(HERE), str(self.directory), str(ROOT)]
@@ -71,7 +72,9 @@ class Shop:
 
     def worker(self, **extra: str) -> Worker:
         self.workers += 1
-        return Worker(self.directory / f"worker-{self.workers}.log", self.env(**extra))
+        worker = Worker(self.directory / f"worker-{self.workers}.log", self.env(**extra))
+        self.started.append(worker)
+        return worker
 
     def query(self, text: str) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
@@ -121,6 +124,9 @@ def shop(postgres_dsn: str, tmp_path: Path) -> Iterator[Shop]:
     try:
         yield project
     finally:
+        for worker in project.started:  # a test that failed midway leaves none running
+            if worker.running():
+                worker.kill()
         drop_schema(postgres_dsn, project.schema)
         drop_schema(postgres_dsn, project.events)
 
@@ -223,12 +229,19 @@ def test_an_inbox_receiver_killed_anywhere_leaves_exactly_one_row_per_event(shop
 
     deadline = time.monotonic() + 75
     rounds = killed = 0
+    print(f"seed {seed}")  # shown if pytest's own timeout cuts the test short
     while shop.not_done():
         assert time.monotonic() < deadline, f"not finished (seed {seed}, {rounds} rounds)"
         rounds += 1
         worker = shop.worker(**extra)
         kill_at = time.monotonic() + chance.uniform(0.3, 2.5) if chance.random() < 0.3 else None
         while worker.running() and shop.not_done():
+            if time.monotonic() >= deadline:
+                worker.kill()
+                pytest.fail(
+                    f"not finished (seed {seed}, {rounds} rounds, {shop.not_done()} "
+                    f"deliveries left); the last worker's log:\n{worker.output()[-4000:]}"
+                )
             if kill_at is not None and time.monotonic() >= kill_at:
                 worker.kill()  # at a random moment, from outside
                 break
