@@ -2,7 +2,7 @@
 
 ::
 
-    python -m aevents worker TARGET [--store PATH] [--concurrency N] [--start-ahead N]
+    python -m aevents worker TARGET [--store PATH|URL] [--concurrency N] [--start-ahead N]
                                     [--backend asyncio|uvloop|trio]
                                     [--shutdown-timeout SECONDS] [--app-dir DIR]
 
@@ -35,7 +35,7 @@ import anyio.abc
 from ._exceptions import StoreError
 from ._registry import Registry, default_registry
 from ._runtime import EventRuntime
-from ._store._protocol import Store
+from ._store._protocol import LeasedStore, Store
 from ._store._sqlite import SQLiteStore
 from ._targets import LoadError, UsageError, check_spec, escape, load_target, use_app_dir
 
@@ -67,7 +67,18 @@ def add_worker_parser(commands: Any) -> None:
     worker.add_argument(
         "--store",
         metavar="PATH",
-        help="the journal to consume (when TARGET is a module or a Registry)",
+        help="the store to consume (when TARGET is a module or a Registry): a journal "
+        "file, or a postgresql:// or redis:// (rediss://) URL",
+    )
+    worker.add_argument(
+        "--schema",
+        metavar="NAME",
+        help="with a postgresql:// --store: the schema of the store (default: aevents)",
+    )
+    worker.add_argument(
+        "--prefix",
+        metavar="NAME",
+        help="with a redis:// --store: the key prefix of the store (default: aevents)",
     )
     worker.add_argument(
         "--concurrency",
@@ -107,6 +118,36 @@ def add_worker_parser(commands: Any) -> None:
     )
 
 
+def store_for(
+    spec: str | None, *, schema: str | None = None, prefix: str | None = None
+) -> Store | LeasedStore | None:
+    """The store ``--store`` names: a journal path, or a PostgreSQL or Redis URL.
+
+    Raises ``UsageError`` when ``--schema`` or ``--prefix`` does not fit the store.
+    """
+    if spec is None:
+        if schema is not None or prefix is not None:
+            raise UsageError("--schema and --prefix go with a --store URL")
+        return None
+    if spec.startswith(("postgresql://", "postgres://")):
+        if prefix is not None:
+            raise UsageError("--prefix is for a redis:// store; a PostgreSQL store has --schema")
+        from ._store._postgres import PostgresStore
+
+        return PostgresStore(spec) if schema is None else PostgresStore(spec, schema=schema)
+    if spec.startswith(("redis://", "rediss://")):
+        if schema is not None:
+            raise UsageError("--schema is for a postgresql:// store; a Redis store has --prefix")
+        from ._store._redis import RedisStore
+
+        return RedisStore(spec) if prefix is None else RedisStore(spec, prefix=prefix)
+    if schema is not None or prefix is not None:
+        raise UsageError(
+            "--schema and --prefix go with a postgresql:// or redis:// --store, not a journal file"
+        )
+    return SQLiteStore(spec)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -137,7 +178,7 @@ def worker_command(args: argparse.Namespace) -> int:
         runtime = runtime_for(
             target,
             args.target,
-            store=None if args.store is None else SQLiteStore(args.store),
+            store=store_for(args.store, schema=args.schema, prefix=args.prefix),
             concurrency=args.concurrency,
             start_ahead=args.start_ahead,
             shutdown_timeout=args.shutdown_timeout,
@@ -171,7 +212,7 @@ def runtime_for(
     target: object,
     spec: str,
     *,
-    store: Store | None,
+    store: Store | LeasedStore | None,
     concurrency: int | None,
     shutdown_timeout: float | None,
     start_ahead: int | None = None,

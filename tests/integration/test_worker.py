@@ -14,7 +14,8 @@ import anyio
 import pytest
 
 from aevents._event import make_event
-from aevents._store import SQLiteStore
+from aevents._store import LeasedStore, PostgresStore, RedisStore, SQLiteStore, Store
+from tests.pg import drop_schema, schema_for
 
 pytestmark = pytest.mark.parametrize("backend", ["asyncio", "trio", "uvloop"])
 
@@ -149,6 +150,18 @@ def test_a_second_signal_stops_the_worker_at_once(tmp_path: Path, backend: str) 
         (["./worker_app.py"], 2, "(a module path, not a file)"),
         (["worker_app", "--store", "x.db", "--concurrency", "0"], 2, "at least 1, got '0'"),
         (["worker_app", "--store", "x.db", "--start-ahead", "0"], 2, "at least 1, got '0'"),
+        (["worker_app", "--store", "x.db", "--prefix", "p"], 2, "not a journal file"),
+        (
+            ["worker_app", "--store", "redis://127.0.0.1:1/0", "--schema", "s"],
+            2,
+            "--schema is for a postgresql:// store",
+        ),
+        (
+            ["worker_app", "--store", "postgresql://127.0.0.1:1/x", "--prefix", "p"],
+            2,
+            "--prefix is for a redis:// store",
+        ),
+        (["worker_app", "--prefix", "p"], 2, "--schema and --prefix go with a --store URL"),
         (
             ["worker_app:runtime", "--start-ahead", "4"],
             2,
@@ -163,3 +176,67 @@ def test_the_worker_refuses_what_it_cannot_run(
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == code, stderr
     assert message in stderr
+
+
+def _store_with(store: Store | LeasedStore, payloads: list[dict[str, object]]) -> None:
+    """``store`` holding one delivery to ``worker_app:record`` per payload."""
+
+    async def write() -> None:
+        assert isinstance(store, LeasedStore)
+        await store.open()
+        try:
+            events = [
+                (make_event("work:item", payload, {}), ["worker_app:record"])
+                for payload in payloads
+            ]
+            await store.publish(events)
+        finally:
+            await store.close()
+
+    anyio.run(write)
+
+
+def _run_until_done(tmp_path: Path, backend: str, count: int, *args: str) -> str:
+    """Run a worker with ``args`` until it ran ``count`` deliveries; SIGTERM; its log."""
+    process = _worker(tmp_path, backend, "worker_app", *args, "--concurrency", "4")
+    started = _wait_for_log(process, "started")
+    lines = _wait_for_lines(tmp_path / "out.txt", count, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert f"stopped: {count} delivered, 0 failed, 0 dead-lettered" in stderr
+    assert sorted(int(line.split()[0]) for line in lines) == list(range(count))
+    return "".join(started) + stderr
+
+
+def test_a_worker_consumes_a_redis_store_named_by_url(
+    tmp_path: Path, backend: str, redis_url: str
+) -> None:
+    prefix = f"worker-{os.urandom(4).hex()}"
+    store = RedisStore(redis_url, prefix=prefix)
+    _store_with(store, [{"n": n} for n in range(30)])
+    try:
+        log = _run_until_done(tmp_path, backend, 30, "--store", redis_url, "--prefix", prefix)
+        assert "RedisStore" in log
+    finally:
+
+        async def delete() -> None:
+            await store.open()
+            try:
+                await store.delete_all()
+            finally:
+                await store.close()
+
+        anyio.run(delete)
+
+
+def test_a_worker_consumes_a_postgres_store_named_by_url(
+    tmp_path: Path, backend: str, postgres_dsn: str
+) -> None:
+    schema = schema_for(tmp_path)
+    _store_with(PostgresStore(postgres_dsn, schema=schema), [{"n": n} for n in range(30)])
+    try:
+        log = _run_until_done(tmp_path, backend, 30, "--store", postgres_dsn, "--schema", schema)
+        assert "PostgresStore" in log
+    finally:
+        drop_schema(postgres_dsn, schema)
