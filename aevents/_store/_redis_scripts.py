@@ -66,7 +66,6 @@ __all__ = [
     "RELEASE_KEY",
     "RENEW",
     "SETTLE",
-    "START",
     "UNREGISTER",
 ]
 
@@ -467,7 +466,7 @@ _CLAIM = r"""
 -- unread entries beyond a claim's limit do), and no due one is looked at
 -- -> {receiver, attempt, lease expired (0/1), position, event body or false, started,
 -- entry id, ...}
--- The first `start` claims whose lease did not run out are started too, as START
+-- The first `start` claims whose lease did not run out are started too, as SETTLE
 -- would start them (their attempt counts): the claimer runs them next.
 local function claim(ARGV, known, only)
 local c, limit, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -802,16 +801,6 @@ local function start_claims(c, first, last)
 end
 """
 
-START = (
-    _PRELUDE
-    + _HELD
-    + r"""
--- ARGV: consumer, then per claim: receiver, event id, attempt, position, entry id (the
--- last two '' when unknown) -> indexes not held
-return start_claims(ARGV[1], 2, #ARGV)
-"""
-)
-
 RENEW = (
     _PRELUDE
     + _HELD
@@ -859,7 +848,7 @@ SETTLE = (
 -- ARGV: consumer, now_us, number of outcomes, then per outcome: kind (C, S, R, D),
 -- receiver, event id, attempt, detail (S: delay in us; D: letter id), letter JSON (D),
 -- holds key (1/0), key ('' for none, else '=' .. key), position and entry id ('' '' when
--- unknown); then the claims to start, as START takes them -> {indexes of the outcomes
+-- unknown); then the claims to start (start_claims) -> {indexes of the outcomes
 -- not held, indexes of the starts not held}
 -- Completions are written per receiver at the end, a few calls for them all.
 local c, now = ARGV[1], tonumber(ARGV[2])
