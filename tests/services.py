@@ -61,3 +61,20 @@ def _without_password(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return parts._replace(netloc=netloc).geturl()
+
+
+def delete_redis_prefix(url: str, prefix: str) -> None:
+    """Delete every key of the ``RedisStore`` with this prefix (a test's own, after it)."""
+    import anyio
+
+    from aevents import RedisStore
+
+    async def delete() -> None:
+        store = RedisStore(url, prefix=prefix)
+        await store.open()
+        try:
+            await store.delete_all()
+        finally:
+            await store.close()
+
+    anyio.run(delete)

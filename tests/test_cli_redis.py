@@ -15,6 +15,7 @@ from aevents._event import Event, make_event
 from aevents._policy import DeadLetter
 from aevents._store import Completed, DeadLettered, Route, StoreStats, new_consumer_id
 from aevents._store._redis import RedisStore
+from tests.services import delete_redis_prefix
 
 
 @pytest.fixture
@@ -22,16 +23,7 @@ def prefix(redis_url: str) -> Iterator[str]:
     """A key prefix of this test's own, deleted afterwards."""
     name = "aevents-test-" + os.urandom(6).hex()
     yield name
-
-    async def delete() -> None:
-        store = RedisStore(redis_url, prefix=name)
-        await store.open()
-        try:
-            await store.delete_all()
-        finally:
-            await store.close()
-
-    anyio.run(delete)
+    delete_redis_prefix(redis_url, name)
 
 
 def fill(url: str, prefix: str) -> tuple[list[Event], str]:

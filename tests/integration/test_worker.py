@@ -16,6 +16,7 @@ import pytest
 from aevents._event import make_event
 from aevents._store import LeasedStore, PostgresStore, RedisStore, SQLiteStore, Store
 from tests.pg import drop_schema, schema_for
+from tests.services import delete_redis_prefix
 
 pytestmark = pytest.mark.parametrize("backend", ["asyncio", "trio", "uvloop"])
 
@@ -219,15 +220,7 @@ def test_a_worker_consumes_a_redis_store_named_by_url(
         log = _run_until_done(tmp_path, backend, 30, "--store", redis_url, "--prefix", prefix)
         assert "RedisStore" in log
     finally:
-
-        async def delete() -> None:
-            await store.open()
-            try:
-                await store.delete_all()
-            finally:
-                await store.close()
-
-        anyio.run(delete)
+        delete_redis_prefix(redis_url, prefix)
 
 
 def test_a_worker_consumes_a_postgres_store_named_by_url(
