@@ -290,7 +290,29 @@ async def serve(
     signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
     ready: Callable[[], None] | None = None,
 ) -> None:
-    """Run ``runtime`` until one of ``signals``; drain; a second signal stops at once."""
+    """Run ``runtime`` until one of ``signals``; drain; a second signal stops at once.
+
+    Raises ``StoreError`` itself, not in an exception group, when the store cannot be
+    opened or fails, so that the commands print its message instead of a traceback.
+    """
+    try:
+        await _serve(runtime, signals=signals, ready=ready)
+    except BaseExceptionGroup as group:
+        failures, rest = group.split(StoreError)
+        if failures is None or rest is not None:
+            raise
+        first: BaseException = failures
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+
+
+async def _serve(
+    runtime: EventRuntime,
+    *,
+    signals: tuple[signal.Signals, ...],
+    ready: Callable[[], None] | None,
+) -> None:
     identity = f"{socket.gethostname()}:{os.getpid()}"
     with anyio.open_signal_receiver(*signals) as received:
         async with anyio.create_task_group() as tasks:

@@ -233,3 +233,25 @@ def test_a_worker_consumes_a_postgres_store_named_by_url(
         assert "PostgresStore" in log
     finally:
         drop_schema(postgres_dsn, schema)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://:sekrit@127.0.0.1:1/0", "journal 'redis://:***@127.0.0.1:1/0': cannot be opened"),
+        (
+            "postgresql://postgres:sekrit@127.0.0.1:1/test",
+            "journal 'postgresql://postgres@127.0.0.1:1/test#aevents': could not connect",
+        ),
+    ],
+)
+def test_a_store_that_cannot_be_opened_ends_the_worker_with_one_line(
+    tmp_path: Path, backend: str, url: str, message: str
+) -> None:
+    """Exit 1 with the store's message, never a traceback, and never the password."""
+    process = _worker(tmp_path, backend, "worker_app", "--store", url)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1, stderr
+    assert f"python -m aevents worker: {message}" in stderr
+    assert "Traceback" not in stderr
+    assert "sekrit" not in stderr
