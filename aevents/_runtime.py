@@ -162,11 +162,11 @@ class EventRuntime:
             may have their attempt recorded as started ahead of the workers
             that take them, so that those workers need no store call of their
             own. Larger values take a batch in fewer calls (``publish_many``
-            of 256 with ``start_ahead=256``: about 3 calls in all, against
-            about 20 with the default); the price is that a process that dies
-            counts an attempt for each claim started ahead of it that never
-            ran (see "Crashes and attempts" in the processes guide). Default
-            ``None``: as many as ``workers``.
+            of 256 on Redis with ``start_ahead=256``: 2 scripts in all,
+            against 19 with the default); the price is that a process that
+            dies counts an attempt for each claim started ahead of it that
+            never ran (see "Attempts add up across processes" in the
+            processes guide). Default ``None``: as many as ``workers``.
 
     Raises:
         ConfigurationError: An option has a wrong type or value; the message

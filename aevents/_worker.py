@@ -32,7 +32,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._exceptions import StoreError
+from ._exceptions import ConfigurationError, StoreError
 from ._registry import Registry, default_registry
 from ._runtime import EventRuntime
 from ._store._protocol import LeasedStore, Store
@@ -66,7 +66,7 @@ def add_worker_parser(commands: Any) -> None:
     )
     worker.add_argument(
         "--store",
-        metavar="PATH",
+        metavar="PATH|URL",
         help="the store to consume (when TARGET is a module or a Registry): a journal "
         "file, or a postgresql:// or redis:// (rediss://) URL",
     )
@@ -123,7 +123,8 @@ def store_for(
 ) -> Store | LeasedStore | None:
     """The store ``--store`` names: a journal path, or a PostgreSQL or Redis URL.
 
-    Raises ``UsageError`` when ``--schema`` or ``--prefix`` does not fit the store.
+    Raises ``UsageError`` when ``--schema`` or ``--prefix`` does not fit the store, and
+    ``LoadError`` when the store's extra is not installed.
     """
     if spec is None:
         if schema is not None or prefix is not None:
@@ -132,15 +133,21 @@ def store_for(
     if spec.startswith(("postgresql://", "postgres://")):
         if prefix is not None:
             raise UsageError("--prefix is for a redis:// store; a PostgreSQL store has --schema")
-        from ._store._postgres import PostgresStore
+        try:
+            from ._store import PostgresStore
 
-        return PostgresStore(spec) if schema is None else PostgresStore(spec, schema=schema)
+            return PostgresStore(spec) if schema is None else PostgresStore(spec, schema=schema)
+        except (ImportError, ConfigurationError) as error:  # no extra, or a bad schema
+            raise LoadError(str(error)) from None
     if spec.startswith(("redis://", "rediss://")):
         if schema is not None:
             raise UsageError("--schema is for a postgresql:// store; a Redis store has --prefix")
-        from ._store._redis import RedisStore
+        from ._store import RedisStore
 
-        return RedisStore(spec) if prefix is None else RedisStore(spec, prefix=prefix)
+        try:
+            return RedisStore(spec) if prefix is None else RedisStore(spec, prefix=prefix)
+        except ConfigurationError as error:  # without the extra, or a prefix it refuses
+            raise LoadError(str(error)) from None
     if schema is not None or prefix is not None:
         raise UsageError(
             "--schema and --prefix go with a postgresql:// or redis:// --store, not a journal file"

@@ -164,6 +164,11 @@ def test_a_second_signal_stops_the_worker_at_once(tmp_path: Path, backend: str) 
         ),
         (["worker_app", "--prefix", "p"], 2, "--schema and --prefix go with a --store URL"),
         (
+            ["worker_app", "--store", "redis://127.0.0.1:1/0", "--prefix", "a{b}"],
+            1,
+            "RedisStore: prefix must be a non-empty str without braces, got 'a{b}'",
+        ),
+        (
             ["worker_app:runtime", "--start-ahead", "4"],
             2,
             "--start-ahead: TARGET 'worker_app:runtime' is an EventRuntime",
