@@ -21,9 +21,11 @@ def _crash_here(order_id: int, point: str) -> None:
     if PLAN.get(str(order_id)) != point:
         return
     try:
-        os.close(os.open(MARKERS / f"{order_id}-{point}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        marker = os.open(MARKERS / f"{order_id}-{point}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return
+    os.write(marker, str(os.getpid()).encode())  # which process the crash ended
+    os.close(marker)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
