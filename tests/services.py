@@ -63,18 +63,13 @@ def _without_password(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-def delete_redis_prefix(url: str, prefix: str) -> None:
+async def delete_redis_prefix(url: str, prefix: str) -> None:
     """Delete every key of the ``RedisStore`` with this prefix (a test's own, after it)."""
-    import anyio
-
     from aevents import RedisStore
 
-    async def delete() -> None:
-        store = RedisStore(url, prefix=prefix)
-        await store.open()
-        try:
-            await store.delete_all()
-        finally:
-            await store.close()
-
-    anyio.run(delete)
+    store = RedisStore(url, prefix=prefix)
+    await store.open()
+    try:
+        await store.delete_all()
+    finally:
+        await store.close()

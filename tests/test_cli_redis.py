@@ -23,7 +23,7 @@ def prefix(redis_url: str) -> Iterator[str]:
     """A key prefix of this test's own, deleted afterwards."""
     name = "aevents-test-" + os.urandom(6).hex()
     yield name
-    delete_redis_prefix(redis_url, name)
+    anyio.run(delete_redis_prefix, redis_url, name)
 
 
 def fill(url: str, prefix: str) -> tuple[list[Event], str]:

@@ -49,7 +49,7 @@ from aevents._store import (  # noqa: E402
 from aevents._store import _redis as redis_module  # noqa: E402
 from aevents._store._redis import RedisStore  # noqa: E402
 
-from .services import REDIS  # noqa: E402
+from .services import REDIS, delete_redis_prefix  # noqa: E402
 
 
 def prefix_of(directory: Path) -> str:
@@ -62,23 +62,13 @@ def leased(directory: Path, clock: Clock) -> LeasedStore:
     return RedisStore(REDIS.url, prefix=prefix_of(directory), clock=clock, retention=None)
 
 
-async def delete_prefix(url: str, prefix: str) -> None:
-    """Delete every key of a store's prefix."""
-    store = RedisStore(url, prefix=prefix)
-    await store.open()
-    try:
-        await store.delete_all()
-    finally:
-        await store.close()
-
-
 class TestLeasedRedisStore(
     TwoProcessLeasedConformance, PublishAndClaimConformance, ClaimAndStartConformance
 ):
     @pytest.fixture(autouse=True)
     def _clean(self, redis_url: str, tmp_path: Path) -> Iterator[None]:
         yield
-        anyio.run(delete_prefix, redis_url, prefix_of(tmp_path))
+        anyio.run(delete_redis_prefix, redis_url, prefix_of(tmp_path))
 
     def make_leased_store(self, directory: Path, clock: Clock) -> LeasedStore:
         return leased(directory, clock)
@@ -95,7 +85,7 @@ async def redis_prefix(redis_url: str, anyio_backend: object) -> AsyncIterator[s
     """A key prefix of this test's own, deleted afterwards."""
     prefix = "aevents-test-" + os.urandom(6).hex()
     yield prefix
-    await delete_prefix(redis_url, prefix)
+    await delete_redis_prefix(redis_url, prefix)
 
 
 @pytest.mark.anyio
@@ -322,7 +312,7 @@ def test_eight_processes_repeating_an_idempotency_key_add_one_event(
         stats = anyio.run(count)
         assert (stats.events, stats.idempotency_keys) == (1, 1)
     finally:
-        anyio.run(delete_prefix, redis_url, prefix)
+        anyio.run(delete_redis_prefix, redis_url, prefix)
 
 
 @pytest.mark.anyio

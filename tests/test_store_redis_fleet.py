@@ -25,7 +25,7 @@ from aevents._fleet import POLL_MAX
 from aevents._store._redis import RedisStore
 
 from .redis_fleet_worker import LEASE
-from .test_store_redis import delete_prefix
+from .services import delete_redis_prefix
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(2 * 60)]  # beyond every wait (WAIT)
 
@@ -46,7 +46,7 @@ async def prefix(redis_url: str, anyio_backend: str) -> AsyncIterator[str]:
     """A key prefix of this test's own, deleted afterwards."""
     name = "aevents-fleet-" + os.urandom(6).hex()
     yield name
-    await delete_prefix(redis_url, name)
+    await delete_redis_prefix(redis_url, name)
 
 
 @pytest.fixture

@@ -225,7 +225,7 @@ def test_a_worker_consumes_a_redis_store_named_by_url(
         log = _run_until_done(tmp_path, backend, 30, "--store", redis_url, "--prefix", prefix)
         assert "RedisStore" in log
     finally:
-        delete_redis_prefix(redis_url, prefix)
+        anyio.run(delete_redis_prefix, redis_url, prefix)
 
 
 def test_a_worker_consumes_a_postgres_store_named_by_url(
