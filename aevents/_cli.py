@@ -71,7 +71,16 @@ from ._store._sqlite_schema import (
     real_path,
     wal_loss,
 )
-from ._targets import LoadError, UsageError, check_spec, escape, load_target, use_app_dir
+from ._targets import (
+    POSTGRES_URLS,
+    REDIS_URLS,
+    LoadError,
+    UsageError,
+    check_spec,
+    escape,
+    load_target,
+    use_app_dir,
+)
 from ._text import counted, with_article
 from ._worker import add_worker_parser, worker_command
 
@@ -257,11 +266,11 @@ def _inspect(args: argparse.Namespace) -> int:
 async def _live_consumers(spec: str) -> list[Consumer]:
     """The live consumers of the store ``spec`` names, read without changing it."""
     store: LeasedStore
-    if spec.startswith(_POSTGRES_URLS):
+    if spec.startswith(POSTGRES_URLS):
         from ._store._postgres import PostgresStore
 
         store = PostgresStore(spec, read_only=True)
-    elif spec.startswith(("redis://", "rediss://")):
+    elif spec.startswith(REDIS_URLS):
         from ._store._redis import RedisStore
 
         store = RedisStore(spec)
@@ -298,12 +307,12 @@ def _journal(args: argparse.Namespace) -> int:
     if args.action == "redeliver" and bool(args.ids) == bool(args.all):
         raise UsageError("redeliver takes dead letter ids or --all (one or the other)")
     path = args.path
-    if path.startswith(_POSTGRES_URLS):
+    if path.startswith(POSTGRES_URLS):
         try:
             return anyio.run(_postgres_journal, args)
         except StoreError as error:
             return _fail(str(error))
-    if path.startswith(_REDIS_URLS):
+    if path.startswith(REDIS_URLS):
         try:
             return anyio.run(_redis_journal, args)
         except StoreError as error:
@@ -318,9 +327,6 @@ def _journal(args: argparse.Namespace) -> int:
         return _fail(str(error), EXIT_IN_USE)
     except StoreError as error:
         return _fail(str(error))
-
-
-_POSTGRES_URLS = ("postgresql://", "postgres://")
 
 
 async def _postgres_journal(args: argparse.Namespace) -> int:
@@ -338,9 +344,6 @@ async def _postgres_journal(args: argparse.Namespace) -> int:
     finally:
         await store.close()
     return EXIT_OK
-
-
-_REDIS_URLS = ("redis://", "rediss://")
 
 
 async def _redis_journal(args: argparse.Namespace) -> int:

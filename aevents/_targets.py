@@ -12,7 +12,21 @@ import os
 import sys
 import traceback
 
-__all__ = ["LoadError", "UsageError", "check_spec", "escape", "load_target", "use_app_dir"]
+__all__ = [
+    "POSTGRES_URLS",
+    "REDIS_URLS",
+    "LoadError",
+    "UsageError",
+    "check_spec",
+    "escape",
+    "load_target",
+    "use_app_dir",
+]
+
+POSTGRES_URLS = ("postgresql://", "postgres://")
+"""How a store argument that names a ``PostgresStore`` starts (else: a journal path)."""
+REDIS_URLS = ("redis://", "rediss://")
+"""How a store argument that names a ``RedisStore`` starts."""
 
 
 class UsageError(Exception):

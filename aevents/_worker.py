@@ -37,7 +37,16 @@ from ._registry import Registry, default_registry
 from ._runtime import EventRuntime
 from ._store._protocol import LeasedStore, Store
 from ._store._sqlite import SQLiteStore
-from ._targets import LoadError, UsageError, check_spec, escape, load_target, use_app_dir
+from ._targets import (
+    POSTGRES_URLS,
+    REDIS_URLS,
+    LoadError,
+    UsageError,
+    check_spec,
+    escape,
+    load_target,
+    use_app_dir,
+)
 
 __all__ = ["add_worker_parser", "runtime_for", "serve", "show_logs", "worker_command"]
 
@@ -130,7 +139,7 @@ def store_for(
         if schema is not None or prefix is not None:
             raise UsageError("--schema and --prefix go with a --store URL")
         return None
-    if spec.startswith(("postgresql://", "postgres://")):
+    if spec.startswith(POSTGRES_URLS):
         if prefix is not None:
             raise UsageError("--prefix is for a redis:// store; a PostgreSQL store has --schema")
         try:
@@ -139,7 +148,7 @@ def store_for(
             return PostgresStore(spec) if schema is None else PostgresStore(spec, schema=schema)
         except (ImportError, ConfigurationError) as error:  # no extra, or a bad schema
             raise LoadError(str(error)) from None
-    if spec.startswith(("redis://", "rediss://")):
+    if spec.startswith(REDIS_URLS):
         if schema is not None:
             raise UsageError("--schema is for a postgresql:// store; a Redis store has --prefix")
         from ._store import RedisStore
