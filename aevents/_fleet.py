@@ -920,9 +920,13 @@ class Fleet:
     def _ahead_in_line(self) -> int:
         """How many claims a claim (or a publish that claims) may start: the look-ahead's
         share, when they are next in line (the buffer holds fewer than a worker each
-        before them). Started further back, they would wait there as the look-ahead,
-        and the claims before them would each wait for a start of their own."""
-        if len(self._buffer.items) >= self._buffer.workers:
+        before them that still need a start). Started further back, they would wait there
+        as the look-ahead, and the claims before them would each wait for a start of
+        their own. Claims started already, or in the write being made, need none: a batch
+        queued behind a started batch is next in line, as in a loop that claims and
+        starts a batch at a time."""
+        waiting = len(self._buffer.items) - len(self._started) - len(self._starting_ahead)
+        if waiting >= self._buffer.workers:
             return 0
         return max(self._ahead_wanted(), 0)
 

@@ -1,11 +1,14 @@
 """Publish → claim → settle through SQLiteStore, by 1, 2 and 4 processes on one file,
 against a bare sqlite3 loop that runs the same SQL with the same batching.
 
-Three kinds per row: ``runtime``, whole EventRuntimes on the store (each
+Four kinds per row: ``runtime``, whole EventRuntimes on the store (each
 process publishes with ``publish_many`` in batches, and the runtimes' workers
 claim, run one receiver that every process shares, and settle, until
-``drain()``); ``store``, the store's calls made directly; ``bare``, plain
-sqlite3.
+``drain()``), on their defaults; ``ahead``, the same runtimes with
+``start_ahead`` at two batches, so that a publish starts the batch it claims in
+its own transaction while the batch before it runs, as the bare loop claims and
+starts a batch at a time; ``store``, the store's calls made directly; ``bare``,
+plain sqlite3.
 
 Each process registers a consumer for its own receiver id and then, ``--events``
 times over in batches of ``--batch``: publishes a batch (one ``publish`` call,
@@ -71,7 +74,7 @@ from aevents._store._sqlite_sql import (
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _LEASE_SECONDS = 60.0
-KINDS = ("fleet", "store", "bare")
+KINDS = ("fleet", "ahead", "store", "bare")
 
 
 async def _store_worker(
@@ -165,7 +168,13 @@ def _bare_worker(
 
 
 async def _fleet_worker(
-    path: str, synchronous: str, index: int, events: int, batch: int, start: Barrier
+    path: str,
+    synchronous: str,
+    index: int,
+    events: int,
+    batch: int,
+    start: Barrier,
+    start_ahead: int | None = None,
 ) -> tuple[float, float]:
     """The whole runtime: ``publish_many`` batches, claimed and run by any process's
     workers (one receiver id that every process runs), then ``drain()``."""
@@ -180,7 +189,9 @@ async def _fleet_worker(
 
     registry.subscribe("bench:event", receiver, id="bench:fleet")
     store = SQLiteStore(path, synchronous=synchronous)
-    async with aevents.EventRuntime(registry, store=store, workers=64, buffer=4096) as runtime:
+    async with aevents.EventRuntime(
+        registry, store=store, workers=64, buffer=4096, start_ahead=start_ahead
+    ) as runtime:
         await anyio.to_thread.run_sync(start.wait)
         started = time.perf_counter()
         for offset in range(0, events, batch):
@@ -196,6 +207,8 @@ def _child(kind: str, args: tuple[Any, ...], results: Any) -> None:
         results.put(anyio.run(_store_worker, *args))
     elif kind == "fleet":
         results.put(anyio.run(_fleet_worker, *args))
+    elif kind == "ahead":
+        results.put(anyio.run(_fleet_worker, *args, 2 * args[4]))
     else:
         results.put(_bare_worker(*args))
 
@@ -259,17 +272,19 @@ def main() -> None:
                     rate = _run(kind, synchronous, processes, args.events, args.batch)
                     rates.setdefault((kind, synchronous, processes), []).append(rate)
     print(
-        f"{'synchronous':<12}{'processes':>10}{'runtime ev/s':>14}{'store ev/s':>12}"
-        f"{'bare ev/s':>12}{'runtime/bare':>14}{'store/bare':>12}"
+        f"{'synchronous':<12}{'processes':>10}{'runtime ev/s':>14}{'ahead ev/s':>12}"
+        f"{'store ev/s':>12}{'bare ev/s':>12}{'runtime/bare':>14}{'ahead/bare':>12}"
+        f"{'store/bare':>12}"
     )
     for synchronous in args.synchronous:
         for processes in args.processes:
-            fleet, store, bare = (
+            fleet, ahead, store, bare = (
                 statistics.median(rates[kind, synchronous, processes]) for kind in KINDS
             )
             print(
-                f"{synchronous:<12}{processes:>10}{fleet:>14,.0f}{store:>12,.0f}{bare:>12,.0f}"
-                f"{fleet / bare:>14.2f}{store / bare:>12.2f}"
+                f"{synchronous:<12}{processes:>10}{fleet:>14,.0f}{ahead:>12,.0f}"
+                f"{store:>12,.0f}{bare:>12,.0f}{fleet / bare:>14.2f}{ahead / bare:>12.2f}"
+                f"{store / bare:>12.2f}"
             )
 
 

@@ -255,6 +255,49 @@ async def test_start_ahead_bounds_the_attempts_recorded_before_a_worker_takes_th
     assert (await _stats(store)).done == 10
 
 
+class _CountingStarts(MemoryStore):
+    """A memory store that counts its ``start`` writes (those not made with a publish)."""
+
+    starts = 0
+
+    async def start(self, consumer: ConsumerId, claims: Sequence[Claim]) -> list[Claim]:
+        self.starts += 1
+        return await super().start(consumer, claims)
+
+
+async def test_a_publish_starts_its_claims_when_those_before_them_are_started_already() -> None:
+    """Claims queued behind claims started already (ahead of a busy worker) are next in
+    line for the look-ahead: the publish that claims them starts them in its own write,
+    as a store's bare loop claims and starts a batch, with no start write of their own."""
+    store = _CountingStarts()
+    release = anyio.Event()
+    ran: list[int] = []
+    registry = Registry()
+
+    async def worker(event: Event) -> None:
+        ran.append(event.payload["n"])
+        if event.payload["n"] == 0:
+            await release.wait()
+
+    registry.subscribe(NAME, worker, id="worker")
+    runtime = EventRuntime(registry, store=store, workers=1, start_ahead=4)
+    async with running(runtime):
+        await runtime.publish(NAME, payload={"n": 0})
+        await until(lambda: ran == [0])  # the one worker is busy from here on
+        await runtime.publish_many(NAME, [{"n": 1}, {"n": 2}])
+        await runtime.publish_many(NAME, [{"n": 3}, {"n": 4}])
+        for _ in range(20):  # let any further start be written
+            await anyio.lowlevel.checkpoint()
+        attempts = {each.event.payload["n"]: each.attempts async for each in store.pending()}
+        assert attempts == {0: 1, 1: 1, 2: 1, 3: 1, 4: 1}, "four ahead of the busy worker"
+        assert store.starts == 0, "each publish started what it claimed"
+        release.set()
+        with anyio.fail_after(10):
+            await runtime.drain()
+        assert ran == [0, 1, 2, 3, 4]
+    assert (await _stats(store)).done == 5
+
+
 async def test_a_poison_delivery_ends_as_one_dead_letter_without_running_again() -> None:
     """Attempts add up across consumers that die: past the policy, the next claimer
     dead-letters it without running it, and keeps running the rest."""
