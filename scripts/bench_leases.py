@@ -208,7 +208,9 @@ def _child(kind: str, args: tuple[Any, ...], results: Any) -> None:
     elif kind == "fleet":
         results.put(anyio.run(_fleet_worker, *args))
     elif kind == "ahead":
-        results.put(anyio.run(_fleet_worker, *args, 2 * args[4]))
+        path, synchronous, index, events, batch, start = args
+        ahead = 2 * batch
+        results.put(anyio.run(_fleet_worker, path, synchronous, index, events, batch, start, ahead))
     else:
         results.put(_bare_worker(*args))
 
