@@ -140,6 +140,11 @@ class DeliveryBuffer:
         if self._idle_workers and not self._waking:
             self._wake()
 
+    @property
+    def waking(self) -> bool:
+        """Whether an idle worker was woken to take a queued delivery and has not run yet."""
+        return self._waking
+
     def _wake(self) -> None:
         """Wake one idle worker. One at a time: once it runs, it wakes the next if there is
         more than it can take, so a burst of trivial deliveries does not wake every idle

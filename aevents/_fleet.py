@@ -97,6 +97,9 @@ POLL_WOKEN: Final = 0.05
 """The backoff's first step when the store wakes the claim loop (``wake_on_work``): its
 polls then only find what no wake announces (a lease that ran out, another process's
 retry come due), so it need not claim every few milliseconds between wakes."""
+_TURNS_FOR_WORKERS: Final = 8
+"""Turns of the event loop a publish that claims gives a woken worker to take the claims
+started ahead before it (trio runs the tasks of one turn in no set order)."""
 
 Held = tuple[str, str]  # (event id, receiver id)
 
@@ -640,6 +643,14 @@ class Fleet:
         wanted = sum(len(mine.intersection(receiver_ids)) for _, receiver_ids in entries)
         if not wanted:
             return await self.store.publish(entries)
+        if self._publish_and_claim is not None:
+            # Claims started ahead wait in the buffer for a worker woken to take them: let
+            # the workers take them first, which gives the look-ahead room to start these
+            # in this write (a few turns of the loop at most: a woken worker runs next).
+            for _ in range(_TURNS_FOR_WORKERS):
+                if not (self._started and self._buffer.waking):
+                    break
+                await anyio.lowlevel.cancel_shielded_checkpoint()
         # What the buffer has room for besides the room these publishes hold, as a claim
         # would take: the deliveries beyond it stay free, for any consumer.
         limit = min(wanted, self._buffer.size - self._buffer.queued)

@@ -298,6 +298,29 @@ async def test_a_publish_starts_its_claims_when_those_before_them_are_started_al
     assert (await _stats(store)).done == 5
 
 
+async def test_back_to_back_batches_are_each_started_in_their_own_publish() -> None:
+    """A publisher that awaits each batch in turn, on the default look-ahead (a worker
+    each): the workers take the batch started before it first, so each publish starts
+    what it claims in its own write, and no delivery waits for a start write."""
+    store = _CountingStarts()
+    ran: list[int] = []
+    registry = Registry()
+
+    async def worker(event: Event) -> None:
+        ran.append(event.payload["n"])
+
+    registry.subscribe(NAME, worker, id="worker")
+    runtime = EventRuntime(registry, store=store, workers=4)
+    async with running(runtime):
+        for first in range(0, 40, 4):
+            await runtime.publish_many(NAME, [{"n": n} for n in range(first, first + 4)])
+        with anyio.fail_after(10):
+            await runtime.drain()
+    assert sorted(ran) == list(range(40))
+    assert store.starts == 0, "a batch waited for a start write of its own"
+    assert (await _stats(store)).done == 40
+
+
 async def test_a_poison_delivery_ends_as_one_dead_letter_without_running_again() -> None:
     """Attempts add up across consumers that die: past the policy, the next claimer
     dead-letters it without running it, and keeps running the rest."""
