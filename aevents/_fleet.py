@@ -155,13 +155,14 @@ class _Write:
 class _Starts:
     """Claims whose attempts workers are about to run, recorded in one ``start`` call."""
 
-    __slots__ = ("claims", "done", "failed", "lost")
+    __slots__ = ("claims", "done", "failed", "lost", "waiting")
 
     def __init__(self) -> None:
         self.claims: list[Claim] = []
         self.done = anyio.Event()
         self.lost: list[Claim] = []
         self.failed = False
+        self.waiting = 0  # workers waiting for this write
 
 
 class Fleet:
@@ -229,6 +230,8 @@ class Fleet:
         # (the runtime's ``start_ahead``, ``workers`` by default).
         self._starts: _Starts | None = None
         self._start_wanted: anyio.Event | None = None
+        # Workers woken by a start write that have not run yet (they take the claims next).
+        self._start_woken = 0
         self._starting: dict[Held, _Starts] = {}
         self._started: set[Held] = set()
         self._starting_ahead: set[Held] = set()
@@ -644,11 +647,15 @@ class Fleet:
         if not wanted:
             return await self.store.publish(entries)
         if self._publish_and_claim is not None:
-            # Claims started ahead wait in the buffer for a worker woken to take them: let
-            # the workers take them first, which gives the look-ahead room to start these
-            # in this write (a few turns of the loop at most: a woken worker runs next).
+            # Claims started ahead (or being started) wait in the buffer for a worker woken
+            # to take them: let the workers take them first, which gives the look-ahead
+            # room to start these in this write (a few turns of the loop at most: a woken
+            # worker runs next).
             for _ in range(_TURNS_FOR_WORKERS):
-                if not (self._started and self._buffer.waking):
+                if not (
+                    (self._started or self._starting_ahead)
+                    and (self._buffer.waking or self._start_woken)
+                ):
                     break
                 await anyio.lowlevel.cancel_shielded_checkpoint()
         # What the buffer has room for besides the room these publishes hold, as a claim
@@ -870,7 +877,13 @@ class Fleet:
         if not self._started and not self._starting_ahead:
             self._start_ahead()  # in the same write as this one's, if it waits for one
         if starts is not None:
-            await starts.done.wait()
+            starts.waiting += 1
+            try:
+                await starts.done.wait()
+            finally:
+                starts.waiting -= 1
+                if starts.done.is_set():
+                    self._start_woken -= 1
             if starts.failed or self._held.get(held) is not claim:
                 self._ended(held)
                 delivery.epoch.finish()
@@ -1083,6 +1096,7 @@ class Fleet:
             if self._starting.get(held) is starts:
                 del self._starting[held]
             self._starting_ahead.discard(held)
+        self._start_woken += starts.waiting
         starts.done.set()
         self._move_gate()
 

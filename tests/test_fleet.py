@@ -321,6 +321,39 @@ async def test_back_to_back_batches_are_each_started_in_their_own_publish() -> N
     assert (await _stats(store)).done == 40
 
 
+async def test_batches_return_to_starting_in_their_own_publish_after_a_start_write() -> None:
+    """Once a batch had to wait for a start write of its own (the workers were busy when
+    it was published), the batches published after it are each started in their own
+    publish again: the workers take the batch whose start is being written first."""
+    store = _CountingStarts()
+    release = anyio.Event()
+    ran: list[int] = []
+    registry = Registry()
+
+    async def worker(event: Event) -> None:
+        ran.append(event.payload["n"])
+        if event.payload["n"] < 4:
+            await release.wait()
+
+    registry.subscribe(NAME, worker, id="worker")
+    runtime = EventRuntime(registry, store=store, workers=4)
+    async with running(runtime):
+        await runtime.publish_many(NAME, [{"n": n} for n in range(4)])
+        await until(lambda: len(ran) == 4)  # every worker is busy from here on
+        await runtime.publish_many(NAME, [{"n": n} for n in range(4, 8)])  # started ahead
+        await runtime.publish_many(NAME, [{"n": n} for n in range(8, 12)])  # no room ahead
+        assert store.starts == 0
+        release.set()
+        await until(lambda: store.starts == 1)  # the third batch's start write
+        for first in range(12, 52, 4):
+            await runtime.publish_many(NAME, [{"n": n} for n in range(first, first + 4)])
+        with anyio.fail_after(10):
+            await runtime.drain()
+    assert sorted(ran) == list(range(52))
+    assert store.starts == 1, "a batch after the third waited for a start write of its own"
+    assert (await _stats(store)).done == 52
+
+
 async def test_a_poison_delivery_ends_as_one_dead_letter_without_running_again() -> None:
     """Attempts add up across consumers that die: past the policy, the next claimer
     dead-letters it without running it, and keeps running the rest."""
