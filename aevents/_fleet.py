@@ -787,26 +787,38 @@ class Fleet:
         ahead); settle at once those that cannot run here."""
         epoch = self._epochs.current
         ahead = {(claim.event.id, claim.receiver_id) for claim in started}
+        held_claims, started_ahead, readmit = self._held, self._started, self._buffer.readmit
+        started_at = self._started_at
+        # A claim batch is mostly of a few (receiver, name) pairs: look each up once.
+        subscriptions: dict[tuple[str, str], tuple[Subscription | None, int]] = {}
         for claim in claims:
-            held = (claim.event.id, claim.receiver_id)
-            subscription = self._registry.receiver(claim.receiver_id, claim.event.name)
-            self._held[held] = claim
+            event, receiver_id = claim.event, claim.receiver_id
+            held = (event.id, receiver_id)
+            held_claims[held] = claim
+            found = subscriptions.get((receiver_id, event.name))
+            if found is None:
+                subscription = self._registry.receiver(receiver_id, event.name)
+                attempts = (
+                    0 if subscription is None else self._failures.policy(subscription).attempts
+                )
+                found = subscriptions[receiver_id, event.name] = (subscription, attempts)
+            subscription, attempts = found
             if subscription is None or subscription.scope != "fleet":
                 # Unsubscribed since the consumer registered: hand it back, register again.
                 self._routes_version = -1
                 epoch.unfinished += 1
                 self._queue_outcome(Released(claim), epoch)
                 continue
-            if claim.attempt > self._failures.policy(subscription).attempts:
+            if claim.attempt > attempts:
                 epoch.unfinished += 1
                 self._queue_outcome(self._exhausted(claim, subscription), epoch)
                 continue
             epoch.unfinished += 1
             if held in ahead:
-                self._started.add(held)
-            replay = claim.lease_expired or claim.event.occurred_at < self._started_at
+                started_ahead.add(held)
+            replay = claim.lease_expired or event.occurred_at < started_at
             # Within the room the claim asked for, unless publishes took some meanwhile.
-            self._buffer.readmit(Delivery(claim.event, subscription, claim.attempt, epoch, replay))
+            readmit(Delivery(event, subscription, claim.attempt, epoch, replay))
 
     def _exhausted(self, claim: Claim, subscription: Subscription) -> DeadLettered:
         """A claim past its policy: each earlier attempt's lease ran out. Dead, unrun."""
