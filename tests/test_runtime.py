@@ -335,6 +335,51 @@ async def test_a_cancel_not_yet_delivered_is_honoured_by_backend(
     assert published == (1 if anyio_backend_name == "asyncio" else 0)
 
 
+async def test_a_publish_that_wakes_an_idle_worker_yields_once_to_it(
+    registry: Registry, anyio_backend_name: str
+) -> None:
+    """A publish that wakes an idle worker yields to the scheduler once before it returns,
+    so its delivery need not wait for the publisher's next yield; with every worker busy
+    it does not yield. On asyncio the woken worker runs first; trio runs the tasks of one
+    turn in no set order, so there it is only the yield that is certain."""
+    ran: list[int] = []
+    release = anyio.Event()
+
+    async def worker(event: Event) -> None:
+        ran.append(event.payload["n"])
+        if event.payload["n"] == 1:
+            await release.wait()
+
+    registry.subscribe("work:item", worker, id="worker")
+    async with EventRuntime(registry, workers=1) as runtime:
+        await wait_all_tasks_blocked()  # the one worker is idle
+        await runtime.publish("work:item", payload={"n": 0})
+        if anyio_backend_name == "asyncio":
+            assert ran == [0], "the woken worker ran before publish returned"
+        await runtime.publish("work:item", payload={"n": 1})
+        await wait_all_tasks_blocked()
+        assert ran == [0, 1]  # the worker is busy from here on
+
+        sibling_ran = False
+        sibling_go = anyio.Event()
+
+        async def sibling() -> None:
+            nonlocal sibling_ran
+            await sibling_go.wait()
+            sibling_ran = True
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(sibling)
+            await wait_all_tasks_blocked()
+            sibling_go.set()  # runnable from here, at the next yield
+            await runtime.publish("work:item", payload={"n": 2})
+            assert not sibling_ran, "a publish that woke no worker yielded"
+        release.set()
+        with anyio.fail_after(10):
+            await runtime.drain()
+    assert ran == [0, 1, 2]
+
+
 async def test_module_publish_reaches_the_running_runtime(registry: Registry) -> None:
     """aevents.publish goes to the runtime whose async with encloses the caller."""
     recorder = Recorder()
