@@ -11,6 +11,7 @@ instead, and the caller does the waiting.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import orjson
@@ -39,6 +40,7 @@ __all__ = ["Batch", "Dispatch", "Intake", "Waiting"]
 
 _dumps, _loads = orjson.dumps, orjson.loads
 _new = tuple.__new__
+_FIRST, _NEW = repeat(1), repeat(False)  # a first attempt's fields, for any number of tuples
 
 Dispatch = Callable[[Event, tuple[Subscription, ...], Epoch], None]
 """Hands an accepted event's deliveries, their room reserved, to whoever runs them."""
@@ -353,10 +355,8 @@ class Intake:
         # Plain tuples: a first attempt is queued as one (see Queued).
         if len(routes) == 1:
             self._buffer.put((event, routes[0], 1, epoch, False))
-        else:  # fan-out: one call for all of them
-            self._buffer.put_many(
-                [(event, subscription, 1, epoch, False) for subscription in routes]
-            )
+        else:  # fan-out: one call for all of them, the tuples made by zip, in C
+            self._buffer.put_many(zip(repeat(event), routes, _FIRST, repeat(epoch), _NEW))
 
     def _route(self, name: str) -> tuple[Subscription, ...]:
         validate_name(name)
