@@ -115,12 +115,12 @@ class Workers:
             since_yield += 1
             # A first attempt is a plain tuple here (see Queued): by position, once.
             event, subscription, attempt_number, epoch, _ = delivery
-            # Set, never reset: the worker runs nothing else in its context, and a task
-            # or thread a receiver starts keeps the context it was started with, so a
-            # reset would be pure cost on every delivery.
             if subscription.fast and default_limit is None and not middleware.delivery:
                 # An async receiver with no time limit and no delivery hooks: what
-                # attempt() would return, awaited without the call.
+                # attempt() would return, awaited without the call. The delivery is
+                # set, never reset: the worker runs nothing else in its context, and a
+                # task or thread a receiver starts keeps the context it was started
+                # with, so a reset would be pure cost on every delivery.
                 set_delivery(delivery)
                 started = clock()
                 try:
@@ -139,13 +139,16 @@ class Workers:
                 set_delivery(delivery)
                 started = clock()
                 try:
-                    limit = subscription.timeout
-                    await attempt(
-                        named(delivery),
-                        hooks,
-                        limit if limit is not None else default_limit,
-                        threads,
-                    )
+                    if not hooks and subscription.fast and default_limit is None:
+                        await subscription.receiver(event)  # a plain Metrics alone counts
+                    else:
+                        limit = subscription.timeout
+                        await attempt(
+                            named(delivery),
+                            hooks,
+                            limit if limit is not None else default_limit,
+                            threads,
+                        )
                 except BaseException as error:
                     if count is not None:  # a cancelled attempt too, as after_delivery would
                         count(
