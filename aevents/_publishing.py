@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from ._buffer import DeliveryBuffer
 from ._catalog import is_declared
@@ -131,21 +132,27 @@ class Publisher:
         if first is not None:
             return first
         self._first_publishes[idempotency_key] = done = anyio.Event()
+        woke = False
         try:
             tagged = _tagged(metadata, idempotency_key)
             if self._middleware.publish:
                 event = await self.publish_with_middleware(name, payload, tagged, key)
             else:
                 parent = running_delivery()
+                waking = self._buffer.waking
                 accepted = self._accept(name, payload, tagged, parent, key)
                 if isinstance(accepted, Waiting):
                     accepted = await self.finish(name, accepted, parent)
+                else:
+                    woke = self._buffer.waking and not waking
                 event = accepted
             self._idempotency.add(idempotency_key, event)
-            return event
         finally:
             del self._first_publishes[idempotency_key]
             done.set()
+        if woke:
+            await _let_the_woken_worker_start()
+        return event
 
     async def publish_with_middleware(
         self,
@@ -155,11 +162,17 @@ class Publisher:
         key: str | None,
     ) -> Event:
         parent = running_delivery()
+        waking = self._buffer.waking
+        woke = False
         with PublishHooks(self._middleware.publish, name, payload, metadata, key) as publishing:
             accepted = self._accept_publishing(publishing, parent)
             if isinstance(accepted, Waiting):
                 accepted = await self.finish(publishing.name, accepted, parent)
+            else:
+                woke = self._buffer.waking and not waking
             publishing.event = accepted
+        if woke:
+            await _let_the_woken_worker_start()
         return accepted
 
     def _accept_publishing(
@@ -500,3 +513,9 @@ def _tagged(metadata: Mapping[str, str] | None, idempotency_key: str) -> dict[st
     tagged = {} if metadata is None else dict(metadata)
     tagged[IDEMPOTENCY_KEY] = idempotency_key
     return tagged
+
+
+async def _let_the_woken_worker_start() -> None:
+    """The yield of a publish that woke an idle worker (see ``EventRuntime.publish``):
+    shielded, as the publish has accepted its event, and once."""
+    await anyio.lowlevel.cancel_shielded_checkpoint()

@@ -545,9 +545,9 @@ class EventRuntime:
 
         Waits while the buffer is full (backpressure); with a store, also until
         the event and its deliveries are durable. It yields to the scheduler
-        when it has to wait, and (with no store, no ``idempotency_key`` and no
-        publish middleware) once, shielded, when it woke an idle worker, so
-        that the delivery starts before the caller goes on. Once a
+        when it has to wait (with a store, always: for the write), and
+        otherwise once, shielded, when it woke an idle worker, so that the
+        delivery starts before the caller goes on. Once a
         cancellation has reached the calling task (in the cleanup code of a
         cancelled scope, say) it raises before accepting anything; on trio it
         is a full cancel point, while on asyncio a scope the task cancelled

@@ -335,15 +335,26 @@ async def test_a_cancel_not_yet_delivered_is_honoured_by_backend(
     assert published == (1 if anyio_backend_name == "asyncio" else 0)
 
 
+class _PublishHook(aevents.Middleware):
+    def before_publish(self, publishing: aevents.Publishing) -> None:
+        publishing.metadata["hooked"] = "yes"
+
+
+@pytest.mark.parametrize("path", ["plain", "idempotency_key", "publish_middleware"])
 async def test_a_publish_that_wakes_an_idle_worker_yields_once_to_it(
-    registry: Registry, anyio_backend_name: str
+    registry: Registry, anyio_backend_name: str, path: str
 ) -> None:
     """A publish that wakes an idle worker yields to the scheduler once before it returns,
     so its delivery need not wait for the publisher's next yield; with every worker busy
     it does not yield. On asyncio the woken worker runs first; trio runs the tasks of one
-    turn in no set order, so there it is only the yield that is certain."""
+    turn in no set order, so there it is only the yield that is certain. The same on the
+    paths of an idempotency key and of publish hooks."""
     ran: list[int] = []
     release = anyio.Event()
+    middleware = [_PublishHook()] if path == "publish_middleware" else []
+
+    def options(n: int) -> dict[str, Any]:
+        return {"idempotency_key": f"item-{n}"} if path == "idempotency_key" else {}
 
     async def worker(event: Event) -> None:
         ran.append(event.payload["n"])
@@ -351,12 +362,12 @@ async def test_a_publish_that_wakes_an_idle_worker_yields_once_to_it(
             await release.wait()
 
     registry.subscribe("work:item", worker, id="worker")
-    async with EventRuntime(registry, workers=1) as runtime:
+    async with EventRuntime(registry, workers=1, middleware=middleware) as runtime:
         await wait_all_tasks_blocked()  # the one worker is idle
-        await runtime.publish("work:item", payload={"n": 0})
+        await runtime.publish("work:item", payload={"n": 0}, **options(0))
         if anyio_backend_name == "asyncio":
             assert ran == [0], "the woken worker ran before publish returned"
-        await runtime.publish("work:item", payload={"n": 1})
+        await runtime.publish("work:item", payload={"n": 1}, **options(1))
         await wait_all_tasks_blocked()
         assert ran == [0, 1]  # the worker is busy from here on
 
@@ -372,7 +383,7 @@ async def test_a_publish_that_wakes_an_idle_worker_yields_once_to_it(
             tasks.start_soon(sibling)
             await wait_all_tasks_blocked()
             sibling_go.set()  # runnable from here, at the next yield
-            await runtime.publish("work:item", payload={"n": 2})
+            await runtime.publish("work:item", payload={"n": 2}, **options(2))
             assert not sibling_ran, "a publish that woke no worker yielded"
         release.set()
         with anyio.fail_after(10):
