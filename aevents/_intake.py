@@ -326,16 +326,15 @@ class Intake:
         events, routes, epoch, deliveries, keyed, shared = batch
         if not keyed and self.dispatch == self.enqueue:
             epoch.unfinished += deliveries
-            if shared is not None and len(shared) == 1:
-                receiver = shared[0]
-                # Plain tuples: a first attempt is queued as one (see Queued).
-                queued: list[Queued] = [(event, receiver, 1, epoch, False) for event in events]
-            else:
-                queued = [
-                    (event, subscription, 1, epoch, False)
-                    for index, event in enumerate(events)
-                    for subscription in routes[index]
-                ]
+            # Plain tuples: a first attempt is queued as one (see Queued).
+            if shared is not None and len(shared) == 1:  # made by zip, in C
+                self._buffer.put_many(zip(events, repeat(shared[0]), _FIRST, repeat(epoch), _NEW))
+                return
+            queued: list[Queued] = [
+                (event, subscription, 1, epoch, False)
+                for index, event in enumerate(events)
+                for subscription in routes[index]
+            ]
             self._buffer.put_many(queued)
             return
         dispatch = self.dispatch
