@@ -138,6 +138,7 @@ class Workers:
                     continue
                 set_delivery(delivery)
                 started = clock()
+                failure: BaseException | None = None
                 try:
                     if not hooks and subscription.fast and default_limit is None:
                         await subscription.receiver(event)  # a plain Metrics alone counts
@@ -150,28 +151,22 @@ class Workers:
                             threads,
                         )
                 except BaseException as error:
-                    if count is not None:  # a cancelled attempt too, as after_delivery would
-                        count(
-                            subscription.pattern,
-                            subscription.receiver_id,
-                            attempt_number,
-                            event,
-                            started,
-                            error,
-                        )
-                    if not fails_delivery(error):
-                        raise  # the runtime is cancelled, or KeyboardInterrupt, SystemExit
-                    self._settle_failure(named(delivery), error, clock() - started)
-                    continue
-                if count is not None:
+                    failure = error
+                if count is not None:  # a cancelled attempt too, as after_delivery would
                     count(
                         subscription.pattern,
                         subscription.receiver_id,
                         attempt_number,
                         event,
                         started,
-                        None,
+                        failure,
                     )
+                if failure is not None:
+                    if not fails_delivery(failure):
+                        raise failure  # the runtime is cancelled, or KeyboardInterrupt...
+                    self._settle_failure(named(delivery), failure, clock() - started)
+                    del failure  # no cycle through its traceback and this frame
+                    continue
             counters.delivered += 1
             if event.key is not None:
                 self._lanes.done(event, subscription, dead=False)
