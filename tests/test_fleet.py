@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -220,6 +221,24 @@ async def test_claims_a_dead_consumer_never_started_run_as_first_attempts() -> N
             await until(lambda: _no_leases(store))
 
 
+def _gated(
+    store: MemoryStore, hold: Callable[[int], bool], **options: Any
+) -> tuple[EventRuntime, list[int], anyio.Event]:
+    """A runtime on ``store`` with one receiver that records each event's ``n`` and, for
+    the events ``hold`` picks, waits for the returned ``release`` before it returns."""
+    release = anyio.Event()
+    ran: list[int] = []
+    registry = Registry()
+
+    async def worker(event: Event) -> None:
+        ran.append(event.payload["n"])
+        if hold(event.payload["n"]):
+            await release.wait()
+
+    registry.subscribe(NAME, worker, id="worker")
+    return EventRuntime(registry, store=store, **options), ran, release
+
+
 @pytest.mark.parametrize(("start_ahead", "started"), [(None, 1), (6, 6)])
 async def test_start_ahead_bounds_the_attempts_recorded_before_a_worker_takes_them(
     start_ahead: int | None, started: int
@@ -228,16 +247,7 @@ async def test_start_ahead_bounds_the_attempts_recorded_before_a_worker_takes_th
     the look-ahead's (``start_ahead``, ``workers`` by default) and no more: those are the
     attempts a crash would count for claims that never ran."""
     store = MemoryStore()
-    release = anyio.Event()
-    ran: list[int] = []
-    registry = Registry()
-
-    async def worker(event: Event) -> None:
-        ran.append(event.payload["n"])
-        await release.wait()
-
-    registry.subscribe(NAME, worker, id="worker")
-    runtime = EventRuntime(registry, store=store, workers=1, start_ahead=start_ahead)
+    runtime, ran, release = _gated(store, lambda n: True, workers=1, start_ahead=start_ahead)
     assert runtime.start_ahead == started
     async with running(runtime):
         await runtime.publish_many(NAME, [{"n": n} for n in range(10)])
@@ -270,17 +280,7 @@ async def test_a_publish_starts_its_claims_when_those_before_them_are_started_al
     line for the look-ahead: the publish that claims them starts them in its own write,
     as a store's bare loop claims and starts a batch, with no start write of their own."""
     store = _CountingStarts()
-    release = anyio.Event()
-    ran: list[int] = []
-    registry = Registry()
-
-    async def worker(event: Event) -> None:
-        ran.append(event.payload["n"])
-        if event.payload["n"] == 0:
-            await release.wait()
-
-    registry.subscribe(NAME, worker, id="worker")
-    runtime = EventRuntime(registry, store=store, workers=1, start_ahead=4)
+    runtime, ran, release = _gated(store, lambda n: n == 0, workers=1, start_ahead=4)
     async with running(runtime):
         await runtime.publish(NAME, payload={"n": 0})
         await until(lambda: ran == [0])  # the one worker is busy from here on
@@ -303,14 +303,7 @@ async def test_back_to_back_batches_are_each_started_in_their_own_publish() -> N
     each): the workers take the batch started before it first, so each publish starts
     what it claims in its own write, and no delivery waits for a start write."""
     store = _CountingStarts()
-    ran: list[int] = []
-    registry = Registry()
-
-    async def worker(event: Event) -> None:
-        ran.append(event.payload["n"])
-
-    registry.subscribe(NAME, worker, id="worker")
-    runtime = EventRuntime(registry, store=store, workers=4)
+    runtime, ran, _ = _gated(store, lambda n: False, workers=4)
     async with running(runtime):
         for first in range(0, 40, 4):
             await runtime.publish_many(NAME, [{"n": n} for n in range(first, first + 4)])
@@ -326,17 +319,7 @@ async def test_batches_return_to_starting_in_their_own_publish_after_a_start_wri
     it was published), the batches published after it are each started in their own
     publish again: the workers take the batch whose start is being written first."""
     store = _CountingStarts()
-    release = anyio.Event()
-    ran: list[int] = []
-    registry = Registry()
-
-    async def worker(event: Event) -> None:
-        ran.append(event.payload["n"])
-        if event.payload["n"] < 4:
-            await release.wait()
-
-    registry.subscribe(NAME, worker, id="worker")
-    runtime = EventRuntime(registry, store=store, workers=4)
+    runtime, ran, release = _gated(store, lambda n: n < 4, workers=4)
     async with running(runtime):
         await runtime.publish_many(NAME, [{"n": n} for n in range(4)])
         await until(lambda: len(ran) == 4)  # every worker is busy from here on
